@@ -1,0 +1,77 @@
+# ftune build. `make` builds build/ftune and build/libftune.a; `make test` is what CI runs.
+# Sources are found by wildcard: adding src/<module>/<file>.c or tests/<module>_test.c needs no
+# change here. Files named *_avx512.c / *_avx2.c are compiled for that instruction set only and
+# are called through run-time dispatch (src/base/cpu.c), never directly.
+
+CC      ?= cc
+OPT     ?= -O2
+CFLAGS  ?= $(OPT) -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc \
+           $(shell pkg-config --cflags openblas 2>/dev/null)
+LDLIBS  += -fopenmp -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm -lpthread
+AVX512  := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
+AVX2    := -mavx2 -mfma -mf16c
+
+B       ?= build
+LIB_SRC := $(filter-out src/cli/%,$(wildcard src/*/*.c))
+CLI_SRC := $(wildcard src/cli/*.c)
+TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
+HDRS    := $(wildcard include/*.h src/*/*.h)
+
+.PHONY: all test ctest peertest asan demo bench deps venv clean format
+all: $(B)/ftune $(TESTS)
+
+$(B)/%.o: %.c $(HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2)) -c $< -o $@
+
+$(B)/libftune.a: $(patsubst %.c,$(B)/%.o,$(LIB_SRC))
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/ftune: $(patsubst %.c,$(B)/%.o,$(CLI_SRC)) $(B)/libftune.a
+	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(B)/tests/%: tests/%.c tests/test.h $(B)/libftune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(B)/libftune.a -o $@ $(LDLIBS)
+
+# Install missing Debian packages (when we can), then the pinned Python peers in a venv under
+# ~/.cache/ftune/ keyed by tests/peers/requirements.txt (created once, reused).
+deps:
+	@bash tools/deps.sh
+
+venv:
+	@bash tools/venv.sh >/dev/null
+
+ctest: all
+	@bash tools/run-ctests.sh $(B)/tests
+
+peertest: all asan-build
+	@VENV=$$(bash tools/venv.sh) && FTUNE_BIN=$(abspath $(B)/ftune) \
+	  FTUNE_ASAN_BIN=$(abspath build-asan/ftune) \
+	  $$VENV/bin/python -m pytest -q -p no:cacheprovider tests/peers
+
+test: deps
+	@$(MAKE) --no-print-directory ctest
+	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory peertest
+
+# The C tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan-build:
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(ASAN_FLAGS)" LDLIBS="$(LDLIBS) -fsanitize=address,undefined" all
+asan: deps asan-build
+	@ASAN_OPTIONS=detect_leaks=1 bash tools/run-ctests.sh build-asan/tests
+
+demo: deps all
+	@bash tools/demo.sh $(B)/ftune
+
+bench: all
+	@bash bench/run.sh
+
+format:
+	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)
+
+clean:
+	rm -rf build build-asan

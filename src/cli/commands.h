@@ -1,0 +1,15 @@
+/*
+ * commands.h: the list of ftune subcommands, as X(name, function, one-line summary).
+ * Each command lives in src/cli/cmd_<name>.c and takes the arguments after its name.
+ */
+#define FT_COMMANDS(X)                                                                         \
+    X("train", cmd_train, "fine-tune a LoRA adapter on a model folder and a JSONL file")       \
+    X("eval", cmd_eval, "loss / perplexity of a model (plus adapter) on a JSONL file")         \
+    X("init", cmd_init, "write a randomly initialised Hugging Face model folder")              \
+    X("tokenize", cmd_tokenize, "text to token ids with a model's tokenizer.json")             \
+    X("detokenize", cmd_detokenize, "token ids back to text")                                 \
+    X("chat-template", cmd_chat_template, "render a conversation through a chat template")
+
+#define X(name, fn, summary) int fn(int argc, char **argv);
+FT_COMMANDS(X)
+#undef X

@@ -1,0 +1,49 @@
+/*
+ * main.c: the ftune program. Dispatches "ftune <command> [options]" to src/cli/cmd_*.c;
+ * each command parses its own options (args.h) and returns an exit status:
+ * 0 done, 1 failure at run time, 2 bad input or usage, 130/143 interrupted.
+ */
+#include "cli/commands.h"
+#include "ftune.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} commands[] = {
+#define X(name, fn, summary) {name, fn, summary},
+    FT_COMMANDS(X)
+#undef X
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "ftune %s: LoRA fine-tuning of open LLMs on the CPU\n\n"
+               "usage: ftune <command> [options]    (ftune <command> --help for its options)\n\n"
+               "commands:\n",
+            ft_version());
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("ftune %s\n", ft_version());
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 2, argv + 2);
+    fprintf(stderr, "ftune: error: unknown command \"%s\"\n  hint: run 'ftune --help' for the list\n",
+            argv[1]);
+    return 2;
+}

@@ -1,0 +1,73 @@
+/*
+ * safetensors.h: reading and writing the safetensors format.
+ *
+ * Format (huggingface/safetensors): 8-byte little-endian header length n, then n bytes of JSON
+ * {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+ *  "__metadata__": {"k": "v"}}, then the data buffer; offsets are relative to the buffer.
+ *
+ * Reading mmaps the file and validates the whole header before anything is used: every dtype
+ * known, shape x dtype size == end - begin, offsets inside the file, no overlap. A model folder
+ * is either model.safetensors or a sharded set listed by model.safetensors.index.json.
+ */
+#ifndef FT_IO_SAFETENSORS_H
+#define FT_IO_SAFETENSORS_H
+
+#include "ftune.h"
+
+typedef enum st_dtype {
+    ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL,
+    ST_DTYPE_COUNT
+} st_dtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct st_tensor {
+    const char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data; /* into the mapping */
+    size_t nbytes;
+    const char *file; /* the file it came from, for messages */
+} st_tensor;
+
+typedef struct st_set st_set; /* one file, or all the shards of a model */
+
+const char *st_dtype_name(st_dtype t);
+size_t st_dtype_size(st_dtype t);
+
+/* Open one .safetensors file. */
+ft_status st_open(const char *path, st_set **out, ft_error *err);
+/* Open a model folder: DIR/model.safetensors, or DIR/model.safetensors.index.json and its shards. */
+ft_status st_open_dir(const char *dir, st_set **out, ft_error *err);
+void st_close(st_set *s);
+
+int st_count(const st_set *s);
+const st_tensor *st_at(const st_set *s, int i);
+const st_tensor *st_find(const st_set *s, const char *name); /* NULL if absent */
+/* Value of a __metadata__ key, or NULL. */
+const char *st_metadata(const st_set *s, const char *key);
+
+/* Copy tensor `name` into dst as fp32, converting from F32, F16 or BF16. It must exist and have
+ * exactly the given shape; otherwise an FT_ERR_INPUT error names the file, the tensor, the
+ * expected and the found shape or dtype. */
+ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape,
+                      float *dst, ft_error *err);
+
+/* Writer: collect tensors (the data is referenced, not copied, until st_writer_save), then
+ * write them atomically (io/atomic.h), with __metadata__ {"format": "pt"} plus any added. */
+typedef struct st_writer st_writer;
+st_writer *st_writer_new(void);
+ft_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
+                        const int64_t *shape, const void *data, ft_error *err);
+void st_writer_meta(st_writer *w, const char *key, const char *value);
+ft_status st_writer_save(st_writer *w, const char *path, ft_error *err);
+void st_writer_free(st_writer *w);
+
+/* fp16 / bf16 conversions (round to nearest even), shared by readers and writers. */
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,92 @@
+/*
+ * ops.h: the operations of a transformer training step, forward and backward, in fp32.
+ *
+ * Conventions (as in llm.c):
+ *  - All tensors are fp32, row-major and contiguous unless a leading dimension (ld*) is given.
+ *  - Shapes use the model's letters: N tokens (= B*T), C hidden, H query heads, Hkv key/value
+ *    heads, D head dim, I intermediate (MLP) size, V vocabulary.
+ *  - *_backward functions ACCUMULATE (+=) into every gradient they are given, input gradients and
+ *    parameter gradients alike, unless the comment says "overwrites". A NULL parameter gradient
+ *    means the parameter is frozen and its gradient is not computed.
+ *  - Each op has one portable C implementation here (the reference); SIMD versions, where they
+ *    exist, are selected at start-up and tested against it.
+ */
+#ifndef FT_OPS_H
+#define FT_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- gemm.c: linear layers over BLAS --------------------------------------------------- */
+/* out (N,O) = beta*out + inp (N,I) . W(O,I)^T [+ bias (O)]; ldo/ldi are row strides (0 = O / I) */
+void matmul_forward(float *out, int ldo, const float *inp, int ldi, const float *W,
+                    const float *bias, int N, int I, int O, float beta);
+/* dinp (N,I) += dout (N,O) . W (O,I) */
+void matmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const float *W,
+                           int N, int I, int O);
+/* dW (O,I) += dout^T (O,N) . inp (N,I);  dbias (O) += sum over rows of dout (either may be NULL) */
+void matmul_backward_weight(float *dW, float *dbias, const float *dout, int ldo,
+                            const float *inp, int ldi, int N, int I, int O);
+/* C (M,N) = alpha * op(A) . op(B) + beta * C, row-major; the general form the above use. */
+void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
+          const float *B, int ldb, float beta, float *C, int ldc);
+
+/* ---- rmsnorm.c ---------------------------------------------------------------------------
+ * out = inp * rstd * w, rstd = 1 / sqrt(mean(inp^2) + eps), per row of C values.
+ * inp, out (N,C); w (C); rstd (N) is saved for backward. */
+void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
+                     float eps);
+/* dinp (N,C) +=; dw (C) += (NULL if frozen) */
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
+                      const float *w, const float *rstd, int N, int C);
+
+/* ---- rope.c ------------------------------------------------------------------------------
+ * Rotary position embedding, Hugging Face convention: within each head the first rot_dim
+ * values are rotated as pairs (x[i], x[i + rot_dim/2]), i < rot_dim/2, by angle
+ * pos * inv_freq[i]; values past rot_dim pass through. cos and sin are multiplied by
+ * attn_scale (transformers' attention_scaling, 1 for most rope types).
+ * x (N, H, D) in place; pos (N) is each token's position; inv_freq (rot_dim/2). */
+void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
+                  int rot_dim, float attn_scale);
+/* dx (N,H,D) in place: the gradient with respect to the input of rope_forward */
+void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int D,
+                   int rot_dim, float attn_scale);
+
+/* ---- attention.c -------------------------------------------------------------------------
+ * Causal grouped-query attention, flash style: tiles of keys with an online softmax, never a
+ * T x T matrix; backward recomputes the probabilities from lse.
+ * q (B,T,H,D), k and v (B,T,Hkv,D), out (B,T,H,D); query head h uses kv head h / (H/Hkv).
+ * lse (B,H,T): log-sum-exp of each query's scaled scores, saved for backward.
+ * Query i may attend key j iff j <= i, and (window > 0) i - j < window (transformers'
+ * sliding_window), and (seg != NULL) seg[b*T+i] == seg[b*T+j] (packed documents).
+ * len (B) may be NULL; otherwise positions t >= len[b] are padding: they attend to nothing,
+ * are attended by nothing, and get out = 0 and zero gradients, and cost no work.
+ * scale multiplies q.k (usually 1/sqrt(D)). */
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                       int window, float scale);
+/* dq, dk, dv: OVERWRITTEN (not accumulated). */
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *out, const float *lse,
+                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                        int window, float scale);
+
+/* ---- swiglu.c ----------------------------------------------------------------------------
+ * out (N,I) = silu(gate) * up, silu(x) = x / (1 + exp(-x)). Row n of gate is gate + n*ld_in
+ * and of up is up + n*ld_in (ld_in = I for separate buffers, 2I for Phi-3's fused gate_up). */
+void swiglu_forward(float *out, const float *gate, const float *up, int N, int I, int ld_in);
+/* dgate, dup (same layout as gate/up): OVERWRITTEN. */
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                     const float *up, int N, int I, int ld_in);
+
+/* ---- xent.c ------------------------------------------------------------------------------
+ * LM head + cross-entropy over N tokens, in chunks of `chunk` tokens so that only chunk x V
+ * logits exist at once (scratch holds chunk*V floats).
+ * h (N,C) final hidden states; W (V,C) the frozen head; targets (N): the token each position
+ * must predict, or -100 (or any negative) to skip it.
+ * Returns sum over counted tokens of -log softmax(h W^T)[target] (in double).
+ * If dh != NULL: dh (N,C) += grad_scale * d(sum)/dh. */
+double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
+                   int V, float grad_scale, float *scratch, int chunk);
+
+#endif

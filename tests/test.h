@@ -1,0 +1,39 @@
+/*
+ * test.h: the tiny harness of ftune's C unit tests. Each tests/<module>_test.c is a program:
+ * it runs its checks, prints failures with file and line, and ends with the line
+ * "N passed, N failed" (exit status 1 if any failed).
+ */
+#ifndef FT_TEST_H
+#define FT_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int test_passed_, test_failed_;
+
+#define CHECK(cond, ...)                                                                       \
+    do {                                                                                       \
+        if (cond) {                                                                            \
+            test_passed_++;                                                                    \
+        } else {                                                                               \
+            test_failed_++;                                                                    \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);           \
+            fprintf(stderr, __VA_ARGS__);                                                      \
+            fputc('\n', stderr);                                                               \
+        }                                                                                      \
+    } while (0)
+
+/* |a - b| <= tol */
+#define CHECK_NEAR(a, b, tol, what)                                                            \
+    do {                                                                                       \
+        double a_ = (a), b_ = (b);                                                             \
+        CHECK(fabs(a_ - b_) <= (tol), "%s: %.9g vs %.9g (tol %g)", what, a_, b_, (double)(tol)); \
+    } while (0)
+
+static inline int test_summary(const char *name) {
+    printf("%s: %d passed, %d failed\n", name, test_passed_, test_failed_);
+    return test_failed_ ? 1 : 0;
+}
+
+#endif

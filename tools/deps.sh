@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the Debian packages ftune builds against, if any is missing. Needs root or sudo;
+# otherwise prints the apt-get line to run. The build itself never needs Python.
+set -euo pipefail
+need=()
+have_hdr() { [ -e "$1" ] || [ -n "$(find /usr/include -path "*$2" -print -quit 2>/dev/null)" ]; }
+command -v cc >/dev/null || need+=(build-essential)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+have_hdr /usr/include/cjson/cJSON.h cjson/cJSON.h || need+=(libcjson-dev)
+have_hdr /usr/include/pcre2.h pcre2.h || need+=(libpcre2-dev)
+have_hdr /usr/include/utf8proc.h utf8proc.h || need+=(libutf8proc-dev)
+[ -e /usr/include/x86_64-linux-gnu/cblas-openblas.h ] || ls /usr/include/*/openblas*/cblas.h >/dev/null 2>&1 \
+  || [ -e /usr/include/openblas/cblas.h ] || need+=(libopenblas-dev)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "ftune: installing missing packages: ${need[*]}"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"; } >/tmp/ftune-apt.log 2>&1; then
+  echo "ftune: error: could not install ${need[*]} (see /tmp/ftune-apt.log)" >&2
+  echo "  hint: run: sudo apt-get install ${need[*]}" >&2
+  exit 1
+fi
