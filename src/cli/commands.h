@@ -8,7 +8,8 @@
     X("init", cmd_init, "write a randomly initialised Hugging Face model folder")              \
     X("tokenize", cmd_tokenize, "text to token ids with a model's tokenizer.json")             \
     X("detokenize", cmd_detokenize, "token ids back to text")                                 \
-    X("chat-template", cmd_chat_template, "render a conversation through a chat template")
+    X("chat-template", cmd_chat_template, "render a conversation through a chat template")    \
+    X("inspect", cmd_inspect, "list the tensors of a safetensors file or model folder")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)
