@@ -8,6 +8,8 @@
 #include "ops/ops.h"
 
 #include <cblas.h>
+/* cblas.h pulls in complex.h, whose macro I would clash with our shape letter I. */
+#undef I
 
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc) {
