@@ -1,0 +1,47 @@
+/*
+ * rope.c: rotary position embedding, Hugging Face convention (transformers 5.23,
+ * models/llama/modeling_llama.py: LlamaRotaryEmbedding.forward and apply_rotary_pos_emb;
+ * models/phi3 for partial rotary).
+ *
+ * The angle is computed as transformers does: float32 position times float32 inv_freq, a float32
+ * product, then cos and sin in float32, each multiplied by attention_scaling. Within each head the
+ * first rot_dim values are rotated as pairs (x1, x2) = (x[i], x[i + rot_dim/2]):
+ *   y1 = x1*cos - x2*sin,  y2 = x2*cos + x1*sin        (q*cos + rotate_half(q)*sin)
+ * and x[rot_dim..D) pass through (Phi-3's partial_rotary_factor).
+ * The map is a (scaled) rotation, so backward applies the transpose: the rotation by -angle,
+ * times the same attn_scale. Tokens are split across OpenMP threads; each computes one cos/sin per
+ * frequency and applies it to all H heads.
+ */
+#include "ops/ops.h"
+
+#include <math.h>
+
+static void rope_apply(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
+                       int rot_dim, float attn_scale, float sign) {
+    int half = rot_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float p = (float)pos[n];
+        float *xn = x + (size_t)n * H * D;
+        for (int i = 0; i < half; i++) {
+            float a = p * inv_freq[i];
+            float c = cosf(a) * attn_scale, s = sign * (sinf(a) * attn_scale);
+            for (int h = 0; h < H; h++) {
+                float *xh = xn + (size_t)h * D;
+                float x1 = xh[i], x2 = xh[i + half];
+                xh[i] = x1 * c - x2 * s;
+                xh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
+                  int rot_dim, float attn_scale) {
+    rope_apply(x, pos, inv_freq, N, H, D, rot_dim, attn_scale, 1.0f);
+}
+
+void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int D,
+                   int rot_dim, float attn_scale) {
+    rope_apply(dx, pos, inv_freq, N, H, D, rot_dim, attn_scale, -1.0f);
+}

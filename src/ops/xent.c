@@ -1,0 +1,73 @@
+/*
+ * xent.c: the LM head and cross-entropy loss together, in chunks, so that the N x V logits
+ * never exist at once (at V = 150k and N = 2048 they would be 1.2 GB).
+ *
+ * Tokens whose target is negative (-100, transformers' ignore_index) are skipped entirely: a
+ * chunk is a run of at most `chunk` consecutive counted tokens, so masked prompt tokens cost no
+ * GEMM. For each chunk: logits (n,V) = h W^T by gemm() into scratch; per row a stable
+ * log-softmax (max subtracted, exp in float, the sum in double); loss += log(sum) + max -
+ * logit[target]. With dh, the row is turned in place into dlogits = (softmax - onehot(target)) *
+ * grad_scale and dh += dlogits W by a second gemm(). Rows of a chunk are split across OpenMP
+ * threads; the loss is a double reduction. A target >= V cannot be scored: its row adds NaN to
+ * the loss (so the caller notices) and no gradient.
+ */
+#include "ops/ops.h"
+
+#include <math.h>
+
+/* Scores rows [0, n) of the logits in `l` (n, V); returns the chunk's loss sum. */
+static double xent_chunk(float *l, const int *tg, int n, int V, float grad_scale, int grad) {
+    double loss = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : loss)
+    for (int r = 0; r < n; r++) {
+        float *x = l + (size_t)r * V;
+        int t = tg[r];
+        if (t >= V) {
+            loss += NAN;
+            if (grad)
+                for (int j = 0; j < V; j++) x[j] = 0.0f;
+            continue;
+        }
+        float mx = x[0];
+        for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+        float xt = x[t];
+        double sum = 0.0;
+        if (grad) {
+            for (int j = 0; j < V; j++) {
+                float e = expf(x[j] - mx);
+                x[j] = e;
+                sum += e;
+            }
+        } else {
+            for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
+        }
+        loss += log(sum) + (double)mx - (double)xt;
+        if (grad) {
+            float k = (float)(grad_scale / sum);
+            for (int j = 0; j < V; j++) x[j] *= k;
+            x[t] -= grad_scale;
+        }
+    }
+    return loss;
+}
+
+double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
+                   int V, float grad_scale, float *scratch, int chunk) {
+    double loss = 0.0;
+    if (chunk < 1) chunk = 1;
+    int n0 = 0;
+    while (n0 < N) {
+        if (targets[n0] < 0) {
+            n0++;
+            continue;
+        }
+        int n1 = n0 + 1;
+        while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0) n1++;
+        int n = n1 - n0;
+        gemm(0, 1, n, V, C, 1.0f, h + (size_t)n0 * C, C, W, C, 0.0f, scratch, V);
+        loss += xent_chunk(scratch, targets + n0, n, V, grad_scale, dh != NULL);
+        if (dh) gemm(0, 0, n, C, V, 1.0f, scratch, V, W, C, 1.0f, dh + (size_t)n0 * C, C);
+        n0 = n1;
+    }
+    return loss;
+}
