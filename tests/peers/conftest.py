@@ -1,0 +1,99 @@
+"""Shared fixtures of the peer tests: the ftune binary, a runner, and a session-wide zoo of tiny
+models and adapters built by transformers and PEFT (tests/peers/models.py).
+
+The binary is $FTUNE_BIN (default <repo>/build/ftune); the ASan/UBSan build, when it exists, is
+$FTUNE_ASAN_BIN (default <repo>/build-asan/ftune). Models are built once per pytest session, lazily,
+under a pytest tmp dir, so a test file that needs two architectures pays for two. PyTorch runs on
+one thread: the models are tiny and the machine is shared.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import models  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def ftune_bin():
+    return os.environ.get("FTUNE_BIN", os.path.join(REPO, "build", "ftune"))
+
+
+def asan_bin():
+    """The ASan/UBSan build if it exists, else None."""
+    p = os.environ.get("FTUNE_ASAN_BIN", os.path.join(REPO, "build-asan", "ftune"))
+    return p if os.path.exists(p) else None
+
+
+def run_ftune(args, binary=None, timeout=600, env=None):
+    """Run ftune with args (strings), return the CompletedProcess (text mode, never raises on a
+    non-zero exit)."""
+    b = binary or ftune_bin()
+    if not os.path.exists(b):
+        pytest.fail(f"ftune binary not found at {b} (build it with make, or set FTUNE_BIN)")
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([b] + [str(a) for a in args], capture_output=True, text=True,
+                          timeout=timeout, env=e)
+
+
+def run_ok(args, **kw):
+    """Run ftune and fail the test, with its stderr, unless it exits 0."""
+    p = run_ftune(args, **kw)
+    if p.returncode != 0:
+        pytest.fail(f"ftune {' '.join(map(str, args))} exited {p.returncode}\n"
+                    f"stderr:\n{p.stderr[-4000:]}\nstdout:\n{p.stdout[-2000:]}")
+    return p
+
+
+def last_json_line(text):
+    """The last line of text that parses as a JSON object (ftune eval prints one)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise AssertionError(f"no JSON line in output:\n{text[-2000:]}")
+
+
+class Zoo:
+    """Lazily built model folders (per architecture and dtype) and PEFT adapters."""
+
+    def __init__(self, root):
+        self.root = str(root)
+        self._models = {}
+
+    def _f32(self, arch):
+        if arch not in self._models:
+            self._models[arch] = models.build_model(arch)
+        return self._models[arch]
+
+    def model(self, arch, dtype="f32"):
+        d = os.path.join(self.root, f"{arch}-{dtype}")
+        if not os.path.exists(os.path.join(d, "config.json")):
+            models.save_model(self._f32(arch), d, dtype)
+        return d
+
+    def adapter(self, arch, name="ad", **lora_over):
+        """A PEFT adapter (init_lora_weights=False) for the f32 model of arch."""
+        d = os.path.join(self.root, f"{arch}-{name}")
+        if not os.path.exists(os.path.join(d, "adapter_config.json")):
+            models.make_adapter(self.model(arch, "f32"), arch, d, **lora_over)
+        return d
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory):
+    return Zoo(tmp_path_factory.mktemp("zoo"))
