@@ -1,0 +1,253 @@
+/*
+ * attention_test.c: flash attention (src/ops/attention.c) against a naive reference written here.
+ *
+ * The reference computes, in double, each query's full softmax over all keys with the mask rule
+ * spelled out directly (j <= i, i - j < window, seg[i] == seg[j], i and j < len), and the
+ * backward from the softmax Jacobian: dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P*dP)),
+ * dQ = scale dS K, dK = scale dS^T Q (it uses rowsum(P*dP), not dO.O as the flash code does).
+ *
+ * 1. Forward (out, lse) and backward (dq, dk, dv) of the fp32 flash code vs the double
+ *    reference, for: T not a multiple of the 64/32 tiles, T = 1, H = Hkv, H = 4*Hkv, window < T,
+ *    two and three segments (and non-monotone segment ids), len < T including a row with
+ *    len = 0, and masks combined. Tolerance: max |ours - ref| <= 1e-5 * max |ref| per tensor.
+ *    Inputs are O(1) and a value is a sum of at most ~150 fp32 products (unit roundoff 6e-8), so
+ *    fp32 rounding stays around 1e-6 of the scale; 1e-5 fails on any mask or indexing slip, which
+ *    moves values by O(1e-2) or more. Padding rows must be exactly 0 (out, dq, dk, dv) and their
+ *    lse -inf; dq/dk/dv are pre-filled with garbage to check that backward overwrites.
+ * 2. Finite differences: the gradient of L = sum(out * R) (R fixed random) is taken by central
+ *    differences of the double reference forward (eps 1e-5: truncation ~eps^2 = 1e-10, roundoff
+ *    ~1e-16/eps = 1e-11) and compared with the fp32 analytic backward at 1e-5 of the largest
+ *    gradient, for GQA H=4 Hkv=2 plain, with a window, with segments and with padding.
+ */
+#include "ops/ops.h"
+#include "test.h"
+
+#include <string.h>
+
+static unsigned long long rng_state = 0x9E3779B97F4A7C15ull;
+static double rnd(void) { /* uniform in [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0;
+}
+
+static int seg_of(int kind, int T, int t) {
+    switch (kind) {
+    case 2: return t < T * 2 / 5 ? 0 : 1;
+    case 3: return t < T / 6 ? 0 : t < T * 2 / 3 ? 1 : 2;
+    case 4: return t < T / 4 ? 5 : t < T / 2 ? 2 : 5;
+    default: return 0;
+    }
+}
+
+static int ref_allowed(const int *seg, int L, int window, int i, int j) {
+    if (i >= L || j >= L || j > i) return 0;
+    if (window > 0 && i - j >= window) return 0;
+    if (seg && seg[i] != seg[j]) return 0;
+    return 1;
+}
+
+/* out (B,T,H,D), lse (B,H,T); if dout: dq, dk, dv (zeroed here) get the gradients. */
+static void ref_attention(double *out, double *lse, const double *q, const double *k,
+                          const double *v, const int *seg, const int *len, int B, int T, int H,
+                          int Hkv, int D, int window, double scale, const double *dout,
+                          double *dq, double *dk, double *dv) {
+    int G = H / Hkv;
+    double *P = malloc(sizeof(double) * T), *dP = malloc(sizeof(double) * T);
+    if (dout) {
+        memset(dq, 0, sizeof(double) * B * T * H * D);
+        memset(dk, 0, sizeof(double) * B * T * Hkv * D);
+        memset(dv, 0, sizeof(double) * B * T * Hkv * D);
+    }
+    for (int b = 0; b < B; b++) {
+        int L = len ? len[b] : T;
+        const int *sb = seg ? seg + b * T : NULL;
+        for (int h = 0; h < H; h++) {
+            int g = h / G;
+            for (int i = 0; i < T; i++) {
+                const double *qi = q + ((size_t)(b * T + i) * H + h) * D;
+                double *oi = out + ((size_t)(b * T + i) * H + h) * D;
+                double mx = -INFINITY;
+                for (int j = 0; j < T; j++) {
+                    P[j] = -INFINITY;
+                    if (!ref_allowed(sb, L, window, i, j)) continue;
+                    const double *kj = k + ((size_t)(b * T + j) * Hkv + g) * D;
+                    double s = 0;
+                    for (int d = 0; d < D; d++) s += qi[d] * kj[d];
+                    P[j] = s * scale;
+                    if (P[j] > mx) mx = P[j];
+                }
+                for (int d = 0; d < D; d++) oi[d] = 0;
+                if (mx == -INFINITY) {
+                    lse[(b * H + h) * T + i] = -INFINITY;
+                    continue;
+                }
+                double sum = 0;
+                for (int j = 0; j < T; j++) sum += P[j] == -INFINITY ? 0 : exp(P[j] - mx);
+                lse[(b * H + h) * T + i] = mx + log(sum);
+                for (int j = 0; j < T; j++) {
+                    P[j] = P[j] == -INFINITY ? 0 : exp(P[j] - mx) / sum;
+                    const double *vj = v + ((size_t)(b * T + j) * Hkv + g) * D;
+                    for (int d = 0; d < D; d++) oi[d] += P[j] * vj[d];
+                }
+                if (!dout) continue;
+                const double *doi = dout + ((size_t)(b * T + i) * H + h) * D;
+                double rs = 0;
+                for (int j = 0; j < T; j++) {
+                    const double *vj = v + ((size_t)(b * T + j) * Hkv + g) * D;
+                    dP[j] = 0;
+                    for (int d = 0; d < D; d++) dP[j] += doi[d] * vj[d];
+                    rs += P[j] * dP[j];
+                }
+                for (int j = 0; j < T; j++) {
+                    if (P[j] == 0) continue;
+                    double ds = P[j] * (dP[j] - rs) * scale;
+                    size_t kvj = ((size_t)(b * T + j) * Hkv + g) * D;
+                    double *dqi = dq + ((size_t)(b * T + i) * H + h) * D;
+                    for (int d = 0; d < D; d++) {
+                        dv[kvj + d] += P[j] * doi[d];
+                        dk[kvj + d] += ds * qi[d];
+                        dqi[d] += ds * k[kvj + d];
+                    }
+                }
+            }
+        }
+    }
+    free(P);
+    free(dP);
+}
+
+/* max |a - b| / max |b| over n values (b the reference) */
+static double rel_err(const float *a, const double *b, size_t n) {
+    double e = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > e || d != d) e = d;
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return e / m;
+}
+
+typedef struct {
+    int B, T, H, Hkv, D, window;
+    const int *seg, *len;
+    double scale;
+    double *q, *k, *v, *R, *out, *lse;
+} fd_ctx;
+
+static double fd_loss(fd_ctx *c) {
+    ref_attention(c->out, c->lse, c->q, c->k, c->v, c->seg, c->len, c->B, c->T, c->H, c->Hkv,
+                  c->D, c->window, c->scale, NULL, NULL, NULL, NULL);
+    double L = 0;
+    for (size_t i = 0; i < (size_t)c->B * c->T * c->H * c->D; i++) L += c->out[i] * c->R[i];
+    return L;
+}
+
+/* The relative error of `grad` (fp32) vs central differences of fd_loss over x[0..n). */
+static double fd_check(fd_ctx *c, double *x, size_t n, const float *grad) {
+    const double eps = 1e-5;
+    double *num = malloc(sizeof(double) * n);
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        x[i] = x0 + eps;
+        double lp = fd_loss(c);
+        x[i] = x0 - eps;
+        double lm = fd_loss(c);
+        x[i] = x0;
+        num[i] = (lp - lm) / (2 * eps);
+    }
+    double e = rel_err(grad, num, n);
+    free(num);
+    return e;
+}
+
+static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int window,
+                     int seg_kind, const int *len, int do_fd) {
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
+    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk), *dout = malloc(4 * nq);
+    float *out = malloc(4 * nq), *lse = malloc(4 * nl), *dq = malloc(4 * nq), *dk = malloc(4 * nk),
+          *dv = malloc(4 * nk);
+    double *qd = malloc(8 * nq), *kd = malloc(8 * nk), *vd = malloc(8 * nk), *dod = malloc(8 * nq);
+    double *outd = malloc(8 * nq), *lsed = malloc(8 * nl), *dqd = malloc(8 * nq),
+           *dkd = malloc(8 * nk), *dvd = malloc(8 * nk);
+    int *seg = seg_kind ? malloc(sizeof(int) * B * T) : NULL;
+    /* q scaled up so that scores reach ~+-10 and the online max really moves between tiles */
+    for (size_t i = 0; i < nq; i++) q[i] = (float)(4 * rnd()), qd[i] = q[i];
+    for (size_t i = 0; i < nk; i++) k[i] = (float)rnd(), kd[i] = k[i];
+    for (size_t i = 0; i < nk; i++) v[i] = (float)rnd(), vd[i] = v[i];
+    for (size_t i = 0; i < nq; i++) dout[i] = (float)rnd(), dod[i] = dout[i];
+    /* batch row b sees the pattern shifted by 3b, so for b > 0 the ids wrap around and are not
+     * monotone: both paths of attention.c (binary-searched segment start, per-pair check) run */
+    for (int b = 0; b < B && seg; b++)
+        for (int t = 0; t < T; t++) seg[b * T + t] = seg_of(seg_kind, T, (t + 3 * b) % T);
+    float scale = 1.0f / sqrtf((float)D);
+    char what[160];
+
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+    ref_attention(outd, lsed, qd, kd, vd, seg, len, B, T, H, Hkv, D, window, scale, dod, dqd,
+                  dkd, dvd);
+    snprintf(what, sizeof what, "%s: out vs naive double", name);
+    CHECK(rel_err(out, outd, nq) <= 1e-5, "%s: rel err %.3g", what, rel_err(out, outd, nq));
+    int lse_bad = 0, pad_bad = 0;
+    for (size_t i = 0; i < nl; i++) {
+        if (isinf(lsed[i])) lse_bad += !(isinf(lse[i]) && lse[i] < 0);
+        else lse_bad += !(fabs(lse[i] - lsed[i]) <= 1e-5 * (1 + fabs(lsed[i])));
+    }
+    CHECK(lse_bad == 0, "%s: %d lse values differ from the naive double lse", name, lse_bad);
+
+    for (size_t i = 0; i < nq; i++) dq[i] = 7.0f;
+    for (size_t i = 0; i < nk; i++) dk[i] = dv[i] = -3.0f;
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale);
+    CHECK(rel_err(dq, dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, dqd, nq));
+    CHECK(rel_err(dk, dkd, nk) <= 1e-5, "%s: dk rel err %.3g", name, rel_err(dk, dkd, nk));
+    CHECK(rel_err(dv, dvd, nk) <= 1e-5, "%s: dv rel err %.3g", name, rel_err(dv, dvd, nk));
+    for (int b = 0; b < B && len; b++)
+        for (int t = len[b]; t < T; t++) {
+            for (int x = 0; x < H * D; x++) {
+                size_t o = (size_t)(b * T + t) * H * D + x;
+                pad_bad += out[o] != 0.0f || dq[o] != 0.0f;
+            }
+            for (int x = 0; x < Hkv * D; x++) {
+                size_t o = (size_t)(b * T + t) * Hkv * D + x;
+                pad_bad += dk[o] != 0.0f || dv[o] != 0.0f;
+            }
+        }
+    CHECK(pad_bad == 0, "%s: %d padding values are not exactly 0", name, pad_bad);
+
+    if (do_fd) {
+        fd_ctx c = {B, T, H, Hkv, D, window, seg, len, scale, qd, kd, vd, dod, outd, lsed};
+        /* L = sum(out * R) with R = dout, so dL/dq = dq from the backward given dout */
+        double eq = fd_check(&c, qd, nq, dq), ek = fd_check(&c, kd, nk, dk),
+               ev = fd_check(&c, vd, nk, dv);
+        CHECK(eq <= 1e-5, "%s: dq vs finite differences: rel err %.3g", name, eq);
+        CHECK(ek <= 1e-5, "%s: dk vs finite differences: rel err %.3g", name, ek);
+        CHECK(ev <= 1e-5, "%s: dv vs finite differences: rel err %.3g", name, ev);
+    }
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    free(qd), free(kd), free(vd), free(dod), free(outd), free(lsed), free(dqd), free(dkd);
+    free(dvd), free(seg);
+}
+
+int main(void) {
+    int len3[3] = {70, 33, 0}, len2[2] = {11, 6}, len2b[2] = {1, 150};
+    /* against the naive reference */
+    run_case("GQA H=4 Hkv=2, T=70 (not a multiple of the tiles)", 2, 70, 4, 2, 16, 0, 0, NULL, 0);
+    run_case("T=1", 2, 1, 2, 1, 8, 0, 0, NULL, 0);
+    run_case("H=Hkv=3, T=37", 1, 37, 3, 3, 16, 0, 0, NULL, 0);
+    run_case("H=4*Hkv, T=50", 2, 50, 8, 2, 8, 0, 0, NULL, 0);
+    run_case("window 5 < T=70", 2, 70, 4, 2, 16, 5, 0, NULL, 0);
+    run_case("window 70 < T=150 (tiles skipped)", 1, 150, 4, 2, 8, 70, 0, NULL, 0);
+    run_case("window 1 (self only)", 1, 20, 2, 1, 8, 1, 0, NULL, 0);
+    run_case("two segments, T=70", 2, 70, 4, 2, 16, 0, 2, NULL, 0);
+    run_case("three segments, T=130", 2, 130, 4, 2, 8, 0, 3, NULL, 0);
+    run_case("non-monotone segment ids", 2, 70, 4, 2, 8, 0, 4, NULL, 0);
+    run_case("len {70, 33, 0} < T=70", 3, 70, 4, 2, 16, 0, 0, len3, 0);
+    run_case("len {1, 150}", 2, 150, 2, 1, 8, 0, 0, len2b, 0);
+    run_case("window + three segments + len", 3, 70, 4, 2, 8, 9, 3, len3, 0);
+    /* against finite differences of the reference */
+    run_case("FD: GQA H=4 Hkv=2", 2, 9, 4, 2, 8, 0, 0, NULL, 1);
+    run_case("FD: window 4", 2, 11, 4, 2, 8, 4, 0, NULL, 1);
+    run_case("FD: two segments", 2, 11, 4, 2, 8, 0, 2, NULL, 1);
+    run_case("FD: padding len {11, 6}", 2, 11, 4, 2, 8, 0, 0, len2, 1);
+    return test_summary("attention");
+}
