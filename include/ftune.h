@@ -41,6 +41,48 @@ ft_status ft_error_set(ft_error *err, ft_status st, const char *where, const cha
 /* Write "ftune: error: WHERE: WHAT\n  hint: HINT\n" to f. */
 void ft_error_print(const ft_error *err, FILE *f);
 
+/* ---- training ------------------------------------------------------------------------
+ * Defaults (ft_train_defaults) follow PEFT's LoraConfig and transformers' TrainingArguments:
+ * r 8, alpha 8, dropout 0, targets q_proj,v_proj, lr 5e-5, linear schedule, 3 epochs, batch 8,
+ * weight decay 0, max grad norm 1, seed 42. */
+typedef struct ft_train_options {
+    const char *model_dir;  /* Hugging Face model folder */
+    const char *data_path;  /* JSONL with input_ids (+ labels) */
+    const char *out_dir;    /* run folder: adapter, run_config.json, metrics.jsonl */
+    const char *adapter_dir;/* start from this PEFT adapter (NULL: new, PEFT init) */
+    int lora_r;
+    double lora_alpha, lora_dropout;
+    const char *lora_targets; /* "q_proj,v_proj", "all-linear", ... */
+    int rslora;
+    long steps;   /* > 0: optimizer steps (overrides epochs) */
+    double epochs;
+    int batch_size, grad_accum, seq_len;
+    double lr, weight_decay, max_grad_norm, adam_beta1, adam_beta2, adam_eps;
+    const char *schedule; /* constant, constant_with_warmup, linear, cosine */
+    long warmup_steps;
+    uint64_t seed;
+    int threads;  /* 0: all cores */
+    int shuffle;
+    int overwrite;
+    int quiet;    /* no progress lines */
+} ft_train_options;
+
+void ft_train_defaults(ft_train_options *o);
+/* Run a LoRA fine-tune; progress goes to stderr unless quiet. */
+ft_status ft_train(const ft_train_options *o, ft_error *err);
+
+typedef struct ft_eval_options {
+    const char *model_dir, *adapter_dir, *data_path;
+    int batch_size, seq_len, threads;
+    const char *dump_logits; /* write "logits" [examples, T, V] here (NULL: no) */
+    const char *dump_grads;  /* write LoRA gradients of the mean loss here (NULL: no) */
+} ft_eval_options;
+typedef struct ft_eval_result {
+    double loss;   /* mean token loss */
+    long tokens;   /* counted tokens */
+} ft_eval_result;
+ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err);
+
 /* Library version string, e.g. "0.1.0". */
 const char *ft_version(void);
 

@@ -1,8 +1,45 @@
-/* Placeholder while this command is being written in this session; replaced before submission. */
-#include <stdio.h>
+/*
+ * cmd_eval.c: `ftune eval`: mean token loss and perplexity of a model (with an optional
+ * adapter) on a JSONL file; can dump the logits and the adapter's gradients for comparison
+ * with PyTorch.
+ */
+#include "cli/args.h"
+#include "ftune.h"
+
+#include <math.h>
+
 int cmd_eval(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "ftune: error: this command is not built yet\n");
-    return 1;
+    ft_eval_options o = {0};
+    long bs = 8, sl = 0, threads = 0;
+    const opt_spec specs[] = {
+        {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},
+        {"adapter", OPT_STR, &o.adapter_dir, "DIR", "a PEFT LoRA adapter folder (or a run folder)"},
+        {"data", OPT_STR, &o.data_path, "FILE", "JSONL with input_ids (and labels)"},
+        {"batch-size", OPT_INT, &bs, "B", "examples per batch"},
+        {"seq-len", OPT_INT, &sl, "T", "truncate examples to T tokens (0: no limit)"},
+        {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
+        {"dump-logits", OPT_STR, &o.dump_logits, "FILE", "write logits [examples, T, V] as safetensors"},
+        {"dump-grads", OPT_STR, &o.dump_grads, "FILE", "write the adapter's gradients of the mean loss"},
+        {0},
+    };
+    const cmd_info info = {"eval", "ftune eval --model DIR [--adapter DIR] --data FILE.jsonl [options]",
+                           "Mean token loss (labels unshifted as in transformers, -100 not counted)\n"
+                           "and perplexity, printed as one JSON line."};
+    ft_error err = {0};
+    int rc = args_parse(argc, argv, &info, specs, &err);
+    if (rc == -1) return 0;
+    if (rc) {
+        ft_error_print(&err, stderr);
+        return rc;
+    }
+    o.batch_size = (int)bs, o.seq_len = (int)sl, o.threads = (int)threads;
+    ft_eval_result res;
+    ft_status st = ft_eval(&o, &res, &err);
+    if (st) {
+        ft_error_print(&err, stderr);
+        return st;
+    }
+    printf("{\"loss\": %.8g, \"tokens\": %ld, \"perplexity\": %.8g}\n", res.loss, res.tokens,
+           exp(res.loss));
+    return 0;
 }

@@ -1,8 +1,60 @@
-/* Placeholder while this command is being written in this session; replaced before submission. */
-#include <stdio.h>
+/*
+ * cmd_train.c: `ftune train`, option parsing over ft_train (src/train/trainer.c).
+ * Option names and defaults follow PEFT's LoraConfig and transformers' TrainingArguments.
+ */
+#include "cli/args.h"
+#include "ftune.h"
+
 int cmd_train(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "ftune: error: this command is not built yet\n");
-    return 1;
+    ft_train_options o;
+    ft_train_defaults(&o);
+    long r = o.lora_r, bs = o.batch_size, ga = o.grad_accum, sl = o.seq_len, threads = 0,
+         seed = (long)o.seed;
+    int no_shuffle = 0;
+    const opt_spec specs[] = {
+        {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder (config.json, *.safetensors)"},
+        {"data", OPT_STR, &o.data_path, "FILE", "training data, JSONL with input_ids (and labels)"},
+        {"out", OPT_STR, &o.out_dir, "RUN", "run folder for the adapter, run_config.json, metrics.jsonl"},
+        {"adapter", OPT_STR, &o.adapter_dir, "DIR", "start from this PEFT adapter (its r/alpha/targets win)"},
+        {"lora-r", OPT_INT, &r, "R", "LoRA rank"},
+        {"lora-alpha", OPT_FLOAT, &o.lora_alpha, "A", "LoRA alpha (scale = alpha / r)"},
+        {"lora-dropout", OPT_FLOAT, &o.lora_dropout, "P", "dropout on the LoRA input"},
+        {"lora-targets", OPT_STR, &o.lora_targets, "LIST", "comma list of q_proj,k_proj,... or all-linear"},
+        {"rslora", OPT_FLAG, &o.rslora, NULL, "rank-stabilised LoRA (scale = alpha / sqrt(r))"},
+        {"steps", OPT_INT, &o.steps, "N", "optimizer steps (overrides --epochs when > 0)"},
+        {"epochs", OPT_FLOAT, &o.epochs, "E", "passes over the data"},
+        {"batch-size", OPT_INT, &bs, "B", "examples per micro-batch"},
+        {"grad-accum", OPT_INT, &ga, "K", "micro-batches per optimizer step"},
+        {"seq-len", OPT_INT, &sl, "T", "longest example in tokens (longer ones keep their start)"},
+        {"lr", OPT_FLOAT, &o.lr, "LR", "peak learning rate"},
+        {"schedule", OPT_STR, &o.schedule, "NAME", "constant, constant_with_warmup, linear or cosine"},
+        {"warmup-steps", OPT_INT, &o.warmup_steps, "N", "linear warmup steps"},
+        {"weight-decay", OPT_FLOAT, &o.weight_decay, "WD", "AdamW weight decay"},
+        {"max-grad-norm", OPT_FLOAT, &o.max_grad_norm, "X", "clip the global gradient norm (0: off)"},
+        {"adam-beta1", OPT_FLOAT, &o.adam_beta1, "B1", "AdamW beta1"},
+        {"adam-beta2", OPT_FLOAT, &o.adam_beta2, "B2", "AdamW beta2"},
+        {"adam-eps", OPT_FLOAT, &o.adam_eps, "EPS", "AdamW epsilon"},
+        {"seed", OPT_INT, &seed, "S", "seed for LoRA init, shuffling and dropout"},
+        {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
+        {"no-shuffle", OPT_FLAG, &no_shuffle, NULL, "keep the file's order of examples"},
+        {"overwrite", OPT_FLAG, &o.overwrite, NULL, "write into a non-empty run folder"},
+        {"quiet", OPT_FLAG, &o.quiet, NULL, "no progress lines"},
+        {0},
+    };
+    const cmd_info info = {"train", "ftune train --model DIR --data FILE.jsonl --out RUN [options]",
+                           "Fine-tune a LoRA adapter. Writes RUN/adapter_model.safetensors and "
+                           "RUN/adapter_config.json\n(PEFT's layout: PeftModel.from_pretrained(model, RUN) "
+                           "loads it), RUN/run_config.json and\nRUN/metrics.jsonl (one line per step)."};
+    ft_error err = {0};
+    int rc = args_parse(argc, argv, &info, specs, &err);
+    if (rc == -1) return 0;
+    if (rc) {
+        ft_error_print(&err, stderr);
+        return rc;
+    }
+    o.lora_r = (int)r, o.batch_size = (int)bs, o.grad_accum = (int)ga, o.seq_len = (int)sl;
+    o.threads = (int)threads, o.seed = (uint64_t)seed, o.shuffle = !no_shuffle;
+    ft_status st = ft_train(&o, &err);
+    if (st) ft_error_print(&err, stderr);
+    return st;
 }

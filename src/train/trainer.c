@@ -1,0 +1,406 @@
+/*
+ * trainer.c: the LoRA training loop and evaluation (ft_train, ft_eval).
+ *
+ * One optimizer step = grad_accum micro-batches of batch_size examples (the last step of an epoch
+ * takes what is left, as transformers' Trainer does). Before the step's first forward pass the
+ * counted tokens of all its micro-batches are summed, so every micro-batch's gradient is scaled by
+ * 1 / (counted tokens of the whole step): the loss is the same whatever the padding, the split into
+ * micro-batches or the accumulation (transformers' num_items_in_batch). Then: global-norm
+ * clipping, the schedule's learning rate, AdamW, a metrics line, a progress line.
+ */
+#include "ftune.h"
+#include "data/dataset.h"
+#include "io/json.h"
+#include "io/atomic.h"
+#include "model/model.h"
+#include "train/optim.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <math.h>
+#include <omp.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <dirent.h>
+#include <time.h>
+#include <unistd.h>
+
+void openblas_set_num_threads(int);
+
+void ft_train_defaults(ft_train_options *o) {
+    memset(o, 0, sizeof *o);
+    o->lora_r = 8, o->lora_alpha = 8, o->lora_dropout = 0, o->lora_targets = "q_proj,v_proj";
+    o->epochs = 3, o->batch_size = 8, o->grad_accum = 1, o->seq_len = 2048;
+    o->lr = 5e-5, o->weight_decay = 0, o->max_grad_norm = 1.0;
+    o->adam_beta1 = 0.9, o->adam_beta2 = 0.999, o->adam_eps = 1e-8;
+    o->schedule = "linear", o->seed = 42, o->shuffle = 1;
+}
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double rss_mb(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+        fclose(f);
+    }
+    return resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
+}
+
+static void set_threads(int n) {
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+static uint64_t mix64(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The order of examples in an epoch: file order, or a seeded Fisher-Yates shuffle. */
+static void epoch_order(int *order, int n, int shuffle, uint64_t seed, long epoch) {
+    for (int i = 0; i < n; i++) order[i] = i;
+    if (!shuffle) return;
+    uint64_t s = mix64(seed ^ mix64((uint64_t)epoch + 1));
+    for (int i = n - 1; i > 0; i--) {
+        s = mix64(s);
+        int j = (int)(s % (uint64_t)(i + 1));
+        int t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+}
+
+static int dir_nonempty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n > 0;
+}
+
+static ft_status write_run_config(const ft_train_options *o, const lora_set *ls, long total_steps,
+                                  const dataset *ds, ft_error *err) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "ftune_version", ft_version());
+    cJSON_AddStringToObject(j, "model", o->model_dir);
+    cJSON_AddStringToObject(j, "data", o->data_path);
+    cJSON_AddStringToObject(j, "out", o->out_dir);
+    if (o->adapter_dir) cJSON_AddStringToObject(j, "adapter", o->adapter_dir);
+    else cJSON_AddNullToObject(j, "adapter");
+    cJSON_AddNumberToObject(j, "lora_r", ls->R);
+    cJSON_AddNumberToObject(j, "lora_alpha", ls->alpha);
+    cJSON_AddNumberToObject(j, "lora_dropout", ls->dropout);
+    cJSON *t = cJSON_AddArrayToObject(j, "lora_targets");
+    for (int k = 0; k < LIN_COUNT; k++)
+        if (ls->targets & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(lin_names[k]));
+    cJSON_AddBoolToObject(j, "rslora", ls->rslora);
+    cJSON_AddNumberToObject(j, "lora_scale", ls->scale);
+    cJSON_AddNumberToObject(j, "steps", (double)total_steps);
+    cJSON_AddNumberToObject(j, "epochs", o->epochs);
+    cJSON_AddNumberToObject(j, "batch_size", o->batch_size);
+    cJSON_AddNumberToObject(j, "grad_accum", o->grad_accum);
+    cJSON_AddNumberToObject(j, "seq_len", o->seq_len);
+    cJSON_AddNumberToObject(j, "lr", o->lr);
+    cJSON_AddStringToObject(j, "schedule", o->schedule);
+    cJSON_AddNumberToObject(j, "warmup_steps", (double)o->warmup_steps);
+    cJSON_AddNumberToObject(j, "weight_decay", o->weight_decay);
+    cJSON_AddNumberToObject(j, "max_grad_norm", o->max_grad_norm);
+    cJSON_AddNumberToObject(j, "adam_beta1", o->adam_beta1);
+    cJSON_AddNumberToObject(j, "adam_beta2", o->adam_beta2);
+    cJSON_AddNumberToObject(j, "adam_eps", o->adam_eps);
+    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
+    cJSON_AddNumberToObject(j, "threads", o->threads);
+    cJSON_AddBoolToObject(j, "shuffle", o->shuffle);
+    cJSON_AddStringToObject(j, "dtype", "float32");
+    cJSON_AddNumberToObject(j, "examples", ds->n);
+    cJSON_AddNumberToObject(j, "tokens", (double)ds->tokens);
+    cJSON_AddNumberToObject(j, "truncated_examples", ds->n_truncated);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/run_config.json", o->out_dir);
+    ft_status st = atomic_write_file(path, text, strlen(text), err);
+    free(text);
+    return st;
+}
+
+static ft_status check_options(const ft_train_options *o, ft_error *err) {
+#define BAD(opt, ...) return ft_error_set(err, FT_ERR_INPUT, "option --" opt, NULL, __VA_ARGS__)
+    if (!o->model_dir) BAD("model", "is required (a Hugging Face model folder)");
+    if (!o->data_path) BAD("data", "is required (a JSONL file)");
+    if (!o->out_dir) BAD("out", "is required (the run folder to write)");
+    if (o->batch_size < 1) BAD("batch-size", "must be at least 1");
+    if (o->grad_accum < 1) BAD("grad-accum", "must be at least 1");
+    if (o->seq_len < 2) BAD("seq-len", "must be at least 2");
+    if (o->steps < 0) BAD("steps", "must not be negative");
+    if (o->steps == 0 && !(o->epochs > 0)) BAD("epochs", "must be positive (or give --steps)");
+    if (!(o->lr >= 0)) BAD("lr", "must not be negative");
+    if (!schedule_known(o->schedule))
+        return ft_error_set(err, FT_ERR_INPUT, "option --schedule",
+                            "use constant, constant_with_warmup, linear or cosine",
+                            "unknown schedule \"%s\"", o->schedule);
+    if (o->warmup_steps < 0) BAD("warmup-steps", "must not be negative");
+#undef BAD
+    return FT_OK;
+}
+
+/* Print the resolved run before starting. */
+static void print_settings(const ft_train_options *o, const model *m, const lora_set *ls,
+                           const dataset *ds, long total, size_t act_bytes) {
+    const model_config *c = &m->cfg;
+    fprintf(stderr,
+            "ftune train\n"
+            "  model      %s (%s: %d layers, hidden %d, heads %d/%d, head_dim %d, vocab %d)\n"
+            "  data       %s (%d examples, %ld tokens, %d truncated to %d)\n"
+            "  lora       r %d, alpha %g%s, dropout %g, scale %g, %d modules, %zu parameters%s%s\n"
+            "  steps      %ld (batch %d x accum %d, %s lr %g, warmup %ld, weight decay %g, clip %g)\n"
+            "  memory     weights %.1f MB, activations %.1f MB, LoRA+Adam %.1f MB; threads %d\n"
+            "  out        %s\n",
+            o->model_dir, c->arch->hf_class, c->L, c->C, c->H, c->Hkv, c->D, c->V, o->data_path,
+            ds->n, ds->tokens, ds->n_truncated, o->seq_len, ls->R, ls->alpha,
+            ls->rslora ? " (rsLoRA)" : "", ls->dropout, ls->scale, ls->n, ls->n_params,
+            o->adapter_dir ? ", from " : "", o->adapter_dir ? o->adapter_dir : "", total,
+            o->batch_size, o->grad_accum, o->schedule, o->lr, o->warmup_steps, o->weight_decay,
+            o->max_grad_norm, m->n_weights * 4.0 / 1048576.0, act_bytes / 1048576.0,
+            ls->n_params * 16.0 / 1048576.0, o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
+            o->out_dir);
+}
+
+ft_status ft_train(const ft_train_options *o, ft_error *err) {
+    ft_status st = check_options(o, err);
+    if (st) return st;
+    if (dir_nonempty(o->out_dir) && !o->overwrite)
+        return ft_error_set(err, FT_ERR_INPUT, o->out_dir,
+                            "choose a new --out folder, or pass --overwrite to replace its files",
+                            "the output folder exists and is not empty");
+    set_threads(o->threads);
+    model m;
+    if ((st = model_load(o->model_dir, &m, err))) return st;
+    dataset ds = {0};
+    batch b = {0};
+    acts *a = NULL;
+    adamw opt = {0};
+    int *order = NULL;
+    FILE *metrics = NULL;
+    if ((st = dataset_load_ids(o->data_path, o->seq_len, m.cfg.V, &ds, err))) goto done;
+    if (o->adapter_dir) {
+        if ((st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
+    } else {
+        unsigned mask;
+        if ((st = lora_parse_targets(&m.cfg, o->lora_targets, &mask, err))) goto done;
+        if ((st = lora_create(&m.cfg, o->lora_r, o->lora_alpha, o->lora_dropout, o->rslora, mask,
+                              NULL, &m.lora, err)))
+            goto done;
+        lora_init(m.lora, o->seed);
+    }
+    int B = o->batch_size < ds.n ? o->batch_size : ds.n;
+    int T = ds.max_len;
+    if ((st = batch_alloc(&b, B, T, err))) goto done;
+    if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
+    if (adamw_init(&opt, m.lora->n_params, o->adam_beta1, o->adam_beta2, o->adam_eps,
+                   o->weight_decay)) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+        goto done;
+    }
+    long micro_per_epoch = (ds.n + o->batch_size - 1) / o->batch_size;
+    long steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
+    long total = o->steps > 0 ? o->steps : (long)ceil(o->epochs * steps_per_epoch);
+    if (total < 1) total = 1;
+    if ((st = make_dirs(o->out_dir, err))) goto done;
+    if ((st = write_run_config(o, m.lora, total, &ds, err))) goto done;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
+    metrics = fopen(path, "w");
+    if (!metrics) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, path, "check that the run folder is writable",
+                          "cannot create: %s", strerror(errno));
+        goto done;
+    }
+    if (!o->quiet) print_settings(o, &m, m.lora, &ds, total, acts_bytes(a));
+
+    order = malloc(sizeof(int) * ds.n);
+    long epoch = 0, mb_in_epoch = 0; /* micro-batches already taken from this epoch */
+    epoch_order(order, ds.n, o->shuffle, o->seed, epoch);
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_signal;
+    stop_signal = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    double t0 = now_s();
+    for (long step = 0; step < total; step++) {
+        if (mb_in_epoch >= micro_per_epoch) {
+            epoch++, mb_in_epoch = 0;
+            epoch_order(order, ds.n, o->shuffle, o->seed, epoch);
+        }
+        /* this step's micro-batches: up to grad_accum, not past the end of the epoch */
+        long n_mb = micro_per_epoch - mb_in_epoch;
+        if (n_mb > o->grad_accum) n_mb = o->grad_accum;
+        long counted = 0, tokens = 0;
+        for (long k = 0; k < n_mb; k++) {
+            long first = (mb_in_epoch + k) * o->batch_size;
+            for (long i = first; i < first + o->batch_size && i < ds.n; i++) {
+                counted += example_counted(&ds.ex[order[i]]);
+                tokens += ds.ex[order[i]].n;
+            }
+        }
+        double ts = now_s();
+        memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
+        double loss_sum = 0;
+        float gscale = counted > 0 ? 1.0f / (float)counted : 0.0f;
+        for (long k = 0; k < n_mb; k++) {
+            long first = (mb_in_epoch + k) * o->batch_size;
+            int nb = (int)(ds.n - first < o->batch_size ? ds.n - first : o->batch_size);
+            batch_fill(&b, &ds, order + first, nb);
+            uint64_t dseed = mix64(o->seed ^ mix64(((uint64_t)step << 20) + (uint64_t)k));
+            loss_sum += model_forward(&m, a, &b, 1, dseed, NULL, NULL);
+            model_backward(&m, a, &b, gscale, dseed);
+        }
+        mb_in_epoch += n_mb;
+        double loss = counted > 0 ? loss_sum / counted : 0.0;
+        double gnorm = clip_grad_norm(m.lora->grads, m.lora->n_params, o->max_grad_norm);
+        double lr = o->lr * schedule_factor(o->schedule, step, o->warmup_steps, total);
+        adamw_step(&opt, m.lora->params, m.lora->grads, lr);
+        double te = now_s(), elapsed = te - t0, tps = tokens / (te - ts);
+        fprintf(metrics,
+                "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, "
+                "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f}\n",
+                step + 1, epoch + (double)mb_in_epoch / micro_per_epoch, loss, lr, gnorm, tokens,
+                tps, elapsed);
+        fflush(metrics);
+        if (!isfinite(loss) || !isfinite(gnorm)) {
+            st = ft_error_set(err, FT_ERR_RUNTIME, "training",
+                              "lower --lr, or check the data and the model's weights",
+                              "the loss became %g at step %ld (gradient norm %g)", loss, step + 1, gnorm);
+            break;
+        }
+        if (!o->quiet) {
+            double eta = elapsed / (step + 1) * (total - step - 1);
+            fprintf(stderr,
+                    "step %ld/%ld  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  elapsed %.0fs  "
+                    "ETA %dm%02ds  mem %.0f MB\n",
+                    step + 1, total, loss, lr, gnorm, tps, elapsed, (int)(eta / 60),
+                    (int)eta % 60, rss_mb());
+        }
+        if (stop_signal) break;
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    if (!st) st = lora_save_peft(m.lora, &m.cfg, o->out_dir, o->model_dir, err);
+    if (!st && !o->quiet)
+        fprintf(stderr, "saved the adapter to %s (adapter_model.safetensors, adapter_config.json)\n",
+                o->out_dir);
+    if (!st && stop_signal)
+        st = ft_error_set(err, stop_signal == SIGINT ? FT_ERR_INTERRUPTED : FT_ERR_TERMINATED,
+                          o->out_dir, "the adapter of the last finished step was saved",
+                          "interrupted by signal %d", (int)stop_signal);
+done:
+    if (metrics) fclose(metrics);
+    free(order);
+    adamw_free(&opt);
+    acts_free(a);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    return st;
+}
+
+ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) {
+    if (!o->model_dir || !o->data_path)
+        return ft_error_set(err, FT_ERR_INPUT, "ftune eval", NULL, "--model and --data are required");
+    if (o->dump_grads && !o->adapter_dir)
+        return ft_error_set(err, FT_ERR_INPUT, "option --dump-grads", NULL,
+                            "needs --adapter (the gradients are those of the adapter's tensors)");
+    set_threads(o->threads);
+    model m;
+    ft_status st = model_load(o->model_dir, &m, err);
+    if (st) return st;
+    dataset ds = {0};
+    batch b = {0};
+    acts *a = NULL;
+    float *logits = NULL;
+    int *idx = NULL;
+    if ((st = dataset_load_ids(o->data_path, o->seq_len, m.cfg.V, &ds, err))) goto done;
+    if (o->adapter_dir && (st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
+    int B = o->batch_size > 0 ? o->batch_size : 8;
+    if (o->dump_logits || B > ds.n) B = ds.n; /* one batch holds everything when dumping logits */
+    int T = ds.max_len;
+    int train = o->dump_grads != NULL;
+    if ((st = batch_alloc(&b, B, T, err))) goto done;
+    if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
+    if (o->dump_logits) {
+        logits = calloc((size_t)B * T * m.cfg.V, sizeof(float));
+        if (!logits) {
+            st = ft_error_set(err, FT_ERR_RUNTIME, o->dump_logits, "use less data for the dump",
+                              "cannot allocate the logits");
+            goto done;
+        }
+    }
+    idx = malloc(sizeof(int) * ds.n);
+    long counted = 0;
+    for (int i = 0; i < ds.n; i++) idx[i] = i, counted += example_counted(&ds.ex[i]);
+    if (m.lora) memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
+    double loss_sum = 0;
+    for (int first = 0; first < ds.n; first += B) {
+        int nb = ds.n - first < B ? ds.n - first : B;
+        batch_fill(&b, &ds, idx + first, nb);
+        loss_sum += model_forward(&m, a, &b, train, 0, logits, NULL);
+        if (train) model_backward(&m, a, &b, counted ? 1.0f / counted : 0.0f, 0);
+    }
+    res->loss = counted ? loss_sum / counted : 0;
+    res->tokens = counted;
+    if (logits) {
+        /* padded positions are zero in the dump */
+        for (int i = 0; i < b.B; i++)
+            for (int t = b.len[i]; t < b.T; t++)
+                memset(logits + ((size_t)i * b.T + t) * m.cfg.V, 0, sizeof(float) * m.cfg.V);
+        st_writer *w = st_writer_new();
+        int64_t sh[3] = {b.B, b.T, m.cfg.V};
+        st = st_writer_add(w, "logits", ST_F32, 3, sh, logits, err);
+        if (!st) st = st_writer_save(w, o->dump_logits, err);
+        st_writer_free(w);
+        if (st) goto done;
+    }
+    if (o->dump_grads) {
+        st_writer *w = st_writer_new();
+        char (*names)[300] = malloc(sizeof *names * 2 * m.lora->n);
+        for (int i = 0; i < m.lora->n && !st; i++) {
+            const lora_module *mod = &m.lora->mods[i];
+            int64_t shA[2] = {m.lora->R, mod->in}, shB[2] = {mod->out, m.lora->R};
+            lora_tensor_name(names[2 * i], 300, mod, 0);
+            lora_tensor_name(names[2 * i + 1], 300, mod, 1);
+            st = st_writer_add(w, names[2 * i], ST_F32, 2, shA, m.lora->grads + mod->offA, err);
+            if (!st) st = st_writer_add(w, names[2 * i + 1], ST_F32, 2, shB, m.lora->grads + mod->offB, err);
+        }
+        float lossf = (float)res->loss;
+        int64_t one = 1;
+        if (!st) st = st_writer_add(w, "loss", ST_F32, 1, &one, &lossf, err);
+        if (!st) st = st_writer_save(w, o->dump_grads, err);
+        st_writer_free(w);
+        free(names);
+    }
+done:
+    free(idx);
+    free(logits);
+    acts_free(a);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    return st;
+}
