@@ -1,0 +1,345 @@
+/*
+ * ops_test.c: rmsnorm, rope, swiglu and the chunked LM-head cross-entropy (src/ops/) against
+ * naive double-precision references written here, and every backward against finite differences.
+ *
+ * Method, for each op: the fp32 forward is compared with a double reference of the same formula
+ * (tolerance 1e-5 relative to the largest reference value: the fp32 ops round each of a handful
+ * of operations at 6e-8, or sum C <= 300 products, so their error is ~1e-6 of the scale; a wrong
+ * formula or index is off by far more). The fp32 backward is compared with central differences of
+ * the double reference of L = sum(out * R), R fixed random (eps 1e-5 or 1e-4: truncation error
+ * ~eps^2 * |f'''| <= 1e-8, roundoff ~1e-16 / eps), at 1e-5 of the largest gradient (fp32 level).
+ * Also: backward ACCUMULATES where ops.h says so (rmsnorm dinp/dw, xent dh: two calls give twice
+ * one call), overwrites where it says so (swiglu), xent gives the same loss and dh for chunk sizes
+ * 1, 7 and N, skips targets of -100 (their dh rows untouched), and rope matches transformers'
+ * float32 angle convention (pos * inv_freq rounded to float before cos/sin).
+ */
+#include "ops/ops.h"
+#include "test.h"
+
+#include <string.h>
+
+static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
+static double rnd(void) { /* uniform in [-1, 1) */
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) / (double)(1ull << 53) * 2.0 - 1.0;
+}
+
+static float *frand(size_t n, double a) {
+    float *x = malloc(4 * n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(a * rnd());
+    return x;
+}
+static double *todouble(const float *x, size_t n) {
+    double *y = malloc(8 * n);
+    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    return y;
+}
+
+/* max |a - b| / max |b| (b the reference); NaN counts as a huge error */
+static double rel_err(const float *a, const double *b, size_t n) {
+    double e = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > e || d != d) e = d != d ? INFINITY : d;
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+    }
+    return e / m;
+}
+
+/* Central differences of f over x[0..n) compared with grad: returns the relative error. */
+typedef double (*loss_fn)(void *ctx);
+static double fd_rel_err(loss_fn f, void *ctx, double *x, size_t n, const float *grad,
+                         double eps) {
+    double *num = malloc(8 * n);
+    for (size_t i = 0; i < n; i++) {
+        double x0 = x[i];
+        x[i] = x0 + eps;
+        double lp = f(ctx);
+        x[i] = x0 - eps;
+        double lm = f(ctx);
+        x[i] = x0;
+        num[i] = (lp - lm) / (2 * eps);
+    }
+    double e = rel_err(grad, num, n);
+    free(num);
+    return e;
+}
+
+/* ---- rmsnorm ---------------------------------------------------------------------------- */
+typedef struct {
+    int N, C;
+    double eps, *x, *w, *R, *out;
+} rms_ctx;
+
+static void rms_ref(rms_ctx *c) {
+    for (int n = 0; n < c->N; n++) {
+        double ss = 0;
+        for (int i = 0; i < c->C; i++) ss += c->x[n * c->C + i] * c->x[n * c->C + i];
+        double r = 1 / sqrt(ss / c->C + c->eps);
+        for (int i = 0; i < c->C; i++) c->out[n * c->C + i] = c->x[n * c->C + i] * r * c->w[i];
+    }
+}
+static double rms_loss(void *p) {
+    rms_ctx *c = p;
+    rms_ref(c);
+    double L = 0;
+    for (int i = 0; i < c->N * c->C; i++) L += c->out[i] * c->R[i];
+    return L;
+}
+
+static void test_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float eps = 1e-5f;
+    float *x = frand(n, 2), *w = frand(C, 1.5), *R = frand(n, 1), *out = malloc(4 * n);
+    float *rstd = malloc(4 * N), *dx = calloc(n, 4), *dw = calloc(C, 4), *dx2 = calloc(n, 4);
+    rms_ctx c = {N, C, eps, todouble(x, n), todouble(w, C), todouble(R, n), malloc(8 * n)};
+    rmsnorm_forward(out, rstd, x, w, N, C, eps);
+    rms_ref(&c);
+    CHECK(rel_err(out, c.out, n) <= 1e-5, "rmsnorm C=%d: out vs double ref: %.3g", C,
+          rel_err(out, c.out, n));
+    rmsnorm_backward(dx, dw, R, x, w, rstd, N, C);
+    double ex = fd_rel_err(rms_loss, &c, c.x, n, dx, 1e-5),
+           ew = fd_rel_err(rms_loss, &c, c.w, C, dw, 1e-5);
+    CHECK(ex <= 1e-5, "rmsnorm C=%d: dinp vs finite differences: %.3g", C, ex);
+    CHECK(ew <= 1e-5, "rmsnorm C=%d: dw vs finite differences: %.3g", C, ew);
+    /* accumulation: a second call adds the same again; dw NULL (frozen) leaves dinp the same */
+    float *dw2 = malloc(4 * C);
+    memcpy(dw2, dw, 4 * C);
+    rmsnorm_backward(dx, dw2, R, x, w, rstd, N, C);
+    rmsnorm_backward(dx2, NULL, R, x, w, rstd, N, C);
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) bad += dx[i] != 2 * dx2[i];
+    /* dw2 = (dw + t1) + t2 + ..., summed in another order than 2*dw: fp32 rounding apart */
+    float dwmax = 0;
+    for (int i = 0; i < C; i++) dwmax = fmaxf(dwmax, fabsf(dw[i]));
+    for (int i = 0; i < C; i++) bad += fabsf(dw2[i] - 2 * dw[i]) > 1e-6f * dwmax;
+    CHECK(bad == 0, "rmsnorm C=%d: second backward call must double dinp and dw (%d differ)", C,
+          bad);
+    free(x), free(w), free(R), free(out), free(rstd), free(dx), free(dw), free(dx2), free(dw2);
+    free(c.x), free(c.w), free(c.R), free(c.out);
+}
+
+/* ---- rope ------------------------------------------------------------------------------- */
+typedef struct {
+    int N, H, D, rot;
+    const int *pos;
+    const float *inv_freq;
+    double scale, *x, *R, *out;
+} rope_ctx;
+
+static void rope_ref(rope_ctx *c) {
+    int half = c->rot / 2;
+    for (int n = 0; n < c->N; n++)
+        for (int h = 0; h < c->H; h++) {
+            const double *x = c->x + ((size_t)n * c->H + h) * c->D;
+            double *o = c->out + ((size_t)n * c->H + h) * c->D;
+            for (int d = 0; d < c->D; d++) o[d] = x[d];
+            for (int i = 0; i < half; i++) {
+                /* transformers: freqs = position_ids.float() * inv_freq, a float32 product */
+                float a = (float)c->pos[n] * c->inv_freq[i];
+                double cs = cos((double)a) * c->scale, sn = sin((double)a) * c->scale;
+                o[i] = x[i] * cs - x[i + half] * sn;
+                o[i + half] = x[i + half] * cs + x[i] * sn;
+            }
+        }
+}
+static double rope_loss(void *p) {
+    rope_ctx *c = p;
+    rope_ref(c);
+    double L = 0;
+    for (int i = 0; i < c->N * c->H * c->D; i++) L += c->out[i] * c->R[i];
+    return L;
+}
+
+static void test_rope(int rot, float scale) {
+    int N = 6, H = 3, D = 10, pos[6] = {0, 1, 2, 17, 1000, 4095};
+    size_t n = (size_t)N * H * D;
+    float inv_freq[8];
+    for (int i = 0; i < rot / 2; i++) /* the default rope: 1 / base^(2i/dim), base 10000 */
+        inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    float *x = frand(n, 1), *R = frand(n, 1), *y = malloc(4 * n), *dx = malloc(4 * n);
+    memcpy(y, x, 4 * n);
+    memcpy(dx, R, 4 * n);
+    rope_ctx c = {N, H, D, rot, pos, inv_freq, scale, todouble(x, n), todouble(R, n),
+                  malloc(8 * n)};
+    rope_forward(y, pos, inv_freq, N, H, D, rot, scale);
+    rope_ref(&c);
+    /* cosf/sinf vs cos/sin of the same float angle: ~1 ulp apart */
+    CHECK(rel_err(y, c.out, n) <= 1e-6, "rope rot=%d: forward vs double ref: %.3g", rot,
+          rel_err(y, c.out, n));
+    int pass = 0;
+    for (int t = 0; t < N; t++)
+        for (int h = 0; h < H; h++)
+            for (int d = rot; d < D; d++) pass += y[(t * H + h) * D + d] != x[(t * H + h) * D + d];
+    CHECK(pass == 0, "rope rot=%d: dims past rot_dim must pass through (%d changed)", rot, pass);
+    rope_backward(dx, pos, inv_freq, N, H, D, rot, scale);
+    double e = fd_rel_err(rope_loss, &c, c.x, n, dx, 1e-5);
+    CHECK(e <= 1e-5, "rope rot=%d: dx vs finite differences: %.3g", rot, e);
+    free(x), free(R), free(y), free(dx), free(c.x), free(c.R), free(c.out);
+}
+
+/* ---- swiglu ----------------------------------------------------------------------------- */
+typedef struct {
+    int N, I, ld;
+    double *g, *u, *R, *out; /* g, u with row stride ld */
+} swi_ctx;
+
+static double swi_loss(void *p) {
+    swi_ctx *c = p;
+    double L = 0;
+    for (int n = 0; n < c->N; n++)
+        for (int i = 0; i < c->I; i++) {
+            double g = c->g[n * c->ld + i];
+            c->out[n * c->I + i] = g / (1 + exp(-g)) * c->u[n * c->ld + i];
+            L += c->out[n * c->I + i] * c->R[n * c->I + i];
+        }
+    return L;
+}
+
+static void test_swiglu(int fused) {
+    int N = 4, I = 9, ld = fused ? 2 * I : I;
+    size_t nin = (size_t)N * ld, n = (size_t)N * I;
+    /* fused: one (N, 2I) buffer, gate = first I columns, up = next I (Phi-3's gate_up_proj) */
+    float *gbuf = frand(nin, 4), *ubuf = fused ? gbuf : frand(nin, 2);
+    const float *g = gbuf, *u = fused ? gbuf + I : ubuf;
+    float *R = frand(n, 1), *out = malloc(4 * n), *dgb = malloc(4 * nin),
+          *dub = fused ? dgb : malloc(4 * nin);
+    float *dg = dgb, *du = fused ? dgb + I : dub;
+    double *gd = todouble(gbuf, nin), *ud = fused ? gd : todouble(ubuf, nin);
+    swi_ctx c = {N, I, ld, gd, fused ? gd + I : ud, todouble(R, n), malloc(8 * n)};
+    swiglu_forward(out, g, u, N, I, ld);
+    swi_loss(&c);
+    CHECK(rel_err(out, c.out, n) <= 1e-5, "swiglu fused=%d: forward vs double ref: %.3g", fused,
+          rel_err(out, c.out, n));
+    for (size_t i = 0; i < nin; i++) dgb[i] = dub[i] = 5.0f; /* garbage: must be overwritten */
+    swiglu_backward(dg, du, R, g, u, N, I, ld);
+    float *dgc = malloc(4 * n), *duc = malloc(4 * n);
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < I; i++) dgc[r * I + i] = dg[r * ld + i], duc[r * I + i] = du[r * ld + i];
+    /* FD over the gate / up entries only (the layout's other columns belong to the other) */
+    double *num_g = malloc(8 * n), *num_u = malloc(8 * n);
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < I; i++)
+            for (int which = 0; which < 2; which++) {
+                double *x = (which ? c.u : c.g) + r * ld + i, x0 = *x, eps = 1e-5;
+                *x = x0 + eps;
+                double lp = swi_loss(&c);
+                *x = x0 - eps;
+                double lm = swi_loss(&c);
+                *x = x0;
+                (which ? num_u : num_g)[r * I + i] = (lp - lm) / (2 * eps);
+            }
+    CHECK(rel_err(dgc, num_g, n) <= 1e-5, "swiglu fused=%d: dgate vs FD: %.3g", fused,
+          rel_err(dgc, num_g, n));
+    CHECK(rel_err(duc, num_u, n) <= 1e-5, "swiglu fused=%d: dup vs FD: %.3g", fused,
+          rel_err(duc, num_u, n));
+    free(gbuf), free(R), free(out), free(dgb), free(dgc), free(duc), free(num_g), free(num_u);
+    if (!fused) free(ubuf), free(dub), free(ud);
+    free(gd), free(c.R), free(c.out);
+}
+
+/* silu at large |gate|: exp(-g) overflows float at g < -88; results must stay finite. */
+static void test_swiglu_extremes(void) {
+    float g[4] = {-1000.0f, -100.0f, 100.0f, 1000.0f}, u[4] = {2, 2, 2, 2}, d[4] = {1, 1, 1, 1};
+    float o[4], dg[4], du[4];
+    swiglu_forward(o, g, u, 1, 4, 4);
+    swiglu_backward(dg, du, d, g, u, 1, 4, 4);
+    int bad = 0;
+    for (int i = 0; i < 4; i++) bad += !isfinite(o[i]) || !isfinite(dg[i]) || !isfinite(du[i]);
+    CHECK(bad == 0, "swiglu: %d non-finite values at |gate| = 100, 1000", bad);
+    /* limits: silu(g) -> 0 for g -> -inf and -> g for g -> +inf; its slope -> 0 and -> 1 */
+    CHECK(o[0] == 0 && o[1] == 0 && o[3] == 2000.0f && dg[0] == 0 && dg[3] == 2.0f,
+          "swiglu limits: %g %g %g %g %g", o[0], o[1], o[3], dg[0], dg[3]);
+}
+
+/* ---- lmhead_xent ------------------------------------------------------------------------ */
+typedef struct {
+    int N, C, V;
+    const int *tg;
+    double *h, *W;
+} xent_ctx;
+
+/* sum over counted tokens of logsumexp(logits) - logit[target], logits in double */
+static double xent_ref(void *p) {
+    xent_ctx *c = p;
+    double L = 0, *l = malloc(8 * c->V);
+    for (int n = 0; n < c->N; n++) {
+        if (c->tg[n] < 0) continue;
+        double mx = -INFINITY, s = 0;
+        for (int v = 0; v < c->V; v++) {
+            l[v] = 0;
+            for (int i = 0; i < c->C; i++) l[v] += c->h[n * c->C + i] * c->W[v * c->C + i];
+            mx = l[v] > mx ? l[v] : mx;
+        }
+        for (int v = 0; v < c->V; v++) s += exp(l[v] - mx);
+        L += mx + log(s) - l[c->tg[n]];
+    }
+    free(l);
+    return L;
+}
+
+static void test_xent(void) {
+    enum { N = 12, C = 16, V = 50 };
+    int tg[N] = {3, -100, 7, 7, 49, 0, -100, -100, 12, 30, 1, -100};
+    float *h = frand(N * C, 1.5), *W = frand(V * C, 1.5), *scratch = malloc(4 * N * V);
+    float *pre = frand(N * C, 1), *dh[3], gs = 0.25f;
+    xent_ctx c = {N, C, V, tg, todouble(h, N * C), todouble(W, V * C)};
+    double ref = xent_ref(&c), loss[3];
+    int chunks[3] = {1, 7, N};
+    for (int k = 0; k < 3; k++) {
+        dh[k] = malloc(4 * N * C);
+        memcpy(dh[k], pre, 4 * N * C);
+        loss[k] = lmhead_xent(dh[k], h, W, tg, N, C, V, gs, scratch, chunks[k]);
+        CHECK(fabs(loss[k] - ref) <= 1e-5 * fabs(ref), "xent chunk %d: loss %.9g vs double %.9g",
+              chunks[k], loss[k], ref);
+    }
+    /* chunking changes only which rows go into one GEMM: same answer to fp32 rounding */
+    int diff = 0;
+    for (int k = 1; k < 3; k++) {
+        diff += fabs(loss[k] - loss[0]) > 1e-6 * fabs(loss[0]);
+        for (int i = 0; i < N * C; i++) diff += fabsf(dh[k][i] - dh[0][i]) > 1e-6f;
+    }
+    CHECK(diff == 0, "xent: chunk sizes 1, 7, N disagree in %d places", diff);
+    /* dh accumulates onto `pre`; rows with target -100 stay exactly as they were */
+    float *g = malloc(4 * N * C);
+    int untouched = 0;
+    for (int i = 0; i < N * C; i++) {
+        g[i] = (dh[2][i] - pre[i]) / gs;
+        if (tg[i / C] < 0) untouched += dh[2][i] != pre[i];
+    }
+    CHECK(untouched == 0, "xent: %d dh values of skipped (-100) rows changed", untouched);
+    double e = fd_rel_err(xent_ref, &c, c.h, N * C, g, 1e-4);
+    /* g is (dh - pre)/gs, one fp32 subtraction of O(1) values: ~1e-7 absolute noise */
+    CHECK(e <= 2e-5, "xent: dh vs finite differences of the double loss: %.3g", e);
+    /* no dh: the same loss; a second call with dh adds the same gradient again */
+    double l0 = lmhead_xent(NULL, h, W, tg, N, C, V, gs, scratch, 5);
+    CHECK(fabs(l0 - loss[2]) <= 1e-6 * fabs(l0), "xent without dh: %.9g vs %.9g", l0, loss[2]);
+    lmhead_xent(dh[2], h, W, tg, N, C, V, gs, scratch, 5);
+    int acc = 0;
+    for (int i = 0; i < N * C; i++) acc += fabsf(dh[2][i] - pre[i] - 2 * gs * g[i]) > 1e-5f;
+    CHECK(acc == 0, "xent: second call must add dh again (%d values differ)", acc);
+    /* all targets skipped: loss 0, dh untouched */
+    int none[N];
+    for (int i = 0; i < N; i++) none[i] = -100;
+    memcpy(dh[0], pre, 4 * N * C);
+    double lz = lmhead_xent(dh[0], h, W, none, N, C, V, gs, scratch, 4);
+    CHECK(lz == 0 && memcmp(dh[0], pre, 4 * N * C) == 0, "xent all skipped: loss %g", lz);
+    /* a target >= V cannot be scored: NaN loss rather than a read out of bounds */
+    int badt[1] = {V};
+    CHECK(isnan(lmhead_xent(NULL, h, W, badt, 1, C, V, gs, scratch, 1)),
+          "xent: target >= V must give NaN");
+    for (int k = 0; k < 3; k++) free(dh[k]);
+    free(h), free(W), free(scratch), free(pre), free(g), free(c.h), free(c.W);
+}
+
+int main(void) {
+    test_rmsnorm(5, 37);
+    test_rmsnorm(3, 300); /* more than one 256-column dw slice */
+    test_rope(10, 1.0f);  /* full rotary, rot_dim = D */
+    test_rope(6, 1.3f);   /* partial rotary (Phi-3), attention scaling != 1 */
+    test_swiglu(0);
+    test_swiglu(1);
+    test_swiglu_extremes();
+    test_xent();
+    return test_summary("ops");
+}
