@@ -1,8 +1,166 @@
-/* Placeholder while this command is being written in this session; replaced before submission. */
-#include <stdio.h>
+/*
+ * cmd_inspect.c: `ftune inspect`, a look inside a model without loading it.
+ *
+ *   ftune inspect --model PATH             one line per tensor: name, dtype, shape (tab-separated)
+ *   ftune inspect --model DIR --config     the model_config resolved from DIR/config.json, as JSON
+ *   ftune inspect --model PATH --tensor N  tensor N's values as a JSON array of floats (read
+ *                                          through st_read_f32, printed with 9 significant digits
+ *                                          so every fp32 value round-trips exactly)
+ *
+ * PATH is a .safetensors file or a model folder (model.safetensors or a sharded index). Floats
+ * that JSON cannot hold are printed as NaN / Infinity / -Infinity, which Python's json accepts.
+ */
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void print_float(float v) {
+    if (isnan(v))
+        fputs("NaN", stdout);
+    else if (isinf(v))
+        fputs(v > 0 ? "Infinity" : "-Infinity", stdout);
+    else
+        printf("%.9g", (double)v);
+}
+
+static void print_json_string(const char *s) {
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *)s; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            printf("\\%c", *c);
+        else if (*c < 0x20)
+            printf("\\u%04x", *c);
+        else
+            putchar(*c);
+    }
+    putchar('"');
+}
+
+static void print_config(const model_config *c) {
+    const arch_info *a = c->arch;
+    printf("{\n  \"arch\": {\"hf_class\": ");
+    print_json_string(a->hf_class);
+    printf(", \"model_type\": ");
+    print_json_string(a->model_type);
+    printf(", \"fused_qkv\": %d, \"fused_gate_up\": %d, \"qkv_bias\": %d, \"qk_norm\": %d, "
+           "\"uses_attention_bias\": %d, \"uses_mlp_bias\": %d, \"uses_sliding_window\": %d},\n",
+           a->fused_qkv, a->fused_gate_up, a->qkv_bias, a->qk_norm, a->uses_attention_bias,
+           a->uses_mlp_bias, a->uses_sliding_window);
+    printf("  \"C\": %d, \"I\": %d, \"L\": %d, \"H\": %d, \"Hkv\": %d, \"D\": %d, \"V\": %d,\n",
+           c->C, c->I, c->L, c->H, c->Hkv, c->D, c->V);
+    printf("  \"eps\": ");
+    print_float(c->eps);
+    printf(", \"tie_embeddings\": %d, \"attn_bias\": %d, \"o_bias\": %d, \"mlp_bias\": %d, "
+           "\"max_pos\": %d,\n",
+           c->tie_embeddings, c->attn_bias, c->o_bias, c->mlp_bias, c->max_pos);
+    printf("  \"window\": [");
+    for (int l = 0; l < c->L; l++) printf("%s%d", l ? ", " : "", c->window[l]);
+    printf("],\n  \"rot_dim\": %d, \"attn_scaling\": ", c->rot_dim);
+    print_float(c->attn_scaling);
+    printf(",\n  \"inv_freq\": [");
+    for (int i = 0; i < c->rot_dim / 2; i++) {
+        if (i) fputs(", ", stdout);
+        print_float(c->inv_freq[i]);
+    }
+    printf("],\n  \"torch_dtype\": ");
+    print_json_string(c->torch_dtype);
+    printf(", \"bos_token_id\": %ld, \"eos_token_id\": %ld\n}\n", c->bos_token_id,
+           c->eos_token_id);
+}
+
+static int is_dir(const char *p) {
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+static int fail(const ft_error *err) {
+    ft_error_print(err, stderr);
+    return err->status ? (int)err->status : 1;
+}
+
 int cmd_inspect(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "ftune: error: this command is not built yet\n");
-    return 1;
+    const char *model = NULL, *tensor = NULL;
+    int config = 0;
+    const opt_spec specs[] = {
+        {"model", OPT_STR, &model, "PATH", "a .safetensors file or a model folder"},
+        {"config", OPT_FLAG, &config, NULL, "print the model config resolved from config.json"},
+        {"tensor", OPT_STR, &tensor, "NAME", "print one tensor's values as a JSON array"},
+        {0},
+    };
+    const cmd_info info = {
+        "inspect", "ftune inspect --model PATH [--config | --tensor NAME]",
+        "Without --config or --tensor, list the tensors of a safetensors file or model folder "
+        "(name, dtype, shape), checking the whole header. --config prints the architecture and "
+        "numbers ftune derives from config.json (head_dim, kv heads, biases, sliding windows, "
+        "RoPE inverse frequencies) as JSON. --tensor prints a tensor's values as fp32."};
+    ft_error err;
+    memset(&err, 0, sizeof err);
+    int r = args_parse(argc, argv, &info, specs, &err);
+    if (r == -1) return 0;
+    if (r) return fail(&err);
+    if (!model) {
+        ft_error_set(&err, FT_ERR_INPUT, "inspect", "e.g. ftune inspect --model models/smollm",
+                     "--model PATH is required");
+        return fail(&err);
+    }
+    if (config && tensor) {
+        ft_error_set(&err, FT_ERR_INPUT, "inspect", NULL, "give --config or --tensor, not both");
+        return fail(&err);
+    }
+    if (config) {
+        if (!is_dir(model)) {
+            ft_error_set(&err, FT_ERR_INPUT, model, "--config reads DIR/config.json",
+                         "--config needs a model folder");
+            return fail(&err);
+        }
+        model_config c;
+        if (model_config_load(model, &c, &err)) return fail(&err);
+        print_config(&c);
+        model_config_free(&c);
+        return 0;
+    }
+    st_set *s = NULL;
+    if ((is_dir(model) ? st_open_dir(model, &s, &err) : st_open(model, &s, &err)))
+        return fail(&err);
+    if (tensor) {
+        const st_tensor *t = st_find(s, tensor);
+        size_t n = 1;
+        if (t)
+            for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
+        float *v = malloc(sizeof(float) * (n ? n : 1));
+        if (!v) {
+            st_close(s);
+            ft_error_set(&err, FT_ERR_RUNTIME, tensor, NULL, "out of memory");
+            return fail(&err);
+        }
+        /* a missing tensor is reported by st_read_f32 with the file and the name */
+        if (st_read_f32(s, tensor, t ? t->ndim : 0, t ? t->shape : NULL, v, &err)) {
+            free(v);
+            st_close(s);
+            return fail(&err);
+        }
+        putchar('[');
+        for (size_t i = 0; i < n; i++) {
+            if (i) fputs(", ", stdout);
+            print_float(v[i]);
+        }
+        puts("]");
+        free(v);
+        st_close(s);
+        return 0;
+    }
+    for (int i = 0; i < st_count(s); i++) {
+        const st_tensor *t = st_at(s, i);
+        printf("%s\t%s\t[", t->name, st_dtype_name(t->dtype));
+        for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        puts("]");
+    }
+    st_close(s);
+    return 0;
 }
