@@ -25,6 +25,8 @@ static void print_float(float v) {
         fputs("NaN", stdout);
     else if (isinf(v))
         fputs(v > 0 ? "Infinity" : "-Infinity", stdout);
+    else if (v == 0 && signbit(v))
+        fputs("-0.0", stdout); /* "-0" would read back as the integer 0 */
     else
         printf("%.9g", (double)v);
 }
