@@ -6,9 +6,10 @@
 CC      ?= cc
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc \
+# Flags the build needs whatever CFLAGS / LDFLAGS a caller passes (make asan passes its own).
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc \
            $(shell pkg-config --cflags openblas 2>/dev/null)
-LDLIBS  += -fopenmp -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm -lpthread
+LIBS    := -fopenmp -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm -lpthread
 AVX512  := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 AVX2    := -mavx2 -mfma -mf16c
 
@@ -23,18 +24,18 @@ all: $(B)/ftune $(TESTS)
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2)) -c $< -o $@
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2)) -c $< -o $@
 
 $(B)/libftune.a: $(patsubst %.c,$(B)/%.o,$(LIB_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
 $(B)/ftune: $(patsubst %.c,$(B)/%.o,$(CLI_SRC)) $(B)/libftune.a
-	$(CC) $(CFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
 
 $(B)/tests/%: tests/%.c tests/test.h $(B)/libftune.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $< $(B)/libftune.a -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $< $(B)/libftune.a -o $@ $(LIBS)
 
 # Install missing Debian packages (when we can), then the pinned Python peers in a venv under
 # ~/.cache/ftune/ keyed by tests/peers/requirements.txt (created once, reused).
@@ -60,7 +61,7 @@ test: deps
 # The C tests under AddressSanitizer and UndefinedBehaviorSanitizer.
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan-build:
-	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(ASAN_FLAGS)" LDLIBS="$(LDLIBS) -fsanitize=address,undefined" all
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(ASAN_FLAGS)" LDFLAGS="-fsanitize=address,undefined" all
 asan: deps asan-build
 	@ASAN_OPTIONS=detect_leaks=1 bash tools/run-ctests.sh build-asan/tests
 
