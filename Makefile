@@ -56,7 +56,14 @@ peertest: all asan-build
 test: deps
 	@$(MAKE) --no-print-directory ctest
 	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory peertest
+
+# libFuzzer harnesses: `make fuzz` (FUZZ_SECONDS per harness, default 60) and `make fuzz-smoke`
+# (replays tests/corpus/ and runs each harness briefly; part of make test).
+-include tests/fuzz/fuzz.mk
+fuzz-smoke::
+fuzz::
 
 # The C tests under AddressSanitizer and UndefinedBehaviorSanitizer.
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
