@@ -97,3 +97,8 @@ class Zoo:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory):
     return Zoo(tmp_path_factory.mktemp("zoo"))
+
+
+def pytest_configure(config):
+    # transformers 5 warns about its own deprecated helpers when PEFT calls them; not ours.
+    config.addinivalue_line("filterwarnings", "ignore::FutureWarning")
