@@ -368,6 +368,62 @@ static void test_sharded(void) {
     if (!st) st_close(s);
 }
 
+/* Random byte edits of a good file (header and data): opening must either succeed or fail with
+ * FT_ERR_INPUT, never crash or read out of bounds (this runs under ASan in `make asan`). */
+static void test_fuzz(void) {
+    char good[512], p[512];
+    path_of(good, sizeof good, "fz-good.safetensors");
+    path_of(p, sizeof p, "fz.safetensors");
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    uint16_t h[3] = {1, 2, 3};
+    int64_t s23[2] = {2, 3}, s3[1] = {3};
+    ft_error err;
+    st_writer *w = st_writer_new();
+    st_writer_add(w, "a.weight", ST_F32, 2, s23, a, &err);
+    st_writer_add(w, "b", ST_BF16, 1, s3, h, &err);
+    st_writer_save(w, good, &err);
+    st_writer_free(w);
+    size_t n;
+    unsigned char *raw = read_bytes(good, &n), *c = malloc(n);
+    const char pool[] = "{}[],:\"0123456789-.eE FBIU";
+    uint32_t state = 99;
+    int bad = 0, ok = 0;
+    for (int it = 0; it < 1500; it++) {
+        memcpy(c, raw, n);
+        size_t len = n;
+        int edits = 1 + it % 4;
+        for (int e = 0; e < edits; e++) {
+            state = state * 1664525u + 1013904223u;
+            size_t pos = (state >> 8) % n;
+            state = state * 1664525u + 1013904223u;
+            if (it % 3 == 0)
+                c[pos] = (unsigned char)pool[(state >> 8) % (sizeof pool - 1)];
+            else
+                c[pos] = (unsigned char)(state >> 24);
+        }
+        if (it % 10 == 0) len = (state >> 4) % n; /* and some truncations */
+        write_bytes(p, c, len);
+        st_set *s = NULL;
+        int st = st_open(p, &s, &err);
+        if (st == FT_OK) {
+            ok++;
+            float v[6];
+            for (int i = 0; i < st_count(s); i++) {
+                const st_tensor *t = st_at(s, i);
+                if (t->nbytes <= sizeof v && (t->dtype == ST_F32 || t->dtype == ST_BF16 || t->dtype == ST_F16))
+                    st_read_f32(s, t->name, t->ndim, t->shape, v, &err);
+            }
+            st_close(s);
+        } else if (st != FT_ERR_INPUT || !err.where[0] || !err.what[0]) {
+            bad++;
+        }
+    }
+    CHECK(bad == 0, "fuzz: %d openings failed without an input error (%d opened)", bad, ok);
+    printf("fuzz: 1500 mutated files, %d opened, the rest refused with input errors\n", ok);
+    free(c);
+    free(raw);
+}
+
 static uint16_t bf16_reference(float f) {
     /* the two bf16 neighbours by truncation; pick the nearer in double, ties to even */
     uint32_t u;
@@ -452,6 +508,7 @@ int main(void) {
     test_many();
     test_corruptions();
     test_sharded();
+    test_fuzz();
     test_conversions();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
