@@ -32,8 +32,8 @@ static void write_config(const char *text) {
     fclose(f);
 }
 
-#define SIZES                                                                                  \
-    "\"hidden_size\": 64, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, "            \
+#define SIZES                                                                                      \
+    "\"hidden_size\": 64, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, "                  \
     "\"intermediate_size\": 96, \"vocab_size\": 128"
 #define BASE "\"architectures\": [\"LlamaForCausalLM\"], " SIZES
 #define QWEN2 "\"architectures\": [\"Qwen2ForCausalLM\"], " SIZES
@@ -98,8 +98,10 @@ static void test_errors(void) {
     load_text("{\"architectures\": [\"GPT2LMHeadModel\"]}", &c, &err);
     CHECK(strstr(err.hint, "Qwen3ForCausalLM") && strstr(err.hint, "Phi3ForCausalLM"),
           "hint lists the supported architectures: %s", err.hint);
-    expect_bad("{\"model_type\": \"gpt2\", \"hidden_size\": 64}", "model_type", "unknown model_type");
-    expect_bad("{\"architectures\": \"LlamaForCausalLM\"}", "architectures", "architectures not a list");
+    expect_bad("{\"model_type\": \"gpt2\", \"hidden_size\": 64}", "model_type",
+               "unknown model_type");
+    expect_bad("{\"architectures\": \"LlamaForCausalLM\"}", "architectures",
+               "architectures not a list");
     expect_bad("{" BASE ", \"rope_parameters\": {\"rope_type\": \"dynamic\", \"factor\": 2}}",
                "rope_parameters.rope_type", "dynamic rope");
     expect_bad("{" BASE ", \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}",
@@ -194,8 +196,8 @@ static void test_rope(void) {
         }
         CHECK_NEAR(a.inv_freq[i] / ref, 1.0, 1e-6, "llama3 inv_freq vs double formula");
     }
-    CHECK(low > 0 && mid > 0 && high > 0, "llama3 case covers all three bands (%d %d %d)", low,
-          mid, high);
+    CHECK(low > 0 && mid > 0 && high > 0, "llama3 case covers all three bands (%d %d %d)", low, mid,
+          high);
     model_config_free(&a);
     model_config_free(&b);
 
@@ -259,7 +261,8 @@ static void test_defaults_and_windows(void) {
     model_config_free(&c);
     snprintf(t, sizeof t, "{%s, \"sliding_window\": null, \"num_key_value_heads\": null}", mis);
     CHECK(load_text(t, &c, &err) == FT_OK, "mistral null");
-    CHECK(c.window[0] == 0 && c.window[1] == 0 && c.Hkv == 16 && c.H == 16, "mistral null window, Hkv = H");
+    CHECK(c.window[0] == 0 && c.window[1] == 0 && c.Hkv == 16 && c.H == 16,
+          "mistral null window, Hkv = H");
     model_config_free(&c);
     snprintf(t, sizeof t, "{%s, \"sliding_window\": 32, \"num_key_value_heads\": 2}", mis);
     CHECK(load_text(t, &c, &err) == FT_OK, "mistral 32");
@@ -269,8 +272,10 @@ static void test_defaults_and_windows(void) {
     const char *qw = "\"architectures\": [\"Qwen2ForCausalLM\"], \"hidden_size\": 64, "
                      "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, "
                      "\"num_key_value_heads\": 2, \"intermediate_size\": 96, \"vocab_size\": 128";
-    snprintf(t, sizeof t, "{%s, \"use_sliding_window\": true, \"sliding_window\": 8, "
-                          "\"max_window_layers\": 1}", qw);
+    snprintf(t, sizeof t,
+             "{%s, \"use_sliding_window\": true, \"sliding_window\": 8, "
+             "\"max_window_layers\": 1}",
+             qw);
     CHECK(load_text(t, &c, &err) == FT_OK, "qwen2 window: %s", err.what);
     CHECK(c.window[0] == 0 && c.window[1] == 8 && c.window[2] == 8, "layers >= max_window_layers");
     model_config_free(&c);

@@ -49,7 +49,8 @@ static unsigned char *read_bytes(const char *path, size_t *n) {
 static void write_raw(const char *path, const char *header, size_t data_len) {
     size_t hn = strlen(header);
     unsigned char *buf = calloc(1, 8 + hn + data_len + 1);
-    for (int i = 0; i < 8; i++) buf[i] = (unsigned char)((uint64_t)hn >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        buf[i] = (unsigned char)((uint64_t)hn >> (8 * i));
     memcpy(buf + 8, header, hn);
     write_bytes(path, buf, 8 + hn + data_len);
     free(buf);
@@ -75,10 +76,13 @@ static void test_round_trip(void) {
     char path[512];
     path_of(path, sizeof path, "rt.safetensors");
     float a[2 * 3 * 5];
-    for (int i = 0; i < 30; i++) a[i] = (float)i * 0.37f - 4.1f;
+    for (int i = 0; i < 30; i++)
+        a[i] = (float)i * 0.37f - 4.1f;
     uint16_t h[7], bh[3 * 1 * 3];
-    for (int i = 0; i < 7; i++) h[i] = f32_to_f16((float)i / 3.0f - 1.0f);
-    for (int i = 0; i < 9; i++) bh[i] = f32_to_bf16((float)i * 1.7e-3f - 0.01f);
+    for (int i = 0; i < 7; i++)
+        h[i] = f32_to_f16((float)i / 3.0f - 1.0f);
+    for (int i = 0; i < 9; i++)
+        bh[i] = f32_to_bf16((float)i * 1.7e-3f - 0.01f);
     int64_t ids[4] = {-1, 0, 1, (int64_t)1 << 40};
     float scalar = 2.5f;
     int64_t sa[3] = {2, 3, 5}, sh[1] = {7}, sb[3] = {3, 1, 3}, si[1] = {4}, sz[2] = {0, 4};
@@ -99,7 +103,8 @@ static void test_round_trip(void) {
     size_t n;
     unsigned char *raw = read_bytes(path, &n);
     uint64_t hn = 0;
-    for (int i = 7; i >= 0; i--) hn = hn << 8 | raw[i];
+    for (int i = 7; i >= 0; i--)
+        hn = hn << 8 | raw[i];
     CHECK(hn % 8 == 0, "header length %llu is a multiple of 8", (unsigned long long)hn);
     CHECK(raw[8] == '{', "header starts with {");
     size_t want = 30 * 4 + 7 * 2 + 9 * 2 + 4 * 8 + 0 + 4;
@@ -126,10 +131,12 @@ static void test_round_trip(void) {
     CHECK(t && t->dtype == ST_F16 && !memcmp(t->data, h, 14), "F16 tensor with an escaped name");
     float hf[7];
     CHECK(st_read_f32(s, "h\"quoted\\name", 1, sh, hf, &err) == FT_OK, "read f16");
-    for (int i = 0; i < 7; i++) CHECK(hf[i] == f16_to_f32(h[i]), "f16 value %d", i);
+    for (int i = 0; i < 7; i++)
+        CHECK(hf[i] == f16_to_f32(h[i]), "f16 value %d", i);
     float bf[9];
     CHECK(st_read_f32(s, "b", 3, sb, bf, &err) == FT_OK, "read bf16");
-    for (int i = 0; i < 9; i++) CHECK(bf[i] == bf16_to_f32(bh[i]), "bf16 value %d", i);
+    for (int i = 0; i < 9; i++)
+        CHECK(bf[i] == bf16_to_f32(bh[i]), "bf16 value %d", i);
     t = st_find(s, "ids");
     CHECK(t && t->dtype == ST_I64 && !memcmp(t->data, ids, 32), "I64 tensor");
     CHECK(st_read_f32(s, "ids", 1, si, back, &err) == FT_ERR_INPUT && strstr(err.what, "I64"),
@@ -220,7 +227,8 @@ static void test_corruptions(void) {
     free(c);
     /* malformed header JSON: line/column in the message */
     path_of(p, sizeof p, "badjson.safetensors");
-    write_raw(p, "{\"w\": {\"dtype\": \"F32\",\n \"shape\": [2 3], \"data_offsets\": [0, 24]}}", 24);
+    write_raw(p, "{\"w\": {\"dtype\": \"F32\",\n \"shape\": [2 3], \"data_offsets\": [0, 24]}}",
+              24);
     expect_bad(p, ":2:", "JSON", "malformed JSON");
     path_of(p, sizeof p, "notjson.safetensors");
     write_raw(p, "hello world", 0);
@@ -252,8 +260,7 @@ static void test_corruptions(void) {
     write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1.5,4],\"data_offsets\":[0,24]}}", 24);
     expect_bad(p, "\"w\"", "shape[0]", "fractional dimension");
     path_of(p, sizeof p, "dims.safetensors");
-    write_raw(p,
-              "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
+    write_raw(p, "{\"w\":{\"dtype\":\"F32\",\"shape\":[1,1,1,1,1,1,1,1,1],\"data_offsets\":[0,4]}}",
               4);
     expect_bad(p, "\"w\"", "dimensions", "too many dimensions");
     /* overlapping tensors */
@@ -410,7 +417,8 @@ static void test_fuzz(void) {
             float v[6];
             for (int i = 0; i < st_count(s); i++) {
                 const st_tensor *t = st_at(s, i);
-                if (t->nbytes <= sizeof v && (t->dtype == ST_F32 || t->dtype == ST_BF16 || t->dtype == ST_F16))
+                if (t->nbytes <= sizeof v &&
+                    (t->dtype == ST_F32 || t->dtype == ST_BF16 || t->dtype == ST_F16))
                     st_read_f32(s, t->name, t->ndim, t->shape, v, &err);
             }
             st_close(s);
@@ -451,7 +459,8 @@ static void test_conversions(void) {
     /* f32 -> f16 at every midpoint between f16 values (ties), and beside them */
     bad = 0;
     for (uint32_t c = 0; c < 0x7C00; c++) {
-        double lo = (double)f16_to_f32((uint16_t)c), hi = (c == 0x7BFF) ? 65536.0 : (double)f16_to_f32((uint16_t)(c + 1));
+        double lo = (double)f16_to_f32((uint16_t)c),
+               hi = (c == 0x7BFF) ? 65536.0 : (double)f16_to_f32((uint16_t)(c + 1));
         float mids[3];
         mids[0] = (float)((lo + hi) / 2);
         mids[1] = nextafterf(mids[0], 0);
@@ -477,8 +486,10 @@ static void test_conversions(void) {
         memcpy(&rb, &r, 2);
         if (f32_to_f16(f) != rb) bad++;
     }
-    CHECK(bad == 0, "f32 -> f16 vs _Float16 (ties, neighbours, 200k random bit patterns): %d bad", bad);
-    CHECK((f32_to_f16(NAN) & 0x7FFF) == 0x7E00 && (f32_to_f16(-NAN) & 0x8000), "f16 NaN keeps sign");
+    CHECK(bad == 0, "f32 -> f16 vs _Float16 (ties, neighbours, 200k random bit patterns): %d bad",
+          bad);
+    CHECK((f32_to_f16(NAN) & 0x7FFF) == 0x7E00 && (f32_to_f16(-NAN) & 0x8000),
+          "f16 NaN keeps sign");
     CHECK(f32_to_f16(INFINITY) == 0x7C00 && f32_to_f16(-1e10f) == 0xFC00, "f16 inf");
 
     bad = 0;

@@ -62,7 +62,8 @@ static void print_config(const model_config *c) {
            "\"max_pos\": %d,\n",
            c->tie_embeddings, c->attn_bias, c->o_bias, c->mlp_bias, c->max_pos);
     printf("  \"window\": [");
-    for (int l = 0; l < c->L; l++) printf("%s%d", l ? ", " : "", c->window[l]);
+    for (int l = 0; l < c->L; l++)
+        printf("%s%d", l ? ", " : "", c->window[l]);
     printf("],\n  \"rot_dim\": %d, \"attn_scaling\": ", c->rot_dim);
     print_float(c->attn_scaling);
     printf(",\n  \"inv_freq\": [");
@@ -72,8 +73,7 @@ static void print_config(const model_config *c) {
     }
     printf("],\n  \"torch_dtype\": ");
     print_json_string(c->torch_dtype);
-    printf(", \"bos_token_id\": %ld, \"eos_token_id\": %ld\n}\n", c->bos_token_id,
-           c->eos_token_id);
+    printf(", \"bos_token_id\": %ld, \"eos_token_id\": %ld\n}\n", c->bos_token_id, c->eos_token_id);
 }
 
 static int is_dir(const char *p) {
@@ -134,7 +134,8 @@ int cmd_inspect(int argc, char **argv) {
         const st_tensor *t = st_find(s, tensor);
         size_t n = 1;
         if (t)
-            for (int i = 0; i < t->ndim; i++) n *= (size_t)t->shape[i];
+            for (int i = 0; i < t->ndim; i++)
+                n *= (size_t)t->shape[i];
         float *v = malloc(sizeof(float) * (n ? n : 1));
         if (!v) {
             st_close(s);
@@ -160,7 +161,8 @@ int cmd_inspect(int argc, char **argv) {
     for (int i = 0; i < st_count(s); i++) {
         const st_tensor *t = st_at(s, i);
         printf("%s\t%s\t[", t->name, st_dtype_name(t->dtype));
-        for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+        for (int d = 0; d < t->ndim; d++)
+            printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
         puts("]");
     }
     st_close(s);

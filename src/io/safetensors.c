@@ -39,7 +39,7 @@
 #define ST_HINT_CORRUPT "the file may be truncated or not a safetensors file"
 
 static const char *const dtype_names[ST_DTYPE_COUNT] = {"F32", "F16", "BF16", "F64", "I64",
-                                                         "I32", "I16", "I8",  "U8",  "BOOL"};
+                                                        "I32", "I16", "I8",   "U8",  "BOOL"};
 static const size_t dtype_sizes[ST_DTYPE_COUNT] = {4, 2, 2, 8, 8, 4, 2, 1, 1, 1};
 
 const char *st_dtype_name(st_dtype t) {
@@ -91,7 +91,7 @@ uint16_t f32_to_f16(float f) {
     memcpy(&u, &f, 4);
     uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
     uint32_t a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return sign | 0x7E00u; /* NaN, as c10::Half does */
+    if (a > 0x7F800000u) return sign | 0x7E00u;  /* NaN, as c10::Half does */
     if (a >= 0x477FF000u) return sign | 0x7C00u; /* >= 65520 rounds to infinity */
     if (a < 0x38800000u) {
         /* result is subnormal (or zero): value / 2^-24 rounded to nearest even integer */
@@ -138,7 +138,8 @@ static char *dup_str(const char *s) {
 
 void st_close(st_set *s) {
     if (!s) return;
-    for (int i = 0; i < s->n; i++) free((char *)s->t[i].name);
+    for (int i = 0; i < s->n; i++)
+        free((char *)s->t[i].name);
     free(s->t);
     free(s->sorted);
     for (int i = 0; i < s->nfiles; i++) {
@@ -244,8 +245,7 @@ static ft_status parse_entry(st_set *s, st_file *f, const cJSON *e, span *sp, ft
     int ndim = cJSON_GetArraySize(sh);
     if (ndim > ST_MAX_DIMS)
         return ft_error_set(err, FT_ERR_INPUT, where, NULL,
-                            "shape has %d dimensions; at most %d are supported", ndim,
-                            ST_MAX_DIMS);
+                            "shape has %d dimensions; at most %d are supported", ndim, ST_MAX_DIMS);
     st_tensor t;
     memset(&t, 0, sizeof t);
     t.dtype = (st_dtype)dtype;
@@ -259,7 +259,8 @@ static ft_status parse_entry(st_set *s, st_file *f, const cJSON *e, span *sp, ft
         if (!json_uint(x, &v))
             return ft_error_set(err, FT_ERR_INPUT, where, ST_HINT_CORRUPT,
                                 "shape[%d]: expected a non-negative integer, found %s%s", d,
-                                json_type_name(x), cJSON_IsNumber(x) ? " (not a non-negative integer)" : "");
+                                json_type_name(x),
+                                cJSON_IsNumber(x) ? " (not a non-negative integer)" : "");
         t.shape[d] = (int64_t)v;
         if (!overflow && v && bytes > UINT64_MAX / v) overflow = 1;
         bytes = overflow ? 0 : bytes * v;
@@ -267,8 +268,7 @@ static ft_status parse_entry(st_set *s, st_file *f, const cJSON *e, span *sp, ft
     if (!cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2)
         return ft_error_set(err, FT_ERR_INPUT, where, ST_HINT_CORRUPT,
                             "field \"data_offsets\": expected [begin, end], found %s%s",
-                            json_type_name(off),
-                            cJSON_IsArray(off) ? " of another length" : "");
+                            json_type_name(off), cJSON_IsArray(off) ? " of another length" : "");
     uint64_t b, en;
     if (!json_uint(off->child, &b) || !json_uint(off->child->next, &en))
         return ft_error_set(err, FT_ERR_INPUT, where, ST_HINT_CORRUPT,
@@ -363,7 +363,8 @@ static ft_status load_file(st_set *s, const char *path, ft_error *err) {
     }
     const uint8_t *p = f->map;
     uint64_t hn = 0;
-    for (int i = 7; i >= 0; i--) hn = hn << 8 | p[i];
+    for (int i = 7; i >= 0; i--)
+        hn = hn << 8 | p[i];
     if (hn > ST_MAX_HEADER || hn > f->size - 8)
         return ft_error_set(err, FT_ERR_INPUT, path, ST_HINT_CORRUPT,
                             "header length %" PRIu64 " is larger than %s (%zu bytes)", hn,
@@ -455,7 +456,8 @@ static int name_cmp(const void *a, const void *b) {
 static ft_status finish(st_set *s, ft_error *err) {
     s->sorted = malloc(sizeof *s->sorted * (size_t)(s->n ? s->n : 1));
     if (!s->sorted) return oom(err, s->label);
-    for (int i = 0; i < s->n; i++) s->sorted[i] = i;
+    for (int i = 0; i < s->n; i++)
+        s->sorted[i] = i;
     cmp_set = s;
     qsort(s->sorted, (size_t)s->n, sizeof *s->sorted, name_cmp);
     cmp_set = NULL;
@@ -543,7 +545,8 @@ ft_status st_open_dir(const char *dir, st_set **out, ft_error *err) {
             break;
         }
         int seen = 0;
-        for (int i = 0; i < nsh && !seen; i++) seen = !strcmp(shards[i], e->valuestring);
+        for (int i = 0; i < nsh && !seen; i++)
+            seen = !strcmp(shards[i], e->valuestring);
         if (seen) continue;
         const char **ns = realloc(shards, sizeof *ns * (size_t)(nsh + 1));
         if (!ns) {
@@ -588,9 +591,7 @@ ft_status st_open_dir(const char *dir, st_set **out, ft_error *err) {
 
 int st_count(const st_set *s) { return s->n; }
 
-const st_tensor *st_at(const st_set *s, int i) {
-    return i >= 0 && i < s->n ? &s->t[i] : NULL;
-}
+const st_tensor *st_at(const st_set *s, int i) { return i >= 0 && i < s->n ? &s->t[i] : NULL; }
 
 const st_tensor *st_find(const st_set *s, const char *name) {
     int lo = 0, hi = s->n - 1;
@@ -613,8 +614,8 @@ const char *st_metadata(const st_set *s, const char *key) {
     return NULL;
 }
 
-ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape,
-                      float *dst, ft_error *err) {
+ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape, float *dst,
+                      ft_error *err) {
     const st_tensor *t = st_find(s, name);
     char where[1024], a[256], b[256];
     if (!t) {
@@ -626,7 +627,8 @@ ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t
     }
     tensor_where(where, sizeof where, t->file, name);
     int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    for (int i = 0; same && i < ndim; i++)
+        same = t->shape[i] == shape[i];
     if (!same) {
         shape_text(a, sizeof a, ndim, shape);
         shape_text(b, sizeof b, t->ndim, t->shape);
@@ -638,7 +640,9 @@ ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t
     size_t n = t->nbytes / dtype_sizes[t->dtype];
     const uint8_t *p = t->data;
     switch (t->dtype) {
-    case ST_F32: memcpy(dst, p, n * 4); break;
+    case ST_F32:
+        memcpy(dst, p, n * 4);
+        break;
     case ST_F16:
     case ST_BF16:
         for (size_t i = 0; i < n; i++) {
@@ -677,7 +681,8 @@ st_writer *st_writer_new(void) { return calloc(1, sizeof(st_writer)); }
 
 void st_writer_free(st_writer *w) {
     if (!w) return;
-    for (int i = 0; i < w->n; i++) free(w->e[i].name);
+    for (int i = 0; i < w->n; i++)
+        free(w->e[i].name);
     free(w->e);
     for (int i = 0; i < w->nmeta; i++) {
         free(w->mk[i]);
@@ -718,7 +723,8 @@ ft_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim
     if (!e->name) return oom(err, where);
     e->dtype = dtype;
     e->ndim = ndim;
-    for (int i = 0; i < ndim; i++) e->shape[i] = shape[i];
+    for (int i = 0; i < ndim; i++)
+        e->shape[i] = shape[i];
     e->data = data;
     e->nbytes = (size_t)bytes;
     w->n++;
@@ -762,7 +768,8 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
     if (b->failed) return;
     if (b->n + n + 1 > b->cap) {
         size_t nc = b->cap ? b->cap * 2 : 4096;
-        while (nc < b->n + n + 1) nc *= 2;
+        while (nc < b->n + n + 1)
+            nc *= 2;
         char *np = realloc(b->p, nc);
         if (!np) {
             b->failed = 1;
@@ -838,7 +845,8 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
         off += e->nbytes;
     }
     sb_str(&b, "}");
-    while (!b.failed && b.n % 8) sb_str(&b, " "); /* pad like the Python library */
+    while (!b.failed && b.n % 8)
+        sb_str(&b, " "); /* pad like the Python library */
     if (b.failed) {
         free(b.p);
         return oom(err, path);
@@ -850,7 +858,8 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
         return st;
     }
     uint8_t len[8];
-    for (int i = 0; i < 8; i++) len[i] = (uint8_t)((uint64_t)b.n >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        len[i] = (uint8_t)((uint64_t)b.n >> (8 * i));
     atomic_write(&af, len, 8);
     atomic_write(&af, b.p, b.n);
     free(b.p);

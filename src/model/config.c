@@ -18,8 +18,9 @@
  *
  * Sliding windows, as transformers 5.23 applies them: Mistral and Phi-3 use sliding_window on
  * every layer unless it is null; Qwen2/Qwen3 only when use_sliding_window is true, on the layers
- * that layer_types marks "sliding_attention" (or, without layer_types, layers >= max_window_layers).
- * A window W lets query i see keys j with i - W < j <= i (masking_utils.sliding_window_overlay).
+ * that layer_types marks "sliding_attention" (or, without layer_types, layers >=
+ * max_window_layers). A window W lets query i see keys j with i - W < j <= i
+ * (masking_utils.sliding_window_overlay).
  */
 #include "model/config.h"
 
@@ -29,9 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const lin_names[LIN_COUNT] = {"q_proj",    "k_proj",  "v_proj",
+const char *const lin_names[LIN_COUNT] = {"q_proj",    "k_proj",    "v_proj",
                                           "o_proj",    "gate_proj", "up_proj",
-                                          "down_proj", "qkv_proj", "gate_up_proj"};
+                                          "down_proj", "qkv_proj",  "gate_up_proj"};
 
 static const arch_info arch_table[] = {
     /* class, model_type, fused_qkv, fused_gate_up, qkv_bias, qk_norm, attention_bias,
@@ -43,8 +44,8 @@ static const arch_info arch_table[] = {
     {"Phi3ForCausalLM", "phi3", 1, 1, 0, 0, 0, 0, 1},
 };
 #define N_ARCH (int)(sizeof arch_table / sizeof arch_table[0])
-#define SUPPORTED                                                                              \
-    "supported: LlamaForCausalLM (llama, SmolLM), MistralForCausalLM, Qwen2ForCausalLM, "      \
+#define SUPPORTED                                                                                  \
+    "supported: LlamaForCausalLM (llama, SmolLM), MistralForCausalLM, Qwen2ForCausalLM, "          \
     "Qwen3ForCausalLM, Phi3ForCausalLM"
 
 /* Class defaults of each configuration class (transformers 5.23), row for row with arch_table.
@@ -61,11 +62,11 @@ typedef struct arch_defaults {
 } arch_defaults;
 
 static const arch_defaults arch_def[] = {
-    {-1, -1, 1e-6, 2048, 1, 2, -1, 0, 0},        /* LlamaConfig */
-    {8, -1, 1e-6, 4096 * 32, 1, 2, 4096, 0, 0},  /* MistralConfig */
-    {32, -1, 1e-6, 32768, -1, -1, 4096, 1, 0},   /* Qwen2Config */
-    {32, 128, 1e-6, 32768, -1, -1, 4096, 1, 0},  /* Qwen3Config */
-    {-1, -1, 1e-5, 4096, 1, 32000, -1, 0, 1},    /* Phi3Config */
+    {-1, -1, 1e-6, 2048, 1, 2, -1, 0, 0},       /* LlamaConfig */
+    {8, -1, 1e-6, 4096 * 32, 1, 2, 4096, 0, 0}, /* MistralConfig */
+    {32, -1, 1e-6, 32768, -1, -1, 4096, 1, 0},  /* Qwen2Config */
+    {32, 128, 1e-6, 32768, -1, -1, 4096, 1, 0}, /* Qwen3Config */
+    {-1, -1, 1e-5, 4096, 1, 32000, -1, 0, 1},   /* Phi3Config */
 };
 
 void weight_name(char *buf, size_t n, int layer, lin_kind k, const char *suffix) {
@@ -148,9 +149,8 @@ typedef struct rope_src {
     const char *name; /* "rope_scaling" or "rope_parameters" */
 } rope_src;
 
-static ft_status rope_get_double(const rope_src *r, const cJSON *top, const char *key,
-                                 int required, double def, double *out, const char *path,
-                                 ft_error *err) {
+static ft_status rope_get_double(const rope_src *r, const cJSON *top, const char *key, int required,
+                                 double def, double *out, const char *path, ft_error *err) {
     char w[4400], k[128];
     const cJSON *v = r->d ? cJSON_GetObjectItemCaseSensitive(r->d, key) : NULL;
     if (v && !cJSON_IsNull(v)) {
@@ -248,8 +248,7 @@ static ft_status load_rope(const cJSON *j, const arch_defaults *ad, model_config
         return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "rope_theta"), NULL,
                             "expected a positive number, found %g", theta);
     if (!(partial > 0 && partial <= 1))
-        return ft_error_set(err, FT_ERR_INPUT,
-                            fw(w, sizeof w, path, "partial_rotary_factor"), NULL,
+        return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "partial_rotary_factor"), NULL,
                             "expected a number in (0, 1], found %g", partial);
     /* The rotated dimensions: Phi-3 and the scaled types use int(head_dim * partial); the
      * default rope of Llama, Mistral and Qwen ignores partial_rotary_factor. */
@@ -260,8 +259,8 @@ static ft_status load_rope(const cJSON *j, const arch_defaults *ad, model_config
                             "remove the field or set it to 1.0",
                             "partial rotation (%g) is only supported for Phi3", partial);
     if (dim < 2 || dim % 2)
-        return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "partial_rotary_factor"),
-                            NULL, "rotated dimensions (head_dim x factor = %d) must be even and >= 2",
+        return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "partial_rotary_factor"), NULL,
+                            "rotated dimensions (head_dim x factor = %d) must be even and >= 2",
                             dim);
     cfg->rot_dim = dim;
     cfg->attn_scaling = 1.0f;
@@ -275,7 +274,8 @@ static ft_status load_rope(const cJSON *j, const arch_defaults *ad, model_config
         if (!(factor >= 1.0) || !isfinite(factor))
             return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, k), NULL,
                                 "expected a number >= 1, found %g", factor);
-        for (int i = 0; i < dim / 2; i++) cfg->inv_freq[i] /= (float)factor;
+        for (int i = 0; i < dim / 2; i++)
+            cfg->inv_freq[i] /= (float)factor;
     } else if (is_llama3) {
         double low, high, old;
         st = rope_get_double(&r, NULL, "factor", 1, 1.0, &factor, path, err);
@@ -329,7 +329,8 @@ static ft_status load_windows(const cJSON *j, const arch_defaults *ad, model_con
         return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "sliding_window"), NULL,
                             "expected a non-negative integer or null, found %ld", sw);
     if (!ad->qwen_layers) { /* Mistral, Phi-3: every layer, unless null */
-        for (int l = 0; l < cfg->L; l++) cfg->window[l] = sw > 0 ? (int)sw : 0;
+        for (int l = 0; l < cfg->L; l++)
+            cfg->window[l] = sw > 0 ? (int)sw : 0;
         return FT_OK;
     }
     int use;
@@ -347,8 +348,7 @@ static ft_status load_windows(const cJSON *j, const arch_defaults *ad, model_con
         for (const cJSON *e = lt->child; e; e = e->next, l++) {
             int sliding = cJSON_IsString(e) && !strcmp(e->valuestring, "sliding_attention");
             if (!sliding && !(cJSON_IsString(e) && !strcmp(e->valuestring, "full_attention")))
-                return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "layer_types"),
-                                    NULL,
+                return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "layer_types"), NULL,
                                     "entry %d: expected \"full_attention\" or "
                                     "\"sliding_attention\"",
                                     l);
@@ -359,7 +359,8 @@ static ft_status load_windows(const cJSON *j, const arch_defaults *ad, model_con
     long mwl;
     st = json_get_int(j, "max_window_layers", 0, 28, &mwl, path, err);
     if (st) return st;
-    for (int l = 0; l < cfg->L; l++) cfg->window[l] = sw > 0 && l >= mwl ? (int)sw : 0;
+    for (int l = 0; l < cfg->L; l++)
+        cfg->window[l] = sw > 0 && l >= mwl ? (int)sw : 0;
     return FT_OK;
 }
 
@@ -386,8 +387,8 @@ static ft_status load(const cJSON *j, model_config *cfg, const char *path, ft_er
         for (int i = 0; i < N_ARCH; i++)
             if (!strcmp(model_type, arch_table[i].model_type)) row = i;
         if (row < 0)
-            return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "model_type"),
-                                SUPPORTED, "unsupported model_type \"%s\"", model_type);
+            return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "model_type"), SUPPORTED,
+                                "unsupported model_type \"%s\"", model_type);
     } else {
         return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "architectures"), SUPPORTED,
                             "neither \"architectures\" nor \"model_type\" is given");
