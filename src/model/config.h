@@ -41,18 +41,21 @@ typedef struct model_config {
     int D;          /* head_dim (defaults to C / H) */
     int V;          /* vocab_size */
     float eps;      /* rms_norm_eps */
-    int tie_embeddings;    /* tie_word_embeddings (default true for Qwen small, false Llama...) */
+    int tie_embeddings;    /* tie_word_embeddings (class default false for all five in
+                              transformers 5.23; small Qwen/SmolLM files say true) */
     int attn_bias;  /* biases on q,k,v */
     int o_bias;     /* bias on o_proj */
     int mlp_bias;   /* biases on gate, up, down */
     int max_pos;    /* max_position_embeddings */
-    int *window;    /* (L) sliding window per layer, 0 = full attention */
+    int *window;    /* (L) sliding window per layer, 0 = full attention; with window W query
+                       i sees keys j with i - W < j <= i (transformers' sliding_window_overlay) */
     /* RoPE, after rope_scaling / rope_parameters are applied: */
     int rot_dim;         /* rotated dims per head: D * partial_rotary_factor */
     float *inv_freq;     /* (rot_dim / 2) */
     float attn_scaling;  /* multiplies cos and sin (1 unless the rope type defines one) */
     char torch_dtype[16];/* as written in config.json ("float32", "bfloat16", ...), or "" */
-    long bos_token_id, eos_token_id; /* -1 when absent */
+    long bos_token_id, eos_token_id; /* the class default when absent (Llama 1/2...), -1 when
+                                        null or no default; the first of a list */
 } model_config;
 
 /* Read DIR/config.json. Every error names config.json and the field. Unknown architectures,
