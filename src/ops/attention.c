@@ -87,9 +87,9 @@ static int att_len(const int *len, int b, int T) {
     return len[b] < 0 ? 0 : len[b] > T ? T : len[b];
 }
 
-void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
-                       const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale) {
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
+                           const float *v, const int *seg, const int *len, int B, int T, int H,
+                           int Hkv, int D, int window, float scale) {
     int G = H / Hkv, nqb = (T + ATT_BQ - 1) / ATT_BQ;
     long BH = (long)B * H, items = BH * nqb;
     size_t qs = (size_t)H * D, ks = (size_t)Hkv * D; /* row strides */
@@ -157,10 +157,10 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
     }
 }
 
-void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                        const float *k, const float *v, const float *out, const float *lse,
-                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale) {
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v, const float *out,
+                            const float *lse, const int *seg, const int *len, int B, int T, int H,
+                            int Hkv, int D, int window, float scale) {
     int G = H / Hkv;
     size_t qs = (size_t)H * D, ks = (size_t)Hkv * D;
 #pragma omp parallel for schedule(dynamic, 1)
@@ -206,4 +206,36 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
             }
         }
     }
+}
+
+/* ---- dispatch: the AVX2+FMA version (attention_avx2.c) where the CPU and shape allow --- */
+int attention_avx2_usable(int H, int Hkv, int D) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    return D % 16 == 0 && D <= 256 && H / Hkv <= 32 && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+#else
+    (void)H, (void)Hkv, (void)D;
+    return 0;
+#endif
+}
+
+void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                       const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                       int window, float scale) {
+    if (attention_avx2_usable(H, Hkv, D))
+        attention_forward_avx2(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+    else
+        attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+}
+
+void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                        const float *k, const float *v, const float *out, const float *lse,
+                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                        int window, float scale) {
+    if (attention_avx2_usable(H, Hkv, D))
+        attention_backward_avx2(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
+                                window, scale);
+    else
+        attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
+                               window, scale);
 }

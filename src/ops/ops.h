@@ -89,4 +89,24 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                    int V, float grad_scale, float *scratch, int chunk);
 
+/* ---- attention variants (attention.c, attention_avx2.c) ----------------------------------
+ * attention_forward/backward above run the AVX2+FMA version when attention_avx2_usable() (CPU
+ * with AVX2 and FMA, D % 16 == 0, D <= 256, H/Hkv <= 32) and the portable C version (the
+ * reference) otherwise. Both can be called directly; the tests compare them. */
+int attention_avx2_usable(int H, int Hkv, int D);
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
+                           const float *v, const int *seg, const int *len, int B, int T, int H,
+                           int Hkv, int D, int window, float scale);
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
+                            const float *q, const float *k, const float *v, const float *out,
+                            const float *lse, const int *seg, const int *len, int B, int T, int H,
+                            int Hkv, int D, int window, float scale);
+void attention_forward_avx2(float *out, float *lse, const float *q, const float *k,
+                            const float *v, const int *seg, const int *len, int B, int T, int H,
+                            int Hkv, int D, int window, float scale);
+void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale);
+
 #endif

@@ -1,0 +1,416 @@
+/*
+ * attention_avx2.c: the AVX2+FMA version of attention.c's flash attention: same masks, same
+ * work split, same results to fp32 rounding; attention.c calls it when the CPU has AVX2 and FMA,
+ * D is a multiple of 16 (at most 256) and H/Hkv is at most 32, and tests compare it with the
+ * portable code and with a naive reference.
+ *
+ * Where the portable code goes one query row and one key at a time, this works on blocks as
+ * small register-tiled matrix products over a tile of 64 keys:
+ *   scores   S (4 rows x 64 keys) = Q4 . Kt, Kt the tile transposed into (D x 64) on the stack;
+ *   values   O (4 rows x D) += P (4 x 64) . V, V read in place;
+ *   backward dV, dK (64 keys x D) += P^T . dO16, dS^T . Q16 over blocks of 16 query rows, and
+ *            dQ16 += dS . K, dP = dO . Vt like the scores.
+ * exp() is a vectorised Cephes-style expf (range reduction by ln 2, degree-6 polynomial, the
+ * exponent built in the integer unit; about 1 ulp on the arguments softmax gives it, which are
+ * <= 0 and clamped at -87, where the true value is below 1e-37 of the row's largest term).
+ *
+ * Forward: one work item per (b, kv head, block of 64 queries), so the transposed key tile is
+ * shared by the H/Hkv query heads that read it. Backward: one work item per (b, kv head), which
+ * owns dk, dv of that head and dq of its query heads (no races). All scratch is on the stack
+ * (at most ~70 KB at D = 256).
+ */
+#include "ops/ops.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define AX_BQ 64    /* forward: queries per work item */
+#define AX_BK 64    /* keys per tile */
+#define AX_RB 16    /* backward: query rows per block */
+#define AX_DMAX 256 /* largest head dim handled here */
+#define AX_GMAX 32  /* largest H / Hkv handled here */
+
+static const float ax_zero[AX_DMAX]; /* a zero row for the unused rows of a 4-row group */
+
+/* ---- masks: the same rule as attention.c ------------------------------------------------ */
+typedef struct {
+    const int *seg;
+    int monotone, window;
+} ax_mask;
+
+static int ax_seg_monotone(const int *s, int L) {
+    for (int t = 1; t < L; t++)
+        if (s[t] < s[t - 1]) return 0;
+    return 1;
+}
+
+static int ax_lo(const ax_mask *m, int i) {
+    int lo = m->window > 0 ? i - m->window + 1 : 0;
+    if (lo < 0) lo = 0;
+    if (m->seg && m->monotone) {
+        int a = 0, z = i, si = m->seg[i];
+        while (a < z) {
+            int mid = a + (z - a) / 2;
+            if (m->seg[mid] < si) a = mid + 1;
+            else z = mid;
+        }
+        if (a > lo) lo = a;
+    }
+    return lo;
+}
+
+static int ax_len(const int *len, int b, int T) {
+    if (!len) return T;
+    return len[b] < 0 ? 0 : len[b] > T ? T : len[b];
+}
+
+/* ---- vector helpers --------------------------------------------------------------------- */
+static inline __m256 ax_exp(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* r = x - n ln2, ln2 split in two (Cephes expf's C1, C2) */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
+                                  23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline float ax_hsum(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static inline float ax_hmax(__m256 v) {
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static inline float ax_dot(const float *a, const float *b, int D) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (int d = 0; d < D; d += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
+    }
+    return ax_hsum(_mm256_add_ps(s0, s1));
+}
+
+/* Xt (D x 64) = the n <= 64 rows (stride rs) of x, transposed; columns n..63 are zero. */
+static void ax_transpose(float *Xt, const float *x, size_t rs, int n, int D) {
+    for (int d = 0; d < D; d++) memset(Xt + d * AX_BK + n, 0, (size_t)(AX_BK - n) * sizeof(float));
+    for (int j = 0; j < n; j++) {
+        const float *xj = x + j * rs;
+        for (int d = 0; d < D; d++) Xt[d * AX_BK + j] = xj[d];
+    }
+}
+
+/* S[r][0, 16*nkc) = x[r] . Xt for 4 rows x[r] */
+static inline void ax_scores(float S[4][AX_BK], const float *const x[4], const float *Xt,
+                             int nkc, int D) {
+    for (int kc = 0; kc < nkc; kc++) {
+        __m256 a[4][2];
+        #pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        const float *kt = Xt + kc * 16;
+        for (int d = 0; d < D; d++) {
+            __m256 k0 = _mm256_loadu_ps(kt + d * AX_BK), k1 = _mm256_loadu_ps(kt + d * AX_BK + 8);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m256 q = _mm256_broadcast_ss(x[r] + d);
+                a[r][0] = _mm256_fmadd_ps(q, k0, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(q, k1, a[r][1]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            _mm256_storeu_ps(S[r] + kc * 16, a[r][0]);
+            _mm256_storeu_ps(S[r] + kc * 16 + 8, a[r][1]);
+        }
+    }
+}
+
+/* o[r] (D) = o[r] * corr[r] + sum_j P[r][j] y_j over j < n, y_j = y + j*ys, for 4 rows */
+static inline void ax_pv(float *const o[4], const float corr[4], const float P[4][AX_BK],
+                         const float *y, size_t ys, int n, int D) {
+    for (int dc = 0; dc < D; dc += 16) {
+        __m256 a[4][2];
+        #pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m256 c = _mm256_set1_ps(corr[r]);
+            a[r][0] = _mm256_mul_ps(_mm256_loadu_ps(o[r] + dc), c);
+            a[r][1] = _mm256_mul_ps(_mm256_loadu_ps(o[r] + dc + 8), c);
+        }
+        for (int j = 0; j < n; j++) {
+            __m256 y0 = _mm256_loadu_ps(y + j * ys + dc), y1 = _mm256_loadu_ps(y + j * ys + dc + 8);
+            #pragma GCC unroll 4
+            for (int r = 0; r < 4; r++) {
+                __m256 p = _mm256_broadcast_ss(&P[r][j]);
+                a[r][0] = _mm256_fmadd_ps(p, y0, a[r][0]);
+                a[r][1] = _mm256_fmadd_ps(p, y1, a[r][1]);
+            }
+        }
+        #pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            _mm256_storeu_ps(o[r] + dc, a[r][0]);
+            _mm256_storeu_ps(o[r] + dc + 8, a[r][1]);
+        }
+    }
+}
+
+/* dst_j (D) += sum_{r < nr} P[r][j] x[r] for keys j < n, dst_j = dst + j*ds */
+static inline void ax_tpv(float *dst, size_t ds, const float P[AX_RB][AX_BK],
+                          const float *const x[AX_RB], int nr, int n, int D) {
+    int j = 0;
+    for (; j + 4 <= n; j += 4)
+        for (int dc = 0; dc < D; dc += 16) {
+            __m256 a[4][2];
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                a[t][0] = _mm256_loadu_ps(dst + (j + t) * ds + dc);
+                a[t][1] = _mm256_loadu_ps(dst + (j + t) * ds + dc + 8);
+            }
+            for (int r = 0; r < nr; r++) {
+                __m256 x0 = _mm256_loadu_ps(x[r] + dc), x1 = _mm256_loadu_ps(x[r] + dc + 8);
+                #pragma GCC unroll 4
+                for (int t = 0; t < 4; t++) {
+                    __m256 p = _mm256_broadcast_ss(&P[r][j + t]);
+                    a[t][0] = _mm256_fmadd_ps(p, x0, a[t][0]);
+                    a[t][1] = _mm256_fmadd_ps(p, x1, a[t][1]);
+                }
+            }
+            #pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                _mm256_storeu_ps(dst + (j + t) * ds + dc, a[t][0]);
+                _mm256_storeu_ps(dst + (j + t) * ds + dc + 8, a[t][1]);
+            }
+        }
+    for (; j < n; j++)
+        for (int dc = 0; dc < D; dc += 16) {
+            __m256 a0 = _mm256_loadu_ps(dst + j * ds + dc), a1 = _mm256_loadu_ps(dst + j * ds + dc + 8);
+            for (int r = 0; r < nr; r++) {
+                __m256 p = _mm256_broadcast_ss(&P[r][j]);
+                a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(x[r] + dc), a0);
+                a1 = _mm256_fmadd_ps(p, _mm256_loadu_ps(x[r] + dc + 8), a1);
+            }
+            _mm256_storeu_ps(dst + j * ds + dc, a0);
+            _mm256_storeu_ps(dst + j * ds + dc + 8, a1);
+        }
+}
+
+/* The mask of row i over the 8 keys idx (absolute key indices): lo <= idx < hi, and equal
+ * segment ids when sv (the tile's ids) is given. */
+static inline __m256 ax_rowmask(__m256i idx, int lo, int hi, const int *sv, int si) {
+    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
+    if (sv)
+        m = _mm256_and_si256(m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv),
+                                                   _mm256_set1_epi32(si)));
+    return _mm256_castsi256_ps(m);
+}
+
+void attention_forward_avx2(float *out, float *lse, const float *q, const float *k,
+                            const float *v, const int *seg, const int *len, int B, int T, int H,
+                            int Hkv, int D, int window, float scale) {
+    int G = H / Hkv, nqb = (T + AX_BQ - 1) / AX_BQ;
+    long BG = (long)B * Hkv, items = BG * nqb;
+    size_t ks = (size_t)Hkv * D;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long it = 0; it < items; it++) {
+        int qb = nqb - 1 - (int)(it / BG); /* late (costly) query blocks first */
+        int b = (int)(it % BG) / Hkv, g = (int)(it % BG) % Hkv;
+        int L = ax_len(len, b, T);
+        ax_mask m = {seg ? seg + (size_t)b * T : NULL, 0, window};
+        if (m.seg) m.monotone = ax_seg_monotone(m.seg, L);
+        int i0 = qb * AX_BQ, i1 = i0 + AX_BQ < T ? i0 + AX_BQ : T, ie = i1 < L ? i1 : L;
+        const float *kb = k + ((size_t)b * T * Hkv + g) * D;
+        const float *vb = v + ((size_t)b * T * Hkv + g) * D;
+        float Kt[AX_DMAX * AX_BK], S[4][AX_BK], P[4][AX_BK], dummy[AX_DMAX] = {0};
+        float mrow[AX_GMAX][AX_BQ], lrow[AX_GMAX][AX_BQ];
+        int lo[AX_BQ], segt[AX_BK];
+        for (int hh = 0; hh < G; hh++) {
+            int h = g * G + hh;
+            for (int i = i0; i < i1; i++) {
+                memset(out + ((size_t)(b * T + i) * H + h) * D, 0, (size_t)D * sizeof(float));
+                lse[((size_t)b * H + h) * T + i] = -INFINITY;
+                mrow[hh][i - i0] = -INFINITY;
+                lrow[hh][i - i0] = 0.0f;
+            }
+        }
+        if (ie <= i0) continue;
+        for (int i = i0; i < ie; i++) lo[i - i0] = ax_lo(&m, i);
+        int nonmono = m.seg && !m.monotone;
+        for (int j0 = lo[0] / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
+            int jn = (j0 + AX_BK < ie ? j0 + AX_BK : ie) - j0, nkc = (jn + 15) / 16;
+            ax_transpose(Kt, kb + j0 * ks, ks, jn, D);
+            if (nonmono)
+                for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m.seg[j0 + t] : 0;
+            for (int hh = 0; hh < G; hh++) {
+                int h = g * G + hh;
+                for (int r0 = i0; r0 < ie; r0 += 4) {
+                    int nr = ie - r0 < 4 ? ie - r0 : 4;
+                    /* rows r0..r0+nr-1 see keys [lo, i]: skip the group if none is in the tile */
+                    if (r0 + nr - 1 < j0 || lo[r0 - i0] >= j0 + jn) continue;
+                    const float *x[4];
+                    float *o[4], corr[4];
+                    #pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        x[r] = r < nr ? q + ((size_t)(b * T + r0 + r) * H + h) * D : ax_zero;
+                        o[r] = r < nr ? out + ((size_t)(b * T + r0 + r) * H + h) * D : dummy;
+                    }
+                    ax_scores(S, x, Kt, nkc, D);
+                    #pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        int i = r0 + r, hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
+                        corr[r] = 1.0f;
+                        if (r >= nr || lo[i - i0] >= hi || hi <= j0) {
+                            memset(P[r], 0, sizeof P[r]);
+                            continue;
+                        }
+                        __m256 sv[AX_BK / 8], mk[AX_BK / 8], mx = _mm256_set1_ps(-INFINITY);
+                        for (int c = 0; c < nkc * 2; c++) {
+                            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * c),
+                                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                            mk[c] = ax_rowmask(idx, lo[i - i0], hi, nonmono ? segt + 8 * c : NULL,
+                                               nonmono ? m.seg[i] : 0);
+                            sv[c] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
+                                                     _mm256_mul_ps(_mm256_loadu_ps(S[r] + 8 * c),
+                                                                   _mm256_set1_ps(scale)),
+                                                     mk[c]);
+                            mx = _mm256_max_ps(mx, sv[c]);
+                        }
+                        float tmax = ax_hmax(mx);
+                        if (tmax == -INFINITY) {
+                            memset(P[r], 0, sizeof P[r]);
+                            continue;
+                        }
+                        float mold = mrow[hh][i - i0], mnew = tmax > mold ? tmax : mold;
+                        corr[r] = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+                        __m256 sum = _mm256_setzero_ps(), mn = _mm256_set1_ps(mnew);
+                        for (int c = 0; c < nkc * 2; c++) {
+                            __m256 p = _mm256_and_ps(ax_exp(_mm256_sub_ps(sv[c], mn)), mk[c]);
+                            sum = _mm256_add_ps(sum, p);
+                            _mm256_storeu_ps(P[r] + 8 * c, p);
+                        }
+                        lrow[hh][i - i0] = lrow[hh][i - i0] * corr[r] + ax_hsum(sum);
+                        mrow[hh][i - i0] = mnew;
+                    }
+                    ax_pv(o, corr, P, vb + j0 * ks, ks, jn, D);
+                }
+            }
+        }
+        for (int hh = 0; hh < G; hh++) {
+            int h = g * G + hh;
+            for (int i = i0; i < ie; i++) {
+                float *oi = out + ((size_t)(b * T + i) * H + h) * D, l = lrow[hh][i - i0];
+                __m256 inv = _mm256_set1_ps(1.0f / l);
+                for (int d = 0; d < D; d += 8)
+                    _mm256_storeu_ps(oi + d, _mm256_mul_ps(_mm256_loadu_ps(oi + d), inv));
+                lse[((size_t)b * H + h) * T + i] = mrow[hh][i - i0] + logf(l);
+            }
+        }
+    }
+}
+
+void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale) {
+    int G = H / Hkv;
+    size_t ks = (size_t)Hkv * D;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int bg = 0; bg < B * Hkv; bg++) {
+        int b = bg / Hkv, g = bg % Hkv;
+        int L = ax_len(len, b, T);
+        ax_mask m = {seg ? seg + (size_t)b * T : NULL, 0, window};
+        if (m.seg) m.monotone = ax_seg_monotone(m.seg, L);
+        int nonmono = m.seg && !m.monotone;
+        const float *kb = k + ((size_t)b * T * Hkv + g) * D;
+        const float *vb = v + ((size_t)b * T * Hkv + g) * D;
+        float *dkb = dk + ((size_t)b * T * Hkv + g) * D;
+        float *dvb = dv + ((size_t)b * T * Hkv + g) * D;
+        float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], S[4][AX_BK], dP[4][AX_BK];
+        float Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK], dummy[AX_DMAX] = {0};
+        int segt[AX_BK];
+        for (int t = 0; t < T; t++) {
+            memset(dkb + t * ks, 0, (size_t)D * sizeof(float));
+            memset(dvb + t * ks, 0, (size_t)D * sizeof(float));
+            for (int hh = 0; hh < G; hh++)
+                memset(dq + ((size_t)(b * T + t) * H + g * G + hh) * D, 0,
+                       (size_t)D * sizeof(float));
+        }
+        for (int j0 = 0; j0 < L; j0 += AX_BK) {
+            int jn = (j0 + AX_BK < L ? j0 + AX_BK : L) - j0, nkc = (jn + 15) / 16;
+            ax_transpose(Kt, kb + j0 * ks, ks, jn, D);
+            ax_transpose(Vt, vb + j0 * ks, ks, jn, D);
+            if (nonmono)
+                for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m.seg[j0 + t] : 0;
+            for (int hh = 0; hh < G; hh++) {
+                int h = g * G + hh;
+                const float *lb = lse + ((size_t)b * H + h) * T;
+                for (int r0 = j0; r0 < L; r0 += AX_RB) {
+                    if (ax_lo(&m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
+                    int nr = L - r0 < AX_RB ? L - r0 : AX_RB;
+                    const float *xq[AX_RB], *xdo[AX_RB];
+                    for (int r = 0; r < AX_RB; r++) {
+                        size_t off = ((size_t)(b * T + r0 + r) * H + h) * D;
+                        xq[r] = r < nr ? q + off : ax_zero;
+                        xdo[r] = r < nr ? dout + off : ax_zero;
+                    }
+                    for (int g4 = 0; g4 < nr; g4 += 4) {
+                        ax_scores(S, xq + g4, Kt, nkc, D);
+                        ax_scores(dP, xdo + g4, Vt, nkc, D);
+                        float *o[4], one[4] = {1, 1, 1, 1};
+                        #pragma GCC unroll 4
+                        for (int r = 0; r < 4; r++) {
+                            int R = g4 + r, i = r0 + R;
+                            o[r] = R < nr ? dq + ((size_t)(b * T + i) * H + h) * D : dummy;
+                            int lo = R < nr ? ax_lo(&m, i) : 0;
+                            int hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
+                            if (R >= nr || lo >= hi) {
+                                memset(Pb[R], 0, sizeof Pb[R]);
+                                memset(dSb[R], 0, sizeof dSb[R]);
+                                continue;
+                            }
+                            float Di = ax_dot(xdo[R], out + ((size_t)(b * T + i) * H + h) * D, D);
+                            __m256 li = _mm256_set1_ps(lb[i]), di = _mm256_set1_ps(Di),
+                                   sc = _mm256_set1_ps(scale);
+                            for (int c = 0; c < AX_BK / 8; c++) {
+                                __m256 p = _mm256_setzero_ps(), ds = _mm256_setzero_ps();
+                                if (c < nkc * 2) {
+                                    __m256i idx = _mm256_add_epi32(
+                                        _mm256_set1_epi32(j0 + 8 * c),
+                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                                    __m256 mk = ax_rowmask(idx, lo, hi, nonmono ? segt + 8 * c : NULL,
+                                                           nonmono ? m.seg[i] : 0);
+                                    __m256 s = _mm256_fmsub_ps(_mm256_loadu_ps(S[r] + 8 * c), sc, li);
+                                    p = _mm256_and_ps(ax_exp(s), mk);
+                                    ds = _mm256_mul_ps(
+                                        _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP[r] + 8 * c), di)),
+                                        sc);
+                                }
+                                _mm256_storeu_ps(Pb[R] + 8 * c, p);
+                                _mm256_storeu_ps(dSb[R] + 8 * c, ds);
+                            }
+                        }
+                        ax_pv(o, one, (const float(*)[AX_BK])dSb[g4], kb + j0 * ks, ks, jn, D);
+                    }
+                    ax_tpv(dvb + j0 * ks, ks, (const float(*)[AX_BK])Pb, xdo, nr, jn, D);
+                    ax_tpv(dkb + j0 * ks, ks, (const float(*)[AX_BK])dSb, xq, nr, jn, D);
+                }
+            }
+        }
+    }
+}
