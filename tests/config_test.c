@@ -98,6 +98,11 @@ static void test_errors(void) {
     load_text("{\"architectures\": [\"GPT2LMHeadModel\"]}", &c, &err);
     CHECK(strstr(err.hint, "Qwen3ForCausalLM") && strstr(err.hint, "Phi3ForCausalLM"),
           "hint lists the supported architectures: %s", err.hint);
+    load_text("{\"architectures\": [\"LlamaForSequenceClassification\"], \"model_type\": "
+              "\"llama\"}",
+              &c, &err);
+    CHECK(err.status == FT_ERR_INPUT && strstr(err.hint, "\"LlamaForCausalLM\""),
+          "another head on a known backbone: hint names the causal LM class: %s", err.hint);
     expect_bad("{\"model_type\": \"gpt2\", \"hidden_size\": 64}", "model_type",
                "unknown model_type");
     expect_bad("{\"architectures\": \"LlamaForCausalLM\"}", "architectures",

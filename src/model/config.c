@@ -380,9 +380,22 @@ static ft_status load(const cJSON *j, model_config *cfg, const char *path, ft_er
         const char *cls = archs->child->valuestring;
         for (int i = 0; i < N_ARCH; i++)
             if (!strcmp(cls, arch_table[i].hf_class)) row = i;
-        if (row < 0)
-            return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "architectures"),
-                                SUPPORTED, "unsupported architecture \"%s\"", cls);
+        if (row < 0) {
+            /* a known backbone with another head (e.g. LlamaForSequenceClassification) */
+            int mt = -1;
+            for (int i = 0; model_type && i < N_ARCH; i++)
+                if (!strcmp(model_type, arch_table[i].model_type)) mt = i;
+            char hint[512];
+            if (mt >= 0)
+                snprintf(hint, sizeof hint,
+                         "ftune trains causal LMs; model_type \"%s\" is supported as %s. If these "
+                         "weights are a causal LM, set \"architectures\": [\"%s\"]",
+                         model_type, arch_table[mt].hf_class, arch_table[mt].hf_class);
+            else
+                snprintf(hint, sizeof hint, "%s", SUPPORTED);
+            return ft_error_set(err, FT_ERR_INPUT, fw(w, sizeof w, path, "architectures"), hint,
+                                "unsupported architecture \"%s\"", cls);
+        }
     } else if (model_type) {
         for (int i = 0; i < N_ARCH; i++)
             if (!strcmp(model_type, arch_table[i].model_type)) row = i;
