@@ -12,6 +12,8 @@
  * one call), overwrites where it says so (swiglu), xent gives the same loss and dh for chunk sizes
  * 1, 7 and N, skips targets of -100 (their dh rows untouched), and rope matches transformers'
  * float32 angle convention (pos * inv_freq rounded to float before cos/sin).
+ * swiglu and xent run three times: the portable code (*_ref), the AVX2 code when the CPU has it,
+ * and the dispatching entry points, each against the same references.
  */
 #include "ops/ops.h"
 #include "test.h"
@@ -196,8 +198,12 @@ static double swi_loss(void *p) {
     return L;
 }
 
-static void test_swiglu(int fused) {
-    int N = 4, I = 9, ld = fused ? 2 * I : I;
+typedef void (*swi_fwd)(float *, const float *, const float *, int, int, int);
+typedef void (*swi_bwd)(float *, float *, const float *, const float *, const float *, int, int,
+                        int);
+
+static void test_swiglu(int fused, swi_fwd fwd, swi_bwd bwd, const char *vname) {
+    int N = 4, I = 21, ld = fused ? 2 * I : I; /* I = 21: two 8-wide AVX2 steps and a tail */
     size_t nin = (size_t)N * ld, n = (size_t)N * I;
     /* fused: one (N, 2I) buffer, gate = first I columns, up = next I (Phi-3's gate_up_proj) */
     float *gbuf = frand(nin, 4), *ubuf = fused ? gbuf : frand(nin, 2);
@@ -207,12 +213,12 @@ static void test_swiglu(int fused) {
     float *dg = dgb, *du = fused ? dgb + I : dub;
     double *gd = todouble(gbuf, nin), *ud = fused ? gd : todouble(ubuf, nin);
     swi_ctx c = {N, I, ld, gd, fused ? gd + I : ud, todouble(R, n), malloc(8 * n)};
-    swiglu_forward(out, g, u, N, I, ld);
+    fwd(out, g, u, N, I, ld);
     swi_loss(&c);
-    CHECK(rel_err(out, c.out, n) <= 1e-5, "swiglu fused=%d: forward vs double ref: %.3g", fused,
+    CHECK(rel_err(out, c.out, n) <= 1e-5, "swiglu %s fused=%d: forward vs double ref: %.3g", vname, fused,
           rel_err(out, c.out, n));
     for (size_t i = 0; i < nin; i++) dgb[i] = dub[i] = 5.0f; /* garbage: must be overwritten */
-    swiglu_backward(dg, du, R, g, u, N, I, ld);
+    bwd(dg, du, R, g, u, N, I, ld);
     float *dgc = malloc(4 * n), *duc = malloc(4 * n);
     for (int r = 0; r < N; r++)
         for (int i = 0; i < I; i++) dgc[r * I + i] = dg[r * ld + i], duc[r * I + i] = du[r * ld + i];
@@ -229,27 +235,31 @@ static void test_swiglu(int fused) {
                 *x = x0;
                 (which ? num_u : num_g)[r * I + i] = (lp - lm) / (2 * eps);
             }
-    CHECK(rel_err(dgc, num_g, n) <= 1e-5, "swiglu fused=%d: dgate vs FD: %.3g", fused,
+    CHECK(rel_err(dgc, num_g, n) <= 1e-5, "swiglu %s fused=%d: dgate vs FD: %.3g", vname, fused,
           rel_err(dgc, num_g, n));
-    CHECK(rel_err(duc, num_u, n) <= 1e-5, "swiglu fused=%d: dup vs FD: %.3g", fused,
+    CHECK(rel_err(duc, num_u, n) <= 1e-5, "swiglu %s fused=%d: dup vs FD: %.3g", vname, fused,
           rel_err(duc, num_u, n));
     free(gbuf), free(R), free(out), free(dgb), free(dgc), free(duc), free(num_g), free(num_u);
     if (!fused) free(ubuf), free(dub), free(ud);
     free(gd), free(c.R), free(c.out);
 }
 
-/* silu at large |gate|: exp(-g) overflows float at g < -88; results must stay finite. */
-static void test_swiglu_extremes(void) {
-    float g[4] = {-1000.0f, -100.0f, 100.0f, 1000.0f}, u[4] = {2, 2, 2, 2}, d[4] = {1, 1, 1, 1};
-    float o[4], dg[4], du[4];
-    swiglu_forward(o, g, u, 1, 4, 4);
-    swiglu_backward(dg, du, d, g, u, 1, 4, 4);
+/* silu at large |gate|: exp(-g) overflows float at g < -88; results must stay finite.
+ * 8 values so that the AVX2 code takes them in its vector loop. */
+static void test_swiglu_extremes(swi_fwd fwd, swi_bwd bwd, const char *vname) {
+    float g[8] = {-1000, -100, 100, 1000, -1000, -100, 100, 1000}, u[8], d[8];
+    float o[8], dg[8], du[8];
+    for (int i = 0; i < 8; i++) u[i] = 2, d[i] = 1;
+    fwd(o, g, u, 1, 8, 8);
+    bwd(dg, du, d, g, u, 1, 8, 8);
     int bad = 0;
-    for (int i = 0; i < 4; i++) bad += !isfinite(o[i]) || !isfinite(dg[i]) || !isfinite(du[i]);
-    CHECK(bad == 0, "swiglu: %d non-finite values at |gate| = 100, 1000", bad);
-    /* limits: silu(g) -> 0 for g -> -inf and -> g for g -> +inf; its slope -> 0 and -> 1 */
-    CHECK(o[0] == 0 && o[1] == 0 && o[3] == 2000.0f && dg[0] == 0 && dg[3] == 2.0f,
-          "swiglu limits: %g %g %g %g %g", o[0], o[1], o[3], dg[0], dg[3]);
+    for (int i = 0; i < 8; i++) bad += !isfinite(o[i]) || !isfinite(dg[i]) || !isfinite(du[i]);
+    CHECK(bad == 0, "swiglu %s: %d non-finite values at |gate| = 100, 1000", vname, bad);
+    /* limits: silu(g) -> 0 for g -> -inf (PyTorch gives -0; 1e-30 allows the AVX2 code's
+     * clamped exp, ~1e-36) and -> g for g -> +inf; its slope -> 0 and -> 1 */
+    CHECK(fabsf(o[0]) < 1e-30f && fabsf(o[1]) < 1e-30f && o[3] == 2000.0f &&
+              fabsf(dg[0]) < 1e-30f && dg[3] == 2.0f,
+          "swiglu %s limits: %g %g %g %g %g", vname, o[0], o[1], o[3], dg[0], dg[3]);
 }
 
 /* ---- lmhead_xent ------------------------------------------------------------------------ */
@@ -278,8 +288,11 @@ static double xent_ref(void *p) {
     return L;
 }
 
-static void test_xent(void) {
-    enum { N = 12, C = 16, V = 50 };
+typedef double (*xent_fn)(float *, const float *, const float *, const int *, int, int, int,
+                          float, float *, int);
+
+static void test_xent(xent_fn xent, const char *vname) {
+    enum { N = 12, C = 16, V = 53 }; /* V = 53: six 8-wide AVX2 steps and a tail */
     int tg[N] = {3, -100, 7, 7, 49, 0, -100, -100, 12, 30, 1, -100};
     float *h = frand(N * C, 1.5), *W = frand(V * C, 1.5), *scratch = malloc(4 * N * V);
     float *pre = frand(N * C, 1), *dh[3], gs = 0.25f;
@@ -289,9 +302,9 @@ static void test_xent(void) {
     for (int k = 0; k < 3; k++) {
         dh[k] = malloc(4 * N * C);
         memcpy(dh[k], pre, 4 * N * C);
-        loss[k] = lmhead_xent(dh[k], h, W, tg, N, C, V, gs, scratch, chunks[k]);
-        CHECK(fabs(loss[k] - ref) <= 1e-5 * fabs(ref), "xent chunk %d: loss %.9g vs double %.9g",
-              chunks[k], loss[k], ref);
+        loss[k] = xent(dh[k], h, W, tg, N, C, V, gs, scratch, chunks[k]);
+        CHECK(fabs(loss[k] - ref) <= 1e-5 * fabs(ref), "xent %s chunk %d: loss %.9g vs double %.9g",
+              vname, chunks[k], loss[k], ref);
     }
     /* chunking changes only which rows go into one GEMM: same answer to fp32 rounding */
     int diff = 0;
@@ -299,7 +312,7 @@ static void test_xent(void) {
         diff += fabs(loss[k] - loss[0]) > 1e-6 * fabs(loss[0]);
         for (int i = 0; i < N * C; i++) diff += fabsf(dh[k][i] - dh[0][i]) > 1e-6f;
     }
-    CHECK(diff == 0, "xent: chunk sizes 1, 7, N disagree in %d places", diff);
+    CHECK(diff == 0, "xent %s: chunk sizes 1, 7, N disagree in %d places", vname, diff);
     /* dh accumulates onto `pre`; rows with target -100 stay exactly as they were */
     float *g = malloc(4 * N * C);
     int untouched = 0;
@@ -307,27 +320,27 @@ static void test_xent(void) {
         g[i] = (dh[2][i] - pre[i]) / gs;
         if (tg[i / C] < 0) untouched += dh[2][i] != pre[i];
     }
-    CHECK(untouched == 0, "xent: %d dh values of skipped (-100) rows changed", untouched);
+    CHECK(untouched == 0, "xent %s: %d dh values of skipped (-100) rows changed", vname, untouched);
     double e = fd_rel_err(xent_ref, &c, c.h, N * C, g, 1e-4);
     /* g is (dh - pre)/gs, one fp32 subtraction of O(1) values: ~1e-7 absolute noise */
-    CHECK(e <= 2e-5, "xent: dh vs finite differences of the double loss: %.3g", e);
+    CHECK(e <= 2e-5, "xent %s: dh vs finite differences of the double loss: %.3g", vname, e);
     /* no dh: the same loss; a second call with dh adds the same gradient again */
-    double l0 = lmhead_xent(NULL, h, W, tg, N, C, V, gs, scratch, 5);
-    CHECK(fabs(l0 - loss[2]) <= 1e-6 * fabs(l0), "xent without dh: %.9g vs %.9g", l0, loss[2]);
-    lmhead_xent(dh[2], h, W, tg, N, C, V, gs, scratch, 5);
+    double l0 = xent(NULL, h, W, tg, N, C, V, gs, scratch, 5);
+    CHECK(fabs(l0 - loss[2]) <= 1e-6 * fabs(l0), "xent %s without dh: %.9g vs %.9g", vname, l0, loss[2]);
+    xent(dh[2], h, W, tg, N, C, V, gs, scratch, 5);
     int acc = 0;
     for (int i = 0; i < N * C; i++) acc += fabsf(dh[2][i] - pre[i] - 2 * gs * g[i]) > 1e-5f;
-    CHECK(acc == 0, "xent: second call must add dh again (%d values differ)", acc);
+    CHECK(acc == 0, "xent %s: second call must add dh again (%d values differ)", vname, acc);
     /* all targets skipped: loss 0, dh untouched */
     int none[N];
     for (int i = 0; i < N; i++) none[i] = -100;
     memcpy(dh[0], pre, 4 * N * C);
-    double lz = lmhead_xent(dh[0], h, W, none, N, C, V, gs, scratch, 4);
-    CHECK(lz == 0 && memcmp(dh[0], pre, 4 * N * C) == 0, "xent all skipped: loss %g", lz);
+    double lz = xent(dh[0], h, W, none, N, C, V, gs, scratch, 4);
+    CHECK(lz == 0 && memcmp(dh[0], pre, 4 * N * C) == 0, "xent %s all skipped: loss %g", vname, lz);
     /* a target >= V cannot be scored: NaN loss rather than a read out of bounds */
     int badt[1] = {V};
-    CHECK(isnan(lmhead_xent(NULL, h, W, badt, 1, C, V, gs, scratch, 1)),
-          "xent: target >= V must give NaN");
+    CHECK(isnan(xent(NULL, h, W, badt, 1, C, V, gs, scratch, 1)),
+          "xent %s: target >= V must give NaN", vname);
     for (int k = 0; k < 3; k++) free(dh[k]);
     free(h), free(W), free(scratch), free(pre), free(g), free(c.h), free(c.W);
 }
@@ -337,9 +350,19 @@ int main(void) {
     test_rmsnorm(3, 300); /* more than one 256-column dw slice */
     test_rope(10, 1.0f);  /* full rotary, rot_dim = D */
     test_rope(6, 1.3f);   /* partial rotary (Phi-3), attention scaling != 1 */
-    test_swiglu(0);
-    test_swiglu(1);
-    test_swiglu_extremes();
-    test_xent();
+    /* the portable code, the AVX2 code (where the CPU has it), and the dispatching entry points */
+    test_swiglu(0, swiglu_forward_ref, swiglu_backward_ref, "portable");
+    test_swiglu(1, swiglu_forward_ref, swiglu_backward_ref, "portable");
+    test_swiglu_extremes(swiglu_forward_ref, swiglu_backward_ref, "portable");
+    test_xent(lmhead_xent_ref, "portable");
+    if (ops_have_avx2()) {
+        test_swiglu(0, swiglu_forward_avx2, swiglu_backward_avx2, "avx2");
+        test_swiglu(1, swiglu_forward_avx2, swiglu_backward_avx2, "avx2");
+        test_swiglu_extremes(swiglu_forward_avx2, swiglu_backward_avx2, "avx2");
+    } else {
+        printf("note: no AVX2+FMA on this CPU, the AVX2 swiglu and xent are not tested\n");
+    }
+    test_swiglu(1, swiglu_forward, swiglu_backward, "dispatch");
+    test_xent(lmhead_xent, "dispatch (avx2 rows where the CPU has AVX2)");
     return test_summary("ops");
 }

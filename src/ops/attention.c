@@ -209,14 +209,16 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
 }
 
 /* ---- dispatch: the AVX2+FMA version (attention_avx2.c) where the CPU and shape allow --- */
-int attention_avx2_usable(int H, int Hkv, int D) {
+int ops_have_avx2(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    return D % 16 == 0 && D <= 256 && H / Hkv <= 32 && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
-    (void)H, (void)Hkv, (void)D;
     return 0;
 #endif
+}
+
+int attention_avx2_usable(int H, int Hkv, int D) {
+    return D % 16 == 0 && D <= 256 && H / Hkv <= 32 && ops_have_avx2();
 }
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,

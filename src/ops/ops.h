@@ -89,10 +89,27 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
 double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                    int V, float grad_scale, float *scratch, int chunk);
 
-/* ---- attention variants (attention.c, attention_avx2.c) ----------------------------------
- * attention_forward/backward above run the AVX2+FMA version when attention_avx2_usable() (CPU
- * with AVX2 and FMA, D % 16 == 0, D <= 256, H/Hkv <= 32) and the portable C version (the
- * reference) otherwise. Both can be called directly; the tests compare them. */
+/* ---- SIMD variants -----------------------------------------------------------------------
+ * The entry points above pick a version at run time; the portable versions (*_ref, the
+ * reference) and the AVX2+FMA ones can also be called directly, which is how the tests compare
+ * them. ops_have_avx2(): the CPU has AVX2 and FMA (attention.c). */
+int ops_have_avx2(void);
+void swiglu_forward_ref(float *out, const float *gate, const float *up, int N, int I, int ld_in);
+void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate,
+                         const float *up, int N, int I, int ld_in);
+void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I,
+                         int ld_in);
+void swiglu_backward_avx2(float *dgate, float *dup, const float *dout, const float *gate,
+                          const float *up, int N, int I, int ld_in);
+double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N,
+                       int C, int V, float grad_scale, float *scratch, int chunk);
+/* one row of logits x (V): returns logsumexp(x) - x[t]; with grad, x becomes
+ * (softmax(x) - onehot(t)) * grad_scale (xent_avx2.c) */
+double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad);
+
+/* attention_forward/backward run the AVX2+FMA version (attention_avx2.c) when
+ * attention_avx2_usable() (ops_have_avx2(), D % 16 == 0, D <= 256, H/Hkv <= 32), the portable
+ * one (attention.c) otherwise. */
 int attention_avx2_usable(int H, int Hkv, int D);
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
                            const float *v, const int *seg, const int *len, int B, int T, int H,

@@ -7,12 +7,14 @@
  * Backward with s = sigmoid(g):  d silu/dg = s * (1 + g * (1 - s)),
  *   dgate = dout * up * s * (1 + g*(1 - s)),  dup = dout * silu(g).
  * Both gradients are overwritten, in the same strided layout as the inputs.
+ * swiglu_forward/backward run swiglu_avx2.c's version on CPUs with AVX2 and FMA, the portable
+ * *_ref code here otherwise.
  */
 #include "ops/ops.h"
 
 #include <math.h>
 
-void swiglu_forward(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
+void swiglu_forward_ref(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
@@ -21,8 +23,8 @@ void swiglu_forward(float *out, const float *gate, const float *up, int N, int I
     }
 }
 
-void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
-                     const float *up, int N, int I, int ld_in) {
+void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate,
+                         const float *up, int N, int I, int ld_in) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
@@ -34,4 +36,15 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
             du[i] = d[i] * g[i] * s;
         }
     }
+}
+
+void swiglu_forward(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
+    if (ops_have_avx2()) swiglu_forward_avx2(out, gate, up, N, I, ld_in);
+    else swiglu_forward_ref(out, gate, up, N, I, ld_in);
+}
+
+void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                     const float *up, int N, int I, int ld_in) {
+    if (ops_have_avx2()) swiglu_backward_avx2(dgate, dup, dout, gate, up, N, I, ld_in);
+    else swiglu_backward_ref(dgate, dup, dout, gate, up, N, I, ld_in);
 }

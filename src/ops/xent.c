@@ -10,49 +10,58 @@
  * grad_scale and dh += dlogits W by a second gemm(). Rows of a chunk are split across OpenMP
  * threads; the loss is a double reduction. A target >= V cannot be scored: its row adds NaN to
  * the loss (so the caller notices) and no gradient.
+ * The per-row work (max, exp, sum, gradient) is xent_row_ref here or xent_row_avx2
+ * (xent_avx2.c) on CPUs with AVX2 and FMA; lmhead_xent_ref always uses the portable one.
  */
 #include "ops/ops.h"
 
 #include <math.h>
 
+/* One row of logits x (V): returns logsumexp(x) - x[t]; with grad, x becomes
+ * (softmax(x) - onehot(t)) * grad_scale. */
+static double xent_row_ref(float *x, int V, int t, float grad_scale, int grad) {
+    float mx = x[0];
+    for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    float xt = x[t];
+    double sum = 0.0;
+    if (grad) {
+        for (int j = 0; j < V; j++) {
+            float e = expf(x[j] - mx);
+            x[j] = e;
+            sum += e;
+        }
+        float k = (float)(grad_scale / sum);
+        for (int j = 0; j < V; j++) x[j] *= k;
+        x[t] -= grad_scale;
+    } else {
+        for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
+    }
+    return log(sum) + (double)mx - (double)xt;
+}
+
+typedef double (*xent_row_fn)(float *x, int V, int t, float grad_scale, int grad);
+
 /* Scores rows [0, n) of the logits in `l` (n, V); returns the chunk's loss sum. */
-static double xent_chunk(float *l, const int *tg, int n, int V, float grad_scale, int grad) {
+static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V,
+                         float grad_scale, int grad) {
     double loss = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : loss)
     for (int r = 0; r < n; r++) {
         float *x = l + (size_t)r * V;
-        int t = tg[r];
-        if (t >= V) {
+        if (tg[r] >= V) {
             loss += NAN;
             if (grad)
                 for (int j = 0; j < V; j++) x[j] = 0.0f;
             continue;
         }
-        float mx = x[0];
-        for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
-        float xt = x[t];
-        double sum = 0.0;
-        if (grad) {
-            for (int j = 0; j < V; j++) {
-                float e = expf(x[j] - mx);
-                x[j] = e;
-                sum += e;
-            }
-        } else {
-            for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
-        }
-        loss += log(sum) + (double)mx - (double)xt;
-        if (grad) {
-            float k = (float)(grad_scale / sum);
-            for (int j = 0; j < V; j++) x[j] *= k;
-            x[t] -= grad_scale;
-        }
+        loss += row(x, V, tg[r], grad_scale, grad);
     }
     return loss;
 }
 
-double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
-                   int V, float grad_scale, float *scratch, int chunk) {
+static double xent_run(xent_row_fn row, float *dh, const float *h, const float *W,
+                       const int *targets, int N, int C, int V, float grad_scale, float *scratch,
+                       int chunk) {
     double loss = 0.0;
     if (chunk < 1) chunk = 1;
     int n0 = 0;
@@ -65,9 +74,20 @@ double lmhead_xent(float *dh, const float *h, const float *W, const int *targets
         while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0) n1++;
         int n = n1 - n0;
         gemm(0, 1, n, V, C, 1.0f, h + (size_t)n0 * C, C, W, C, 0.0f, scratch, V);
-        loss += xent_chunk(scratch, targets + n0, n, V, grad_scale, dh != NULL);
+        loss += xent_chunk(row, scratch, targets + n0, n, V, grad_scale, dh != NULL);
         if (dh) gemm(0, 0, n, C, V, 1.0f, scratch, V, W, C, 1.0f, dh + (size_t)n0 * C, C);
         n0 = n1;
     }
     return loss;
+}
+
+double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N,
+                       int C, int V, float grad_scale, float *scratch, int chunk) {
+    return xent_run(xent_row_ref, dh, h, W, targets, N, C, V, grad_scale, scratch, chunk);
+}
+
+double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
+                   int V, float grad_scale, float *scratch, int chunk) {
+    return xent_run(ops_have_avx2() ? xent_row_avx2 : xent_row_ref, dh, h, W, targets, N, C, V,
+                    grad_scale, scratch, chunk);
 }
