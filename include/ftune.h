@@ -65,6 +65,9 @@ typedef struct ft_train_options {
     int shuffle;
     int overwrite;
     int quiet;    /* no progress lines */
+    long save_every;      /* checkpoint every N steps (0: only at the end) */
+    int keep_checkpoints; /* keep the newest K checkpoint-STEP folders (0: all) */
+    const char *resume;   /* continue the run in this folder from its newest checkpoint */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);

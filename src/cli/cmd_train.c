@@ -11,6 +11,7 @@ int cmd_train(int argc, char **argv) {
     long r = o.lora_r, bs = o.batch_size, ga = o.grad_accum, sl = o.seq_len, threads = 0,
          seed = (long)o.seed;
     int no_shuffle = 0;
+    long keep = 3;
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder (config.json, *.safetensors)"},
         {"data", OPT_STR, &o.data_path, "FILE", "training data, JSONL with input_ids (and labels)"},
@@ -39,6 +40,9 @@ int cmd_train(int argc, char **argv) {
         {"no-shuffle", OPT_FLAG, &no_shuffle, NULL, "keep the file's order of examples"},
         {"overwrite", OPT_FLAG, &o.overwrite, NULL, "write into a non-empty run folder"},
         {"quiet", OPT_FLAG, &o.quiet, NULL, "no progress lines"},
+        {"save-every", OPT_INT, &o.save_every, "N", "write RUN/checkpoint-STEP every N steps (0: only at the end)"},
+        {"keep-checkpoints", OPT_INT, &keep, "K", "keep the newest K checkpoints (0: all)"},
+        {"resume", OPT_STR, &o.resume, "RUN", "continue RUN from its newest checkpoint, with its settings"},
         {0},
     };
     const cmd_info info = {"train", "ftune train --model DIR --data FILE.jsonl --out RUN [options]",
@@ -54,6 +58,7 @@ int cmd_train(int argc, char **argv) {
     }
     o.lora_r = (int)r, o.batch_size = (int)bs, o.grad_accum = (int)ga, o.seq_len = (int)sl;
     o.threads = (int)threads, o.seed = (uint64_t)seed, o.shuffle = !no_shuffle;
+    o.keep_checkpoints = (int)keep;
     ft_status st = ft_train(&o, &err);
     if (st) ft_error_print(&err, stderr);
     return st;

@@ -13,6 +13,7 @@
 #include "io/json.h"
 #include "io/atomic.h"
 #include "model/model.h"
+#include "train/checkpoint.h"
 #include "train/optim.h"
 
 #include <cblas.h>
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <dirent.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,7 +37,7 @@ void ft_train_defaults(ft_train_options *o) {
     o->epochs = 3, o->batch_size = 8, o->grad_accum = 1, o->seq_len = 2048;
     o->lr = 5e-5, o->weight_decay = 0, o->max_grad_norm = 1.0;
     o->adam_beta1 = 0.9, o->adam_beta2 = 0.999, o->adam_eps = 1e-8;
-    o->schedule = "linear", o->seed = 42, o->shuffle = 1;
+    o->schedule = "linear", o->seed = 42, o->shuffle = 1, o->keep_checkpoints = 3;
 }
 
 static volatile sig_atomic_t stop_signal;
@@ -95,52 +97,6 @@ static int dir_nonempty(const char *path) {
     return n > 0;
 }
 
-static ft_status write_run_config(const ft_train_options *o, const lora_set *ls, long total_steps,
-                                  const dataset *ds, ft_error *err) {
-    cJSON *j = cJSON_CreateObject();
-    cJSON_AddStringToObject(j, "ftune_version", ft_version());
-    cJSON_AddStringToObject(j, "model", o->model_dir);
-    cJSON_AddStringToObject(j, "data", o->data_path);
-    cJSON_AddStringToObject(j, "out", o->out_dir);
-    if (o->adapter_dir) cJSON_AddStringToObject(j, "adapter", o->adapter_dir);
-    else cJSON_AddNullToObject(j, "adapter");
-    cJSON_AddNumberToObject(j, "lora_r", ls->R);
-    cJSON_AddNumberToObject(j, "lora_alpha", ls->alpha);
-    cJSON_AddNumberToObject(j, "lora_dropout", ls->dropout);
-    cJSON *t = cJSON_AddArrayToObject(j, "lora_targets");
-    for (int k = 0; k < LIN_COUNT; k++)
-        if (ls->targets & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(lin_names[k]));
-    cJSON_AddBoolToObject(j, "rslora", ls->rslora);
-    cJSON_AddNumberToObject(j, "lora_scale", ls->scale);
-    cJSON_AddNumberToObject(j, "steps", (double)total_steps);
-    cJSON_AddNumberToObject(j, "epochs", o->epochs);
-    cJSON_AddNumberToObject(j, "batch_size", o->batch_size);
-    cJSON_AddNumberToObject(j, "grad_accum", o->grad_accum);
-    cJSON_AddNumberToObject(j, "seq_len", o->seq_len);
-    cJSON_AddNumberToObject(j, "lr", o->lr);
-    cJSON_AddStringToObject(j, "schedule", o->schedule);
-    cJSON_AddNumberToObject(j, "warmup_steps", (double)o->warmup_steps);
-    cJSON_AddNumberToObject(j, "weight_decay", o->weight_decay);
-    cJSON_AddNumberToObject(j, "max_grad_norm", o->max_grad_norm);
-    cJSON_AddNumberToObject(j, "adam_beta1", o->adam_beta1);
-    cJSON_AddNumberToObject(j, "adam_beta2", o->adam_beta2);
-    cJSON_AddNumberToObject(j, "adam_eps", o->adam_eps);
-    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
-    cJSON_AddNumberToObject(j, "threads", o->threads);
-    cJSON_AddBoolToObject(j, "shuffle", o->shuffle);
-    cJSON_AddStringToObject(j, "dtype", "float32");
-    cJSON_AddNumberToObject(j, "examples", ds->n);
-    cJSON_AddNumberToObject(j, "tokens", (double)ds->tokens);
-    cJSON_AddNumberToObject(j, "truncated_examples", ds->n_truncated);
-    char *text = cJSON_Print(j);
-    cJSON_Delete(j);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/run_config.json", o->out_dir);
-    ft_status st = atomic_write_file(path, text, strlen(text), err);
-    free(text);
-    return st;
-}
-
 static ft_status check_options(const ft_train_options *o, ft_error *err) {
 #define BAD(opt, ...) return ft_error_set(err, FT_ERR_INPUT, "option --" opt, NULL, __VA_ARGS__)
     if (!o->model_dir) BAD("model", "is required (a Hugging Face model folder)");
@@ -183,23 +139,290 @@ static void print_settings(const ft_train_options *o, const model *m, const lora
             o->out_dir);
 }
 
-ft_status ft_train(const ft_train_options *o, ft_error *err) {
-    ft_status st = check_options(o, err);
+/* The settings that decide a run's numbers, one "key=value" line each: a resumed run must have
+ * the same ones (threads, progress and saving options may change). */
+static void settings_text(const ft_train_options *o, char *buf, size_t n) {
+    snprintf(buf, n,
+             "model=%s\ndata=%s\nadapter=%s\nlora_r=%d\nlora_alpha=%.17g\nlora_dropout=%.17g\n"
+             "lora_targets=%s\nrslora=%d\nsteps=%ld\nepochs=%.17g\nbatch_size=%d\ngrad_accum=%d\n"
+             "seq_len=%d\nlr=%.17g\nschedule=%s\nwarmup_steps=%ld\nweight_decay=%.17g\n"
+             "max_grad_norm=%.17g\nadam_beta1=%.17g\nadam_beta2=%.17g\nadam_eps=%.17g\n"
+             "seed=%llu\nshuffle=%d\n",
+             o->model_dir ? o->model_dir : "", o->data_path ? o->data_path : "",
+             o->adapter_dir ? o->adapter_dir : "", o->lora_r, o->lora_alpha, o->lora_dropout,
+             o->lora_targets ? o->lora_targets : "", o->rslora, o->steps, o->epochs, o->batch_size,
+             o->grad_accum, o->seq_len, o->lr, o->schedule ? o->schedule : "", o->warmup_steps,
+             o->weight_decay, o->max_grad_norm, o->adam_beta1, o->adam_beta2, o->adam_eps,
+             (unsigned long long)o->seed, o->shuffle);
+}
+
+/* Fingerprint of the settings plus the model's config.json and weight file sizes. */
+static void settings_hash(const ft_train_options *o, char out[17]) {
+    char text[8192];
+    settings_text(o, text, sizeof text);
+    uint64_t h = hash_bytes(text, strlen(text), HASH_START);
+    char path[4200], *cfg = NULL;
+    size_t n = 0;
+    ft_error ignore;
+    snprintf(path, sizeof path, "%s/config.json", o->model_dir);
+    if (file_read_all(path, &cfg, &n, &ignore) == FT_OK) h = hash_bytes(cfg, n, h);
+    free(cfg);
+    DIR *d = opendir(o->model_dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 12 || strcmp(e->d_name + l - 12, ".safetensors")) continue;
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s", o->model_dir, e->d_name);
+        if (stat(path, &sb) == 0) h = hash_bytes(&sb.st_size, sizeof sb.st_size, h);
+    }
+    if (d) closedir(d);
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+static ft_status file_hash(const char *path, char out[17], ft_error *err) {
+    char *text;
+    size_t n;
+    ft_status st = file_read_all(path, &text, &n, err);
     if (st) return st;
-    if (dir_nonempty(o->out_dir) && !o->overwrite)
+    hash_hex(text, n, HASH_START, out);
+    free(text);
+    return FT_OK;
+}
+
+static ft_status write_run_config(const ft_train_options *o, const lora_set *ls, long total_steps,
+                                  const dataset *ds, const char *shash, const char *dhash,
+                                  ft_error *err) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "ftune_version", ft_version());
+    cJSON *op = cJSON_AddObjectToObject(j, "options");
+    cJSON_AddStringToObject(op, "model", o->model_dir);
+    cJSON_AddStringToObject(op, "data", o->data_path);
+    if (o->adapter_dir) cJSON_AddStringToObject(op, "adapter", o->adapter_dir);
+    else cJSON_AddNullToObject(op, "adapter");
+    cJSON_AddNumberToObject(op, "lora_r", o->lora_r);
+    cJSON_AddNumberToObject(op, "lora_alpha", o->lora_alpha);
+    cJSON_AddNumberToObject(op, "lora_dropout", o->lora_dropout);
+    cJSON_AddStringToObject(op, "lora_targets", o->lora_targets);
+    cJSON_AddBoolToObject(op, "rslora", o->rslora);
+    cJSON_AddNumberToObject(op, "steps", (double)o->steps);
+    cJSON_AddNumberToObject(op, "epochs", o->epochs);
+    cJSON_AddNumberToObject(op, "batch_size", o->batch_size);
+    cJSON_AddNumberToObject(op, "grad_accum", o->grad_accum);
+    cJSON_AddNumberToObject(op, "seq_len", o->seq_len);
+    cJSON_AddNumberToObject(op, "lr", o->lr);
+    cJSON_AddStringToObject(op, "schedule", o->schedule);
+    cJSON_AddNumberToObject(op, "warmup_steps", (double)o->warmup_steps);
+    cJSON_AddNumberToObject(op, "weight_decay", o->weight_decay);
+    cJSON_AddNumberToObject(op, "max_grad_norm", o->max_grad_norm);
+    cJSON_AddNumberToObject(op, "adam_beta1", o->adam_beta1);
+    cJSON_AddNumberToObject(op, "adam_beta2", o->adam_beta2);
+    cJSON_AddNumberToObject(op, "adam_eps", o->adam_eps);
+    char seed[32];
+    snprintf(seed, sizeof seed, "%llu", (unsigned long long)o->seed);
+    cJSON_AddStringToObject(op, "seed", seed);
+    cJSON_AddBoolToObject(op, "shuffle", o->shuffle);
+    cJSON_AddNumberToObject(op, "save_every", (double)o->save_every);
+    cJSON_AddNumberToObject(op, "keep_checkpoints", o->keep_checkpoints);
+    cJSON_AddNumberToObject(op, "threads", o->threads);
+    cJSON *r = cJSON_AddObjectToObject(j, "resolved");
+    cJSON *t = cJSON_AddArrayToObject(r, "lora_targets");
+    for (int k = 0; k < LIN_COUNT; k++)
+        if (ls->targets & (1u << k)) cJSON_AddItemToArray(t, cJSON_CreateString(lin_names[k]));
+    cJSON_AddNumberToObject(r, "lora_r", ls->R);
+    cJSON_AddNumberToObject(r, "lora_alpha", ls->alpha);
+    cJSON_AddNumberToObject(r, "lora_scale", ls->scale);
+    cJSON_AddNumberToObject(r, "lora_parameters", (double)ls->n_params);
+    cJSON_AddNumberToObject(r, "total_steps", (double)total_steps);
+    cJSON_AddStringToObject(r, "dtype", "float32");
+    cJSON_AddNumberToObject(r, "examples", ds->n);
+    cJSON_AddNumberToObject(r, "tokens", (double)ds->tokens);
+    cJSON_AddNumberToObject(r, "truncated_examples", ds->n_truncated);
+    cJSON_AddStringToObject(j, "settings_hash", shash);
+    cJSON_AddStringToObject(j, "data_hash", dhash);
+    char *text = cJSON_Print(j);
+    cJSON_Delete(j);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/run_config.json", o->out_dir);
+    ft_status st = atomic_write_file(path, text, strlen(text), err);
+    free(text);
+    return st;
+}
+
+/* Options of the run in run_dir, from its run_config.json (strings point into *keep). */
+static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSON **keep,
+                                  ft_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/run_config.json", run_dir);
+    cJSON *j;
+    ft_status st = json_load_file(path, &j, err);
+    if (st) {
+        snprintf(err->hint, sizeof err->hint, "--resume takes a run folder written by ftune train");
+        return st;
+    }
+    const cJSON *op = cJSON_GetObjectItemCaseSensitive(j, "options");
+    if (!cJSON_IsObject(op)) {
+        cJSON_Delete(j);
+        return ft_error_set(err, FT_ERR_INPUT, path, NULL, "field \"options\" is missing");
+    }
+    long r, steps, bs, ga, sl, wu, se, kc;
+    int rs, sh;
+    double v;
+    const char *seed;
+    ft_train_defaults(o);
+#define G(call) if (!st) st = call
+    G(json_get_string(op, "model", 1, NULL, &o->model_dir, path, err));
+    G(json_get_string(op, "data", 1, NULL, &o->data_path, path, err));
+    G(json_get_string(op, "adapter", 0, NULL, &o->adapter_dir, path, err));
+    G(json_get_int(op, "lora_r", 1, 0, &r, path, err));
+    G(json_get_double(op, "lora_alpha", 1, 0, &o->lora_alpha, path, err));
+    G(json_get_double(op, "lora_dropout", 1, 0, &o->lora_dropout, path, err));
+    G(json_get_string(op, "lora_targets", 1, NULL, &o->lora_targets, path, err));
+    G(json_get_bool(op, "rslora", 1, 0, &rs, path, err));
+    G(json_get_int(op, "steps", 1, 0, &steps, path, err));
+    G(json_get_double(op, "epochs", 1, 0, &o->epochs, path, err));
+    G(json_get_int(op, "batch_size", 1, 0, &bs, path, err));
+    G(json_get_int(op, "grad_accum", 1, 0, &ga, path, err));
+    G(json_get_int(op, "seq_len", 1, 0, &sl, path, err));
+    G(json_get_double(op, "lr", 1, 0, &o->lr, path, err));
+    G(json_get_string(op, "schedule", 1, NULL, &o->schedule, path, err));
+    G(json_get_int(op, "warmup_steps", 1, 0, &wu, path, err));
+    G(json_get_double(op, "weight_decay", 1, 0, &o->weight_decay, path, err));
+    G(json_get_double(op, "max_grad_norm", 1, 0, &o->max_grad_norm, path, err));
+    G(json_get_double(op, "adam_beta1", 1, 0, &o->adam_beta1, path, err));
+    G(json_get_double(op, "adam_beta2", 1, 0, &o->adam_beta2, path, err));
+    G(json_get_double(op, "adam_eps", 1, 0, &o->adam_eps, path, err));
+    G(json_get_string(op, "seed", 1, NULL, &seed, path, err));
+    G(json_get_bool(op, "shuffle", 1, 0, &sh, path, err));
+    G(json_get_int(op, "save_every", 0, 0, &se, path, err));
+    G(json_get_int(op, "keep_checkpoints", 0, 3, &kc, path, err));
+    G(json_get_double(op, "threads", 0, 0, &v, path, err));
+#undef G
+    if (st) {
+        cJSON_Delete(j);
+        return st;
+    }
+    o->lora_r = (int)r, o->rslora = rs, o->steps = steps, o->batch_size = (int)bs;
+    o->grad_accum = (int)ga, o->seq_len = (int)sl, o->warmup_steps = wu, o->shuffle = sh;
+    o->seed = strtoull(seed, NULL, 10), o->save_every = se, o->keep_checkpoints = (int)kc;
+    o->out_dir = run_dir;
+    *keep = j;
+    return FT_OK;
+}
+
+/* With --resume and explicit options, every setting that decides the numbers must match. */
+static ft_status compare_settings(const ft_train_options *given, const ft_train_options *stored,
+                                  ft_error *err) {
+    char a[8192], b[8192], diff[900] = "";
+    settings_text(given, a, sizeof a);
+    settings_text(stored, b, sizeof b);
+    char *sa = a, *sb = b;
+    int n = 0;
+    while (*sa && *sb) {
+        char *ea = strchr(sa, '\n'), *eb = strchr(sb, '\n');
+        *ea = 0, *eb = 0;
+        if (strcmp(sa, sb)) {
+            size_t used = strlen(diff);
+            if (used < sizeof diff - 1)
+                snprintf(diff + used, sizeof diff - used, "%s%.200s (now %.200s)", n ? "; " : "",
+                         sb, strchr(sa, '=') + 1);
+            n++;
+        }
+        sa = ea + 1, sb = eb + 1;
+    }
+    if (!n) return FT_OK;
+    return ft_error_set(err, FT_ERR_INPUT, "option --resume",
+                        "resume with the run's own settings (give only --resume RUN), or start a "
+                        "new run to change them",
+                        "the settings differ from the run's, so it could not continue exactly: %s",
+                        diff);
+}
+
+/* Keep the metrics lines of steps <= step (the rest belong to work that is being redone). */
+static ft_status truncate_metrics(const char *path, long step, ft_error *err) {
+    char *text;
+    size_t n;
+    if (file_read_all(path, &text, &n, err) != FT_OK) return FT_OK; /* none yet */
+    size_t keep = 0;
+    for (char *p = text; p < text + n;) {
+        char *nl = memchr(p, '\n', (size_t)(text + n - p));
+        if (!nl) break;
+        const char *s = strstr(p, "\"step\": ");
+        long ls = s && s < nl ? atol(s + 8) : 0;
+        if (ls > step) break;
+        keep = (size_t)(nl + 1 - text);
+        p = nl + 1;
+    }
+    ft_status st = atomic_write_file(path, text, keep, err);
+    free(text);
+    return st;
+}
+
+/* Refuse to start when the run folder cannot be written or the disk is nearly full. */
+static ft_status preflight_out(const char *dir, size_t ckpt_bytes, ft_error *err) {
+    ft_status st = make_dirs(dir, err);
+    if (st) return st;
+    char probe[4200];
+    snprintf(probe, sizeof probe, "%s/.ftune-write-test", dir);
+    if ((st = atomic_write_file(probe, "ok\n", 3, err))) {
+        snprintf(err->hint, sizeof err->hint, "the run folder must be writable; choose another --out");
+        return st;
+    }
+    unlink(probe);
+    struct statvfs vs;
+    if (statvfs(dir, &vs) == 0) {
+        double avail = (double)vs.f_bavail * vs.f_frsize, need = 2.0 * ckpt_bytes + 65536;
+        if (avail < need)
+            return ft_error_set(err, FT_ERR_RUNTIME, dir, "free some disk space or choose another --out",
+                                "only %.1f MB free; checkpoints need about %.1f MB", avail / 1048576.0,
+                                need / 1048576.0);
+    }
+    return FT_OK;
+}
+
+ft_status ft_train(const ft_train_options *given, ft_error *err) {
+    ft_train_options eff = *given;
+    const ft_train_options *o = &eff;
+    cJSON *stored = NULL;
+    ft_status st;
+    if (given->resume) {
+        if ((st = load_run_options(given->resume, &eff, &stored, err))) return st;
+        if (given->model_dir || given->data_path) {
+            ft_train_options cmp = *given;
+            if ((st = compare_settings(&cmp, &eff, err))) {
+                cJSON_Delete(stored);
+                return st;
+            }
+        }
+        eff.threads = given->threads, eff.quiet = given->quiet, eff.overwrite = 1;
+        if (given->save_every) eff.save_every = given->save_every;
+    }
+    if ((st = check_options(o, err))) {
+        cJSON_Delete(stored);
+        return st;
+    }
+    if (!given->resume && dir_nonempty(o->out_dir) && !o->overwrite) {
         return ft_error_set(err, FT_ERR_INPUT, o->out_dir,
-                            "choose a new --out folder, or pass --overwrite to replace its files",
+                            "choose a new --out folder, continue it with --resume, or pass "
+                            "--overwrite to replace its files",
                             "the output folder exists and is not empty");
+    }
     set_threads(o->threads);
     model m;
-    if ((st = model_load(o->model_dir, &m, err))) return st;
+    if ((st = model_load(o->model_dir, &m, err))) {
+        cJSON_Delete(stored);
+        return st;
+    }
     dataset ds = {0};
     batch b = {0};
     acts *a = NULL;
     adamw opt = {0};
     int *order = NULL;
     FILE *metrics = NULL;
+    char shash[17], dhash[17];
     if ((st = dataset_load_ids(o->data_path, o->seq_len, m.cfg.V, &ds, err))) goto done;
+    if ((st = file_hash(o->data_path, dhash, err))) goto done;
+    settings_hash(o, shash);
     if (o->adapter_dir) {
         if ((st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
     } else {
@@ -223,11 +446,42 @@ ft_status ft_train(const ft_train_options *o, ft_error *err) {
     long steps_per_epoch = (micro_per_epoch + o->grad_accum - 1) / o->grad_accum;
     long total = o->steps > 0 ? o->steps : (long)ceil(o->epochs * steps_per_epoch);
     if (total < 1) total = 1;
-    if ((st = make_dirs(o->out_dir, err))) goto done;
-    if ((st = write_run_config(o, m.lora, total, &ds, err))) goto done;
+    if ((st = preflight_out(o->out_dir, m.lora->n_params * 12 + 65536, err))) goto done;
+
+    train_state ts = {0};
+    ts.seed = o->seed;
+    memcpy(ts.settings_hash, shash, 17);
+    memcpy(ts.data_hash, dhash, 17);
     char path[4200];
     snprintf(path, sizeof path, "%s/metrics.jsonl", o->out_dir);
-    metrics = fopen(path, "w");
+    if (given->resume) {
+        long last = checkpoint_latest(o->out_dir);
+        if (last >= 0) {
+            if ((st = checkpoint_load(o->out_dir, last, m.lora, &opt, &ts, err))) goto done;
+            if (strcmp(ts.data_hash, dhash)) {
+                st = ft_error_set(err, FT_ERR_INPUT, o->data_path,
+                                  "restore the data the run started with, or start a new run",
+                                  "the data changed since the run started (checkpoint-%ld), so it "
+                                  "could not continue exactly", last);
+                goto done;
+            }
+            if (strcmp(ts.settings_hash, shash)) {
+                st = ft_error_set(err, FT_ERR_INPUT, o->model_dir,
+                                  "restore the model the run started with, or start a new run",
+                                  "the model or the settings changed since the run started "
+                                  "(checkpoint-%ld), so it could not continue exactly", last);
+                goto done;
+            }
+            if (!o->quiet)
+                fprintf(stderr, "resuming %s from checkpoint-%ld (epoch %ld, example %ld)\n",
+                        o->out_dir, last, ts.epoch, ts.example_index);
+        } else if (!o->quiet) {
+            fprintf(stderr, "no checkpoint in %s yet: starting from step 0\n", o->out_dir);
+        }
+        if ((st = truncate_metrics(path, ts.step, err))) goto done;
+    }
+    if ((st = write_run_config(o, m.lora, total, &ds, shash, dhash, err))) goto done;
+    metrics = fopen(path, given->resume ? "a" : "w");
     if (!metrics) {
         st = ft_error_set(err, FT_ERR_RUNTIME, path, "check that the run folder is writable",
                           "cannot create: %s", strerror(errno));
@@ -236,53 +490,56 @@ ft_status ft_train(const ft_train_options *o, ft_error *err) {
     if (!o->quiet) print_settings(o, &m, m.lora, &ds, total, acts_bytes(a));
 
     order = malloc(sizeof(int) * ds.n);
-    long epoch = 0, mb_in_epoch = 0; /* micro-batches already taken from this epoch */
-    epoch_order(order, ds.n, o->shuffle, o->seed, epoch);
+    epoch_order(order, ds.n, o->shuffle, o->seed, ts.epoch);
     struct sigaction sa = {0}, old_int, old_term;
     sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second signal stops at once */
     stop_signal = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     double t0 = now_s();
-    for (long step = 0; step < total; step++) {
-        if (mb_in_epoch >= micro_per_epoch) {
-            epoch++, mb_in_epoch = 0;
-            epoch_order(order, ds.n, o->shuffle, o->seed, epoch);
+    long saved_step = ts.step, first_step = ts.step;
+    for (long step = ts.step; step < total; step++) {
+        if (ts.mb_in_epoch >= micro_per_epoch) {
+            ts.epoch++, ts.mb_in_epoch = 0;
+            epoch_order(order, ds.n, o->shuffle, o->seed, ts.epoch);
         }
         /* this step's micro-batches: up to grad_accum, not past the end of the epoch */
-        long n_mb = micro_per_epoch - mb_in_epoch;
+        long n_mb = micro_per_epoch - ts.mb_in_epoch;
         if (n_mb > o->grad_accum) n_mb = o->grad_accum;
         long counted = 0, tokens = 0;
         for (long k = 0; k < n_mb; k++) {
-            long first = (mb_in_epoch + k) * o->batch_size;
+            long first = (ts.mb_in_epoch + k) * o->batch_size;
             for (long i = first; i < first + o->batch_size && i < ds.n; i++) {
                 counted += example_counted(&ds.ex[order[i]]);
                 tokens += ds.ex[order[i]].n;
             }
         }
-        double ts = now_s();
+        double tstart = now_s();
         memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
         double loss_sum = 0;
         float gscale = counted > 0 ? 1.0f / (float)counted : 0.0f;
         for (long k = 0; k < n_mb; k++) {
-            long first = (mb_in_epoch + k) * o->batch_size;
+            long first = (ts.mb_in_epoch + k) * o->batch_size;
             int nb = (int)(ds.n - first < o->batch_size ? ds.n - first : o->batch_size);
             batch_fill(&b, &ds, order + first, nb);
             uint64_t dseed = mix64(o->seed ^ mix64(((uint64_t)step << 20) + (uint64_t)k));
             loss_sum += model_forward(&m, a, &b, 1, dseed, NULL, NULL);
             model_backward(&m, a, &b, gscale, dseed);
         }
-        mb_in_epoch += n_mb;
+        ts.mb_in_epoch += n_mb;
+        ts.step = step + 1;
+        ts.example_index = ts.epoch * ds.n + (ts.mb_in_epoch * o->batch_size < ds.n ? ts.mb_in_epoch * o->batch_size : ds.n);
         double loss = counted > 0 ? loss_sum / counted : 0.0;
         double gnorm = clip_grad_norm(m.lora->grads, m.lora->n_params, o->max_grad_norm);
         double lr = o->lr * schedule_factor(o->schedule, step, o->warmup_steps, total);
         adamw_step(&opt, m.lora->params, m.lora->grads, lr);
-        double te = now_s(), elapsed = te - t0, tps = tokens / (te - ts);
+        double te = now_s(), elapsed = te - t0, tps = tokens / (te - tstart);
         fprintf(metrics,
-                "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %.8g, \"lr\": %.8g, \"grad_norm\": %.8g, "
+                "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %.17g, \"lr\": %.17g, \"grad_norm\": %.17g, "
                 "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f}\n",
-                step + 1, epoch + (double)mb_in_epoch / micro_per_epoch, loss, lr, gnorm, tokens,
-                tps, elapsed);
+                step + 1, ts.epoch + (double)ts.mb_in_epoch / micro_per_epoch, loss, lr, gnorm,
+                tokens, tps, elapsed);
         fflush(metrics);
         if (!isfinite(loss) || !isfinite(gnorm)) {
             st = ft_error_set(err, FT_ERR_RUNTIME, "training",
@@ -291,12 +548,19 @@ ft_status ft_train(const ft_train_options *o, ft_error *err) {
             break;
         }
         if (!o->quiet) {
-            double eta = elapsed / (step + 1) * (total - step - 1);
+            double eta = elapsed / (step + 1 - first_step) * (total - step - 1);
             fprintf(stderr,
                     "step %ld/%ld  loss %.4f  lr %.3g  grad_norm %.3g  %.0f tok/s  elapsed %.0fs  "
                     "ETA %dm%02ds  mem %.0f MB\n",
                     step + 1, total, loss, lr, gnorm, tps, elapsed, (int)(eta / 60),
                     (int)eta % 60, rss_mb());
+        }
+        int last_step = step + 1 == total;
+        if ((o->save_every > 0 && ts.step % o->save_every == 0) || last_step || stop_signal) {
+            if ((st = checkpoint_save(o->out_dir, m.lora, &m.cfg, o->model_dir, &opt, &ts,
+                                      o->keep_checkpoints, err)))
+                break;
+            saved_step = ts.step;
         }
         if (stop_signal) break;
     }
@@ -306,10 +570,13 @@ ft_status ft_train(const ft_train_options *o, ft_error *err) {
     if (!st && !o->quiet)
         fprintf(stderr, "saved the adapter to %s (adapter_model.safetensors, adapter_config.json)\n",
                 o->out_dir);
-    if (!st && stop_signal)
+    if (!st && stop_signal) {
+        char hint[600];
+        snprintf(hint, sizeof hint, "continue with: ftune train --resume %s", o->out_dir);
         st = ft_error_set(err, stop_signal == SIGINT ? FT_ERR_INTERRUPTED : FT_ERR_TERMINATED,
-                          o->out_dir, "the adapter of the last finished step was saved",
-                          "interrupted by signal %d", (int)stop_signal);
+                          o->out_dir, hint, "interrupted by signal %d; saved checkpoint-%ld",
+                          (int)stop_signal, saved_step);
+    }
 done:
     if (metrics) fclose(metrics);
     free(order);
@@ -318,6 +585,7 @@ done:
     batch_free(&b);
     dataset_free(&ds);
     model_free(&m);
+    cJSON_Delete(stored);
     return st;
 }
 
