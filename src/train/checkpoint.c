@@ -91,8 +91,10 @@ ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_c
     if (st) {
         remove_tree(tmp);
         snprintf(err->hint, sizeof err->hint,
-                 "the checkpoint of step %ld was not saved; earlier checkpoints are intact. %s",
-                 ts->step, errno == ENOSPC ? "Free some disk space, then resume with --resume." : "");
+                 "the checkpoint of step %ld was not saved; earlier checkpoints are intact. %s"
+                 "Continue with: ftune train --resume %.300s",
+                 ts->step, strstr(err->what, "No space") ? "Free some disk space first. " : "",
+                 run_dir);
         return st;
     }
     /* keep the newest `keep` checkpoints */
