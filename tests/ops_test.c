@@ -153,10 +153,10 @@ static double rope_loss(void *p) {
     return L;
 }
 
-static void test_rope(int rot, float scale) {
-    int N = 6, H = 3, D = 10, pos[6] = {0, 1, 2, 17, 1000, 4095};
+static void test_rope(int D, int rot, float scale) {
+    int N = 6, H = 3, pos[6] = {0, 1, 2, 17, 1000, 4095};
     size_t n = (size_t)N * H * D;
-    float inv_freq[8];
+    float inv_freq[256];
     for (int i = 0; i < rot / 2; i++) /* the default rope: 1 / base^(2i/dim), base 10000 */
         inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
     float *x = frand(n, 1), *R = frand(n, 1), *y = malloc(4 * n), *dx = malloc(4 * n);
@@ -348,8 +348,9 @@ static void test_xent(xent_fn xent, const char *vname) {
 int main(void) {
     test_rmsnorm(5, 37);
     test_rmsnorm(3, 300); /* more than one 256-column dw slice */
-    test_rope(10, 1.0f);  /* full rotary, rot_dim = D */
-    test_rope(6, 1.3f);   /* partial rotary (Phi-3), attention scaling != 1 */
+    test_rope(10, 10, 1.0f);   /* full rotary, rot_dim = D */
+    test_rope(10, 6, 1.3f);    /* partial rotary (Phi-3), attention scaling != 1 */
+    test_rope(300, 260, 1.0f); /* 130 frequencies: more than one 64-wide cos/sin chunk */
     /* the portable code, the AVX2 code (where the CPU has it), and the dispatching entry points */
     test_swiglu(0, swiglu_forward_ref, swiglu_backward_ref, "portable");
     test_swiglu(1, swiglu_forward_ref, swiglu_backward_ref, "portable");

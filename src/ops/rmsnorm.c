@@ -23,6 +23,7 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
         for (int c = 0; c < C; c++) ss += x[c] * x[c];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
         rstd[n] = r;
+#pragma omp simd
         for (int c = 0; c < C; c++) o[c] = (x[c] * r) * w[c];
     }
 }
@@ -39,6 +40,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 #pragma omp simd reduction(+ : dot)
             for (int c = 0; c < C; c++) dot += g[c] * w[c] * x[c];
             float k = r * r * r * dot / (float)C;
+#pragma omp simd
             for (int c = 0; c < C; c++) dx[c] += r * g[c] * w[c] - k * x[c];
         }
         if (dw) {
@@ -49,6 +51,7 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
                 for (int n = 0; n < N; n++) {
                     const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
                     float r = rstd[n];
+#pragma omp simd
                     for (int c = c0; c < c1; c++) dw[c] += g[c] * x[c] * r;
                 }
             }

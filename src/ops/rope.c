@@ -16,21 +16,30 @@
 
 #include <math.h>
 
+#define ROPE_CHUNK 64 /* frequencies whose cos/sin are computed at once, on the stack */
+
 static void rope_apply(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
                        int rot_dim, float attn_scale, float sign) {
     int half = rot_dim / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        float p = (float)pos[n];
+        float p = (float)pos[n], cs[ROPE_CHUNK], sn[ROPE_CHUNK];
         float *xn = x + (size_t)n * H * D;
-        for (int i = 0; i < half; i++) {
-            float a = p * inv_freq[i];
-            float c = cosf(a) * attn_scale, s = sign * (sinf(a) * attn_scale);
+        for (int i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
+            int m = half - i0 < ROPE_CHUNK ? half - i0 : ROPE_CHUNK;
+            for (int i = 0; i < m; i++) {
+                float a = p * inv_freq[i0 + i];
+                cs[i] = cosf(a) * attn_scale;
+                sn[i] = sign * (sinf(a) * attn_scale);
+            }
             for (int h = 0; h < H; h++) {
-                float *xh = xn + (size_t)h * D;
-                float x1 = xh[i], x2 = xh[i + half];
-                xh[i] = x1 * c - x2 * s;
-                xh[i + half] = x2 * c + x1 * s;
+                float *x1 = xn + (size_t)h * D + i0, *x2 = x1 + half;
+#pragma omp simd
+                for (int i = 0; i < m; i++) {
+                    float a1 = x1[i], a2 = x2[i];
+                    x1[i] = a1 * cs[i] - a2 * sn[i];
+                    x2[i] = a2 * cs[i] + a1 * sn[i];
+                }
             }
         }
     }
