@@ -12,8 +12,8 @@ static ft_status read_int_array(const cJSON *arr, const char *field, int vocab, 
     char w[4200];
     snprintf(w, sizeof w, "%s: field \"%s\"", where, field);
     if (!cJSON_IsArray(arr))
-        return ft_error_set(err, FT_ERR_INPUT, w, NULL, "expected a list of integers, found %s",
-                            json_type_name(arr));
+        return ft_error_set(err, FT_ERR_INPUT, w, "write the ids as a JSON list, e.g. [1, 2, 3]",
+                            "expected a list of integers, found %s", json_type_name(arr));
     int len = cJSON_GetArraySize(arr), i = 0;
     int32_t *v = malloc(sizeof(int32_t) * (len ? len : 1));
     if (!v) return ft_error_set(err, FT_ERR_RUNTIME, w, NULL, "out of memory");
@@ -25,7 +25,7 @@ static ft_status read_int_array(const cJSON *arr, const char *field, int vocab, 
         if (!ok) {
             free(v);
             if (!cJSON_IsNumber(e) || d != (double)(long)d)
-                return ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                return ft_error_set(err, FT_ERR_INPUT, w, "token ids are whole numbers",
                                     "item %d: expected an integer token id, found %s", i,
                                     json_type_name(e));
             return ft_error_set(err, FT_ERR_INPUT, w,
@@ -80,12 +80,14 @@ ft_status dataset_load_ids(const char *path, int seq_len, int vocab, dataset *ds
             st = read_int_array(ids, "input_ids", vocab, 0, &e.ids, &e.n, where, err);
         }
         if (!st && e.n == 0)
-            st = ft_error_set(err, FT_ERR_INPUT, where, NULL, "field \"input_ids\" is empty");
+            st = ft_error_set(err, FT_ERR_INPUT, where, "drop the line or give it token ids",
+                              "field \"input_ids\" is empty");
         if (!st && labels && !cJSON_IsNull(labels)) {
             int nl2;
             st = read_int_array(labels, "labels", vocab, 1, &e.labels, &nl2, where, err);
             if (!st && nl2 != e.n)
-                st = ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                st = ft_error_set(err, FT_ERR_INPUT, where,
+                                  "labels needs one entry per input id (-100 where nothing is trained)",
                                   "field \"labels\" has %d items but \"input_ids\" has %d", nl2, e.n);
         } else if (!st) {
             e.labels = malloc(sizeof(int32_t) * e.n);

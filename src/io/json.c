@@ -99,7 +99,9 @@ static ft_status field_missing(const char *key, const char *where, const char *t
                                ft_error *err) {
     char w[600];
     snprintf(w, sizeof w, "%s: field \"%s\"", where, key);
-    return ft_error_set(err, FT_ERR_INPUT, w, NULL, "required field is missing (expected %s)",
+    char hint[300];
+    snprintf(hint, sizeof hint, "add \"%.200s\" (%s) to the file", key, type);
+    return ft_error_set(err, FT_ERR_INPUT, w, hint, "required field is missing (expected %s)",
                         type);
 }
 
@@ -107,7 +109,9 @@ static ft_status field_wrong(const cJSON *v, const char *key, const char *where,
                              const char *type, ft_error *err) {
     char w[600];
     snprintf(w, sizeof w, "%s: field \"%s\"", where, key);
-    return ft_error_set(err, FT_ERR_INPUT, w, NULL, "expected %s, found %s", type,
+    char hint[300];
+    snprintf(hint, sizeof hint, "\"%.200s\" must be %s", key, type);
+    return ft_error_set(err, FT_ERR_INPUT, w, hint, "expected %s, found %s", type,
                         json_type_name(v));
 }
 

@@ -408,33 +408,54 @@ ft_status lora_save_peft(const lora_set *ls, const model_config *cfg, const char
     free(names);
     if (st) return st;
 
-    /* adapter_config.json with the fields PEFT 0.21 writes that matter for loading */
+    /* adapter_config.json: every field PEFT 0.21 writes for a LoRA adapter, at its values for
+     * what ftune trains (plain LoRA, no DoRA, no bias, no per-module ranks), in PEFT's order. */
     cJSON *j = cJSON_CreateObject();
+    cJSON_AddNullToObject(j, "alora_invocation_tokens");
+    cJSON_AddObjectToObject(j, "alpha_pattern");
+    cJSON_AddNullToObject(j, "arrow_config");
     cJSON *am = cJSON_AddObjectToObject(j, "auto_mapping");
     cJSON_AddStringToObject(am, "base_model_class", cfg->arch->hf_class);
     cJSON_AddStringToObject(am, "parent_library", "transformers");
-    cJSON_AddObjectToObject(j, "alpha_pattern");
     if (base_model) cJSON_AddStringToObject(j, "base_model_name_or_path", base_model);
     else cJSON_AddNullToObject(j, "base_model_name_or_path");
     cJSON_AddStringToObject(j, "bias", "none");
+    cJSON_AddNullToObject(j, "corda_config");
+    cJSON_AddBoolToObject(j, "ensure_weight_tying", 0);
+    cJSON_AddNullToObject(j, "eva_config");
+    cJSON_AddNullToObject(j, "exclude_modules");
     cJSON_AddBoolToObject(j, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(j, "inference_mode", 1);
     cJSON_AddBoolToObject(j, "init_lora_weights", 1);
+    cJSON_AddNullToObject(j, "kasa_config");
+    cJSON_AddNullToObject(j, "layer_replication");
     cJSON_AddNullToObject(j, "layers_pattern");
     cJSON_AddNullToObject(j, "layers_to_transform");
+    cJSON_AddObjectToObject(j, "loftq_config");
     cJSON_AddNumberToObject(j, "lora_alpha", ls->alpha);
+    cJSON_AddBoolToObject(j, "lora_bias", 0);
     cJSON_AddNumberToObject(j, "lora_dropout", ls->dropout);
+    cJSON_AddNullToObject(j, "lora_ga_config");
+    cJSON_AddNullToObject(j, "megatron_config");
+    cJSON_AddStringToObject(j, "megatron_core", "megatron.core");
     cJSON_AddNullToObject(j, "modules_to_save");
+    cJSON_AddNullToObject(j, "monteclora_config");
     cJSON_AddStringToObject(j, "peft_type", "LORA");
+    cJSON_AddNumberToObject(j, "qalora_group_size", 16);
     cJSON_AddNumberToObject(j, "r", ls->R);
     cJSON_AddObjectToObject(j, "rank_pattern");
     cJSON_AddNullToObject(j, "revision");
     cJSON *tm = cJSON_AddArrayToObject(j, "target_modules");
     for (int k = 0; k < LIN_COUNT; k++)
         if (ls->targets & (1u << k)) cJSON_AddItemToArray(tm, cJSON_CreateString(lin_names[k]));
+    cJSON_AddNullToObject(j, "target_parameters");
     cJSON_AddStringToObject(j, "task_type", "CAUSAL_LM");
+    cJSON_AddNullToObject(j, "trainable_token_indices");
+    cJSON_AddNullToObject(j, "use_bdlora");
     cJSON_AddBoolToObject(j, "use_dora", 0);
+    cJSON_AddBoolToObject(j, "use_qalora", 0);
     cJSON_AddBoolToObject(j, "use_rslora", ls->rslora);
+    cJSON_AddNullToObject(j, "velora_config");
     char *text = cJSON_Print(j);
     cJSON_Delete(j);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
