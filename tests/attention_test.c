@@ -239,16 +239,21 @@ static void run_variant(const char *vname, fwd_fn fwd, bwd_fn bwd, const char *c
     free(dvd), free(seg);
 }
 
-/* Each case runs the portable code, the AVX2 code where the CPU and D allow it, and the
- * dispatching entry points (whichever of the two they pick). */
+/* Each case runs the portable code, the AVX2 code where the CPU and D allow it (its backward
+ * in both work splits), and the dispatching entry points (whichever of the two they pick). */
 static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int window,
                      int seg_kind, const int *len, int do_fd) {
     run_variant("portable", attention_forward_ref, attention_backward_ref, name, B, T, H, Hkv, D,
                 window, seg_kind, len, do_fd);
-    if (attention_avx2_usable(H, Hkv, D))
-        run_variant("avx2", attention_forward_avx2, attention_backward_avx2, name, B, T, H, Hkv,
-                    D, window, seg_kind, len, do_fd);
-    else if (D % 16 == 0)
+    if (attention_avx2_usable(H, Hkv, D)) {
+        attention_backward_passes = 1;
+        run_variant("avx2, backward in one pass", attention_forward_avx2,
+                    attention_backward_avx2, name, B, T, H, Hkv, D, window, seg_kind, len, do_fd);
+        attention_backward_passes = 2;
+        run_variant("avx2, backward in two passes", attention_forward_avx2,
+                    attention_backward_avx2, name, B, T, H, Hkv, D, window, seg_kind, len, do_fd);
+        attention_backward_passes = 0;
+    } else if (D % 16 == 0)
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");
     if (!do_fd)
         run_variant("dispatch", attention_forward, attention_backward, name, B, T, H, Hkv, D,
@@ -267,6 +272,14 @@ int main(void) {
     run_case("window 5 < T=70", 2, 70, 4, 2, 16, 5, 0, NULL, 0);
     run_case("window 70 < T=150 (tiles skipped)", 1, 150, 4, 2, 16, 70, 0, NULL, 0);
     run_case("window 1 (self only)", 1, 20, 2, 1, 16, 1, 0, NULL, 0);
+    /* windows whose first visible key falls on a tile edge for some 16-row or 64-row block
+     * start (e.g. window 2: row 64 sees 63..64; window 18: row 80 sees 63..80) */
+    int wins[] = {2, 18, 63, 64, 65, 66, 129};
+    for (size_t w = 0; w < sizeof wins / sizeof wins[0]; w++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "window %d at tile edges, T=200", wins[w]);
+        run_case(nm, 1, 200, 2, 1, 16, wins[w], 0, NULL, 0);
+    }
     run_case("two segments, T=70", 2, 70, 4, 2, 16, 0, 2, NULL, 0);
     run_case("three segments, T=130", 2, 130, 4, 2, 16, 0, 3, NULL, 0);
     run_case("non-monotone segment ids", 2, 70, 4, 2, 16, 0, 4, NULL, 0);

@@ -15,13 +15,20 @@
  * <= 0 and clamped at -87, where the true value is below 1e-37 of the row's largest term).
  *
  * Forward: one work item per (b, kv head, block of 64 queries), so the transposed key tile is
- * shared by the H/Hkv query heads that read it. Backward: one work item per (b, kv head), which
- * owns dk, dv of that head and dq of its query heads (no races). All scratch is on the stack
- * (at most ~70 KB at D = 256).
+ * shared by the H/Hkv query heads that read it. Backward, when B*Hkv gives every thread at least
+ * two items: one item per (b, kv head), which owns dk, dv of that head and dq of its query heads
+ * (no races). Otherwise (batch 1, few kv heads, many cores) two passes: items (b, kv head, key
+ * tile) own their tile's dk and dv, then items (b, kv head, query block) own their rows' dq; this
+ * recomputes S and dP once more (7 block products instead of 5) but keeps every thread busy.
+ * attention_backward_passes (ops.h) forces one mode, for the tests. All scratch is on the stack
+ * (at most ~140 KB at D = 256).
  */
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <math.h>
 #include <string.h>
 
@@ -324,93 +331,197 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
     }
 }
 
+/* Everything the backward blocks need about one call. */
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v, *out, *lse;
+    const int *seg, *len;
+    int B, T, H, Hkv, D, window;
+    float scale;
+} ax_bwd;
+
+/* The batch row's valid length and mask. */
+static int ax_bwd_mask(const ax_bwd *c, int b, ax_mask *m) {
+    int L = ax_len(c->len, b, c->T);
+    m->seg = c->seg ? c->seg + (size_t)b * c->T : NULL;
+    m->window = c->window;
+    m->monotone = m->seg ? ax_seg_monotone(m->seg, L) : 0;
+    return L;
+}
+
+/* For query head h, rows r0..r0+nr-1 (nr <= 16) against the key tile [j0, j0+jn) whose
+ * transposes are Kt, Vt: P and dS = P (dP - Di) scale into Pb, dSb (rows nr..15 zero), and with
+ * do_dq, dq += dS K. */
+static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0, int jn,
+                        const float *Kt, const float *Vt, const int *segt, int r0, int nr,
+                        float Pb[AX_RB][AX_BK], float dSb[AX_RB][AX_BK], const float *xq[AX_RB],
+                        const float *xdo[AX_RB], int do_dq) {
+    int T = c->T, H = c->H, D = c->D, g = h / (c->H / c->Hkv), nkc = (jn + 15) / 16;
+    int nonmono = m->seg && !m->monotone;
+    size_t ks = (size_t)c->Hkv * D;
+    const float *lb = c->lse + ((size_t)b * H + h) * T;
+    const float *kb = c->k + ((size_t)b * T * c->Hkv + g) * D;
+    float S[4][AX_BK], dP[4][AX_BK], dummy[AX_DMAX] = {0};
+    for (int r = 0; r < AX_RB; r++) {
+        size_t off = ((size_t)(b * T + r0 + r) * H + h) * D;
+        xq[r] = r < nr ? c->q + off : ax_zero;
+        xdo[r] = r < nr ? c->dout + off : ax_zero;
+    }
+    for (int g4 = 0; g4 < AX_RB; g4 += 4) {
+        if (g4 >= nr) {
+            for (int r = g4; r < AX_RB; r++) {
+                memset(Pb[r], 0, sizeof Pb[r]);
+                memset(dSb[r], 0, sizeof dSb[r]);
+            }
+            break;
+        }
+        ax_scores(S, xq + g4, Kt, nkc, D);
+        ax_scores(dP, xdo + g4, Vt, nkc, D);
+        float *o[4], one[4] = {1, 1, 1, 1};
+        for (int r = 0; r < 4; r++) {
+            int R = g4 + r, i = r0 + R;
+            o[r] = R < nr ? c->dq + ((size_t)(b * T + i) * H + h) * D : dummy;
+            int lo = R < nr ? ax_lo(m, i) : 0;
+            int hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
+            if (R >= nr || lo >= hi) {
+                memset(Pb[R], 0, sizeof Pb[R]);
+                memset(dSb[R], 0, sizeof dSb[R]);
+                continue;
+            }
+            float Di = ax_dot(xdo[R], c->out + ((size_t)(b * T + i) * H + h) * D, D);
+            __m256 li = _mm256_set1_ps(lb[i]), di = _mm256_set1_ps(Di),
+                   sc = _mm256_set1_ps(c->scale);
+            for (int ch = 0; ch < AX_BK / 8; ch++) {
+                __m256 p = _mm256_setzero_ps(), ds = _mm256_setzero_ps();
+                if (ch < nkc * 2) {
+                    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * ch),
+                                                   _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    __m256 mk = ax_rowmask(idx, lo, hi, nonmono ? segt + 8 * ch : NULL,
+                                           nonmono ? m->seg[i] : 0);
+                    __m256 sv = _mm256_fmsub_ps(_mm256_loadu_ps(S[r] + 8 * ch), sc, li);
+                    p = _mm256_and_ps(ax_exp(sv), mk);
+                    ds = _mm256_mul_ps(
+                        _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP[r] + 8 * ch), di)), sc);
+                }
+                _mm256_storeu_ps(Pb[R] + 8 * ch, p);
+                _mm256_storeu_ps(dSb[R] + 8 * ch, ds);
+            }
+        }
+        if (do_dq) ax_pv(o, one, (const float(*)[AX_BK])dSb[g4], kb + j0 * ks, ks, jn, D);
+    }
+}
+
+/* Transposes the key tile [j0, j0+jn) of (b, g) into Kt, Vt, and its segment ids into segt. */
+static void ax_bwd_tile(const ax_bwd *c, const ax_mask *m, int b, int g, int j0, int jn,
+                        float *Kt, float *Vt, int *segt) {
+    size_t ks = (size_t)c->Hkv * c->D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * c->D;
+    ax_transpose(Kt, c->k + off, ks, jn, c->D);
+    ax_transpose(Vt, c->v + off, ks, jn, c->D);
+    if (m->seg && !m->monotone)
+        for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m->seg[j0 + t] : 0;
+}
+
+/* dV and dK of the key tile [j0, j0+jn) of (b, g) from every query row of every head of the
+ * group that sees it; with do_dq also those rows' dq (one-pass mode). */
+static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int j0,
+                           int jn, int do_dq) {
+    int G = c->H / c->Hkv, D = c->D;
+    size_t ks = (size_t)c->Hkv * D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * D;
+    float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK];
+    int segt[AX_BK];
+    const float *xq[AX_RB], *xdo[AX_RB];
+    ax_bwd_tile(c, m, b, g, j0, jn, Kt, Vt, segt);
+    for (int hh = 0; hh < G; hh++)
+        for (int r0 = j0; r0 < L; r0 += AX_RB) {
+            if (ax_lo(m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
+            int nr = L - r0 < AX_RB ? L - r0 : AX_RB;
+            ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo,
+                        do_dq);
+            ax_tpv(c->dv + off, ks, (const float(*)[AX_BK])Pb, xdo, nr, jn, D);
+            ax_tpv(c->dk + off, ks, (const float(*)[AX_BK])dSb, xq, nr, jn, D);
+        }
+}
+
+/* Two-pass mode, pass 2: dq of query rows [i0, i0 + AX_BQ) of every head of group (b, g). */
+static void ax_bwd_dq(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int i0) {
+    int G = c->H / c->Hkv;
+    int ie = i0 + AX_BQ < L ? i0 + AX_BQ : L;
+    float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK];
+    int segt[AX_BK];
+    const float *xq[AX_RB], *xdo[AX_RB];
+    if (ie <= i0) return;
+    for (int j0 = ax_lo(m, i0) / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
+        int jn = (j0 + AX_BK < ie ? j0 + AX_BK : ie) - j0;
+        ax_bwd_tile(c, m, b, g, j0, jn, Kt, Vt, segt);
+        for (int hh = 0; hh < G; hh++)
+            for (int r0 = i0; r0 < ie; r0 += AX_RB) {
+                int nr = ie - r0 < AX_RB ? ie - r0 : AX_RB;
+                if (r0 + nr - 1 < j0 || ax_lo(m, r0) >= j0 + jn) continue;
+                ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo,
+                            1);
+            }
+    }
+}
+
+int attention_backward_passes = 0;
+
 void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                              int window, float scale) {
-    int G = H / Hkv;
+    ax_bwd c = {dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window, scale};
+    int G = H / Hkv, threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads();
+#endif
+    int passes = attention_backward_passes ? attention_backward_passes
+                                           : B * Hkv >= 2 * threads ? 1 : 2;
     size_t ks = (size_t)Hkv * D;
+    if (passes == 1) {
+        /* one item per (b, kv head): it owns dk, dv of the head and dq of its query heads */
 #pragma omp parallel for schedule(dynamic, 1)
-    for (int bg = 0; bg < B * Hkv; bg++) {
-        int b = bg / Hkv, g = bg % Hkv;
-        int L = ax_len(len, b, T);
-        ax_mask m = {seg ? seg + (size_t)b * T : NULL, 0, window};
-        if (m.seg) m.monotone = ax_seg_monotone(m.seg, L);
-        int nonmono = m.seg && !m.monotone;
-        const float *kb = k + ((size_t)b * T * Hkv + g) * D;
-        const float *vb = v + ((size_t)b * T * Hkv + g) * D;
-        float *dkb = dk + ((size_t)b * T * Hkv + g) * D;
-        float *dvb = dv + ((size_t)b * T * Hkv + g) * D;
-        float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], S[4][AX_BK], dP[4][AX_BK];
-        float Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK], dummy[AX_DMAX] = {0};
-        int segt[AX_BK];
-        for (int t = 0; t < T; t++) {
-            memset(dkb + t * ks, 0, (size_t)D * sizeof(float));
-            memset(dvb + t * ks, 0, (size_t)D * sizeof(float));
-            for (int hh = 0; hh < G; hh++)
-                memset(dq + ((size_t)(b * T + t) * H + g * G + hh) * D, 0,
-                       (size_t)D * sizeof(float));
-        }
-        for (int j0 = 0; j0 < L; j0 += AX_BK) {
-            int jn = (j0 + AX_BK < L ? j0 + AX_BK : L) - j0, nkc = (jn + 15) / 16;
-            ax_transpose(Kt, kb + j0 * ks, ks, jn, D);
-            ax_transpose(Vt, vb + j0 * ks, ks, jn, D);
-            if (nonmono)
-                for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m.seg[j0 + t] : 0;
-            for (int hh = 0; hh < G; hh++) {
-                int h = g * G + hh;
-                const float *lb = lse + ((size_t)b * H + h) * T;
-                for (int r0 = j0; r0 < L; r0 += AX_RB) {
-                    if (ax_lo(&m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
-                    int nr = L - r0 < AX_RB ? L - r0 : AX_RB;
-                    const float *xq[AX_RB], *xdo[AX_RB];
-                    for (int r = 0; r < AX_RB; r++) {
-                        size_t off = ((size_t)(b * T + r0 + r) * H + h) * D;
-                        xq[r] = r < nr ? q + off : ax_zero;
-                        xdo[r] = r < nr ? dout + off : ax_zero;
-                    }
-                    for (int g4 = 0; g4 < nr; g4 += 4) {
-                        ax_scores(S, xq + g4, Kt, nkc, D);
-                        ax_scores(dP, xdo + g4, Vt, nkc, D);
-                        float *o[4], one[4] = {1, 1, 1, 1};
-                        #pragma GCC unroll 4
-                        for (int r = 0; r < 4; r++) {
-                            int R = g4 + r, i = r0 + R;
-                            o[r] = R < nr ? dq + ((size_t)(b * T + i) * H + h) * D : dummy;
-                            int lo = R < nr ? ax_lo(&m, i) : 0;
-                            int hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
-                            if (R >= nr || lo >= hi) {
-                                memset(Pb[R], 0, sizeof Pb[R]);
-                                memset(dSb[R], 0, sizeof dSb[R]);
-                                continue;
-                            }
-                            float Di = ax_dot(xdo[R], out + ((size_t)(b * T + i) * H + h) * D, D);
-                            __m256 li = _mm256_set1_ps(lb[i]), di = _mm256_set1_ps(Di),
-                                   sc = _mm256_set1_ps(scale);
-                            for (int c = 0; c < AX_BK / 8; c++) {
-                                __m256 p = _mm256_setzero_ps(), ds = _mm256_setzero_ps();
-                                if (c < nkc * 2) {
-                                    __m256i idx = _mm256_add_epi32(
-                                        _mm256_set1_epi32(j0 + 8 * c),
-                                        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                                    __m256 mk = ax_rowmask(idx, lo, hi, nonmono ? segt + 8 * c : NULL,
-                                                           nonmono ? m.seg[i] : 0);
-                                    __m256 s = _mm256_fmsub_ps(_mm256_loadu_ps(S[r] + 8 * c), sc, li);
-                                    p = _mm256_and_ps(ax_exp(s), mk);
-                                    ds = _mm256_mul_ps(
-                                        _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP[r] + 8 * c), di)),
-                                        sc);
-                                }
-                                _mm256_storeu_ps(Pb[R] + 8 * c, p);
-                                _mm256_storeu_ps(dSb[R] + 8 * c, ds);
-                            }
-                        }
-                        ax_pv(o, one, (const float(*)[AX_BK])dSb[g4], kb + j0 * ks, ks, jn, D);
-                    }
-                    ax_tpv(dvb + j0 * ks, ks, (const float(*)[AX_BK])Pb, xdo, nr, jn, D);
-                    ax_tpv(dkb + j0 * ks, ks, (const float(*)[AX_BK])dSb, xq, nr, jn, D);
-                }
+        for (int bg = 0; bg < B * Hkv; bg++) {
+            int b = bg / Hkv, g = bg % Hkv;
+            ax_mask m;
+            int L = ax_bwd_mask(&c, b, &m);
+            for (int t = 0; t < T; t++) {
+                memset(dk + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
+                memset(dv + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
+                memset(dq + ((size_t)(b * T + t) * H + g * G) * D, 0, (size_t)G * D * 4);
             }
+            for (int j0 = 0; j0 < L; j0 += AX_BK)
+                ax_bwd_keytile(&c, &m, L, b, g, j0, (j0 + AX_BK < L ? j0 + AX_BK : L) - j0, 1);
+        }
+        return;
+    }
+    /* Two passes, for when B*Hkv items would leave threads idle: (b, kv head, key tile) items
+     * own their tile's dk, dv; then (b, kv head, query block) items own their rows' dq. Costs
+     * a second computation of S and dP (7 block products instead of 5). */
+    int nt = (T + AX_BK - 1) / AX_BK, nqb = (T + AX_BQ - 1) / AX_BQ;
+#pragma omp parallel
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < (long)B * Hkv * nt; it++) {
+            int jt = (int)(it % nt), b = (int)(it / nt) / Hkv, g = (int)(it / nt) % Hkv;
+            int j0 = jt * AX_BK, j1 = j0 + AX_BK < T ? j0 + AX_BK : T;
+            ax_mask m;
+            int L = ax_bwd_mask(&c, b, &m);
+            for (int t = j0; t < j1; t++) {
+                memset(dk + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
+                memset(dv + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
+            }
+            if (j0 < L) ax_bwd_keytile(&c, &m, L, b, g, j0, (j1 < L ? j1 : L) - j0, 0);
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < (long)B * Hkv * nqb; it++) {
+            int qt = nqb - 1 - (int)(it / (B * Hkv)); /* late (costly) query blocks first */
+            int b = (int)(it % (B * Hkv)) / Hkv, g = (int)(it % (B * Hkv)) % Hkv;
+            int i0 = qt * AX_BQ, i1 = i0 + AX_BQ < T ? i0 + AX_BQ : T;
+            ax_mask m;
+            int L = ax_bwd_mask(&c, b, &m);
+            for (int t = i0; t < i1; t++)
+                memset(dq + ((size_t)(b * T + t) * H + g * G) * D, 0, (size_t)G * D * 4);
+            ax_bwd_dq(&c, &m, L, b, g, i0);
         }
     }
 }
