@@ -6,9 +6,11 @@
  * Unicode lowercase mapping, where U+0130 becomes "i" + U+0307), Prepend (only to non-empty
  * text), Replace (a literal string or a regex, every match), Strip (White_Space at the left
  * and/or right) and Sequence. Each is a small tree node; norm_apply appends the normalized
- * text to an arena.
+ * text to an arena. The Unicode forms skip the characters of unicode_hf.h, which `tokenizers`'
+ * older tables do not know.
  */
 #include "tok/tok_internal.h"
+#include "tok/unicode_hf.h"
 
 #include <stdio.h>
 #include <utf8proc.h>
@@ -131,6 +133,16 @@ ft_status norm_load(const cJSON *j, const char *file, const char *path, tok_norm
     return FT_OK;
 }
 
+static int is_frozen(uint32_t cp) {
+    size_t lo = 0, hi = HF_NORM_FROZEN_N;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (hf_norm_frozen[mid] < cp) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < HF_NORM_FROZEN_N && hf_norm_frozen[lo] == cp;
+}
+
 static int apply_one(const tok_norm *nm, const char *s, size_t n, tok_arena *out) {
     switch (nm->type) {
     case N_NFC:
@@ -150,12 +162,31 @@ static int apply_one(const tok_norm *nm, const char *s, size_t n, tok_arena *out
         int opt = UTF8PROC_STABLE;
         opt |= (nm->type == N_NFC || nm->type == N_NFKC) ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE;
         if (nm->type == N_NFKC || nm->type == N_NFKD) opt |= UTF8PROC_COMPAT;
-        utf8proc_uint8_t *dst = NULL;
-        utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)n, &dst,
-                                          (utf8proc_option_t)opt);
-        if (m < 0) return -1;
-        arena_push(out, dst, (size_t)m);
-        free(dst);
+        /* normalize the runs between "frozen" characters, copy those as they are */
+        size_t i = 0, seg = 0;
+        while (i <= n) {
+            size_t adv = 0;
+            int frozen = 0;
+            if (i < n) {
+                uint32_t cp = utf8_next((const unsigned char *)s + i, n - i, &adv);
+                frozen = cp >= 0x7FD && is_frozen(cp);
+            }
+            if (i == n || frozen) {
+                if (i > seg) {
+                    utf8proc_uint8_t *dst = NULL;
+                    utf8proc_ssize_t m = utf8proc_map((const utf8proc_uint8_t *)s + seg,
+                                                      (utf8proc_ssize_t)(i - seg), &dst,
+                                                      (utf8proc_option_t)opt);
+                    if (m < 0) return -1;
+                    arena_push(out, dst, (size_t)m);
+                    free(dst);
+                }
+                if (i == n) break;
+                arena_push(out, s + i, adv);
+                seg = i + adv;
+            }
+            i += adv;
+        }
         return out->oom ? -1 : 0;
     }
     case N_LOWER: {

@@ -26,6 +26,7 @@
 typedef struct added_tok {
     char *content;
     size_t len;
+    char *shown; /* what id_to_token gives: the normalized content for "normalized" tokens */
     int32_t id;
     uint8_t special, lstrip, rstrip, single_word, normalized;
 } added_tok;
@@ -167,7 +168,10 @@ static void split_added(const tokenizer *t, const trie *tr, const char *s, size_
 void tok_free(tokenizer *t) {
     if (!t) return;
     bpe_free(t->model);
-    for (size_t i = 0; i < t->nadded; i++) free(t->added[i].content);
+    for (size_t i = 0; i < t->nadded; i++) {
+        if (t->added[i].shown != t->added[i].content) free(t->added[i].shown);
+        free(t->added[i].content);
+    }
     free(t->added);
     free(t->raw.nodes);
     free(t->norm.nodes);
@@ -348,6 +352,7 @@ static ft_status build_added(tokenizer *t, ft_error *err) {
     for (size_t i = 0; i < V; i++) t->added_of_id[i] = -1;
     for (size_t i = 0; i < t->nadded; i++) {
         added_tok *a = &t->added[i];
+        a->shown = a->content;
         t->added_of_id[a->id] = (int32_t)i;
         t->added_str[i] = a->content;
         t->added_len[i] = (uint32_t)a->len;
@@ -367,7 +372,10 @@ static ft_status build_added(tokenizer *t, ft_error *err) {
                 free(nb.p);
                 goto oom;
             }
-            free(nb.p);
+            /* `tokenizers` stores such a token normalized: id_to_token and decode show that */
+            arena_push(&nb, "", 1);
+            if (nb.oom) goto oom;
+            a->shown = nb.p;
             t->has_norm_added = 1;
         }
     }
@@ -534,7 +542,7 @@ oom:
 const char *tok_id_to_token(const tokenizer *t, int32_t id) {
     if (id < 0 || (size_t)id >= t->vocab_size) return NULL;
     int32_t k = t->added_of_id[id];
-    if (k >= 0) return t->added[k].content;
+    if (k >= 0) return t->added[k].shown;
     return bpe_id_to_token(t->model, id);
 }
 
