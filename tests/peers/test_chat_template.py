@@ -11,6 +11,10 @@ What is compared, and with what tolerance:
     true and false, tools / tool calls / tool results, reasoning_content and enable_thinking.
     When transformers raises for a case (e.g. Gemma's "System role not supported"), ftune must
     exit 2 with the same message.
+  * the same comparison over every chat template that the pinned TRL package ships
+    (trl/chat_templates/*.jinja: Llama 3.x, Qwen 2.5/3/3.5/3.6, Gemma 1-4, Phi-3/3.5, DeepSeek,
+    Cohere, GLM-4, gpt-oss, LFM2, Nemotron, SmolVLM, ...; about 70 files), on a smaller set of
+    conversations per template to keep the run short.
   * {% generation %} spans: ftune's byte spans, turned into character offsets, equal the
     generation indices transformers' render_jinja_template(..., return_assistant_tokens_mask=True)
     records, and (with the shared Llama 3 tokenizer) the token mask they induce equals
@@ -74,6 +78,14 @@ CONVS = {
     ],
     "single_user": [{"role": "user", "content": "Just one question?"}],
 }
+
+# content given as a list of typed blocks (the multimodal message format)
+BLOCKS_CONV = [
+    {"role": "system", "content": [{"type": "text", "text": "Describe things."}]},
+    {"role": "user", "content": [{"type": "text", "text": "What is this?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    {"role": "user", "content": [{"type": "text", "text": "And "}, {"type": "text", "text": "now?"}]},
+]
 
 TOOL_CONV = {
     "messages": [
@@ -171,6 +183,31 @@ def test_carried_templates_match_transformers(template, dummy_model, tmp_path):
                                    tools=TOOL_CONV["tools"]))
         outcomes.append(check_case(tmp_path, model_dir, tok, REASONING_CONV, agp, TEMPLATES / template))
     assert "ok" in outcomes, "every case raised: the comparison would be vacuous"
+
+
+def trl_templates():
+    try:
+        import trl
+    except ImportError:
+        return []
+    return sorted((Path(trl.__file__).parent / "chat_templates").glob("*.jinja"))
+
+
+@pytest.mark.parametrize("template", trl_templates(), ids=lambda p: p.name)
+def test_trl_templates_match_transformers(template, dummy_model, tmp_path):
+    model_dir, tok = dummy_model
+    cases = [
+        (CONVS["system_multi_user_last"], False, None, None),
+        (CONVS["system_multi_user_last"], True, None, None),
+        (CONVS["no_system_multi"], False, None, None),
+        (TOOL_CONV["messages"], True, TOOL_CONV["tools"], None),
+        (REASONING_CONV, False, None, None),
+        (REASONING_CONV[:-1], True, None, {"enable_thinking": False}),
+        (BLOCKS_CONV, True, None, None),
+    ]
+    outcomes = [check_case(tmp_path, model_dir, tok, conv, agp, template, tools=tools, kwargs=kw)
+                for conv, agp, tools, kw in cases]
+    assert "ok" in outcomes
 
 
 def shared_dir(name):
