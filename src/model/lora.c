@@ -327,13 +327,26 @@ ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **ou
     unsigned mask = 0;
     unsigned char *layer_mask = calloc((size_t)cfg->L, 1);
     unsigned *per_layer = calloc((size_t)cfg->L, sizeof *per_layer);
-    for (int l = 0; l < cfg->L; l++)
+    /* layers_to_transform: an index or a list of indices restricting the adapted layers */
+    unsigned char *allowed = malloc((size_t)cfg->L);
+    const cJSON *lt = cJSON_GetObjectItemCaseSensitive(j, "layers_to_transform");
+    memset(allowed, lt && !cJSON_IsNull(lt) ? 0 : 1, (size_t)cfg->L);
+    if (cJSON_IsNumber(lt) && lt->valueint >= 0 && lt->valueint < cfg->L) allowed[lt->valueint] = 1;
+    if (cJSON_IsArray(lt)) {
+        const cJSON *e;
+        cJSON_ArrayForEach(e, lt) if (cJSON_IsNumber(e) && e->valueint >= 0 && e->valueint < cfg->L)
+            allowed[e->valueint] = 1;
+    }
+    for (int l = 0; l < cfg->L; l++) {
+        if (!allowed[l]) continue;
         for (int k = 0; k < LIN_COUNT; k++)
             if (kind_exists(cfg, k) && target_matches(tm, re, md, l, k)) {
                 per_layer[l] |= 1u << k;
                 mask |= 1u << k;
                 layer_mask[l] = 1;
             }
+    }
+    free(allowed);
     if (md) pcre2_match_data_free(md);
     if (re) pcre2_code_free(re);
     /* All targeted layers must carry the same kinds (one kind mask for the set). */
@@ -430,7 +443,25 @@ ft_status lora_save_peft(const lora_set *ls, const model_config *cfg, const char
     cJSON_AddNullToObject(j, "kasa_config");
     cJSON_AddNullToObject(j, "layer_replication");
     cJSON_AddNullToObject(j, "layers_pattern");
-    cJSON_AddNullToObject(j, "layers_to_transform");
+    /* an adapter on some layers only (one PEFT wrote with layers_to_transform) keeps that */
+    int n_layers = 0;
+    for (int l = 0; l < cfg->L; l++)
+        for (int k = 0; k < LIN_COUNT; k++)
+            if (ls->by_layer[l * LIN_COUNT + k]) {
+                n_layers++;
+                break;
+            }
+    if (n_layers < cfg->L) {
+        cJSON *lt = cJSON_AddArrayToObject(j, "layers_to_transform");
+        for (int l = 0; l < cfg->L; l++)
+            for (int k = 0; k < LIN_COUNT; k++)
+                if (ls->by_layer[l * LIN_COUNT + k]) {
+                    cJSON_AddItemToArray(lt, cJSON_CreateNumber(l));
+                    break;
+                }
+    } else {
+        cJSON_AddNullToObject(j, "layers_to_transform");
+    }
     cJSON_AddObjectToObject(j, "loftq_config");
     cJSON_AddNumberToObject(j, "lora_alpha", ls->alpha);
     cJSON_AddBoolToObject(j, "lora_bias", 0);
