@@ -145,10 +145,9 @@ static double fd_loss(fd_ctx *c) {
     return L;
 }
 
-/* The relative error of `grad` (fp32) vs central differences of fd_loss over x[0..n). */
-static double fd_check(fd_ctx *c, double *x, size_t n, const float *grad) {
+/* num[0..n) = central differences of fd_loss over x[0..n) */
+static void fd_grad(fd_ctx *c, double *x, size_t n, double *num) {
     const double eps = 1e-5;
-    double *num = malloc(sizeof(double) * n);
     for (size_t i = 0; i < n; i++) {
         double x0 = x[i];
         x[i] = x0 + eps;
@@ -158,10 +157,18 @@ static double fd_check(fd_ctx *c, double *x, size_t n, const float *grad) {
         x[i] = x0;
         num[i] = (lp - lm) / (2 * eps);
     }
-    double e = rel_err(grad, num, n);
-    free(num);
-    return e;
 }
+
+/* One test case: its inputs (fp32, and the same values in double), the naive reference's
+ * outputs and gradients, and (FD cases) the finite-difference gradients. */
+typedef struct {
+    const char *name;
+    int B, T, H, Hkv, D, window, do_fd;
+    const int *len;
+    int *seg;
+    float scale, *q, *k, *v, *dout;
+    double *outd, *lsed, *dqd, *dkd, *dvd, *nq_, *nk_, *nv_;
+} att_case;
 
 typedef void (*fwd_fn)(float *, float *, const float *, const float *, const float *,
                        const int *, const int *, int, int, int, int, int, int, float);
@@ -169,49 +176,31 @@ typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, 
                        const float *, const float *, const float *, const int *, const int *, int,
                        int, int, int, int, int, float);
 
-static void run_variant(const char *vname, fwd_fn fwd, bwd_fn bwd, const char *cname, int B,
-                        int T, int H, int Hkv, int D, int window, int seg_kind, const int *len,
-                        int do_fd) {
+static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
+    int B = c->B, T = c->T, H = c->H, Hkv = c->Hkv, D = c->D;
+    const int *len = c->len;
     char name[200];
-    snprintf(name, sizeof name, "%s [%s]", cname, vname);
+    snprintf(name, sizeof name, "%s [%s]", c->name, vname);
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
-    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk), *dout = malloc(4 * nq);
     float *out = malloc(4 * nq), *lse = malloc(4 * nl), *dq = malloc(4 * nq), *dk = malloc(4 * nk),
           *dv = malloc(4 * nk);
-    double *qd = malloc(8 * nq), *kd = malloc(8 * nk), *vd = malloc(8 * nk), *dod = malloc(8 * nq);
-    double *outd = malloc(8 * nq), *lsed = malloc(8 * nl), *dqd = malloc(8 * nq),
-           *dkd = malloc(8 * nk), *dvd = malloc(8 * nk);
-    int *seg = seg_kind ? malloc(sizeof(int) * B * T) : NULL;
-    /* q scaled up so that scores reach ~+-10 and the online max really moves between tiles */
-    for (size_t i = 0; i < nq; i++) q[i] = (float)(4 * rnd()), qd[i] = q[i];
-    for (size_t i = 0; i < nk; i++) k[i] = (float)rnd(), kd[i] = k[i];
-    for (size_t i = 0; i < nk; i++) v[i] = (float)rnd(), vd[i] = v[i];
-    for (size_t i = 0; i < nq; i++) dout[i] = (float)rnd(), dod[i] = dout[i];
-    /* batch row b sees the pattern shifted by 3b, so for b > 0 the ids wrap around and are not
-     * monotone: both paths of attention.c (binary-searched segment start, per-pair check) run */
-    for (int b = 0; b < B && seg; b++)
-        for (int t = 0; t < T; t++) seg[b * T + t] = seg_of(seg_kind, T, (t + 3 * b) % T);
-    float scale = 1.0f / sqrtf((float)D);
-    char what[300];
-
-    fwd(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
-    ref_attention(outd, lsed, qd, kd, vd, seg, len, B, T, H, Hkv, D, window, scale, dod, dqd,
-                  dkd, dvd);
-    snprintf(what, sizeof what, "%s: out vs naive double", name);
-    CHECK(rel_err(out, outd, nq) <= 1e-5, "%s: rel err %.3g", what, rel_err(out, outd, nq));
+    fwd(out, lse, c->q, c->k, c->v, c->seg, len, B, T, H, Hkv, D, c->window, c->scale);
+    CHECK(rel_err(out, c->outd, nq) <= 1e-5, "%s: out vs naive double: rel err %.3g", name,
+          rel_err(out, c->outd, nq));
     int lse_bad = 0, pad_bad = 0;
     for (size_t i = 0; i < nl; i++) {
-        if (isinf(lsed[i])) lse_bad += !(isinf(lse[i]) && lse[i] < 0);
-        else lse_bad += !(fabs(lse[i] - lsed[i]) <= 1e-5 * (1 + fabs(lsed[i])));
+        if (isinf(c->lsed[i])) lse_bad += !(isinf(lse[i]) && lse[i] < 0);
+        else lse_bad += !(fabs(lse[i] - c->lsed[i]) <= 1e-5 * (1 + fabs(c->lsed[i])));
     }
     CHECK(lse_bad == 0, "%s: %d lse values differ from the naive double lse", name, lse_bad);
 
     for (size_t i = 0; i < nq; i++) dq[i] = 7.0f;
     for (size_t i = 0; i < nk; i++) dk[i] = dv[i] = -3.0f;
-    bwd(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window, scale);
-    CHECK(rel_err(dq, dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, dqd, nq));
-    CHECK(rel_err(dk, dkd, nk) <= 1e-5, "%s: dk rel err %.3g", name, rel_err(dk, dkd, nk));
-    CHECK(rel_err(dv, dvd, nk) <= 1e-5, "%s: dv rel err %.3g", name, rel_err(dv, dvd, nk));
+    bwd(dq, dk, dv, c->dout, c->q, c->k, c->v, out, lse, c->seg, len, B, T, H, Hkv, D, c->window,
+        c->scale);
+    CHECK(rel_err(dq, c->dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, c->dqd, nq));
+    CHECK(rel_err(dk, c->dkd, nk) <= 1e-5, "%s: dk rel err %.3g", name, rel_err(dk, c->dkd, nk));
+    CHECK(rel_err(dv, c->dvd, nk) <= 1e-5, "%s: dv rel err %.3g", name, rel_err(dv, c->dvd, nk));
     for (int b = 0; b < B && len; b++)
         for (int t = len[b]; t < T; t++) {
             for (int x = 0; x < H * D; x++) {
@@ -224,40 +213,68 @@ static void run_variant(const char *vname, fwd_fn fwd, bwd_fn bwd, const char *c
             }
         }
     CHECK(pad_bad == 0, "%s: %d padding values are not exactly 0", name, pad_bad);
-
-    if (do_fd) {
-        fd_ctx c = {B, T, H, Hkv, D, window, seg, len, scale, qd, kd, vd, dod, outd, lsed};
+    if (c->do_fd) {
         /* L = sum(out * R) with R = dout, so dL/dq = dq from the backward given dout */
-        double eq = fd_check(&c, qd, nq, dq), ek = fd_check(&c, kd, nk, dk),
-               ev = fd_check(&c, vd, nk, dv);
+        double eq = rel_err(dq, c->nq_, nq), ek = rel_err(dk, c->nk_, nk),
+               ev = rel_err(dv, c->nv_, nk);
         CHECK(eq <= 1e-5, "%s: dq vs finite differences: rel err %.3g", name, eq);
         CHECK(ek <= 1e-5, "%s: dk vs finite differences: rel err %.3g", name, ek);
         CHECK(ev <= 1e-5, "%s: dv vs finite differences: rel err %.3g", name, ev);
     }
-    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
-    free(qd), free(kd), free(vd), free(dod), free(outd), free(lsed), free(dqd), free(dkd);
-    free(dvd), free(seg);
+    free(out), free(lse), free(dq), free(dk), free(dv);
 }
 
 /* Each case runs the portable code, the AVX2 code where the CPU and D allow it (its backward
- * in both work splits), and the dispatching entry points (whichever of the two they pick). */
+ * in both work splits), and the dispatching entry points (whichever of the two they pick), all
+ * on the same inputs and against the same reference. */
 static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int window,
                      int seg_kind, const int *len, int do_fd) {
-    run_variant("portable", attention_forward_ref, attention_backward_ref, name, B, T, H, Hkv, D,
-                window, seg_kind, len, do_fd);
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
+    att_case c = {.name = name, .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .window = window,
+                  .do_fd = do_fd, .len = len, .scale = 1.0f / sqrtf((float)D)};
+    c.q = malloc(4 * nq), c.k = malloc(4 * nk), c.v = malloc(4 * nk), c.dout = malloc(4 * nq);
+    double *qd = malloc(8 * nq), *kd = malloc(8 * nk), *vd = malloc(8 * nk), *dod = malloc(8 * nq);
+    c.outd = malloc(8 * nq), c.lsed = malloc(8 * nl), c.dqd = malloc(8 * nq);
+    c.dkd = malloc(8 * nk), c.dvd = malloc(8 * nk);
+    /* q scaled up so that scores reach ~+-10 and the online max really moves between tiles */
+    for (size_t i = 0; i < nq; i++) c.q[i] = (float)(4 * rnd()), qd[i] = c.q[i];
+    for (size_t i = 0; i < nk; i++) c.k[i] = (float)rnd(), kd[i] = c.k[i];
+    for (size_t i = 0; i < nk; i++) c.v[i] = (float)rnd(), vd[i] = c.v[i];
+    for (size_t i = 0; i < nq; i++) c.dout[i] = (float)rnd(), dod[i] = c.dout[i];
+    /* batch row b sees the pattern shifted by 3b, so for b > 0 the ids wrap around and are not
+     * monotone: both paths of attention.c (binary-searched segment start, per-pair check) run */
+    if (seg_kind) {
+        c.seg = malloc(sizeof(int) * B * T);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) c.seg[b * T + t] = seg_of(seg_kind, T, (t + 3 * b) % T);
+    }
+    ref_attention(c.outd, c.lsed, qd, kd, vd, c.seg, len, B, T, H, Hkv, D, window, c.scale, dod,
+                  c.dqd, c.dkd, c.dvd);
+    if (do_fd) {
+        double *o = malloc(8 * nq), *l = malloc(8 * nl);
+        fd_ctx f = {B, T, H, Hkv, D, window, c.seg, len, c.scale, qd, kd, vd, dod, o, l};
+        c.nq_ = malloc(8 * nq), c.nk_ = malloc(8 * nk), c.nv_ = malloc(8 * nk);
+        fd_grad(&f, qd, nq, c.nq_);
+        fd_grad(&f, kd, nk, c.nk_);
+        fd_grad(&f, vd, nk, c.nv_);
+        free(o), free(l);
+    }
+    run_variant(&c, "portable", attention_forward_ref, attention_backward_ref);
     if (attention_avx2_usable(H, Hkv, D)) {
         attention_backward_passes = 1;
-        run_variant("avx2, backward in one pass", attention_forward_avx2,
-                    attention_backward_avx2, name, B, T, H, Hkv, D, window, seg_kind, len, do_fd);
+        run_variant(&c, "avx2, backward in one pass", attention_forward_avx2,
+                    attention_backward_avx2);
         attention_backward_passes = 2;
-        run_variant("avx2, backward in two passes", attention_forward_avx2,
-                    attention_backward_avx2, name, B, T, H, Hkv, D, window, seg_kind, len, do_fd);
+        run_variant(&c, "avx2, backward in two passes", attention_forward_avx2,
+                    attention_backward_avx2);
         attention_backward_passes = 0;
-    } else if (D % 16 == 0)
+    } else if (D % 16 == 0) {
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");
-    if (!do_fd)
-        run_variant("dispatch", attention_forward, attention_backward, name, B, T, H, Hkv, D,
-                    window, seg_kind, len, 0);
+    }
+    run_variant(&c, "dispatch", attention_forward, attention_backward);
+    free(c.q), free(c.k), free(c.v), free(c.dout), free(qd), free(kd), free(vd), free(dod);
+    free(c.outd), free(c.lsed), free(c.dqd), free(c.dkd), free(c.dvd), free(c.seg);
+    free(c.nq_), free(c.nk_), free(c.nv_);
 }
 
 int main(void) {
