@@ -164,6 +164,7 @@ void batch_free(batch *b) {
 }
 
 void batch_fill(batch *b, const dataset *ds, const int *idx, int nb) {
+    b->seg = NULL;
     int T = 1;
     for (int i = 0; i < nb; i++)
         if (ds->ex[idx[i]].n > T) T = ds->ex[idx[i]].n;

@@ -311,7 +311,7 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
         }
         rope_forward(q, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
         rope_forward(k, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
-        attention_forward(att, lse, q, k, v, NULL, b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
+        attention_forward(att, lse, q, k, v, b->seg, b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
         memcpy(xmid, x, (size_t)N * C * sizeof(float));
         lin_forward(m, a, l, LIN_O, xmid, C, att, N, 1, seed);
         rmsnorm_forward(ln2, rstd2, xmid, bw->ln2, N, C, c->eps);
@@ -371,7 +371,7 @@ void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_
         /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
         memset(a->datt, 0, (size_t)N * HD * sizeof(float));
         lin_backward(m, a, l, LIN_O, a->datt, dres, C, att, N, seed);
-        attention_backward(a->dq, a->dk, a->dv, a->datt, q, k, v, att, lse, NULL, b->len, b->B,
+        attention_backward(a->dq, a->dk, a->dv, a->datt, q, k, v, att, lse, b->seg, b->len, b->B,
                            b->T, H, Hkv, D, c->window[l], scale);
         rope_backward(a->dq, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
         rope_backward(a->dk, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);

@@ -53,8 +53,10 @@ typedef struct batch {
     int B, T;        /* rows and padded length of this micro-batch */
     int32_t *ids;    /* (B,T), 0 at padding */
     int32_t *targets;/* (B,T): the token each position predicts (labels shifted left), -100 = none */
-    int *pos;        /* (B,T) positions */
+    int *pos;        /* (B,T) positions (restarting at 0 in each packed document) */
     int *len;        /* (B) real length of each row */
+    int *seg;        /* (B,T) document id of each token in packed rows, or NULL (no packing):
+                        a token attends only to earlier tokens of its own document */
 } batch;
 
 /* Activations and scratch for up to maxN = B*T tokens. */
