@@ -32,10 +32,14 @@ static double rnd(void) { /* uniform in [-1, 1) */
 
 static int seg_of(int kind, int T, int t) {
     switch (kind) {
-    case 2: return t < T * 2 / 5 ? 0 : 1;
-    case 3: return t < T / 6 ? 0 : t < T * 2 / 3 ? 1 : 2;
-    case 4: return t < T / 4 ? 5 : t < T / 2 ? 2 : 5;
-    default: return 0;
+    case 2:
+        return t < T * 2 / 5 ? 0 : 1;
+    case 3:
+        return t < T / 6 ? 0 : t < T * 2 / 3 ? 1 : 2;
+    case 4:
+        return t < T / 4 ? 5 : t < T / 2 ? 2 : 5;
+    default:
+        return 0;
     }
 }
 
@@ -49,8 +53,8 @@ static int ref_allowed(const int *seg, int L, int window, int i, int j) {
 /* out (B,T,H,D), lse (B,H,T); if dout: dq, dk, dv (zeroed here) get the gradients. */
 static void ref_attention(double *out, double *lse, const double *q, const double *k,
                           const double *v, const int *seg, const int *len, int B, int T, int H,
-                          int Hkv, int D, int window, double scale, const double *dout,
-                          double *dq, double *dk, double *dv) {
+                          int Hkv, int D, int window, double scale, const double *dout, double *dq,
+                          double *dk, double *dv) {
     int G = H / Hkv;
     double *P = malloc(sizeof(double) * T), *dP = malloc(sizeof(double) * T);
     if (dout) {
@@ -72,22 +76,26 @@ static void ref_attention(double *out, double *lse, const double *q, const doubl
                     if (!ref_allowed(sb, L, window, i, j)) continue;
                     const double *kj = k + ((size_t)(b * T + j) * Hkv + g) * D;
                     double s = 0;
-                    for (int d = 0; d < D; d++) s += qi[d] * kj[d];
+                    for (int d = 0; d < D; d++)
+                        s += qi[d] * kj[d];
                     P[j] = s * scale;
                     if (P[j] > mx) mx = P[j];
                 }
-                for (int d = 0; d < D; d++) oi[d] = 0;
+                for (int d = 0; d < D; d++)
+                    oi[d] = 0;
                 if (mx == -INFINITY) {
                     lse[(b * H + h) * T + i] = -INFINITY;
                     continue;
                 }
                 double sum = 0;
-                for (int j = 0; j < T; j++) sum += P[j] == -INFINITY ? 0 : exp(P[j] - mx);
+                for (int j = 0; j < T; j++)
+                    sum += P[j] == -INFINITY ? 0 : exp(P[j] - mx);
                 lse[(b * H + h) * T + i] = mx + log(sum);
                 for (int j = 0; j < T; j++) {
                     P[j] = P[j] == -INFINITY ? 0 : exp(P[j] - mx) / sum;
                     const double *vj = v + ((size_t)(b * T + j) * Hkv + g) * D;
-                    for (int d = 0; d < D; d++) oi[d] += P[j] * vj[d];
+                    for (int d = 0; d < D; d++)
+                        oi[d] += P[j] * vj[d];
                 }
                 if (!dout) continue;
                 const double *doi = dout + ((size_t)(b * T + i) * H + h) * D;
@@ -95,7 +103,8 @@ static void ref_attention(double *out, double *lse, const double *q, const doubl
                 for (int j = 0; j < T; j++) {
                     const double *vj = v + ((size_t)(b * T + j) * Hkv + g) * D;
                     dP[j] = 0;
-                    for (int d = 0; d < D; d++) dP[j] += doi[d] * vj[d];
+                    for (int d = 0; d < D; d++)
+                        dP[j] += doi[d] * vj[d];
                     rs += P[j] * dP[j];
                 }
                 for (int j = 0; j < T; j++) {
@@ -138,10 +147,11 @@ typedef struct {
 } fd_ctx;
 
 static double fd_loss(fd_ctx *c) {
-    ref_attention(c->out, c->lse, c->q, c->k, c->v, c->seg, c->len, c->B, c->T, c->H, c->Hkv,
-                  c->D, c->window, c->scale, NULL, NULL, NULL, NULL);
+    ref_attention(c->out, c->lse, c->q, c->k, c->v, c->seg, c->len, c->B, c->T, c->H, c->Hkv, c->D,
+                  c->window, c->scale, NULL, NULL, NULL, NULL);
     double L = 0;
-    for (size_t i = 0; i < (size_t)c->B * c->T * c->H * c->D; i++) L += c->out[i] * c->R[i];
+    for (size_t i = 0; i < (size_t)c->B * c->T * c->H * c->D; i++)
+        L += c->out[i] * c->R[i];
     return L;
 }
 
@@ -170,8 +180,8 @@ typedef struct {
     double *outd, *lsed, *dqd, *dkd, *dvd, *nq_, *nk_, *nv_;
 } att_case;
 
-typedef void (*fwd_fn)(float *, float *, const float *, const float *, const float *,
-                       const int *, const int *, int, int, int, int, int, int, float);
+typedef void (*fwd_fn)(float *, float *, const float *, const float *, const float *, const int *,
+                       const int *, int, int, int, int, int, int, float);
 typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, const float *,
                        const float *, const float *, const float *, const int *, const int *, int,
                        int, int, int, int, int, float);
@@ -189,13 +199,17 @@ static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn
           rel_err(out, c->outd, nq));
     int lse_bad = 0, pad_bad = 0;
     for (size_t i = 0; i < nl; i++) {
-        if (isinf(c->lsed[i])) lse_bad += !(isinf(lse[i]) && lse[i] < 0);
-        else lse_bad += !(fabs(lse[i] - c->lsed[i]) <= 1e-5 * (1 + fabs(c->lsed[i])));
+        if (isinf(c->lsed[i]))
+            lse_bad += !(isinf(lse[i]) && lse[i] < 0);
+        else
+            lse_bad += !(fabs(lse[i] - c->lsed[i]) <= 1e-5 * (1 + fabs(c->lsed[i])));
     }
     CHECK(lse_bad == 0, "%s: %d lse values differ from the naive double lse", name, lse_bad);
 
-    for (size_t i = 0; i < nq; i++) dq[i] = 7.0f;
-    for (size_t i = 0; i < nk; i++) dk[i] = dv[i] = -3.0f;
+    for (size_t i = 0; i < nq; i++)
+        dq[i] = 7.0f;
+    for (size_t i = 0; i < nk; i++)
+        dk[i] = dv[i] = -3.0f;
     bwd(dq, dk, dv, c->dout, c->q, c->k, c->v, out, lse, c->seg, len, B, T, H, Hkv, D, c->window,
         c->scale);
     CHECK(rel_err(dq, c->dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, c->dqd, nq));
@@ -230,23 +244,36 @@ static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn
 static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int window,
                      int seg_kind, const int *len, int do_fd) {
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
-    att_case c = {.name = name, .B = B, .T = T, .H = H, .Hkv = Hkv, .D = D, .window = window,
-                  .do_fd = do_fd, .len = len, .scale = 1.0f / sqrtf((float)D)};
+    att_case c = {.name = name,
+                  .B = B,
+                  .T = T,
+                  .H = H,
+                  .Hkv = Hkv,
+                  .D = D,
+                  .window = window,
+                  .do_fd = do_fd,
+                  .len = len,
+                  .scale = 1.0f / sqrtf((float)D)};
     c.q = malloc(4 * nq), c.k = malloc(4 * nk), c.v = malloc(4 * nk), c.dout = malloc(4 * nq);
     double *qd = malloc(8 * nq), *kd = malloc(8 * nk), *vd = malloc(8 * nk), *dod = malloc(8 * nq);
     c.outd = malloc(8 * nq), c.lsed = malloc(8 * nl), c.dqd = malloc(8 * nq);
     c.dkd = malloc(8 * nk), c.dvd = malloc(8 * nk);
     /* q scaled up so that scores reach ~+-10 and the online max really moves between tiles */
-    for (size_t i = 0; i < nq; i++) c.q[i] = (float)(4 * rnd()), qd[i] = c.q[i];
-    for (size_t i = 0; i < nk; i++) c.k[i] = (float)rnd(), kd[i] = c.k[i];
-    for (size_t i = 0; i < nk; i++) c.v[i] = (float)rnd(), vd[i] = c.v[i];
-    for (size_t i = 0; i < nq; i++) c.dout[i] = (float)rnd(), dod[i] = c.dout[i];
+    for (size_t i = 0; i < nq; i++)
+        c.q[i] = (float)(4 * rnd()), qd[i] = c.q[i];
+    for (size_t i = 0; i < nk; i++)
+        c.k[i] = (float)rnd(), kd[i] = c.k[i];
+    for (size_t i = 0; i < nk; i++)
+        c.v[i] = (float)rnd(), vd[i] = c.v[i];
+    for (size_t i = 0; i < nq; i++)
+        c.dout[i] = (float)rnd(), dod[i] = c.dout[i];
     /* batch row b sees the pattern shifted by 3b, so for b > 0 the ids wrap around and are not
      * monotone: both paths of attention.c (binary-searched segment start, per-pair check) run */
     if (seg_kind) {
         c.seg = malloc(sizeof(int) * B * T);
         for (int b = 0; b < B; b++)
-            for (int t = 0; t < T; t++) c.seg[b * T + t] = seg_of(seg_kind, T, (t + 3 * b) % T);
+            for (int t = 0; t < T; t++)
+                c.seg[b * T + t] = seg_of(seg_kind, T, (t + 3 * b) % T);
     }
     ref_attention(c.outd, c.lsed, qd, kd, vd, c.seg, len, B, T, H, Hkv, D, window, c.scale, dod,
                   c.dqd, c.dkd, c.dvd);

@@ -28,12 +28,14 @@ static double rnd(void) { /* uniform in [-1, 1) */
 
 static float *frand(size_t n, double a) {
     float *x = malloc(4 * n);
-    for (size_t i = 0; i < n; i++) x[i] = (float)(a * rnd());
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(a * rnd());
     return x;
 }
 static double *todouble(const float *x, size_t n) {
     double *y = malloc(8 * n);
-    for (size_t i = 0; i < n; i++) y[i] = x[i];
+    for (size_t i = 0; i < n; i++)
+        y[i] = x[i];
     return y;
 }
 
@@ -50,8 +52,7 @@ static double rel_err(const float *a, const double *b, size_t n) {
 
 /* Central differences of f over x[0..n) compared with grad: returns the relative error. */
 typedef double (*loss_fn)(void *ctx);
-static double fd_rel_err(loss_fn f, void *ctx, double *x, size_t n, const float *grad,
-                         double eps) {
+static double fd_rel_err(loss_fn f, void *ctx, double *x, size_t n, const float *grad, double eps) {
     double *num = malloc(8 * n);
     for (size_t i = 0; i < n; i++) {
         double x0 = x[i];
@@ -76,16 +77,19 @@ typedef struct {
 static void rms_ref(rms_ctx *c) {
     for (int n = 0; n < c->N; n++) {
         double ss = 0;
-        for (int i = 0; i < c->C; i++) ss += c->x[n * c->C + i] * c->x[n * c->C + i];
+        for (int i = 0; i < c->C; i++)
+            ss += c->x[n * c->C + i] * c->x[n * c->C + i];
         double r = 1 / sqrt(ss / c->C + c->eps);
-        for (int i = 0; i < c->C; i++) c->out[n * c->C + i] = c->x[n * c->C + i] * r * c->w[i];
+        for (int i = 0; i < c->C; i++)
+            c->out[n * c->C + i] = c->x[n * c->C + i] * r * c->w[i];
     }
 }
 static double rms_loss(void *p) {
     rms_ctx *c = p;
     rms_ref(c);
     double L = 0;
-    for (int i = 0; i < c->N * c->C; i++) L += c->out[i] * c->R[i];
+    for (int i = 0; i < c->N * c->C; i++)
+        L += c->out[i] * c->R[i];
     return L;
 }
 
@@ -110,11 +114,14 @@ static void test_rmsnorm(int N, int C) {
     rmsnorm_backward(dx, dw2, R, x, w, rstd, N, C);
     rmsnorm_backward(dx2, NULL, R, x, w, rstd, N, C);
     int bad = 0;
-    for (size_t i = 0; i < n; i++) bad += dx[i] != 2 * dx2[i];
+    for (size_t i = 0; i < n; i++)
+        bad += dx[i] != 2 * dx2[i];
     /* dw2 = (dw + t1) + t2 + ..., summed in another order than 2*dw: fp32 rounding apart */
     float dwmax = 0;
-    for (int i = 0; i < C; i++) dwmax = fmaxf(dwmax, fabsf(dw[i]));
-    for (int i = 0; i < C; i++) bad += fabsf(dw2[i] - 2 * dw[i]) > 1e-6f * dwmax;
+    for (int i = 0; i < C; i++)
+        dwmax = fmaxf(dwmax, fabsf(dw[i]));
+    for (int i = 0; i < C; i++)
+        bad += fabsf(dw2[i] - 2 * dw[i]) > 1e-6f * dwmax;
     CHECK(bad == 0, "rmsnorm C=%d: second backward call must double dinp and dw (%d differ)", C,
           bad);
     free(x), free(w), free(R), free(out), free(rstd), free(dx), free(dw), free(dx2), free(dw2);
@@ -135,7 +142,8 @@ static void rope_ref(rope_ctx *c) {
         for (int h = 0; h < c->H; h++) {
             const double *x = c->x + ((size_t)n * c->H + h) * c->D;
             double *o = c->out + ((size_t)n * c->H + h) * c->D;
-            for (int d = 0; d < c->D; d++) o[d] = x[d];
+            for (int d = 0; d < c->D; d++)
+                o[d] = x[d];
             for (int i = 0; i < half; i++) {
                 /* transformers: freqs = position_ids.float() * inv_freq, a float32 product */
                 float a = (float)c->pos[n] * c->inv_freq[i];
@@ -149,7 +157,8 @@ static double rope_loss(void *p) {
     rope_ctx *c = p;
     rope_ref(c);
     double L = 0;
-    for (int i = 0; i < c->N * c->H * c->D; i++) L += c->out[i] * c->R[i];
+    for (int i = 0; i < c->N * c->H * c->D; i++)
+        L += c->out[i] * c->R[i];
     return L;
 }
 
@@ -162,8 +171,8 @@ static void test_rope(int D, int rot, float scale) {
     float *x = frand(n, 1), *R = frand(n, 1), *y = malloc(4 * n), *dx = malloc(4 * n);
     memcpy(y, x, 4 * n);
     memcpy(dx, R, 4 * n);
-    rope_ctx c = {N, H, D, rot, pos, inv_freq, scale, todouble(x, n), todouble(R, n),
-                  malloc(8 * n)};
+    rope_ctx c = {
+        N, H, D, rot, pos, inv_freq, scale, todouble(x, n), todouble(R, n), malloc(8 * n)};
     rope_forward(y, pos, inv_freq, N, H, D, rot, scale);
     rope_ref(&c);
     /* cosf/sinf vs cos/sin of the same float angle: ~1 ulp apart */
@@ -172,7 +181,8 @@ static void test_rope(int D, int rot, float scale) {
     int pass = 0;
     for (int t = 0; t < N; t++)
         for (int h = 0; h < H; h++)
-            for (int d = rot; d < D; d++) pass += y[(t * H + h) * D + d] != x[(t * H + h) * D + d];
+            for (int d = rot; d < D; d++)
+                pass += y[(t * H + h) * D + d] != x[(t * H + h) * D + d];
     CHECK(pass == 0, "rope rot=%d: dims past rot_dim must pass through (%d changed)", rot, pass);
     rope_backward(dx, pos, inv_freq, N, H, D, rot, scale);
     double e = fd_rel_err(rope_loss, &c, c.x, n, dx, 1e-5);
@@ -215,13 +225,15 @@ static void test_swiglu(int fused, swi_fwd fwd, swi_bwd bwd, const char *vname) 
     swi_ctx c = {N, I, ld, gd, fused ? gd + I : ud, todouble(R, n), malloc(8 * n)};
     fwd(out, g, u, N, I, ld);
     swi_loss(&c);
-    CHECK(rel_err(out, c.out, n) <= 1e-5, "swiglu %s fused=%d: forward vs double ref: %.3g", vname, fused,
-          rel_err(out, c.out, n));
-    for (size_t i = 0; i < nin; i++) dgb[i] = dub[i] = 5.0f; /* garbage: must be overwritten */
+    CHECK(rel_err(out, c.out, n) <= 1e-5, "swiglu %s fused=%d: forward vs double ref: %.3g", vname,
+          fused, rel_err(out, c.out, n));
+    for (size_t i = 0; i < nin; i++)
+        dgb[i] = dub[i] = 5.0f; /* garbage: must be overwritten */
     bwd(dg, du, R, g, u, N, I, ld);
     float *dgc = malloc(4 * n), *duc = malloc(4 * n);
     for (int r = 0; r < N; r++)
-        for (int i = 0; i < I; i++) dgc[r * I + i] = dg[r * ld + i], duc[r * I + i] = du[r * ld + i];
+        for (int i = 0; i < I; i++)
+            dgc[r * I + i] = dg[r * ld + i], duc[r * I + i] = du[r * ld + i];
     /* FD over the gate / up entries only (the layout's other columns belong to the other) */
     double *num_g = malloc(8 * n), *num_u = malloc(8 * n);
     for (int r = 0; r < N; r++)
@@ -249,11 +261,13 @@ static void test_swiglu(int fused, swi_fwd fwd, swi_bwd bwd, const char *vname) 
 static void test_swiglu_extremes(swi_fwd fwd, swi_bwd bwd, const char *vname) {
     float g[8] = {-1000, -100, 100, 1000, -1000, -100, 100, 1000}, u[8], d[8];
     float o[8], dg[8], du[8];
-    for (int i = 0; i < 8; i++) u[i] = 2, d[i] = 1;
+    for (int i = 0; i < 8; i++)
+        u[i] = 2, d[i] = 1;
     fwd(o, g, u, 1, 8, 8);
     bwd(dg, du, d, g, u, 1, 8, 8);
     int bad = 0;
-    for (int i = 0; i < 8; i++) bad += !isfinite(o[i]) || !isfinite(dg[i]) || !isfinite(du[i]);
+    for (int i = 0; i < 8; i++)
+        bad += !isfinite(o[i]) || !isfinite(dg[i]) || !isfinite(du[i]);
     CHECK(bad == 0, "swiglu %s: %d non-finite values at |gate| = 100, 1000", vname, bad);
     /* limits: silu(g) -> 0 for g -> -inf (PyTorch gives -0; 1e-30 allows the AVX2 code's
      * clamped exp, ~1e-36) and -> g for g -> +inf; its slope -> 0 and -> 1 */
@@ -278,18 +292,20 @@ static double xent_ref(void *p) {
         double mx = -INFINITY, s = 0;
         for (int v = 0; v < c->V; v++) {
             l[v] = 0;
-            for (int i = 0; i < c->C; i++) l[v] += c->h[n * c->C + i] * c->W[v * c->C + i];
+            for (int i = 0; i < c->C; i++)
+                l[v] += c->h[n * c->C + i] * c->W[v * c->C + i];
             mx = l[v] > mx ? l[v] : mx;
         }
-        for (int v = 0; v < c->V; v++) s += exp(l[v] - mx);
+        for (int v = 0; v < c->V; v++)
+            s += exp(l[v] - mx);
         L += mx + log(s) - l[c->tg[n]];
     }
     free(l);
     return L;
 }
 
-typedef double (*xent_fn)(float *, const float *, const float *, const int *, int, int, int,
-                          float, float *, int);
+typedef double (*xent_fn)(float *, const float *, const float *, const int *, int, int, int, float,
+                          float *, int);
 
 static void test_xent(xent_fn xent, const char *vname) {
     enum { N = 12, C = 16, V = 53 }; /* V = 53: six 8-wide AVX2 steps and a tail */
@@ -310,7 +326,8 @@ static void test_xent(xent_fn xent, const char *vname) {
     int diff = 0;
     for (int k = 1; k < 3; k++) {
         diff += fabs(loss[k] - loss[0]) > 1e-6 * fabs(loss[0]);
-        for (int i = 0; i < N * C; i++) diff += fabsf(dh[k][i] - dh[0][i]) > 1e-6f;
+        for (int i = 0; i < N * C; i++)
+            diff += fabsf(dh[k][i] - dh[0][i]) > 1e-6f;
     }
     CHECK(diff == 0, "xent %s: chunk sizes 1, 7, N disagree in %d places", vname, diff);
     /* dh accumulates onto `pre`; rows with target -100 stay exactly as they were */
@@ -326,14 +343,17 @@ static void test_xent(xent_fn xent, const char *vname) {
     CHECK(e <= 2e-5, "xent %s: dh vs finite differences of the double loss: %.3g", vname, e);
     /* no dh: the same loss; a second call with dh adds the same gradient again */
     double l0 = xent(NULL, h, W, tg, N, C, V, gs, scratch, 5);
-    CHECK(fabs(l0 - loss[2]) <= 1e-6 * fabs(l0), "xent %s without dh: %.9g vs %.9g", vname, l0, loss[2]);
+    CHECK(fabs(l0 - loss[2]) <= 1e-6 * fabs(l0), "xent %s without dh: %.9g vs %.9g", vname, l0,
+          loss[2]);
     xent(dh[2], h, W, tg, N, C, V, gs, scratch, 5);
     int acc = 0;
-    for (int i = 0; i < N * C; i++) acc += fabsf(dh[2][i] - pre[i] - 2 * gs * g[i]) > 1e-5f;
+    for (int i = 0; i < N * C; i++)
+        acc += fabsf(dh[2][i] - pre[i] - 2 * gs * g[i]) > 1e-5f;
     CHECK(acc == 0, "xent %s: second call must add dh again (%d values differ)", vname, acc);
     /* all targets skipped: loss 0, dh untouched */
     int none[N];
-    for (int i = 0; i < N; i++) none[i] = -100;
+    for (int i = 0; i < N; i++)
+        none[i] = -100;
     memcpy(dh[0], pre, 4 * N * C);
     double lz = xent(dh[0], h, W, none, N, C, V, gs, scratch, 4);
     CHECK(lz == 0 && memcmp(dh[0], pre, 4 * N * C) == 0, "xent %s all skipped: loss %g", vname, lz);
@@ -341,13 +361,14 @@ static void test_xent(xent_fn xent, const char *vname) {
     int badt[1] = {V};
     CHECK(isnan(xent(NULL, h, W, badt, 1, C, V, gs, scratch, 1)),
           "xent %s: target >= V must give NaN", vname);
-    for (int k = 0; k < 3; k++) free(dh[k]);
+    for (int k = 0; k < 3; k++)
+        free(dh[k]);
     free(h), free(W), free(scratch), free(pre), free(g), free(c.h), free(c.W);
 }
 
 int main(void) {
     test_rmsnorm(5, 37);
-    test_rmsnorm(3, 300); /* more than one 256-column dw slice */
+    test_rmsnorm(3, 300);      /* more than one 256-column dw slice */
     test_rope(10, 10, 1.0f);   /* full rotary, rot_dim = D */
     test_rope(10, 6, 1.3f);    /* partial rotary (Phi-3), attention scaling != 1 */
     test_rope(300, 260, 1.0f); /* 130 frequencies: more than one 64-wide cos/sin chunk */

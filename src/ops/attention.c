@@ -33,8 +33,8 @@
 #include <math.h>
 #include <string.h>
 
-#define ATT_BQ 64 /* queries per forward work item */
-#define ATT_BK 64 /* keys per forward tile */
+#define ATT_BQ 64  /* queries per forward work item */
+#define ATT_BK 64  /* keys per forward tile */
 #define ATT_BKB 32 /* keys per backward tile */
 
 typedef struct {
@@ -58,8 +58,10 @@ static int att_lo(const att_mask *m, int i) {
         int a = 0, z = i, si = m->seg[i];
         while (a < z) {
             int mid = a + (z - a) / 2;
-            if (m->seg[mid] < si) a = mid + 1;
-            else z = mid;
+            if (m->seg[mid] < si)
+                a = mid + 1;
+            else
+                z = mid;
         }
         if (a > lo) lo = a;
     }
@@ -73,13 +75,15 @@ static inline int att_seg_skip(const att_mask *m, int i, int j) {
 static inline float att_dot(const float *a, const float *b, int D) {
     float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    for (int d = 0; d < D; d++)
+        s += a[d] * b[d];
     return s;
 }
 
 static inline void att_axpy(float *y, float a, const float *x, int D) {
 #pragma omp simd
-    for (int d = 0; d < D; d++) y[d] += a * x[d];
+    for (int d = 0; d < D; d++)
+        y[d] += a * x[d];
 }
 
 static int att_len(const int *len, int b, int T) {
@@ -87,9 +91,9 @@ static int att_len(const int *len, int b, int T) {
     return len[b] < 0 ? 0 : len[b] > T ? T : len[b];
 }
 
-void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
-                           const float *v, const int *seg, const int *len, int B, int T, int H,
-                           int Hkv, int D, int window, float scale) {
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                           int window, float scale) {
     int G = H / Hkv, nqb = (T + ATT_BQ - 1) / ATT_BQ;
     long BH = (long)B * H, items = BH * nqb;
     size_t qs = (size_t)H * D, ks = (size_t)Hkv * D; /* row strides */
@@ -125,8 +129,8 @@ void attention_forward_ref(float *out, float *lse, const float *q, const float *
                 float *oi = ob + i * qs;
                 float tmax = -INFINITY;
                 for (int j = jl; j < jh; j++) {
-                    float s = att_seg_skip(&m, i, j) ? -INFINITY
-                                                     : scale * att_dot(qi, kb + j * ks, D);
+                    float s =
+                        att_seg_skip(&m, i, j) ? -INFINITY : scale * att_dot(qi, kb + j * ks, D);
                     sbuf[j - j0] = s;
                     tmax = s > tmax ? s : tmax;
                 }
@@ -135,7 +139,8 @@ void attention_forward_ref(float *out, float *lse, const float *q, const float *
                 if (mnew > mold && lrow[r] > 0.0f) {
                     float corr = expf(mold - mnew);
                     lrow[r] *= corr;
-                    for (int d = 0; d < D; d++) oi[d] *= corr;
+                    for (int d = 0; d < D; d++)
+                        oi[d] *= corr;
                 }
                 float sum = 0.0f;
                 for (int j = jl; j < jh; j++) {
@@ -151,16 +156,17 @@ void attention_forward_ref(float *out, float *lse, const float *q, const float *
         for (int i = i0; i < ie; i++) {
             float l = lrow[i - i0], inv = 1.0f / l;
             float *oi = ob + i * qs;
-            for (int d = 0; d < D; d++) oi[d] *= inv;
+            for (int d = 0; d < D; d++)
+                oi[d] *= inv;
             lb[i] = mrow[i - i0] + logf(l);
         }
     }
 }
 
-void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
-                            const float *q, const float *k, const float *v, const float *out,
-                            const float *lse, const int *seg, const int *len, int B, int T, int H,
-                            int Hkv, int D, int window, float scale) {
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale) {
     int G = H / Hkv;
     size_t qs = (size_t)H * D, ks = (size_t)Hkv * D;
 #pragma omp parallel for schedule(dynamic, 1)

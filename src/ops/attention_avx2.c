@@ -59,8 +59,10 @@ static int ax_lo(const ax_mask *m, int i) {
         int a = 0, z = i, si = m->seg[i];
         while (a < z) {
             int mid = a + (z - a) / 2;
-            if (m->seg[mid] < si) a = mid + 1;
-            else z = mid;
+            if (m->seg[mid] < si)
+                a = mid + 1;
+            else
+                z = mid;
         }
         if (a > lo) lo = a;
     }
@@ -87,8 +89,8 @@ static inline __m256 ax_exp(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-                                  23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
@@ -117,31 +119,34 @@ static inline float ax_dot(const float *a, const float *b, int D) {
 
 /* Xt (D x 64) = the n <= 64 rows (stride rs) of x, transposed; columns n..63 are zero. */
 static void ax_transpose(float *Xt, const float *x, size_t rs, int n, int D) {
-    for (int d = 0; d < D; d++) memset(Xt + d * AX_BK + n, 0, (size_t)(AX_BK - n) * sizeof(float));
+    for (int d = 0; d < D; d++)
+        memset(Xt + d * AX_BK + n, 0, (size_t)(AX_BK - n) * sizeof(float));
     for (int j = 0; j < n; j++) {
         const float *xj = x + j * rs;
-        for (int d = 0; d < D; d++) Xt[d * AX_BK + j] = xj[d];
+        for (int d = 0; d < D; d++)
+            Xt[d * AX_BK + j] = xj[d];
     }
 }
 
 /* S[r][0, 16*nkc) = x[r] . Xt for 4 rows x[r] */
-static inline void ax_scores(float S[4][AX_BK], const float *const x[4], const float *Xt,
-                             int nkc, int D) {
+static inline void ax_scores(float S[4][AX_BK], const float *const x[4], const float *Xt, int nkc,
+                             int D) {
     for (int kc = 0; kc < nkc; kc++) {
         __m256 a[4][2];
-        #pragma GCC unroll 4
-        for (int r = 0; r < 4; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+            a[r][0] = a[r][1] = _mm256_setzero_ps();
         const float *kt = Xt + kc * 16;
         for (int d = 0; d < D; d++) {
             __m256 k0 = _mm256_loadu_ps(kt + d * AX_BK), k1 = _mm256_loadu_ps(kt + d * AX_BK + 8);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
                 __m256 q = _mm256_broadcast_ss(x[r] + d);
                 a[r][0] = _mm256_fmadd_ps(q, k0, a[r][0]);
                 a[r][1] = _mm256_fmadd_ps(q, k1, a[r][1]);
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
             _mm256_storeu_ps(S[r] + kc * 16, a[r][0]);
             _mm256_storeu_ps(S[r] + kc * 16 + 8, a[r][1]);
@@ -154,7 +159,7 @@ static inline void ax_pv(float *const o[4], const float corr[4], const float P[4
                          const float *y, size_t ys, int n, int D) {
     for (int dc = 0; dc < D; dc += 16) {
         __m256 a[4][2];
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
             __m256 c = _mm256_set1_ps(corr[r]);
             a[r][0] = _mm256_mul_ps(_mm256_loadu_ps(o[r] + dc), c);
@@ -162,14 +167,14 @@ static inline void ax_pv(float *const o[4], const float corr[4], const float P[4
         }
         for (int j = 0; j < n; j++) {
             __m256 y0 = _mm256_loadu_ps(y + j * ys + dc), y1 = _mm256_loadu_ps(y + j * ys + dc + 8);
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int r = 0; r < 4; r++) {
                 __m256 p = _mm256_broadcast_ss(&P[r][j]);
                 a[r][0] = _mm256_fmadd_ps(p, y0, a[r][0]);
                 a[r][1] = _mm256_fmadd_ps(p, y1, a[r][1]);
             }
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int r = 0; r < 4; r++) {
             _mm256_storeu_ps(o[r] + dc, a[r][0]);
             _mm256_storeu_ps(o[r] + dc + 8, a[r][1]);
@@ -184,21 +189,21 @@ static inline void ax_tpv(float *dst, size_t ds, const float P[AX_RB][AX_BK],
     for (; j + 4 <= n; j += 4)
         for (int dc = 0; dc < D; dc += 16) {
             __m256 a[4][2];
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int t = 0; t < 4; t++) {
                 a[t][0] = _mm256_loadu_ps(dst + (j + t) * ds + dc);
                 a[t][1] = _mm256_loadu_ps(dst + (j + t) * ds + dc + 8);
             }
             for (int r = 0; r < nr; r++) {
                 __m256 x0 = _mm256_loadu_ps(x[r] + dc), x1 = _mm256_loadu_ps(x[r] + dc + 8);
-                #pragma GCC unroll 4
+#pragma GCC unroll 4
                 for (int t = 0; t < 4; t++) {
                     __m256 p = _mm256_broadcast_ss(&P[r][j + t]);
                     a[t][0] = _mm256_fmadd_ps(p, x0, a[t][0]);
                     a[t][1] = _mm256_fmadd_ps(p, x1, a[t][1]);
                 }
             }
-            #pragma GCC unroll 4
+#pragma GCC unroll 4
             for (int t = 0; t < 4; t++) {
                 _mm256_storeu_ps(dst + (j + t) * ds + dc, a[t][0]);
                 _mm256_storeu_ps(dst + (j + t) * ds + dc + 8, a[t][1]);
@@ -206,7 +211,8 @@ static inline void ax_tpv(float *dst, size_t ds, const float P[AX_RB][AX_BK],
         }
     for (; j < n; j++)
         for (int dc = 0; dc < D; dc += 16) {
-            __m256 a0 = _mm256_loadu_ps(dst + j * ds + dc), a1 = _mm256_loadu_ps(dst + j * ds + dc + 8);
+            __m256 a0 = _mm256_loadu_ps(dst + j * ds + dc),
+                   a1 = _mm256_loadu_ps(dst + j * ds + dc + 8);
             for (int r = 0; r < nr; r++) {
                 __m256 p = _mm256_broadcast_ss(&P[r][j]);
                 a0 = _mm256_fmadd_ps(p, _mm256_loadu_ps(x[r] + dc), a0);
@@ -223,14 +229,14 @@ static inline __m256 ax_rowmask(__m256i idx, int lo, int hi, const int *sv, int 
     __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
                                  _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
     if (sv)
-        m = _mm256_and_si256(m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv),
-                                                   _mm256_set1_epi32(si)));
+        m = _mm256_and_si256(
+            m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv), _mm256_set1_epi32(si)));
     return _mm256_castsi256_ps(m);
 }
 
-void attention_forward_avx2(float *out, float *lse, const float *q, const float *k,
-                            const float *v, const int *seg, const int *len, int B, int T, int H,
-                            int Hkv, int D, int window, float scale) {
+void attention_forward_avx2(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale) {
     int G = H / Hkv, nqb = (T + AX_BQ - 1) / AX_BQ;
     long BG = (long)B * Hkv, items = BG * nqb;
     size_t ks = (size_t)Hkv * D;
@@ -257,13 +263,15 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
             }
         }
         if (ie <= i0) continue;
-        for (int i = i0; i < ie; i++) lo[i - i0] = ax_lo(&m, i);
+        for (int i = i0; i < ie; i++)
+            lo[i - i0] = ax_lo(&m, i);
         int nonmono = m.seg && !m.monotone;
         for (int j0 = lo[0] / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
             int jn = (j0 + AX_BK < ie ? j0 + AX_BK : ie) - j0, nkc = (jn + 15) / 16;
             ax_transpose(Kt, kb + j0 * ks, ks, jn, D);
             if (nonmono)
-                for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m.seg[j0 + t] : 0;
+                for (int t = 0; t < AX_BK; t++)
+                    segt[t] = t < jn ? m.seg[j0 + t] : 0;
             for (int hh = 0; hh < G; hh++) {
                 int h = g * G + hh;
                 for (int r0 = i0; r0 < ie; r0 += 4) {
@@ -272,13 +280,13 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                     if (r0 + nr - 1 < j0 || lo[r0 - i0] >= j0 + jn) continue;
                     const float *x[4];
                     float *o[4], corr[4];
-                    #pragma GCC unroll 4
+#pragma GCC unroll 4
                     for (int r = 0; r < 4; r++) {
                         x[r] = r < nr ? q + ((size_t)(b * T + r0 + r) * H + h) * D : ax_zero;
                         o[r] = r < nr ? out + ((size_t)(b * T + r0 + r) * H + h) * D : dummy;
                     }
                     ax_scores(S, x, Kt, nkc, D);
-                    #pragma GCC unroll 4
+#pragma GCC unroll 4
                     for (int r = 0; r < 4; r++) {
                         int i = r0 + r, hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
                         corr[r] = 1.0f;
@@ -288,14 +296,15 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                         }
                         __m256 sv[AX_BK / 8], mk[AX_BK / 8], mx = _mm256_set1_ps(-INFINITY);
                         for (int c = 0; c < nkc * 2; c++) {
-                            __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * c),
-                                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                            __m256i idx =
+                                _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * c),
+                                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
                             mk[c] = ax_rowmask(idx, lo[i - i0], hi, nonmono ? segt + 8 * c : NULL,
                                                nonmono ? m.seg[i] : 0);
-                            sv[c] = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY),
-                                                     _mm256_mul_ps(_mm256_loadu_ps(S[r] + 8 * c),
-                                                                   _mm256_set1_ps(scale)),
-                                                     mk[c]);
+                            sv[c] = _mm256_blendv_ps(
+                                _mm256_set1_ps(-INFINITY),
+                                _mm256_mul_ps(_mm256_loadu_ps(S[r] + 8 * c), _mm256_set1_ps(scale)),
+                                mk[c]);
                             mx = _mm256_max_ps(mx, sv[c]);
                         }
                         float tmax = ax_hmax(mx);
@@ -412,19 +421,20 @@ static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0,
 }
 
 /* Transposes the key tile [j0, j0+jn) of (b, g) into Kt, Vt, and its segment ids into segt. */
-static void ax_bwd_tile(const ax_bwd *c, const ax_mask *m, int b, int g, int j0, int jn,
-                        float *Kt, float *Vt, int *segt) {
+static void ax_bwd_tile(const ax_bwd *c, const ax_mask *m, int b, int g, int j0, int jn, float *Kt,
+                        float *Vt, int *segt) {
     size_t ks = (size_t)c->Hkv * c->D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * c->D;
     ax_transpose(Kt, c->k + off, ks, jn, c->D);
     ax_transpose(Vt, c->v + off, ks, jn, c->D);
     if (m->seg && !m->monotone)
-        for (int t = 0; t < AX_BK; t++) segt[t] = t < jn ? m->seg[j0 + t] : 0;
+        for (int t = 0; t < AX_BK; t++)
+            segt[t] = t < jn ? m->seg[j0 + t] : 0;
 }
 
 /* dV and dK of the key tile [j0, j0+jn) of (b, g) from every query row of every head of the
  * group that sees it; with do_dq also those rows' dq (one-pass mode). */
-static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int j0,
-                           int jn, int do_dq) {
+static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int j0, int jn,
+                           int do_dq) {
     int G = c->H / c->Hkv, D = c->D;
     size_t ks = (size_t)c->Hkv * D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * D;
     float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK];
@@ -435,8 +445,7 @@ static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int 
         for (int r0 = j0; r0 < L; r0 += AX_RB) {
             if (ax_lo(m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
             int nr = L - r0 < AX_RB ? L - r0 : AX_RB;
-            ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo,
-                        do_dq);
+            ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo, do_dq);
             ax_tpv(c->dv + off, ks, (const float(*)[AX_BK])Pb, xdo, nr, jn, D);
             ax_tpv(c->dk + off, ks, (const float(*)[AX_BK])dSb, xq, nr, jn, D);
         }
@@ -457,8 +466,7 @@ static void ax_bwd_dq(const ax_bwd *c, const ax_mask *m, int L, int b, int g, in
             for (int r0 = i0; r0 < ie; r0 += AX_RB) {
                 int nr = ie - r0 < AX_RB ? ie - r0 : AX_RB;
                 if (r0 + nr - 1 < j0 || ax_lo(m, r0) >= j0 + jn) continue;
-                ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo,
-                            1);
+                ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo, 1);
             }
     }
 }
@@ -475,7 +483,8 @@ void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout,
     threads = omp_get_max_threads();
 #endif
     int passes = attention_backward_passes ? attention_backward_passes
-                                           : B * Hkv >= 2 * threads ? 1 : 2;
+                 : B * Hkv >= 2 * threads  ? 1
+                                           : 2;
     size_t ks = (size_t)Hkv * D;
     if (passes == 1) {
         /* one item per (b, kv head): it owns dk, dv of the head and dq of its query heads */

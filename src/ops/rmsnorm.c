@@ -20,16 +20,18 @@ void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, 
         float *o = out + (size_t)n * C;
         float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
-        for (int c = 0; c < C; c++) ss += x[c] * x[c];
+        for (int c = 0; c < C; c++)
+            ss += x[c] * x[c];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
         rstd[n] = r;
 #pragma omp simd
-        for (int c = 0; c < C; c++) o[c] = (x[c] * r) * w[c];
+        for (int c = 0; c < C; c++)
+            o[c] = (x[c] * r) * w[c];
     }
 }
 
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
-                      const float *w, const float *rstd, int N, int C) {
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, int N, int C) {
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
@@ -38,10 +40,12 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
             float *dx = dinp + (size_t)n * C;
             float r = rstd[n], dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int c = 0; c < C; c++) dot += g[c] * w[c] * x[c];
+            for (int c = 0; c < C; c++)
+                dot += g[c] * w[c] * x[c];
             float k = r * r * r * dot / (float)C;
 #pragma omp simd
-            for (int c = 0; c < C; c++) dx[c] += r * g[c] * w[c] - k * x[c];
+            for (int c = 0; c < C; c++)
+                dx[c] += r * g[c] * w[c] - k * x[c];
         }
         if (dw) {
             /* Column slices: thread t owns dw[c0, c1) and walks every row over that slice. */
@@ -52,7 +56,8 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
                     const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
                     float r = rstd[n];
 #pragma omp simd
-                    for (int c = c0; c < c1; c++) dw[c] += g[c] * x[c] * r;
+                    for (int c = c0; c < c1; c++)
+                        dw[c] += g[c] * x[c] * r;
                 }
             }
         }

@@ -45,8 +45,8 @@ static void rope_apply(float *x, const int *pos, const float *inv_freq, int N, i
     }
 }
 
-void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
-                  int rot_dim, float attn_scale) {
+void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D, int rot_dim,
+                  float attn_scale) {
     rope_apply(x, pos, inv_freq, N, H, D, rot_dim, attn_scale, 1.0f);
 }
 

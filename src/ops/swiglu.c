@@ -19,7 +19,8 @@ void swiglu_forward_ref(float *out, const float *gate, const float *up, int N, i
     for (int n = 0; n < N; n++) {
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
         float *o = out + (size_t)n * I;
-        for (int i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        for (int i = 0; i < I; i++)
+            o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
@@ -39,12 +40,16 @@ void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const floa
 }
 
 void swiglu_forward(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
-    if (ops_have_avx2()) swiglu_forward_avx2(out, gate, up, N, I, ld_in);
-    else swiglu_forward_ref(out, gate, up, N, I, ld_in);
+    if (ops_have_avx2())
+        swiglu_forward_avx2(out, gate, up, N, I, ld_in);
+    else
+        swiglu_forward_ref(out, gate, up, N, I, ld_in);
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, int N, int I, int ld_in) {
-    if (ops_have_avx2()) swiglu_backward_avx2(dgate, dup, dout, gate, up, N, I, ld_in);
-    else swiglu_backward_ref(dgate, dup, dout, gate, up, N, I, ld_in);
+    if (ops_have_avx2())
+        swiglu_backward_avx2(dgate, dup, dout, gate, up, N, I, ld_in);
+    else
+        swiglu_backward_ref(dgate, dup, dout, gate, up, N, I, ld_in);
 }

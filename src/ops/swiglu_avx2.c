@@ -24,13 +24,12 @@ static inline __m256 sw_exp(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-                                  23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I,
-                         int ld_in) {
+void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *g = gate + (size_t)n * ld_in, *u = up + (size_t)n * ld_in;
@@ -42,7 +41,8 @@ void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, 
             __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, sw_exp(_mm256_sub_ps(zero, x))));
             _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
         }
-        for (; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        for (; i < I; i++)
+            o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
@@ -60,8 +60,9 @@ void swiglu_backward_avx2(float *dgate, float *dup, const float *dout, const flo
             __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, sw_exp(_mm256_sub_ps(zero, x))));
             /* dgate = d * u * s * (1 + g (1 - s)),  dup = d * g * s */
             __m256 t = _mm256_fmadd_ps(x, _mm256_sub_ps(one, s), one);
-            _mm256_storeu_ps(dg + i,
-                             _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dd, _mm256_loadu_ps(u + i)), s), t));
+            _mm256_storeu_ps(
+                dg + i,
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dd, _mm256_loadu_ps(u + i)), s), t));
             _mm256_storeu_ps(du + i, _mm256_mul_ps(_mm256_mul_ps(dd, x), s));
         }
         for (; i < I; i++) {

@@ -21,7 +21,8 @@
  * (softmax(x) - onehot(t)) * grad_scale. */
 static double xent_row_ref(float *x, int V, int t, float grad_scale, int grad) {
     float mx = x[0];
-    for (int j = 1; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    for (int j = 1; j < V; j++)
+        mx = x[j] > mx ? x[j] : mx;
     float xt = x[t];
     double sum = 0.0;
     if (grad) {
@@ -31,10 +32,12 @@ static double xent_row_ref(float *x, int V, int t, float grad_scale, int grad) {
             sum += e;
         }
         float k = (float)(grad_scale / sum);
-        for (int j = 0; j < V; j++) x[j] *= k;
+        for (int j = 0; j < V; j++)
+            x[j] *= k;
         x[t] -= grad_scale;
     } else {
-        for (int j = 0; j < V; j++) sum += expf(x[j] - mx);
+        for (int j = 0; j < V; j++)
+            sum += expf(x[j] - mx);
     }
     return log(sum) + (double)mx - (double)xt;
 }
@@ -42,8 +45,8 @@ static double xent_row_ref(float *x, int V, int t, float grad_scale, int grad) {
 typedef double (*xent_row_fn)(float *x, int V, int t, float grad_scale, int grad);
 
 /* Scores rows [0, n) of the logits in `l` (n, V); returns the chunk's loss sum. */
-static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V,
-                         float grad_scale, int grad) {
+static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V, float grad_scale,
+                         int grad) {
     double loss = 0.0;
 #pragma omp parallel for schedule(static) reduction(+ : loss)
     for (int r = 0; r < n; r++) {
@@ -51,7 +54,8 @@ static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V,
         if (tg[r] >= V) {
             loss += NAN;
             if (grad)
-                for (int j = 0; j < V; j++) x[j] = 0.0f;
+                for (int j = 0; j < V; j++)
+                    x[j] = 0.0f;
             continue;
         }
         loss += row(x, V, tg[r], grad_scale, grad);
@@ -71,7 +75,8 @@ static double xent_run(xent_row_fn row, float *dh, const float *h, const float *
             continue;
         }
         int n1 = n0 + 1;
-        while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0) n1++;
+        while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0)
+            n1++;
         int n = n1 - n0;
         gemm(0, 1, n, V, C, 1.0f, h + (size_t)n0 * C, C, W, C, 0.0f, scratch, V);
         loss += xent_chunk(row, scratch, targets + n0, n, V, grad_scale, dh != NULL);
@@ -81,8 +86,8 @@ static double xent_run(xent_row_fn row, float *dh, const float *h, const float *
     return loss;
 }
 
-double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N,
-                       int C, int V, float grad_scale, float *scratch, int chunk) {
+double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N, int C,
+                       int V, float grad_scale, float *scratch, int chunk) {
     return xent_run(xent_row_ref, dh, h, W, targets, N, C, V, grad_scale, scratch, chunk);
 }
 

@@ -24,20 +24,22 @@ static inline __m256 xa_exp(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)),
-                                  23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad) {
     int j = 0;
     __m256 m8 = _mm256_set1_ps(-INFINITY);
-    for (; j + 8 <= V; j += 8) m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
+    for (; j + 8 <= V; j += 8)
+        m8 = _mm256_max_ps(m8, _mm256_loadu_ps(x + j));
     __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
     m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
     m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
     float mx = _mm_cvtss_f32(m4);
-    for (; j < V; j++) mx = x[j] > mx ? x[j] : mx;
+    for (; j < V; j++)
+        mx = x[j] > mx ? x[j] : mx;
     float xt = x[t];
     __m256 mv = _mm256_set1_ps(mx);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
@@ -58,8 +60,10 @@ double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad) {
     double sum = sv[0] + sv[1] + sv[2] + sv[3] + tail;
     if (grad) {
         __m256 k = _mm256_set1_ps((float)(grad_scale / sum));
-        for (j = 0; j + 8 <= V; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), k));
-        for (; j < V; j++) x[j] *= (float)(grad_scale / sum);
+        for (j = 0; j + 8 <= V; j += 8)
+            _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), k));
+        for (; j < V; j++)
+            x[j] *= (float)(grad_scale / sum);
         x[t] -= grad_scale;
     }
     return log(sum) + (double)mx - (double)xt;
