@@ -30,7 +30,7 @@ static double loss_of(model *m, acts *a, batch *b, float dropseed) {
     return model_forward(m, a, b, 1, (uint64_t)dropseed, NULL, NULL);
 }
 
-static void check_arch(const char *arch, double dropout) {
+static void check_arch(const char *arch, double dropout, int ckpt) {
     char dir[] = "/tmp/ftune_model_test_XXXXXX";
     if (!mkdtemp(dir)) return;
     ft_error err;
@@ -62,7 +62,7 @@ static void check_arch(const char *arch, double dropout) {
     batch b;
     batch_alloc(&b, 2, 11, &err);
     acts *a;
-    CHECK(acts_alloc(&m, 2, 11, 5, &a, &err) == FT_OK, "acts");
+    CHECK(acts_alloc_ckpt(&m, 2, 11, 5, ckpt, &a, &err) == FT_OK, "acts");
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
     uint64_t seed = 99;
@@ -96,8 +96,8 @@ static void check_arch(const char *arch, double dropout) {
         double d = fabs(num[s] - g[ids[s]]);
         if (d > worst) worst = d, worst_i = s;
     }
-    CHECK(worst <= 0.02 * maxg + 1e-3, "%s dropout %g: worst |fd - analytic| = %g (fd %g, analytic %g), max grad %g",
-          arch, dropout, worst, worst_i >= 0 ? num[worst_i] : 0, worst_i >= 0 ? g[ids[worst_i]] : 0, maxg);
+    CHECK(worst <= 0.02 * maxg + 1e-3, "%s dropout %g ckpt %d: worst |fd - analytic| = %g (fd %g, analytic %g), max grad %g",
+          arch, dropout, ckpt, worst, worst_i >= 0 ? num[worst_i] : 0, worst_i >= 0 ? g[ids[worst_i]] : 0, maxg);
     CHECK(maxg > 1e-3, "%s: gradients are not trivially zero (max %g)", arch, maxg);
 
     if (dropout == 0) {
@@ -121,9 +121,66 @@ static void check_arch(const char *arch, double dropout) {
     if (system(cmd)) {}
 }
 
+/* With and without checkpointing, the gradients are bit-identical: recomputation runs the same
+ * arithmetic on the same inputs. */
+static void check_ckpt_identical(void) {
+    char dir[] = "/tmp/ftune_ckpt_test_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    ft_error err;
+    model_init_random("llama", "tiny", 97, 3, dir, &err);
+    model m;
+    if (model_load(dir, &m, &err) != FT_OK) {
+        CHECK(0, "load: %s", err.what);
+        return;
+    }
+    unsigned mask;
+    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
+    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
+    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    dataset ds = {0};
+    ds.n = 1;
+    ds.ex = calloc(1, sizeof(example));
+    ds.ex[0].n = 9;
+    ds.ex[0].ids = malloc(9 * sizeof(int32_t));
+    ds.ex[0].labels = malloc(9 * sizeof(int32_t));
+    for (int t = 0; t < 9; t++) ds.ex[0].ids[t] = ds.ex[0].labels[t] = (int32_t)(urand() * 97);
+    batch b;
+    batch_alloc(&b, 1, 9, &err);
+    int idx = 0;
+    batch_fill(&b, &ds, &idx, 1);
+    float *g[2];
+    double loss[2];
+    for (int ck = 0; ck < 2; ck++) {
+        acts *a;
+        acts_alloc_ckpt(&m, 1, 9, 0, ck, &a, &err);
+        memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
+        loss[ck] = model_forward(&m, a, &b, 1, 5, NULL, NULL);
+        model_backward(&m, a, &b, 1.0f, 5);
+        g[ck] = malloc(m.lora->n_params * sizeof(float));
+        memcpy(g[ck], m.lora->grads, m.lora->n_params * sizeof(float));
+        if (ck) CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, 0),
+                      "checkpointing saves memory: %zu bytes", acts_bytes(a));
+        CHECK(acts_bytes(a) == acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, ck), "plan = allocation");
+        acts_free(a);
+    }
+    CHECK(loss[0] == loss[1], "loss %.17g vs %.17g", loss[0], loss[1]);
+    CHECK(!memcmp(g[0], g[1], m.lora->n_params * sizeof(float)), "gradients differ with checkpointing");
+    free(g[0]);
+    free(g[1]);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
 int main(void) {
     const char *archs[] = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
-    for (int i = 0; i < 5; i++) check_arch(archs[i], 0.0);
-    check_arch("llama", 0.3);
+    for (int i = 0; i < 5; i++) check_arch(archs[i], 0.0, 0);
+    check_arch("llama", 0.3, 0);
+    check_arch("qwen3", 0.0, 1); /* gradient checkpointing: recomputed layers, same gradients */
+    check_arch("phi3", 0.3, 1);
+    check_ckpt_identical();
     return test_summary("model");
 }

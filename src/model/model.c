@@ -138,42 +138,31 @@ void model_free(model *m) {
 
 struct acts {
     int maxB, maxT, maxN, chunk, L;
+    int ckpt; /* gradient checkpointing: only each layer's input is kept; layers are recomputed */
     size_t bytes;
-    /* saved per layer (train) */
+    /* saved per layer (train; one slot when ckpt) */
     float *x;        /* (L+1, N, C) residual stream: input of each layer, then the final one */
     float *ln1, *rstd1, *qkv, *qpre, *kpre, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
     float *xmid, *ln2, *rstd2, *gu, *act;
     float *xa; /* (n_lora, N, R) */
     float *hf, *rstdf, *dhf;
     /* scratch */
-    float *dres, *dln, *dqkv, *dq, *dk, *dv, *dq2, *dk2, *datt, *dgu, *dact, *dxa, *xd, *xent;
+    float *dres, *dln, *dqkv, *dq, *dk, *dv, *dq2, *dk2, *datt, *dgu, *dact, *dxa, *xd, *xent, *xtmp;
 };
 
-static float *take(float **cur, size_t n) {
-    float *p = *cur;
-    *cur += (n + 15) & ~(size_t)15; /* keep 64-byte alignment */
-    return p;
-}
+#define ACTS_PARTS 37
 
-ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out,
-                     ft_error *err) {
-    const model_config *c = &m->cfg;
-    acts *a = calloc(1, sizeof *a);
-    if (!a) return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
-    size_t N = (size_t)maxB * maxT, L = (size_t)c->L, C = c->C, HD = (size_t)c->H * c->D,
-           KD = (size_t)c->Hkv * c->D, I = c->I, QKV = m->QKV;
-    size_t R = m->lora ? (size_t)m->lora->R : 0, nl = m->lora ? (size_t)m->lora->n : 0;
+/* The size in floats of each part of acts, in the order acts_alloc lays them out. The same
+ * numbers serve the memory plan (ftune plan) and the allocation. */
+static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_t N, int chunk,
+                      int ckpt, size_t sizes[ACTS_PARTS]) {
+    size_t L = ckpt ? 1 : (size_t)c->L, C = c->C, HD = (size_t)c->H * c->D,
+           KD = (size_t)c->Hkv * c->D, I = c->I;
     size_t maxin = C > I ? C : I;
     if (maxin < HD) maxin = HD;
-    if (xent_chunk <= 0) {
-        xent_chunk = (int)((16u << 20) / (size_t)c->V);
-        if (xent_chunk < 1) xent_chunk = 1;
-        if (xent_chunk > 512) xent_chunk = 512;
-    }
-    if ((size_t)xent_chunk > N) xent_chunk = (int)N;
     int qn = c->arch->qk_norm;
-    size_t sizes[] = {
-        (L + 1) * N * C,                            /* x */
+    size_t v[ACTS_PARTS] = {
+        ((size_t)c->L + 1) * N * C,                 /* x: every layer's input, always */
         L * N * C, L * N, L * N * QKV,              /* ln1 rstd1 qkv */
         qn ? L * N * HD : 0, qn ? L * N * KD : 0,   /* qpre kpre */
         qn ? L * N * c->H : 0, qn ? L * N * c->Hkv : 0,
@@ -185,37 +174,73 @@ ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **
         N * C, N, N * C,                            /* hf rstdf dhf */
         N * C, N * C, N * QKV, N * HD, N * KD, N * KD, N * HD, N * KD, N * HD, /* dres..datt */
         N * 2 * I, N * I, N * R, N * maxin,         /* dgu dact dxa xd */
-        (size_t)xent_chunk * c->V,                  /* xent */
+        (size_t)chunk * c->V,                       /* xent */
+        ckpt ? N * C : 0,                           /* xtmp: a recomputed layer's output */
     };
+    memcpy(sizes, v, sizeof v);
+    return ACTS_PARTS;
+}
+
+static int xent_chunk_for(const model_config *c, int chunk, size_t N) {
+    if (chunk <= 0) {
+        chunk = (int)((16u << 20) / (size_t)c->V);
+        if (chunk < 1) chunk = 1;
+        if (chunk > 512) chunk = 512;
+    }
+    if ((size_t)chunk > N) chunk = (int)N;
+    return chunk;
+}
+
+size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
+                       int ckpt) {
+    size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;
+    int n = acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
+                       xent_chunk_for(c, 0, N), ckpt, sizes);
+    for (int i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    return total * sizeof(float);
+}
+
+static float *take(float **cur, size_t n) {
+    float *p = *cur;
+    *cur += (n + 15) & ~(size_t)15; /* keep 64-byte alignment */
+    return p;
+}
+
+ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out, ft_error *err) {
+    return acts_alloc_ckpt(m, maxB, maxT, xent_chunk, 0, out, err);
+}
+
+ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
+                          acts **out, ft_error *err) {
+    const model_config *c = &m->cfg;
+    acts *a = calloc(1, sizeof *a);
+    if (!a) return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+    size_t N = (size_t)maxB * maxT;
+    size_t R = m->lora ? (size_t)m->lora->R : 0, nl = m->lora ? (size_t)m->lora->n : 0;
+    xent_chunk = xent_chunk_for(c, xent_chunk, N);
+    size_t sizes[ACTS_PARTS];
+    int np = acts_sizes(c, m->QKV, R, nl, N, xent_chunk, ckpt, sizes);
     size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    for (int i = 0; i < np; i++) total += (sizes[i] + 15) & ~(size_t)15;
     float *buf = aligned_alloc(64, total * sizeof(float));
     if (!buf) {
         free(a);
         return ft_error_set(err, FT_ERR_RUNTIME, NULL,
-                            "use a smaller --batch-size or --seq-len",
+                            "use --grad-checkpoint, or a smaller --batch-size or --seq-len",
                             "cannot allocate %.2f GB for activations", total * 4.0 / 1e9);
     }
     memset(buf, 0, total * sizeof(float));
     float *cur = buf;
     int i = 0;
-    a->x = take(&cur, sizes[i++]);
-    a->ln1 = take(&cur, sizes[i++]), a->rstd1 = take(&cur, sizes[i++]), a->qkv = take(&cur, sizes[i++]);
-    a->qpre = take(&cur, sizes[i++]), a->kpre = take(&cur, sizes[i++]);
-    a->qn_rstd = take(&cur, sizes[i++]), a->kn_rstd = take(&cur, sizes[i++]);
-    a->q = take(&cur, sizes[i++]), a->k = take(&cur, sizes[i++]), a->v = take(&cur, sizes[i++]);
-    a->att = take(&cur, sizes[i++]), a->lse = take(&cur, sizes[i++]);
-    a->xmid = take(&cur, sizes[i++]), a->ln2 = take(&cur, sizes[i++]), a->rstd2 = take(&cur, sizes[i++]);
-    a->gu = take(&cur, sizes[i++]), a->act = take(&cur, sizes[i++]);
-    a->xa = take(&cur, sizes[i++]);
-    a->hf = take(&cur, sizes[i++]), a->rstdf = take(&cur, sizes[i++]), a->dhf = take(&cur, sizes[i++]);
-    a->dres = take(&cur, sizes[i++]), a->dln = take(&cur, sizes[i++]), a->dqkv = take(&cur, sizes[i++]);
-    a->dq = take(&cur, sizes[i++]), a->dk = take(&cur, sizes[i++]), a->dv = take(&cur, sizes[i++]);
-    a->dq2 = take(&cur, sizes[i++]), a->dk2 = take(&cur, sizes[i++]), a->datt = take(&cur, sizes[i++]);
-    a->dgu = take(&cur, sizes[i++]), a->dact = take(&cur, sizes[i++]), a->dxa = take(&cur, sizes[i++]);
-    a->xd = take(&cur, sizes[i++]);
-    a->xent = take(&cur, sizes[i++]);
+    float **parts[ACTS_PARTS] = {
+        &a->x, &a->ln1, &a->rstd1, &a->qkv, &a->qpre, &a->kpre, &a->qn_rstd, &a->kn_rstd,
+        &a->q, &a->k, &a->v, &a->att, &a->lse, &a->xmid, &a->ln2, &a->rstd2, &a->gu, &a->act,
+        &a->xa, &a->hf, &a->rstdf, &a->dhf, &a->dres, &a->dln, &a->dqkv, &a->dq, &a->dk,
+        &a->dv, &a->dq2, &a->dk2, &a->datt, &a->dgu, &a->dact, &a->dxa, &a->xd, &a->xent,
+        &a->xtmp};
+    for (i = 0; i < np; i++) *parts[i] = take(&cur, sizes[i]);
     a->maxB = maxB, a->maxT = maxT, a->maxN = (int)N, a->chunk = xent_chunk, a->L = c->L;
+    a->ckpt = ckpt;
     a->bytes = total * sizeof(float);
     *out = a;
     return FT_OK;
@@ -266,60 +291,129 @@ static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const 
     }
 }
 
-/* ---- forward -------------------------------------------------------------------------- */
+/* ---- one block, forward and backward --------------------------------------------------- */
+
+/* Pointers to the saved activations of one layer slot. */
+typedef struct slot {
+    float *ln1, *rstd1, *qkv, *qpre, *kpre, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
+    float *xmid, *ln2, *rstd2, *gu, *act;
+} slot;
+
+static slot slot_at(const model *m, const acts *a, size_t li) {
+    const model_config *c = &m->cfg;
+    const size_t sN = (size_t)a->maxN, C = c->C, HD = (size_t)c->H * c->D,
+                 KD = (size_t)c->Hkv * c->D, I = c->I, QKV = m->QKV;
+    slot s = {
+        a->ln1 + li * sN * C, a->rstd1 + li * sN, a->qkv + li * sN * QKV,
+        a->qpre + li * sN * HD, a->kpre + li * sN * KD, a->qn_rstd + li * sN * c->H,
+        a->kn_rstd + li * sN * c->Hkv, a->q + li * sN * HD, a->k + li * sN * KD,
+        a->v + li * sN * KD, a->att + li * sN * HD, a->lse + li * sN * c->H,
+        a->xmid + li * sN * C, a->ln2 + li * sN * C, a->rstd2 + li * sN,
+        a->gu + li * sN * 2 * I, a->act + li * sN * I,
+    };
+    return s;
+}
+
+/* Layer l: xnext = block(x), keeping what backward needs in slot s. x and xnext may be the
+ * same buffer (eval keeps one). */
+static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *s,
+                          const float *x, float *xnext, uint64_t seed) {
+    const model_config *c = &m->cfg;
+    const block_weights *bw = &m->blocks[l];
+    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
+    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const float scale = 1.0f / sqrtf((float)D);
+    rmsnorm_forward(s->ln1, s->rstd1, x, bw->ln1, N, C, c->eps);
+    for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
+        if (bw->lin[attn_kinds[i]].W) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed);
+    float *qdst = c->arch->qk_norm ? s->qpre : s->q, *kdst = c->arch->qk_norm ? s->kpre : s->k;
+    for (int n = 0; n < N; n++) {
+        const float *row = s->qkv + (size_t)n * QKV;
+        memcpy(qdst + (size_t)n * HD, row, HD * sizeof(float));
+        memcpy(kdst + (size_t)n * KD, row + HD, KD * sizeof(float));
+        memcpy(s->v + (size_t)n * KD, row + HD + KD, KD * sizeof(float));
+    }
+    if (c->arch->qk_norm) {
+        rmsnorm_forward(s->q, s->qn_rstd, s->qpre, bw->q_norm, N * H, D, c->eps);
+        rmsnorm_forward(s->k, s->kn_rstd, s->kpre, bw->k_norm, N * Hkv, D, c->eps);
+    }
+    rope_forward(s->q, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
+    rope_forward(s->k, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
+    attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
+                      c->window[l], scale);
+    memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
+    lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed);
+    rmsnorm_forward(s->ln2, s->rstd2, s->xmid, bw->ln2, N, C, c->eps);
+    for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
+        if (bw->lin[mlp_in_kinds[i]].W) lin_forward(m, a, l, mlp_in_kinds[i], s->gu, 2 * I, s->ln2, N, 0, seed);
+    swiglu_forward(s->act, s->gu, s->gu + I, N, I, 2 * I);
+    memcpy(xnext, s->xmid, (size_t)N * C * sizeof(float));
+    lin_forward(m, a, l, LIN_DOWN, xnext, C, s->act, N, 1, seed);
+}
+
+/* Backward of layer l: on entry a->dres holds d(loss)/d(layer output); on return it holds
+ * d(loss)/d(layer input) (when need_dx), and LoRA gradients have accumulated. */
+static void layer_backward(model *m, acts *a, const batch *b, int l, const slot *s,
+                           const float *x, uint64_t seed, int need_dx) {
+    const model_config *c = &m->cfg;
+    const block_weights *bw = &m->blocks[l];
+    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
+    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const float scale = 1.0f / sqrtf((float)D);
+    float *dres = a->dres;
+    /* MLP: xnext = xmid + down(silu(gate) * up) */
+    memset(a->dact, 0, (size_t)N * I * sizeof(float));
+    lin_backward(m, a, l, LIN_DOWN, a->dact, dres, C, s->act, N, seed);
+    swiglu_backward(a->dgu, a->dgu + I, a->dact, s->gu, s->gu + I, N, I, 2 * I);
+    memset(a->dln, 0, (size_t)N * C * sizeof(float));
+    for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
+        if (bw->lin[mlp_in_kinds[i]].W)
+            lin_backward(m, a, l, mlp_in_kinds[i], a->dln, a->dgu, 2 * I, s->ln2, N, seed);
+    rmsnorm_backward(dres, NULL, a->dln, s->xmid, bw->ln2, s->rstd2, N, C);
+    /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
+    memset(a->datt, 0, (size_t)N * HD * sizeof(float));
+    lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed);
+    attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
+                       b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
+    rope_backward(a->dq, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
+    rope_backward(a->dk, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
+    float *dq = a->dq, *dk = a->dk;
+    if (c->arch->qk_norm) {
+        memset(a->dq2, 0, (size_t)N * HD * sizeof(float));
+        memset(a->dk2, 0, (size_t)N * KD * sizeof(float));
+        rmsnorm_backward(a->dq2, NULL, a->dq, s->qpre, bw->q_norm, s->qn_rstd, N * H, D);
+        rmsnorm_backward(a->dk2, NULL, a->dk, s->kpre, bw->k_norm, s->kn_rstd, N * Hkv, D);
+        dq = a->dq2, dk = a->dk2;
+    }
+    for (int n = 0; n < N; n++) {
+        float *row = a->dqkv + (size_t)n * QKV;
+        memcpy(row, dq + (size_t)n * HD, HD * sizeof(float));
+        memcpy(row + HD, dk + (size_t)n * KD, KD * sizeof(float));
+        memcpy(row + HD + KD, a->dv + (size_t)n * KD, KD * sizeof(float));
+    }
+    if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
+    for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
+        if (bw->lin[attn_kinds[i]].W)
+            lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed);
+    if (need_dx) rmsnorm_backward(dres, NULL, a->dln, x, bw->ln1, s->rstd1, N, C);
+}
+
+/* ---- the model ----------------------------------------------------------------------- */
 
 double model_forward(const model *mc, acts *a, const batch *b, int train, uint64_t seed,
                      float *logits, long *count) {
     model *m = (model *)mc;
     const model_config *c = &m->cfg;
-    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
-    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const int N = b->B * b->T, C = c->C;
     const size_t sN = (size_t)a->maxN;
-    const float scale = 1.0f / sqrtf((float)D);
-    /* embedding */
-    for (int n = 0; n < N; n++) {
-        int32_t id = b->ids[n];
-        memcpy(a->x + (size_t)n * C, m->wte + (size_t)id * C, C * sizeof(float));
-    }
+    for (int n = 0; n < N; n++)
+        memcpy(a->x + (size_t)n * C, m->wte + (size_t)b->ids[n] * C, C * sizeof(float));
     for (int l = 0; l < c->L; l++) {
-        const block_weights *bw = &m->blocks[l];
-        size_t li = train ? (size_t)l : 0;
+        /* train keeps every layer's input; eval (and recompute) runs in place in slot 0 */
         float *x = a->x + (train ? (size_t)l : 0) * sN * C;
         float *xnext = a->x + (train ? (size_t)(l + 1) : 0) * sN * C;
-        float *ln1 = a->ln1 + li * sN * C, *rstd1 = a->rstd1 + li * sN;
-        float *qkv = a->qkv + li * sN * QKV;
-        float *q = a->q + li * sN * HD, *k = a->k + li * sN * KD, *v = a->v + li * sN * KD;
-        float *att = a->att + li * sN * HD, *lse = a->lse + li * sN * H;
-        float *xmid = a->xmid + li * sN * C, *ln2 = a->ln2 + li * sN * C, *rstd2 = a->rstd2 + li * sN;
-        float *gu = a->gu + li * sN * 2 * I, *act = a->act + li * sN * I;
-
-        rmsnorm_forward(ln1, rstd1, x, bw->ln1, N, C, c->eps);
-        for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-            if (bw->lin[attn_kinds[i]].W) lin_forward(m, a, l, attn_kinds[i], qkv, QKV, ln1, N, 0, seed);
-        for (int n = 0; n < N; n++) {
-            const float *row = qkv + (size_t)n * QKV;
-            memcpy(q + (size_t)n * HD, row, HD * sizeof(float));
-            memcpy(k + (size_t)n * KD, row + HD, KD * sizeof(float));
-            memcpy(v + (size_t)n * KD, row + HD + KD, KD * sizeof(float));
-        }
-        if (c->arch->qk_norm) {
-            float *qpre = a->qpre + li * sN * HD, *kpre = a->kpre + li * sN * KD;
-            memcpy(qpre, q, (size_t)N * HD * sizeof(float));
-            memcpy(kpre, k, (size_t)N * KD * sizeof(float));
-            rmsnorm_forward(q, a->qn_rstd + li * sN * H, qpre, bw->q_norm, N * H, D, c->eps);
-            rmsnorm_forward(k, a->kn_rstd + li * sN * Hkv, kpre, bw->k_norm, N * Hkv, D, c->eps);
-        }
-        rope_forward(q, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
-        rope_forward(k, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
-        attention_forward(att, lse, q, k, v, b->seg, b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
-        memcpy(xmid, x, (size_t)N * C * sizeof(float));
-        lin_forward(m, a, l, LIN_O, xmid, C, att, N, 1, seed);
-        rmsnorm_forward(ln2, rstd2, xmid, bw->ln2, N, C, c->eps);
-        for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-            if (bw->lin[mlp_in_kinds[i]].W) lin_forward(m, a, l, mlp_in_kinds[i], gu, 2 * I, ln2, N, 0, seed);
-        swiglu_forward(act, gu, gu + I, N, I, 2 * I);
-        if (xnext != xmid) memcpy(xnext, xmid, (size_t)N * C * sizeof(float));
-        lin_forward(m, a, l, LIN_DOWN, xnext, C, act, N, 1, seed);
+        slot s = slot_at(m, a, train && !a->ckpt ? (size_t)l : 0);
+        layer_forward(m, a, b, l, &s, x, xnext, seed);
     }
     float *xL = a->x + (train ? (size_t)c->L : 0) * sN * C;
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
@@ -335,66 +429,18 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     return loss;
 }
 
-/* ---- backward ------------------------------------------------------------------------- */
-
 void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_t seed) {
     const model_config *c = &m->cfg;
-    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
-    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const int N = b->B * b->T, C = c->C;
     const size_t sN = (size_t)a->maxN;
-    const float scale = 1.0f / sqrtf((float)D);
-    float *dres = a->dres;
     for (size_t i = 0; i < (size_t)N * C; i++) a->dhf[i] *= grad_scale;
-    memset(dres, 0, (size_t)N * C * sizeof(float));
-    rmsnorm_backward(dres, NULL, a->dhf, a->x + (size_t)c->L * sN * C, m->norm_f, a->rstdf, N, C);
+    memset(a->dres, 0, (size_t)N * C * sizeof(float));
+    rmsnorm_backward(a->dres, NULL, a->dhf, a->x + (size_t)c->L * sN * C, m->norm_f, a->rstdf, N, C);
     for (int l = c->L - 1; l >= 0; l--) {
-        const block_weights *bw = &m->blocks[l];
-        size_t li = (size_t)l;
-        float *x = a->x + li * sN * C;
-        float *ln1 = a->ln1 + li * sN * C, *rstd1 = a->rstd1 + li * sN;
-        float *q = a->q + li * sN * HD, *k = a->k + li * sN * KD, *v = a->v + li * sN * KD;
-        float *att = a->att + li * sN * HD, *lse = a->lse + li * sN * H;
-        float *xmid = a->xmid + li * sN * C, *ln2 = a->ln2 + li * sN * C, *rstd2 = a->rstd2 + li * sN;
-        float *gu = a->gu + li * sN * 2 * I, *act = a->act + li * sN * I;
-        int need_dx = l > 0; /* the embedding is frozen: no gradient below layer 0's input */
-
-        /* MLP: xnext = xmid + down(silu(gate) * up) */
-        memset(a->dact, 0, (size_t)N * I * sizeof(float));
-        lin_backward(m, a, l, LIN_DOWN, a->dact, dres, C, act, N, seed);
-        swiglu_backward(a->dgu, a->dgu + I, a->dact, gu, gu + I, N, I, 2 * I);
-        memset(a->dln, 0, (size_t)N * C * sizeof(float));
-        for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-            if (bw->lin[mlp_in_kinds[i]].W)
-                lin_backward(m, a, l, mlp_in_kinds[i], a->dln, a->dgu, 2 * I, ln2, N, seed);
-        rmsnorm_backward(dres, NULL, a->dln, xmid, bw->ln2, rstd2, N, C);
-
-        /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
-        memset(a->datt, 0, (size_t)N * HD * sizeof(float));
-        lin_backward(m, a, l, LIN_O, a->datt, dres, C, att, N, seed);
-        attention_backward(a->dq, a->dk, a->dv, a->datt, q, k, v, att, lse, b->seg, b->len, b->B,
-                           b->T, H, Hkv, D, c->window[l], scale);
-        rope_backward(a->dq, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
-        rope_backward(a->dk, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
-        float *dq = a->dq, *dk = a->dk;
-        if (c->arch->qk_norm) {
-            memset(a->dq2, 0, (size_t)N * HD * sizeof(float));
-            memset(a->dk2, 0, (size_t)N * KD * sizeof(float));
-            rmsnorm_backward(a->dq2, NULL, a->dq, a->qpre + li * sN * HD, bw->q_norm,
-                             a->qn_rstd + li * sN * H, N * H, D);
-            rmsnorm_backward(a->dk2, NULL, a->dk, a->kpre + li * sN * KD, bw->k_norm,
-                             a->kn_rstd + li * sN * Hkv, N * Hkv, D);
-            dq = a->dq2, dk = a->dk2;
-        }
-        for (int n = 0; n < N; n++) {
-            float *row = a->dqkv + (size_t)n * QKV;
-            memcpy(row, dq + (size_t)n * HD, HD * sizeof(float));
-            memcpy(row + HD, dk + (size_t)n * KD, KD * sizeof(float));
-            memcpy(row + HD + KD, a->dv + (size_t)n * KD, KD * sizeof(float));
-        }
-        memset(a->dln, 0, (size_t)N * C * sizeof(float));
-        for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-            if (bw->lin[attn_kinds[i]].W)
-                lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, ln1, N, seed);
-        if (need_dx) rmsnorm_backward(dres, NULL, a->dln, x, bw->ln1, rstd1, N, C);
+        const float *x = a->x + (size_t)l * sN * C;
+        slot s = slot_at(m, a, a->ckpt ? 0 : (size_t)l);
+        if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed); /* recompute */
+        /* the embedding is frozen: no gradient is needed below layer 0's input */
+        layer_backward(m, a, b, l, &s, x, seed, l > 0);
     }
 }

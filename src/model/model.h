@@ -62,6 +62,13 @@ typedef struct batch {
 /* Activations and scratch for up to maxN = B*T tokens. */
 typedef struct acts acts;
 ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out, ft_error *err);
+/* The same with gradient checkpointing when ckpt != 0: each layer's input is kept and the rest
+ * of the layer is recomputed during backward (memory of one layer instead of L). */
+ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
+                          acts **out, ft_error *err);
+/* Bytes acts_alloc would take (for the memory plan). */
+size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
+                       int ckpt);
 void acts_free(acts *a);
 size_t acts_bytes(const acts *a);
 
