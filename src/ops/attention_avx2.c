@@ -15,8 +15,8 @@
  * <= 0 and clamped at -87, where the true value is below 1e-37 of the row's largest term).
  *
  * Forward: one work item per (b, kv head, block of 64 queries), so the transposed key tile is
- * shared by the H/Hkv query heads that read it. Backward, when B*Hkv gives every thread at least
- * two items: one item per (b, kv head), which owns dk, dv of that head and dq of its query heads
+ * shared by the H/Hkv query heads that read it. Backward, when B*Hkv items keep the threads
+ * busy enough: one item per (b, kv head), which owns dk, dv of that head and dq of its query heads
  * (no races). Otherwise (batch 1, few kv heads, many cores) two passes: items (b, kv head, key
  * tile) own their tile's dk and dv, then items (b, kv head, query block) own their rows' dq; this
  * recomputes S and dP once more (7 block products instead of 5) but keeps every thread busy.
@@ -482,9 +482,12 @@ void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout,
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    int passes = attention_backward_passes ? attention_backward_passes
-                 : B * Hkv >= 2 * threads  ? 1
-                                           : 2;
+    /* one pass takes ceil(items / threads) rounds of items; two passes do 7/5 of the work
+     * spread evenly: pick the faster */
+    long items = (long)B * Hkv, rounds = (items + threads - 1) / threads;
+    int passes = attention_backward_passes           ? attention_backward_passes
+                 : rounds * 5 * threads <= 7 * items ? 1
+                                                     : 2;
     size_t ks = (size_t)Hkv * D;
     if (passes == 1) {
         /* one item per (b, kv head): it owns dk, dv of the head and dq of its query heads */

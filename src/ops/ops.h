@@ -111,8 +111,9 @@ double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad);
  * attention_avx2_usable() (ops_have_avx2(), D % 16 == 0, D <= 256, H/Hkv <= 32), the portable
  * one (attention.c) otherwise. */
 int attention_avx2_usable(int H, int Hkv, int D);
-/* attention_backward_avx2's work split: 0 (default) picks one pass per (b, kv head) when
- * B*Hkv >= 2 x threads and two passes otherwise; 1 or 2 forces it (for tests). */
+/* attention_backward_avx2's work split: 0 (default) picks one pass with an item per
+ * (b, kv head) when those B*Hkv items keep the threads busy, two passes (finer items, 7/5 of the
+ * work) otherwise; 1 or 2 forces it (for tests). */
 extern int attention_backward_passes;
 void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
                            const float *v, const int *seg, const int *len, int B, int T, int H,
