@@ -310,6 +310,10 @@ static ft_status load_added(tokenizer *t, const cJSON *arr, ft_error *err) {
     size_t n = (size_t)cJSON_GetArraySize(arr);
     t->added = calloc(n + 1, sizeof *t->added);
     if (!t->added) return ft_error_set(err, FT_ERR_RUNTIME, t->file, NULL, "out of memory");
+    size_t vcount = 0;
+    for (size_t id = 0; id < bpe_vocab_size(t->model); id++)
+        vcount += bpe_id_to_token(t->model, (int32_t)id) != NULL;
+    int32_t max_added = -1;
     int i = 0;
     for (const cJSON *e = arr->child; e; e = e->next, i++) {
         tok_fmt(where, sizeof where, "%s: added_tokens[%d]", t->file, i);
@@ -323,10 +327,21 @@ static ft_status load_added(tokenizer *t, const cJSON *arr, ft_error *err) {
         a->content = strdup(c->valuestring);
         if (!a->content) return ft_error_set(err, FT_ERR_RUNTIME, t->file, NULL, "out of memory");
         a->len = strlen(a->content);
-        /* a token that is in the model's vocabulary keeps the model's id (as `tokenizers`
-         * re-adds the list when it loads a file) */
-        int32_t mid = bpe_token_to_id(t->model, a->content, a->len);
-        a->id = mid >= 0 ? mid : (int32_t)id->valueint;
+        /* `tokenizers` re-adds the list when it loads a file, ignoring the ids written in it:
+         * a token already added or in the model's vocabulary keeps that id, a new one gets the
+         * next id after the model's vocabulary (counted, not the largest id) and the added
+         * tokens so far. Real files agree with this; a file whose ids have gaps does not. */
+        int32_t prev = -1;
+        for (size_t q = 0; q < t->nadded; q++)
+            if (t->added[q].len == a->len && !memcmp(t->added[q].content, a->content, a->len))
+                prev = t->added[q].id;
+        int32_t mid = prev >= 0 ? prev : bpe_token_to_id(t->model, a->content, a->len);
+        if (mid < 0)
+            mid = max_added < 0 ? (int32_t)vcount
+                  : ((size_t)max_added >= vcount || vcount == 0) ? max_added + 1
+                                                                   : (int32_t)vcount;
+        a->id = mid;
+        if (mid > max_added) max_added = mid;
         int v;
         const char *flags[5] = {"special", "lstrip", "rstrip", "single_word", "normalized"};
         uint8_t *dst[5] = {&a->special, &a->lstrip, &a->rstrip, &a->single_word, &a->normalized};
