@@ -20,7 +20,10 @@ step loop (forward, backward, clip, AdamW step). An estimated GFLOP/s uses the u
 
 It prints the machine (lscpu model name, cores, load average), the GEMM core OpenBLAS picks in this
 environment (openblas_get_corename() of the library ftune links) and PyTorch's BLAS, then the two
-runs side by side, and writes everything to bench/results/train-<UTC timestamp>.json.
+runs side by side, and writes everything to bench/results/train-<UTC timestamp>.json. Beside
+tokens/s it prints tokens per CPU-second of each whole run (load, warm-up and timed steps), which
+moves less than wall-clock figures when other processes share the cores, and the load average
+before and after.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,14 +58,19 @@ def measure_main(cmd, log):
 def measured(cmd, log, timeout):
     """Run cmd under the wrapper; return its report (rc, peak_rss_mb, wall_s, ...)."""
     w = [sys.executable, os.path.abspath(__file__), "--measure", "--log", log, "--"] + cmd
+    # Its own session, so that on a timeout the wrapper and the run go down together.
+    p = subprocess.Popen(w, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
     try:
-        p = subprocess.run(w, capture_output=True, text=True, timeout=timeout)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
         return dict(rc="timeout", peak_rss_mb=None, wall_s=timeout)
     try:
-        return json.loads(p.stdout.strip().splitlines()[-1])
+        return json.loads(out.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        return dict(rc=f"wrapper failed: {p.stderr[-500:]}", peak_rss_mb=None, wall_s=None)
+        return dict(rc=f"wrapper failed: {err[-500:]}", peak_rss_mb=None, wall_s=None)
 
 
 # --- the PyTorch + PEFT worker --------------------------------------------------------------
@@ -81,7 +90,7 @@ def torch_main(a):
     with open(a.data) as f:
         rows = [json.loads(line)["input_ids"] for line in f]
     B = a.batch
-    marks = []
+    marks, cpu = [], []
     for step in range(a.warmup + a.steps):
         x = torch.tensor(rows[step * B:(step + 1) * B])
         loss = model(input_ids=x, labels=x).loss
@@ -90,10 +99,12 @@ def torch_main(a):
         opt.step()
         opt.zero_grad(set_to_none=True)
         marks.append(time.perf_counter())
-        print(json.dumps(dict(step=step + 1, loss=float(loss))), flush=True)
+        cpu.append(time.process_time())
+        print(json.dumps(dict(step=step + 1, loss=float(loss.detach()))), flush=True)
     timed = marks[-1] - marks[a.warmup - 1]
     print("RESULT " + json.dumps(dict(tokens_per_s=a.steps * B * a.seq / timed, timed_s=timed,
-                                      step_s=timed / a.steps)), flush=True)
+                                      step_s=timed / a.steps,
+                                      timed_cpu_s=cpu[-1] - cpu[a.warmup - 1])), flush=True)
     return 0
 
 
@@ -275,16 +286,27 @@ def main():
             r["log_tail"] = text[-1500:]
         results["runs"]["pytorch+peft"] = r
 
-    print()
-    print(f"{'':24s}{'tokens/s':>10s}{'GFLOP/s':>10s}{'peak RSS':>12s}{'wall':>9s}")
+    results["loadavg_end"] = os.getloadavg()
+    print(f"\nload average at the end {results['loadavg_end'][0]:.2f} (the machine has "
+          f"{mach['cpus']} cpus; a load above that means the runs shared their cores)")
+    # tokens per CPU-second of the whole run (load, warm-up and timed steps): less sensitive than
+    # tokens/s to other processes sharing the cores, since waiting for a core costs no CPU time.
+    n_all = (a.warmup + a.steps) * a.batch * a.seq
+    print(f"{'':16s}{'tokens/s':>10s}{'GFLOP/s':>9s}{'peak RSS':>11s}{'wall':>8s}{'CPU':>8s}"
+          f"{'tok/CPU-s':>11s}")
     for name, r in results["runs"].items():
         tps = r.get("tokens_per_s")
         rss = r.get("peak_rss_mb")
         wall = r.get("wall_s")
-        print(f"{name:24s}{(f'{tps:.1f}' if tps else '-'):>10s}"
-              f"{(f'{tps * fpt / 1e9:.1f}' if tps else '-'):>10s}"
-              f"{(f'{rss:.0f} MB' if rss else '-'):>12s}"
-              f"{(f'{wall:.0f} s' if isinstance(wall, (int, float)) else '-'):>9s}"
+        cpu_s = (r.get("user_s") or 0) + (r.get("sys_s") or 0)
+        r["tokens_per_cpu_s_whole_run"] = n_all / cpu_s if cpu_s and r.get("rc") == 0 else None
+        tpc = r["tokens_per_cpu_s_whole_run"]
+        print(f"{name:16s}{(f'{tps:.1f}' if tps else '-'):>10s}"
+              f"{(f'{tps * fpt / 1e9:.1f}' if tps else '-'):>9s}"
+              f"{(f'{rss:.0f} MB' if rss else '-'):>11s}"
+              f"{(f'{wall:.0f} s' if isinstance(wall, (int, float)) else '-'):>8s}"
+              f"{(f'{cpu_s:.0f} s' if cpu_s else '-'):>8s}"
+              f"{(f'{tpc:.1f}' if tpc else '-'):>11s}"
               + ("" if r.get("rc") == 0 and tps else f"   (failed: rc {r.get('rc')}"
                  f"{'; ' + r['error'] if 'error' in r else ''})"))
         if r.get("rc") != 0 and r.get("log_tail"):
