@@ -30,6 +30,9 @@ What is compared, and the tolerance:
   has the spread of PEFT's kaiming-uniform init (std within 10% of PEFT's on the same shapes).
 - an rsLoRA adapter given with --adapter overrides --lora-r/--lora-alpha, and the first step's loss
   equals the reference's (1e-5 relative: one forward, no optimizer drift).
+- every schedule (linear, cosine, constant, constant_with_warmup): the logged lr of each step
+  equals get_scheduler's (1e-9 relative); --epochs 2 with a smaller last micro-batch per epoch:
+  loss and grad_norm of each step as the reference loop's (1e-3 relative).
 """
 
 import json
@@ -306,3 +309,51 @@ def test_rslora_adapter_overrides_options(zoo, tmp_path):
     assert len(got) == 1
     assert abs(got[0]["loss"] - ref[0]["loss"]) <= 1e-5 * ref[0]["loss"], (got[0], ref[0])
     assert abs(got[0]["grad_norm"] - ref[0]["grad_norm"]) <= 1e-4 * ref[0]["grad_norm"]
+
+
+# --- schedules and epochs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant", "constant_with_warmup"])
+def test_schedule_lr_like_transformers(zoo, tmp_path, schedule):
+    """The lr of every step equals transformers.get_scheduler's for the same schedule, warmup
+    and total steps (1e-9 relative plus 1e-15 absolute: it is the same formula in double)."""
+    import transformers
+    steps, warmup, lr = 9, 3, 2e-3
+    data = models.write_jsonl(str(tmp_path / "t.jsonl"), train_examples()[:4])
+    run = str(tmp_path / "run")
+    run_ok(["train", "--model", zoo.model(ARCH, "f32"), "--data", data, "--out", run,
+            "--adapter", zoo.adapter(ARCH), "--steps", steps, "--warmup-steps", warmup,
+            "--lr", lr, "--schedule", schedule, "--batch-size", 2, "--no-shuffle",
+            "--threads", 1])
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=lr)
+    sched = transformers.get_scheduler(schedule, opt, num_warmup_steps=warmup,
+                                       num_training_steps=steps)
+    want = []
+    for _ in range(steps):
+        want.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    got = [r["lr"] for r in read_metrics(run)]
+    assert len(got) == steps
+    assert all(abs(g - w) <= 1e-9 * lr + 1e-15 for g, w in zip(got, want)), list(zip(got, want))
+
+
+def test_epochs_and_short_last_batch(zoo, tmp_path):
+    """--epochs 2 over 11 examples, batch 2, accumulation 3: micro-batches of 2,2,2 | 2,2,1 per
+    epoch (the last one smaller), 2 optimizer steps per epoch, 4 in all, linear schedule over 4
+    steps; loss and grad_norm of each step as the reference loop's (1e-3 relative)."""
+    ex = train_examples()[:11]
+    data = models.write_jsonl(str(tmp_path / "t.jsonl"), ex)
+    run = str(tmp_path / "run")
+    model_dir, init = zoo.model(ARCH, "f32"), zoo.adapter(ARCH)
+    run_ok(["train", "--model", model_dir, "--data", data, "--out", run, "--adapter", init,
+            "--epochs", 2, "--batch-size", 2, "--grad-accum", 3, "--lr", 2e-3,
+            "--schedule", "linear", "--max-grad-norm", 1.0, "--no-shuffle", "--threads", 1])
+    ref, _ = reference_train(model_dir, init, ex, 4, 2, 3, 2e-3, "linear", 0, 0.0, 1.0)
+    got = read_metrics(run)
+    assert [g["step"] for g in got] == [1, 2, 3, 4]
+    for g, r in zip(got, ref):
+        assert abs(g["loss"] - r["loss"]) <= LOSS_RTOL * r["loss"], (g, r)
+        assert abs(g["grad_norm"] - r["grad_norm"]) <= NORM_RTOL * r["grad_norm"], (g, r)
+        assert abs(g["lr"] - r["lr"]) <= 1e-9 * 2e-3 + 1e-15, (g, r)
