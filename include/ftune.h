@@ -47,7 +47,7 @@ void ft_error_print(const ft_error *err, FILE *f);
  * weight decay 0, max grad norm 1, seed 42. */
 typedef struct ft_train_options {
     const char *model_dir;  /* Hugging Face model folder */
-    const char *data_path;  /* JSONL with input_ids (+ labels) */
+    const char *data_path;  /* training data (used when n_data_sources is 0) */
     const char *out_dir;    /* run folder: adapter, run_config.json, metrics.jsonl */
     const char *adapter_dir;/* start from this PEFT adapter (NULL: new, PEFT init) */
     int lora_r;
@@ -68,6 +68,21 @@ typedef struct ft_train_options {
     long save_every;      /* checkpoint every N steps (0: only at the end) */
     int keep_checkpoints; /* keep the newest K checkpoint-STEP folders (0: all) */
     const char *resume;   /* continue the run in this folder from its newest checkpoint */
+    /* data (docs/data.md) */
+    const char *const *data_sources; /* each "PATH" or "PATH:WEIGHT" (file or folder) */
+    int n_data_sources;
+    const char *val_data;  /* validation data (NULL: none) */
+    double val_split;      /* or hold out this fraction of the training data */
+    long eval_every;       /* evaluation loss every N steps (0: only at the end) */
+    const char *chat_template; /* .jinja file instead of the model's chat template */
+    const char *const *template_args; /* "KEY=VALUE" chat template variables */
+    int n_template_args;
+    int pack;            /* pack examples into rows of seq_len tokens */
+    int drop_long;       /* drop examples longer than seq_len (else keep their start) */
+    int train_on_inputs; /* loss on every token, not only completions / assistant turns */
+    int txt_paragraphs;  /* .txt files: documents separated by blank lines */
+    long max_examples;   /* > 0: train on at most this many examples */
+    const char *dump_data; /* write the prepared training examples as JSONL and stop */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
@@ -77,6 +92,8 @@ ft_status ft_train(const ft_train_options *o, ft_error *err);
 typedef struct ft_eval_options {
     const char *model_dir, *adapter_dir, *data_path;
     int batch_size, seq_len, threads;
+    int pack;                  /* pack examples into rows of seq_len tokens */
+    const char *chat_template; /* .jinja file instead of the model's chat template */
     const char *dump_logits; /* write "logits" [examples, T, V] here (NULL: no) */
     const char *dump_grads;  /* write LoRA gradients of the mean loss here (NULL: no) */
 } ft_eval_options;

@@ -14,7 +14,9 @@ int cmd_eval(int argc, char **argv) {
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},
         {"adapter", OPT_STR, &o.adapter_dir, "DIR", "a PEFT LoRA adapter folder (or a run folder)"},
-        {"data", OPT_STR, &o.data_path, "FILE", "JSONL with input_ids (and labels)"},
+        {"data", OPT_STR, &o.data_path, "PATH", "data file or folder in any format of ftune train (docs/data.md)"},
+        {"pack", OPT_FLAG, &o.pack, NULL, "pack examples into rows of --seq-len tokens"},
+        {"chat-template", OPT_STR, &o.chat_template, "FILE", "a .jinja chat template instead of the model's"},
         {"batch-size", OPT_INT, &bs, "B", "examples per batch"},
         {"seq-len", OPT_INT, &sl, "T", "truncate examples to T tokens (0: no limit)"},
         {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},

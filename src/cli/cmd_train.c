@@ -12,9 +12,10 @@ int cmd_train(int argc, char **argv) {
          seed = (long)o.seed;
     int no_shuffle = 0;
     long keep = 3;
+    args_list data = {0}, targs = {0};
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder (config.json, *.safetensors)"},
-        {"data", OPT_STR, &o.data_path, "FILE", "training data, JSONL with input_ids (and labels)"},
+        {"data", OPT_LIST, &data, "PATH[:W]", "training data: a file or folder (text, prompt/completion, messages, Alpaca, input_ids JSONL or .txt; docs/data.md); repeat to mix, :W = share of examples"},
         {"out", OPT_STR, &o.out_dir, "RUN", "run folder for the adapter, run_config.json, metrics.jsonl"},
         {"adapter", OPT_STR, &o.adapter_dir, "DIR", "start from this PEFT adapter (its r/alpha/targets win)"},
         {"lora-r", OPT_INT, &r, "R", "LoRA rank"},
@@ -43,9 +44,20 @@ int cmd_train(int argc, char **argv) {
         {"save-every", OPT_INT, &o.save_every, "N", "write RUN/checkpoint-STEP every N steps (0: only at the end)"},
         {"keep-checkpoints", OPT_INT, &keep, "K", "keep the newest K checkpoints (0: all)"},
         {"resume", OPT_STR, &o.resume, "RUN", "continue RUN from its newest checkpoint, with its settings"},
+        {"val-data", OPT_STR, &o.val_data, "PATH", "validation data (same formats as --data)"},
+        {"val-split", OPT_FLOAT, &o.val_split, "F", "hold out this fraction of each --data source for validation"},
+        {"eval-every", OPT_INT, &o.eval_every, "N", "evaluation loss every N steps into metrics.jsonl (0: only at the end)"},
+        {"max-examples", OPT_INT, &o.max_examples, "N", "train on at most N examples (0: all)"},
+        {"pack", OPT_FLAG, &o.pack, NULL, "pack several examples into each row of --seq-len tokens"},
+        {"drop-long", OPT_FLAG, &o.drop_long, NULL, "drop examples longer than --seq-len instead of truncating them"},
+        {"train-on-inputs", OPT_FLAG, &o.train_on_inputs, NULL, "train on every token (no prompt / non-assistant masking)"},
+        {"txt-paragraphs", OPT_FLAG, &o.txt_paragraphs, NULL, ".txt files hold documents separated by blank lines (else one per file)"},
+        {"chat-template", OPT_STR, &o.chat_template, "FILE", "a .jinja chat template instead of the model's"},
+        {"template-arg", OPT_LIST, &targs, "K=V", "extra chat template variable (V as JSON, else text), e.g. enable_thinking=false"},
+        {"dump-data", OPT_STR, &o.dump_data, "FILE", "write the prepared examples (input_ids, labels) as JSONL and exit"},
         {0},
     };
-    const cmd_info info = {"train", "ftune train --model DIR --data FILE.jsonl --out RUN [options]",
+    const cmd_info info = {"train", "ftune train --model DIR --data PATH[:W] [--data ...] --out RUN [options]",
                            "Fine-tune a LoRA adapter. Writes RUN/adapter_model.safetensors and "
                            "RUN/adapter_config.json\n(PEFT's layout: PeftModel.from_pretrained(model, RUN) "
                            "loads it), RUN/run_config.json and\nRUN/metrics.jsonl (one line per step)."};
@@ -59,6 +71,8 @@ int cmd_train(int argc, char **argv) {
     o.lora_r = (int)r, o.batch_size = (int)bs, o.grad_accum = (int)ga, o.seq_len = (int)sl;
     o.threads = (int)threads, o.seed = (uint64_t)seed, o.shuffle = !no_shuffle;
     o.keep_checkpoints = (int)keep;
+    o.data_sources = data.v, o.n_data_sources = data.n;
+    o.template_args = targs.v, o.n_template_args = targs.n;
     ft_status st = ft_train(&o, &err);
     if (st) ft_error_print(&err, stderr);
     return st;

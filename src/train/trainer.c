@@ -7,6 +7,12 @@
  * 1 / (counted tokens of the whole step): the loss is the same whatever the padding, the split into
  * micro-batches or the accumulation (transformers' num_items_in_batch). Then: global-norm
  * clipping, the schedule's learning rate, AdamW, a metrics line, a progress line.
+ *
+ * The data comes from data_load (src/data/, docs/data.md): every --data source in its format,
+ * with loss masks, mixed, split and packed into one fixed list of examples (rows when packed),
+ * so the resume position (epoch, global example index) counts those. With validation data the
+ * evaluation loss is computed every --eval-every steps and at the end, as metrics lines with
+ * "eval_loss".
  */
 #include "ftune.h"
 #include "data/dataset.h"
@@ -100,8 +106,12 @@ static int dir_nonempty(const char *path) {
 static ft_status check_options(const ft_train_options *o, ft_error *err) {
 #define BAD(opt, ...) return ft_error_set(err, FT_ERR_INPUT, "option --" opt, NULL, __VA_ARGS__)
     if (!o->model_dir) BAD("model", "is required (a Hugging Face model folder)");
-    if (!o->data_path) BAD("data", "is required (a JSONL file)");
-    if (!o->out_dir) BAD("out", "is required (the run folder to write)");
+    if (!o->data_path && !o->n_data_sources) BAD("data", "is required (a data file or folder)");
+    if (!o->out_dir && !o->dump_data) BAD("out", "is required (the run folder to write)");
+    if (o->val_data && o->val_split > 0) BAD("val-split", "cannot go with --val-data");
+    if (!(o->val_split >= 0 && o->val_split < 1)) BAD("val-split", "must be in [0, 1)");
+    if (o->eval_every < 0) BAD("eval-every", "must not be negative");
+    if (o->max_examples < 0) BAD("max-examples", "must not be negative");
     if (o->batch_size < 1) BAD("batch-size", "must be at least 1");
     if (o->grad_accum < 1) BAD("grad-accum", "must be at least 1");
     if (o->seq_len < 2) BAD("seq-len", "must be at least 2");
@@ -118,42 +128,77 @@ static ft_status check_options(const ft_train_options *o, ft_error *err) {
 }
 
 /* Print the resolved run before starting. */
+static const char *data_label(const ft_train_options *o) {
+    static char buf[1024];
+    if (!o->n_data_sources) return o->data_path;
+    buf[0] = 0;
+    for (int i = 0; i < o->n_data_sources; i++) {
+        size_t u = strlen(buf);
+        snprintf(buf + u, sizeof buf - u, "%s%s", i ? ", " : "", o->data_sources[i]);
+    }
+    return buf;
+}
+
 static void print_settings(const ft_train_options *o, const model *m, const lora_set *ls,
-                           const dataset *ds, long total, size_t act_bytes) {
+                           const dataset *ds, const dataset *val, long total, size_t act_bytes) {
     const model_config *c = &m->cfg;
     fprintf(stderr,
             "ftune train\n"
             "  model      %s (%s: %d layers, hidden %d, heads %d/%d, head_dim %d, vocab %d)\n"
-            "  data       %s (%d examples, %ld tokens, %d truncated to %d)\n"
+            "  data       %s (%d examples, %ld tokens, %ld trained on, %d truncated to %d)\n"
             "  lora       r %d, alpha %g%s, dropout %g, scale %g, %d modules, %zu parameters%s%s\n"
             "  steps      %ld (batch %d x accum %d, %s lr %g, warmup %ld, weight decay %g, clip %g)\n"
             "  memory     weights %.1f MB, activations %.1f MB, LoRA+Adam %.1f MB; threads %d\n"
             "  out        %s\n",
-            o->model_dir, c->arch->hf_class, c->L, c->C, c->H, c->Hkv, c->D, c->V, o->data_path,
-            ds->n, ds->tokens, ds->n_truncated, o->seq_len, ls->R, ls->alpha,
+            o->model_dir, c->arch->hf_class, c->L, c->C, c->H, c->Hkv, c->D, c->V, data_label(o),
+            ds->n_docs, ds->tokens, ds->trained, ds->n_truncated, o->seq_len, ls->R, ls->alpha,
             ls->rslora ? " (rsLoRA)" : "", ls->dropout, ls->scale, ls->n, ls->n_params,
             o->adapter_dir ? ", from " : "", o->adapter_dir ? o->adapter_dir : "", total,
             o->batch_size, o->grad_accum, o->schedule, o->lr, o->warmup_steps, o->weight_decay,
             o->max_grad_norm, m->n_weights * 4.0 / 1048576.0, act_bytes / 1048576.0,
             ls->n_params * 16.0 / 1048576.0, o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
             o->out_dir);
+    if (ds->packed)
+        fprintf(stderr, "  packing    %d rows of %d tokens: %.1f%% of the row tokens are examples\n",
+                ds->n, o->seq_len, 100.0 * ds->tokens / ((double)ds->n * o->seq_len));
+    if (val && val->n)
+        fprintf(stderr, "  validation %d %s, %ld tokens, %ld trained on; eval every %ld steps and at the end\n",
+                val->n, val->packed ? "rows" : "examples", val->tokens, val->trained, o->eval_every);
+    if (ds->n_dropped_long)
+        fprintf(stderr, "warning: %d examples longer than --seq-len %d were dropped (--drop-long), the "
+                "first at %s\n", ds->n_dropped_long, o->seq_len, ds->first_dropped);
+    if (ds->n_dropped_masked)
+        fprintf(stderr, "warning: %d examples had no token left to train on and were dropped (first "
+                "dropped: %s)\n", ds->n_dropped_masked, ds->first_dropped);
+    if (ds->n_no_assistant)
+        fprintf(stderr, "warning: %d conversations had no assistant turn to train on\n",
+                ds->n_no_assistant);
 }
 
 /* The settings that decide a run's numbers, one "key=value" line each: a resumed run must have
  * the same ones (threads, progress and saving options may change). */
 static void settings_text(const ft_train_options *o, char *buf, size_t n) {
+    char targs[1024] = "";
+    for (int i = 0; i < o->n_template_args; i++) {
+        size_t u = strlen(targs);
+        snprintf(targs + u, sizeof targs - u, "%s%s", i ? " " : "", o->template_args[i]);
+    }
     snprintf(buf, n,
              "model=%s\ndata=%s\nadapter=%s\nlora_r=%d\nlora_alpha=%.17g\nlora_dropout=%.17g\n"
              "lora_targets=%s\nrslora=%d\nsteps=%ld\nepochs=%.17g\nbatch_size=%d\ngrad_accum=%d\n"
              "seq_len=%d\nlr=%.17g\nschedule=%s\nwarmup_steps=%ld\nweight_decay=%.17g\n"
              "max_grad_norm=%.17g\nadam_beta1=%.17g\nadam_beta2=%.17g\nadam_eps=%.17g\n"
-             "seed=%llu\nshuffle=%d\n",
-             o->model_dir ? o->model_dir : "", o->data_path ? o->data_path : "",
+             "seed=%llu\nshuffle=%d\nval_data=%s\nval_split=%.17g\npack=%d\ndrop_long=%d\n"
+             "train_on_inputs=%d\ntxt_paragraphs=%d\nmax_examples=%ld\nchat_template=%s\n"
+             "template_args=%s\n",
+             o->model_dir ? o->model_dir : "", data_label(o) ? data_label(o) : "",
              o->adapter_dir ? o->adapter_dir : "", o->lora_r, o->lora_alpha, o->lora_dropout,
              o->lora_targets ? o->lora_targets : "", o->rslora, o->steps, o->epochs, o->batch_size,
              o->grad_accum, o->seq_len, o->lr, o->schedule ? o->schedule : "", o->warmup_steps,
              o->weight_decay, o->max_grad_norm, o->adam_beta1, o->adam_beta2, o->adam_eps,
-             (unsigned long long)o->seed, o->shuffle);
+             (unsigned long long)o->seed, o->shuffle, o->val_data ? o->val_data : "", o->val_split,
+             o->pack, o->drop_long, o->train_on_inputs, o->txt_paragraphs, o->max_examples,
+             o->chat_template ? o->chat_template : "", targs);
 }
 
 /* Fingerprint of the settings plus the model's config.json and weight file sizes. */
@@ -180,16 +225,6 @@ static void settings_hash(const ft_train_options *o, char out[17]) {
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-static ft_status file_hash(const char *path, char out[17], ft_error *err) {
-    char *text;
-    size_t n;
-    ft_status st = file_read_all(path, &text, &n, err);
-    if (st) return st;
-    hash_hex(text, n, HASH_START, out);
-    free(text);
-    return FT_OK;
-}
-
 static ft_status write_run_config(const ft_train_options *o, const lora_set *ls, long total_steps,
                                   const dataset *ds, const char *shash, const char *dhash,
                                   ft_error *err) {
@@ -197,7 +232,23 @@ static ft_status write_run_config(const ft_train_options *o, const lora_set *ls,
     cJSON_AddStringToObject(j, "ftune_version", ft_version());
     cJSON *op = cJSON_AddObjectToObject(j, "options");
     cJSON_AddStringToObject(op, "model", o->model_dir);
-    cJSON_AddStringToObject(op, "data", o->data_path);
+    cJSON_AddStringToObject(op, "data", data_label(o));
+    cJSON *srcs = cJSON_AddArrayToObject(op, "data_sources");
+    if (!o->n_data_sources) cJSON_AddItemToArray(srcs, cJSON_CreateString(o->data_path));
+    for (int i = 0; i < o->n_data_sources; i++)
+        cJSON_AddItemToArray(srcs, cJSON_CreateString(o->data_sources[i]));
+    if (o->val_data) cJSON_AddStringToObject(op, "val_data", o->val_data);
+    cJSON_AddNumberToObject(op, "val_split", o->val_split);
+    cJSON_AddNumberToObject(op, "eval_every", (double)o->eval_every);
+    if (o->chat_template) cJSON_AddStringToObject(op, "chat_template", o->chat_template);
+    cJSON *targs = cJSON_AddArrayToObject(op, "template_args");
+    for (int i = 0; i < o->n_template_args; i++)
+        cJSON_AddItemToArray(targs, cJSON_CreateString(o->template_args[i]));
+    cJSON_AddBoolToObject(op, "pack", o->pack);
+    cJSON_AddBoolToObject(op, "drop_long", o->drop_long);
+    cJSON_AddBoolToObject(op, "train_on_inputs", o->train_on_inputs);
+    cJSON_AddBoolToObject(op, "txt_paragraphs", o->txt_paragraphs);
+    cJSON_AddNumberToObject(op, "max_examples", (double)o->max_examples);
     if (o->adapter_dir) cJSON_AddStringToObject(op, "adapter", o->adapter_dir);
     else cJSON_AddNullToObject(op, "adapter");
     cJSON_AddNumberToObject(op, "lora_r", o->lora_r);
@@ -235,9 +286,13 @@ static ft_status write_run_config(const ft_train_options *o, const lora_set *ls,
     cJSON_AddNumberToObject(r, "lora_parameters", (double)ls->n_params);
     cJSON_AddNumberToObject(r, "total_steps", (double)total_steps);
     cJSON_AddStringToObject(r, "dtype", "float32");
-    cJSON_AddNumberToObject(r, "examples", ds->n);
+    cJSON_AddNumberToObject(r, "examples", ds->n_docs);
+    if (ds->packed) cJSON_AddNumberToObject(r, "packed_rows", ds->n);
     cJSON_AddNumberToObject(r, "tokens", (double)ds->tokens);
+    cJSON_AddNumberToObject(r, "trained_tokens", (double)ds->trained);
     cJSON_AddNumberToObject(r, "truncated_examples", ds->n_truncated);
+    cJSON_AddNumberToObject(r, "dropped_long_examples", ds->n_dropped_long);
+    cJSON_AddNumberToObject(r, "dropped_masked_examples", ds->n_dropped_masked);
     cJSON_AddStringToObject(j, "settings_hash", shash);
     cJSON_AddStringToObject(j, "data_hash", dhash);
     char *text = cJSON_Print(j);
@@ -250,8 +305,18 @@ static ft_status write_run_config(const ft_train_options *o, const lora_set *ls,
 }
 
 /* Options of the run in run_dir, from its run_config.json (strings point into *keep). */
+/* A JSON list of strings as a malloc'ed array pointing into the JSON. */
+static const char **string_list(const cJSON *a, int *n) {
+    *n = 0;
+    if (!cJSON_IsArray(a)) return NULL;
+    const char **v = calloc((size_t)cJSON_GetArraySize(a) + 1, sizeof(char *));
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a) if (cJSON_IsString(e)) v[(*n)++] = e->valuestring;
+    return v;
+}
+
 static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSON **keep,
-                                  ft_error *err) {
+                                  const char ***lists, ft_error *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/run_config.json", run_dir);
     cJSON *j;
@@ -297,7 +362,25 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
     G(json_get_int(op, "save_every", 0, 0, &se, path, err));
     G(json_get_int(op, "keep_checkpoints", 0, 3, &kc, path, err));
     G(json_get_double(op, "threads", 0, 0, &v, path, err));
+    long ee = 0, mx = 0;
+    int pk = 0, dl = 0, toi = 0, tp = 0;
+    G(json_get_string(op, "val_data", 0, NULL, &o->val_data, path, err));
+    G(json_get_double(op, "val_split", 0, 0, &o->val_split, path, err));
+    G(json_get_int(op, "eval_every", 0, 0, &ee, path, err));
+    G(json_get_string(op, "chat_template", 0, NULL, &o->chat_template, path, err));
+    G(json_get_bool(op, "pack", 0, 0, &pk, path, err));
+    G(json_get_bool(op, "drop_long", 0, 0, &dl, path, err));
+    G(json_get_bool(op, "train_on_inputs", 0, 0, &toi, path, err));
+    G(json_get_bool(op, "txt_paragraphs", 0, 0, &tp, path, err));
+    G(json_get_int(op, "max_examples", 0, 0, &mx, path, err));
 #undef G
+    o->eval_every = ee, o->max_examples = mx, o->pack = pk, o->drop_long = dl;
+    o->train_on_inputs = toi, o->txt_paragraphs = tp;
+    if (!st) {
+        lists[0] = string_list(cJSON_GetObjectItemCaseSensitive(op, "data_sources"), &o->n_data_sources);
+        lists[1] = string_list(cJSON_GetObjectItemCaseSensitive(op, "template_args"), &o->n_template_args);
+        o->data_sources = lists[0], o->template_args = lists[1];
+    }
     if (st) {
         cJSON_Delete(j);
         return st;
@@ -380,17 +463,74 @@ static ft_status preflight_out(const char *dir, size_t ckpt_bytes, ft_error *err
     return FT_OK;
 }
 
+/* data_options from the training options; one[] holds data_path when there is no list. */
+static void data_opts(const ft_train_options *o, int vocab, const char **one, data_options *d) {
+    memset(d, 0, sizeof *d);
+    one[0] = o->data_path;
+    d->sources = o->n_data_sources ? o->data_sources : one;
+    d->n_sources = o->n_data_sources ? o->n_data_sources : 1;
+    d->val_data = o->val_data, d->val_split = o->val_split;
+    d->model_dir = o->model_dir, d->chat_template = o->chat_template;
+    d->template_args = o->template_args, d->n_template_args = o->n_template_args;
+    d->vocab = vocab, d->seq_len = o->seq_len, d->drop_long = o->drop_long;
+    d->train_on_inputs = o->train_on_inputs, d->pack = o->pack;
+    d->txt_paragraphs = o->txt_paragraphs, d->max_examples = o->max_examples, d->seed = o->seed;
+}
+
+/* --dump-data: prepare the data with the model folder's tokenizer and config, write, stop. */
+static ft_status dump_data(const ft_train_options *o, ft_error *err) {
+    model_config cfg;
+    ft_status st = model_config_load(o->model_dir, &cfg, err);
+    if (st) return st;
+    data_options d;
+    const char *one[1];
+    data_opts(o, cfg.V, one, &d);
+    dataset ds;
+    char hash[17];
+    if ((st = data_load(&d, &ds, NULL, hash, err))) return st;
+    st = data_write_jsonl(&ds, o->dump_data, err);
+    if (!st && !o->quiet)
+        fprintf(stderr, "wrote %d %s (%ld tokens, %ld trained on, %d truncated, %d dropped) to %s\n",
+                ds.n, ds.packed ? "packed rows" : "examples", ds.tokens, ds.trained,
+                ds.n_truncated, ds.n_dropped_long + ds.n_dropped_masked, o->dump_data);
+    dataset_free(&ds);
+    return st;
+}
+
+/* Mean token loss over every example of val, in micro-batches of b's rows. */
+static double eval_loss(const model *m, acts *a, batch *b, int B, const dataset *val, long *count) {
+    double sum = 0;
+    long n = 0;
+    int idx[1024];
+    for (int first = 0; first < val->n; first += B) {
+        int nb = val->n - first < B ? val->n - first : B;
+        for (int i = 0; i < nb; i++) idx[i] = first + i;
+        batch_fill(b, val, idx, nb);
+        long c = 0;
+        sum += model_forward(m, a, b, 0, 0, NULL, &c);
+        n += c;
+    }
+    *count = n;
+    return n ? sum / n : 0.0;
+}
+
 ft_status ft_train(const ft_train_options *given, ft_error *err) {
     ft_train_options eff = *given;
     const ft_train_options *o = &eff;
     cJSON *stored = NULL;
+    const char **lists[2] = {NULL, NULL};
     ft_status st;
+    if (given->dump_data && !given->resume) {
+        if ((st = check_options(o, err))) return st;
+        return dump_data(o, err);
+    }
     if (given->resume) {
-        if ((st = load_run_options(given->resume, &eff, &stored, err))) return st;
-        if (given->model_dir || given->data_path) {
+        if ((st = load_run_options(given->resume, &eff, &stored, lists, err))) return st;
+        if (given->model_dir || given->data_path || given->n_data_sources) {
             ft_train_options cmp = *given;
             if ((st = compare_settings(&cmp, &eff, err))) {
                 cJSON_Delete(stored);
+                free(lists[0]), free(lists[1]);
                 return st;
             }
         }
@@ -399,6 +539,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     }
     if ((st = check_options(o, err))) {
         cJSON_Delete(stored);
+        free(lists[0]), free(lists[1]);
         return st;
     }
     if (!given->resume && dir_nonempty(o->out_dir) && !o->overwrite) {
@@ -411,17 +552,20 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     model m;
     if ((st = model_load(o->model_dir, &m, err))) {
         cJSON_Delete(stored);
+        free(lists[0]), free(lists[1]);
         return st;
     }
-    dataset ds = {0};
+    dataset ds = {0}, val = {0};
     batch b = {0};
     acts *a = NULL;
     adamw opt = {0};
     int *order = NULL;
     FILE *metrics = NULL;
     char shash[17], dhash[17];
-    if ((st = dataset_load_ids(o->data_path, o->seq_len, m.cfg.V, &ds, err))) goto done;
-    if ((st = file_hash(o->data_path, dhash, err))) goto done;
+    data_options dopt;
+    const char *one[1];
+    data_opts(o, m.cfg.V, one, &dopt);
+    if ((st = data_load(&dopt, &ds, &val, dhash, err))) goto done;
     settings_hash(o, shash);
     if (o->adapter_dir) {
         if ((st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
@@ -434,7 +578,9 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
         lora_init(m.lora, o->seed);
     }
     int B = o->batch_size < ds.n ? o->batch_size : ds.n;
-    int T = ds.max_len;
+    int T = ds.max_len > val.max_len ? ds.max_len : val.max_len;
+    int Bv = o->batch_size < 1024 ? o->batch_size : 1024;
+    if (val.n && Bv > B) B = Bv;
     if ((st = batch_alloc(&b, B, T, err))) goto done;
     if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
     if (adamw_init(&opt, m.lora->n_params, o->adam_beta1, o->adam_beta2, o->adam_eps,
@@ -487,7 +633,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                           "cannot create: %s", strerror(errno));
         goto done;
     }
-    if (!o->quiet) print_settings(o, &m, m.lora, &ds, total, acts_bytes(a));
+    if (!o->quiet) print_settings(o, &m, m.lora, &ds, &val, total, acts_bytes(a));
 
     order = malloc(sizeof(int) * ds.n);
     epoch_order(order, ds.n, o->shuffle, o->seed, ts.epoch);
@@ -556,6 +702,14 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                     (int)eta % 60, rss_mb());
         }
         int last_step = step + 1 == total;
+        if (val.n && ((o->eval_every > 0 && ts.step % o->eval_every == 0) || last_step)) {
+            long vc;
+            double vl = eval_loss(&m, a, &b, Bv, &val, &vc);
+            fprintf(metrics, "{\"step\": %ld, \"epoch\": %.4f, \"eval_loss\": %.17g, \"eval_tokens\": %ld}\n",
+                    step + 1, ts.epoch + (double)ts.mb_in_epoch / micro_per_epoch, vl, vc);
+            fflush(metrics);
+            if (!o->quiet) fprintf(stderr, "step %ld/%ld  eval_loss %.4f  (%ld tokens)\n", step + 1, total, vl, vc);
+        }
         if ((o->save_every > 0 && ts.step % o->save_every == 0) || last_step || stop_signal) {
             if ((st = checkpoint_save(o->out_dir, m.lora, &m.cfg, o->model_dir, &opt, &ts,
                                       o->keep_checkpoints, err)))
@@ -584,8 +738,10 @@ done:
     acts_free(a);
     batch_free(&b);
     dataset_free(&ds);
+    dataset_free(&val);
     model_free(&m);
     cJSON_Delete(stored);
+    free(lists[0]), free(lists[1]);
     return st;
 }
 
@@ -604,7 +760,17 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     acts *a = NULL;
     float *logits = NULL;
     int *idx = NULL;
-    if ((st = dataset_load_ids(o->data_path, o->seq_len, m.cfg.V, &ds, err))) goto done;
+    if (o->pack && o->seq_len < 2) {
+        st = ft_error_set(err, FT_ERR_INPUT, "option --pack", NULL, "needs --seq-len (the row length)");
+        goto done;
+    }
+    data_options dopt = {0};
+    const char *one[1] = {o->data_path};
+    dopt.sources = one, dopt.n_sources = 1, dopt.model_dir = o->model_dir;
+    dopt.chat_template = o->chat_template, dopt.vocab = m.cfg.V, dopt.seq_len = o->seq_len;
+    dopt.pack = o->pack, dopt.seed = 42;
+    char dhash[17];
+    if ((st = data_load(&dopt, &ds, NULL, dhash, err))) goto done;
     if (o->adapter_dir && (st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
     int B = o->batch_size > 0 ? o->batch_size : 8;
     if (o->dump_logits || B > ds.n) B = ds.n; /* one batch holds everything when dumping logits */
