@@ -47,8 +47,8 @@ void token_offsets(const tokenizer *t, const char *text, size_t len, const int32
 /* The byte spans of R (the whole conversation rendered) that are assistant output, found
  * without {% generation %} markers by rendering the conversation prefix by prefix (masks.c,
  * docs/data.md). *spans is malloc'ed. */
-ft_status assistant_spans(const chat_template *tpl, const cJSON *messages, const cJSON *tools,
-                          const cJSON *extra, const char *R, size_t len, chat_span **spans,
-                          int *n_spans, ft_error *err);
+ft_status assistant_spans(const chat_template *tpl, const tokenizer *tok, const cJSON *messages,
+                          const cJSON *tools, const cJSON *extra, const char *R, size_t len,
+                          chat_span **spans, int *n_spans, ft_error *err);
 
 #endif

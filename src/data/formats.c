@@ -286,7 +286,7 @@ static ft_status do_messages(data_ctx *c, const cJSON *line, const char *where, 
         chat_span *sp = r.spans;
         int nsp = r.n_spans, own = 0;
         if (nsp == 0) {
-            st = assistant_spans(c->tpl, msgs, tools, extra, r.text, r.len, &sp, &nsp, err);
+            st = assistant_spans(c->tpl, c->tok, msgs, tools, extra, r.text, r.len, &sp, &nsp, err);
             if (st) st = render_error(err, where, "messages");
             own = 1;
         }

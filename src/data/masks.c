@@ -12,8 +12,11 @@
  * assistant_spans serves templates without {% generation %} markers (Llama 3, Qwen3 and most
  * real ones). For each assistant message k it renders the conversation up to k - 1 with the
  * generation prompt (A) and up to k without (B): the assistant's output is what B adds after
- * their common prefix, S = B[lcp(A, B):], less trailing whitespace after it (the newline between
- * turns that some templates print after the end-of-turn token). S is then looked for in the
+ * their common prefix, S = B[lcp(A, B):], up to the end of the message's content as it appears
+ * in S and the one special token right after it (the end-of-turn token: <|eot_id|>, <|im_end|>,
+ * </s>, ...); what follows (a newline, or the next header that templates like Llama 3's print
+ * unasked) is not the assistant's. When the content cannot be found in S (empty, or a list of
+ * parts), S ends before its trailing whitespace instead. S is then looked for in the
  * whole rendered conversation R after the previous span. A template that renders earlier turns
  * differently (Qwen3 drops the reasoning of turns before the last user message) leaves S absent
  * from R; then the span is the longest piece of R ending at the first occurrence of S's
@@ -145,9 +148,36 @@ static cJSON *prefix_of(const cJSON *messages, int k) {
     return a;
 }
 
-ft_status assistant_spans(const chat_template *tpl, const cJSON *messages, const cJSON *tools,
-                          const cJSON *extra, const char *R, size_t len, chat_span **spans,
-                          int *n_spans, ft_error *err) {
+/* End of the assistant's turn in S (nS bytes): after the content's last bytes and the special
+ * token that directly follows them; 0 if the content is not found. */
+static size_t turn_end(const tokenizer *t, const cJSON *msg, const char *S, size_t nS) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    if (!cJSON_IsString(c)) return 0;
+    const char *cs = c->valuestring;
+    size_t n = strlen(cs);
+    while (n && is_ws(cs[n - 1])) n--;
+    if (!n) return 0;
+    size_t k = n < 64 ? n : 64;
+    const char *tail = cs + n - k, *hit = NULL, *p = S;
+    while ((p = memmem(p, nS - (size_t)(p - S), tail, k))) hit = p, p++;
+    if (!hit) return 0;
+    size_t end = (size_t)(hit - S) + k;
+    int32_t *ids = NULL;
+    size_t m = 0;
+    ft_error e;
+    size_t rest = nS - end < 256 ? nS - end : 256;
+    if (rest && tok_encode(t, S + end, rest, 0, &ids, &m, &e) == FT_OK && m && tok_is_special(t, ids[0])) {
+        const char *ts = tok_id_to_token(t, ids[0]);
+        size_t l = ts ? strlen(ts) : 0;
+        if (l && end + l <= nS && !memcmp(S + end, ts, l)) end += l;
+    }
+    free(ids);
+    return end;
+}
+
+ft_status assistant_spans(const chat_template *tpl, const tokenizer *tok, const cJSON *messages,
+                          const cJSON *tools, const cJSON *extra, const char *R, size_t len,
+                          chat_span **spans, int *n_spans, ft_error *err) {
     int n = cJSON_GetArraySize(messages), ns = 0;
     chat_span *sp = malloc(sizeof *sp * (n ? n : 1));
     if (!sp) return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
@@ -165,6 +195,8 @@ ft_status assistant_spans(const chat_template *tpl, const cJSON *messages, const
         cJSON_Delete(pb);
         if (!st) {
             size_t s0 = lcp(A.text, A.len, B.text, B.len), s1 = B.len;
+            size_t te = turn_end(tok, m, B.text + s0, B.len - s0);
+            if (te) s1 = s0 + te;
             while (s1 > s0 && is_ws(B.text[s1 - 1])) s1--;
             const char *S = B.text + s0;
             size_t nS = s1 - s0;
