@@ -131,11 +131,12 @@ static ft_status finish(data_ctx *c, int32_t *ids, int32_t *labels, size_t n, co
     const data_options *o = c->o;
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= o->vocab) {
+            int32_t bad = ids[i];
             free(ids);
             free(labels);
             return ft_error_set(err, FT_ERR_INPUT, where,
                                 "the tokenizer and the model must come from the same model folder",
-                                "token id %d is outside the model's vocabulary [0, %d)", ids[i],
+                                "token id %d is outside the model's vocabulary [0, %d)", bad,
                                 o->vocab);
         }
     if (o->train_on_inputs) memcpy(labels, ids, sizeof(int32_t) * n);

@@ -73,7 +73,7 @@ static ft_status read_path(data_ctx *c, const char *path, exvec *out, ft_error *
         names[n++] = strdup(e->d_name);
     }
     closedir(d);
-    qsort(names, (size_t)n, sizeof(char *), cmp_str);
+    if (n) qsort(names, (size_t)n, sizeof(char *), cmp_str);
     ft_status st = n ? FT_OK
                      : ft_error_set(err, FT_ERR_INPUT, path, "put .jsonl or .txt files in it",
                                     "the folder has no .jsonl or .txt files");

@@ -485,6 +485,7 @@ static ft_status dump_data(const ft_train_options *o, ft_error *err) {
     data_options d;
     const char *one[1];
     data_opts(o, cfg.V, one, &d);
+    model_config_free(&cfg);
     dataset ds;
     char hash[17];
     if ((st = data_load(&d, &ds, NULL, hash, err))) return st;
