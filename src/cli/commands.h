@@ -9,7 +9,8 @@
     X("tokenize", cmd_tokenize, "text to token ids with a model's tokenizer.json")             \
     X("detokenize", cmd_detokenize, "token ids back to text")                                 \
     X("chat-template", cmd_chat_template, "render a conversation through a chat template")    \
-    X("inspect", cmd_inspect, "list the tensors of a safetensors file or model folder")
+    X("inspect", cmd_inspect, "list the tensors of a safetensors file or model folder")        \
+    X("plan", cmd_plan, "predicted peak memory of a training run, by part")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)

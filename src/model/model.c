@@ -43,6 +43,17 @@ static void lin_layout(const model_config *c, lin_kind k, int *in, int *out, int
     }
 }
 
+size_t model_weight_bytes(const model_config *c) {
+    size_t n = (size_t)c->V * c->C * (c->tie_embeddings ? 1 : 2) + c->C;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        int in, out, col, bias;
+        lin_layout(c, k, &in, &out, &col, &bias);
+        n += (size_t)c->L * ((size_t)out * in + (bias ? (size_t)out : 0));
+    }
+    n += (size_t)c->L * (2 * (size_t)c->C + (c->arch->qk_norm ? 2 * (size_t)c->D : 0));
+    return n * sizeof(float);
+}
+
 typedef struct wslot {
     char name[256];
     int ndim;

@@ -48,6 +48,8 @@ typedef struct model {
 /* Load DIR (config.json + safetensors) into fp32. */
 ft_status model_load(const char *dir, model *m, ft_error *err);
 void model_free(model *m);
+/* Bytes of fp32 weights model_load allocates for this config. */
+size_t model_weight_bytes(const model_config *c);
 
 typedef struct batch {
     int B, T;        /* rows and padded length of this micro-batch */

@@ -1,0 +1,64 @@
+/*
+ * cmd_plan.c: `ftune plan`: the predicted peak memory of a training run, by part, computed from
+ * the model's config.json and the options before anything is allocated.
+ */
+#include "cli/args.h"
+#include "ftune.h"
+#include "model/config.h"
+#include "train/plan.h"
+
+#include <stdio.h>
+
+int cmd_plan(int argc, char **argv) {
+    const char *model = NULL, *targets = "q_proj,v_proj";
+    long B = 8, T = 2048, R = 8;
+    int ckpt = 0;
+    const opt_spec specs[] = {
+        {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (only config.json is read)"},
+        {"batch-size", OPT_INT, &B, "B", "examples per micro-batch"},
+        {"seq-len", OPT_INT, &T, "T", "longest example in tokens"},
+        {"lora-r", OPT_INT, &R, "R", "LoRA rank"},
+        {"lora-targets", OPT_STR, &targets, "LIST", "comma list of q_proj,k_proj,... or all-linear"},
+        {"grad-checkpoint", OPT_FLAG, &ckpt, NULL, "recompute each layer in backward"},
+        {0},
+    };
+    const cmd_info info = {"plan", "ftune plan --model DIR [--batch-size B --seq-len T --lora-r R ...]",
+                           "Predicted peak memory of `ftune train` with these options, by part."};
+    ft_error err = {0};
+    int rc = args_parse(argc, argv, &info, specs, &err);
+    if (rc == -1) return 0;
+    if (!rc && !model) rc = ft_error_set(&err, FT_ERR_INPUT, "option --model", NULL, "is required");
+    if (!rc && (B < 1 || T < 2 || R < 1))
+        rc = ft_error_set(&err, FT_ERR_INPUT, "ftune plan", NULL,
+                          "--batch-size, --seq-len and --lora-r must be positive");
+    model_config cfg;
+    if (!rc) rc = model_config_load(model, &cfg, &err);
+    memory_plan p;
+    if (!rc) {
+        rc = memory_plan_make(&cfg, (int)B, (int)T, (int)R, targets, ckpt, &p, &err);
+        model_config_free(&cfg);
+    }
+    if (rc) {
+        ft_error_print(&err, stderr);
+        return rc;
+    }
+    const double MB = 1048576.0;
+    printf("memory plan (B %ld, T %ld, LoRA r %ld on %d modules, %zu parameters%s)\n", B, T, R,
+           p.lora_modules, p.lora_params, ckpt ? ", gradient checkpointing" : "");
+    printf("  %-28s %10.1f MB\n", "frozen weights (fp32)", p.weights / MB);
+    printf("  %-28s %10.1f MB\n", "LoRA values + gradients", p.lora / MB);
+    printf("  %-28s %10.1f MB\n", "AdamW state", p.optimizer / MB);
+    printf("  %-28s %10.1f MB\n", "activations + workspace", p.activations / MB);
+    printf("  %-28s %10.1f MB\n", "batch buffers", p.batch / MB);
+    printf("  %-28s %10.1f MB\n", "program and libraries", p.baseline / MB);
+    printf("  %-28s %10.1f MB\n", "total (predicted peak)", p.total / MB);
+    double avail = memory_available();
+    if (avail > 0)
+        printf("  %-28s %10.1f MB%s\n", "available now", avail / MB,
+               p.total > avail ? "  (does not fit: try --grad-checkpoint, a smaller --batch-size "
+                                 "or --seq-len)" : "");
+    printf("{\"total_bytes\": %.0f, \"weights\": %.0f, \"lora\": %.0f, \"optimizer\": %.0f, "
+           "\"activations\": %.0f, \"batch\": %.0f, \"baseline\": %.0f}\n",
+           p.total, p.weights, p.lora, p.optimizer, p.activations, p.batch, p.baseline);
+    return 0;
+}

@@ -1,0 +1,24 @@
+/*
+ * plan.h: the memory plan of a training run, computed from config.json and the options before
+ * anything large is allocated. The numbers are the ones the allocations use (model_weight_bytes,
+ * acts_plan_bytes, the LoRA layout), plus the process's own baseline.
+ */
+#ifndef FT_TRAIN_PLAN_H
+#define FT_TRAIN_PLAN_H
+
+#include "ftune.h"
+#include "model/config.h"
+
+typedef struct memory_plan {
+    double weights, lora, optimizer, activations, batch, baseline, total; /* bytes */
+    size_t lora_params;
+    int lora_modules;
+} memory_plan;
+
+/* targets as for --lora-targets; T is the longest sequence (--seq-len). */
+ft_status memory_plan_make(const model_config *cfg, int B, int T, int R, const char *targets,
+                           int grad_checkpoint, memory_plan *p, ft_error *err);
+/* MemAvailable from /proc/meminfo in bytes, or 0 if unknown. */
+double memory_available(void);
+
+#endif
