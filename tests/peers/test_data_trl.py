@@ -1,4 +1,6 @@
 """Data preparation against TRL: the token ids and labels ftune trains on, for the same JSONL file.
+Formats: text, prompt/completion (strings, and lists of messages), messages, and Alpaca (against
+TRL on the prompt/completion file docs/data.md says it becomes).
 
 What is compared: `ftune train --dump-data OUT.jsonl` (the prepared examples, in file order, after
 truncation to --seq-len and dropping) against TRL 1.16's SFTTrainer._prepare_dataset (the pinned
@@ -81,8 +83,9 @@ def make_data(d, eos):
             m.append({"role": "user", "content": sentence(r)})
             m.append({"role": "assistant", "content": sentence(r, 1, 12)})
         msgs.append({"messages": m})
+    cpc = [{"prompt": m["messages"][:-1], "completion": m["messages"][-1:]} for m in msgs]
     files = {}
-    for name, rows in (("text", text), ("pc", pc), ("messages", msgs)):
+    for name, rows in (("text", text), ("pc", pc), ("messages", msgs), ("cpc", cpc)):
         p = d / f"{name}.jsonl"
         p.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
         files[name] = p
@@ -193,7 +196,7 @@ def test_formats_match_trl(name, tokenizers_dirs, tmp_path):
     eos = json.loads((mdir / "tokenizer_config.json").read_text())["eos_token"]
     eos = eos["content"] if isinstance(eos, dict) else eos
     files, alpaca = make_data(tmp_path, eos)
-    for fmt, assistant_only in (("text", False), ("pc", False), ("messages", True)):
+    for fmt, assistant_only in (("text", False), ("pc", False), ("messages", True), ("cpc", False)):
         want = trl_prepare(mdir, files[fmt], assistant_only)
         got = ftune_prepare(mdir, files[fmt], tmp_path)
         compare(want, got, f"{name} {fmt}")
@@ -299,3 +302,20 @@ def test_qwen3_turns_without_markers(tmp_path, base_config):
                 w.append(content + "<|im_end|>")
         want.append(w)
     check_turns(src, cs, want, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["trained-bytelevel", "trained-metaspace", "llama3", "qwen3"])
+def test_unmarked_template_matches_trl_marked(name, tokenizers_dirs, tmp_path):
+    """ftune's turn finding without markers (docs/data.md) against TRL's assistant_only_loss on
+    the same template with {% generation %} markers: the test template with its markers removed
+    renders the same text, so the ids and the masks must be identical."""
+    if name not in tokenizers_dirs:
+        pytest.skip(f"{SHARED / name} not present (the shared real tokenizers are optional)")
+    mdir = tokenizers_dirs[name]
+    eos = json.loads((mdir / "tokenizer_config.json").read_text())["eos_token"]
+    files, _ = make_data(tmp_path, eos["content"] if isinstance(eos, dict) else eos)
+    plain = tmp_path / "unmarked.jinja"
+    plain.write_text(TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    want = trl_prepare(mdir, files["messages"], True)
+    got = ftune_prepare(mdir, files["messages"], tmp_path, "--chat-template", plain)
+    compare(want, got, f"{name} messages, template without markers")
