@@ -10,7 +10,8 @@
     X("detokenize", cmd_detokenize, "token ids back to text")                                 \
     X("chat-template", cmd_chat_template, "render a conversation through a chat template")    \
     X("inspect", cmd_inspect, "list the tensors of a safetensors file or model folder")        \
-    X("plan", cmd_plan, "predicted peak memory of a training run, by part")
+    X("plan", cmd_plan, "predicted peak memory of a training run, by part")                   \
+    X("quantize", cmd_quantize, "store a model's linear layers in bitsandbytes 4-bit (NF4/FP4)")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)

@@ -1,0 +1,37 @@
+/*
+ * quant.h: 4-bit block quantization of frozen weights, bit-compatible with bitsandbytes.
+ *
+ * NF4 and FP4 as bitsandbytes 0.50 quantizes them (its "default" torch kernel, which the CPU
+ * backend uses): per block of `blocksize` values, absmax = max |x|; scaled = clamp(x * (1/absmax),
+ * -1, 1) in fp32; the code index is the number of midpoints between sorted code values that are
+ * below `scaled` (torch.bucketize, right=False), mapped back to the code's own order; two codes per
+ * byte, the first in the high nibble. Dequantization is code[q] * absmax in fp32.
+ * The code values are the ones bitsandbytes.functional.get_4bit_type returns (NF4: the QLoRA
+ * paper's normal-float levels).
+ */
+#ifndef FT_OPS_QUANT_H
+#define FT_OPS_QUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum quant4_type { QUANT_NF4, QUANT_FP4 } quant4_type;
+
+/* The 16 code values of a type, in index order. */
+const float *quant4_code(quant4_type t);
+const char *quant4_name(quant4_type t);
+
+/* Bytes of packed codes for n values: ceil(n / 2). Blocks: ceil(n / blocksize). */
+static inline size_t quant4_packed_bytes(size_t n) { return (n + 1) / 2; }
+static inline size_t quant4_blocks(size_t n, int blocksize) {
+    return (n + (size_t)blocksize - 1) / (size_t)blocksize;
+}
+
+/* x (n) -> packed (quant4_packed_bytes(n)), absmax (quant4_blocks(n, blocksize)). */
+void quant4_quantize(quant4_type t, const float *x, size_t n, int blocksize, uint8_t *packed,
+                     float *absmax);
+/* packed, absmax -> out (n). */
+void quant4_dequantize(quant4_type t, const uint8_t *packed, const float *absmax, size_t n,
+                       int blocksize, float *out);
+
+#endif
