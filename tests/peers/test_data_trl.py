@@ -16,7 +16,9 @@ would need a model of each tokenizer's vocabulary and adds nothing to the data p
 Tokenizers: two trained here with `tokenizers` (byte-level BPE and SentencePiece-style, the ones
 of test_tokenizer.py), so the suite runs everywhere, and the real ones in ../shared/tokenizers
 when present. Chat template: a ChatML-like one written here with {% generation %} around the
-assistant content and its end-of-turn token, raising on turns that do not alternate.
+assistant content and its end-of-turn token, raising on turns that do not alternate, and a system
+block with the tools (tojson) that a quarter of the conversations carry (as JSON strings, which
+TRL json.loads). Messages are compared at --seq-len 64 (truncation, dropped examples) and 1024.
 
 Templates without markers (the real Llama 3 and Qwen3 ones): ftune finds the assistant turns by
 rendering prefixes (docs/data.md); the test checks turn by turn that the trained tokens, decoded
@@ -41,6 +43,8 @@ SHARED = HERE.parents[2] / "shared" / "tokenizers"
 SEQ = 64
 
 TEMPLATE = (
+    "{%- if tools -%}{{- '<|im_start|>system\\nTools: ' + (tools | tojson) + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' and loop.first -%}"
     "{{- '<|im_start|>system\\n' + message['content'] + '<|im_end|>\\n' -}}"
@@ -82,8 +86,14 @@ def make_data(d, eos):
         for _ in range(r.randint(1, 3)):
             m.append({"role": "user", "content": sentence(r)})
             m.append({"role": "assistant", "content": sentence(r, 1, 12)})
-        msgs.append({"messages": m})
+        row = {"messages": m}
+        if i % 4 == 0:  # (the first row too: Dataset.from_list takes its keys) a JSON string, as TRL recommends for Arrow datasets (json.loads'ed)
+            row["tools"] = json.dumps([{"type": "function", "function": {
+                "name": f"tool_{i}", "description": sentence(r),
+                "parameters": {"type": "object", "properties": {"x": {"type": "number"}}}}}])
+        msgs.append(row)
     cpc = [{"prompt": m["messages"][:-1], "completion": m["messages"][-1:]} for m in msgs]
+    assert any("tools" in m for m in msgs)
     files = {}
     for name, rows in (("text", text), ("pc", pc), ("messages", msgs), ("cpc", cpc)):
         p = d / f"{name}.jsonl"
@@ -202,6 +212,11 @@ def test_formats_match_trl(name, tokenizers_dirs, tmp_path):
         compare(want, got, f"{name} {fmt}")
         if fmt == "messages":
             assert all(any(l != -100 for l in lab) for _, lab in got)
+            # long enough for every conversation, those with tools included
+            want = trl_prepare(mdir, files[fmt], True, seq=1024)
+            got = ftune_prepare(mdir, files[fmt], tmp_path, seq=1024)
+            assert len(got) == 24
+            compare(want, got, f"{name} {fmt} (seq 1024)")
     # Alpaca = prompt/completion with the documented prompt
     p = tmp_path / "alpaca-as-pc.jsonl"
     p.write_text("".join(json.dumps({"prompt": alpaca_prompt(x), "completion": x["output"]},
