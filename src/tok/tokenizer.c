@@ -191,11 +191,11 @@ static ft_status ids_append(int32_t **v, size_t *n, const int32_t *src, size_t k
     int32_t *q = malloc((*n + k + 1) * sizeof *q);
     if (!q) return FT_ERR_RUNTIME;
     if (front) {
-        memcpy(q, src, k * sizeof *q);
+        if (k) memcpy(q, src, k * sizeof *q);
         if (*n) memcpy(q + k, *v, *n * sizeof *q);
     } else {
         if (*n) memcpy(q, *v, *n * sizeof *q);
-        memcpy(q + *n, src, k * sizeof *q);
+        if (k) memcpy(q + *n, src, k * sizeof *q);
     }
     free(*v);
     *v = q;
