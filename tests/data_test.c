@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -207,11 +208,35 @@ static void test_packed_model(void) {
     dataset_free(&packed);
 }
 
+/* a folder source: its .jsonl files in name order, other files ignored */
+static void test_folder(void) {
+    char sub[128], p1[256], p2[256], junk[256];
+    snprintf(sub, sizeof sub, "%s/folder", dir);
+    mkdir(sub, 0755);
+    write_file("folder/b.jsonl", 4, 3, 5, 1, p2);
+    write_file("folder/a.jsonl", 3, 3, 5, 60, p1);
+    snprintf(junk, sizeof junk, "%s/notes.md", sub);
+    FILE *f = fopen(junk, "w");
+    fputs("not data\n", f);
+    fclose(f);
+    const char *src[1] = {sub};
+    data_options o = {0};
+    o.sources = src, o.n_sources = 1, o.vocab = 97, o.seq_len = 64;
+    dataset ds;
+    char h[17];
+    ft_error err;
+    CHECK(data_load(&o, &ds, NULL, h, &err) == FT_OK, "folder: %s", err.what);
+    CHECK(ds.n == 7, "7 examples, got %d", ds.n);
+    CHECK(ds.n == 7 && ds.ex[0].ids[0] > 50 && ds.ex[3].ids[0] <= 50, "a.jsonl before b.jsonl");
+    dataset_free(&ds);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/ftune-data-test-XXXXXX");
     if (!mkdtemp(dir)) return 1;
     test_pack();
     test_mix_split();
+    test_folder();
     test_packed_model();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

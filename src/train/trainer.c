@@ -162,8 +162,10 @@ static void print_settings(const ft_train_options *o, const model *m, const lora
         fprintf(stderr, "  packing    %d rows of %d tokens: %.1f%% of the row tokens are examples\n",
                 ds->n, o->seq_len, 100.0 * ds->tokens / ((double)ds->n * o->seq_len));
     if (val && val->n)
-        fprintf(stderr, "  validation %d %s, %ld tokens, %ld trained on; eval every %ld steps and at the end\n",
-                val->n, val->packed ? "rows" : "examples", val->tokens, val->trained, o->eval_every);
+        fprintf(stderr, "  validation %d %s, %ld tokens, %ld trained on; eval loss %s%ld%s at the end\n",
+                val->n, val->packed ? "rows" : "examples", val->tokens, val->trained,
+                o->eval_every ? "every " : "", o->eval_every ? o->eval_every : 0,
+                o->eval_every ? " steps and" : "");
     if (ds->n_dropped_long)
         fprintf(stderr, "warning: %d examples longer than --seq-len %d were dropped (--drop-long), the "
                 "first at %s\n", ds->n_dropped_long, o->seq_len, ds->first_dropped);
