@@ -6,7 +6,8 @@
 # corpus is tests/corpus/NAME/ (seeds plus inputs that grew coverage or once crashed).
 #
 #   make fuzz        each harness for FUZZ_SECONDS (60); new coverage-growing inputs are merged
-#                    into tests/corpus/NAME/ (-merge=1 keeps only those that add coverage); any
+#                    into tests/corpus/NAME/ (-merge=1 -use_counters=0 keeps only those that reach
+#                    code the corpus does not: tens of files, not hundreds); any
 #                    crash, leak, timeout or sanitizer report fails, and its input is copied to
 #                    tests/corpus/NAME-pending/ (not replayed until the bug is fixed and the file
 #                    moved to tests/corpus/NAME/).
@@ -102,10 +103,10 @@ fuzz:: fuzz-build
 	      && echo "fuzz: $$n: input kept as tests/corpus/$$n-pending/$$(basename $$a)"; done; \
 	    fail="$$fail $$n"; \
 	  fi; \
-	  tail -n 30 $(FUZZ_B)/fuzz-$$n.log | grep -E '^#[0-9]+.*(DONE|cov:)' | tail -n 1 | sed "s/^/fuzz: $$n: /"; \
+	  grep -E '^#[0-9]+.*cov:' $(FUZZ_B)/fuzz-$$n.log | tail -n 1 | cut -c1-100 | sed "s/^/fuzz: $$n: /"; \
 	  grep -E 'stat::(number_of_executed_units|average_exec_per_sec)' $(FUZZ_B)/fuzz-$$n.log | sed "s/^/fuzz: $$n: /"; \
 	  before=$$(ls tests/corpus/$$n | wc -l); \
-	  $(FUZZ_ENV) $(FUZZ_B)/fuzz_$$n -merge=1 $(FUZZ_OPTS) -max_len=$(FUZZ_MAXLEN_$$n) \
+	  $(FUZZ_ENV) $(FUZZ_B)/fuzz_$$n -merge=1 -use_counters=0 $(FUZZ_OPTS) -max_len=$(FUZZ_MAXLEN_$$n) \
 	    tests/corpus/$$n $(FUZZ_B)/run/$$n > $(FUZZ_B)/merge-$$n.log 2>&1 \
 	    || echo "fuzz: $$n: merge failed (log: $(FUZZ_B)/merge-$$n.log)"; \
 	  echo "fuzz: $$n: corpus $$before -> $$(ls tests/corpus/$$n | wc -l) files"; \
