@@ -8,6 +8,7 @@
 #include "data/dataset.h"
 #include "io/json.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,11 +25,15 @@ ft_status read_int_array(const cJSON *arr, const char *field, int vocab, int is_
     const cJSON *e;
     cJSON_ArrayForEach(e, arr) {
         double d = cJSON_IsNumber(e) ? e->valuedouble : -1e300;
-        int ok = cJSON_IsNumber(e) && d == (double)(long)d &&
-                 ((d >= 0 && d < vocab) || (is_labels && d == -100));
+        /* whole = an integer; tested before any cast (casting 1e300 to an integer is undefined) */
+        int whole = cJSON_IsNumber(e) && d == floor(d) && fabs(d) < 9e15;
+        int ok = whole && ((d >= 0 && d < vocab) || (is_labels && d == -100));
         if (!ok) {
             free(v);
-            if (!cJSON_IsNumber(e) || d != (double)(long)d)
+            if (!whole && cJSON_IsNumber(e))
+                return ft_error_set(err, FT_ERR_INPUT, w, "token ids are whole numbers",
+                                    "item %d: expected an integer token id, found %g", i, d);
+            if (!whole)
                 return ft_error_set(err, FT_ERR_INPUT, w, "token ids are whole numbers",
                                     "item %d: expected an integer token id, found %s", i,
                                     json_type_name(e));
