@@ -15,6 +15,7 @@
  */
 #include "tok/jinja_impl.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,6 +281,9 @@ static jv arith(jctx *c, const jnode *at, int op, jv x, jv y) {
     }
     if (op == OP_MUL && ((x.k == JV_STR || x.k == JV_LIST) && (y.k == JV_INT || y.k == JV_BOOL))) {
         long long times = y.k == JV_INT ? y.u.i : y.u.b;
+        size_t unit = x.k == JV_STR ? x.u.s->len : (size_t)x.u.l->n * sizeof(jv);
+        if (times > 0 && unit && (unsigned long long)times > (256ull << 20) / unit)
+            jfail(c, at, "result of * would be larger than 256 MiB");
         if (x.k == JV_STR) {
             jbuf b = {.a = c->a};
             for (long long i = 0; i < times; i++) jb_put(&b, x.u.s->s, x.u.s->len);
@@ -302,16 +306,27 @@ static jv arith(jctx *c, const jnode *at, int op, jv x, jv y) {
     long long a = x.k == JV_INT ? x.u.i : x.k == JV_BOOL ? x.u.b : 0;
     long long b = y.k == JV_INT ? y.u.i : y.k == JV_BOOL ? y.u.b : 0;
     double fa = jv_num(x), fb = jv_num(y);
+    long long r;
     switch (op) {
-    case OP_ADD: return ints ? jv_int(a + b) : jv_float(fa + fb);
-    case OP_SUB: return ints ? jv_int(a - b) : jv_float(fa - fb);
-    case OP_MUL: return ints ? jv_int(a * b) : jv_float(fa * fb);
+    case OP_ADD:
+        if (!ints) return jv_float(fa + fb);
+        if (__builtin_add_overflow(a, b, &r)) jfail(c, at, "integer overflow in +");
+        return jv_int(r);
+    case OP_SUB:
+        if (!ints) return jv_float(fa - fb);
+        if (__builtin_sub_overflow(a, b, &r)) jfail(c, at, "integer overflow in -");
+        return jv_int(r);
+    case OP_MUL:
+        if (!ints) return jv_float(fa * fb);
+        if (__builtin_mul_overflow(a, b, &r)) jfail(c, at, "integer overflow in *");
+        return jv_int(r);
     case OP_DIV:
         if (fb == 0) jfail(c, at, "division by zero");
         return jv_float(fa / fb);
     case OP_FLOORDIV:
         if (fb == 0) jfail(c, at, "integer division or modulo by zero");
         if (ints) {
+            if (a == LLONG_MIN && b == -1) jfail(c, at, "integer overflow in //");
             long long q = a / b;
             if ((a % b) && ((a < 0) != (b < 0))) q--;
             return jv_int(q);
@@ -320,19 +335,26 @@ static jv arith(jctx *c, const jnode *at, int op, jv x, jv y) {
     case OP_MOD:
         if (fb == 0) jfail(c, at, "integer division or modulo by zero");
         if (ints) {
-            long long r = a % b;
-            if (r && ((r < 0) != (b < 0))) r += b;
-            return jv_int(r);
+            if (b == -1) return jv_int(0);
+            long long m = a % b;
+            if (m && ((m < 0) != (b < 0))) m += b;
+            return jv_int(m);
         } else {
-            double r = fmod(fa, fb);
-            if (r != 0 && ((r < 0) != (fb < 0))) r += fb;
-            return jv_float(r);
+            double m = fmod(fa, fb);
+            if (m != 0 && ((m < 0) != (fb < 0))) m += fb;
+            return jv_float(m);
         }
     case OP_POW:
         if (ints && b >= 0) {
-            long long r = 1;
-            for (long long i = 0; i < b; i++) r *= a;
-            return jv_int(r);
+            long long acc = 1, base = a;
+            long long e = b;
+            while (e) { /* square and multiply, failing on overflow (Python would go to big ints) */
+                if (e & 1)
+                    if (__builtin_mul_overflow(acc, base, &acc)) jfail(c, at, "integer overflow in **");
+                e >>= 1;
+                if (e && __builtin_mul_overflow(base, base, &base)) jfail(c, at, "integer overflow in **");
+            }
+            return jv_int(acc);
         }
         return jv_float(pow(fa, fb));
     }

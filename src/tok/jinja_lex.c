@@ -24,21 +24,28 @@ typedef struct lexer {
     jtok *toks;
     int nt, cap;
     ft_error *err;
+    size_t lc_pos; /* line/column cursor: positions only move forward, so counting is linear */
+    int lc_line, lc_col;
 } lexer;
 
-static void pos_linecol(const char *s, size_t pos, int *line, int *col) {
-    int l = 1, c = 1;
-    for (size_t i = 0; i < pos; i++) {
-        if (s[i] == '\n') l++, c = 1;
-        else if (((unsigned char)s[i] & 0xC0) != 0x80) c++;
+static void lex_linecol(lexer *L, size_t pos, int *line, int *col) {
+    if (pos < L->lc_pos || !L->lc_line) {
+        L->lc_pos = 0;
+        L->lc_line = 1;
+        L->lc_col = 1;
     }
-    *line = l;
-    *col = c;
+    for (size_t i = L->lc_pos; i < pos; i++) {
+        if (L->s[i] == '\n') L->lc_line++, L->lc_col = 1;
+        else if (((unsigned char)L->s[i] & 0xC0) != 0x80) L->lc_col++;
+    }
+    L->lc_pos = pos;
+    *line = L->lc_line;
+    *col = L->lc_col;
 }
 
 static ft_status lex_fail(lexer *L, size_t pos, const char *what) {
     int line, col;
-    pos_linecol(L->s, pos, &line, &col);
+    lex_linecol(L, pos, &line, &col);
     char where[512];
     snprintf(where, sizeof where, "%s:%d:%d", L->name, line, col);
     return ft_error_set(L->err, FT_ERR_INPUT, where, "fix the template's syntax",
@@ -55,7 +62,7 @@ static jtok *emit(lexer *L, jtok_kind k, size_t pos) {
     jtok *t = &L->toks[L->nt++];
     memset(t, 0, sizeof *t);
     t->k = k;
-    pos_linecol(L->s, pos, &t->line, &t->col);
+    lex_linecol(L, pos, &t->line, &t->col);
     return t;
 }
 

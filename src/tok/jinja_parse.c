@@ -18,6 +18,7 @@ typedef struct parser {
     const char *name;
     jarena *a;
     ft_error *err;
+    int depth; /* nesting of blocks and expressions, bounded so the C stack cannot overflow */
     jmp_buf fail;
 } parser;
 
@@ -376,6 +377,7 @@ static jnode *parse_filter_expr(parser *P, jnode *n) {
 static jnode *parse_unary(parser *P, int with_filter) {
     jtok *t = cur(P);
     jnode *n;
+    if (++P->depth > 400) pfail(P, t, "expression nested too deeply");
     if (is_op(t, "-") || is_op(t, "+")) {
         next(P);
         n = mk(P, is_op(t, "-") ? E_NEG : E_POS, t);
@@ -383,6 +385,7 @@ static jnode *parse_unary(parser *P, int with_filter) {
     } else n = parse_primary(P);
     n = parse_postfix(P, n);
     if (with_filter) n = parse_filter_expr(P, n);
+    P->depth--;
     return n;
 }
 
@@ -469,8 +472,10 @@ static jnode *parse_compare(parser *P) {
 static jnode *parse_not(parser *P) {
     if (is_name(cur(P), "not")) {
         jtok *t = next(P);
+        if (++P->depth > 400) pfail(P, t, "expression nested too deeply");
         jnode *n = mk(P, E_NOT, t);
         n->a = parse_not(P);
+        P->depth--;
         return n;
     }
     return parse_compare(P);
@@ -506,7 +511,9 @@ static jnode *parse_condexpr(parser *P) {
         n->a = parse_or(P);    /* condition */
         if (is_name(cur(P), "else")) {
             next(P);
+            if (++P->depth > 400) pfail(P, t, "expression nested too deeply");
             n->c = parse_condexpr(P);
+            P->depth--;
         }
         e = n;
     }
@@ -553,7 +560,15 @@ static jnode *parse_assign_target(parser *P, int with_namespace) {
 
 static jnodes parse_body(parser *P, const char *const *ends, const char *block, const jtok *opener);
 
+static jnode *parse_statement_inner(parser *P);
 static jnode *parse_statement(parser *P) {
+    if (++P->depth > 400) pfail(P, cur(P), "blocks nested too deeply");
+    jnode *n = parse_statement_inner(P);
+    P->depth--;
+    return n;
+}
+
+static jnode *parse_statement_inner(parser *P) {
     jtok *open = cur(P);
     next(P); /* {% */
     jtok *kw = cur(P);
