@@ -65,6 +65,7 @@ typedef struct ft_train_options {
     int shuffle;
     int overwrite;
     int quiet;    /* no progress lines */
+    int grad_checkpoint; /* recompute each layer in backward (also switched on when memory is short) */
     long save_every;      /* checkpoint every N steps (0: only at the end) */
     int keep_checkpoints; /* keep the newest K checkpoint-STEP folders (0: all) */
     const char *resume;   /* continue the run in this folder from its newest checkpoint */

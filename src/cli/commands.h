@@ -3,7 +3,7 @@
  * Each command lives in src/cli/cmd_<name>.c and takes the arguments after its name.
  */
 #define FT_COMMANDS(X)                                                                         \
-    X("train", cmd_train, "fine-tune a LoRA adapter on a model folder and a JSONL file")       \
+    X("train", cmd_train, "fine-tune a LoRA adapter on a model folder and data files")         \
     X("eval", cmd_eval, "loss / perplexity of a model (plus adapter) on a JSONL file")         \
     X("init", cmd_init, "write a randomly initialised Hugging Face model folder")              \
     X("tokenize", cmd_tokenize, "text to token ids with a model's tokenizer.json")             \

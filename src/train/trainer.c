@@ -21,6 +21,7 @@
 #include "model/model.h"
 #include "train/checkpoint.h"
 #include "train/optim.h"
+#include "train/plan.h"
 
 #include <cblas.h>
 #include <errno.h>
@@ -538,6 +539,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
             }
         }
         eff.threads = given->threads, eff.quiet = given->quiet, eff.overwrite = 1;
+        eff.grad_checkpoint = given->grad_checkpoint; /* same numbers either way */
         if (given->save_every) eff.save_every = given->save_every;
     }
     if ((st = check_options(o, err))) {
@@ -585,7 +587,29 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     int Bv = o->batch_size < 1024 ? o->batch_size : 1024;
     if (val.n && Bv > B) B = Bv;
     if ((st = batch_alloc(&b, B, T, err))) goto done;
-    if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
+    /* Memory plan for what is still to allocate (the weights are in already): switch gradient
+     * checkpointing on when only it makes the run fit, refuse when nothing does. */
+    int ckpt = o->grad_checkpoint;
+    {
+        double avail = memory_available(), optim = 4.0 * m.lora->n_params * sizeof(float);
+        double need = optim + (double)acts_plan_bytes(&m.cfg, m.lora->R, m.lora->n, B, T, ckpt);
+        double need_ck = optim + (double)acts_plan_bytes(&m.cfg, m.lora->R, m.lora->n, B, T, 1);
+        if (avail > 0 && need > 0.95 * avail && !ckpt && need_ck <= 0.95 * avail) {
+            ckpt = 1;
+            if (!o->quiet)
+                fprintf(stderr, "memory: %.0f MB of activations would not fit in the %.0f MB "
+                                "available; using gradient checkpointing\n",
+                        need / 1048576.0, avail / 1048576.0);
+        } else if (avail > 0 && need_ck > 0.95 * avail) {
+            st = ft_error_set(err, FT_ERR_RUNTIME, o->model_dir,
+                              "use a smaller --batch-size or --seq-len (ftune plan shows the parts)",
+                              "the run needs %.0f MB more (%.0f MB even with gradient checkpointing) "
+                              "but %.0f MB are available", need / 1048576.0, need_ck / 1048576.0,
+                              avail / 1048576.0);
+            goto done;
+        }
+    }
+    if ((st = acts_alloc_ckpt(&m, B, T, 0, ckpt, &a, err))) goto done;
     if (adamw_init(&opt, m.lora->n_params, o->adam_beta1, o->adam_beta2, o->adam_eps,
                    o->weight_decay)) {
         st = ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");

@@ -43,15 +43,18 @@ def peak_rss_of(args):
     return int(out.stdout.strip())
 
 
-@pytest.mark.parametrize("targets", ["q_proj,v_proj", "all-linear"])
-def test_plan_within_ten_percent(model, targets):
+@pytest.mark.parametrize("targets,ckpt", [("q_proj,v_proj", False), ("all-linear", False),
+                                          ("all-linear", True)])
+def test_plan_within_ten_percent(model, targets, ckpt):
     opts = ["--batch-size", "4", "--seq-len", "256", "--lora-r", "16", "--lora-targets", targets]
+    if ckpt:
+        opts.append("--grad-checkpoint")
     r = subprocess.run([FTUNE, "plan", "--model", model / "model", *opts], capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr
     planned = json.loads(r.stdout.strip().splitlines()[-1])["total_bytes"]
     measured = peak_rss_of(["train", "--model", model / "model", "--data", model / "data.jsonl",
-                            "--out", model / f"run-{targets}", "--overwrite", "--steps", "2",
+                            "--out", model / f"run-{targets}-{ckpt}", "--overwrite", "--steps", "2",
                             "--threads", "2", "--quiet", *opts])
     assert abs(planned - measured) <= 0.10 * measured, \
         f"planned {planned / 2**20:.1f} MB, measured {measured / 2**20:.1f} MB"
