@@ -46,43 +46,13 @@ int cmd_chat_template(int argc, char **argv) {
         ft_error_print(&err, stderr);
         return 2;
     }
-    cJSON *extra = cJSON_CreateObject();
-    for (int i = 0; i < targs.n; i++) {
-        const char *kv = targs.v[i], *eq = strchr(kv, '=');
-        if (!eq || eq == kv) {
-            ft_error_set(&err, FT_ERR_INPUT, "option --template-arg", "write KEY=VALUE, e.g. enable_thinking=false",
-                         "expected KEY=VALUE, got \"%s\"", kv);
-            ft_error_print(&err, stderr);
-            cJSON_Delete(extra);
-            return 2;
-        }
-        char *key = strndup(kv, (size_t)(eq - kv));
-        cJSON *val = cJSON_Parse(eq + 1);
-        if (!val) val = cJSON_CreateString(eq + 1);
-        cJSON_DeleteItemFromObjectCaseSensitive(extra, key);
-        cJSON_AddItemToObject(extra, key, val);
-        free(key);
-    }
-    cJSON *conv = NULL;
+    cJSON *conv = NULL, *extra = NULL;
     chat_template *t = NULL;
     chat_render out = {0};
-    ft_status st = json_load_file(chat, &conv, &err);
+    const cJSON *messages = NULL, *tools = NULL;
+    ft_status st = chat_template_args(targs.v, targs.n, &extra, &err);
+    if (!st) st = chat_conversation_load(chat, &conv, &messages, &tools, &err);
     if (st) goto done;
-    const cJSON *messages = conv, *tools = NULL;
-    if (cJSON_IsObject(conv)) {
-        messages = cJSON_GetObjectItemCaseSensitive(conv, "messages");
-        tools = cJSON_GetObjectItemCaseSensitive(conv, "tools");
-        if (!cJSON_IsArray(messages)) {
-            st = ft_error_set(&err, FT_ERR_INPUT, chat, "give {\"messages\": [...], \"tools\": [...]} or an array of messages",
-                              messages ? "field \"messages\": expected an array, got %s" : "missing field \"messages\"%s",
-                              messages ? json_type_name(messages) : "");
-            goto done;
-        }
-    } else if (!cJSON_IsArray(conv)) {
-        st = ft_error_set(&err, FT_ERR_INPUT, chat, NULL, "expected an array of messages or an object, got %s",
-                          json_type_name(conv));
-        goto done;
-    }
     st = chat_template_load(model, tpl, &t, &err);
     if (st) goto done;
     st = chat_template_render(t, messages, tools, add_gen, extra, &out, &err);

@@ -8,6 +8,7 @@
  * (bytes of text per second, timed around the encode calls alone), which bench/ uses.
  */
 #include "cli/args.h"
+#include "tok/chat_template.h"
 #include "cli/commands.h"
 #include "io/json.h"
 #include "tok/tokenizer.h"
@@ -222,8 +223,10 @@ static int run_batch(const tokenizer *tok, const char *path, int add_special, lo
 
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL, *tokfile = NULL, *text = NULL, *file = NULL, *jsonl = NULL;
-    int json = 0, no_special = 0, stats = 0;
+    int json = 0, no_special = 0, stats = 0, add_gen = 0, print_text = 0;
     long threads = 0;
+    const char *chat = NULL, *tpl = NULL;
+    args_list targs = {0};
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "DIR", "model folder holding tokenizer.json"},
         {"tokenizer", OPT_STR, &tokfile, "FILE", "a tokenizer.json (instead of --model)"},
@@ -234,6 +237,11 @@ int cmd_tokenize(int argc, char **argv) {
         {"stats", OPT_FLAG, &stats, NULL, "with --jsonl: print totals and MB/s only"},
         {"json", OPT_FLAG, &json, NULL, "print ids as a JSON array"},
         {"no-special", OPT_FLAG, &no_special, NULL, "do not add BOS/EOS (add_special_tokens=false)"},
+        {"chat", OPT_STR, &chat, "FILE.json", "render this conversation through the chat template, then encode it"},
+        {"chat-template", OPT_STR, &tpl, "FILE", "with --chat: use this Jinja template instead of the model's"},
+        {"add-generation-prompt", OPT_FLAG, &add_gen, NULL, "with --chat: end with an assistant turn's header"},
+        {"template-arg", OPT_LIST, &targs, "KEY=VALUE", "with --chat: extra template variable; repeatable"},
+        {"print-text", OPT_FLAG, &print_text, NULL, "with --chat: print the rendered text instead of ids"},
         {NULL, 0, NULL, NULL, NULL},
     };
     const cmd_info info = {"tokenize",
@@ -262,7 +270,36 @@ int cmd_tokenize(int argc, char **argv) {
     }
     char *buf = NULL;
     size_t len = 0;
-    if (text) {
+    if (chat) {
+        /* as transformers' apply_chat_template(tokenize=True): the template places the special
+         * tokens, so the rendered text is encoded without adding them again */
+        cJSON *conv = NULL, *extra = NULL;
+        const cJSON *messages, *tools;
+        chat_template *t = NULL;
+        chat_render r = {0};
+        int bad = chat_template_args(targs.v, targs.n, &extra, &err) ||
+                  chat_conversation_load(chat, &conv, &messages, &tools, &err) ||
+                  chat_template_load(model, tpl, &t, &err) ||
+                  chat_template_render(t, messages, tools, add_gen, extra, &r, &err);
+        cJSON_Delete(conv);
+        cJSON_Delete(extra);
+        chat_template_free(t);
+        if (bad) {
+            chat_render_free(&r);
+            goto fail;
+        }
+        if (print_text) {
+            fwrite(r.text, 1, r.len, stdout);
+            chat_render_free(&r);
+            tok_free(tok);
+            return 0;
+        }
+        buf = malloc(r.len + 1);
+        memcpy(buf, r.text, r.len + 1);
+        len = r.len;
+        no_special = 1;
+        chat_render_free(&r);
+    } else if (text) {
         len = strlen(text);
     } else if (file) {
         if (file_read_all(file, &buf, &len, &err)) goto fail;
@@ -275,7 +312,7 @@ int cmd_tokenize(int argc, char **argv) {
     }
     int32_t *ids;
     size_t n;
-    if (tok_encode(tok, text ? text : buf, len, !no_special, &ids, &n, &err)) goto fail;
+    if (tok_encode(tok, buf ? buf : text, len, !no_special, &ids, &n, &err)) goto fail;
     print_ids(ids, n, json, stdout);
     free(ids);
     free(buf);

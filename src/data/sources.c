@@ -198,27 +198,6 @@ static void to_dataset(exvec *v, dataset *ds) {
     memset(v, 0, sizeof *v);
 }
 
-static cJSON *template_extra(const data_options *o, ft_error *err, ft_status *st) {
-    if (!o->n_template_args) return NULL;
-    cJSON *e = cJSON_CreateObject();
-    for (int i = 0; i < o->n_template_args; i++) {
-        const char *a = o->template_args[i], *eq = strchr(a, '=');
-        if (!eq || eq == a) {
-            *st = ft_error_set(err, FT_ERR_INPUT, "option --template-arg", "write it as KEY=VALUE",
-                               "\"%s\" has no KEY=", a);
-            cJSON_Delete(e);
-            return NULL;
-        }
-        char *key = strndup(a, (size_t)(eq - a));
-        cJSON *v = cJSON_Parse(eq + 1); /* true, 3, "x", {...}; anything else is a string */
-        if (!v) v = cJSON_CreateString(eq + 1);
-        cJSON_DeleteItemFromObjectCaseSensitive(e, key);
-        cJSON_AddItemToObject(e, key, v);
-        free(key);
-    }
-    return e;
-}
-
 ft_status data_load(const data_options *o, dataset *train, dataset *val, char hash[17],
                     ft_error *err) {
     memset(train, 0, sizeof *train);
@@ -227,7 +206,7 @@ ft_status data_load(const data_options *o, dataset *train, dataset *val, char ha
     c.o = o;
     c.hash = HASH_START;
     ft_status st = FT_OK;
-    c.extra = template_extra(o, err, &st);
+    st = chat_template_args(o->template_args, o->n_template_args, &c.extra, err);
     if (st) return st;
     int ns = o->n_sources;
     exvec *src = calloc((size_t)(ns ? ns : 1), sizeof(exvec));

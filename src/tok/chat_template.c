@@ -252,3 +252,55 @@ void chat_template_free(chat_template *t) {
     cJSON_Delete(t->special);
     free(t);
 }
+
+ft_status chat_template_args(const char *const *args, int n, cJSON **extra, ft_error *err) {
+    *extra = NULL;
+    if (n <= 0) return FT_OK;
+    cJSON *e = cJSON_CreateObject();
+    for (int i = 0; i < n; i++) {
+        const char *a = args[i], *eq = strchr(a, '=');
+        if (!eq || eq == a) {
+            cJSON_Delete(e);
+            return ft_error_set(err, FT_ERR_INPUT, "option --template-arg",
+                                "write KEY=VALUE, e.g. enable_thinking=false",
+                                "expected KEY=VALUE, got \"%s\"", a);
+        }
+        char *key = strndup(a, (size_t)(eq - a));
+        cJSON *v = cJSON_Parse(eq + 1);
+        if (!v) v = cJSON_CreateString(eq + 1);
+        cJSON_DeleteItemFromObjectCaseSensitive(e, key);
+        cJSON_AddItemToObject(e, key, v);
+        free(key);
+    }
+    *extra = e;
+    return FT_OK;
+}
+
+ft_status chat_conversation_load(const char *path, cJSON **root, const cJSON **messages,
+                                 const cJSON **tools, ft_error *err) {
+    *root = NULL, *messages = NULL, *tools = NULL;
+    cJSON *conv;
+    ft_status st = json_load_file(path, &conv, err);
+    if (st) return st;
+    const cJSON *m = conv, *t = NULL;
+    if (cJSON_IsObject(conv)) {
+        m = cJSON_GetObjectItemCaseSensitive(conv, "messages");
+        t = cJSON_GetObjectItemCaseSensitive(conv, "tools");
+        if (!cJSON_IsArray(m)) {
+            st = ft_error_set(err, FT_ERR_INPUT, path,
+                              "give {\"messages\": [...], \"tools\": [...]} or an array of messages",
+                              m ? "field \"messages\": expected an array, got %s"
+                                : "missing field \"messages\"%s",
+                              m ? json_type_name(m) : "");
+        }
+    } else if (!cJSON_IsArray(conv)) {
+        st = ft_error_set(err, FT_ERR_INPUT, path, NULL,
+                          "expected an array of messages or an object, got %s", json_type_name(conv));
+    }
+    if (st) {
+        cJSON_Delete(conv);
+        return st;
+    }
+    *root = conv, *messages = m, *tools = t;
+    return FT_OK;
+}

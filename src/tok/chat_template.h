@@ -28,4 +28,13 @@ ft_status chat_template_render(const chat_template *t, const cJSON *messages, co
 void chat_render_free(chat_render *r);
 void chat_template_free(chat_template *t);
 
+/* --template-arg KEY=VALUE strings -> a JSON object of extra template variables (VALUE parsed
+ * as JSON when it parses: true, 3, "x", {...}; otherwise taken as a string). *extra is NULL when
+ * n is 0. Errors name the option. */
+ft_status chat_template_args(const char *const *args, int n, cJSON **extra, ft_error *err);
+/* A conversation file: a JSON array of messages, or {"messages": [...], "tools": [...]}.
+ * *root owns the JSON (cJSON_Delete it); messages and tools point into it (tools may be NULL). */
+ft_status chat_conversation_load(const char *path, cJSON **root, const cJSON **messages,
+                                 const cJSON **tools, ft_error *err);
+
 #endif
