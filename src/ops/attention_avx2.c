@@ -26,6 +26,7 @@
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#include "ops/vexp_avx2.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -75,24 +76,6 @@ static int ax_len(const int *len, int b, int T) {
 }
 
 /* ---- vector helpers --------------------------------------------------------------------- */
-static inline __m256 ax_exp(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    /* r = x - n ln2, ln2 split in two (Cephes expf's C1, C2) */
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 static inline float ax_hsum(__m256 v) {
     __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -316,7 +299,7 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                         corr[r] = mold == -INFINITY ? 0.0f : expf(mold - mnew);
                         __m256 sum = _mm256_setzero_ps(), mn = _mm256_set1_ps(mnew);
                         for (int c = 0; c < nkc * 2; c++) {
-                            __m256 p = _mm256_and_ps(ax_exp(_mm256_sub_ps(sv[c], mn)), mk[c]);
+                            __m256 p = _mm256_and_ps(vexp_avx2(_mm256_sub_ps(sv[c], mn)), mk[c]);
                             sum = _mm256_add_ps(sum, p);
                             _mm256_storeu_ps(P[r] + 8 * c, p);
                         }
@@ -408,7 +391,7 @@ static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0,
                     __m256 mk = ax_rowmask(idx, lo, hi, nonmono ? segt + 8 * ch : NULL,
                                            nonmono ? m->seg[i] : 0);
                     __m256 sv = _mm256_fmsub_ps(_mm256_loadu_ps(S[r] + 8 * ch), sc, li);
-                    p = _mm256_and_ps(ax_exp(sv), mk);
+                    p = _mm256_and_ps(vexp_avx2(sv), mk);
                     ds = _mm256_mul_ps(
                         _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP[r] + 8 * ch), di)), sc);
                 }

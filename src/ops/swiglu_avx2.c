@@ -9,25 +9,9 @@
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#include "ops/vexp_avx2.h"
 #include <math.h>
 
-static inline __m256 sw_exp(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
 #pragma omp parallel for schedule(static)
@@ -38,7 +22,7 @@ void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, 
         __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
         for (; i + 8 <= I; i += 8) {
             __m256 x = _mm256_loadu_ps(g + i);
-            __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, sw_exp(_mm256_sub_ps(zero, x))));
+            __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, vexp_avx2(_mm256_sub_ps(zero, x))));
             _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
         }
         for (; i < I; i++)
@@ -57,7 +41,7 @@ void swiglu_backward_avx2(float *dgate, float *dup, const float *dout, const flo
         __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
         for (; i + 8 <= I; i += 8) {
             __m256 x = _mm256_loadu_ps(g + i), dd = _mm256_loadu_ps(d + i);
-            __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, sw_exp(_mm256_sub_ps(zero, x))));
+            __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, vexp_avx2(_mm256_sub_ps(zero, x))));
             /* dgate = d * u * s * (1 + g (1 - s)),  dup = d * g * s */
             __m256 t = _mm256_fmadd_ps(x, _mm256_sub_ps(one, s), one);
             _mm256_storeu_ps(

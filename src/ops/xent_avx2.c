@@ -9,25 +9,9 @@
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#include "ops/vexp_avx2.h"
 #include <math.h>
 
-static inline __m256 xa_exp(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    __m256i e =
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
 
 double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad) {
     int j = 0;
@@ -45,7 +29,7 @@ double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad) {
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     double tail = 0.0;
     for (j = 0; j + 8 <= V; j += 8) {
-        __m256 e = xa_exp(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
+        __m256 e = vexp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + j), mv));
         if (grad) _mm256_storeu_ps(x + j, e);
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
