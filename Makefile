@@ -82,4 +82,4 @@ format:
 	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -12,6 +12,10 @@ have_hdr /usr/include/utf8proc.h utf8proc.h || need+=(libutf8proc-dev)
 [ -e /usr/include/x86_64-linux-gnu/cblas-openblas.h ] || ls /usr/include/*/openblas*/cblas.h >/dev/null 2>&1 \
   || [ -e /usr/include/openblas/cblas.h ] || need+=(libopenblas-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+# the fuzz harnesses (make fuzz, make fuzz-smoke): clang's libFuzzer runtime and OpenMP
+command -v clang >/dev/null || need+=(clang)
+ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1 || need+=(libclang-rt-14-dev)
+ls /usr/lib/llvm-*/lib/libomp.so >/dev/null 2>&1 || [ -e /usr/lib/x86_64-linux-gnu/libomp.so ] || need+=(libomp-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "ftune: installing missing packages: ${need[*]}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"

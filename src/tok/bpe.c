@@ -499,8 +499,8 @@ int bpe_encode_word(const tok_bpe *m, const char *w, size_t n, int32_t **ids, si
         size_t off = c->pool.len;
         char *dst = arena_reserve(&c->pool, wpad + nn * 4 + 4);
         if (dst) {
-            memcpy(dst, w, n);
-            memcpy(dst + wpad, *ids + before, nn * 4);
+            if (n) memcpy(dst, w, n);
+            if (nn) memcpy(dst + wpad, *ids + before, nn * 4);
             c->pool.len += wpad + nn * 4;
             c->pool.len = (c->pool.len + 3) & ~(size_t)3;
             c->slot[slot] = (cache_ent){h, (uint32_t)off, (uint32_t)n, (uint32_t)nn};

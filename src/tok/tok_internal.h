@@ -36,7 +36,7 @@ typedef struct tok_arena {
 
 /* Make room for n more bytes; returns the write position or NULL (oom set). */
 static inline char *arena_reserve(tok_arena *a, size_t n) {
-    if (a->len + n > a->cap) {
+    if (a->len + n > a->cap || !a->p) { /* never hand out NULL + 0: even n = 0 allocates */
         size_t c = a->cap ? a->cap : 256;
         while (c < a->len + n) c *= 2;
         char *q = realloc(a->p, c);
@@ -52,7 +52,7 @@ static inline char *arena_reserve(tok_arena *a, size_t n) {
 static inline size_t arena_push(tok_arena *a, const void *s, size_t n) {
     size_t off = a->len;
     char *w = arena_reserve(a, n);
-    if (w) {
+    if (w && n) {
         memcpy(w, s, n);
         a->len += n;
     }

@@ -347,7 +347,11 @@ static ft_status load_added(tokenizer *t, const cJSON *arr, ft_error *err) {
         uint8_t *dst[5] = {&a->special, &a->lstrip, &a->rstrip, &a->single_word, &a->normalized};
         for (int k = 0; k < 5; k++) {
             ft_status st = json_get_bool(e, flags[k], 0, k == 4 ? !a->special : 0, &v, where, err);
-            if (st) return st;
+            if (st) {
+                free(a->content); /* not counted in nadded yet, so tok_free would miss it */
+                a->content = NULL;
+                return st;
+            }
             *dst[k] = (uint8_t)v;
         }
         t->nadded++;
