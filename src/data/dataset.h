@@ -44,9 +44,6 @@ typedef struct dataset {
     char first_dropped[320]; /* FILE:LINE of the first dropped example, for the warning */
 } dataset;
 
-/* Read FILE.jsonl of pre-tokenized lines; examples longer than seq_len (> 0) keep their first
- * seq_len tokens. Every id must be in [0, vocab). Errors name FILE:LINE and the field. */
-ft_status dataset_load_ids(const char *path, int seq_len, int vocab, dataset *ds, ft_error *err);
 void dataset_free(dataset *ds);
 
 typedef struct data_options {

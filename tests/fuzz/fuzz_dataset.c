@@ -1,7 +1,8 @@
 /*
  * fuzz_dataset.c: libFuzzer harness for pre-tokenized JSONL (src/data/dataset.c).
  *
- * The input is written as data.jsonl and read with dataset_load_ids(seq_len 64, vocab 1000).
+ * The input is written as data.jsonl and read by the trainer's loader, data_load (seq_len 64,
+ * vocab 1000, no model folder: pre-tokenized lines load, text formats must fail cleanly).
  * An accepted dataset must keep what the trainer builds on: every example 1..64 tokens, ids in
  * [0, 1000), labels in [0, 1000) or -100, the counters consistent; then the examples go
  * through batch_fill, as the trainer would use them. A broken promise aborts (libFuzzer: crash).
@@ -17,7 +18,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fz_write("data.jsonl", data, size);
     dataset ds;
     ft_error err;
-    if (dataset_load_ids(path, SEQ, VOCAB, &ds, &err)) {
+    char hash[17];
+    const char *src[1] = {path};
+    data_options o = {0};
+    o.sources = src, o.n_sources = 1, o.vocab = VOCAB, o.seq_len = SEQ;
+    if (data_load(&o, &ds, NULL, hash, &err)) {
         if (err.status != FT_ERR_INPUT && err.status != FT_ERR_RUNTIME) abort();
         return 0;
     }
@@ -35,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         tokens += e->n;
         if (e->n > max_len) max_len = e->n;
     }
-    if (tokens != ds.tokens || max_len != ds.max_len || ds.n_truncated > ds.n) abort();
+    if (tokens != ds.tokens || max_len != ds.max_len || ds.n_truncated > ds.n + ds.n_dropped_masked) abort();
     if (ds.n > 0 && max_len > 0) {
         batch b;
         if (batch_alloc(&b, 4, max_len, &err) == FT_OK) {
