@@ -633,8 +633,8 @@ ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t
         shape_text(a, sizeof a, ndim, shape);
         shape_text(b, sizeof b, t->ndim, t->shape);
         return ft_error_set(err, FT_ERR_INPUT, where,
-                            "the weights do not match config.json (wrong config, or a different "
-                            "model's checkpoint)",
+                            "the file does not belong to this model: its shapes must follow the "
+                            "model's config.json (and an adapter's, its adapter_config.json r)",
                             "expected shape %s, found %s", a, b);
     }
     size_t n = t->nbytes / dtype_sizes[t->dtype];
