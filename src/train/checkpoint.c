@@ -30,6 +30,15 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 }
 static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
+/* Remove a checkpoint folder without ever leaving a partial "checkpoint-N" behind: rename it to a
+ * temporary name first (atomic), then delete; an interrupted delete leaves only a *.tmp-* folder,
+ * which checkpoint_latest clears. */
+static void remove_checkpoint(const char *path) {
+    char gone[4400];
+    snprintf(gone, sizeof gone, "%s.tmp-del-%d", path, (int)getpid());
+    if (rename(path, gone) == 0) remove_tree(gone);
+}
+
 /* Parse "checkpoint-N" (exactly); returns N or -1. */
 static long ckpt_step(const char *name) {
     if (strncmp(name, "checkpoint-", 11)) return -1;
@@ -83,7 +92,7 @@ ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_c
     }
     if (!st) st = write_state(tmp, ts, err);
     if (!st) {
-        remove_tree(final); /* a stale one from an earlier run that reached this step */
+        remove_checkpoint(final); /* a stale one from an earlier run that reached this step */
         if (rename(tmp, final) != 0)
             st = ft_error_set(err, FT_ERR_RUNTIME, final, NULL, "cannot rename the checkpoint into place: %s",
                               strerror(errno));
@@ -114,7 +123,7 @@ ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_c
             if (newer >= keep) {
                 char old[4200];
                 snprintf(old, sizeof old, "%s/checkpoint-%ld", run_dir, steps[i]);
-                remove_tree(old);
+                remove_checkpoint(old);
             }
         }
     }
