@@ -56,6 +56,11 @@ void exvec_free(exvec *v) {
 
 static ft_status need_tokenizer(data_ctx *c, const char *where, ft_error *err) {
     if (c->tok) return FT_OK;
+    if (!c->o->model_dir)
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "text, prompt/completion and chat data need a model folder with "
+                            "tokenizer.json; pre-tokenized lines (input_ids) do not",
+                            "no tokenizer to encode this example with");
     ft_status st = tok_load(c->o->model_dir, &c->tok, err);
     if (st) {
         char w[sizeof err->where];
