@@ -29,6 +29,7 @@
  * are overwritten. Parallelism is B*Hkv items; SIMD kernels are left to a later speed pass.
  */
 #include "ops/ops.h"
+#include "ops/attention_mask.h"
 
 #include <math.h>
 #include <string.h>
@@ -37,36 +38,6 @@
 #define ATT_BK 64  /* keys per forward tile */
 #define ATT_BKB 32 /* keys per backward tile */
 
-typedef struct {
-    const int *seg; /* this batch row's segment ids, or NULL */
-    int monotone;   /* seg non-decreasing over [0, L): segments are contiguous runs */
-    int window;
-} att_mask;
-
-static int att_seg_monotone(const int *s, int L) {
-    for (int t = 1; t < L; t++)
-        if (s[t] < s[t - 1]) return 0;
-    return 1;
-}
-
-/* The first key row i may see; keys [att_lo(i), i] are all it can see (with the per-pair seg
- * check when seg is not monotone). Non-decreasing in i. */
-static int att_lo(const att_mask *m, int i) {
-    int lo = m->window > 0 ? i - m->window + 1 : 0;
-    if (lo < 0) lo = 0;
-    if (m->seg && m->monotone) {
-        int a = 0, z = i, si = m->seg[i];
-        while (a < z) {
-            int mid = a + (z - a) / 2;
-            if (m->seg[mid] < si)
-                a = mid + 1;
-            else
-                z = mid;
-        }
-        if (a > lo) lo = a;
-    }
-    return lo;
-}
 
 static inline int att_seg_skip(const att_mask *m, int i, int j) {
     return m->seg && !m->monotone && m->seg[i] != m->seg[j];

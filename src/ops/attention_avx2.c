@@ -27,6 +27,7 @@
 
 #include <immintrin.h>
 #include "ops/vexp_avx2.h"
+#include "ops/attention_mask.h"
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -41,34 +42,6 @@
 
 static const float ax_zero[AX_DMAX]; /* a zero row for the unused rows of a 4-row group */
 
-/* ---- masks: the same rule as attention.c ------------------------------------------------ */
-typedef struct {
-    const int *seg;
-    int monotone, window;
-} ax_mask;
-
-static int ax_seg_monotone(const int *s, int L) {
-    for (int t = 1; t < L; t++)
-        if (s[t] < s[t - 1]) return 0;
-    return 1;
-}
-
-static int ax_lo(const ax_mask *m, int i) {
-    int lo = m->window > 0 ? i - m->window + 1 : 0;
-    if (lo < 0) lo = 0;
-    if (m->seg && m->monotone) {
-        int a = 0, z = i, si = m->seg[i];
-        while (a < z) {
-            int mid = a + (z - a) / 2;
-            if (m->seg[mid] < si)
-                a = mid + 1;
-            else
-                z = mid;
-        }
-        if (a > lo) lo = a;
-    }
-    return lo;
-}
 
 static int ax_len(const int *len, int b, int T) {
     if (!len) return T;
@@ -228,8 +201,8 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
         int qb = nqb - 1 - (int)(it / BG); /* late (costly) query blocks first */
         int b = (int)(it % BG) / Hkv, g = (int)(it % BG) % Hkv;
         int L = ax_len(len, b, T);
-        ax_mask m = {seg ? seg + (size_t)b * T : NULL, 0, window};
-        if (m.seg) m.monotone = ax_seg_monotone(m.seg, L);
+        att_mask m = {seg ? seg + (size_t)b * T : NULL, 0, window};
+        if (m.seg) m.monotone = att_seg_monotone(m.seg, L);
         int i0 = qb * AX_BQ, i1 = i0 + AX_BQ < T ? i0 + AX_BQ : T, ie = i1 < L ? i1 : L;
         const float *kb = k + ((size_t)b * T * Hkv + g) * D;
         const float *vb = v + ((size_t)b * T * Hkv + g) * D;
@@ -247,7 +220,7 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
         }
         if (ie <= i0) continue;
         for (int i = i0; i < ie; i++)
-            lo[i - i0] = ax_lo(&m, i);
+            lo[i - i0] = att_lo(&m, i);
         int nonmono = m.seg && !m.monotone;
         for (int j0 = lo[0] / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
             int jn = (j0 + AX_BK < ie ? j0 + AX_BK : ie) - j0, nkc = (jn + 15) / 16;
@@ -333,18 +306,18 @@ typedef struct {
 } ax_bwd;
 
 /* The batch row's valid length and mask. */
-static int ax_bwd_mask(const ax_bwd *c, int b, ax_mask *m) {
+static int ax_bwd_mask(const ax_bwd *c, int b, att_mask *m) {
     int L = ax_len(c->len, b, c->T);
     m->seg = c->seg ? c->seg + (size_t)b * c->T : NULL;
     m->window = c->window;
-    m->monotone = m->seg ? ax_seg_monotone(m->seg, L) : 0;
+    m->monotone = m->seg ? att_seg_monotone(m->seg, L) : 0;
     return L;
 }
 
 /* For query head h, rows r0..r0+nr-1 (nr <= 16) against the key tile [j0, j0+jn) whose
  * transposes are Kt, Vt: P and dS = P (dP - Di) scale into Pb, dSb (rows nr..15 zero), and with
  * do_dq, dq += dS K. */
-static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0, int jn,
+static void ax_bwd_rows(const ax_bwd *c, const att_mask *m, int b, int h, int j0, int jn,
                         const float *Kt, const float *Vt, const int *segt, int r0, int nr,
                         float Pb[AX_RB][AX_BK], float dSb[AX_RB][AX_BK], const float *xq[AX_RB],
                         const float *xdo[AX_RB], int do_dq) {
@@ -373,7 +346,7 @@ static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0,
         for (int r = 0; r < 4; r++) {
             int R = g4 + r, i = r0 + R;
             o[r] = R < nr ? c->dq + ((size_t)(b * T + i) * H + h) * D : dummy;
-            int lo = R < nr ? ax_lo(m, i) : 0;
+            int lo = R < nr ? att_lo(m, i) : 0;
             int hi = i + 1 < j0 + jn ? i + 1 : j0 + jn;
             if (R >= nr || lo >= hi) {
                 memset(Pb[R], 0, sizeof Pb[R]);
@@ -404,7 +377,7 @@ static void ax_bwd_rows(const ax_bwd *c, const ax_mask *m, int b, int h, int j0,
 }
 
 /* Transposes the key tile [j0, j0+jn) of (b, g) into Kt, Vt, and its segment ids into segt. */
-static void ax_bwd_tile(const ax_bwd *c, const ax_mask *m, int b, int g, int j0, int jn, float *Kt,
+static void ax_bwd_tile(const ax_bwd *c, const att_mask *m, int b, int g, int j0, int jn, float *Kt,
                         float *Vt, int *segt) {
     size_t ks = (size_t)c->Hkv * c->D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * c->D;
     ax_transpose(Kt, c->k + off, ks, jn, c->D);
@@ -416,7 +389,7 @@ static void ax_bwd_tile(const ax_bwd *c, const ax_mask *m, int b, int g, int j0,
 
 /* dV and dK of the key tile [j0, j0+jn) of (b, g) from every query row of every head of the
  * group that sees it; with do_dq also those rows' dq (one-pass mode). */
-static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int j0, int jn,
+static void ax_bwd_keytile(const ax_bwd *c, const att_mask *m, int L, int b, int g, int j0, int jn,
                            int do_dq) {
     int G = c->H / c->Hkv, D = c->D;
     size_t ks = (size_t)c->Hkv * D, off = ((size_t)(b * c->T + j0) * c->Hkv + g) * D;
@@ -426,7 +399,7 @@ static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int 
     ax_bwd_tile(c, m, b, g, j0, jn, Kt, Vt, segt);
     for (int hh = 0; hh < G; hh++)
         for (int r0 = j0; r0 < L; r0 += AX_RB) {
-            if (ax_lo(m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
+            if (att_lo(m, r0) >= j0 + jn) break; /* lo is non-decreasing in the row */
             int nr = L - r0 < AX_RB ? L - r0 : AX_RB;
             ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo, do_dq);
             ax_tpv(c->dv + off, ks, (const float(*)[AX_BK])Pb, xdo, nr, jn, D);
@@ -435,20 +408,20 @@ static void ax_bwd_keytile(const ax_bwd *c, const ax_mask *m, int L, int b, int 
 }
 
 /* Two-pass mode, pass 2: dq of query rows [i0, i0 + AX_BQ) of every head of group (b, g). */
-static void ax_bwd_dq(const ax_bwd *c, const ax_mask *m, int L, int b, int g, int i0) {
+static void ax_bwd_dq(const ax_bwd *c, const att_mask *m, int L, int b, int g, int i0) {
     int G = c->H / c->Hkv;
     int ie = i0 + AX_BQ < L ? i0 + AX_BQ : L;
     float Kt[AX_DMAX * AX_BK], Vt[AX_DMAX * AX_BK], Pb[AX_RB][AX_BK], dSb[AX_RB][AX_BK];
     int segt[AX_BK];
     const float *xq[AX_RB], *xdo[AX_RB];
     if (ie <= i0) return;
-    for (int j0 = ax_lo(m, i0) / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
+    for (int j0 = att_lo(m, i0) / AX_BK * AX_BK; j0 < ie; j0 += AX_BK) {
         int jn = (j0 + AX_BK < ie ? j0 + AX_BK : ie) - j0;
         ax_bwd_tile(c, m, b, g, j0, jn, Kt, Vt, segt);
         for (int hh = 0; hh < G; hh++)
             for (int r0 = i0; r0 < ie; r0 += AX_RB) {
                 int nr = ie - r0 < AX_RB ? ie - r0 : AX_RB;
-                if (r0 + nr - 1 < j0 || ax_lo(m, r0) >= j0 + jn) continue;
+                if (r0 + nr - 1 < j0 || att_lo(m, r0) >= j0 + jn) continue;
                 ax_bwd_rows(c, m, b, g * G + hh, j0, jn, Kt, Vt, segt, r0, nr, Pb, dSb, xq, xdo, 1);
             }
     }
@@ -477,7 +450,7 @@ void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout,
 #pragma omp parallel for schedule(dynamic, 1)
         for (int bg = 0; bg < B * Hkv; bg++) {
             int b = bg / Hkv, g = bg % Hkv;
-            ax_mask m;
+            att_mask m;
             int L = ax_bwd_mask(&c, b, &m);
             for (int t = 0; t < T; t++) {
                 memset(dk + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
@@ -499,7 +472,7 @@ void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout,
         for (long it = 0; it < (long)B * Hkv * nt; it++) {
             int jt = (int)(it % nt), b = (int)(it / nt) / Hkv, g = (int)(it / nt) % Hkv;
             int j0 = jt * AX_BK, j1 = j0 + AX_BK < T ? j0 + AX_BK : T;
-            ax_mask m;
+            att_mask m;
             int L = ax_bwd_mask(&c, b, &m);
             for (int t = j0; t < j1; t++) {
                 memset(dk + ((size_t)b * T + t) * ks + (size_t)g * D, 0, (size_t)D * 4);
@@ -512,7 +485,7 @@ void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout,
             int qt = nqb - 1 - (int)(it / (B * Hkv)); /* late (costly) query blocks first */
             int b = (int)(it % (B * Hkv)) / Hkv, g = (int)(it % (B * Hkv)) % Hkv;
             int i0 = qt * AX_BQ, i1 = i0 + AX_BQ < T ? i0 + AX_BQ : T;
-            ax_mask m;
+            att_mask m;
             int L = ax_bwd_mask(&c, b, &m);
             for (int t = i0; t < i1; t++)
                 memset(dq + ((size_t)(b * T + t) * H + g * G) * D, 0, (size_t)G * D * 4);
