@@ -34,4 +34,15 @@ void quant4_quantize(quant4_type t, const float *x, size_t n, int blocksize, uin
 void quant4_dequantize(quant4_type t, const uint8_t *packed, const float *absmax, size_t n,
                        int blocksize, float *out);
 
+/* ---- double quantization (bitsandbytes compress_statistics=True) ----------------------
+ * The absmax values of n blocks, as quantize_4bit(compress_statistics=True) stores them:
+ * offset = absmax.mean() (as torch computes it in fp32), then quantize_blockwise(absmax - offset,
+ * blocksize=256) with the signed dynamic 8-bit map: codes (n), nested_absmax (ceil(n/256)). */
+const float *quant8_dynamic_code(void); /* the 256 values of bitsandbytes' create_dynamic_map() */
+void quant4_double_quant(const float *absmax, size_t n, uint8_t *codes, float *nested_absmax,
+                         float *offset);
+/* absmax (n) = code[codes[i]] * nested_absmax[i / 256] + offset, as dequantize_blockwise does. */
+void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, float offset,
+                           size_t n, float *absmax);
+
 #endif

@@ -1,0 +1,82 @@
+/*
+ * qtensor.h: frozen weight matrices in one of several storage formats, and the matmuls through
+ * them that dequantize on the fly (a panel of rows at a time, never the whole matrix).
+ *
+ * One traits table (qtensor.c) has a row per format: name, values per block, bytes per block,
+ * dequantize, fused dot product. The SIMD versions (qtensor_avx2.c, qtensor_avx512.c) are chosen
+ * at start-up from what the CPU has; FTUNE_ISA=portable|avx2|avx512 caps the choice (tests use it
+ * to run every path the machine has). The portable C in qtensor.c is the reference.
+ *
+ * Layouts (all row-major over the (rows, cols) = (out, in) matrix, flattened):
+ *   F32, BF16, F16  rows*cols values.
+ *   Q8_0            GGUF's block_q8_0 (ggml-common.h): per 32 consecutive values of a row,
+ *                   { f16 d; int8 q[32] } = 34 bytes; value = d * q. cols % 32 == 0.
+ *                   Quantization as ggml's quantize_row_q8_0_ref: d = max|x| / 127,
+ *                   q = round(x / d) (0 when d == 0).
+ *   NF4, FP4        bitsandbytes 4-bit (ops/quant.h): the flattened matrix in blocks of
+ *                   `blocksize` values (blocks may cross rows), two codes per byte, high nibble
+ *                   first; value = code[q] * absmax[block].
+ *                   absmax is either fp32 per block, or double-quantized as bitsandbytes does
+ *                   (compress_statistics=True): absmax[b] = nested_code[absmax_q[b]] *
+ *                   nested_absmax[b / nested_blocksize] + offset.
+ */
+#ifndef FT_OPS_QTENSOR_H
+#define FT_OPS_QTENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum qformat { QF_F32, QF_BF16, QF_F16, QF_Q8_0, QF_NF4, QF_FP4, QF_COUNT } qformat;
+
+typedef struct qtensor {
+    qformat fmt;
+    int rows, cols;
+    int blocksize;              /* NF4/FP4: bitsandbytes block size; Q8_0: 32; others 1 */
+    const void *data;           /* values, blocks or packed codes as above */
+    const float *absmax;        /* NF4/FP4 without double quantization: one per block */
+    const uint8_t *absmax_q;    /* NF4/FP4 double-quantized: one 8-bit code per block */
+    const float *nested_absmax; /* one per nested_blocksize blocks */
+    const float *nested_code;   /* the 256 code values (bitsandbytes' dynamic map) */
+    int nested_blocksize;       /* 256 in bitsandbytes */
+    float offset;               /* added back after the nested dequantization */
+    void *owned;                /* one allocation qtensor_free releases (NULL: borrowed) */
+} qtensor;
+
+typedef struct qformat_traits {
+    const char *name;    /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4" */
+    int block_values;    /* default values per block */
+    size_t block_bytes;  /* bytes of `data` per block (NF4/FP4: block_values / 2) */
+} qformat_traits;
+
+const qformat_traits *qformat_info(qformat f);
+/* "nf4" -> QF_NF4 ...; also accepts "q8" for Q8_0 and "none" for F32. -1 when unknown. */
+int qformat_parse(const char *name);
+
+/* Bytes this tensor holds in memory (data + absmax state). */
+size_t qtensor_bytes(const qtensor *t);
+void qtensor_free(qtensor *t);
+
+/* Quantize rows*cols fp32 values into a new tensor of format f (allocates; owned).
+ * blocksize: NF4/FP4 block size (0 = 64); double_quant: NF4/FP4 only. Returns 0 on success,
+ * -1 when out of memory or the shape does not suit the format (Q8_0 needs cols % 32 == 0). */
+int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
+                     int double_quant);
+
+/* out (nrows * cols) = rows r0 .. r0+nrows-1 dequantized to fp32. */
+void qtensor_dequant_rows(const qtensor *t, int r0, int nrows, float *out);
+/* dot product of row r with x (cols values), dequantizing on the fly. */
+float qtensor_dot_row(const qtensor *t, int r, const float *x);
+
+/* out (N, rows) = beta*out + inp (N, cols) . W^T [+ bias (rows)]; ldo/ldi row strides
+ * (0 = rows / cols). For F32 this is one GEMM; for others, panels of rows are dequantized into
+ * a small buffer and multiplied. */
+void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                     const float *bias, int N, float beta);
+/* dinp (N, cols) += dout (N, rows) . W */
+void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
+                            int N);
+
+/* Which kernel set runs: "avx512", "avx2" or "portable". */
+const char *qtensor_isa(void);
+
+#endif
