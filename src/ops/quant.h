@@ -45,4 +45,10 @@ void quant4_double_quant(const float *absmax, size_t n, uint8_t *codes, float *n
 void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, float offset,
                            size_t n, float *absmax);
 
+/* Values per nested block of double quantization (bitsandbytes' fixed 256). */
+enum { QUANT8_BLOCK = 256 };
+/* torch's fp32 CPU sum of x (n), bit for bit, for a vector width W (8: AVX2/default kernels,
+ * 16: AVX512) and T intra-op threads; quant4_double_quant uses it for the offset. */
+float quant4_torch_sum(const float *x, size_t n, int W, int T);
+
 #endif
