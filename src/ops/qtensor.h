@@ -42,10 +42,16 @@ typedef struct qtensor {
     void *owned;                /* one allocation qtensor_free releases (NULL: borrowed) */
 } qtensor;
 
+/* Kernel signatures: rows r0 .. r0+nrows-1 to fp32 (out: nrows * cols); dot of row r with x. */
+typedef void (*qdequant_fn)(const qtensor *t, int r0, int nrows, float *out);
+typedef float (*qdot_fn)(const qtensor *t, int r, const float *x);
+
 typedef struct qformat_traits {
     const char *name;    /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4" */
     int block_values;    /* default values per block */
     size_t block_bytes;  /* bytes of `data` per block (NF4/FP4: block_values / 2) */
+    qdequant_fn dequant_ref; /* the portable reference kernels (the SIMD ones are tested */
+    qdot_fn dot_ref;         /* against these; qtensor_dequant_rows/dot_row use the fastest) */
 } qformat_traits;
 
 const qformat_traits *qformat_info(qformat f);
@@ -78,5 +84,9 @@ void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, co
 
 /* Which kernel set runs: "avx512", "avx2" or "portable". */
 const char *qtensor_isa(void);
+/* Switch the kernel set ("portable", "avx2", "avx512"; for tests and benchmarks). Returns 1 when
+ * switched, 0 when the CPU lacks it or the name is unknown (the current set stays). Not
+ * thread-safe against running kernels. */
+int qtensor_set_isa(const char *isa);
 
 #endif

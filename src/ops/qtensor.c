@@ -1,0 +1,451 @@
+/*
+ * qtensor.c: frozen weight matrices in F32 / BF16 / F16 / Q8_0 / NF4 / FP4 (see qtensor.h for
+ * the layouts), their quantization, and the matmuls that dequantize them on the fly.
+ *
+ * A format is a row of `traits`: sizes plus the portable kernels (dequantize rows, fused dot of
+ * one row). Those portable kernels are the reference; qtensor_avx2.c and qtensor_avx512.c hold
+ * faster versions of the same kernels, and `active` points at the set chosen once at start-up
+ * (the best the CPU has, capped by FTUNE_ISA).
+ *
+ * Matmuls: F32 is one GEMM over the stored matrix. Other formats go a panel of rows at a time:
+ * the panel (about PANEL_BYTES of fp32) is dequantized into a buffer, by all threads, and one
+ * GEMM multiplies it; the whole fp32 matrix never exists. With very few input rows (N small) a
+ * GEMM does not pay for the dequantization pass, so each output is one fused dot product.
+ */
+#include "ops/ops.h"
+#include "ops/qtensor_kernels.h"
+#include "ops/quant.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* ---- scalar conversions ------------------------------------------------------------------ */
+
+/* float -> IEEE half, round to nearest even (as numpy's astype(float16) and F16C do). */
+static uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+    uint32_t a = u & 0x7fffffff;
+    if (a > 0x7f800000) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff); /* NaN, quiet */
+    if (a >= 0x47800000) return sign | 0x7c00; /* >= 65536 (or inf): inf */
+    if (a < 0x38800000) {                      /* below 2^-14: a half subnormal, or zero */
+        int e = (int)(a >> 23);
+        if (e < 101) return sign; /* below 2^-26: rounds to zero */
+        uint32_t m = (a & 0x7fffff) | 0x800000;
+        int shift = 126 - e; /* value = m * 2^(e-150) = (m >> shift) half units of 2^-24 */
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return sign | (uint16_t)q;
+    }
+    /* normal: rebias the exponent (127 -> 15), round the 13 dropped bits to even; a carry
+     * moves into the exponent, up to inf for 65520 .. 65535 */
+    uint32_t r = a - 0x38000000;
+    r += 0xfff + ((r >> 13) & 1);
+    return sign | (uint16_t)(r >> 13);
+}
+
+/* float -> bfloat16, round to nearest even, NaN -> quiet NaN (as torch's .to(bfloat16)). */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+/* ---- portable kernels (the reference) ---------------------------------------------------- */
+
+static void dequant_f32(const qtensor *t, int r0, int nrows, float *out) {
+    memcpy(out, (const float *)t->data + (size_t)r0 * t->cols, (size_t)nrows * t->cols * 4);
+}
+
+static float dot_f32(const qtensor *t, int r, const float *x) {
+    const float *w = (const float *)t->data + (size_t)r * t->cols;
+    float s = 0;
+    for (int i = 0; i < t->cols; i++) s += w[i] * x[i];
+    return s;
+}
+
+static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
+    const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
+    size_t n = (size_t)nrows * t->cols;
+    for (size_t i = 0; i < n; i++) out[i] = qt_bf16_to_f32(h[i]);
+}
+
+static float dot_bf16(const qtensor *t, int r, const float *x) {
+    const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
+    float s = 0;
+    for (int i = 0; i < t->cols; i++) s += qt_bf16_to_f32(h[i]) * x[i];
+    return s;
+}
+
+static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
+    const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
+    size_t n = (size_t)nrows * t->cols;
+    for (size_t i = 0; i < n; i++) out[i] = qt_f16_to_f32(h[i]);
+}
+
+static float dot_f16(const qtensor *t, int r, const float *x) {
+    const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
+    float s = 0;
+    for (int i = 0; i < t->cols; i++) s += qt_f16_to_f32(h[i]) * x[i];
+    return s;
+}
+
+static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
+    size_t nb = (size_t)nrows * (t->cols / Q8_0_VALUES);
+    const uint8_t *blk = (const uint8_t *)t->data + (size_t)r0 * (t->cols / Q8_0_VALUES) * Q8_0_BYTES;
+    for (size_t b = 0; b < nb; b++, blk += Q8_0_BYTES, out += Q8_0_VALUES) {
+        uint16_t dh;
+        memcpy(&dh, blk, 2);
+        float d = qt_f16_to_f32(dh);
+        const int8_t *q = (const int8_t *)(blk + 2);
+        for (int j = 0; j < Q8_0_VALUES; j++) out[j] = d * (float)q[j];
+    }
+}
+
+static float dot_q8_0(const qtensor *t, int r, const float *x) {
+    int nb = t->cols / Q8_0_VALUES;
+    const uint8_t *blk = (const uint8_t *)t->data + (size_t)r * nb * Q8_0_BYTES;
+    float s = 0;
+    for (int b = 0; b < nb; b++, blk += Q8_0_BYTES, x += Q8_0_VALUES) {
+        uint16_t dh;
+        memcpy(&dh, blk, 2);
+        const int8_t *q = (const int8_t *)(blk + 2);
+        float bs = 0;
+        for (int j = 0; j < Q8_0_VALUES; j++) bs += (float)q[j] * x[j];
+        s += qt_f16_to_f32(dh) * bs;
+    }
+    return s;
+}
+
+/* 4-bit: the flattened matrix is in blocks of t->blocksize values that may cross rows, so rows
+ * r0.. are the flat range [r0*cols, (r0+nrows)*cols), walked block segment by block segment. */
+static void dequant_4bit(const qtensor *t, const float *code, int r0, int nrows, float *out) {
+    const uint8_t *p = t->data;
+    size_t bs = (size_t)t->blocksize, lo = (size_t)r0 * t->cols, hi = lo + (size_t)nrows * t->cols;
+    for (size_t i = lo; i < hi;) {
+        size_t b = i / bs, end = (b + 1) * bs < hi ? (b + 1) * bs : hi;
+        float a = qt_block_absmax(t, b);
+        for (; i < end; i++) out[i - lo] = code[qt_nibble(p, i)] * a;
+    }
+}
+
+static float dot_4bit(const qtensor *t, const float *code, int r, const float *x) {
+    const uint8_t *p = t->data;
+    size_t bs = (size_t)t->blocksize, lo = (size_t)r * t->cols, hi = lo + (size_t)t->cols;
+    float s = 0;
+    for (size_t i = lo; i < hi;) {
+        size_t b = i / bs, end = (b + 1) * bs < hi ? (b + 1) * bs : hi;
+        float bsum = 0; /* the block's absmax multiplies once, after the sum */
+        for (; i < end; i++) bsum += code[qt_nibble(p, i)] * x[i - lo];
+        s += qt_block_absmax(t, b) * bsum;
+    }
+    return s;
+}
+
+static void dequant_nf4(const qtensor *t, int r0, int nrows, float *out) {
+    dequant_4bit(t, quant4_code(QUANT_NF4), r0, nrows, out);
+}
+static void dequant_fp4(const qtensor *t, int r0, int nrows, float *out) {
+    dequant_4bit(t, quant4_code(QUANT_FP4), r0, nrows, out);
+}
+static float dot_nf4(const qtensor *t, int r, const float *x) {
+    return dot_4bit(t, quant4_code(QUANT_NF4), r, x);
+}
+static float dot_fp4(const qtensor *t, int r, const float *x) {
+    return dot_4bit(t, quant4_code(QUANT_FP4), r, x);
+}
+
+/* ---- the traits table and kernel sets ---------------------------------------------------- */
+
+static const qformat_traits traits[QF_COUNT] = {
+    [QF_F32] = {"f32", 1, 4, dequant_f32, dot_f32},
+    [QF_BF16] = {"bf16", 1, 2, dequant_bf16, dot_bf16},
+    [QF_F16] = {"f16", 1, 2, dequant_f16, dot_f16},
+    [QF_Q8_0] = {"q8_0", Q8_0_VALUES, Q8_0_BYTES, dequant_q8_0, dot_q8_0},
+    [QF_NF4] = {"nf4", 64, 32, dequant_nf4, dot_nf4},
+    [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4},
+};
+
+static const qkernels kernels_portable = {"portable", {0}, {0}};
+
+const qformat_traits *qformat_info(qformat f) {
+    return (unsigned)f < QF_COUNT ? &traits[f] : NULL;
+}
+
+int qformat_parse(const char *name) {
+    if (!name) return -1;
+    if (!strcasecmp(name, "q8")) return QF_Q8_0;
+    if (!strcasecmp(name, "none")) return QF_F32;
+    for (int f = 0; f < QF_COUNT; f++)
+        if (!strcasecmp(name, traits[f].name)) return f;
+    return -1;
+}
+
+/* The kernel sets in order of preference, and whether this CPU runs each. */
+static int cpu_has(const qkernels *k) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (k == &qtensor_kernels_avx512)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (k == &qtensor_kernels_avx2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
+#endif
+    return k == &kernels_portable;
+}
+
+static const qkernels *const sets[] = {&qtensor_kernels_avx512, &qtensor_kernels_avx2,
+                                       &kernels_portable};
+enum { NSETS = sizeof sets / sizeof sets[0] };
+
+static const qkernels *active;
+static pthread_once_t active_once = PTHREAD_ONCE_INIT;
+
+/* The best set the CPU has, no better than FTUNE_ISA names (an unknown name caps nothing). */
+static void choose_kernels(void) {
+    const char *cap = getenv("FTUNE_ISA");
+    int first = 0;
+    for (int i = 0; cap && i < NSETS; i++)
+        if (!strcasecmp(cap, sets[i]->isa)) first = i;
+    for (int i = first; i < NSETS && !active; i++)
+        if (cpu_has(sets[i])) active = sets[i];
+}
+
+static const qkernels *kernels(void) {
+    pthread_once(&active_once, choose_kernels);
+    return active;
+}
+
+const char *qtensor_isa(void) { return kernels()->isa; }
+
+int qtensor_set_isa(const char *isa) {
+    kernels();
+    for (int i = 0; isa && i < NSETS; i++)
+        if (!strcasecmp(isa, sets[i]->isa)) {
+            if (!cpu_has(sets[i])) return 0;
+            active = sets[i];
+            return 1;
+        }
+    return 0;
+}
+
+static qdequant_fn dequant_kernel(qformat f) {
+    qdequant_fn k = kernels()->dequant[f];
+    return k ? k : traits[f].dequant_ref;
+}
+
+static qdot_fn dot_kernel(qformat f) {
+    qdot_fn k = kernels()->dot[f];
+    return k ? k : traits[f].dot_ref;
+}
+
+void qtensor_dequant_rows(const qtensor *t, int r0, int nrows, float *out) {
+    if (nrows > 0) dequant_kernel(t->fmt)(t, r0, nrows, out);
+}
+
+float qtensor_dot_row(const qtensor *t, int r, const float *x) {
+    return dot_kernel(t->fmt)(t, r, x);
+}
+
+/* ---- sizes, quantization ----------------------------------------------------------------- */
+
+static int is_4bit(qformat f) { return f == QF_NF4 || f == QF_FP4; }
+
+static size_t data_bytes(qformat f, size_t rows, size_t cols) {
+    size_t n = rows * cols;
+    switch (f) {
+    case QF_F32: return n * 4;
+    case QF_BF16:
+    case QF_F16: return n * 2;
+    case QF_Q8_0: return rows * (cols / Q8_0_VALUES) * Q8_0_BYTES;
+    case QF_NF4:
+    case QF_FP4: return quant4_packed_bytes(n);
+    default: return 0;
+    }
+}
+
+/* The absmax state of a 4-bit tensor: fp32 per block, or a code per block plus fp32 per nested
+ * block (the 256-value nested code is bitsandbytes' shared table, not counted). */
+static size_t absmax_bytes(const qtensor *t) {
+    if (!is_4bit(t->fmt)) return 0;
+    size_t nb = quant4_blocks((size_t)t->rows * t->cols, t->blocksize);
+    if (t->absmax) return nb * 4;
+    if (t->absmax_q)
+        return nb + quant4_blocks(nb, t->nested_blocksize > 0 ? t->nested_blocksize : 256) * 4;
+    return 0;
+}
+
+size_t qtensor_bytes(const qtensor *t) {
+    return data_bytes(t->fmt, (size_t)t->rows, (size_t)t->cols) + absmax_bytes(t);
+}
+
+void qtensor_free(qtensor *t) {
+    if (!t) return;
+    free(t->owned);
+    memset(t, 0, sizeof *t);
+}
+
+/* GGUF Q8_0 as ggml's quantize_row_q8_0_ref (and gguf-py's Q8_0.quantize_blocks) compute it:
+ * d = amax / 127, id = 1/d (0 when d == 0), q = roundf(x * id) (half away from zero), d stored
+ * as f16 rounded to nearest even. */
+static void quantize_q8_0(const float *x, size_t nblocks, uint8_t *out) {
+    for (size_t b = 0; b < nblocks; b++, x += Q8_0_VALUES, out += Q8_0_BYTES) {
+        float amax = 0;
+        for (int j = 0; j < Q8_0_VALUES; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        uint16_t dh = f32_to_f16(d);
+        memcpy(out, &dh, 2);
+        for (int j = 0; j < Q8_0_VALUES; j++) out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+    }
+}
+
+static int valid_4bit_blocksize(int bs) {
+    return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0;
+}
+
+int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
+                     int double_quant) {
+    memset(t, 0, sizeof *t);
+    if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0) return -1;
+    if (f == QF_Q8_0 && cols % Q8_0_VALUES) return -1;
+    if (is_4bit(f)) {
+        if (!blocksize) blocksize = 64;
+        if (!valid_4bit_blocksize(blocksize)) return -1;
+    } else {
+        blocksize = f == QF_Q8_0 ? Q8_0_VALUES : 1;
+        double_quant = 0;
+    }
+    size_t n = (size_t)rows * cols, db = data_bytes(f, rows, cols);
+    size_t nb = is_4bit(f) ? quant4_blocks(n, blocksize) : 0, nnb = quant4_blocks(nb, 256);
+    /* one allocation: data, then (4-bit) fp32 absmax, or the nested absmax and the codes */
+    size_t off_state = (db + 15) & ~(size_t)15;
+    size_t total = off_state + (double_quant ? nnb * 4 + nb : nb * 4);
+    uint8_t *mem = malloc(total ? total : 1);
+    if (!mem) return -1;
+    t->fmt = f, t->rows = rows, t->cols = cols, t->blocksize = blocksize;
+    t->data = mem, t->owned = mem;
+    switch (f) {
+    case QF_F32: memcpy(mem, x, n * 4); break;
+    case QF_BF16:
+    case QF_F16: {
+        uint16_t *h = (uint16_t *)mem;
+        for (size_t i = 0; i < n; i++) h[i] = f == QF_BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+        break;
+    }
+    case QF_Q8_0: quantize_q8_0(x, n / Q8_0_VALUES, mem); break;
+    case QF_NF4:
+    case QF_FP4: {
+        quant4_type qt = f == QF_NF4 ? QUANT_NF4 : QUANT_FP4;
+        if (!double_quant) {
+            float *absmax = (float *)(mem + off_state);
+            quant4_quantize(qt, x, n, blocksize, mem, absmax);
+            t->absmax = absmax;
+            break;
+        }
+        float *absmax = malloc(nb * 4); /* only while quantizing */
+        if (!absmax) {
+            qtensor_free(t);
+            return -1;
+        }
+        quant4_quantize(qt, x, n, blocksize, mem, absmax);
+        float *nested = (float *)(mem + off_state);
+        uint8_t *codes = mem + off_state + nnb * 4;
+        quant4_double_quant(absmax, nb, codes, nested, &t->offset);
+        free(absmax);
+        t->absmax_q = codes, t->nested_absmax = nested;
+        t->nested_code = quant8_dynamic_code(), t->nested_blocksize = 256;
+        break;
+    }
+    default: break;
+    }
+    return 0;
+}
+
+/* ---- matmuls ----------------------------------------------------------------------------- */
+
+/* fp32 bytes of one dequantized panel: big enough that the GEMM runs near full speed, small
+ * enough to stay in L2/L3 while the GEMM reads it. */
+enum { PANEL_BYTES = 1536 * 1024 };
+/* Below this many input rows the fused dot products beat dequantize + GEMM. */
+enum { DOT_MAX_N = 4 };
+
+static int panel_rows(const qtensor *W) {
+    int p = (int)(PANEL_BYTES / 4 / (size_t)W->cols);
+    if (p < 1) p = 1;
+    return p < W->rows ? p : W->rows;
+}
+
+/* Dequantize rows r0 .. r0+nrows-1 with all threads, each taking whole rows. */
+static void dequant_panel(const qtensor *W, qdequant_fn k, int r0, int nrows, float *buf) {
+    int chunk = 8;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < nrows; r += chunk) {
+        int m = nrows - r < chunk ? nrows - r : chunk;
+        k(W, r0 + r, m, buf + (size_t)r * W->cols);
+    }
+}
+
+void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                     const float *bias, int N, float beta) {
+    int O = W->rows, I = W->cols;
+    if (W->fmt == QF_F32) {
+        matmul_forward(out, ldo, inp, ldi, W->data, bias, N, I, O, beta);
+        return;
+    }
+    if (!ldo) ldo = O;
+    if (!ldi) ldi = I;
+    if (N <= 0) return;
+    int P = panel_rows(W);
+    float *panel = N < DOT_MAX_N ? NULL : malloc((size_t)P * I * sizeof(float));
+    if (!panel) { /* few rows, or no memory for a panel: fused dot products need none */
+        qdot_fn dot = dot_kernel(W->fmt);
+#pragma omp parallel for schedule(static)
+        for (int o = 0; o < O; o++)
+            for (int n = 0; n < N; n++) {
+                float *y = &out[(size_t)n * ldo + o];
+                float v = dot(W, o, inp + (size_t)n * ldi);
+                *y = (beta == 0 ? 0 : beta * *y) + v + (bias ? bias[o] : 0);
+            }
+        return;
+    }
+    qdequant_fn k = dequant_kernel(W->fmt);
+    for (int r0 = 0; r0 < O; r0 += P) {
+        int m = O - r0 < P ? O - r0 : P;
+        dequant_panel(W, k, r0, m, panel);
+        gemm(0, 1, N, m, I, 1.0f, inp, ldi, panel, I, beta, out + r0, ldo);
+    }
+    free(panel);
+    if (bias)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++) out[(size_t)n * ldo + o] += bias[o];
+}
+
+void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
+                            int N) {
+    int O = W->rows, I = W->cols;
+    if (W->fmt == QF_F32) {
+        matmul_backward_input(dinp, ldi, dout, ldo, W->data, N, I, O);
+        return;
+    }
+    if (!ldo) ldo = O;
+    if (!ldi) ldi = I;
+    if (N <= 0) return;
+    int P = panel_rows(W);
+    float *panel = malloc((size_t)P * I * sizeof(float));
+    if (!panel) panel = malloc((size_t)(P = 1) * I * sizeof(float)); /* low memory: row by row */
+    if (!panel) abort(); /* not even one row (cols floats): the process cannot go on anyway */
+    qdequant_fn k = dequant_kernel(W->fmt);
+    for (int r0 = 0; r0 < O; r0 += P) {
+        int m = O - r0 < P ? O - r0 : P;
+        dequant_panel(W, k, r0, m, panel);
+        gemm(0, 0, N, I, m, 1.0f, dout + r0, ldo, panel, I, 1.0f, dinp, ldi);
+    }
+    free(panel);
+}
