@@ -12,16 +12,19 @@
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *out = NULL, *quant = "nf4";
     long blocksize = 64;
+    int double_quant = 0;
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (F32, BF16 or F16)"},
         {"out", OPT_STR, &out, "DIR", "folder for the quantized model"},
         {"quant", OPT_STR, &quant, "TYPE", "nf4 or fp4"},
         {"blocksize", OPT_INT, &blocksize, "N", "values per absmax block (bitsandbytes: 64)"},
+        {"double-quant", OPT_FLAG, &double_quant, NULL,
+         "quantize the absmax values too (bnb_4bit_use_double_quant=True)"},
         {0},
     };
-    const cmd_info info = {"quantize", "ftune quantize --model DIR --out DIR [--quant nf4|fp4]",
+    const cmd_info info = {"quantize", "ftune quantize --model DIR --out DIR [--quant nf4|fp4] [--blocksize N] [--double-quant]",
                            "Quantize the linear layers to 4 bits as bitsandbytes does, in the layout\n"
-                           "transformers saves (BitsAndBytesConfig(load_in_4bit=True))."};
+                           "transformers saves (BitsAndBytesConfig(load_in_4bit=True[, bnb_4bit_use_double_quant=True]))."};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;
@@ -32,11 +35,12 @@ int cmd_quantize(int argc, char **argv) {
                           "unknown quantization \"%s\"", quant);
     if (!rc)
         rc = model_quantize_bnb4(model, out, strcmp(quant, "nf4") ? QUANT_FP4 : QUANT_NF4,
-                                 (int)blocksize, &err);
+                                 (int)blocksize, double_quant, &err);
     if (rc) {
         ft_error_print(&err, stderr);
         return rc;
     }
-    printf("wrote %s (%s, block size %ld)\n", out, quant, blocksize);
+    printf("wrote %s (%s, block size %ld%s)\n", out, quant, blocksize,
+           double_quant ? ", double quantization" : "");
     return 0;
 }
