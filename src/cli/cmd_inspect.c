@@ -6,6 +6,9 @@
  *   ftune inspect --model PATH --tensor N  tensor N's values as a JSON array of floats (read
  *                                          through st_read_f32, printed with 9 significant digits
  *                                          so every fp32 value round-trips exactly)
+ *   ftune inspect --model PATH --bnb N     bitsandbytes 4-bit weight N as model/bnb.c reads it:
+ *                                          {"format", "rows", "cols", "blocksize", "double_quant",
+ *                                          "nested_blocksize", "offset", "values": dequantized}
  *
  * PATH is a .safetensors file or a model folder (model.safetensors or a sharded index). Floats
  * that JSON cannot hold are printed as NaN / Infinity / -Infinity, which Python's json accepts.
@@ -13,7 +16,9 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "io/safetensors.h"
+#include "model/bnb.h"
 #include "model/config.h"
+#include "ops/quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,6 +47,43 @@ static void print_json_string(const char *s) {
             putchar(*c);
     }
     putchar('"');
+}
+
+/* A bitsandbytes weight through bnb_load_weight, dequantized from the qtensor's fields by the
+ * rule in ops/qtensor.h (independently of the qtensor kernels, so a test of the reader does not
+ * depend on them). */
+static ft_status print_bnb(const st_set *s, const char *name, ft_error *err) {
+    int rows, cols;
+    qtensor q;
+    ft_status st = bnb_weight_shape(s, name, &rows, &cols, err);
+    if (!st) st = bnb_load_weight(s, name, rows, cols, &q, err);
+    if (st) return st;
+    size_t n = (size_t)rows * (size_t)cols, nb = quant4_blocks(n, q.blocksize);
+    float *absmax = malloc(nb * sizeof(float)), *v = malloc(n * sizeof(float));
+    if (!absmax || !v) {
+        free(absmax), free(v), free(q.owned);
+        return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
+    }
+    for (size_t b = 0; b < nb; b++)
+        absmax[b] = q.absmax_q ? q.nested_code[q.absmax_q[b]] *
+                                         q.nested_absmax[b / (size_t)q.nested_blocksize] +
+                                     q.offset
+                               : q.absmax[b];
+    quant4_type t = q.fmt == QF_NF4 ? QUANT_NF4 : QUANT_FP4;
+    quant4_dequantize(t, q.data, absmax, n, q.blocksize, v);
+    printf("{\"format\": \"%s\", \"rows\": %d, \"cols\": %d, \"blocksize\": %d, "
+           "\"double_quant\": %s, \"nested_blocksize\": %d, \"offset\": ",
+           quant4_name(t), rows, cols, q.blocksize, q.absmax_q ? "true" : "false",
+           q.nested_blocksize);
+    print_float(q.offset);
+    fputs(", \"values\": [", stdout);
+    for (size_t i = 0; i < n; i++) {
+        if (i) fputs(", ", stdout);
+        print_float(v[i]);
+    }
+    puts("]}");
+    free(absmax), free(v), free(q.owned);
+    return FT_OK;
 }
 
 static void print_config(const model_config *c) {
@@ -87,20 +129,23 @@ static int fail(const ft_error *err) {
 }
 
 int cmd_inspect(int argc, char **argv) {
-    const char *model = NULL, *tensor = NULL;
+    const char *model = NULL, *tensor = NULL, *bnb = NULL;
     int config = 0;
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "PATH", "a .safetensors file or a model folder"},
         {"config", OPT_FLAG, &config, NULL, "print the model config resolved from config.json"},
         {"tensor", OPT_STR, &tensor, "NAME", "print one tensor's values as a JSON array"},
+        {"bnb", OPT_STR, &bnb, "NAME", "read a bitsandbytes 4-bit weight; print its format and values"},
         {0},
     };
     const cmd_info info = {
-        "inspect", "ftune inspect --model PATH [--config | --tensor NAME]",
+        "inspect", "ftune inspect --model PATH [--config | --tensor NAME | --bnb NAME]",
         "Without --config or --tensor, list the tensors of a safetensors file or model folder "
         "(name, dtype, shape), checking the whole header. --config prints the architecture and "
         "numbers ftune derives from config.json (head_dim, kv heads, biases, sliding windows, "
-        "RoPE inverse frequencies) as JSON. --tensor prints a tensor's values as fp32."};
+        "RoPE inverse frequencies) as JSON. --tensor prints a tensor's values as fp32. --bnb reads "
+        "a bitsandbytes 4-bit weight (NAME without suffixes) and prints its format and "
+        "dequantized values."};
     ft_error err;
     memset(&err, 0, sizeof err);
     int r = args_parse(argc, argv, &info, specs, &err);
@@ -111,8 +156,8 @@ int cmd_inspect(int argc, char **argv) {
                      "--model PATH is required");
         return fail(&err);
     }
-    if (config && tensor) {
-        ft_error_set(&err, FT_ERR_INPUT, "inspect", NULL, "give --config or --tensor, not both");
+    if (!!config + !!tensor + !!bnb > 1) {
+        ft_error_set(&err, FT_ERR_INPUT, "inspect", NULL, "give one of --config, --tensor, --bnb");
         return fail(&err);
     }
     if (config) {
@@ -130,6 +175,11 @@ int cmd_inspect(int argc, char **argv) {
     st_set *s = NULL;
     if ((is_dir(model) ? st_open_dir(model, &s, &err) : st_open(model, &s, &err)))
         return fail(&err);
+    if (bnb) {
+        int rc = print_bnb(s, bnb, &err);
+        st_close(s);
+        return rc ? fail(&err) : 0;
+    }
     if (tensor) {
         const st_tensor *t = st_find(s, tensor);
         size_t n = 1;

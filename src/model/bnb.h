@@ -19,4 +19,8 @@ int bnb_has_weight(const st_set *s, const char *name);
  * expected shape; errors name the tensor and field. */
 ft_status bnb_load_weight(const st_set *s, const char *name, int rows, int cols, qtensor *out,
                           ft_error *err);
+/* The [rows, cols] its quant_state gives (after checking the quant_state as bnb_load_weight
+ * does), for tools that do not know the model's shapes (ftune inspect --bnb). */
+ft_status bnb_weight_shape(const st_set *s, const char *name, int *rows, int *cols,
+                           ft_error *err);
 #endif
