@@ -1,10 +1,11 @@
 /*
  * ftune.h: the one public header of libftune.
  *
- * ftune fine-tunes open LLMs (LoRA) on the CPU. A caller loads a Hugging Face model folder,
- * trains a PEFT-compatible adapter and writes it out. Every function that can fail returns an
- * ft_status and fills an ft_error saying what was wrong, where (file, line, tensor or field)
- * and a hint; the library itself never prints to stderr and never exits.
+ * ftune fine-tunes open LLMs (LoRA, and QLoRA over quantized frozen weights) on the CPU. A
+ * caller loads a Hugging Face model folder, trains a PEFT-compatible adapter and writes it out.
+ * Every function that can fail returns an ft_status and fills an ft_error saying what was wrong,
+ * where (file, line, tensor or field) and a hint; the library itself never prints to stderr and
+ * never exits.
  *
  * The status values double as process exit codes for the ftune program:
  *   0 done, 1 failure at run time, 2 bad input or usage, 130 / 143 interrupted.
@@ -84,6 +85,12 @@ typedef struct ft_train_options {
     int txt_paragraphs;  /* .txt files: documents separated by blank lines */
     long max_examples;   /* > 0: train on at most this many examples */
     const char *dump_data; /* write the prepared training examples as JSONL and stop */
+    /* frozen weights (QLoRA): how the base model is stored while training */
+    const char *quant;       /* linear layers: "nf4", "fp4", "q8", "bf16" or NULL/"none" (fp32) */
+    int double_quant;        /* nf4/fp4: quantize the absmax values too (as bitsandbytes) */
+    int quant_blocksize;     /* nf4/fp4 block size (0: 64) */
+    const char *quant_lm_head; /* "q8", "bf16", "none", or NULL: the checkpoint's dtype when the
+                                  linear layers are quantized, fp32 otherwise */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
@@ -97,6 +104,9 @@ typedef struct ft_eval_options {
     const char *chat_template; /* .jinja file instead of the model's chat template */
     const char *dump_logits; /* write "logits" [examples, T, V] here (NULL: no) */
     const char *dump_grads;  /* write LoRA gradients of the mean loss here (NULL: no) */
+    const char *quant;       /* frozen weights as in ft_train_options */
+    int double_quant, quant_blocksize;
+    const char *quant_lm_head;
 } ft_eval_options;
 typedef struct ft_eval_result {
     double loss;   /* mean token loss */

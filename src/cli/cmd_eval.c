@@ -10,7 +10,7 @@
 
 int cmd_eval(int argc, char **argv) {
     ft_eval_options o = {0};
-    long bs = 8, sl = 0, threads = 0;
+    long bs = 8, sl = 0, threads = 0, qbs = 64;
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},
         {"adapter", OPT_STR, &o.adapter_dir, "DIR", "a PEFT LoRA adapter folder (or a run folder)"},
@@ -22,6 +22,10 @@ int cmd_eval(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
         {"dump-logits", OPT_STR, &o.dump_logits, "FILE", "write logits [examples, T, V] as safetensors"},
         {"dump-grads", OPT_STR, &o.dump_grads, "FILE", "write the adapter's gradients of the mean loss"},
+        {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4, fp4, q8, bf16 or none (fp32)"},
+        {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too"},
+        {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},
+        {"quant-lm-head", OPT_STR, &o.quant_lm_head, "FMT", "LM head: q8, bf16 or none (fp32); default: the checkpoint's own dtype with --quant, fp32 without"},
         {0},
     };
     const cmd_info info = {"eval", "ftune eval --model DIR [--adapter DIR] --data FILE.jsonl [options]",
@@ -34,7 +38,7 @@ int cmd_eval(int argc, char **argv) {
         ft_error_print(&err, stderr);
         return rc;
     }
-    o.batch_size = (int)bs, o.seq_len = (int)sl, o.threads = (int)threads;
+    o.batch_size = (int)bs, o.seq_len = (int)sl, o.threads = (int)threads, o.quant_blocksize = (int)qbs;
     ft_eval_result res;
     ft_status st = ft_eval(&o, &res, &err);
     if (st) {

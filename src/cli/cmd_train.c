@@ -11,7 +11,7 @@ int cmd_train(int argc, char **argv) {
     long r = o.lora_r, bs = o.batch_size, ga = o.grad_accum, sl = o.seq_len, threads = 0,
          seed = (long)o.seed;
     int no_shuffle = 0;
-    long keep = 3;
+    long keep = 3, qbs = 64;
     args_list data = {0}, targs = {0};
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder (config.json, *.safetensors)"},
@@ -56,6 +56,10 @@ int cmd_train(int argc, char **argv) {
         {"chat-template", OPT_STR, &o.chat_template, "FILE", "a .jinja chat template instead of the model's"},
         {"template-arg", OPT_LIST, &targs, "K=V", "extra chat template variable (V as JSON, else text), e.g. enable_thinking=false"},
         {"dump-data", OPT_STR, &o.dump_data, "FILE", "write the prepared examples (input_ids, labels) as JSONL and exit"},
+        {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4 or fp4 (QLoRA, as bitsandbytes), q8 (GGUF Q8_0), bf16, or none (fp32)"},
+        {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too (bitsandbytes' bnb_4bit_use_double_quant)"},
+        {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},
+        {"quant-lm-head", OPT_STR, &o.quant_lm_head, "FMT", "LM head: q8, bf16 or none (fp32); default: the checkpoint's own dtype with --quant (bitsandbytes keeps lm_head unquantized too), fp32 without"},
         {0},
     };
     const cmd_info info = {"train", "ftune train --model DIR --data PATH[:W] [--data ...] --out RUN [options]",
@@ -71,7 +75,7 @@ int cmd_train(int argc, char **argv) {
     }
     o.lora_r = (int)r, o.batch_size = (int)bs, o.grad_accum = (int)ga, o.seq_len = (int)sl;
     o.threads = (int)threads, o.seed = (uint64_t)seed, o.shuffle = !no_shuffle;
-    o.keep_checkpoints = (int)keep;
+    o.keep_checkpoints = (int)keep, o.quant_blocksize = (int)qbs;
     o.data_sources = data.v, o.n_data_sources = data.n;
     o.template_args = targs.v, o.n_template_args = targs.n;
     ft_status st = ft_train(&o, &err);

@@ -614,10 +614,11 @@ const char *st_metadata(const st_set *s, const char *key) {
     return NULL;
 }
 
-ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape, float *dst,
-                      ft_error *err) {
+ft_status st_find_shaped(const st_set *s, const char *name, int ndim, const int64_t *shape,
+                         const st_tensor **out, ft_error *err) {
     const st_tensor *t = st_find(s, name);
     char where[1024], a[256], b[256];
+    *out = NULL;
     if (!t) {
         tensor_where(where, sizeof where, s->label, name);
         return ft_error_set(err, FT_ERR_INPUT, where,
@@ -637,6 +638,27 @@ ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t
                             "model's config.json (and an adapter's, its adapter_config.json r)",
                             "expected shape %s, found %s", a, b);
     }
+    *out = t;
+    return FT_OK;
+}
+
+/* Pages are dropped whole: the range is widened to page boundaries. That may drop a page shared
+ * with a neighbouring tensor, which only costs reading it again from the file if it is used. */
+void st_release_pages(const st_tensor *t) {
+    if (!t || !t->nbytes) return;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
+    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
+ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape, float *dst,
+                      ft_error *err) {
+    const st_tensor *t;
+    ft_status st = st_find_shaped(s, name, ndim, shape, &t, err);
+    if (st) return st;
+    char where[1024];
+    tensor_where(where, sizeof where, t->file, name);
     size_t n = t->nbytes / dtype_sizes[t->dtype];
     const uint8_t *p = t->data;
     switch (t->dtype) {

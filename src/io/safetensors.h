@@ -54,6 +54,15 @@ const char *st_metadata(const st_set *s, const char *key);
 ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape,
                       float *dst, ft_error *err);
 
+/* Tensor `name`, which must exist and have exactly the given shape (else the error of
+ * st_read_f32). Its data stays in the mapping: *out lives as long as the set. */
+ft_status st_find_shaped(const st_set *s, const char *name, int ndim, const int64_t *shape,
+                         const st_tensor **out, ft_error *err);
+/* The tensor's bytes are not needed for now: drop their pages from memory (madvise
+ * MADV_DONTNEED on the read-only mapping), so a loader that converts one tensor at a time never
+ * holds the whole checkpoint. Touching the data again reads it back from the file. */
+void st_release_pages(const st_tensor *t);
+
 /* Writer: collect tensors (the data is referenced, not copied, until st_writer_save), then
  * write them atomically (io/atomic.h), with __metadata__ {"format": "pt"} plus any added. */
 typedef struct st_writer st_writer;

@@ -1,8 +1,11 @@
 /*
- * model.c: loading a Llama-family model into fp32 and running its training step by hand.
+ * model.c: loading a Llama-family model and running its training step by hand.
  *
- * Weights: every tensor of the checkpoint is converted to fp32 into one allocation; a table of
- * pointers (block_weights) is laid over it. Which linear layers exist, where each writes in
+ * Weights: norms and biases are converted to fp32 into one allocation; each linear layer's
+ * weight becomes a qtensor in the format the load options ask for, converted and quantized one
+ * tensor at a time while the checkpoint's pages it came from are released (or, from a
+ * bitsandbytes checkpoint, borrowed as stored); the embedding stays in the mapped file when its
+ * dtype allows; the LM head is a qtensor of its own format. Which linear layers exist, where each writes in
  * its block's fused output buffer, and which biases it has come from the architecture row in
  * config.c, so the forward and backward below have no per-architecture branches beyond
  * "if this layer exists".
@@ -13,9 +16,11 @@
  * same pass as the loss, so logits for all tokens never exist at once.
  */
 #include "model/model.h"
+#include "io/json.h"
 #include "ops/ops.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,56 +48,273 @@ static void lin_layout(const model_config *c, lin_kind k, int *in, int *out, int
     }
 }
 
-size_t model_weight_bytes(const model_config *c) {
-    size_t n = (size_t)c->V * c->C * (c->tie_embeddings ? 1 : 2) + c->C;
+/* ---- storage of the frozen weights ----------------------------------------------------- */
+
+static int is_4bit(qformat f) { return f == QF_NF4 || f == QF_FP4; }
+
+static int format_of_dtype(st_dtype t) {
+    return t == ST_F32 ? QF_F32 : t == ST_BF16 ? QF_BF16 : t == ST_F16 ? QF_F16 : -1;
+}
+
+/* Bytes a qtensor of this format and shape holds (as qtensor_bytes counts them). */
+static size_t qbytes(qformat f, size_t rows, size_t cols, int blocksize, int double_quant) {
+    size_t n = rows * cols;
+    switch (f) {
+    case QF_F32: return n * 4;
+    case QF_BF16:
+    case QF_F16: return n * 2;
+    case QF_Q8_0: return rows * (cols / 32) * 34;
+    case QF_NF4:
+    case QF_FP4: {
+        size_t nb = (n + (size_t)blocksize - 1) / (size_t)blocksize;
+        return (n + 1) / 2 + (double_quant ? nb + (nb + 255) / 256 * 4 : nb * 4);
+    }
+    default: return 0;
+    }
+}
+
+/* The bitsandbytes settings of a folder that transformers saved quantized: *fmt -1 when the
+ * config has no quantization_config. Other quantization methods are refused. */
+static ft_status checkpoint_quant(const char *dir, int *fmt, int *double_quant, ft_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    *fmt = -1, *double_quant = 0;
+    cJSON *j;
+    ft_status st = json_load_file(path, &j, err);
+    if (st) return st;
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(j, "quantization_config");
+    if (cJSON_IsObject(qc)) {
+        const cJSON *meth = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        const cJSON *in4 = cJSON_GetObjectItemCaseSensitive(qc, "load_in_4bit");
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(qc, "bnb_4bit_quant_type");
+        const char *m = cJSON_IsString(meth) ? meth->valuestring : "";
+        if (strcmp(m, "bitsandbytes") || !cJSON_IsTrue(in4)) {
+            st = ft_error_set(err, FT_ERR_INPUT, path,
+                              "give the full-precision model; ftune quantizes it as it loads "
+                              "(--quant nf4, fp4, q8 or bf16)",
+                              "field \"quantization_config\": only bitsandbytes 4-bit "
+                              "(load_in_4bit) checkpoints can be read, not quant_method \"%s\"%s",
+                              m, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "load_in_8bit"))
+                                     ? " with load_in_8bit" : "");
+        } else {
+            /* transformers' BitsAndBytesConfig default type is fp4 */
+            const char *tn = cJSON_IsString(type) ? type->valuestring : "fp4";
+            *fmt = !strcmp(tn, "nf4") ? QF_NF4 : !strcmp(tn, "fp4") ? QF_FP4 : -2;
+            *double_quant =
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "bnb_4bit_use_double_quant"));
+            if (*fmt == -2)
+                st = ft_error_set(err, FT_ERR_INPUT, path, "bitsandbytes writes nf4 or fp4",
+                                  "field \"quantization_config.bnb_4bit_quant_type\": unknown "
+                                  "type \"%s\"", tn);
+        }
+    }
+    cJSON_Delete(j);
+    return st;
+}
+
+static const char *fmt_name(qformat f) { return qformat_info(f)->name; }
+
+ft_status model_quant_resolve(const char *dir, const model_config *c,
+                              const model_load_options *opt, model_quant *q, ft_error *err) {
+    memset(q, 0, sizeof *q);
+    const char *qs = opt && opt->quant ? opt->quant : "none";
+    int lin = qformat_parse(qs);
+    if (lin < 0 || lin == QF_F16)
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4, q8, bf16 or none",
+                            "unknown weight format \"%s\"", qs);
+    q->linear = lin;
+    q->double_quant = opt ? opt->double_quant : 0;
+    q->blocksize = opt && opt->blocksize ? opt->blocksize : 64;
+    if (q->double_quant && !is_4bit(lin))
+        return ft_error_set(err, FT_ERR_INPUT, "option --double-quant", "add --quant nf4 (or fp4)",
+                            "double quantization applies to nf4 and fp4 weights, not to %s", qs);
+    if (is_4bit(lin) &&
+        (q->blocksize < 32 || q->blocksize > 4096 || (q->blocksize & (q->blocksize - 1))))
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant-blocksize",
+                            "bitsandbytes uses 32, 64 (its default), 128, ..., 4096",
+                            "block size %d is not a power of two between 32 and 4096",
+                            q->blocksize);
+    int ck, ck_dq;
+    ft_status st = checkpoint_quant(dir, &ck, &ck_dq, err);
+    if (st) return st;
+    if (ck >= 0) {
+        if (lin != QF_F32 && lin != ck)
+            return ft_error_set(err, FT_ERR_INPUT, "option --quant",
+                                "leave --quant out: the checkpoint's own 4-bit weights are used",
+                                "%s holds bitsandbytes %s weights (config.json quantization_config), "
+                                "which cannot be trained as %s", dir, fmt_name(ck), qs);
+        q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1, q->blocksize = 64;
+    }
+    if (q->linear == QF_Q8_0 && (c->C % 32 || (c->H * c->D) % 32 || c->I % 32))
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4 or bf16 for this model",
+                            "q8 needs every layer's input size to be a multiple of 32 (hidden %d, "
+                            "attention %d, intermediate %d)", c->C, c->H * c->D, c->I);
+    /* the embedding's and the LM head's dtypes in the files, else config.json's torch_dtype */
+    int se = -1, sh = -1;
+    st_set *s = NULL;
+    ft_error ignore;
+    if (st_open_dir(dir, &s, &ignore) == FT_OK) {
+        const st_tensor *te = st_find(s, "model.embed_tokens.weight");
+        const st_tensor *th = c->tie_embeddings ? te : st_find(s, "lm_head.weight");
+        se = te ? format_of_dtype(te->dtype) : -1;
+        sh = th ? format_of_dtype(th->dtype) : -1;
+        st_close(s);
+    } else {
+        se = sh = !strcmp(c->torch_dtype, "bfloat16")  ? QF_BF16
+                  : !strcmp(c->torch_dtype, "float16") ? QF_F16
+                                                       : QF_F32;
+    }
+    q->embed = se >= 0 ? se : QF_F32;
+    q->embed_borrowed = se >= 0;
+    const char *hs = opt ? opt->lm_head : NULL;
+    int head;
+    if (!hs) {
+        head = q->linear != QF_F32 && sh >= 0 ? sh : QF_F32;
+    } else {
+        head = qformat_parse(hs);
+        if (!(head == QF_F32 || head == QF_BF16 || head == QF_Q8_0))
+            return ft_error_set(err, FT_ERR_INPUT, "option --quant-lm-head", "use q8, bf16 or none",
+                                "unknown or unsupported LM head format \"%s\"", hs);
+    }
+    if (head == QF_Q8_0 && c->C % 32)
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant-lm-head", "use bf16 or none",
+                            "q8 needs hidden_size to be a multiple of 32 (it is %d)", c->C);
+    q->lm_head = head;
+    q->head_borrowed = head == sh;
+    q->head_is_embed = q->head_borrowed && c->tie_embeddings;
+    return FT_OK;
+}
+
+void model_quant_describe(const model_quant *q, char *buf, size_t n) {
+    char lin[96];
+    if (is_4bit(q->linear))
+        snprintf(lin, sizeof lin, "%s%s, blocksize %d%s", fmt_name(q->linear),
+                 q->double_quant ? " double-quant" : "", q->blocksize,
+                 q->from_checkpoint ? " (bitsandbytes checkpoint)" : "");
+    else
+        snprintf(lin, sizeof lin, "%s", fmt_name(q->linear));
+    snprintf(buf, n, "linear %s; lm_head %s%s; embedding %s%s", lin, fmt_name(q->lm_head),
+             q->head_is_embed ? " (= embedding)" : q->head_borrowed ? " (mapped)" : "",
+             fmt_name(q->embed), q->embed_borrowed ? " (mapped)" : "");
+}
+
+/* fp32 floats of the norms and biases (model->weights). */
+static size_t fp32_floats(const model_config *c) {
+    size_t n = c->C;
     for (int k = 0; k < LIN_COUNT; k++) {
         int in, out, col, bias;
         lin_layout(c, k, &in, &out, &col, &bias);
-        n += (size_t)c->L * ((size_t)out * in + (bias ? (size_t)out : 0));
+        n += (size_t)c->L * (bias ? (size_t)out : 0);
     }
-    n += (size_t)c->L * (2 * (size_t)c->C + (c->arch->qk_norm ? 2 * (size_t)c->D : 0));
-    return n * sizeof(float);
+    return n + (size_t)c->L * (2 * (size_t)c->C + (c->arch->qk_norm ? 2 * (size_t)c->D : 0));
 }
 
-typedef struct wslot {
-    char name[256];
-    int ndim;
-    int64_t shape[2];
-    const float **dst;
-    int optional; /* lm_head when tied */
-} wslot;
+size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lookups) {
+    size_t n = fp32_floats(c) * sizeof(float);
+    for (int k = 0; k < LIN_COUNT; k++) {
+        int in, out, col, bias;
+        lin_layout(c, k, &in, &out, &col, &bias);
+        if (out) n += (size_t)c->L * qbytes(q->linear, out, in, q->blocksize, q->double_quant);
+    }
+    n += qbytes(q->lm_head, c->V, c->C, 1, 0);
+    size_t emb = qbytes(q->embed, c->V, c->C, 1, 0);
+    if (q->head_is_embed) {
+        emb = 0; /* the LM head reads every page of it anyway */
+    } else if (q->embed_borrowed) {
+        /* each looked-up row touches its own pages (and at most one more at the edges) */
+        size_t touched = lookups * (qbytes(q->embed, 1, c->C, 1, 0) + 4096);
+        emb = touched < emb ? touched : emb;
+    }
+    return n + emb;
+}
+
+/* Tensor name (rows, cols) as format f: borrowed from the mapping when allowed and stored that
+ * way (aligned for its element type), else converted to fp32 in a temporary buffer and quantized
+ * (fp32: the buffer is kept), after which the source pages are released. */
+static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qformat f,
+                             int borrow, const model_quant *q, qtensor *out, ft_error *err) {
+    const st_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    ft_status st = st_find_shaped(s, name, 2, shape, &t, err);
+    if (st) return st;
+    int sf = format_of_dtype(t->dtype);
+    size_t esz = sf == QF_F32 ? 4 : 2;
+    memset(out, 0, sizeof *out);
+    if (borrow && sf == (int)f && (uintptr_t)t->data % esz == 0) {
+        out->fmt = f, out->rows = rows, out->cols = cols, out->blocksize = 1, out->data = t->data;
+        return FT_OK;
+    }
+    size_t n = (size_t)rows * cols;
+    float *x = malloc(n * sizeof(float));
+    if (!x)
+        return ft_error_set(err, FT_ERR_RUNTIME, name, "--quant nf4 needs less memory",
+                            "cannot allocate %.1f MB to convert this tensor", n * 4.0 / 1048576.0);
+    if ((st = st_read_f32(s, name, 2, shape, x, err))) {
+        free(x);
+        return st;
+    }
+    st_release_pages(t);
+    if (f == QF_F32) {
+        out->fmt = QF_F32, out->rows = rows, out->cols = cols, out->blocksize = 1;
+        out->data = x, out->owned = x;
+        return FT_OK;
+    }
+    int bad = qtensor_quantize(out, f, x, rows, cols, q->blocksize, is_4bit(f) && q->double_quant);
+    free(x);
+    if (bad)
+        return ft_error_set(err, FT_ERR_RUNTIME, name, NULL,
+                            "cannot store the tensor [%d, %d] as %s (out of memory)", rows, cols,
+                            fmt_name(f));
+    return FT_OK;
+}
 
 ft_status model_load(const char *dir, model *m, ft_error *err) {
+    return model_load_with(dir, NULL, m, err);
+}
+
+ft_status model_load_with(const char *dir, const model_load_options *opt, model *m,
+                          ft_error *err) {
     memset(m, 0, sizeof *m);
     ft_status st = model_config_load(dir, &m->cfg, err);
     if (st) return st;
     model_config *c = &m->cfg;
+    model_quant *q = &m->quant;
+    if ((st = model_quant_resolve(dir, c, opt, q, err))) goto done;
     m->QKV = (c->H + 2 * c->Hkv) * c->D;
     m->blocks = calloc((size_t)c->L, sizeof *m->blocks);
-    int max_slots = 4 + c->L * (4 + 2 * LIN_COUNT);
-    wslot *slots = calloc((size_t)max_slots, sizeof *slots);
-    if (!m->blocks || !slots) {
-        free(slots);
-        model_free(m);
-        return ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
+    m->n_weights = fp32_floats(c);
+    m->weights = malloc(m->n_weights * sizeof(float));
+    if (!m->blocks || !m->weights) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
+        goto done;
     }
-    int ns = 0;
-#define SLOT(dstp, nd, d0, d1, ...)                                                            \
+    if ((st = st_open_dir(dir, &m->src, err))) goto done;
+    float *cur = m->weights;
+    char name[256];
+    /* one fp32 vector (a norm or a bias) into the fp32 allocation */
+#define VEC(dstp, n)                                                                           \
     do {                                                                                       \
-        wslot *s_ = &slots[ns++];                                                              \
-        snprintf(s_->name, sizeof s_->name, __VA_ARGS__);                                      \
-        s_->ndim = nd, s_->shape[0] = d0, s_->shape[1] = d1, s_->dst = dstp;                   \
+        int64_t sh_[1] = {(n)};                                                                \
+        const st_tensor *t_;                                                                   \
+        if ((st = st_find_shaped(m->src, name, 1, sh_, &t_, err))) goto done;                  \
+        if ((st = st_read_f32(m->src, name, 1, sh_, cur, err))) goto done;                     \
+        st_release_pages(t_);                                                                  \
+        *(dstp) = cur;                                                                         \
+        cur += (n);                                                                            \
     } while (0)
-    SLOT(&m->wte, 2, c->V, c->C, "model.embed_tokens.weight");
-    SLOT(&m->norm_f, 1, c->C, 0, "model.norm.weight");
-    if (!c->tie_embeddings) SLOT(&m->lm_head, 2, c->V, c->C, "lm_head.weight");
+    snprintf(name, sizeof name, "model.norm.weight");
+    VEC(&m->norm_f, c->C);
     for (int l = 0; l < c->L; l++) {
         block_weights *bw = &m->blocks[l];
-        SLOT(&bw->ln1, 1, c->C, 0, "model.layers.%d.input_layernorm.weight", l);
-        SLOT(&bw->ln2, 1, c->C, 0, "model.layers.%d.post_attention_layernorm.weight", l);
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        VEC(&bw->ln1, c->C);
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        VEC(&bw->ln2, c->C);
         if (c->arch->qk_norm) {
-            SLOT(&bw->q_norm, 1, c->D, 0, "model.layers.%d.self_attn.q_norm.weight", l);
-            SLOT(&bw->k_norm, 1, c->D, 0, "model.layers.%d.self_attn.k_norm.weight", l);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            VEC(&bw->q_norm, c->D);
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            VEC(&bw->k_norm, c->D);
         }
         for (int k = 0; k < LIN_COUNT; k++) {
             int in, out, col, bias;
@@ -100,44 +322,52 @@ ft_status model_load(const char *dir, model *m, ft_error *err) {
             lin_weights *lw = &bw->lin[k];
             lw->in = in, lw->out = out, lw->col = col;
             if (!out) continue;
-            SLOT(&lw->W, 2, out, in, "%s", "");
-            weight_name(slots[ns - 1].name, sizeof slots[ns - 1].name, l, k, "weight");
             if (bias) {
-                SLOT(&lw->b, 1, out, 0, "%s", "");
-                weight_name(slots[ns - 1].name, sizeof slots[ns - 1].name, l, k, "bias");
+                weight_name(name, sizeof name, l, k, "bias");
+                VEC(&lw->b, out);
+            }
+            weight_name(name, sizeof name, l, k, "weight");
+            if (q->from_checkpoint) {
+                st = ft_error_set(err, FT_ERR_INPUT, name, NULL,
+                                  "bitsandbytes checkpoints cannot be read yet");
+                goto done;
+            } else if ((st = load_tensor(m->src, name, out, in, q->linear, 0, q, &lw->W, err))) {
+                goto done;
             }
         }
     }
-#undef SLOT
-    size_t total = 0;
-    for (int i = 0; i < ns; i++) total += (size_t)slots[i].shape[0] * (slots[i].ndim == 2 ? (size_t)slots[i].shape[1] : 1);
-    m->weights = malloc(total * sizeof(float));
-    m->n_weights = total;
-    st_set *sts = NULL;
-    if (!m->weights) {
-        st = ft_error_set(err, FT_ERR_RUNTIME, dir, "the model does not fit in memory as fp32",
-                          "cannot allocate %.1f GB for the weights", total * 4.0 / 1e9);
+#undef VEC
+    if ((st = load_tensor(m->src, "model.embed_tokens.weight", c->V, c->C, q->embed,
+                          q->embed_borrowed, q, &m->wte, err)))
+        goto done;
+    if (q->head_is_embed && m->wte.fmt == q->lm_head) {
+        m->lm_head = m->wte;
+        m->lm_head.owned = NULL; /* wte owns it, if anyone does */
+    } else if ((st = load_tensor(m->src,
+                                 c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+                                 c->V, c->C, q->lm_head, q->head_borrowed, q, &m->lm_head, err))) {
         goto done;
     }
-    st = st_open_dir(dir, &sts, err);
-    if (st) goto done;
-    size_t off = 0;
-    for (int i = 0; i < ns; i++) {
-        float *dst = m->weights + off;
-        st = st_read_f32(sts, slots[i].name, slots[i].ndim, slots[i].shape, dst, err);
-        if (st) goto done;
-        *slots[i].dst = dst;
-        off += (size_t)slots[i].shape[0] * (slots[i].ndim == 2 ? (size_t)slots[i].shape[1] : 1);
-    }
-    if (c->tie_embeddings) m->lm_head = m->wte;
+    /* what stays resident: fp32 vectors, linear weights, the LM head; the embedding only when
+     * it had to be converted (mapped rows come and go with the lookups) */
+    size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
+    for (int l = 0; l < c->L; l++)
+        for (int k = 0; k < LIN_COUNT; k++)
+            if (m->blocks[l].lin[k].out) wb += qtensor_bytes(&m->blocks[l].lin[k].W);
+    if (m->wte.owned) wb += qtensor_bytes(&m->wte);
+    m->weight_bytes = wb;
 done:
-    st_close(sts);
-    free(slots);
     if (st) model_free(m);
     return st;
 }
 
 void model_free(model *m) {
+    if (m->blocks)
+        for (int l = 0; l < m->cfg.L; l++)
+            for (int k = 0; k < LIN_COUNT; k++) qtensor_free(&m->blocks[l].lin[k].W);
+    qtensor_free(&m->lm_head);
+    qtensor_free(&m->wte);
+    st_close(m->src);
     free(m->weights);
     free(m->blocks);
     if (m->lora) lora_free(m->lora);
@@ -279,7 +509,7 @@ static size_t lora_index(const lora_set *ls, const lora_module *mod) {
 static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, int ldo,
                         const float *x, int N, float beta, uint64_t seed) {
     const lin_weights *lw = &m->blocks[l].lin[k];
-    matmul_forward(out + lw->col, ldo, x, lw->in, lw->W, lw->b, N, lw->in, lw->out, beta);
+    qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta);
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -292,7 +522,7 @@ static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, 
 static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const float *dout,
                          int ldo, const float *x, int N, uint64_t seed) {
     const lin_weights *lw = &m->blocks[l].lin[k];
-    if (dx) matmul_backward_input(dx, lw->in, dout + lw->col, ldo, lw->W, N, lw->in, lw->out);
+    if (dx) qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N);
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -336,7 +566,7 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     const float scale = 1.0f / sqrtf((float)D);
     rmsnorm_forward(s->ln1, s->rstd1, x, bw->ln1, N, C, c->eps);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-        if (bw->lin[attn_kinds[i]].W) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed);
+        if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed);
     float *qdst = c->arch->qk_norm ? s->qpre : s->q, *kdst = c->arch->qk_norm ? s->kpre : s->k;
     for (int n = 0; n < N; n++) {
         const float *row = s->qkv + (size_t)n * QKV;
@@ -356,7 +586,7 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed);
     rmsnorm_forward(s->ln2, s->rstd2, s->xmid, bw->ln2, N, C, c->eps);
     for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-        if (bw->lin[mlp_in_kinds[i]].W) lin_forward(m, a, l, mlp_in_kinds[i], s->gu, 2 * I, s->ln2, N, 0, seed);
+        if (bw->lin[mlp_in_kinds[i]].out) lin_forward(m, a, l, mlp_in_kinds[i], s->gu, 2 * I, s->ln2, N, 0, seed);
     swiglu_forward(s->act, s->gu, s->gu + I, N, I, 2 * I);
     memcpy(xnext, s->xmid, (size_t)N * C * sizeof(float));
     lin_forward(m, a, l, LIN_DOWN, xnext, C, s->act, N, 1, seed);
@@ -378,7 +608,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     swiglu_backward(a->dgu, a->dgu + I, a->dact, s->gu, s->gu + I, N, I, 2 * I);
     memset(a->dln, 0, (size_t)N * C * sizeof(float));
     for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-        if (bw->lin[mlp_in_kinds[i]].W)
+        if (bw->lin[mlp_in_kinds[i]].out)
             lin_backward(m, a, l, mlp_in_kinds[i], a->dln, a->dgu, 2 * I, s->ln2, N, seed);
     rmsnorm_backward(dres, NULL, a->dln, s->xmid, bw->ln2, s->rstd2, N, C);
     /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
@@ -404,7 +634,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     }
     if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-        if (bw->lin[attn_kinds[i]].W)
+        if (bw->lin[attn_kinds[i]].out)
             lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed);
     if (need_dx) rmsnorm_backward(dres, NULL, a->dln, x, bw->ln1, s->rstd1, N, C);
 }
@@ -417,8 +647,7 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
     const size_t sN = (size_t)a->maxN;
-    for (int n = 0; n < N; n++)
-        memcpy(a->x + (size_t)n * C, m->wte + (size_t)b->ids[n] * C, C * sizeof(float));
+    for (int n = 0; n < N; n++) qtensor_dequant_rows(&m->wte, b->ids[n], 1, a->x + (size_t)n * C);
     for (int l = 0; l < c->L; l++) {
         /* train keeps every layer's input; eval (and recompute) runs in place in slot 0 */
         float *x = a->x + (train ? (size_t)l : 0) * sN * C;
@@ -428,10 +657,10 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     }
     float *xL = a->x + (train ? (size_t)c->L : 0) * sN * C;
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
-    if (logits) matmul_forward(logits, c->V, a->hf, C, m->lm_head, NULL, N, C, c->V, 0);
+    if (logits) qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0);
     if (train) memset(a->dhf, 0, (size_t)N * C * sizeof(float));
-    double loss = lmhead_xent(train ? a->dhf : NULL, a->hf, m->lm_head, b->targets, N, C, c->V,
-                              1.0f, a->xent, a->chunk);
+    double loss = lmhead_xent_q(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
+                                a->xent, a->chunk);
     if (count) {
         long cnt = 0;
         for (int n = 0; n < N; n++) cnt += b->targets[n] >= 0;

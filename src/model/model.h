@@ -2,6 +2,12 @@
  * model.h: a decoder-only transformer (Llama family) with frozen fp32 weights and optional LoRA,
  * and its training step written by hand, forward and backward, per operation (src/ops/).
  *
+ * Frozen weights are qtensors (ops/qtensor.h): the linear layers in the format --quant asks for
+ * (fp32 by default; NF4/FP4 as bitsandbytes, Q8_0 as GGUF, bf16), quantized one tensor at a time
+ * as they are read, or borrowed as they are from a bitsandbytes 4-bit checkpoint; the embedding
+ * borrowed from the mapped checkpoint in its own dtype (only the rows looked up become
+ * resident); the LM head in its own format. Norm weights and biases stay fp32.
+ *
  * Three structs, in the manner of llama2.c: model (config + frozen weights + LoRA), acts (every
  * activation the backward pass needs, sized once for B x T tokens), and batch (the ids, targets
  * and positions of one micro-batch). Nothing is allocated during a step.
@@ -19,9 +25,10 @@
 #include "io/safetensors.h"
 #include "model/config.h"
 #include "model/lora.h"
+#include "ops/qtensor.h"
 
 typedef struct lin_weights {
-    const float *W; /* (out, in), or NULL when the architecture has no such layer */
+    qtensor W;      /* (out, in); out == 0 when the architecture has no such layer */
     const float *b; /* (out) or NULL */
     int in, out;
     int col; /* first column this layer writes in its block's fused output buffer */
@@ -33,23 +40,61 @@ typedef struct block_weights {
     lin_weights lin[LIN_COUNT];
 } block_weights;
 
+/* How the frozen weights are stored (ftune train / eval / plan: --quant and friends). */
+typedef struct model_load_options {
+    const char *quant;   /* linear layers: "nf4", "fp4", "q8", "bf16", or NULL / "none" (fp32) */
+    int double_quant;    /* NF4/FP4: quantize the absmax values too (bnb_4bit_use_double_quant) */
+    int blocksize;       /* NF4/FP4 block size (0: 64, bitsandbytes' default) */
+    const char *lm_head; /* "q8", "bf16", "none" (fp32), or NULL: the checkpoint's own dtype when
+                            the linear layers are quantized, fp32 otherwise */
+} model_load_options;
+
+/* The options resolved against a model folder: formats of every kind of frozen weight. */
+typedef struct model_quant {
+    qformat linear;    /* the linear layers */
+    qformat lm_head;   /* the LM head */
+    qformat embed;     /* the embedding as looked up (its source dtype when borrowed) */
+    int embed_borrowed;/* the embedding stays in the mapped file */
+    int head_borrowed; /* so does the LM head (its format is the checkpoint's dtype) */
+    int head_is_embed; /* tied and borrowed: the LM head is the embedding's pages */
+    int double_quant, blocksize;
+    int from_checkpoint; /* the linear layers come quantized by bitsandbytes in the folder */
+} model_quant;
+
+/* Resolve opt (NULL: fp32) for the model in DIR (config.json, and the safetensors header for
+ * the dtypes, when there are weight files). Errors name the option and what it accepts. */
+ft_status model_quant_resolve(const char *dir, const model_config *cfg,
+                              const model_load_options *opt, model_quant *q, ft_error *err);
+/* "nf4, double quant, blocksize 64; lm_head bf16; embedding bf16 (mapped)" for messages. */
+void model_quant_describe(const model_quant *q, char *buf, size_t n);
+
 typedef struct model {
     model_config cfg;
-    const float *wte;     /* (V, C) */
-    const float *lm_head; /* (V, C): wte when tied */
+    model_quant quant;
+    qtensor wte;          /* (V, C) */
+    qtensor lm_head;      /* (V, C): a copy of wte (borrowed data) when tied and borrowed */
     const float *norm_f;  /* (C) */
     block_weights *blocks;
-    float *weights; /* one allocation holding every fp32 weight */
+    float *weights; /* one allocation holding the fp32 norms, biases and fp32 linear weights */
     size_t n_weights;
+    size_t weight_bytes; /* frozen weights resident while training (borrowed embedding: 0) */
+    st_set *src;    /* the mapped checkpoint borrowed tensors point into */
     lora_set *lora; /* NULL: no adapter */
     int QKV;        /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
 } model;
 
-/* Load DIR (config.json + safetensors) into fp32. */
+/* Load DIR (config.json + safetensors) with fp32 weights. */
 ft_status model_load(const char *dir, model *m, ft_error *err);
+/* Load DIR with the weights stored as opt says (NULL: fp32). Linear weights are converted and
+ * quantized one tensor at a time and their pages in the mapped file released, so the
+ * full-precision model is never in memory. */
+ft_status model_load_with(const char *dir, const model_load_options *opt, model *m,
+                          ft_error *err);
 void model_free(model *m);
-/* Bytes of fp32 weights model_load allocates for this config. */
-size_t model_weight_bytes(const model_config *c);
+/* Bytes of frozen weights model_load_with keeps resident for this config and storage (what
+ * m->weight_bytes comes to), and within them those of the embedding as rows for up to
+ * `lookups` distinct tokens touch its mapped pages. */
+size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lookups);
 
 typedef struct batch {
     int B, T;        /* rows and padded length of this micro-batch */

@@ -88,6 +88,12 @@ void swiglu_backward(float *dgate, float *dup, const float *dout, const float *g
  * If dh != NULL: dh (N,C) += grad_scale * d(sum)/dh. */
 double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                    int V, float grad_scale, float *scratch, int chunk);
+/* The same with the head W (V, C) as a qtensor (ops/qtensor.h) in any format: each chunk's
+ * logits come from qmatmul_forward and its dh from qmatmul_backward_input (for F32, exactly the
+ * two GEMMs above). lmhead_xent is this with an F32 qtensor over W. */
+struct qtensor;
+double lmhead_xent_q(float *dh, const float *h, const struct qtensor *W, const int *targets, int N,
+                     float grad_scale, float *scratch, int chunk);
 
 /* ---- SIMD variants -----------------------------------------------------------------------
  * The entry points above pick a version at run time; the portable versions (*_ref, the

@@ -4,16 +4,18 @@
  *
  * Tokens whose target is negative (-100, transformers' ignore_index) are skipped entirely: a
  * chunk is a run of at most `chunk` consecutive counted tokens, so masked prompt tokens cost no
- * GEMM. For each chunk: logits (n,V) = h W^T by gemm() into scratch; per row a stable
+ * GEMM. The head is a qtensor (fp32, or stored quantized and dequantized a panel at a time by
+ * qmatmul). For each chunk: logits (n,V) = h W^T into scratch; per row a stable
  * log-softmax (max subtracted, exp in float, the sum in double); loss += log(sum) + max -
  * logit[target]. With dh, the row is turned in place into dlogits = (softmax - onehot(target)) *
- * grad_scale and dh += dlogits W by a second gemm(). Rows of a chunk are split across OpenMP
+ * grad_scale and dh += dlogits W by a second matmul. Rows of a chunk are split across OpenMP
  * threads; the loss is a double reduction. A target >= V cannot be scored: its row adds NaN to
  * the loss (so the caller notices) and no gradient.
  * The per-row work (max, exp, sum, gradient) is xent_row_ref here or xent_row_avx2
  * (xent_avx2.c) on CPUs with AVX2 and FMA; lmhead_xent_ref always uses the portable one.
  */
 #include "ops/ops.h"
+#include "ops/qtensor.h"
 
 #include <math.h>
 
@@ -63,9 +65,9 @@ static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V,
     return loss;
 }
 
-static double xent_run(xent_row_fn row, float *dh, const float *h, const float *W,
-                       const int *targets, int N, int C, int V, float grad_scale, float *scratch,
-                       int chunk) {
+static double xent_run(xent_row_fn row, float *dh, const float *h, const qtensor *W,
+                       const int *targets, int N, float grad_scale, float *scratch, int chunk) {
+    const int C = W->cols, V = W->rows;
     double loss = 0.0;
     if (chunk < 1) chunk = 1;
     int n0 = 0;
@@ -78,21 +80,35 @@ static double xent_run(xent_row_fn row, float *dh, const float *h, const float *
         while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0)
             n1++;
         int n = n1 - n0;
-        gemm(0, 1, n, V, C, 1.0f, h + (size_t)n0 * C, C, W, C, 0.0f, scratch, V);
+        qmatmul_forward(scratch, V, h + (size_t)n0 * C, C, W, NULL, n, 0.0f);
         loss += xent_chunk(row, scratch, targets + n0, n, V, grad_scale, dh != NULL);
-        if (dh) gemm(0, 0, n, C, V, 1.0f, scratch, V, W, C, 1.0f, dh + (size_t)n0 * C, C);
+        if (dh) qmatmul_backward_input(dh + (size_t)n0 * C, C, scratch, V, W, n);
         n0 = n1;
     }
     return loss;
 }
 
+/* An F32 qtensor over the plain (V, C) matrix W. */
+static qtensor f32_head(const float *W, int C, int V) {
+    qtensor t = {0};
+    t.fmt = QF_F32, t.rows = V, t.cols = C, t.blocksize = 1, t.data = W;
+    return t;
+}
+
 double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                        int V, float grad_scale, float *scratch, int chunk) {
-    return xent_run(xent_row_ref, dh, h, W, targets, N, C, V, grad_scale, scratch, chunk);
+    qtensor w = f32_head(W, C, V);
+    return xent_run(xent_row_ref, dh, h, &w, targets, N, grad_scale, scratch, chunk);
+}
+
+double lmhead_xent_q(float *dh, const float *h, const qtensor *W, const int *targets, int N,
+                     float grad_scale, float *scratch, int chunk) {
+    return xent_run(ops_have_avx2() ? xent_row_avx2 : xent_row_ref, dh, h, W, targets, N,
+                    grad_scale, scratch, chunk);
 }
 
 double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                    int V, float grad_scale, float *scratch, int chunk) {
-    return xent_run(ops_have_avx2() ? xent_row_avx2 : xent_row_ref, dh, h, W, targets, N, C, V,
-                    grad_scale, scratch, chunk);
+    qtensor w = f32_head(W, C, V);
+    return lmhead_xent_q(dh, h, &w, targets, N, grad_scale, scratch, chunk);
 }

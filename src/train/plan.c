@@ -1,8 +1,11 @@
 /*
  * plan.c: how much memory a run will take, by part (see plan.h).
  *
- * Parts: frozen weights as fp32; LoRA parameters and their gradients; AdamW's two moments;
- * activations saved for backward and the scratch of one step (one layer's worth with gradient
+ * Parts: frozen weights in their storage formats (model_weight_bytes: per-format bytes per
+ * value with the absmax / double-quantization state; the embedding, when it stays in the mapped
+ * file, only as the pages the batch's rows touch); the buffer a quantized matmul dequantizes a
+ * panel of rows into (qtensor.c's PANEL_BYTES); LoRA parameters and their gradients; AdamW's
+ * two moments; activations saved for backward and the scratch of one step (one layer's worth with gradient
  * checkpointing); the batch buffers; and a baseline for the program, its libraries and the BLAS
  * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
@@ -15,8 +18,16 @@
 
 #define BASELINE_BYTES (12.0 * 1048576.0)
 
-ft_status memory_plan_make(const model_config *cfg, int B, int T, int R, const char *targets,
-                           int grad_checkpoint, memory_plan *p, ft_error *err) {
+/* qtensor.c dequantizes panels of about 1.5 MB of fp32 for non-fp32 weights */
+#define PANEL_BYTES (1536.0 * 1024.0)
+
+double memory_plan_panel(const model_quant *q) {
+    return q->linear != QF_F32 || q->lm_head != QF_F32 ? PANEL_BYTES : 0;
+}
+
+ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B, int T, int R,
+                           const char *targets, int grad_checkpoint, memory_plan *p,
+                           ft_error *err) {
     memset(p, 0, sizeof *p);
     unsigned mask;
     ft_status st = lora_parse_targets(cfg, targets, &mask, err);
@@ -26,13 +37,15 @@ ft_status memory_plan_make(const model_config *cfg, int B, int T, int R, const c
     p->lora_params = ls->n_params;
     p->lora_modules = ls->n;
     lora_free(ls);
-    p->weights = (double)model_weight_bytes(cfg);
+    p->weights = (double)model_weight_bytes(cfg, q, (size_t)B * T);
+    p->panel = memory_plan_panel(q);
     p->lora = 2.0 * p->lora_params * sizeof(float);      /* values + gradients */
     p->optimizer = 2.0 * p->lora_params * sizeof(float); /* exp_avg, exp_avg_sq */
     p->activations = (double)acts_plan_bytes(cfg, R, p->lora_modules, B, T, grad_checkpoint);
     p->batch = 4.0 * B * T * sizeof(int32_t);
     p->baseline = BASELINE_BYTES;
-    p->total = p->weights + p->lora + p->optimizer + p->activations + p->batch + p->baseline;
+    p->total = p->weights + p->lora + p->optimizer + p->activations + p->panel + p->batch +
+               p->baseline;
     return FT_OK;
 }
 

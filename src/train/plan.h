@@ -1,23 +1,29 @@
 /*
  * plan.h: the memory plan of a training run, computed from config.json and the options before
- * anything large is allocated. The numbers are the ones the allocations use (model_weight_bytes,
- * acts_plan_bytes, the LoRA layout), plus the process's own baseline.
+ * anything large is allocated. The numbers are the ones the allocations use (model_weight_bytes
+ * for the frozen weights in their storage formats, acts_plan_bytes, the LoRA layout), plus the
+ * process's own baseline.
  */
 #ifndef FT_TRAIN_PLAN_H
 #define FT_TRAIN_PLAN_H
 
 #include "ftune.h"
 #include "model/config.h"
+#include "model/model.h"
 
 typedef struct memory_plan {
-    double weights, lora, optimizer, activations, batch, baseline, total; /* bytes */
+    double weights, lora, optimizer, activations, panel, batch, baseline, total; /* bytes */
     size_t lora_params;
     int lora_modules;
 } memory_plan;
 
-/* targets as for --lora-targets; T is the longest sequence (--seq-len). */
-ft_status memory_plan_make(const model_config *cfg, int B, int T, int R, const char *targets,
-                           int grad_checkpoint, memory_plan *p, ft_error *err);
+/* targets as for --lora-targets; T is the longest sequence (--seq-len); q: how the frozen
+ * weights are stored (model_quant_resolve). */
+ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B, int T, int R,
+                           const char *targets, int grad_checkpoint, memory_plan *p,
+                           ft_error *err);
+/* The buffer a quantized matmul dequantizes a panel of rows into (0 when all is fp32). */
+double memory_plan_panel(const model_quant *q);
 /* MemAvailable from /proc/meminfo in bytes, or 0 if unknown. */
 double memory_available(void);
 

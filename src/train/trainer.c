@@ -143,12 +143,15 @@ static const char *data_label(const ft_train_options *o) {
 static void print_settings(const ft_train_options *o, const model *m, const lora_set *ls,
                            const dataset *ds, const dataset *val, long total, size_t act_bytes) {
     const model_config *c = &m->cfg;
+    char quant_text[256];
+    model_quant_describe(&m->quant, quant_text, sizeof quant_text);
     fprintf(stderr,
             "ftune train\n"
             "  model      %s (%s: %d layers, hidden %d, heads %d/%d, head_dim %d, vocab %d)\n"
             "  data       %s (%d examples, %ld tokens, %ld trained on, %d truncated to %d)\n"
             "  lora       r %d, alpha %g%s, dropout %g, scale %g, %d modules, %zu parameters%s%s\n"
             "  steps      %ld (batch %d x accum %d, %s lr %g, warmup %ld, weight decay %g, clip %g)\n"
+            "  weights    %s\n"
             "  memory     weights %.1f MB, activations %.1f MB, LoRA+Adam %.1f MB; threads %d\n"
             "  out        %s\n",
             o->model_dir, c->arch->hf_class, c->L, c->C, c->H, c->Hkv, c->D, c->V, data_label(o),
@@ -156,7 +159,7 @@ static void print_settings(const ft_train_options *o, const model *m, const lora
             ls->rslora ? " (rsLoRA)" : "", ls->dropout, ls->scale, ls->n, ls->n_params,
             o->adapter_dir ? ", from " : "", o->adapter_dir ? o->adapter_dir : "", total,
             o->batch_size, o->grad_accum, o->schedule, o->lr, o->warmup_steps, o->weight_decay,
-            o->max_grad_norm, m->n_weights * 4.0 / 1048576.0, act_bytes / 1048576.0,
+            o->max_grad_norm, quant_text, m->weight_bytes / 1048576.0, act_bytes / 1048576.0,
             ls->n_params * 16.0 / 1048576.0, o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
             o->out_dir);
     if (ds->packed)
@@ -193,7 +196,8 @@ static void settings_text(const ft_train_options *o, char *buf, size_t n) {
              "max_grad_norm=%.17g\nadam_beta1=%.17g\nadam_beta2=%.17g\nadam_eps=%.17g\n"
              "seed=%llu\nshuffle=%d\nval_data=%s\nval_split=%.17g\npack=%d\ndrop_long=%d\n"
              "train_on_inputs=%d\ntxt_paragraphs=%d\nmax_examples=%ld\nchat_template=%s\n"
-             "template_args=%s\n",
+             "template_args=%s\nquant=%s\ndouble_quant=%d\nquant_blocksize=%d\n"
+             "quant_lm_head=%s\n",
              o->model_dir ? o->model_dir : "", data_label(o) ? data_label(o) : "",
              o->adapter_dir ? o->adapter_dir : "", o->lora_r, o->lora_alpha, o->lora_dropout,
              o->lora_targets ? o->lora_targets : "", o->rslora, o->steps, o->epochs, o->batch_size,
@@ -201,7 +205,9 @@ static void settings_text(const ft_train_options *o, char *buf, size_t n) {
              o->weight_decay, o->max_grad_norm, o->adam_beta1, o->adam_beta2, o->adam_eps,
              (unsigned long long)o->seed, o->shuffle, o->val_data ? o->val_data : "", o->val_split,
              o->pack, o->drop_long, o->train_on_inputs, o->txt_paragraphs, o->max_examples,
-             o->chat_template ? o->chat_template : "", targs);
+             o->chat_template ? o->chat_template : "", targs, o->quant ? o->quant : "none",
+             o->double_quant, o->quant_blocksize ? o->quant_blocksize : 64,
+             o->quant_lm_head ? o->quant_lm_head : "default");
 }
 
 /* Fingerprint of the settings plus the model's config.json and weight file sizes. */
@@ -228,9 +234,11 @@ static void settings_hash(const ft_train_options *o, char out[17]) {
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-static ft_status write_run_config(const ft_train_options *o, const lora_set *ls, long total_steps,
+static ft_status write_run_config(const ft_train_options *o, const model *m, long total_steps,
                                   const dataset *ds, const char *shash, const char *dhash,
                                   ft_error *err) {
+    const lora_set *ls = m->lora;
+    const model_quant *q = &m->quant;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "ftune_version", ft_version());
     cJSON *op = cJSON_AddObjectToObject(j, "options");
@@ -279,6 +287,11 @@ static ft_status write_run_config(const ft_train_options *o, const lora_set *ls,
     cJSON_AddNumberToObject(op, "save_every", (double)o->save_every);
     cJSON_AddNumberToObject(op, "keep_checkpoints", o->keep_checkpoints);
     cJSON_AddNumberToObject(op, "threads", o->threads);
+    cJSON_AddStringToObject(op, "quant", o->quant ? o->quant : "none");
+    cJSON_AddBoolToObject(op, "double_quant", o->double_quant);
+    cJSON_AddNumberToObject(op, "quant_blocksize", o->quant_blocksize ? o->quant_blocksize : 64);
+    if (o->quant_lm_head) cJSON_AddStringToObject(op, "quant_lm_head", o->quant_lm_head);
+    else cJSON_AddNullToObject(op, "quant_lm_head");
     cJSON *r = cJSON_AddObjectToObject(j, "resolved");
     cJSON *t = cJSON_AddArrayToObject(r, "lora_targets");
     for (int k = 0; k < LIN_COUNT; k++)
@@ -288,7 +301,18 @@ static ft_status write_run_config(const ft_train_options *o, const lora_set *ls,
     cJSON_AddNumberToObject(r, "lora_scale", ls->scale);
     cJSON_AddNumberToObject(r, "lora_parameters", (double)ls->n_params);
     cJSON_AddNumberToObject(r, "total_steps", (double)total_steps);
-    cJSON_AddStringToObject(r, "dtype", "float32");
+    cJSON_AddStringToObject(r, "dtype", "float32"); /* the compute dtype */
+    /* how the frozen weights were stored: formats as qtensor names them */
+    cJSON *wq = cJSON_AddObjectToObject(r, "frozen_weights");
+    cJSON_AddStringToObject(wq, "linear", qformat_info(q->linear)->name);
+    cJSON_AddBoolToObject(wq, "double_quant", q->double_quant);
+    if (q->linear == QF_NF4 || q->linear == QF_FP4)
+        cJSON_AddNumberToObject(wq, "blocksize", q->blocksize);
+    cJSON_AddStringToObject(wq, "source", q->from_checkpoint ? "bitsandbytes checkpoint"
+                                          : q->linear == QF_F32 ? "converted" : "quantized at load");
+    cJSON_AddStringToObject(wq, "lm_head", qformat_info(q->lm_head)->name);
+    cJSON_AddStringToObject(wq, "embedding", qformat_info(q->embed)->name);
+    cJSON_AddNumberToObject(wq, "bytes", (double)m->weight_bytes);
     cJSON_AddNumberToObject(r, "examples", ds->n_docs);
     if (ds->packed) cJSON_AddNumberToObject(r, "packed_rows", ds->n);
     cJSON_AddNumberToObject(r, "tokens", (double)ds->tokens);
@@ -365,8 +389,12 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
     G(json_get_int(op, "save_every", 0, 0, &se, path, err));
     G(json_get_int(op, "keep_checkpoints", 0, 3, &kc, path, err));
     G(json_get_double(op, "threads", 0, 0, &v, path, err));
-    long ee = 0, mx = 0;
-    int pk = 0, dl = 0, toi = 0, tp = 0;
+    long ee = 0, mx = 0, qbs = 64;
+    int pk = 0, dl = 0, toi = 0, tp = 0, dq = 0;
+    G(json_get_string(op, "quant", 0, "none", &o->quant, path, err));
+    G(json_get_bool(op, "double_quant", 0, 0, &dq, path, err));
+    G(json_get_int(op, "quant_blocksize", 0, 64, &qbs, path, err));
+    G(json_get_string(op, "quant_lm_head", 0, NULL, &o->quant_lm_head, path, err));
     G(json_get_string(op, "val_data", 0, NULL, &o->val_data, path, err));
     G(json_get_double(op, "val_split", 0, 0, &o->val_split, path, err));
     G(json_get_int(op, "eval_every", 0, 0, &ee, path, err));
@@ -379,6 +407,7 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
 #undef G
     o->eval_every = ee, o->max_examples = mx, o->pack = pk, o->drop_long = dl;
     o->train_on_inputs = toi, o->txt_paragraphs = tp;
+    o->double_quant = dq, o->quant_blocksize = (int)qbs;
     if (!st) {
         lists[0] = string_list(cJSON_GetObjectItemCaseSensitive(op, "data_sources"), &o->n_data_sources);
         lists[1] = string_list(cJSON_GetObjectItemCaseSensitive(op, "template_args"), &o->n_template_args);
@@ -518,6 +547,55 @@ static double eval_loss(const model *m, acts *a, batch *b, int B, const dataset 
     return n ? sum / n : 0.0;
 }
 
+/* Bytes the run needs (frozen weights, dequantization panel, LoRA values + gradients + AdamW
+ * moments, activations) with storage q and checkpointing ckpt. */
+static double run_bytes(const model_config *cfg, const model_quant *q, const lora_set *ls, int B,
+                        int T, int ckpt) {
+    return (double)model_weight_bytes(cfg, q, (size_t)B * T) + memory_plan_panel(q) +
+           4.0 * ls->n_params * sizeof(float) +
+           (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
+}
+
+/* Refuse a run that cannot fit in the memory available, naming the options that would make it
+ * fit; switch gradient checkpointing on (*ckpt) when that alone is enough. */
+static ft_status check_memory(const ft_train_options *o, const model_config *cfg,
+                              const model_quant *q, const lora_set *ls, int B, int T, int *ckpt,
+                              ft_error *err) {
+    double avail = memory_available();
+    if (avail <= 0) return FT_OK;
+    double room = 0.95 * avail, MB = 1048576.0;
+    double need = run_bytes(cfg, q, ls, B, T, *ckpt), need_ck = run_bytes(cfg, q, ls, B, T, 1);
+    if (need <= room) return FT_OK;
+    if (need_ck <= room) {
+        *ckpt = 1;
+        if (!o->quiet)
+            fprintf(stderr, "memory: the run would need %.0f MB of the %.0f MB available; using "
+                            "gradient checkpointing (%.0f MB)\n", need / MB, avail / MB, need_ck / MB);
+        return FT_OK;
+    }
+    /* what 4-bit weights would need, when they are not 4-bit already */
+    model_quant q4 = *q;
+    int try4 = q->linear != QF_NF4 && q->linear != QF_FP4;
+    double need4 = 0, need4_ck = 0;
+    if (try4) {
+        q4.linear = QF_NF4, q4.blocksize = 64, q4.double_quant = 0;
+        if (q4.lm_head == QF_F32 && !q4.head_borrowed) q4.lm_head = QF_BF16;
+        need4 = run_bytes(cfg, &q4, ls, B, T, 0);
+        need4_ck = run_bytes(cfg, &q4, ls, B, T, 1);
+    }
+    char hint[300];
+    if (try4 && need4 <= room)
+        snprintf(hint, sizeof hint, "add --quant nf4 (QLoRA: %.0f MB)", need4 / MB);
+    else if (try4 && need4_ck <= room)
+        snprintf(hint, sizeof hint, "add --quant nf4 --grad-checkpoint (%.0f MB)", need4_ck / MB);
+    else
+        snprintf(hint, sizeof hint, "%suse a smaller --batch-size or --seq-len (ftune plan shows "
+                 "the parts)", try4 ? "add --quant nf4 --grad-checkpoint and " : "");
+    return ft_error_set(err, FT_ERR_RUNTIME, o->model_dir, hint,
+                        "the run needs %.0f MB (%.0f MB with gradient checkpointing) but %.0f MB "
+                        "are available", need / MB, need_ck / MB, avail / MB);
+}
+
 ft_status ft_train(const ft_train_options *given, ft_error *err) {
     ft_train_options eff = *given;
     const ft_train_options *o = &eff;
@@ -554,12 +632,14 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                             "the output folder exists and is not empty");
     }
     set_threads(o->threads);
-    model m;
-    if ((st = model_load(o->model_dir, &m, err))) {
-        cJSON_Delete(stored);
-        free(lists[0]), free(lists[1]);
-        return st;
-    }
+    /* The config, the data and the adapter first: with them the memory plan is known before
+     * the weights are loaded, so a run that cannot fit is refused before it takes the memory. */
+    model m = {0};
+    model_config cfg;
+    int have_cfg = 0;
+    model_load_options lopt = {o->quant, o->double_quant, o->quant_blocksize, o->quant_lm_head};
+    model_quant q;
+    lora_set *ls = NULL;
     dataset ds = {0}, val = {0};
     batch b = {0};
     acts *a = NULL;
@@ -569,46 +649,33 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     char shash[17], dhash[17];
     data_options dopt;
     const char *one[1];
-    data_opts(o, m.cfg.V, one, &dopt);
+    if ((st = model_config_load(o->model_dir, &cfg, err))) goto done;
+    have_cfg = 1;
+    if ((st = model_quant_resolve(o->model_dir, &cfg, &lopt, &q, err))) goto done;
+    data_opts(o, cfg.V, one, &dopt);
     if ((st = data_load(&dopt, &ds, &val, dhash, err))) goto done;
     settings_hash(o, shash);
     if (o->adapter_dir) {
-        if ((st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
+        if ((st = lora_load_peft(&cfg, o->adapter_dir, &ls, err))) goto done;
     } else {
         unsigned mask;
-        if ((st = lora_parse_targets(&m.cfg, o->lora_targets, &mask, err))) goto done;
-        if ((st = lora_create(&m.cfg, o->lora_r, o->lora_alpha, o->lora_dropout, o->rslora, mask,
-                              NULL, &m.lora, err)))
+        if ((st = lora_parse_targets(&cfg, o->lora_targets, &mask, err))) goto done;
+        if ((st = lora_create(&cfg, o->lora_r, o->lora_alpha, o->lora_dropout, o->rslora, mask,
+                              NULL, &ls, err)))
             goto done;
-        lora_init(m.lora, o->seed);
+        lora_init(ls, o->seed);
     }
     int B = o->batch_size < ds.n ? o->batch_size : ds.n;
     int T = ds.max_len > val.max_len ? ds.max_len : val.max_len;
     int Bv = o->batch_size < 1024 ? o->batch_size : 1024;
     if (val.n && Bv > B) B = Bv;
-    if ((st = batch_alloc(&b, B, T, err))) goto done;
-    /* Memory plan for what is still to allocate (the weights are in already): switch gradient
-     * checkpointing on when only it makes the run fit, refuse when nothing does. */
+    /* Memory plan: switch gradient checkpointing on when only it makes the run fit, refuse
+     * (saying what would fit) when nothing does. */
     int ckpt = o->grad_checkpoint;
-    {
-        double avail = memory_available(), optim = 4.0 * m.lora->n_params * sizeof(float);
-        double need = optim + (double)acts_plan_bytes(&m.cfg, m.lora->R, m.lora->n, B, T, ckpt);
-        double need_ck = optim + (double)acts_plan_bytes(&m.cfg, m.lora->R, m.lora->n, B, T, 1);
-        if (avail > 0 && need > 0.95 * avail && !ckpt && need_ck <= 0.95 * avail) {
-            ckpt = 1;
-            if (!o->quiet)
-                fprintf(stderr, "memory: %.0f MB of activations would not fit in the %.0f MB "
-                                "available; using gradient checkpointing\n",
-                        need / 1048576.0, avail / 1048576.0);
-        } else if (avail > 0 && need_ck > 0.95 * avail) {
-            st = ft_error_set(err, FT_ERR_RUNTIME, o->model_dir,
-                              "use a smaller --batch-size or --seq-len (ftune plan shows the parts)",
-                              "the run needs %.0f MB more (%.0f MB even with gradient checkpointing) "
-                              "but %.0f MB are available", need / 1048576.0, need_ck / 1048576.0,
-                              avail / 1048576.0);
-            goto done;
-        }
-    }
+    if ((st = check_memory(o, &cfg, &q, ls, B, T, &ckpt, err))) goto done;
+    if ((st = model_load_with(o->model_dir, &lopt, &m, err))) goto done;
+    m.lora = ls, ls = NULL;
+    if ((st = batch_alloc(&b, B, T, err))) goto done;
     if ((st = acts_alloc_ckpt(&m, B, T, 0, ckpt, &a, err))) goto done;
     if (adamw_init(&opt, m.lora->n_params, o->adam_beta1, o->adam_beta2, o->adam_eps,
                    o->weight_decay)) {
@@ -653,7 +720,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
         }
         if ((st = truncate_metrics(path, ts.step, err))) goto done;
     }
-    if ((st = write_run_config(o, m.lora, total, &ds, shash, dhash, err))) goto done;
+    if ((st = write_run_config(o, &m, total, &ds, shash, dhash, err))) goto done;
     metrics = fopen(path, given->resume ? "a" : "w");
     if (!metrics) {
         st = ft_error_set(err, FT_ERR_RUNTIME, path, "check that the run folder is writable",
@@ -767,6 +834,8 @@ done:
     dataset_free(&ds);
     dataset_free(&val);
     model_free(&m);
+    if (ls) lora_free(ls);
+    if (have_cfg) model_config_free(&cfg);
     cJSON_Delete(stored);
     free(lists[0]), free(lists[1]);
     return st;
@@ -780,7 +849,8 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
                             "needs --adapter (the gradients are those of the adapter's tensors)");
     set_threads(o->threads);
     model m;
-    ft_status st = model_load(o->model_dir, &m, err);
+    model_load_options lopt = {o->quant, o->double_quant, o->quant_blocksize, o->quant_lm_head};
+    ft_status st = model_load_with(o->model_dir, &lopt, &m, err);
     if (st) return st;
     dataset ds = {0};
     batch b = {0};
