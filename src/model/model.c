@@ -17,6 +17,7 @@
  */
 #include "model/model.h"
 #include "io/json.h"
+#include "model/bnb.h"
 #include "ops/ops.h"
 
 #include <math.h>
@@ -328,9 +329,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
             }
             weight_name(name, sizeof name, l, k, "weight");
             if (q->from_checkpoint) {
-                st = ft_error_set(err, FT_ERR_INPUT, name, NULL,
-                                  "bitsandbytes checkpoints cannot be read yet");
-                goto done;
+                if ((st = bnb_load_weight(m->src, name, out, in, &lw->W, err))) goto done;
+                q->blocksize = lw->W.blocksize;
             } else if ((st = load_tensor(m->src, name, out, in, q->linear, 0, q, &lw->W, err))) {
                 goto done;
             }
