@@ -30,7 +30,8 @@ static inline size_t quant4_blocks(size_t n, int blocksize) {
 /* x (n) -> packed (quant4_packed_bytes(n)), absmax (quant4_blocks(n, blocksize)). */
 void quant4_quantize(quant4_type t, const float *x, size_t n, int blocksize, uint8_t *packed,
                      float *absmax);
-/* packed, absmax -> out (n). */
+/* packed, absmax -> out (n), bit for bit as bitsandbytes' CPU dequantize_4bit (FP4 code 8 gives
+ * -0.0 there, though quant4_code(QUANT_FP4)[8] is +0.0 as in its quant_map). */
 void quant4_dequantize(quant4_type t, const uint8_t *packed, const float *absmax, size_t n,
                        int blocksize, float *out);
 

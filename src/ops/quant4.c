@@ -93,7 +93,11 @@ void quant4_quantize(quant4_type t, const float *x, size_t n, int blocksize, uin
 void quant4_dequantize(quant4_type t, const uint8_t *packed, const float *absmax, size_t n,
                        int blocksize, float *out) {
     tables_init();
-    const float *code = tables[t].code;
+    /* bitsandbytes' CPU dequantization kernel (dDequantizeFP4) gives FP4 code 8 (sign bit, zero
+     * magnitude) as -0.0, while get_4bit_type, its quant_map, has +0.0 there */
+    float code[16];
+    memcpy(code, tables[t].code, sizeof code);
+    if (t == QUANT_FP4) code[8] = -0.0f;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         int c = i % 2 == 0 ? packed[i / 2] >> 4 : packed[i / 2] & 15;

@@ -1,4 +1,5 @@
-"""`ftune quantize` against bitsandbytes and transformers.
+"""`ftune quantize` and the bitsandbytes checkpoint reader (model/bnb.c) against bitsandbytes
+and transformers.
 
 For tiny random models that transformers builds (Llama with GQA, Phi-3 with fused projections),
 saved in F32 and BF16, `ftune quantize` must write exactly the tensors that transformers writes
@@ -7,6 +8,11 @@ and absmax bit for bit, the same quant_map, the same quant_state JSON; and trans
 ftune's folder and give the same logits as its own quantized model (exactly: same bytes, same
 kernels). Also bitsandbytes.functional.quantize_4bit directly, on awkward values (zeros, ties at
 code midpoints, tiny positives that choose FP4's second zero, a block of all zeros, odd sizes).
+Double quantization (--double-quant, bnb_4bit_use_double_quant=True / compress_statistics=True)
+the same way: U8 absmax codes, nested_absmax and the offset (torch's fp32 mean, reproduced bit for
+bit, for many lengths and thread counts) identical. The reader: `ftune inspect --bnb NAME` on
+folders transformers saved must give dequantize_4bit's values bit for bit, and each corrupted
+field must be a clear error (exit 2) naming the tensor and field.
 """
 import json
 import os
@@ -42,23 +48,33 @@ def tiny(kind, dtype, path):
     return path
 
 
-def load_bnb(path, quant, dtype):
+def load_bnb(path, quant, dtype, double_quant=False):
     return AutoModelForCausalLM.from_pretrained(
         path, device_map="cpu", dtype=dtype,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant,
+                                               bnb_4bit_use_double_quant=double_quant,
                                                bnb_4bit_compute_dtype=torch.float32))
+
+
+def ftune(*args, threads=None):
+    """Run ftune; threads sets OMP_NUM_THREADS so its torch-style sums split like torch's
+    (conftest runs torch on torch.get_num_threads() threads)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or torch.get_num_threads()))
+    return subprocess.run([FTUNE] + [str(a) for a in args], capture_output=True, text=True,
+                          env=env)
 
 
 @pytest.mark.parametrize("kind", ["llama", "phi3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("quant", ["nf4", "fp4"])
-def test_quantize_like_transformers(tmp_path, kind, dtype, quant):
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_quantize_like_transformers(tmp_path, kind, dtype, quant, double_quant):
     src = tiny(kind, dtype, tmp_path / "model")
     theirs = tmp_path / "theirs"
-    load_bnb(src, quant, dtype).save_pretrained(theirs)
+    load_bnb(src, quant, dtype, double_quant).save_pretrained(theirs)
     ours = tmp_path / "ours"
-    r = subprocess.run([FTUNE, "quantize", "--model", src, "--out", ours, "--quant", quant],
-                       capture_output=True, text=True)
+    r = ftune("quantize", "--model", src, "--out", ours, "--quant", quant,
+              *(["--double-quant"] if double_quant else []))
     assert r.returncode == 0, r.stderr
     a = safe_open(str(ours / "model.safetensors"), "pt")
     b = safe_open(str(theirs / "model.safetensors"), "pt")
@@ -66,16 +82,15 @@ def test_quantize_like_transformers(tmp_path, kind, dtype, quant):
     assert qnames and set(a.keys()) >= {k for k in b.keys()}, set(b.keys()) - set(a.keys())
     for k in b.keys():
         x, y = a.get_tensor(k), b.get_tensor(k)
-        if "quant_state" in k:
-            assert json.loads(bytes(x.numpy())) == json.loads(bytes(y.numpy())), k
+        if "quant_state" in k:  # the same JSON text, nested_offset's digits included
+            assert bytes(x.numpy()) == bytes(y.numpy()), k
         else:
             assert x.dtype == y.dtype and x.shape == y.shape, k
             assert torch.equal(x.view(torch.uint8) if x.dtype != torch.uint8 else x,
                                y.view(torch.uint8) if y.dtype != torch.uint8 else y), k
     qc_ours = json.load(open(ours / "config.json"))["quantization_config"]
     qc_theirs = json.load(open(theirs / "config.json"))["quantization_config"]
-    assert qc_ours["bnb_4bit_quant_type"] == qc_theirs["bnb_4bit_quant_type"]
-    assert qc_ours["quant_method"] == "bitsandbytes" and qc_ours["load_in_4bit"]
+    assert qc_ours == qc_theirs
     # transformers loads ftune's folder and computes what its own quantized model computes
     mine = AutoModelForCausalLM.from_pretrained(ours, device_map="cpu", dtype=dtype)
     ref = AutoModelForCausalLM.from_pretrained(theirs, device_map="cpu", dtype=dtype)
@@ -84,10 +99,8 @@ def test_quantize_like_transformers(tmp_path, kind, dtype, quant):
         assert torch.equal(mine(ids).logits, ref(ids).logits)
 
 
-@pytest.mark.parametrize("quant", ["nf4", "fp4"])
-@pytest.mark.parametrize("blocksize", [64, 128, 256])
-def test_awkward_values_like_quantize_4bit(tmp_path, quant, blocksize):
-    torch.manual_seed(1)
+def awkward(blocksize, quant, seed=1):
+    torch.manual_seed(seed)
     code = bnbf.get_4bit_type(quant, device="cpu")
     srt = torch.sort(code).values
     mids = (srt[:-1] + srt[1:]) / 2
@@ -99,26 +112,190 @@ def test_awkward_values_like_quantize_4bit(tmp_path, quant, blocksize):
     w[3, :40] = torch.linspace(-1e-3, 1e-3, 40)   # tiny values around both zeros of FP4
     w[3, 40] = 0.5
     w[4] = w[4] * 1e-30                           # subnormal-scale block maxima
-    save_file({"model.layers.0.mlp.up_proj.weight": w.contiguous()}, str(tmp_path / "model.safetensors"),
+    return w
+
+
+def write_model(path, tensors):
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"),
               metadata={"format": "pt"})
-    json.dump({"architectures": ["LlamaForCausalLM"]}, open(tmp_path / "config.json", "w"))
+    json.dump({"architectures": ["LlamaForCausalLM"]}, open(path / "config.json", "w"))
+
+
+def same_bits(a, b):
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.view(torch.uint8) if a.dtype != torch.uint8 else a,
+        b.view(torch.uint8) if b.dtype != torch.uint8 else b)
+
+
+def check_against_quantize_4bit(f, name, w, blocksize, quant, double_quant):
+    """ftune's tensors for weight `name` (safe_open f) are what quantize_4bit(w) gives."""
+    q, state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type=quant,
+                                  compress_statistics=double_quant)
+    assert torch.equal(f.get_tensor(name), q), name
+    assert same_bits(f.get_tensor(name + ".absmax"), state.absmax), name
+    qs = json.loads(bytes(f.get_tensor(f"{name}.quant_state.bitsandbytes__{quant}").numpy()))
+    if double_quant:
+        assert same_bits(f.get_tensor(name + ".nested_absmax"), state.state2.absmax), name
+        assert same_bits(f.get_tensor(name + ".nested_quant_map"), state.state2.code), name
+        # json holds the float32 offset as a double: exactly the same float
+        assert torch.tensor(qs["nested_offset"], dtype=torch.float32).view(torch.int32) == \
+            state.offset.view(torch.int32), (name, qs["nested_offset"], state.offset.item())
+    else:
+        assert "nested_offset" not in qs
+    # the dequantized weights, through bitsandbytes' own reading of ftune's tensors
+    mine = bnbf.QuantState.from_dict({k[len(name) + 1:]: f.get_tensor(k) for k in f.keys()
+                                      if k.startswith(name + ".")}, device=torch.device("cpu"))
+    assert same_bits(bnbf.dequantize_4bit(f.get_tensor(name), mine), bnbf.dequantize_4bit(q, state))
+
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4"])
+@pytest.mark.parametrize("blocksize", [64, 128, 256])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_awkward_values_like_quantize_4bit(tmp_path, quant, blocksize, dtype, double_quant):
+    # two weights: the awkward one, and one of 1200+ blocks so the nested absmax has 5 blocks
+    w1 = awkward(blocksize, quant).to(dtype)
+    w2 = (torch.randn(300, 256) * torch.rand(300, 1) * 0.1).to(dtype)
+    names = ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"]
+    write_model(tmp_path / "m", dict(zip(names, [w1, w2])))
     out = tmp_path / "q"
-    r = subprocess.run([FTUNE, "quantize", "--model", tmp_path, "--out", out, "--quant", quant,
-                        "--blocksize", str(blocksize)], capture_output=True, text=True)
+    r = ftune("quantize", "--model", tmp_path / "m", "--out", out, "--quant", quant,
+              "--blocksize", blocksize, *(["--double-quant"] if double_quant else []))
     assert r.returncode == 0, r.stderr
     f = safe_open(str(out / "model.safetensors"), "pt")
-    q, state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type=quant)
-    name = "model.layers.0.mlp.up_proj.weight"
-    assert torch.equal(f.get_tensor(name), q)
-    assert torch.equal(f.get_tensor(name + ".absmax").view(torch.int32), state.absmax.view(torch.int32))
-    deq = bnbf.dequantize_4bit(q, state)
-    assert torch.equal(deq, bnbf.dequantize_4bit(f.get_tensor(name), state))
+    for name, w in zip(names, [w1, w2]):
+        check_against_quantize_4bit(f, name, w, blocksize, quant, double_quant)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_double_quant_offset_many_lengths(tmp_path, threads):
+    """The offset is torch's fp32 mean of the absmax values: its cascade summation order
+    depends on the length (levels, four interleaved accumulators, vector tail) and, from 32768
+    values on, on the thread count; every bit must agree."""
+    lengths = [1, 2, 7, 33, 64, 255, 256, 257, 1000, 4096, 32769, 100000]
+    torch.manual_seed(3)
+    ws = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(nb, 64) * torch.rand(nb, 1) * 3
+          for i, nb in enumerate(lengths)}
+    write_model(tmp_path / "m", ws)
+    r = ftune("quantize", "--model", tmp_path / "m", "--out", tmp_path / "q", "--double-quant",
+              threads=threads)
+    assert r.returncode == 0, r.stderr
+    f = safe_open(str(tmp_path / "q" / "model.safetensors"), "pt")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name, w in ws.items():
+            check_against_quantize_4bit(f, name, w, 64, "nf4", True)
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Tiny Llamas that transformers quantized and saved: {(quant, double_quant): folder}."""
+    base = tmp_path_factory.mktemp("bnb")
+    src = tiny("llama", torch.float32, base / "model")
+    out = {}
+    for quant in ("nf4", "fp4"):
+        for dq in (False, True):
+            out[quant, dq] = base / f"{quant}-{int(dq)}"
+            load_bnb(src, quant, torch.float32, dq).save_pretrained(out[quant, dq])
+    return out
+
+
+LINEAR = "model.layers.1.self_attn.k_proj.weight"
+
+
+@pytest.mark.parametrize("quant", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_reader_like_dequantize_4bit(saved, quant, double_quant):
+    folder = saved[quant, double_quant]
+    f = safe_open(str(folder / "model.safetensors"), "pt")
+    names = [k for k in f.keys() if k.endswith("_proj.weight")]
+    assert LINEAR in names
+    for name in names:
+        st = bnbf.QuantState.from_dict({k[len(name) + 1:]: f.get_tensor(k) for k in f.keys()
+                                        if k.startswith(name + ".")}, device=torch.device("cpu"))
+        ref = bnbf.dequantize_4bit(f.get_tensor(name), st)
+        r = ftune("inspect", "--model", folder, "--bnb", name)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert (out["format"], out["double_quant"], out["blocksize"]) == (quant, double_quant, 64)
+        assert [out["rows"], out["cols"]] == list(ref.shape)
+        assert same_bits(torch.tensor(out["values"], dtype=torch.float32).reshape(ref.shape), ref)
+        if double_quant:
+            assert out["nested_blocksize"] == 256
+            assert torch.tensor(out["offset"], dtype=torch.float32) == st.offset
+
+
+def corrupt(src, dst, edit):
+    """Copy the saved folder with the tensors dict changed by edit(dict) (in place)."""
+    import shutil
+    shutil.copytree(src, dst)
+    f = safe_open(str(src / "model.safetensors"), "pt")
+    t = {k: f.get_tensor(k) for k in f.keys()}
+    edit(t)
+    save_file(t, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def set_state(t, name, quant, text):
+    del t[f"{name}.quant_state.bitsandbytes__{quant}"]
+    t[f"{name}.quant_state.bitsandbytes__{quant}"] = torch.frombuffer(bytearray(text.encode()),
+                                                                     dtype=torch.uint8)
+
+
+def edit_state(t, name, quant, **changes):
+    key = f"{name}.quant_state.bitsandbytes__{quant}"
+    js = json.loads(bytes(t[key].numpy()))
+    js.update(changes)
+    set_state(t, name, quant, json.dumps(js))
+
+
+BAD = {
+    "missing absmax": (False, lambda t: t.pop(LINEAR + ".absmax"), ".absmax\"", "missing"),
+    "absmax shape": (False, lambda t: t.__setitem__(LINEAR + ".absmax", t[LINEAR + ".absmax"][:-1].clone()),
+                     ".absmax\"", "shape"),
+    "packed shape": (False, lambda t: t.__setitem__(LINEAR, t[LINEAR][:-2].clone()), LINEAR + "\"", "shape"),
+    "bad json": (False, lambda t: set_state(t, LINEAR, "nf4", '{"quant_type": "nf4", "blocksize": '),
+                 "quant_state.bitsandbytes__nf4", "JSON"),
+    "unknown quant_type": (False, lambda t: edit_state(t, LINEAR, "nf4", quant_type="int3"),
+                           "quant_type", "int3"),
+    "blocksize mismatch": (False, lambda t: edit_state(t, LINEAR, "nf4", blocksize=128),
+                           ".absmax\"", "shape"),
+    "blocksize invalid": (False, lambda t: edit_state(t, LINEAR, "nf4", blocksize=100),
+                          "blocksize", "100"),
+    "shape field": (False, lambda t: edit_state(t, LINEAR, "nf4", shape=[32]), "shape", "rows, cols"),
+    "quant_map": (False, lambda t: t.__setitem__(LINEAR + ".quant_map", t[LINEAR + ".quant_map"] * 2),
+                  "quant_map", "code"),
+    "absmax dtype": (True, lambda t: t.__setitem__(LINEAR + ".absmax", t[LINEAR + ".absmax"].float()),
+                     ".absmax\"", "dtype"),
+    "missing nested_absmax": (True, lambda t: t.pop(LINEAR + ".nested_absmax"), "nested_absmax", "missing"),
+    "nested_offset": (True, lambda t: edit_state(t, LINEAR, "nf4", nested_offset="x"),
+                      "nested_offset", "number"),
+    "nested_blocksize": (True, lambda t: edit_state(t, LINEAR, "nf4", nested_blocksize=3),
+                         "nested_blocksize", "3"),
+    "nested_dtype": (True, lambda t: edit_state(t, LINEAR, "nf4", nested_dtype="int8"),
+                     "nested_dtype", "int8"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_reader_bad_input(saved, tmp_path, case):
+    dq, edit, where, what = BAD[case]
+    bad = corrupt(saved["nf4", dq], tmp_path / "bad", edit)
+    r = ftune("inspect", "--model", bad, "--bnb", LINEAR)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    err = r.stderr
+    assert "error" in err and where in err and what.lower() in err.lower(), err
+    assert "Traceback" not in err and "Sanitizer" not in err
 
 
 def test_quantize_bad_input(tmp_path):
-    r = subprocess.run([FTUNE, "quantize", "--model", tmp_path, "--out", tmp_path / "o"],
-                       capture_output=True, text=True)
+    r = ftune("quantize", "--model", tmp_path, "--out", tmp_path / "o")
     assert r.returncode == 2 and "config.json" in r.stderr
-    r = subprocess.run([FTUNE, "quantize", "--model", tmp_path, "--out", tmp_path / "o",
-                        "--quant", "int3"], capture_output=True, text=True)
+    r = ftune("quantize", "--model", tmp_path, "--out", tmp_path / "o", "--quant", "int3")
     assert r.returncode == 2 and "int3" in r.stderr
+    r = ftune("quantize", "--model", tmp_path, "--out", tmp_path / "o", "--blocksize", "100")
+    assert r.returncode == 2 and "100" in r.stderr
