@@ -2,7 +2,11 @@
  * (bit-exactness against bitsandbytes itself is tests/peers/test_quantize_bnb.py):
  * every value dequantizes to the code value nearest to its scaled value (times absmax), the
  * block's absmax value is represented exactly, and quantizing a dequantized tensor again gives the
- * same bytes. */
+ * same bytes. Double quantization: torch's cascade sum is an exact sum wherever float addition is
+ * exact (integers), whatever the width and thread count; equal absmax values come back exactly
+ * (all offset); others within half the widest gap of the dynamic code times the nested absmax
+ * (plus the 1/32767.5 grid of bitsandbytes' table). Bit-exactness against torch and bitsandbytes
+ * is tests/peers/test_quantize_bnb.py. */
 #include "ops/quant.h"
 #include "test.h"
 
@@ -36,5 +40,41 @@ int main(void) {
         CHECK(!memcmp(p, p2, sizeof p), "%s: requantizing changes the codes", quant4_name(t));
         CHECK(!memcmp(absmax, absmax2, sizeof absmax), "%s: requantizing changes absmax", quant4_name(t));
     }
+    /* torch-style sums of small integers are exact in any order */
+    static float ints[100003];
+    for (int i = 0; i < 100003; i++) ints[i] = (float)(i % 13);
+    const int lens[] = {1, 3, 7, 8, 9, 63, 64, 65, 1000, 32768, 32769, 100003};
+    for (int k = 0; k < (int)(sizeof lens / sizeof *lens); k++) {
+        double e = 0;
+        for (int i = 0; i < lens[k]; i++) e += ints[i];
+        for (int W = 8; W <= 16; W += 8)
+            for (int T = 1; T <= 3; T++)
+                CHECK(quant4_torch_sum(ints, (size_t)lens[k], W, T) == (float)e,
+                      "torch sum of %d integers (W %d, T %d)", lens[k], W, T);
+    }
+    /* double quantization round trip */
+    const float *dyn = quant8_dynamic_code();
+    float gap = 0;
+    for (int i = 0; i < 255; i++) gap = fmaxf(gap, dyn[i + 1] - dyn[i]);
+    CHECK(dyn[0] < 0 && dyn[255] == 1.0f && dyn[127] == 0.0f, "dynamic map ends");
+    enum { NA = 1000 };
+    static float am[NA], back[NA];
+    static uint8_t codes[NA];
+    float nested[4], off;
+    for (int i = 0; i < NA; i++) am[i] = 0.25f;
+    quant4_double_quant(am, NA, codes, nested, &off);
+    quant4_double_dequant(codes, nested, off, NA, back);
+    CHECK(off == 0.25f && !memcmp(am, back, sizeof am), "equal absmax values are not exact");
+    for (int i = 0; i < NA; i++) {
+        s = s * 1664525u + 1013904223u;
+        am[i] = (float)(s >> 8) / 16777216.0f * (i < 256 ? 0.01f : 3.0f);
+    }
+    quant4_double_quant(am, NA, codes, nested, &off);
+    quant4_double_dequant(codes, nested, off, NA, back);
+    int within = 1;
+    for (int i = 0; i < NA; i++)
+        if (fabsf(back[i] - am[i]) > (gap / 2 + 1.0f / 32767.5f) * nested[i / 256] * 1.0001f)
+            within = 0;
+    CHECK(within, "a double-quantized absmax is further than half a code gap from the original");
     return test_summary("quant");
 }
