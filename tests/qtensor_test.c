@@ -36,7 +36,8 @@ static float frand(void) { /* uniform in [-1, 1) */
 static void fill_weights(float *x, int rows, int cols) {
     for (int r = 0; r < rows; r++) {
         float scale = r == 3 ? 0.0f : 0.02f * (1 + r % 7);
-        for (int c = 0; c < cols; c++) x[(size_t)r * cols + c] = scale * frand();
+        for (int c = 0; c < cols; c++)
+            x[(size_t)r * cols + c] = scale * frand();
     }
 }
 
@@ -59,8 +60,10 @@ static void check_reference(const qtensor *t, const float *x, const float *full,
     if (t->fmt == QF_NF4 || t->fmt == QF_FP4) {
         size_t nb = quant4_blocks(n, t->blocksize);
         float *absmax = malloc(nb * sizeof(float)), *y = malloc(n * sizeof(float));
-        if (t->absmax) memcpy(absmax, t->absmax, nb * sizeof(float));
-        else quant4_double_dequant(t->absmax_q, t->nested_absmax, t->offset, nb, absmax);
+        if (t->absmax)
+            memcpy(absmax, t->absmax, nb * sizeof(float));
+        else
+            quant4_double_dequant(t->absmax_q, t->nested_absmax, t->offset, nb, absmax);
         quant4_dequantize(t->fmt == QF_NF4 ? QUANT_NF4 : QUANT_FP4, t->data, absmax, n,
                           t->blocksize, y);
         CHECK(!memcmp(y, full, n * sizeof(float)), "%s: dequant_ref != quant4_dequantize", what);
@@ -78,7 +81,8 @@ static void check_reference(const qtensor *t, const float *x, const float *full,
         if (t->fmt == QF_Q8_0) {
             size_t b0 = i / 32 * 32;
             double amax = 0;
-            for (size_t j = b0; j < b0 + 32; j++) amax = fmax(amax, fabs(x[j]));
+            for (size_t j = b0; j < b0 + 32; j++)
+                amax = fmax(amax, fabs(x[j]));
             tol = amax / 127 * 0.5 + amax * 0x1p-11 + 1e-12;
         }
         if (fabs(full[i] - x[i]) > tol) bad++;
@@ -89,8 +93,8 @@ static void check_reference(const qtensor *t, const float *x, const float *full,
 /* Everything about one quantized matrix under the current ISA. */
 static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
     char what[128];
-    snprintf(what, sizeof what, "%s %s %dx%d bs %d%s", qtensor_isa(), qformat_info(f)->name,
-             rows, cols, bs, dq ? " dq" : "");
+    snprintf(what, sizeof what, "%s %s %dx%d bs %d%s", qtensor_isa(), qformat_info(f)->name, rows,
+             cols, bs, dq ? " dq" : "");
     size_t n = (size_t)rows * cols;
     float *x = malloc(n * sizeof(float)), *full = malloc(n * sizeof(float));
     float *part = malloc(n * sizeof(float));
@@ -112,7 +116,8 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
         int r0 = ranges[k][0], m = ranges[k][1];
         part[0] = -7.0f; /* an empty range writes nothing */
         qtensor_dequant_rows(&t, r0, m, part);
-        if (m == 0) CHECK(part[0] == -7.0f, "%s: an empty range wrote", what);
+        if (m == 0)
+            CHECK(part[0] == -7.0f, "%s: an empty range wrote", what);
         else
             CHECK(!memcmp(part, full + (size_t)r0 * cols, (size_t)m * cols * sizeof(float)),
                   "%s: dequant_rows(%d, %d) differs from the portable reference", what, r0, m);
@@ -120,12 +125,14 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
 
     /* dot_row against the dequantized row, in double */
     float *xin = malloc((size_t)cols * sizeof(float));
-    for (int c = 0; c < cols; c++) xin[c] = frand();
+    for (int c = 0; c < cols; c++)
+        xin[c] = frand();
     double *want = malloc((size_t)rows * sizeof(double));
     float *got = malloc((size_t)rows * sizeof(float));
     for (int r = 0; r < rows; r++) {
         double s = 0;
-        for (int c = 0; c < cols; c++) s += (double)full[(size_t)r * cols + c] * xin[c];
+        for (int c = 0; c < cols; c++)
+            s += (double)full[(size_t)r * cols + c] * xin[c];
         want[r] = s;
         got[r] = qtensor_dot_row(&t, r, xin);
     }
@@ -144,9 +151,12 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
             float *out = malloc((size_t)N * ldo * sizeof(float));
             float *bias = malloc((size_t)rows * sizeof(float));
             double *ref = malloc((size_t)N * (rows > cols ? rows : cols) * sizeof(double));
-            for (size_t i = 0; i < (size_t)N * ldi; i++) inp[i] = frand();
-            for (size_t i = 0; i < (size_t)N * ldo; i++) out[i] = frand();
-            for (int r = 0; r < rows; r++) bias[r] = frand();
+            for (size_t i = 0; i < (size_t)N * ldi; i++)
+                inp[i] = frand();
+            for (size_t i = 0; i < (size_t)N * ldo; i++)
+                out[i] = frand();
+            for (int r = 0; r < rows; r++)
+                bias[r] = frand();
             for (int nn = 0; nn < N; nn++)
                 for (int r = 0; r < rows; r++) {
                     double s = beta * out[(size_t)nn * ldo + r] + (use_bias ? bias[r] : 0);
@@ -155,12 +165,13 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
                     ref[(size_t)nn * rows + r] = s;
                 }
             if (beta == 0) /* beta 0 must ignore what out held, NaN included */
-                for (int nn = 0; nn < N; nn++) out[(size_t)nn * ldo] = NAN;
+                for (int nn = 0; nn < N; nn++)
+                    out[(size_t)nn * ldo] = NAN;
             float pad = out[rows]; /* the first value past the width of row 0 */
             qmatmul_forward(out, ldo, inp, ldi, &t, use_bias ? bias : NULL, N, beta);
             e = rel_err(out, ldo, ref, N, rows);
-            CHECK(e <= 1e-5, "%s: forward N %d beta %g bias %d: relative error %.3g", what, N,
-                  beta, use_bias, e);
+            CHECK(e <= 1e-5, "%s: forward N %d beta %g bias %d: relative error %.3g", what, N, beta,
+                  use_bias, e);
             CHECK(out[rows] == pad, "%s: forward wrote past the width", what);
 
             /* backward: dinp (N, cols) += dout (N, rows) . W, dout read with stride ldo */
@@ -226,8 +237,9 @@ static int read_file(const char *path, void *buf, size_t n) {
 static int quantize_tool(const char *fmt, const char *in, int rows, int cols, const char *out) {
     int f = qformat_parse(fmt);
     if (f < 0 || f == QF_NF4 || f == QF_FP4 || rows <= 0 || cols <= 0) {
-        fprintf(stderr, "qtensor_test --quantize: format %s (f32|bf16|f16|q8_0), rows %d, cols %d\n",
-                fmt, rows, cols);
+        fprintf(stderr,
+                "qtensor_test --quantize: format %s (f32|bf16|f16|q8_0), rows %d, cols %d\n", fmt,
+                rows, cols);
         return 2;
     }
     size_t n = (size_t)rows * cols;
@@ -239,8 +251,8 @@ static int quantize_tool(const char *fmt, const char *in, int rows, int cols, co
     }
     qtensor t;
     if (qtensor_quantize(&t, f, x, rows, cols, 0, 0)) {
-        fprintf(stderr, "qtensor_test: %s: cannot quantize a %dx%d matrix to %s\n", in, rows,
-                cols, fmt);
+        fprintf(stderr, "qtensor_test: %s: cannot quantize a %dx%d matrix to %s\n", in, rows, cols,
+                fmt);
         free(x);
         return 1;
     }

@@ -66,45 +66,52 @@ static void dequant_f32(const qtensor *t, int r0, int nrows, float *out) {
 static float dot_f32(const qtensor *t, int r, const float *x) {
     const float *w = (const float *)t->data + (size_t)r * t->cols;
     float s = 0;
-    for (int i = 0; i < t->cols; i++) s += w[i] * x[i];
+    for (int i = 0; i < t->cols; i++)
+        s += w[i] * x[i];
     return s;
 }
 
 static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
-    for (size_t i = 0; i < n; i++) out[i] = qt_bf16_to_f32(h[i]);
+    for (size_t i = 0; i < n; i++)
+        out[i] = qt_bf16_to_f32(h[i]);
 }
 
 static float dot_bf16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
-    for (int i = 0; i < t->cols; i++) s += qt_bf16_to_f32(h[i]) * x[i];
+    for (int i = 0; i < t->cols; i++)
+        s += qt_bf16_to_f32(h[i]) * x[i];
     return s;
 }
 
 static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
-    for (size_t i = 0; i < n; i++) out[i] = qt_f16_to_f32(h[i]);
+    for (size_t i = 0; i < n; i++)
+        out[i] = qt_f16_to_f32(h[i]);
 }
 
 static float dot_f16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
-    for (int i = 0; i < t->cols; i++) s += qt_f16_to_f32(h[i]) * x[i];
+    for (int i = 0; i < t->cols; i++)
+        s += qt_f16_to_f32(h[i]) * x[i];
     return s;
 }
 
 static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / Q8_0_VALUES);
-    const uint8_t *blk = (const uint8_t *)t->data + (size_t)r0 * (t->cols / Q8_0_VALUES) * Q8_0_BYTES;
+    const uint8_t *blk =
+        (const uint8_t *)t->data + (size_t)r0 * (t->cols / Q8_0_VALUES) * Q8_0_BYTES;
     for (size_t b = 0; b < nb; b++, blk += Q8_0_BYTES, out += Q8_0_VALUES) {
         uint16_t dh;
         memcpy(&dh, blk, 2);
         float d = qt_f16_to_f32(dh);
         const int8_t *q = (const int8_t *)(blk + 2);
-        for (int j = 0; j < Q8_0_VALUES; j++) out[j] = d * (float)q[j];
+        for (int j = 0; j < Q8_0_VALUES; j++)
+            out[j] = d * (float)q[j];
     }
 }
 
@@ -117,7 +124,8 @@ static float dot_q8_0(const qtensor *t, int r, const float *x) {
         memcpy(&dh, blk, 2);
         const int8_t *q = (const int8_t *)(blk + 2);
         float bs = 0;
-        for (int j = 0; j < Q8_0_VALUES; j++) bs += (float)q[j] * x[j];
+        for (int j = 0; j < Q8_0_VALUES; j++)
+            bs += (float)q[j] * x[j];
         s += qt_f16_to_f32(dh) * bs;
     }
     return s;
@@ -131,7 +139,8 @@ static void dequant_4bit(const qtensor *t, const float *code, int r0, int nrows,
     for (size_t i = lo; i < hi;) {
         size_t b = i / bs, end = (b + 1) * bs < hi ? (b + 1) * bs : hi;
         float a = qt_block_absmax(t, b);
-        for (; i < end; i++) out[i - lo] = code[qt_nibble(p, i)] * a;
+        for (; i < end; i++)
+            out[i - lo] = code[qt_nibble(p, i)] * a;
     }
 }
 
@@ -142,23 +151,24 @@ static float dot_4bit(const qtensor *t, const float *code, int r, const float *x
     for (size_t i = lo; i < hi;) {
         size_t b = i / bs, end = (b + 1) * bs < hi ? (b + 1) * bs : hi;
         float bsum = 0; /* the block's absmax multiplies once, after the sum */
-        for (; i < end; i++) bsum += code[qt_nibble(p, i)] * x[i - lo];
+        for (; i < end; i++)
+            bsum += code[qt_nibble(p, i)] * x[i - lo];
         s += qt_block_absmax(t, b) * bsum;
     }
     return s;
 }
 
 static void dequant_nf4(const qtensor *t, int r0, int nrows, float *out) {
-    dequant_4bit(t, quant4_code(QUANT_NF4), r0, nrows, out);
+    dequant_4bit(t, qt_dequant_code(QF_NF4), r0, nrows, out);
 }
 static void dequant_fp4(const qtensor *t, int r0, int nrows, float *out) {
-    dequant_4bit(t, quant4_code(QUANT_FP4), r0, nrows, out);
+    dequant_4bit(t, qt_dequant_code(QF_FP4), r0, nrows, out);
 }
 static float dot_nf4(const qtensor *t, int r, const float *x) {
-    return dot_4bit(t, quant4_code(QUANT_NF4), r, x);
+    return dot_4bit(t, qt_dequant_code(QF_NF4), r, x);
 }
 static float dot_fp4(const qtensor *t, int r, const float *x) {
-    return dot_4bit(t, quant4_code(QUANT_FP4), r, x);
+    return dot_4bit(t, qt_dequant_code(QF_FP4), r, x);
 }
 
 /* ---- the traits table and kernel sets ---------------------------------------------------- */
@@ -174,9 +184,7 @@ static const qformat_traits traits[QF_COUNT] = {
 
 static const qkernels kernels_portable = {"portable", {0}, {0}};
 
-const qformat_traits *qformat_info(qformat f) {
-    return (unsigned)f < QF_COUNT ? &traits[f] : NULL;
-}
+const qformat_traits *qformat_info(qformat f) { return (unsigned)f < QF_COUNT ? &traits[f] : NULL; }
 
 int qformat_parse(const char *name) {
     if (!name) return -1;
@@ -207,9 +215,13 @@ enum { NSETS = sizeof sets / sizeof sets[0] };
 
 static const qkernels *active;
 static pthread_once_t active_once = PTHREAD_ONCE_INIT;
+static float code_nf4[16], code_fp4[16];
 
 /* The best set the CPU has, no better than FTUNE_ISA names (an unknown name caps nothing). */
 static void choose_kernels(void) {
+    memcpy(code_nf4, quant4_code(QUANT_NF4), sizeof code_nf4);
+    memcpy(code_fp4, quant4_code(QUANT_FP4), sizeof code_fp4);
+    code_fp4[8] = -0.0f;
     const char *cap = getenv("FTUNE_ISA");
     int first = 0;
     for (int i = 0; cap && i < NSETS; i++)
@@ -224,6 +236,11 @@ static const qkernels *kernels(void) {
 }
 
 const char *qtensor_isa(void) { return kernels()->isa; }
+
+const float *qt_dequant_code(qformat f) {
+    kernels();
+    return f == QF_NF4 ? code_nf4 : code_fp4;
+}
 
 int qtensor_set_isa(const char *isa) {
     kernels();
@@ -261,13 +278,18 @@ static int is_4bit(qformat f) { return f == QF_NF4 || f == QF_FP4; }
 static size_t data_bytes(qformat f, size_t rows, size_t cols) {
     size_t n = rows * cols;
     switch (f) {
-    case QF_F32: return n * 4;
+    case QF_F32:
+        return n * 4;
     case QF_BF16:
-    case QF_F16: return n * 2;
-    case QF_Q8_0: return rows * (cols / Q8_0_VALUES) * Q8_0_BYTES;
+    case QF_F16:
+        return n * 2;
+    case QF_Q8_0:
+        return rows * (cols / Q8_0_VALUES) * Q8_0_BYTES;
     case QF_NF4:
-    case QF_FP4: return quant4_packed_bytes(n);
-    default: return 0;
+    case QF_FP4:
+        return quant4_packed_bytes(n);
+    default:
+        return 0;
     }
 }
 
@@ -298,17 +320,17 @@ void qtensor_free(qtensor *t) {
 static void quantize_q8_0(const float *x, size_t nblocks, uint8_t *out) {
     for (size_t b = 0; b < nblocks; b++, x += Q8_0_VALUES, out += Q8_0_BYTES) {
         float amax = 0;
-        for (int j = 0; j < Q8_0_VALUES; j++) amax = fmaxf(amax, fabsf(x[j]));
+        for (int j = 0; j < Q8_0_VALUES; j++)
+            amax = fmaxf(amax, fabsf(x[j]));
         float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
         uint16_t dh = f32_to_f16(d);
         memcpy(out, &dh, 2);
-        for (int j = 0; j < Q8_0_VALUES; j++) out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        for (int j = 0; j < Q8_0_VALUES; j++)
+            out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
     }
 }
 
-static int valid_4bit_blocksize(int bs) {
-    return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0;
-}
+static int valid_4bit_blocksize(int bs) { return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0; }
 
 int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
                      int double_quant) {
@@ -332,14 +354,19 @@ int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, 
     t->fmt = f, t->rows = rows, t->cols = cols, t->blocksize = blocksize;
     t->data = mem, t->owned = mem;
     switch (f) {
-    case QF_F32: memcpy(mem, x, n * 4); break;
+    case QF_F32:
+        memcpy(mem, x, n * 4);
+        break;
     case QF_BF16:
     case QF_F16: {
         uint16_t *h = (uint16_t *)mem;
-        for (size_t i = 0; i < n; i++) h[i] = f == QF_BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+        for (size_t i = 0; i < n; i++)
+            h[i] = f == QF_BF16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
         break;
     }
-    case QF_Q8_0: quantize_q8_0(x, n / Q8_0_VALUES, mem); break;
+    case QF_Q8_0:
+        quantize_q8_0(x, n / Q8_0_VALUES, mem);
+        break;
     case QF_NF4:
     case QF_FP4: {
         quant4_type qt = f == QF_NF4 ? QUANT_NF4 : QUANT_FP4;
@@ -363,7 +390,8 @@ int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, 
         t->nested_code = quant8_dynamic_code(), t->nested_blocksize = 256;
         break;
     }
-    default: break;
+    default:
+        break;
     }
     return 0;
 }
@@ -424,7 +452,8 @@ void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtens
     free(panel);
     if (bias)
         for (int n = 0; n < N; n++)
-            for (int o = 0; o < O; o++) out[(size_t)n * ldo + o] += bias[o];
+            for (int o = 0; o < O; o++)
+                out[(size_t)n * ldo + o] += bias[o];
 }
 
 void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,

@@ -20,6 +20,10 @@ typedef struct qkernels {
 extern const qkernels qtensor_kernels_avx2;   /* qtensor_avx2.c */
 extern const qkernels qtensor_kernels_avx512; /* qtensor_avx512.c */
 
+/* The 16 values a 4-bit code dequantizes to (NF4 or FP4): quant4_code's, except FP4 code 8 is
+ * -0.0, as quant4_dequantize (and bitsandbytes' CPU kernel) gives it. */
+const float *qt_dequant_code(qformat f);
+
 /* GGUF block_q8_0: { f16 d; int8 q[32] }, packed, 34 bytes. */
 enum { Q8_0_VALUES = 32, Q8_0_BYTES = 34 };
 
@@ -31,8 +35,10 @@ static inline float qt_f16_to_f32(uint16_t h) {
         float v = (float)m * 0x1p-24f;
         return sign ? -v : v;
     }
-    if (e == 31) u = sign | 0x7f800000 | (m << 13) | (m ? 0x400000 : 0);
-    else u = sign | ((e + 112) << 23) | (m << 13);
+    if (e == 31)
+        u = sign | 0x7f800000 | (m << 13) | (m ? 0x400000 : 0);
+    else
+        u = sign | ((e + 112) << 23) | (m << 13);
     float f;
     memcpy(&f, &u, 4);
     return f;
@@ -50,7 +56,8 @@ static inline float qt_bf16_to_f32(uint16_t h) {
  * Two statements so that no compiler contracts them into one fma. */
 static inline float qt_block_absmax(const qtensor *t, size_t b) {
     if (t->absmax) return t->absmax[b];
-    float scaled = t->nested_code[t->absmax_q[b]] * t->nested_absmax[b / (size_t)t->nested_blocksize];
+    float scaled =
+        t->nested_code[t->absmax_q[b]] * t->nested_absmax[b / (size_t)t->nested_blocksize];
     return scaled + t->offset;
 }
 
