@@ -30,8 +30,11 @@
  */
 #include "ops/ops.h"
 #include "ops/attention_mask.h"
+#include "ops/attention_tiled.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define ATT_BQ 64  /* queries per forward work item */
@@ -198,10 +201,29 @@ int attention_avx2_usable(int H, int Hkv, int D) {
     return D % 16 == 0 && D <= 256 && H / Hkv <= 32 && ops_have_avx2();
 }
 
+static int att_impl_choice;
+static pthread_once_t att_impl_once = PTHREAD_ONCE_INIT;
+
+static void att_impl_read(void) {
+    const char *e = getenv("FTUNE_ATTN");
+    att_impl_choice = !e                   ? ATT_IMPL_TILED
+                      : !strcmp(e, "ref")  ? ATT_IMPL_REF
+                      : !strcmp(e, "avx2") ? ATT_IMPL_AVX2
+                                           : ATT_IMPL_TILED;
+}
+
+int attention_impl(void) {
+    pthread_once(&att_impl_once, att_impl_read);
+    return att_impl_choice;
+}
+
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                        int window, float scale) {
-    if (attention_avx2_usable(H, Hkv, D))
+    int impl = attention_avx2_usable(H, Hkv, D) ? attention_impl() : ATT_IMPL_REF;
+    if (impl == ATT_IMPL_TILED)
+        attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+    else if (impl == ATT_IMPL_AVX2)
         attention_forward_avx2(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
     else
         attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
@@ -211,7 +233,11 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout, cons
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                         int window, float scale) {
-    if (attention_avx2_usable(H, Hkv, D))
+    int impl = attention_avx2_usable(H, Hkv, D) ? attention_impl() : ATT_IMPL_REF;
+    if (impl == ATT_IMPL_TILED)
+        attention_backward_tiled(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
+                                 window, scale);
+    else if (impl == ATT_IMPL_AVX2)
         attention_backward_avx2(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
                                 window, scale);
     else

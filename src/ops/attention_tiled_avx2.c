@@ -1,0 +1,642 @@
+/*
+ * attention_tiled_avx2.c: causal grouped-query flash attention with AVX2+FMA, organised as small
+ * matrix products so that the FMA units, not the bookkeeping, set the speed. Same contract and
+ * masks as attention.c (the reference; ops.h), tested against it and a naive reference.
+ *
+ * Blocks. A work item takes one batch row b and one kv head g. The G = H/Hkv query heads that
+ * read g are stacked as rows: a block of Bq query positions gives R = G*Bq rows, row r being
+ * position i0 + r/G of head g*G + r%G (copied into a contiguous R x D buffer; K and V are read
+ * in place, never copied per query head). Keys go in chunks of NC = 256; per chunk the key
+ * rows are packed transposed into panels of 16 keys ([panel][d][16]), once for all R rows.
+ * Two register-tiled kernels do all the O(T^2 D) work, on tiles of 6 rows x 16 columns (12 ymm
+ * accumulators of the 16; per step 2 loads, 6 broadcasts, 12 FMAs):
+ *   tl_scores: S (6 x 16k) = X (6 x D) . Kpanel      (scores, and dP = dO . V^T in backward)
+ *   tl_acc:    C (6 x D) += A (6 x n) . Y (n x D)    (P.V, dQ += dS.K, and, with A read
+ *                                                      transposed, dK += dS^T.Q, dV += P^T.dO)
+ * Each group of 6 rows computes only the 16-key panels its rows can see (causal diagonal,
+ * window), so fully masked work is skipped; the mask rule is attention_mask.h's.
+ *
+ * Forward: one item per (b, g, query block), heaviest first; an online softmax over the chunks
+ * (running max m and sum l per row, the output row rescaled when m grows), then out = O / l and
+ * lse = m + log l. Backward (FlashAttention-2 with lse known, so no rescaling): per query block
+ * and chunk, P = exp(scale S - lse), dS = scale P (dP - Di) with Di = dO.O, dQ of the block
+ * accumulated in a stacked buffer and written once (overwrite), dK and dV of the chunk
+ * accumulated over the block's rows. An item owns (b, g) and a run of query blocks; when B*Hkv
+ * items would leave threads idle, each (b, g) is split into `parts` runs of equal work, and runs
+ * after the first accumulate dK/dV into their own buffers, summed into dk/dv at the end.
+ *
+ * Memory: per thread (2 NC + 3 R) D + 2 R NC floats (about 0.6 MB at R = 144, D = 64), plus
+ * 2 (parts - 1) B Hkv T D floats for the split backward, in one workspace that grows to the
+ * largest call and is then reused (no allocation per step). A mutex guards it, so concurrent
+ * callers run one after another instead of sharing it.
+ */
+#include "ops/ops.h"
+#include "ops/attention_mask.h"
+#include "ops/attention_tiled.h"
+#include "ops/vexp_avx2.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define TL_NC 256    /* keys per chunk */
+#define TL_ROWS 144  /* target stacked rows per query block (G * Bq) */
+#define TL_MR 6      /* rows per register tile */
+#define TL_MAXPART 8 /* most runs one (b, kv head) is split into in backward */
+
+int attention_tiled_parts = 0;
+
+/* ---- workspace: grows to the largest call, reused after ------------------------------- */
+
+static pthread_mutex_t tl_lock = PTHREAD_MUTEX_INITIALIZER;
+static float *tl_ws;
+static size_t tl_cap; /* floats */
+
+/* Takes the lock and returns n floats (64-byte aligned), or NULL (lock released) when memory
+ * is short. */
+static float *tl_ws_get(size_t n) {
+    pthread_mutex_lock(&tl_lock);
+    if (n > tl_cap) {
+        free(tl_ws);
+        tl_ws = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        tl_cap = tl_ws ? n : 0;
+        if (!tl_ws) {
+            pthread_mutex_unlock(&tl_lock);
+            return NULL;
+        }
+    }
+    return tl_ws;
+}
+
+static void tl_ws_put(void) { pthread_mutex_unlock(&tl_lock); }
+
+static int tl_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int tl_tid(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int tl_len(const int *len, int b, int T) {
+    if (!len) return T;
+    return len[b] < 0 ? 0 : len[b] > T ? T : len[b];
+}
+
+/* query positions per block: about TL_ROWS stacked rows, a multiple of 8 */
+static int tl_bq(int G) {
+    int bq = TL_ROWS / G / 8 * 8;
+    return bq < 8 ? 8 : bq;
+}
+
+static size_t tl_round(size_t n) { return (n + 15) / 16 * 16; }
+
+/* ---- kernels ---------------------------------------------------------------------------- */
+
+static inline float tl_hsum(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+static inline float tl_hmax(__m256 v) {
+    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_max_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+
+/* Transposes the 8 x 8 block r[0..8) in place: r[e] lane c becomes r[c] lane e. */
+static inline void tl_tr8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+static const float tl_zero[256]; /* stands in for the key rows past the chunk's end */
+
+/* Kp (npanel x D x 16) = the n key rows x (row stride xs) transposed into panels of 16; keys
+ * n..16*npanel-1 are zero. Goes in 8 x 8 blocks transposed in registers. */
+static void tl_pack(float *Kp, const float *x, size_t xs, int n, int D) {
+    for (int c0 = 0; c0 < n; c0 += 8) {
+        const float *row[8];
+        for (int e = 0; e < 8; e++)
+            row[e] = c0 + e < n ? x + (size_t)(c0 + e) * xs : tl_zero;
+        float *dst = Kp + (size_t)(c0 / 16) * 16 * D + c0 % 16;
+        for (int d = 0; d < D; d += 8) {
+            __m256 r[8];
+            for (int e = 0; e < 8; e++)
+                r[e] = _mm256_loadu_ps(row[e] + d);
+            tl_tr8(r);
+            for (int e = 0; e < 8; e++)
+                _mm256_store_ps(dst + (size_t)(d + e) * 16, r[e]);
+        }
+    }
+    if (n % 16 && n % 16 <= 8) /* the upper half of the last panel */
+        for (int d = 0; d < D; d++)
+            _mm256_store_ps(Kp + (size_t)(n / 16) * 16 * D + (size_t)d * 16 + 8, _mm256_setzero_ps());
+}
+
+/* Y (n x D, rows contiguous and 32-byte aligned) = the n rows x (row stride xs): the aligned
+ * copy the accumulate kernel streams (rows of a kv head are 16-byte aligned at best, and a
+ * 32-byte load that straddles a cache line costs two) */
+static void tl_copy_rows(float *Y, const float *x, size_t xs, int n, int D) {
+    for (int u = 0; u < n; u++)
+        memcpy(Y + (size_t)u * D, x + (size_t)u * xs, (size_t)D * sizeof(float));
+}
+
+/* S[r][16p .. 16p+16) = X[r] . panel p of Kp, for rows r < MR and panels [p0, p1) */
+static inline __attribute__((always_inline)) void tl_scores_mr(const int MR, float *S, size_t ss,
+                                                               const float *X, size_t xs,
+                                                               const float *Kp, int p0, int p1,
+                                                               int D) {
+    for (int p = p0; p < p1; p++) {
+        __m256 a[TL_MR][2];
+#pragma GCC unroll 6
+        for (int r = 0; r < TL_MR; r++)
+            if (r < MR) a[r][0] = a[r][1] = _mm256_setzero_ps();
+        const float *kp = Kp + (size_t)p * 16 * D;
+        for (int d = 0; d < D; d++) {
+            __m256 k0 = _mm256_load_ps(kp + 16 * d), k1 = _mm256_load_ps(kp + 16 * d + 8);
+#pragma GCC unroll 6
+            for (int r = 0; r < TL_MR; r++)
+                if (r < MR) {
+                    __m256 x = _mm256_broadcast_ss(X + r * xs + d);
+                    a[r][0] = _mm256_fmadd_ps(x, k0, a[r][0]);
+                    a[r][1] = _mm256_fmadd_ps(x, k1, a[r][1]);
+                }
+        }
+#pragma GCC unroll 6
+        for (int r = 0; r < TL_MR; r++)
+            if (r < MR) {
+                _mm256_storeu_ps(S + r * ss + 16 * p, a[r][0]);
+                _mm256_storeu_ps(S + r * ss + 16 * p + 8, a[r][1]);
+            }
+    }
+}
+
+static void tl_scores(int mr, float *S, size_t ss, const float *X, size_t xs, const float *Kp,
+                      int p0, int p1, int D) {
+    switch (mr) {
+    case 6: tl_scores_mr(6, S, ss, X, xs, Kp, p0, p1, D); break;
+    case 5: tl_scores_mr(5, S, ss, X, xs, Kp, p0, p1, D); break;
+    case 4: tl_scores_mr(4, S, ss, X, xs, Kp, p0, p1, D); break;
+    case 3: tl_scores_mr(3, S, ss, X, xs, Kp, p0, p1, D); break;
+    case 2: tl_scores_mr(2, S, ss, X, xs, Kp, p0, p1, D); break;
+    case 1: tl_scores_mr(1, S, ss, X, xs, Kp, p0, p1, D); break;
+    default: break;
+    }
+}
+
+/* C[t][0..D) += sum_{u < n} A[t*ars + u*acs] * Y[u*ys + 0..D) for rows t < MR */
+static inline __attribute__((always_inline)) void tl_acc_mr(const int MR, float *C, size_t cs,
+                                                            const float *A, size_t ars,
+                                                            size_t acs, const float *Y, size_t ys,
+                                                            int n, int D) {
+    for (int dc = 0; dc < D; dc += 16) {
+        __m256 a[TL_MR][2];
+#pragma GCC unroll 6
+        for (int t = 0; t < TL_MR; t++)
+            if (t < MR) {
+                a[t][0] = _mm256_loadu_ps(C + t * cs + dc);
+                a[t][1] = _mm256_loadu_ps(C + t * cs + dc + 8);
+            }
+        const float *y = Y + dc, *ap = A;
+        for (int u = 0; u < n; u++, y += ys, ap += acs) {
+            __m256 y0 = _mm256_loadu_ps(y), y1 = _mm256_loadu_ps(y + 8);
+#pragma GCC unroll 6
+            for (int t = 0; t < TL_MR; t++)
+                if (t < MR) {
+                    __m256 x = _mm256_broadcast_ss(ap + t * ars);
+                    a[t][0] = _mm256_fmadd_ps(x, y0, a[t][0]);
+                    a[t][1] = _mm256_fmadd_ps(x, y1, a[t][1]);
+                }
+        }
+#pragma GCC unroll 6
+        for (int t = 0; t < TL_MR; t++)
+            if (t < MR) {
+                _mm256_storeu_ps(C + t * cs + dc, a[t][0]);
+                _mm256_storeu_ps(C + t * cs + dc + 8, a[t][1]);
+            }
+    }
+}
+
+static void tl_acc(int mr, float *C, size_t cs, const float *A, size_t ars, size_t acs,
+                   const float *Y, size_t ys, int n, int D) {
+    if (n <= 0) return;
+    switch (mr) {
+    case 6: tl_acc_mr(6, C, cs, A, ars, acs, Y, ys, n, D); break;
+    case 5: tl_acc_mr(5, C, cs, A, ars, acs, Y, ys, n, D); break;
+    case 4: tl_acc_mr(4, C, cs, A, ars, acs, Y, ys, n, D); break;
+    case 3: tl_acc_mr(3, C, cs, A, ars, acs, Y, ys, n, D); break;
+    case 2: tl_acc_mr(2, C, cs, A, ars, acs, Y, ys, n, D); break;
+    case 1: tl_acc_mr(1, C, cs, A, ars, acs, Y, ys, n, D); break;
+    default: break;
+    }
+}
+
+/* Lanes of the 8 keys j, j+1, ..., j+7 (absolute) that row i sees: lo <= key < hi, and with
+ * sv (those keys' segment ids, for non-monotone ids) the same segment as si. NULL mask (all
+ * lanes) is returned as all ones. */
+static inline __m256 tl_mask8(int j, int lo, int hi, const int *sv, int si) {
+    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
+    if (sv)
+        m = _mm256_and_si256(
+            m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv), _mm256_set1_epi32(si)));
+    return _mm256_castsi256_ps(m);
+}
+
+/* ---- shared block geometry ---------------------------------------------------------------- */
+
+/* One (b, g) pair's view of the inputs. */
+typedef struct {
+    int T, H, Hkv, D, G, L;
+    size_t qs, ks; /* row strides of q-like (H*D) and k-like (Hkv*D) tensors */
+    att_mask m;
+    int nonmono;
+} tl_geo;
+
+static void tl_geo_init(tl_geo *c, const int *seg, const int *len, int b, int T, int H, int Hkv,
+                        int D, int window) {
+    c->T = T, c->H = H, c->Hkv = Hkv, c->D = D, c->G = H / Hkv;
+    c->L = tl_len(len, b, T);
+    c->qs = (size_t)H * D, c->ks = (size_t)Hkv * D;
+    c->m.seg = seg ? seg + (size_t)b * T : NULL;
+    c->m.window = window;
+    c->m.monotone = c->m.seg ? att_seg_monotone(c->m.seg, c->L) : 0;
+    c->nonmono = c->m.seg && !c->m.monotone;
+}
+
+/* The panels [*p0, *p1) of the chunk [j0, j0 + nc) that rows [r, r + mr) of the block starting
+ * at position i0 can see (lo[] holds att_lo of the block's positions); empty when *p0 >= *p1. */
+static void tl_panels(const tl_geo *c, const int *lo, int i0, int r, int mr, int j0, int nc,
+                      int *p0, int *p1) {
+    int tf = r / c->G, tl = (r + mr - 1) / c->G; /* first and last position, block-relative */
+    int a = lo[tf] > j0 ? lo[tf] - j0 : 0;
+    int e = i0 + tl + 1 < j0 + nc ? i0 + tl + 1 - j0 : nc;
+    if (e <= a) {
+        *p0 = *p1 = 0;
+        return;
+    }
+    *p0 = a / 16, *p1 = (e + 15) / 16;
+}
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+/* Online-softmax update of one row over the panels [p0, p1) of S (scores of keys j0 + col):
+ * masks, keeps P = exp(scale s - m_new) in S, and returns the factor the row's output must be
+ * scaled by (1 when nothing changes). */
+static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt,
+                        int si, float scale, float *m, float *l) {
+    int c0 = p0 * 16, c1 = p1 * 16;
+    __m256 sc = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY), ninf = mx;
+    for (int c = c0; c < c1; c += 8) {
+        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(S + c), sc);
+        if (j0 + c < lo || j0 + c + 8 > hi || segt)
+            s = _mm256_blendv_ps(ninf, s, tl_mask8(j0 + c, lo, hi, segt ? segt + c : NULL, si));
+        _mm256_storeu_ps(S + c, s);
+        mx = _mm256_max_ps(mx, s);
+    }
+    float tmax = tl_hmax(mx);
+    if (tmax == -INFINITY) { /* nothing visible here: P = 0, no change */
+        memset(S + c0, 0, (size_t)(c1 - c0) * sizeof(float));
+        return 1.0f;
+    }
+    float mold = *m, mnew = tmax > mold ? tmax : mold;
+    float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+    __m256 mn = _mm256_set1_ps(mnew), sum = _mm256_setzero_ps();
+    for (int c = c0; c < c1; c += 8) {
+        /* exp(-inf - m) underflows to the clamp at -87: mask it to exactly 0 */
+        __m256 s = _mm256_loadu_ps(S + c);
+        __m256 p = _mm256_and_ps(vexp_avx2(_mm256_sub_ps(s, mn)), _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
+        _mm256_storeu_ps(S + c, p);
+        sum = _mm256_add_ps(sum, p);
+    }
+    *l = *l * corr + tl_hsum(sum);
+    *m = mnew;
+    return corr;
+}
+
+/* Query block [i0, i0 + bq) of (b, g): out rows and lse. w: this thread's workspace. */
+static void tl_fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
+                         const tl_geo *c, int b, int g, int i0, int bq, float scale, float *w) {
+    int T = c->T, H = c->H, D = c->D, G = c->G;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    float *Kp = w, *Vn = Kp + (size_t)TL_NC * D, *S = Vn + (size_t)TL_NC * D;
+    float *Xq = S + (size_t)R * TL_NC, *Xo = Xq + (size_t)R * D;
+    float *mrow = Xo + (size_t)R * D, *lrow = mrow + R;
+    int lo[TL_ROWS + 8], segt[TL_NC];
+    for (int i = i0; i < i1; i++)
+        for (int hh = 0; hh < G; hh++) {
+            lse[((size_t)b * H + g * G + hh) * T + i] = -INFINITY;
+            if (i >= ie) memset(out + (size_t)(b * T + i) * c->qs + (size_t)(g * G + hh) * D, 0, (size_t)D * sizeof(float));
+        }
+    if (ie <= i0) return;
+    for (int i = i0; i < ie; i++)
+        lo[i - i0] = att_lo(&c->m, i);
+    for (int r = 0; r < R; r++) {
+        memcpy(Xq + (size_t)r * D, q + (size_t)(b * T + i0 + r / G) * c->qs + (size_t)(g * G + r % G) * D, (size_t)D * sizeof(float));
+        memset(Xo + (size_t)r * D, 0, (size_t)D * sizeof(float));
+        mrow[r] = -INFINITY, lrow[r] = 0.0f;
+    }
+    const float *kb = k + (size_t)b * T * c->ks + (size_t)g * D;
+    const float *vb = v + (size_t)b * T * c->ks + (size_t)g * D;
+    for (int j0 = lo[0]; j0 < ie; j0 += TL_NC) {
+        int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC;
+        tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
+        tl_copy_rows(Vn, vb + (size_t)j0 * c->ks, c->ks, nc, D);
+        if (c->nonmono)
+            for (int t = 0; t < nc; t++)
+                segt[t] = c->m.seg[j0 + t];
+        for (int r = 0; r < R; r += TL_MR) {
+            int mr = R - r < TL_MR ? R - r : TL_MR, p0, p1;
+            tl_panels(c, lo, i0, r, mr, j0, nc, &p0, &p1);
+            if (p0 >= p1) continue;
+            float *Sr = S + (size_t)r * TL_NC;
+            tl_scores(mr, Sr, TL_NC, Xq + (size_t)r * D, D, Kp, p0, p1, D);
+            for (int t = 0; t < mr; t++) {
+                int i = i0 + (r + t) / G;
+                float corr = tl_fwd_row(Sr + (size_t)t * TL_NC, p0, p1, j0, lo[i - i0], i + 1,
+                                        c->nonmono ? segt : NULL, c->nonmono ? c->m.seg[i] : 0,
+                                        scale, &mrow[r + t], &lrow[r + t]);
+                if (corr != 1.0f) {
+                    float *o = Xo + (size_t)(r + t) * D;
+                    __m256 cv = _mm256_set1_ps(corr);
+                    for (int d = 0; d < D; d += 8)
+                        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), cv));
+                }
+            }
+            /* keys past the chunk (inside the last panel) have P = 0 and are not read */
+            int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
+            tl_acc(mr, Xo + (size_t)r * D, D, Sr + u0, TL_NC, 1, Vn + (size_t)u0 * D, D, u1 - u0,
+                   D);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r / G, h = g * G + r % G;
+        float *o = out + (size_t)(b * T + i) * c->qs + (size_t)h * D, *x = Xo + (size_t)r * D;
+        __m256 inv = _mm256_set1_ps(1.0f / lrow[r]);
+        for (int d = 0; d < D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(x + d), inv));
+        lse[((size_t)b * H + h) * T + i] = mrow[r] + logf(lrow[r]);
+    }
+}
+
+static size_t tl_fwd_ws(int R, int D) {
+    return tl_round(2 * (size_t)TL_NC * D + (size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
+}
+
+void attention_forward_tiled(float *out, float *lse, const float *q, const float *k,
+                             const float *v, const int *seg, const int *len, int B, int T, int H,
+                             int Hkv, int D, int window, float scale) {
+    int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
+    size_t per = tl_fwd_ws(G * bq, D);
+    float *ws = tl_ws_get(per * nth);
+    if (!ws) { /* out of memory for the workspace: the portable code needs none */
+        attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+        return;
+    }
+    long items = (long)B * Hkv * nqb;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long it = 0; it < items; it++) {
+        /* (b, g)-major so a thread's next item mostly reads the same K, V (in cache); within
+         * it, late (costly) query blocks first so the last items are the short ones */
+        int qb = nqb - 1 - (int)(it % nqb);
+        int b = (int)(it / nqb) / Hkv, g = (int)(it / nqb) % Hkv;
+        tl_geo c;
+        tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
+        tl_fwd_block(out, lse, q, k, v, &c, b, g, qb * bq, bq, scale, ws + per * tl_tid());
+    }
+    tl_ws_put();
+}
+
+/* ---- backward ----------------------------------------------------------------------------- */
+
+typedef struct {
+    float *dq;
+    const float *dout, *q, *k, *v, *out, *lse;
+    float scale;
+} tl_bwd_io;
+
+/* P and dS of one row over the panels [p0, p1) (in S and dP), zero over the rest of [0, np). */
+static void tl_bwd_row(float *S, float *dP, int np, int p0, int p1, int j0, int lo, int hi,
+                       const int *segt, int si, float scale, float lse, float Di) {
+    if (p0 > 0) {
+        memset(S, 0, (size_t)p0 * 16 * sizeof(float));
+        memset(dP, 0, (size_t)p0 * 16 * sizeof(float));
+    }
+    if (p1 < np) {
+        memset(S + p1 * 16, 0, (size_t)(np - p1) * 16 * sizeof(float));
+        memset(dP + p1 * 16, 0, (size_t)(np - p1) * 16 * sizeof(float));
+    }
+    __m256 sc = _mm256_set1_ps(scale), li = _mm256_set1_ps(lse), di = _mm256_set1_ps(Di);
+    for (int c = p0 * 16; c < p1 * 16; c += 8) {
+        __m256 p = vexp_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(S + c), sc, li));
+        if (j0 + c < lo || j0 + c + 8 > hi || segt)
+            p = _mm256_and_ps(p, tl_mask8(j0 + c, lo, hi, segt ? segt + c : NULL, si));
+        __m256 ds = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP + c), di)), sc);
+        _mm256_storeu_ps(S + c, p);
+        _mm256_storeu_ps(dP + c, ds);
+    }
+}
+
+/* Query block [i0, i0 + bq) of (b, g): its dq rows (overwritten), and dK, dV of every key it
+ * sees added into dk, dv (row stride dks). */
+static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int bq,
+                         float *dk, float *dv, size_t dks, float *w) {
+    int T = c->T, H = c->H, D = c->D, G = c->G;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    float *Kp = w, *Vp = Kp + (size_t)TL_NC * D, *Kn = Vp + (size_t)TL_NC * D;
+    float *S = Kn + (size_t)TL_NC * D;
+    float *dP = S + (size_t)R * TL_NC, *Xq = dP + (size_t)R * TL_NC, *Xdo = Xq + (size_t)R * D;
+    float *Xdq = Xdo + (size_t)R * D, *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
+    int lo[TL_ROWS + 8], segt[TL_NC];
+    for (int i = ie > i0 ? ie : i0; i < i1; i++)
+        memset(io->dq + (size_t)(b * T + i) * c->qs + (size_t)g * G * D, 0, (size_t)G * D * sizeof(float));
+    if (ie <= i0) return;
+    for (int i = i0; i < ie; i++)
+        lo[i - i0] = att_lo(&c->m, i);
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r / G, h = g * G + r % G;
+        size_t off = (size_t)(b * T + i) * c->qs + (size_t)h * D;
+        memcpy(Xq + (size_t)r * D, io->q + off, (size_t)D * sizeof(float));
+        memcpy(Xdo + (size_t)r * D, io->dout + off, (size_t)D * sizeof(float));
+        memset(Xdq + (size_t)r * D, 0, (size_t)D * sizeof(float));
+        __m256 s = _mm256_setzero_ps();
+        for (int d = 0; d < D; d += 8)
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(io->dout + off + d), _mm256_loadu_ps(io->out + off + d), s);
+        Drow[r] = tl_hsum(s);
+        lrow[r] = io->lse[((size_t)b * H + h) * T + i];
+    }
+    size_t koff = (size_t)b * T * c->ks + (size_t)g * D;
+    const float *kb = io->k + koff, *vb = io->v + koff;
+    for (int j0 = lo[0]; j0 < ie; j0 += TL_NC) {
+        int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC, np = (nc + 15) / 16;
+        tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
+        tl_pack(Vp, vb + (size_t)j0 * c->ks, c->ks, nc, D);
+        tl_copy_rows(Kn, kb + (size_t)j0 * c->ks, c->ks, nc, D);
+        if (c->nonmono)
+            for (int t = 0; t < nc; t++)
+                segt[t] = c->m.seg[j0 + t];
+        for (int r = 0; r < R; r += TL_MR) {
+            int mr = R - r < TL_MR ? R - r : TL_MR, p0, p1;
+            tl_panels(c, lo, i0, r, mr, j0, nc, &p0, &p1);
+            float *Sr = S + (size_t)r * TL_NC, *dPr = dP + (size_t)r * TL_NC;
+            if (p0 < p1) {
+                tl_scores(mr, Sr, TL_NC, Xq + (size_t)r * D, D, Kp, p0, p1, D);
+                tl_scores(mr, dPr, TL_NC, Xdo + (size_t)r * D, D, Vp, p0, p1, D);
+            }
+            for (int t = 0; t < mr; t++) {
+                int i = i0 + (r + t) / G;
+                tl_bwd_row(Sr + (size_t)t * TL_NC, dPr + (size_t)t * TL_NC, np, p0, p1 > p0 ? p1 : p0, j0,
+                           lo[i - i0], i + 1, c->nonmono ? segt : NULL,
+                           c->nonmono ? c->m.seg[i] : 0, io->scale, lrow[r + t], Drow[r + t]);
+            }
+            if (p0 < p1) { /* dQ += dS . K over the visible keys of the chunk */
+                int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
+                tl_acc(mr, Xdq + (size_t)r * D, D, dPr + u0, TL_NC, 1, Kn + (size_t)u0 * D, D,
+                       u1 - u0, D);
+            }
+        }
+        /* dK += dS^T . Q and dV += P^T . dO over the rows that can see each group of 6 keys
+         * (causal: positions >= the first key); the other rows' entries are 0 */
+        for (int jg = 0; jg < nc; jg += TL_MR) {
+            int mr = nc - jg < TL_MR ? nc - jg : TL_MR;
+            int rs = (j0 + jg - i0) > 0 ? (j0 + jg - i0) * G : 0;
+            if (rs >= R) break;
+            size_t dro = (size_t)(j0 + jg) * dks;
+            tl_acc(mr, dk + dro, dks, dP + (size_t)rs * TL_NC + jg, 1, TL_NC,
+                   Xq + (size_t)rs * D, D, R - rs, D);
+            tl_acc(mr, dv + dro, dks, S + (size_t)rs * TL_NC + jg, 1, TL_NC,
+                   Xdo + (size_t)rs * D, D, R - rs, D);
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r / G, h = g * G + r % G;
+        memcpy(io->dq + (size_t)(b * T + i) * c->qs + (size_t)h * D, Xdq + (size_t)r * D,
+               (size_t)D * sizeof(float));
+    }
+}
+
+static size_t tl_bwd_ws(int R, int D) {
+    return tl_round(3 * (size_t)TL_NC * D + 2 * (size_t)R * TL_NC + 3 * (size_t)R * D + 2 * (size_t)R);
+}
+
+/* Splits query blocks [0, nqb) of (b, g) into `parts` runs of about equal work (keys seen,
+ * summed over the rows); bounds[0..parts]. */
+static void tl_split(const tl_geo *c, int bq, int nqb, int parts, int *bounds) {
+    double total = 0, acc = 0;
+    for (int i = 0; i < c->L; i++)
+        total += i + 1 - att_lo(&c->m, i) + 16.0; /* + a per-row constant for the copies */
+    bounds[0] = 0;
+    int p = 1;
+    for (int qb = 0; qb < nqb && p < parts; qb++) {
+        for (int i = qb * bq; i < (qb + 1) * bq && i < c->L; i++)
+            acc += i + 1 - att_lo(&c->m, i) + 16.0;
+        while (p < parts && acc >= total * p / parts)
+            bounds[p++] = qb + 1;
+    }
+    while (p <= parts)
+        bounds[p++] = nqb;
+}
+
+void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                              int window, float scale) {
+    int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
+    /* the fewest parts whose B*Hkv*parts equal items fill the threads' rounds to >= 85% */
+    long bg = (long)B * Hkv;
+    int parts = attention_tiled_parts;
+    if (parts <= 0) {
+        parts = 1;
+        for (int p = 1; p <= TL_MAXPART; p++) {
+            long items = bg * p, rounds = (items + nth - 1) / nth;
+            if (items * 100 >= rounds * nth * 85) {
+                parts = p;
+                break;
+            }
+        }
+    }
+    if (parts > TL_MAXPART) parts = TL_MAXPART;
+    if (parts > nqb) parts = nqb;
+    size_t per = tl_bwd_ws(G * bq, D), slab = (size_t)T * D; /* one part's dK (or dV) of (b, g) */
+    size_t extra = (size_t)(parts - 1) * bg * 2 * slab;
+    float *ws = tl_ws_get(per * nth + extra);
+    if (!ws) {
+        attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
+                               window, scale);
+        return;
+    }
+    float *partbuf = ws + per * nth;
+    tl_bwd_io io = {dq, dout, q, k, v, out, lse, scale};
+    size_t ks = (size_t)Hkv * D;
+#pragma omp parallel
+    {
+        float *w = ws + per * tl_tid();
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < bg * parts; it++) {
+            int part = (int)(it % parts), b = (int)(it / parts / Hkv), g = (int)(it / parts % Hkv);
+            tl_geo c;
+            tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
+            int bounds[TL_MAXPART + 1];
+            tl_split(&c, bq, nqb, parts, bounds);
+            float *tk, *tv;
+            size_t ts;
+            if (part == 0) { /* the first run writes dk, dv themselves */
+                tk = dk + (size_t)b * T * ks + (size_t)g * D, tv = dv + (size_t)b * T * ks + (size_t)g * D, ts = ks;
+                for (int t = 0; t < T; t++) {
+                    memset(tk + t * ts, 0, (size_t)D * sizeof(float));
+                    memset(tv + t * ts, 0, (size_t)D * sizeof(float));
+                }
+            } else {
+                tk = partbuf + ((size_t)(part - 1) * bg + (size_t)b * Hkv + g) * 2 * slab;
+                tv = tk + slab, ts = D;
+                memset(tk, 0, 2 * slab * sizeof(float));
+            }
+            for (int qb = bounds[part]; qb < bounds[part + 1]; qb++)
+                tl_bwd_block(&io, &c, b, g, qb * bq, bq, tk, tv, ts, w);
+        }
+        if (parts > 1) {
+            /* dk, dv += the other runs' accumulators, split over (b, g, position) */
+#pragma omp for schedule(static)
+            for (long x = 0; x < bg * T; x++) {
+                int t = (int)(x % T), b = (int)(x / T / Hkv), g = (int)(x / T % Hkv);
+                float *ok = dk + ((size_t)b * T + t) * ks + (size_t)g * D;
+                float *ov = dv + ((size_t)b * T + t) * ks + (size_t)g * D;
+                for (int p = 1; p < parts; p++) {
+                    const float *sk = partbuf + ((size_t)(p - 1) * bg + (size_t)b * Hkv + g) * 2 * slab + (size_t)t * D;
+                    const float *sv = sk + slab;
+                    for (int d = 0; d < D; d++)
+                        ok[d] += sk[d], ov[d] += sv[d];
+                }
+            }
+        }
+    }
+    tl_ws_put();
+}
