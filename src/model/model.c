@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* ---- weights -------------------------------------------------------------------------- */
 
@@ -229,6 +230,13 @@ size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lo
     return n + emb;
 }
 
+static float *temp_alloc(size_t bytes) {
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void temp_free(float *p, size_t bytes) { munmap(p, bytes); }
+
 /* Tensor name (rows, cols) as format f: borrowed from the mapping when allowed and stored that
  * way (aligned for its element type), else converted to fp32 in a temporary buffer and quantized
  * (fp32: the buffer is kept), after which the source pages are released. */
@@ -246,12 +254,16 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
         return FT_OK;
     }
     size_t n = (size_t)rows * cols;
-    float *x = malloc(n * sizeof(float));
+    /* fp32 keeps the buffer (malloc: qtensor_free frees it); a buffer only needed while
+     * quantizing is mapped and unmapped, so it goes back to the system at once rather than
+     * leaving a hole in the heap between the quantized tensors */
+    float *x = f == QF_F32 ? malloc(n * sizeof(float)) : temp_alloc(n * sizeof(float));
     if (!x)
         return ft_error_set(err, FT_ERR_RUNTIME, name, "--quant nf4 needs less memory",
                             "cannot allocate %.1f MB to convert this tensor", n * 4.0 / 1048576.0);
     if ((st = st_read_f32(s, name, 2, shape, x, err))) {
-        free(x);
+        if (f == QF_F32) free(x);
+        else temp_free(x, n * sizeof(float));
         return st;
     }
     st_release_pages(t);
@@ -261,7 +273,7 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
         return FT_OK;
     }
     int bad = qtensor_quantize(out, f, x, rows, cols, q->blocksize, is_4bit(f) && q->double_quant);
-    free(x);
+    temp_free(x, n * sizeof(float));
     if (bad)
         return ft_error_set(err, FT_ERR_RUNTIME, name, NULL,
                             "cannot store the tensor [%d, %d] as %s (out of memory)", rows, cols,
