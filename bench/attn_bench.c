@@ -39,8 +39,11 @@ static double clock_s(clockid_t id) {
 static double now(void) { return clock_s(CLOCK_MONOTONIC); }
 static double cpu(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
+/* 64-byte aligned, as the model's activation arena is */
+static float *abuf(size_t n) { return aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64); }
+
 static float *rand_buf(size_t n, unsigned *s, float amp) {
-    float *x = malloc(n * sizeof(float));
+    float *x = abuf(n);
     for (size_t i = 0; i < n; i++) {
         *s = *s * 1664525u + 1013904223u;
         x[i] = amp * ((float)(*s >> 8) / (float)(1u << 24) * 2.0f - 1.0f);
@@ -73,8 +76,8 @@ int main(int argc, char **argv) {
         unsigned seed = 1234;
         float *q = rand_buf(nq, &seed, 2), *k = rand_buf(nk, &seed, 1),
               *v = rand_buf(nk, &seed, 1), *dout = rand_buf(nq, &seed, 1);
-        float *out = malloc(nq * 4), *lse = malloc((size_t)B * H * T * 4), *dq = malloc(nq * 4),
-              *dk = malloc(nk * 4), *dv = malloc(nk * 4);
+        float *out = abuf(nq), *lse = abuf((size_t)B * H * T), *dq = abuf(nq), *dk = abuf(nk),
+              *dv = abuf(nk);
         double flops = (double)B * H * T * (T + 1) / 2.0 * D * 4, scale = 1.0 / sqrt(D);
         for (size_t vi = 0; vi < sizeof vers / sizeof vers[0]; vi++) {
             if (!attention_avx2_usable(H, Hkv, D)) continue;

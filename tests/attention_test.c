@@ -14,12 +14,17 @@
  *    fp32 rounding stays around 1e-6 of the scale; 1e-5 fails on any mask or indexing slip, which
  *    moves values by O(1e-2) or more. Padding rows must be exactly 0 (out, dq, dk, dv) and their
  *    lse -inf; dq/dk/dv are pre-filled with garbage to check that backward overwrites.
+ *    Every case runs the portable code, the first AVX2 version (both backward work splits), the
+ *    tiled AVX2 version (attention_tiled_avx2.c: backward in 1, 2 and 3 parts, K/V rows aligned
+ *    and 16 bytes off) and the dispatching entry points. Cases with T = 600 cross its 256-key
+ *    chunks; GQA groups 1..8 and D = 64, 80, 128 cut its 6-row tiles and 16-wide panels.
  * 2. Finite differences: the gradient of L = sum(out * R) (R fixed random) is taken by central
  *    differences of the double reference forward (eps 1e-5: truncation ~eps^2 = 1e-10, roundoff
  *    ~1e-16/eps = 1e-11) and compared with the fp32 analytic backward at 1e-5 of the largest
  *    gradient, for GQA H=4 Hkv=2 plain, with a window, with segments and with padding.
  */
 #include "ops/ops.h"
+#include "ops/attention_tiled.h"
 #include "test.h"
 
 #include <string.h>
@@ -186,7 +191,10 @@ typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, 
                        const float *, const float *, const float *, const int *, const int *, int,
                        int, int, int, int, int, float);
 
-static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
+/* Runs one version on the case's inputs, with K and V read from k, v (the case's own, or copies
+ * at another alignment). */
+static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd,
+                           const float *k, const float *v) {
     int B = c->B, T = c->T, H = c->H, Hkv = c->Hkv, D = c->D;
     const int *len = c->len;
     char name[200];
@@ -194,7 +202,7 @@ static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn
     size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
     float *out = malloc(4 * nq), *lse = malloc(4 * nl), *dq = malloc(4 * nq), *dk = malloc(4 * nk),
           *dv = malloc(4 * nk);
-    fwd(out, lse, c->q, c->k, c->v, c->seg, len, B, T, H, Hkv, D, c->window, c->scale);
+    fwd(out, lse, c->q, k, v, c->seg, len, B, T, H, Hkv, D, c->window, c->scale);
     CHECK(rel_err(out, c->outd, nq) <= 1e-5, "%s: out vs naive double: rel err %.3g", name,
           rel_err(out, c->outd, nq));
     int lse_bad = 0, pad_bad = 0;
@@ -210,7 +218,7 @@ static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn
         dq[i] = 7.0f;
     for (size_t i = 0; i < nk; i++)
         dk[i] = dv[i] = -3.0f;
-    bwd(dq, dk, dv, c->dout, c->q, c->k, c->v, out, lse, c->seg, len, B, T, H, Hkv, D, c->window,
+    bwd(dq, dk, dv, c->dout, c->q, k, v, out, lse, c->seg, len, B, T, H, Hkv, D, c->window,
         c->scale);
     CHECK(rel_err(dq, c->dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, c->dqd, nq));
     CHECK(rel_err(dk, c->dkd, nk) <= 1e-5, "%s: dk rel err %.3g", name, rel_err(dk, c->dkd, nk));
@@ -236,6 +244,10 @@ static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn
         CHECK(ev <= 1e-5, "%s: dv vs finite differences: rel err %.3g", name, ev);
     }
     free(out), free(lse), free(dq), free(dk), free(dv);
+}
+
+static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
+    run_variant_kv(c, vname, fwd, bwd, c->k, c->v);
 }
 
 /* Each case runs the portable code, the AVX2 code where the CPU and D allow it (its backward
@@ -295,6 +307,24 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
         run_variant(&c, "avx2, backward in two passes", attention_forward_avx2,
                     attention_backward_avx2);
         attention_backward_passes = 0;
+        /* the tiled version: its backward with each (b, kv head) in 1, 2 and 3 runs of query
+         * blocks (the runs after the first sum through their own buffers), and with K, V rows
+         * 32-byte aligned (read in place) and 16-byte off (copied first) */
+        float *ka = aligned_alloc(64, 4 * nk + 64), *va = aligned_alloc(64, 4 * nk + 64);
+        memcpy(ka, c.k, 4 * nk), memcpy(va, c.v, 4 * nk);
+        float *ku = aligned_alloc(64, 4 * nk + 64), *vu = aligned_alloc(64, 4 * nk + 64);
+        memcpy(ku + 4, c.k, 4 * nk), memcpy(vu + 4, c.v, 4 * nk);
+        for (int parts = 1; parts <= 3; parts++) {
+            char vn[80];
+            attention_tiled_parts = parts;
+            snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V aligned", parts);
+            run_variant_kv(&c, vn, attention_forward_tiled, attention_backward_tiled, ka, va);
+            snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V 16 bytes off", parts);
+            run_variant_kv(&c, vn, attention_forward_tiled, attention_backward_tiled, ku + 4,
+                           vu + 4);
+        }
+        attention_tiled_parts = 0;
+        free(ka), free(va), free(ku), free(vu);
     } else if (D % 16 == 0) {
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");
     }
@@ -332,6 +362,22 @@ int main(void) {
     run_case("window + three segments + len", 3, 70, 4, 2, 16, 9, 3, len3, 0);
     run_case("window 100 + segments + len, T=300", 3, 300, 2, 1, 32, 100, 3, len3b, 0);
     /* against finite differences of the reference */
+    /* the tiled version's edges: more than one 256-key chunk (online softmax across chunks),
+     * query blocks of 144/G rounded to 8 positions, 6-row register tiles cut by the stacking of
+     * G heads, GQA groups 1..8, head dims 64, 80, 128 */
+    int len2c[2] = {600, 333};
+    run_case("T=600 (3 key chunks), G=2", 1, 600, 4, 2, 16, 0, 0, NULL, 0);
+    run_case("T=600, window 300, three segments, len {600, 333}", 2, 600, 2, 1, 16, 300, 3, len2c,
+             0);
+    run_case("T=600, non-monotone segment ids", 2, 600, 2, 2, 16, 0, 4, NULL, 0);
+    for (int G = 1; G <= 8; G++) {
+        char nm[64];
+        snprintf(nm, sizeof nm, "GQA group %d (H=%d Hkv=2), T=131", G, 2 * G);
+        run_case(nm, 1, 131, 2 * G, 2, 32, 0, 0, NULL, 0);
+    }
+    run_case("D=64 (SmolLM heads), T=300, H=9 Hkv=3", 1, 300, 9, 3, 64, 0, 0, NULL, 0);
+    run_case("D=80, T=77, H=4 Hkv=2, window 30", 2, 77, 4, 2, 80, 30, 0, NULL, 0);
+    run_case("D=128 (Qwen3 heads), T=100, H=4 Hkv=2", 1, 100, 4, 2, 128, 0, 0, NULL, 0);
     run_case("FD: GQA H=4 Hkv=2", 2, 9, 4, 2, 16, 0, 0, NULL, 1);
     run_case("FD: window 4", 2, 11, 4, 2, 16, 4, 0, NULL, 1);
     run_case("FD: two segments", 2, 11, 4, 2, 16, 0, 2, NULL, 1);

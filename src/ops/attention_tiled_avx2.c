@@ -38,6 +38,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -160,12 +161,14 @@ static void tl_pack(float *Kp, const float *x, size_t xs, int n, int D) {
             _mm256_store_ps(Kp + (size_t)(n / 16) * 16 * D + (size_t)d * 16 + 8, _mm256_setzero_ps());
 }
 
-/* Y (n x D, rows contiguous and 32-byte aligned) = the n rows x (row stride xs): the aligned
- * copy the accumulate kernel streams (rows of a kv head are 16-byte aligned at best, and a
- * 32-byte load that straddles a cache line costs two) */
-static void tl_copy_rows(float *Y, const float *x, size_t xs, int n, int D) {
+/* The n key rows x (row stride xs) as the accumulate kernel streams them: in place when x is
+ * 32-byte aligned (as the model's arena lays them out), else copied into Y (n x D): a 32-byte
+ * load that straddles a cache line costs two. */
+static const float *tl_rows(float *Y, const float *x, size_t xs, int n, int D) {
+    if ((uintptr_t)x % 32 == 0) return x; /* xs is a multiple of 16 floats (D % 16 == 0) */
     for (int u = 0; u < n; u++)
         memcpy(Y + (size_t)u * D, x + (size_t)u * xs, (size_t)D * sizeof(float));
+    return Y;
 }
 
 /* S[r][16p .. 16p+16) = X[r] . panel p of Kp, for rows r < MR and panels [p0, p1) */
@@ -308,18 +311,20 @@ static void tl_panels(const tl_geo *c, const int *lo, int i0, int r, int mr, int
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
-/* Online-softmax update of one row over the panels [p0, p1) of S (scores of keys j0 + col):
- * masks, keeps P = exp(scale s - m_new) in S, and returns the factor the row's output must be
- * scaled by (1 when nothing changes). */
+/* Online-softmax update of one row over the panels [p0, p1) of S (scaled scores of keys
+ * j0 + col): masks, keeps P = exp(s - m_new) in S, and returns the factor the row's output must
+ * be scaled by (1 when nothing changes). Only 8-key groups that straddle [lo, hi) (or any, with
+ * per-key segment ids) pay for the mask. */
 static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt,
-                        int si, float scale, float *m, float *l) {
+                        int si, float *m, float *l) {
     int c0 = p0 * 16, c1 = p1 * 16;
-    __m256 sc = _mm256_set1_ps(scale), mx = _mm256_set1_ps(-INFINITY), ninf = mx;
+    __m256 ninf = _mm256_set1_ps(-INFINITY), mx = ninf;
     for (int c = c0; c < c1; c += 8) {
-        __m256 s = _mm256_mul_ps(_mm256_loadu_ps(S + c), sc);
-        if (j0 + c < lo || j0 + c + 8 > hi || segt)
+        __m256 s = _mm256_loadu_ps(S + c);
+        if (j0 + c < lo || j0 + c + 8 > hi || segt) {
             s = _mm256_blendv_ps(ninf, s, tl_mask8(j0 + c, lo, hi, segt ? segt + c : NULL, si));
-        _mm256_storeu_ps(S + c, s);
+            _mm256_storeu_ps(S + c, s);
+        }
         mx = _mm256_max_ps(mx, s);
     }
     float tmax = tl_hmax(mx);
@@ -331,9 +336,10 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
     float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
     __m256 mn = _mm256_set1_ps(mnew), sum = _mm256_setzero_ps();
     for (int c = c0; c < c1; c += 8) {
-        /* exp(-inf - m) underflows to the clamp at -87: mask it to exactly 0 */
-        __m256 s = _mm256_loadu_ps(S + c);
-        __m256 p = _mm256_and_ps(vexp_avx2(_mm256_sub_ps(s, mn)), _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
+        __m256 s = _mm256_loadu_ps(S + c), p = vexp_avx2(_mm256_sub_ps(s, mn));
+        /* exp(-inf - m) comes out of vexp's clamp as ~1e-38: masked keys get exactly 0 */
+        if (j0 + c < lo || j0 + c + 8 > hi || segt)
+            p = _mm256_and_ps(p, _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
         _mm256_storeu_ps(S + c, p);
         sum = _mm256_add_ps(sum, p);
     }
@@ -359,8 +365,12 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
     if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
         lo[i - i0] = att_lo(&c->m, i);
+    /* the stacked queries carry the scale, so the scores come out scaled */
+    __m256 sc = _mm256_set1_ps(scale);
     for (int r = 0; r < R; r++) {
-        memcpy(Xq + (size_t)r * D, q + (size_t)(b * T + i0 + r / G) * c->qs + (size_t)(g * G + r % G) * D, (size_t)D * sizeof(float));
+        const float *qr = q + (size_t)(b * T + i0 + r / G) * c->qs + (size_t)(g * G + r % G) * D;
+        for (int d = 0; d < D; d += 8)
+            _mm256_store_ps(Xq + (size_t)r * D + d, _mm256_mul_ps(_mm256_loadu_ps(qr + d), sc));
         memset(Xo + (size_t)r * D, 0, (size_t)D * sizeof(float));
         mrow[r] = -INFINITY, lrow[r] = 0.0f;
     }
@@ -369,7 +379,8 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
     for (int j0 = lo[0]; j0 < ie; j0 += TL_NC) {
         int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC;
         tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
-        tl_copy_rows(Vn, vb + (size_t)j0 * c->ks, c->ks, nc, D);
+        const float *Vc = tl_rows(Vn, vb + (size_t)j0 * c->ks, c->ks, nc, D);
+        size_t vs = Vc == Vn ? (size_t)D : c->ks;
         if (c->nonmono)
             for (int t = 0; t < nc; t++)
                 segt[t] = c->m.seg[j0 + t];
@@ -383,7 +394,7 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
                 int i = i0 + (r + t) / G;
                 float corr = tl_fwd_row(Sr + (size_t)t * TL_NC, p0, p1, j0, lo[i - i0], i + 1,
                                         c->nonmono ? segt : NULL, c->nonmono ? c->m.seg[i] : 0,
-                                        scale, &mrow[r + t], &lrow[r + t]);
+                                        &mrow[r + t], &lrow[r + t]);
                 if (corr != 1.0f) {
                     float *o = Xo + (size_t)(r + t) * D;
                     __m256 cv = _mm256_set1_ps(corr);
@@ -393,8 +404,8 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
             }
             /* keys past the chunk (inside the last panel) have P = 0 and are not read */
             int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
-            tl_acc(mr, Xo + (size_t)r * D, D, Sr + u0, TL_NC, 1, Vn + (size_t)u0 * D, D, u1 - u0,
-                   D);
+            tl_acc(mr, Xo + (size_t)r * D, D, Sr + u0, TL_NC, 1, Vc + (size_t)u0 * vs, vs,
+                   u1 - u0, D);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -499,7 +510,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
         int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC, np = (nc + 15) / 16;
         tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
         tl_pack(Vp, vb + (size_t)j0 * c->ks, c->ks, nc, D);
-        tl_copy_rows(Kn, kb + (size_t)j0 * c->ks, c->ks, nc, D);
+        const float *Kc = tl_rows(Kn, kb + (size_t)j0 * c->ks, c->ks, nc, D);
+        size_t vs = Kc == Kn ? (size_t)D : c->ks;
         if (c->nonmono)
             for (int t = 0; t < nc; t++)
                 segt[t] = c->m.seg[j0 + t];
@@ -519,7 +531,7 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
             }
             if (p0 < p1) { /* dQ += dS . K over the visible keys of the chunk */
                 int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
-                tl_acc(mr, Xdq + (size_t)r * D, D, dPr + u0, TL_NC, 1, Kn + (size_t)u0 * D, D,
+                tl_acc(mr, Xdq + (size_t)r * D, D, dPr + u0, TL_NC, 1, Kc + (size_t)u0 * vs, vs,
                        u1 - u0, D);
             }
         }
