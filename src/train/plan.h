@@ -24,7 +24,8 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
                            ft_error *err);
 /* The buffer a quantized matmul dequantizes a panel of rows into (0 when all is fp32). */
 double memory_plan_panel(const model_quant *q);
-/* MemAvailable from /proc/meminfo in bytes, or 0 if unknown. */
+/* MemAvailable from /proc/meminfo in bytes, or 0 if unknown; the environment variable
+ * FTUNE_MEMORY_MB, when set, replaces it (a budget, e.g. on a shared machine). */
 double memory_available(void);
 
 #endif

@@ -101,6 +101,25 @@ def test_plan_weights_dominate(big, quant):
         assert plan["weights"] < 0.55 * 106e6 * 4
 
 
+def test_train_refuses_what_does_not_fit_and_names_quant(big):
+    """With a budget (FTUNE_MEMORY_MB) below the fp32 run's need, train stops before loading the
+    weights and names the option that would fit; that option then runs under the same budget.
+    Between the need with and without checkpointing, checkpointing is switched on."""
+    args = ["train", "--model", big / "model", "--data", big / "data.jsonl", "--out",
+            big / "run-budget", "--overwrite", "--steps", "1", "--threads", "2", "--batch-size",
+            "2", "--seq-len", "64", "--lora-targets", "all-linear"]
+    env = dict(os.environ, FTUNE_MEMORY_MB="400")
+    r = subprocess.run([FTUNE, *map(str, args)], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "400 MB are available" in r.stderr, r.stderr
+    assert "hint: add --quant nf4" in r.stderr, r.stderr
+    r = subprocess.run([FTUNE, *map(str, args), "--quant", "nf4"], capture_output=True, text=True,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    env["FTUNE_MEMORY_MB"] = "560"
+    r = subprocess.run([FTUNE, *map(str, args)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and "using gradient checkpointing" in r.stderr, r.stderr
+
+
 def test_plan_bad_model(tmp_path):
     r = subprocess.run([FTUNE, "plan", "--model", tmp_path], capture_output=True, text=True)
     assert r.returncode == 2 and "config.json" in r.stderr
