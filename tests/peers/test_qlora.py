@@ -122,6 +122,10 @@ def test_qlora_training_matches_peft_bitsandbytes(setup, quant, double_quant):
     assert fw["linear"] == quant and fw["double_quant"] == double_quant and fw["blocksize"] == 64
     assert cfg["options"]["quant"] == quant
     if quant == "nf4" and not double_quant:
+        # the storage is part of the run's settings: resuming with other weights is refused
+        p = run_ftune(["train", "--resume", run, "--model", setup["model"], "--data",
+                       setup["data"], "--quant", "fp4"])
+        assert p.returncode == 2 and "quant=nf4 (now fp4)" in p.stderr, p.stderr
         # guard: quantization shows in the numbers, so the comparison above is not with fp32
         fp32 = train_ftune(setup, str(setup["dir"] / "run-fp32"), [])
         assert max(abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(fp32, ref)) > 10 * LOSS_RTOL
@@ -157,6 +161,9 @@ def test_bnb_saved_checkpoint_logits(zoo, eval_data, tmp_path, double_quant):
     assert err <= LOGIT_RTOL * np.abs(ref["logits"]).max(), err
     assert res["tokens"] == ref["tokens"]
     assert abs(res["loss"] - ref["loss"]) <= 1e-5 * ref["loss"]
+    # the planner counts the checkpoint's 4-bit weights
+    p = run_ok(["plan", "--model", saved, "--batch-size", 1, "--seq-len", 16])
+    assert "linear nf4" + (" double-quant" if double_quant else "") in p.stdout, p.stdout
     # --quant of another type cannot apply to weights that are already 4-bit
     p = run_ftune(["eval", "--model", saved, "--data", data, "--quant", "fp4"])
     assert p.returncode == 2 and "nf4" in p.stderr and "--quant" in p.stderr
