@@ -19,7 +19,7 @@ CLI_SRC := $(wildcard src/cli/*.c)
 TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest peertest asan demo bench deps venv clean format
+.PHONY: all test ctest peertest asan demo bench bench-train bench-gemm bench-compare deps venv clean format
 all: $(B)/ftune $(TESTS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -75,8 +75,21 @@ asan: deps asan-build
 demo: deps all
 	@bash tools/demo.sh $(B)/ftune
 
-bench: all
+# Benchmarks (bench/README.md). bench-gemm: the fp32 GEMM peak of each kernel family this CPU
+# runs; bench-train: ftune against PyTorch + PEFT on the issue's shapes (BENCH_QUICK=1: one shape),
+# saved under bench/results/; bench-compare [A=old.json B=new.json]: the last two runs (or A, B)
+# configuration by configuration. oneDNN is optional: compared when libdnnl-dev is installed.
+DNNL_DEF := $(if $(wildcard /usr/include/dnnl.h),-DHAVE_DNNL)
+$(B)/bench/gemm_peak: bench/gemm_peak.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(DNNL_DEF) $< -o $@ -fopenmp -lopenblas $(if $(DNNL_DEF),-ldnnl) -lm
+bench-gemm: $(B)/bench/gemm_peak
+	@python3 bench/gemm_peaks.py --bin $(B)/bench/gemm_peak
+bench-train: all $(B)/bench/gemm_peak
 	@bash bench/run.sh
+bench-compare:
+	@bash bench/run.sh --compare $(A) $(if $(A),$(B))
+bench: bench-train
 
 format:
 	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# What `make bench` runs: the training benchmark (bench/bench_train.py), ftune against PyTorch +
-# PEFT on the SmolLM-135M shape, printed side by side and saved under bench/results/. Extra
-# arguments go to bench_train.py (e.g. --steps 5, --skip-torch). The Python side uses the test venv
-# (tools/venv.sh creates it once under ~/.cache/ftune/); the model is made on first use.
+# What `make bench-train` runs: the training benchmark (bench/bench_train.py), ftune against
+# PyTorch + PEFT on the SmolLM-135M and Qwen3-0.6B shapes, printed as a table and saved under
+# bench/results/. BENCH_QUICK=1: SmolLM-135M at 4x512 only. Extra arguments go to bench_train.py
+# (e.g. --configs ftune-fp32,torch-fp32); `run.sh --compare [A B]` compares two results files.
+# The Python side uses the test venv (tools/venv.sh creates it once under ~/.cache/ftune/); the
+# models are made on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--compare" ]; then
+  shift
+  exec python3 bench/bench_train.py --compare "$@"
+fi
 venv=$(bash tools/venv.sh)
 exec "$venv/bin/python" bench/bench_train.py --ftune "${FTUNE_BIN:-$PWD/build/ftune}" "$@"
