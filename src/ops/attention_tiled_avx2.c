@@ -25,8 +25,9 @@
  * items would leave threads idle, each (b, g) is split into `parts` runs of equal work, and runs
  * after the first accumulate dK/dV into their own buffers, summed into dk/dv at the end.
  *
- * Memory: per thread (2 NC + 3 R) D + 2 R NC floats (about 0.6 MB at R = 144, D = 64), plus
- * 2 (parts - 1) B Hkv T D floats for the split backward, in one workspace that grows to the
+ * Memory: per thread (2 NC + 3 R) D + 2 R NC floats (about 0.6 MB at R = 144, D = 64), in
+ * backward also 2 T D for one (b, g)'s dK, dV, plus 2 (parts - 1) B Hkv T D floats for the
+ * split backward, in one workspace that grows to the
  * largest call and is then reused (no allocation per step). A mutex guards it, so concurrent
  * callers run one after another instead of sharing it.
  */
@@ -159,16 +160,6 @@ static void tl_pack(float *Kp, const float *x, size_t xs, int n, int D) {
     if (n % 16 && n % 16 <= 8) /* the upper half of the last panel */
         for (int d = 0; d < D; d++)
             _mm256_store_ps(Kp + (size_t)(n / 16) * 16 * D + (size_t)d * 16 + 8, _mm256_setzero_ps());
-}
-
-/* The n key rows x (row stride xs) as the accumulate kernel streams them: in place when x is
- * 32-byte aligned (as the model's arena lays them out), else copied into Y (n x D): a 32-byte
- * load that straddles a cache line costs two. */
-static const float *tl_rows(float *Y, const float *x, size_t xs, int n, int D) {
-    if ((uintptr_t)x % 32 == 0) return x; /* xs is a multiple of 16 floats (D % 16 == 0) */
-    for (int u = 0; u < n; u++)
-        memcpy(Y + (size_t)u * D, x + (size_t)u * xs, (size_t)D * sizeof(float));
-    return Y;
 }
 
 /* S[r][16p .. 16p+16) = X[r] . panel p of Kp, for rows r < MR and panels [p0, p1) */
@@ -309,6 +300,60 @@ static void tl_panels(const tl_geo *c, const int *lo, int i0, int r, int mr, int
     *p0 = a / 16, *p1 = (e + 15) / 16;
 }
 
+/* A thread's packed copy of one (b, g)'s keys, kept across the items it runs in one call (the
+ * blocks of a (b, g) need overlapping key ranges): panels [pa, pe) of 16 keys are ready in kt
+ * (K transposed, for the scores), vt (V transposed, backward's dP; NULL in forward) and, when
+ * the rows they stream are not 32-byte aligned, yn (rows of y = V in forward, K in backward). */
+typedef struct {
+    float *kt, *vt, *yn;
+    const float *kb, *vb, *yb; /* this (b, g)'s K, V, and the rows tl_acc streams */
+    int b, g, pa, pe, T, D;
+    size_t ks;
+} tl_kcache;
+
+static void tl_kc_fill(tl_kcache *kc, int a, int e) {
+    int D = kc->D, j = 16 * a, n = (16 * e < kc->T ? 16 * e : kc->T) - j;
+    if (n <= 0) return;
+    tl_pack(kc->kt + (size_t)j * D, kc->kb + (size_t)j * kc->ks, kc->ks, n, D);
+    if (kc->vt) tl_pack(kc->vt + (size_t)j * D, kc->vb + (size_t)j * kc->ks, kc->ks, n, D);
+    if (kc->yn)
+        for (int u = j; u < j + n; u++)
+            memcpy(kc->yn + (size_t)u * D, kc->yb + (size_t)u * kc->ks, (size_t)D * sizeof(float));
+}
+
+/* Makes keys [j0, j1) of (b, g) ready (K, V: the whole tensors; y = V or K). */
+static void tl_kc_need(tl_kcache *kc, const float *k, const float *v, const float *y, int b,
+                       int g, int j0, int j1) {
+    if (kc->b != b || kc->g != g) {
+        size_t off = (size_t)b * kc->T * kc->ks + (size_t)g * kc->D;
+        kc->b = b, kc->g = g, kc->pa = kc->pe = 0;
+        kc->kb = k + off, kc->vb = v + off, kc->yb = y + off;
+    }
+    int na = j0 / 16, ne = (j1 + 15) / 16;
+    if (kc->pa == kc->pe) kc->pa = kc->pe = na;
+    int ua = na < kc->pa ? na : kc->pa, ue = ne > kc->pe ? ne : kc->pe;
+    tl_kc_fill(kc, ua, kc->pa);
+    tl_kc_fill(kc, kc->pe, ue);
+    kc->pa = ua, kc->pe = ue;
+}
+
+/* Sets up a thread's cache in w (tl_kc_floats(T, D, bwd) floats); y: the rows tl_acc streams. */
+static size_t tl_kc_floats(int T, int D, int bwd) {
+    size_t pan = tl_round((size_t)(T + 15) / 16 * 16 * D);
+    return pan * (bwd ? 3 : 2);
+}
+
+static void tl_kc_init(tl_kcache *kc, float *w, int T, int Hkv, int D, int bwd, const float *y) {
+    size_t pan = tl_round((size_t)(T + 15) / 16 * 16 * D);
+    kc->kt = w;
+    kc->vt = bwd ? w + pan : NULL;
+    /* the streamed rows can be read in place when aligned (the row stride Hkv D is a multiple of
+     * 16 floats, so one aligned row means all are) */
+    kc->yn = (uintptr_t)y % 32 == 0 ? NULL : w + (bwd ? 2 : 1) * pan;
+    kc->b = kc->g = -1, kc->pa = kc->pe = 0, kc->T = T, kc->D = D;
+    kc->ks = (size_t)Hkv * D;
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 /* Online-softmax update of one row over the panels [p0, p1) of S (scaled scores of keys
@@ -350,11 +395,11 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
 
 /* Query block [i0, i0 + bq) of (b, g): out rows and lse. w: this thread's workspace. */
 static void tl_fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
-                         const tl_geo *c, int b, int g, int i0, int bq, float scale, float *w) {
+                         const tl_geo *c, int b, int g, int i0, int bq, float scale, float *w,
+                         tl_kcache *kc) {
     int T = c->T, H = c->H, D = c->D, G = c->G;
     int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
-    float *Kp = w, *Vn = Kp + (size_t)TL_NC * D, *S = Vn + (size_t)TL_NC * D;
-    float *Xq = S + (size_t)R * TL_NC, *Xo = Xq + (size_t)R * D;
+    float *S = w, *Xq = S + (size_t)R * TL_NC, *Xo = Xq + (size_t)R * D;
     float *mrow = Xo + (size_t)R * D, *lrow = mrow + R;
     int lo[TL_ROWS + 8], segt[TL_NC];
     for (int i = i0; i < i1; i++)
@@ -374,13 +419,13 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
         memset(Xo + (size_t)r * D, 0, (size_t)D * sizeof(float));
         mrow[r] = -INFINITY, lrow[r] = 0.0f;
     }
-    const float *kb = k + (size_t)b * T * c->ks + (size_t)g * D;
-    const float *vb = v + (size_t)b * T * c->ks + (size_t)g * D;
-    for (int j0 = lo[0]; j0 < ie; j0 += TL_NC) {
+    /* chunks start on a 16-key panel of the thread's packed keys */
+    tl_kc_need(kc, k, v, v, b, g, lo[0] / 16 * 16, ie);
+    size_t vs = kc->yn ? (size_t)D : c->ks;
+    for (int j0 = lo[0] / 16 * 16; j0 < ie; j0 += TL_NC) {
         int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC;
-        tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
-        const float *Vc = tl_rows(Vn, vb + (size_t)j0 * c->ks, c->ks, nc, D);
-        size_t vs = Vc == Vn ? (size_t)D : c->ks;
+        const float *Kp = kc->kt + (size_t)j0 * D;
+        const float *Vc = kc->yn ? kc->yn + (size_t)j0 * D : kc->vb + (size_t)j0 * c->ks;
         if (c->nonmono)
             for (int t = 0; t < nc; t++)
                 segt[t] = c->m.seg[j0 + t];
@@ -418,30 +463,37 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
     }
 }
 
-static size_t tl_fwd_ws(int R, int D) {
-    return tl_round(2 * (size_t)TL_NC * D + (size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
+static size_t tl_fwd_ws(int R, int T, int D) {
+    return tl_kc_floats(T, D, 0) + tl_round((size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
 }
 
 void attention_forward_tiled(float *out, float *lse, const float *q, const float *k,
                              const float *v, const int *seg, const int *len, int B, int T, int H,
                              int Hkv, int D, int window, float scale) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
-    size_t per = tl_fwd_ws(G * bq, D);
+    size_t per = tl_fwd_ws(G * bq, T, D);
     float *ws = tl_ws_get(per * nth);
     if (!ws) { /* out of memory for the workspace: the portable code needs none */
         attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
         return;
     }
     long items = (long)B * Hkv * nqb;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (long it = 0; it < items; it++) {
-        /* (b, g)-major so a thread's next item mostly reads the same K, V (in cache); within
-         * it, late (costly) query blocks first so the last items are the short ones */
-        int qb = nqb - 1 - (int)(it % nqb);
-        int b = (int)(it / nqb) / Hkv, g = (int)(it / nqb) % Hkv;
-        tl_geo c;
-        tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
-        tl_fwd_block(out, lse, q, k, v, &c, b, g, qb * bq, bq, scale, ws + per * tl_tid());
+#pragma omp parallel
+    {
+        float *w = ws + per * tl_tid();
+        tl_kcache kc;
+        tl_kc_init(&kc, w, T, Hkv, D, 0, v);
+        w += tl_kc_floats(T, D, 0);
+#pragma omp for schedule(dynamic, 1)
+        for (long it = 0; it < items; it++) {
+            /* (b, g)-major so a thread's next item mostly reuses its packed keys; within it,
+             * late (costly) query blocks first so the last items are the short ones */
+            int qb = nqb - 1 - (int)(it % nqb);
+            int b = (int)(it / nqb) / Hkv, g = (int)(it / nqb) % Hkv;
+            tl_geo c;
+            tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
+            tl_fwd_block(out, lse, q, k, v, &c, b, g, qb * bq, bq, scale, w, &kc);
+        }
     }
     tl_ws_put();
 }
@@ -479,11 +531,10 @@ static void tl_bwd_row(float *S, float *dP, int np, int p0, int p1, int j0, int 
 /* Query block [i0, i0 + bq) of (b, g): its dq rows (overwritten), and dK, dV of every key it
  * sees added into dk, dv (row stride dks). */
 static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int bq,
-                         float *dk, float *dv, size_t dks, float *w) {
+                         float *dk, float *dv, size_t dks, float *w, tl_kcache *kc) {
     int T = c->T, H = c->H, D = c->D, G = c->G;
     int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
-    float *Kp = w, *Vp = Kp + (size_t)TL_NC * D, *Kn = Vp + (size_t)TL_NC * D;
-    float *S = Kn + (size_t)TL_NC * D;
+    float *S = w;
     float *dP = S + (size_t)R * TL_NC, *Xq = dP + (size_t)R * TL_NC, *Xdo = Xq + (size_t)R * D;
     float *Xdq = Xdo + (size_t)R * D, *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
     int lo[TL_ROWS + 8], segt[TL_NC];
@@ -504,14 +555,12 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
         Drow[r] = tl_hsum(s);
         lrow[r] = io->lse[((size_t)b * H + h) * T + i];
     }
-    size_t koff = (size_t)b * T * c->ks + (size_t)g * D;
-    const float *kb = io->k + koff, *vb = io->v + koff;
-    for (int j0 = lo[0]; j0 < ie; j0 += TL_NC) {
+    tl_kc_need(kc, io->k, io->v, io->k, b, g, lo[0] / 16 * 16, ie);
+    size_t vs = kc->yn ? (size_t)D : c->ks;
+    for (int j0 = lo[0] / 16 * 16; j0 < ie; j0 += TL_NC) {
         int nc = ie - j0 < TL_NC ? ie - j0 : TL_NC, np = (nc + 15) / 16;
-        tl_pack(Kp, kb + (size_t)j0 * c->ks, c->ks, nc, D);
-        tl_pack(Vp, vb + (size_t)j0 * c->ks, c->ks, nc, D);
-        const float *Kc = tl_rows(Kn, kb + (size_t)j0 * c->ks, c->ks, nc, D);
-        size_t vs = Kc == Kn ? (size_t)D : c->ks;
+        const float *Kp = kc->kt + (size_t)j0 * D, *Vp = kc->vt + (size_t)j0 * D;
+        const float *Kc = kc->yn ? kc->yn + (size_t)j0 * D : kc->kb + (size_t)j0 * c->ks;
         if (c->nonmono)
             for (int t = 0; t < nc; t++)
                 segt[t] = c->m.seg[j0 + t];
@@ -555,8 +604,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
     }
 }
 
-static size_t tl_bwd_ws(int R, int D) {
-    return tl_round(3 * (size_t)TL_NC * D + 2 * (size_t)R * TL_NC + 3 * (size_t)R * D + 2 * (size_t)R);
+static size_t tl_bwd_ws(int R, int T, int D) {
+    return tl_kc_floats(T, D, 1) + tl_round(2 * (size_t)R * TL_NC + 3 * (size_t)R * D + 2 * (size_t)R);
 }
 
 /* Splits query blocks [0, nqb) of (b, g) into `parts` runs of about equal work (keys seen,
@@ -597,7 +646,8 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
     }
     if (parts > TL_MAXPART) parts = TL_MAXPART;
     if (parts > nqb) parts = nqb;
-    size_t per = tl_bwd_ws(G * bq, D), slab = (size_t)T * D; /* one part's dK (or dV) of (b, g) */
+    size_t slab = tl_round((size_t)T * D); /* one run's dK (or dV) of (b, g) */
+    size_t per = tl_bwd_ws(G * bq, T, D) + 2 * slab;
     size_t extra = (size_t)(parts - 1) * bg * 2 * slab;
     float *ws = tl_ws_get(per * nth + extra);
     if (!ws) {
@@ -611,6 +661,9 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
 #pragma omp parallel
     {
         float *w = ws + per * tl_tid();
+        tl_kcache kc;
+        tl_kc_init(&kc, w, T, Hkv, D, 1, k);
+        w += tl_kc_floats(T, D, 1);
 #pragma omp for schedule(dynamic, 1)
         for (long it = 0; it < bg * parts; it++) {
             int part = (int)(it % parts), b = (int)(it / parts / Hkv), g = (int)(it / parts % Hkv);
@@ -618,21 +671,35 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
             tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
             int bounds[TL_MAXPART + 1];
             tl_split(&c, bq, nqb, parts, bounds);
+            /* dK, dV accumulate in contiguous rows (the first run: this thread's buffer, copied
+             * out at the end; later runs: their own buffers), so each tile's read-modify-write
+             * streams through the cache instead of striding over Hkv heads */
             float *tk, *tv;
-            size_t ts;
-            if (part == 0) { /* the first run writes dk, dv themselves */
-                tk = dk + (size_t)b * T * ks + (size_t)g * D, tv = dv + (size_t)b * T * ks + (size_t)g * D, ts = ks;
-                for (int t = 0; t < T; t++) {
-                    memset(tk + t * ts, 0, (size_t)D * sizeof(float));
-                    memset(tv + t * ts, 0, (size_t)D * sizeof(float));
-                }
-            } else {
+            if (part == 0)
+                tk = ws + per * (tl_tid() + 1) - 2 * slab;
+            else
                 tk = partbuf + ((size_t)(part - 1) * bg + (size_t)b * Hkv + g) * 2 * slab;
-                tv = tk + slab, ts = D;
-                memset(tk, 0, 2 * slab * sizeof(float));
+            tv = tk + slab;
+            memset(tk, 0, (size_t)c.L * D * sizeof(float));
+            memset(tv, 0, (size_t)c.L * D * sizeof(float));
+            if (part > 0) {
+                memset(tk + (size_t)c.L * D, 0, (size_t)(T - c.L) * D * sizeof(float));
+                memset(tv + (size_t)c.L * D, 0, (size_t)(T - c.L) * D * sizeof(float));
             }
             for (int qb = bounds[part]; qb < bounds[part + 1]; qb++)
-                tl_bwd_block(&io, &c, b, g, qb * bq, bq, tk, tv, ts, w);
+                tl_bwd_block(&io, &c, b, g, qb * bq, bq, tk, tv, D, w, &kc);
+            if (part == 0) /* dk, dv of (b, g) are this run's sums (zero on padding) */
+                for (int t = 0; t < T; t++) {
+                    float *ok = dk + ((size_t)b * T + t) * ks + (size_t)g * D;
+                    float *ov = dv + ((size_t)b * T + t) * ks + (size_t)g * D;
+                    if (t < c.L) {
+                        memcpy(ok, tk + (size_t)t * D, (size_t)D * sizeof(float));
+                        memcpy(ov, tv + (size_t)t * D, (size_t)D * sizeof(float));
+                    } else {
+                        memset(ok, 0, (size_t)D * sizeof(float));
+                        memset(ov, 0, (size_t)D * sizeof(float));
+                    }
+                }
         }
         if (parts > 1) {
             /* dk, dv += the other runs' accumulators, split over (b, g, position) */
