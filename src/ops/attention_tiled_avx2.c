@@ -18,8 +18,9 @@
  *
  * Forward: one item per (b, g, query block), heaviest first; an online softmax over the chunks
  * (running max m and sum l per row, the output row rescaled when m grows), then out = O / l and
- * lse = m + log l. Backward (FlashAttention-2 with lse known, so no rescaling): per query block
- * and chunk, P = exp(scale S - lse), dS = scale P (dP - Di) with Di = dO.O, dQ of the block
+ * lse = m + log l; the scores are kept in base 2 (queries pre-multiplied by scale log2 e) so
+ * that each probability is one 2^x (tl_exp2). Backward (FlashAttention-2 with lse known, so no rescaling): per query block
+ * and chunk, P = exp(scale S - lse) (as 2^x), dS = scale P (dP - Di) with Di = dO.O, dQ of the block
  * accumulated in a stacked buffer and written once (overwrite), dK and dV of the chunk
  * accumulated over the block's rows. An item owns (b, g) and a run of query blocks; when B*Hkv
  * items would leave threads idle, each (b, g) is split into `parts` runs of equal work, and runs
@@ -34,7 +35,6 @@
 #include "ops/ops.h"
 #include "ops/attention_mask.h"
 #include "ops/attention_tiled.h"
-#include "ops/vexp_avx2.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -252,6 +252,29 @@ static void tl_acc(int mr, float *C, size_t cs, const float *A, size_t ars, size
     }
 }
 
+#define TL_LOG2E 1.44269504088896341f
+#define TL_LN2 0.693147180559945309f
+
+/* 2^x of 8 floats for softmax arguments (x <= ~0; lanes that will be masked may hold anything):
+ * x clamped at -126 (2^-126 is below 1e-37 of the row's largest term), n = round(x), 2^(x-n)
+ * by its Taylor series in (x-n) ln 2 to degree 6 (|x-n| <= 1/2: truncation 1.2e-7 relative),
+ * times 2^n built in the exponent bits. Working in base 2 (scores pre-multiplied by log2 e)
+ * saves exp's multiply and two-step range reduction. */
+static inline __m256 tl_exp2(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-126.0f));
+    __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(x, n);
+    __m256 p = _mm256_set1_ps(1.5403530393381606e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3333558146428441e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.618129107628477e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.5504108664821576e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402265069591007e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931471805599453e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
 /* Lanes of the 8 keys j, j+1, ..., j+7 (absolute) that row i sees: lo <= key < hi, and with
  * sv (those keys' segment ids, for non-monotone ids) the same segment as si. NULL mask (all
  * lanes) is returned as all ones. */
@@ -378,11 +401,11 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
         return 1.0f;
     }
     float mold = *m, mnew = tmax > mold ? tmax : mold;
-    float corr = mold == -INFINITY ? 0.0f : expf(mold - mnew);
+    float corr = mold == -INFINITY ? 0.0f : exp2f(mold - mnew);
     __m256 mn = _mm256_set1_ps(mnew), sum = _mm256_setzero_ps();
     for (int c = c0; c < c1; c += 8) {
-        __m256 s = _mm256_loadu_ps(S + c), p = vexp_avx2(_mm256_sub_ps(s, mn));
-        /* exp(-inf - m) comes out of vexp's clamp as ~1e-38: masked keys get exactly 0 */
+        __m256 s = _mm256_loadu_ps(S + c), p = tl_exp2(_mm256_sub_ps(s, mn));
+        /* 2^(-inf - m) comes out of the clamp as ~1e-38: masked keys get exactly 0 */
         if (j0 + c < lo || j0 + c + 8 > hi || segt)
             p = _mm256_and_ps(p, _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
         _mm256_storeu_ps(S + c, p);
@@ -410,8 +433,8 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
     if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
         lo[i - i0] = att_lo(&c->m, i);
-    /* the stacked queries carry the scale, so the scores come out scaled */
-    __m256 sc = _mm256_set1_ps(scale);
+    /* the stacked queries carry the scale and log2 e: the scores come out scaled, in base 2 */
+    __m256 sc = _mm256_set1_ps(scale * TL_LOG2E);
     for (int r = 0; r < R; r++) {
         const float *qr = q + (size_t)(b * T + i0 + r / G) * c->qs + (size_t)(g * G + r % G) * D;
         for (int d = 0; d < D; d += 8)
@@ -459,7 +482,7 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
         __m256 inv = _mm256_set1_ps(1.0f / lrow[r]);
         for (int d = 0; d < D; d += 8)
             _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(x + d), inv));
-        lse[((size_t)b * H + h) * T + i] = mrow[r] + logf(lrow[r]);
+        lse[((size_t)b * H + h) * T + i] = mrow[r] * TL_LN2 + logf(lrow[r]);
     }
 }
 
@@ -517,9 +540,11 @@ static void tl_bwd_row(float *S, float *dP, int np, int p0, int p1, int j0, int 
         memset(S + p1 * 16, 0, (size_t)(np - p1) * 16 * sizeof(float));
         memset(dP + p1 * 16, 0, (size_t)(np - p1) * 16 * sizeof(float));
     }
-    __m256 sc = _mm256_set1_ps(scale), li = _mm256_set1_ps(lse), di = _mm256_set1_ps(Di);
+    /* P = 2^(S scale log2 e - lse log2 e) */
+    __m256 sc = _mm256_set1_ps(scale), di = _mm256_set1_ps(Di);
+    __m256 sc2 = _mm256_set1_ps(scale * TL_LOG2E), li = _mm256_set1_ps(lse * TL_LOG2E);
     for (int c = p0 * 16; c < p1 * 16; c += 8) {
-        __m256 p = vexp_avx2(_mm256_fmsub_ps(_mm256_loadu_ps(S + c), sc, li));
+        __m256 p = tl_exp2(_mm256_fmsub_ps(_mm256_loadu_ps(S + c), sc2, li));
         if (j0 + c < lo || j0 + c + 8 > hi || segt)
             p = _mm256_and_ps(p, tl_mask8(j0 + c, lo, hi, segt ? segt + c : NULL, si));
         __m256 ds = _mm256_mul_ps(_mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(dP + c), di)), sc);
