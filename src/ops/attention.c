@@ -188,7 +188,9 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
     }
 }
 
-/* ---- dispatch: the AVX2+FMA version (attention_avx2.c) where the CPU and shape allow --- */
+/* ---- dispatch: where the CPU and shape allow, the blocked AVX2+FMA version
+ * (attention_tiled_avx2.c), or with FTUNE_ATTN=avx2 the first one (attention_avx2.c), kept to
+ * compare against; FTUNE_ATTN=ref forces this portable code. ---------------------------- */
 int ops_have_avx2(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");

@@ -113,9 +113,10 @@ double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *tar
  * (softmax(x) - onehot(t)) * grad_scale (xent_avx2.c) */
 double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad);
 
-/* attention_forward/backward run the AVX2+FMA version (attention_avx2.c) when
- * attention_avx2_usable() (ops_have_avx2(), D % 16 == 0, D <= 256, H/Hkv <= 32), the portable
- * one (attention.c) otherwise. */
+/* attention_forward/backward run the blocked AVX2+FMA version (attention_tiled_avx2.c; the first
+ * AVX2 version, attention_avx2.c, with FTUNE_ATTN=avx2) when attention_avx2_usable()
+ * (ops_have_avx2(), D % 16 == 0, D <= 256, H/Hkv <= 32), the portable one (attention.c)
+ * otherwise. */
 int attention_avx2_usable(int H, int Hkv, int D);
 /* attention_backward_avx2's work split: 0 (default) picks one pass with an item per
  * (b, kv head) when those B*Hkv items keep the threads busy, two passes (finer items, 7/5 of the
