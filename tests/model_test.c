@@ -194,9 +194,9 @@ static void check_quantized_equals_dequantized(const char *fmt, int double_quant
         CHECK(0, "%s: load: %s %s", fmt, err.where, err.what);
         return;
     }
-    CHECK(mq.weight_bytes == model_weight_bytes(&mq.cfg, &mq.quant, 0),
+    CHECK(mq.weight_bytes == model_weight_bytes(&mq.cfg, &mq.quant),
           "%s: resident weights %zu bytes, plan %zu", fmt, mq.weight_bytes,
-          model_weight_bytes(&mq.cfg, &mq.quant, 0));
+          model_weight_bytes(&mq.cfg, &mq.quant));
     CHECK(mq.weight_bytes < mf.weight_bytes, "%s: %zu bytes vs fp32 %zu", fmt, mq.weight_bytes,
           mf.weight_bytes);
     int changed = 0;

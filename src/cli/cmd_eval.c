@@ -10,6 +10,7 @@
 
 int cmd_eval(int argc, char **argv) {
     ft_eval_options o = {0};
+    o.quant = "none";
     long bs = 8, sl = 0, threads = 0, qbs = 64;
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},

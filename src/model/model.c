@@ -211,7 +211,7 @@ static size_t fp32_floats(const model_config *c) {
     return n + (size_t)c->L * (2 * (size_t)c->C + (c->arch->qk_norm ? 2 * (size_t)c->D : 0));
 }
 
-size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lookups) {
+size_t model_weight_bytes(const model_config *c, const model_quant *q) {
     size_t n = fp32_floats(c) * sizeof(float);
     for (int k = 0; k < LIN_COUNT; k++) {
         int in, out, col, bias;
@@ -219,15 +219,10 @@ size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lo
         if (out) n += (size_t)c->L * qbytes(q->linear, out, in, q->blocksize, q->double_quant);
     }
     n += qbytes(q->lm_head, c->V, c->C, 1, 0);
-    size_t emb = qbytes(q->embed, c->V, c->C, 1, 0);
-    if (q->head_is_embed) {
-        emb = 0; /* the LM head reads every page of it anyway */
-    } else if (q->embed_borrowed) {
-        /* each looked-up row touches its own pages (and at most one more at the edges) */
-        size_t touched = lookups * (qbytes(q->embed, 1, c->C, 1, 0) + 4096);
-        emb = touched < emb ? touched : emb;
-    }
-    return n + emb;
+    /* A mapped embedding counts whole: a looked-up row maps the file pages around it too
+     * (the kernel's fault-around, 64 KB), so within a few steps every page is mapped. They are
+     * clean file pages, which the kernel can reclaim under pressure, unlike a converted copy. */
+    return n + (q->head_is_embed ? 0 : qbytes(q->embed, c->V, c->C, 1, 0));
 }
 
 static float *temp_alloc(size_t bytes) {
@@ -360,13 +355,12 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                                  c->V, c->C, q->lm_head, q->head_borrowed, q, &m->lm_head, err))) {
         goto done;
     }
-    /* what stays resident: fp32 vectors, linear weights, the LM head; the embedding only when
-     * it had to be converted (mapped rows come and go with the lookups) */
+    /* what is resident once training runs: as model_weight_bytes counts it */
     size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
             if (m->blocks[l].lin[k].out) wb += qtensor_bytes(&m->blocks[l].lin[k].W);
-    if (m->wte.owned) wb += qtensor_bytes(&m->wte);
+    if (m->lm_head.data != m->wte.data) wb += qtensor_bytes(&m->wte);
     m->weight_bytes = wb;
 done:
     if (st) model_free(m);

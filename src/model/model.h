@@ -5,8 +5,8 @@
  * Frozen weights are qtensors (ops/qtensor.h): the linear layers in the format --quant asks for
  * (fp32 by default; NF4/FP4 as bitsandbytes, Q8_0 as GGUF, bf16), quantized one tensor at a time
  * as they are read, or borrowed as they are from a bitsandbytes 4-bit checkpoint; the embedding
- * borrowed from the mapped checkpoint in its own dtype (only the rows looked up become
- * resident); the LM head in its own format. Norm weights and biases stay fp32.
+ * borrowed from the mapped checkpoint in its own dtype (clean file pages the kernel can
+ * reclaim, rather than a converted copy); the LM head in its own format. Norm weights and biases stay fp32.
  *
  * Three structs, in the manner of llama2.c: model (config + frozen weights + LoRA), acts (every
  * activation the backward pass needs, sized once for B x T tokens), and batch (the ids, targets
@@ -77,7 +77,7 @@ typedef struct model {
     block_weights *blocks;
     float *weights; /* one allocation holding the fp32 norms, biases and fp32 linear weights */
     size_t n_weights;
-    size_t weight_bytes; /* frozen weights resident while training (borrowed embedding: 0) */
+    size_t weight_bytes; /* frozen weights resident while training (model_weight_bytes) */
     st_set *src;    /* the mapped checkpoint borrowed tensors point into */
     lora_set *lora; /* NULL: no adapter */
     int QKV;        /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
@@ -91,10 +91,9 @@ ft_status model_load(const char *dir, model *m, ft_error *err);
 ft_status model_load_with(const char *dir, const model_load_options *opt, model *m,
                           ft_error *err);
 void model_free(model *m);
-/* Bytes of frozen weights model_load_with keeps resident for this config and storage (what
- * m->weight_bytes comes to), and within them those of the embedding as rows for up to
- * `lookups` distinct tokens touch its mapped pages. */
-size_t model_weight_bytes(const model_config *c, const model_quant *q, size_t lookups);
+/* Bytes of frozen weights resident while training with this config and storage (what
+ * m->weight_bytes comes to); a mapped embedding counts whole (model.c says why). */
+size_t model_weight_bytes(const model_config *c, const model_quant *q);
 
 typedef struct batch {
     int B, T;        /* rows and padded length of this micro-batch */

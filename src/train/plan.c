@@ -2,10 +2,10 @@
  * plan.c: how much memory a run will take, by part (see plan.h).
  *
  * Parts: frozen weights in their storage formats (model_weight_bytes: per-format bytes per
- * value with the absmax / double-quantization state; the embedding, when it stays in the mapped
- * file, only as the pages the batch's rows touch); the buffer a quantized matmul dequantizes a
- * panel of rows into (qtensor.c's PANEL_BYTES); LoRA parameters and their gradients; AdamW's
- * two moments; activations saved for backward and the scratch of one step (one layer's worth with gradient
+ * value with the absmax / double-quantization state; an embedding left in the mapped file in
+ * its own dtype); the buffer a quantized matmul dequantizes a panel of rows into (qtensor.c's
+ * PANEL_BYTES); LoRA parameters and their gradients; AdamW's two moments; activations saved for
+ * backward and the scratch of one step (one layer's worth with gradient
  * checkpointing); the batch buffers; and a baseline for the program, its libraries and the BLAS
  * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
@@ -38,7 +38,7 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
     p->lora_params = ls->n_params;
     p->lora_modules = ls->n;
     lora_free(ls);
-    p->weights = (double)model_weight_bytes(cfg, q, (size_t)B * T);
+    p->weights = (double)model_weight_bytes(cfg, q);
     p->panel = memory_plan_panel(q);
     p->lora = 2.0 * p->lora_params * sizeof(float);      /* values + gradients */
     p->optimizer = 2.0 * p->lora_params * sizeof(float); /* exp_avg, exp_avg_sq */

@@ -45,6 +45,7 @@ void ft_train_defaults(ft_train_options *o) {
     o->lr = 5e-5, o->weight_decay = 0, o->max_grad_norm = 1.0;
     o->adam_beta1 = 0.9, o->adam_beta2 = 0.999, o->adam_eps = 1e-8;
     o->schedule = "linear", o->seed = 42, o->shuffle = 1, o->keep_checkpoints = 3;
+    o->quant = "none", o->quant_blocksize = 64;
 }
 
 static volatile sig_atomic_t stop_signal;
@@ -551,7 +552,7 @@ static double eval_loss(const model *m, acts *a, batch *b, int B, const dataset 
  * moments, activations) with storage q and checkpointing ckpt. */
 static double run_bytes(const model_config *cfg, const model_quant *q, const lora_set *ls, int B,
                         int T, int ckpt) {
-    return (double)model_weight_bytes(cfg, q, (size_t)B * T) + memory_plan_panel(q) +
+    return (double)model_weight_bytes(cfg, q) + memory_plan_panel(q) +
            4.0 * ls->n_params * sizeof(float) +
            (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
 }

@@ -98,7 +98,10 @@ def test_plan_weights_dominate(big, quant):
     assert abs(planned - measured) <= 0.10 * measured, \
         f"planned {planned / 2**20:.1f} MB, measured {measured / 2**20:.1f} MB"
     if quant:  # 4-bit or bf16 weights are what makes the run smaller than the fp32 one
-        assert plan["weights"] < 0.55 * 106e6 * 4
+        assert plan["weights"] < 0.65 * 106e6 * 4
+    if "nf4" in quant:
+        # the loader quantizes tensor by tensor: the whole run peaks below the fp32 weights alone
+        assert measured < 106e6 * 4, f"measured {measured / 2**20:.1f} MB"
 
 
 def test_train_refuses_what_does_not_fit_and_names_quant(big):
