@@ -15,8 +15,8 @@
  *   gcc -O2 -fopenmp -Iinclude -Isrc bench/attn_bench.c build/libftune.a -lopenblas -lm \
  *       -o build/attn_bench && OMP_WAIT_POLICY=passive build/attn_bench 5
  */
-#include "ops/ops.h"
 #include "ops/attention_tiled.h"
+#include "ops/ops.h"
 
 #include <math.h>
 #include <omp.h>
@@ -70,12 +70,11 @@ int main(int argc, char **argv) {
            "bwd ms", "bwd GF/s", "fwd GF/cs", "bwd GF/cs");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         if (argc > 2 && !strstr(shapes[s].name, argv[2])) continue;
-        int B = shapes[s].B, T = shapes[s].T, H = shapes[s].H, Hkv = shapes[s].Hkv,
-            D = shapes[s].D;
+        int B = shapes[s].B, T = shapes[s].T, H = shapes[s].H, Hkv = shapes[s].Hkv, D = shapes[s].D;
         size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D;
         unsigned seed = 1234;
-        float *q = rand_buf(nq, &seed, 2), *k = rand_buf(nk, &seed, 1),
-              *v = rand_buf(nk, &seed, 1), *dout = rand_buf(nq, &seed, 1);
+        float *q = rand_buf(nq, &seed, 2), *k = rand_buf(nk, &seed, 1), *v = rand_buf(nk, &seed, 1),
+              *dout = rand_buf(nq, &seed, 1);
         float *out = abuf(nq), *lse = abuf((size_t)B * H * T), *dq = abuf(nq), *dk = abuf(nk),
               *dv = abuf(nk);
         double flops = (double)B * H * T * (T + 1) / 2.0 * D * 4, scale = 1.0 / sqrt(D);

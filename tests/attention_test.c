@@ -23,8 +23,8 @@
  *    ~1e-16/eps = 1e-11) and compared with the fp32 analytic backward at 1e-5 of the largest
  *    gradient, for GQA H=4 Hkv=2 plain, with a window, with segments and with padding.
  */
-#include "ops/ops.h"
 #include "ops/attention_tiled.h"
+#include "ops/ops.h"
 #include "test.h"
 
 #include <string.h>

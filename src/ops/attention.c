@@ -28,9 +28,9 @@
  * K, V, dK and dV rows stay in L1 while every query row that sees them streams past. dq, dk and dv
  * are overwritten. Parallelism is B*Hkv items; SIMD kernels are left to a later speed pass.
  */
-#include "ops/ops.h"
 #include "ops/attention_mask.h"
 #include "ops/attention_tiled.h"
+#include "ops/ops.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -40,7 +40,6 @@
 #define ATT_BQ 64  /* queries per forward work item */
 #define ATT_BK 64  /* keys per forward tile */
 #define ATT_BKB 32 /* keys per backward tile */
-
 
 static inline int att_seg_skip(const att_mask *m, int i, int j) {
     return m->seg && !m->monotone && m->seg[i] != m->seg[j];

@@ -8,9 +8,9 @@
 
 /* Same contract as attention_forward/backward in ops.h (dq, dk, dv overwritten); callable only
  * where attention_avx2_usable(H, Hkv, D). */
-void attention_forward_tiled(float *out, float *lse, const float *q, const float *k,
-                             const float *v, const int *seg, const int *len, int B, int T, int H,
-                             int Hkv, int D, int window, float scale);
+void attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale);
 void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
                               const float *k, const float *v, const float *out, const float *lse,
                               const int *seg, const int *len, int B, int T, int H, int Hkv, int D,

@@ -4,10 +4,12 @@
  * masks as attention.c (the reference; ops.h), tested against it and a naive reference.
  *
  * Blocks. A work item takes one batch row b and one kv head g. The G = H/Hkv query heads that
- * read g are stacked as rows: a block of Bq query positions gives R = G*Bq rows, row r being
- * position i0 + r/G of head g*G + r%G (copied into a contiguous R x D buffer; K and V are read
- * in place, never copied per query head). Keys go in chunks of NC = 256; per chunk the key
- * rows are packed transposed into panels of 16 keys ([panel][d][16]), once for all R rows.
+ * read g are stacked as rows: a block of Bq query positions gives R = G*Bq rows (about 144),
+ * row r being position i0 + r/G of head g*G + r%G, copied into a contiguous R x D buffer. K and
+ * V are never copied per query head: each thread packs the keys of the (b, g) it is working on
+ * once, transposed into panels of 16 keys ([panel][d][16]; V too in backward), and keeps them
+ * across its items of that (b, g); V (forward) or K (backward) rows are read in place when
+ * 32-byte aligned, else copied once with the panels. Keys go in chunks of NC = 256.
  * Two register-tiled kernels do all the O(T^2 D) work, on tiles of 6 rows x 16 columns (12 ymm
  * accumulators of the 16; per step 2 loads, 6 broadcasts, 12 FMAs):
  *   tl_scores: S (6 x 16k) = X (6 x D) . Kpanel      (scores, and dP = dO . V^T in backward)
@@ -16,25 +18,26 @@
  * Each group of 6 rows computes only the 16-key panels its rows can see (causal diagonal,
  * window), so fully masked work is skipped; the mask rule is attention_mask.h's.
  *
- * Forward: one item per (b, g, query block), heaviest first; an online softmax over the chunks
- * (running max m and sum l per row, the output row rescaled when m grows), then out = O / l and
- * lse = m + log l; the scores are kept in base 2 (queries pre-multiplied by scale log2 e) so
- * that each probability is one 2^x (tl_exp2). Backward (FlashAttention-2 with lse known, so no rescaling): per query block
- * and chunk, P = exp(scale S - lse) (as 2^x), dS = scale P (dP - Di) with Di = dO.O, dQ of the block
- * accumulated in a stacked buffer and written once (overwrite), dK and dV of the chunk
- * accumulated over the block's rows. An item owns (b, g) and a run of query blocks; when B*Hkv
- * items would leave threads idle, each (b, g) is split into `parts` runs of equal work, and runs
- * after the first accumulate dK/dV into their own buffers, summed into dk/dv at the end.
+ * Forward: one item per (b, g, query block), (b, g)-major and heaviest block first; an online
+ * softmax over the chunks (running max m and sum l per row, the output row rescaled when m
+ * grows), then out = O / l and lse = m + log l. Scores are kept in base 2 (the stacked queries
+ * carry scale * log2 e) so each probability is one 2^x (tl_exp2).
+ * Backward (FlashAttention-2 with lse known, so no rescaling): per query block and chunk,
+ * P = exp(scale S - lse) (as 2^x), dS = scale P (dP - Di) with Di = dO.O; dQ of the block is
+ * accumulated in a stacked buffer and written once (overwrite), dK and dV of the chunk over the
+ * block's rows into contiguous per-run rows, copied to dk/dv at the end. An item owns (b, g) and
+ * a run of query blocks; when B*Hkv items would leave threads idle, each (b, g) is split into
+ * `parts` runs of equal work, whose dK/dV buffers are summed into dk/dv at the end.
  *
- * Memory: per thread (2 NC + 3 R) D + 2 R NC floats (about 0.6 MB at R = 144, D = 64), in
- * backward also 2 T D for one (b, g)'s dK, dV, plus 2 (parts - 1) B Hkv T D floats for the
- * split backward, in one workspace that grows to the
- * largest call and is then reused (no allocation per step). A mutex guards it, so concurrent
- * callers run one after another instead of sharing it.
+ * Memory, in one workspace that grows to the largest call and is then reused (no allocation per
+ * step): per thread 2 R NC + 3 R D floats plus the packed keys, 2 T D (forward) or 3 T D
+ * (backward) floats, plus in backward 2 T D for one (b, g)'s dK, dV, and 2 (parts - 1) B Hkv T D
+ * for split runs: about 1.5 MB (forward) and 3 MB (backward) per thread at T = 2048, D = 64.
+ * A mutex guards it, so concurrent callers run one after another instead of sharing it.
  */
-#include "ops/ops.h"
 #include "ops/attention_mask.h"
 #include "ops/attention_tiled.h"
+#include "ops/ops.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -159,7 +162,8 @@ static void tl_pack(float *Kp, const float *x, size_t xs, int n, int D) {
     }
     if (n % 16 && n % 16 <= 8) /* the upper half of the last panel */
         for (int d = 0; d < D; d++)
-            _mm256_store_ps(Kp + (size_t)(n / 16) * 16 * D + (size_t)d * 16 + 8, _mm256_setzero_ps());
+            _mm256_store_ps(Kp + (size_t)(n / 16) * 16 * D + (size_t)d * 16 + 8,
+                            _mm256_setzero_ps());
 }
 
 /* S[r][16p .. 16p+16) = X[r] . panel p of Kp, for rows r < MR and panels [p0, p1) */
@@ -195,21 +199,34 @@ static inline __attribute__((always_inline)) void tl_scores_mr(const int MR, flo
 static void tl_scores(int mr, float *S, size_t ss, const float *X, size_t xs, const float *Kp,
                       int p0, int p1, int D) {
     switch (mr) {
-    case 6: tl_scores_mr(6, S, ss, X, xs, Kp, p0, p1, D); break;
-    case 5: tl_scores_mr(5, S, ss, X, xs, Kp, p0, p1, D); break;
-    case 4: tl_scores_mr(4, S, ss, X, xs, Kp, p0, p1, D); break;
-    case 3: tl_scores_mr(3, S, ss, X, xs, Kp, p0, p1, D); break;
-    case 2: tl_scores_mr(2, S, ss, X, xs, Kp, p0, p1, D); break;
-    case 1: tl_scores_mr(1, S, ss, X, xs, Kp, p0, p1, D); break;
-    default: break;
+    case 6:
+        tl_scores_mr(6, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    case 5:
+        tl_scores_mr(5, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    case 4:
+        tl_scores_mr(4, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    case 3:
+        tl_scores_mr(3, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    case 2:
+        tl_scores_mr(2, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    case 1:
+        tl_scores_mr(1, S, ss, X, xs, Kp, p0, p1, D);
+        break;
+    default:
+        break;
     }
 }
 
 /* C[t][0..D) += sum_{u < n} A[t*ars + u*acs] * Y[u*ys + 0..D) for rows t < MR */
 static inline __attribute__((always_inline)) void tl_acc_mr(const int MR, float *C, size_t cs,
-                                                            const float *A, size_t ars,
-                                                            size_t acs, const float *Y, size_t ys,
-                                                            int n, int D) {
+                                                            const float *A, size_t ars, size_t acs,
+                                                            const float *Y, size_t ys, int n,
+                                                            int D) {
     for (int dc = 0; dc < D; dc += 16) {
         __m256 a[TL_MR][2];
 #pragma GCC unroll 6
@@ -242,13 +259,26 @@ static void tl_acc(int mr, float *C, size_t cs, const float *A, size_t ars, size
                    const float *Y, size_t ys, int n, int D) {
     if (n <= 0) return;
     switch (mr) {
-    case 6: tl_acc_mr(6, C, cs, A, ars, acs, Y, ys, n, D); break;
-    case 5: tl_acc_mr(5, C, cs, A, ars, acs, Y, ys, n, D); break;
-    case 4: tl_acc_mr(4, C, cs, A, ars, acs, Y, ys, n, D); break;
-    case 3: tl_acc_mr(3, C, cs, A, ars, acs, Y, ys, n, D); break;
-    case 2: tl_acc_mr(2, C, cs, A, ars, acs, Y, ys, n, D); break;
-    case 1: tl_acc_mr(1, C, cs, A, ars, acs, Y, ys, n, D); break;
-    default: break;
+    case 6:
+        tl_acc_mr(6, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    case 5:
+        tl_acc_mr(5, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    case 4:
+        tl_acc_mr(4, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    case 3:
+        tl_acc_mr(3, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    case 2:
+        tl_acc_mr(2, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    case 1:
+        tl_acc_mr(1, C, cs, A, ars, acs, Y, ys, n, D);
+        break;
+    default:
+        break;
     }
 }
 
@@ -271,7 +301,8 @@ static inline __m256 tl_exp2(__m256 x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.402265069591007e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.931471805599453e-1f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256i e =
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
@@ -345,8 +376,8 @@ static void tl_kc_fill(tl_kcache *kc, int a, int e) {
 }
 
 /* Makes keys [j0, j1) of (b, g) ready (K, V: the whole tensors; y = V or K). */
-static void tl_kc_need(tl_kcache *kc, const float *k, const float *v, const float *y, int b,
-                       int g, int j0, int j1) {
+static void tl_kc_need(tl_kcache *kc, const float *k, const float *v, const float *y, int b, int g,
+                       int j0, int j1) {
     if (kc->b != b || kc->g != g) {
         size_t off = (size_t)b * kc->T * kc->ks + (size_t)g * kc->D;
         kc->b = b, kc->g = g, kc->pa = kc->pe = 0;
@@ -383,8 +414,8 @@ static void tl_kc_init(tl_kcache *kc, float *w, int T, int Hkv, int D, int bwd, 
  * j0 + col): masks, keeps P = exp(s - m_new) in S, and returns the factor the row's output must
  * be scaled by (1 when nothing changes). Only 8-key groups that straddle [lo, hi) (or any, with
  * per-key segment ids) pay for the mask. */
-static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt,
-                        int si, float *m, float *l) {
+static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt, int si,
+                        float *m, float *l) {
     int c0 = p0 * 16, c1 = p1 * 16;
     __m256 ninf = _mm256_set1_ps(-INFINITY), mx = ninf;
     for (int c = c0; c < c1; c += 8) {
@@ -428,7 +459,9 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
     for (int i = i0; i < i1; i++)
         for (int hh = 0; hh < G; hh++) {
             lse[((size_t)b * H + g * G + hh) * T + i] = -INFINITY;
-            if (i >= ie) memset(out + (size_t)(b * T + i) * c->qs + (size_t)(g * G + hh) * D, 0, (size_t)D * sizeof(float));
+            if (i >= ie)
+                memset(out + (size_t)(b * T + i) * c->qs + (size_t)(g * G + hh) * D, 0,
+                       (size_t)D * sizeof(float));
         }
     if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
@@ -472,8 +505,8 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
             }
             /* keys past the chunk (inside the last panel) have P = 0 and are not read */
             int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
-            tl_acc(mr, Xo + (size_t)r * D, D, Sr + u0, TL_NC, 1, Vc + (size_t)u0 * vs, vs,
-                   u1 - u0, D);
+            tl_acc(mr, Xo + (size_t)r * D, D, Sr + u0, TL_NC, 1, Vc + (size_t)u0 * vs, vs, u1 - u0,
+                   D);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -490,9 +523,9 @@ static size_t tl_fwd_ws(int R, int T, int D) {
     return tl_kc_floats(T, D, 0) + tl_round((size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
 }
 
-void attention_forward_tiled(float *out, float *lse, const float *q, const float *k,
-                             const float *v, const int *seg, const int *len, int B, int T, int H,
-                             int Hkv, int D, int window, float scale) {
+void attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
     size_t per = tl_fwd_ws(G * bq, T, D);
     float *ws = tl_ws_get(per * nth);
@@ -564,7 +597,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
     float *Xdq = Xdo + (size_t)R * D, *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
     int lo[TL_ROWS + 8], segt[TL_NC];
     for (int i = ie > i0 ? ie : i0; i < i1; i++)
-        memset(io->dq + (size_t)(b * T + i) * c->qs + (size_t)g * G * D, 0, (size_t)G * D * sizeof(float));
+        memset(io->dq + (size_t)(b * T + i) * c->qs + (size_t)g * G * D, 0,
+               (size_t)G * D * sizeof(float));
     if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
         lo[i - i0] = att_lo(&c->m, i);
@@ -576,7 +610,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
         memset(Xdq + (size_t)r * D, 0, (size_t)D * sizeof(float));
         __m256 s = _mm256_setzero_ps();
         for (int d = 0; d < D; d += 8)
-            s = _mm256_fmadd_ps(_mm256_loadu_ps(io->dout + off + d), _mm256_loadu_ps(io->out + off + d), s);
+            s = _mm256_fmadd_ps(_mm256_loadu_ps(io->dout + off + d),
+                                _mm256_loadu_ps(io->out + off + d), s);
         Drow[r] = tl_hsum(s);
         lrow[r] = io->lse[((size_t)b * H + h) * T + i];
     }
@@ -599,8 +634,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
             }
             for (int t = 0; t < mr; t++) {
                 int i = i0 + (r + t) / G;
-                tl_bwd_row(Sr + (size_t)t * TL_NC, dPr + (size_t)t * TL_NC, np, p0, p1 > p0 ? p1 : p0, j0,
-                           lo[i - i0], i + 1, c->nonmono ? segt : NULL,
+                tl_bwd_row(Sr + (size_t)t * TL_NC, dPr + (size_t)t * TL_NC, np, p0,
+                           p1 > p0 ? p1 : p0, j0, lo[i - i0], i + 1, c->nonmono ? segt : NULL,
                            c->nonmono ? c->m.seg[i] : 0, io->scale, lrow[r + t], Drow[r + t]);
             }
             if (p0 < p1) { /* dQ += dS . K over the visible keys of the chunk */
@@ -616,10 +651,10 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
             int rs = (j0 + jg - i0) > 0 ? (j0 + jg - i0) * G : 0;
             if (rs >= R) break;
             size_t dro = (size_t)(j0 + jg) * dks;
-            tl_acc(mr, dk + dro, dks, dP + (size_t)rs * TL_NC + jg, 1, TL_NC,
-                   Xq + (size_t)rs * D, D, R - rs, D);
-            tl_acc(mr, dv + dro, dks, S + (size_t)rs * TL_NC + jg, 1, TL_NC,
-                   Xdo + (size_t)rs * D, D, R - rs, D);
+            tl_acc(mr, dk + dro, dks, dP + (size_t)rs * TL_NC + jg, 1, TL_NC, Xq + (size_t)rs * D,
+                   D, R - rs, D);
+            tl_acc(mr, dv + dro, dks, S + (size_t)rs * TL_NC + jg, 1, TL_NC, Xdo + (size_t)rs * D,
+                   D, R - rs, D);
         }
     }
     for (int r = 0; r < R; r++) {
@@ -630,7 +665,8 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
 }
 
 static size_t tl_bwd_ws(int R, int T, int D) {
-    return tl_kc_floats(T, D, 1) + tl_round(2 * (size_t)R * TL_NC + 3 * (size_t)R * D + 2 * (size_t)R);
+    return tl_kc_floats(T, D, 1) +
+           tl_round(2 * (size_t)R * TL_NC + 3 * (size_t)R * D + 2 * (size_t)R);
 }
 
 /* Splits query blocks [0, nqb) of (b, g) into `parts` runs of about equal work (keys seen,
@@ -734,7 +770,9 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
                 float *ok = dk + ((size_t)b * T + t) * ks + (size_t)g * D;
                 float *ov = dv + ((size_t)b * T + t) * ks + (size_t)g * D;
                 for (int p = 1; p < parts; p++) {
-                    const float *sk = partbuf + ((size_t)(p - 1) * bg + (size_t)b * Hkv + g) * 2 * slab + (size_t)t * D;
+                    const float *sk = partbuf +
+                                      ((size_t)(p - 1) * bg + (size_t)b * Hkv + g) * 2 * slab +
+                                      (size_t)t * D;
                     const float *sv = sk + slab;
                     for (int d = 0; d < D; d++)
                         ok[d] += sk[d], ov[d] += sv[d];
