@@ -17,12 +17,13 @@ int cmd_quantize(int argc, char **argv) {
         {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (F32, BF16 or F16)"},
         {"out", OPT_STR, &out, "DIR", "folder for the quantized model"},
         {"quant", OPT_STR, &quant, "TYPE", "nf4 or fp4"},
-        {"blocksize", OPT_INT, &blocksize, "N", "values per absmax block (bitsandbytes: 64)"},
+        {"quant-blocksize", OPT_INT, &blocksize, "N", "values per absmax block (bitsandbytes: 64), as train's --quant-blocksize"},
+        {"blocksize", OPT_INT, &blocksize, "N", "the same as --quant-blocksize"},
         {"double-quant", OPT_FLAG, &double_quant, NULL,
          "quantize the absmax values too (bnb_4bit_use_double_quant=True)"},
         {0},
     };
-    const cmd_info info = {"quantize", "ftune quantize --model DIR --out DIR [--quant nf4|fp4] [--blocksize N] [--double-quant]",
+    const cmd_info info = {"quantize", "ftune quantize --model DIR --out DIR [--quant nf4|fp4] [--quant-blocksize N] [--double-quant]",
                            "Quantize the linear layers to 4 bits as bitsandbytes does, in the layout\n"
                            "transformers saves (BitsAndBytesConfig(load_in_4bit=True[, bnb_4bit_use_double_quant=True]))."};
     ft_error err = {0};
