@@ -652,6 +652,17 @@ void st_release_pages(const st_tensor *t) {
     madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset) {
+    for (int i = 0; i < s->nfiles; i++) {
+        const st_file *f = s->files[i];
+        const uint8_t *p = t->data, *base = f->map;
+        if (p < base || p + t->nbytes > base + f->size) continue;
+        *offset = (long long)(p - base);
+        return open(f->path, O_RDONLY | O_CLOEXEC);
+    }
+    return -1;
+}
+
 ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape, float *dst,
                       ft_error *err) {
     const st_tensor *t;
@@ -679,6 +690,24 @@ ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t
                             "expected dtype F32, F16 or BF16, found %s", dtype_names[t->dtype]);
     }
     return FT_OK;
+}
+
+int st_read_range_f32(const st_tensor *t, size_t first, size_t n, float *dst) {
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) return 1;
+    size_t es = dtype_sizes[t->dtype];
+    const uint8_t *p = (const uint8_t *)t->data + first * es;
+    if (t->dtype == ST_F32) memcpy(dst, p, n * 4);
+    else
+        for (size_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, p + 2 * i, 2);
+            dst[i] = t->dtype == ST_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+        }
+    /* the whole pages inside this range: a page shared with the next slice stays */
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n * es) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- writer */

@@ -53,6 +53,10 @@ const char *st_metadata(const st_set *s, const char *key);
  * expected and the found shape or dtype. */
 ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape,
                       float *dst, ft_error *err);
+/* Values first .. first+n-1 of t (flattened) as fp32, from F32, F16 or BF16 (1 for another
+ * dtype, dst untouched), then those pages given back (st_release_pages): a tensor converted a
+ * slice at a time is never wholly resident. */
+int st_read_range_f32(const st_tensor *t, size_t first, size_t n, float *dst);
 
 /* Tensor `name`, which must exist and have exactly the given shape (else the error of
  * st_read_f32). Its data stays in the mapping: *out lives as long as the set. */
@@ -62,6 +66,11 @@ ft_status st_find_shaped(const st_set *s, const char *name, int ndim, const int6
  * MADV_DONTNEED on the read-only mapping), so a loader that converts one tensor at a time never
  * holds the whole checkpoint. Touching the data again reads it back from the file. */
 void st_release_pages(const st_tensor *t);
+/* A new read-only descriptor on the file t lies in (the caller closes it) and, in *offset,
+ * the file offset of t's first byte; -1 when the file cannot be opened. For reading a few rows
+ * of a large table with pread(): served by the page cache without mapping pages into the
+ * process (a fault on the mapping maps the whole large folio around the row, up to 2 MB). */
+int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset);
 
 /* Writer: collect tensors (the data is referenced, not copied, until st_writer_save), then
  * write them atomically (io/atomic.h), with __metadata__ {"format": "pt"} plus any added. */

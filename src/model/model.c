@@ -4,8 +4,9 @@
  * Weights: norms and biases are converted to fp32 into one allocation; each linear layer's
  * weight becomes a qtensor in the format the load options ask for, converted and quantized one
  * tensor at a time while the checkpoint's pages it came from are released (or, from a
- * bitsandbytes checkpoint, borrowed as stored); the embedding stays in the mapped file when its
- * dtype allows; the LM head is a qtensor of its own format. Which linear layers exist, where each writes in
+ * bitsandbytes checkpoint, borrowed as stored); the embedding stays in the file when its dtype
+ * allows, its rows read with pread() as tokens look them up; a bf16 / f16 / q8 copy is made a
+ * panel of rows at a time; the LM head is a qtensor of its own format. Which linear layers exist, where each writes in
  * its block's fused output buffer, and which biases it has come from the architecture row in
  * config.c, so the forward and backward below have no per-architecture branches beyond
  * "if this layer exists".
@@ -25,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 /* ---- weights -------------------------------------------------------------------------- */
 
@@ -211,6 +213,10 @@ static size_t fp32_floats(const model_config *c) {
     return n + (size_t)c->L * (2 * (size_t)c->C + (c->arch->qk_norm ? 2 * (size_t)c->D : 0));
 }
 
+/* An embedding left in the file and not shared with the LM head is read a row at a time
+ * with pread() (model_forward says why), so none of it is resident. */
+static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
+
 size_t model_weight_bytes(const model_config *c, const model_quant *q) {
     size_t n = fp32_floats(c) * sizeof(float);
     for (int k = 0; k < LIN_COUNT; k++) {
@@ -219,11 +225,9 @@ size_t model_weight_bytes(const model_config *c, const model_quant *q) {
         if (out) n += (size_t)c->L * qbytes(q->linear, out, in, q->blocksize, q->double_quant);
     }
     n += qbytes(q->lm_head, c->V, c->C, 1, 0);
-    /* A mapped embedding counts whole: a looked-up row maps the file pages around it too
-     * (the kernel's fault-around, 64 KB), so within a few steps every page is mapped. They are
-     * clean file pages, which the kernel can reclaim under pressure, unlike a converted copy. */
-    return n + (q->head_is_embed ? 0 : qbytes(q->embed, c->V, c->C, 1, 0));
+    return n + (embed_released(q) ? 0 : q->head_is_embed ? 0 : qbytes(q->embed, c->V, c->C, 1, 0));
 }
+
 
 static float *temp_alloc(size_t bytes) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -231,6 +235,43 @@ static float *temp_alloc(size_t bytes) {
 }
 
 static void temp_free(float *p, size_t bytes) { munmap(p, bytes); }
+
+/* Formats whose rows are stored apart (bf16, f16, q8_0: blocks never cross a row) are
+ * converted a panel of rows at a time into the final allocation: converting a 128k-token LM
+ * head to q8 whole would take 2 GB of fp32 at Llama-3-8B's shape, more than the run. */
+#define LOAD_PANEL_BYTES (16u << 20)
+
+static ft_status load_rows_panelled(const st_tensor *t, const char *name, int rows, int cols,
+                                    qformat f, qtensor *out, ft_error *err) {
+    size_t rb = qbytes(f, 1, (size_t)cols, 1, 0);
+    int prow = (int)(LOAD_PANEL_BYTES / ((size_t)cols * sizeof(float)));
+    if (prow < 1) prow = 1;
+    if (prow > rows) prow = rows;
+    uint8_t *mem = malloc((size_t)rows * rb);
+    float *x = malloc((size_t)prow * cols * sizeof(float));
+    int bad = !mem || !x;
+    for (int r0 = 0; r0 < rows && !bad; r0 += prow) {
+        int nr = rows - r0 < prow ? rows - r0 : prow;
+        qtensor part;
+        bad = st_read_range_f32(t, (size_t)r0 * cols, (size_t)nr * cols, x) ||
+              qtensor_quantize(&part, f, x, nr, cols, 0, 0);
+        if (bad) break;
+        memcpy(mem + (size_t)r0 * rb, part.data, (size_t)nr * rb);
+        qtensor_free(&part);
+    }
+    free(x);
+    if (bad) {
+        free(mem);
+        return ft_error_set(err, FT_ERR_RUNTIME, name, NULL,
+                            "cannot store the tensor [%d, %d] as %s (out of memory)", rows, cols,
+                            fmt_name(f));
+    }
+    st_release_pages(t);
+    memset(out, 0, sizeof *out);
+    out->fmt = f, out->rows = rows, out->cols = cols, out->data = mem, out->owned = mem;
+    out->blocksize = f == QF_Q8_0 ? 32 : 1;
+    return FT_OK;
+}
 
 /* Tensor name (rows, cols) as format f: borrowed from the mapping when allowed and stored that
  * way (aligned for its element type), else converted to fp32 in a temporary buffer and quantized
@@ -249,6 +290,8 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
         return FT_OK;
     }
     size_t n = (size_t)rows * cols;
+    if ((f == QF_BF16 || f == QF_F16 || f == QF_Q8_0) && sf >= 0)
+        return load_rows_panelled(t, name, rows, cols, f, out, err);
     /* fp32 keeps the buffer (malloc: qtensor_free frees it); a buffer only needed while
      * quantizing is mapped and unmapped, so it goes back to the system at once rather than
      * leaving a hole in the heap between the quantized tensors */
@@ -347,6 +390,13 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     if ((st = load_tensor(m->src, "model.embed_tokens.weight", c->V, c->C, q->embed,
                           q->embed_borrowed, q, &m->wte, err)))
         goto done;
+    if (!m->wte.owned && embed_released(q)) {
+        const st_tensor *t = st_find(m->src, "model.embed_tokens.weight");
+        m->wte_row = malloc(qbytes(m->wte.fmt, 1, (size_t)c->C, 1, 0));
+        int fd = m->wte_row ? st_open_tensor_file(m->src, t, &m->wte_offset) : -1;
+        /* fd -1: rows come from the mapping, as a copied embedding's do */
+        m->wte_fd = fd + 1;
+    }
     if (q->head_is_embed && m->wte.fmt == q->lm_head) {
         m->lm_head = m->wte;
         m->lm_head.owned = NULL; /* wte owns it, if anyone does */
@@ -360,7 +410,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
             if (m->blocks[l].lin[k].out) wb += qtensor_bytes(&m->blocks[l].lin[k].W);
-    if (m->lm_head.data != m->wte.data) wb += qtensor_bytes(&m->wte);
+    if (m->lm_head.data != m->wte.data && !m->wte_fd) wb += qtensor_bytes(&m->wte);
     m->weight_bytes = wb;
 done:
     if (st) model_free(m);
@@ -373,6 +423,8 @@ void model_free(model *m) {
             for (int k = 0; k < LIN_COUNT; k++) qtensor_free(&m->blocks[l].lin[k].W);
     qtensor_free(&m->lm_head);
     qtensor_free(&m->wte);
+    if (m->wte_fd) close(m->wte_fd - 1);
+    free(m->wte_row);
     st_close(m->src);
     free(m->weights);
     free(m->blocks);
@@ -647,13 +699,31 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
 
 /* ---- the model ----------------------------------------------------------------------- */
 
+/* out (C) = embedding row id. A row of a mapped table read through the mapping would map the
+ * page-cache folio around it (ext4 caches files in large folios, up to 2 MB, and a fault maps a
+ * folio whole), so a step of 2,048 tokens maps all of Llama 3's 1 GB table; pread() copies
+ * just the row from the page cache. */
+static void embed_row(const model *m, int id, float *out) {
+    const qtensor *w = &m->wte;
+    size_t rb = qbytes(w->fmt, 1, (size_t)w->cols, 1, 0);
+    if (m->wte_fd &&
+        pread(m->wte_fd - 1, m->wte_row, rb, (off_t)(m->wte_offset + (long long)id * (long long)rb)) ==
+            (ssize_t)rb) {
+        qtensor row = *w;
+        row.rows = 1, row.data = m->wte_row, row.owned = NULL;
+        qtensor_dequant_rows(&row, 0, 1, out);
+        return;
+    }
+    qtensor_dequant_rows(w, id, 1, out);
+}
+
 double model_forward(const model *mc, acts *a, const batch *b, int train, uint64_t seed,
                      float *logits, long *count) {
     model *m = (model *)mc;
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
     const size_t sN = (size_t)a->maxN;
-    for (int n = 0; n < N; n++) qtensor_dequant_rows(&m->wte, b->ids[n], 1, a->x + (size_t)n * C);
+    for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C);
     for (int l = 0; l < c->L; l++) {
         /* train keeps every layer's input; eval (and recompute) runs in place in slot 0 */
         float *x = a->x + (train ? (size_t)l : 0) * sN * C;

@@ -5,8 +5,8 @@
  * Frozen weights are qtensors (ops/qtensor.h): the linear layers in the format --quant asks for
  * (fp32 by default; NF4/FP4 as bitsandbytes, Q8_0 as GGUF, bf16), quantized one tensor at a time
  * as they are read, or borrowed as they are from a bitsandbytes 4-bit checkpoint; the embedding
- * borrowed from the mapped checkpoint in its own dtype (clean file pages the kernel can
- * reclaim, rather than a converted copy); the LM head in its own format. Norm weights and biases stay fp32.
+ * left in the checkpoint in its own dtype and read a row at a time (pread: none of it resident,
+ * rather than a converted copy); the LM head in its own format. Norm weights and biases stay fp32.
  *
  * Three structs, in the manner of llama2.c: model (config + frozen weights + LoRA), acts (every
  * activation the backward pass needs, sized once for B x T tokens), and batch (the ids, targets
@@ -79,6 +79,10 @@ typedef struct model {
     size_t n_weights;
     size_t weight_bytes; /* frozen weights resident while training (model_weight_bytes) */
     st_set *src;    /* the mapped checkpoint borrowed tensors point into */
+    int wte_fd;           /* fd + 1 of the embedding's file, whose rows are read with pread()
+                             (0: none; rows come from wte) */
+    long long wte_offset; /* at this offset (see model_forward) */
+    void *wte_row;        /* one row as stored, read there */
     lora_set *lora; /* NULL: no adapter */
     int QKV;        /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
 } model;
@@ -92,7 +96,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                           ft_error *err);
 void model_free(model *m);
 /* Bytes of frozen weights resident while training with this config and storage (what
- * m->weight_bytes comes to); a mapped embedding counts whole (model.c says why). */
+ * m->weight_bytes comes to). An embedding left in the file is read a row at a time (pread)
+ * and is not resident; a tied one that is also the LM head counts once. */
 size_t model_weight_bytes(const model_config *c, const model_quant *q);
 
 typedef struct batch {

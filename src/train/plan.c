@@ -3,7 +3,7 @@
  *
  * Parts: frozen weights in their storage formats (model_weight_bytes: per-format bytes per
  * value with the absmax / double-quantization state; an embedding left in the mapped file in
- * its own dtype); the buffer a quantized matmul dequantizes a panel of rows into (qtensor.c's
+ * its own dtype is read a row at a time and not resident); the buffer a quantized matmul dequantizes a panel of rows into (qtensor.c's
  * PANEL_BYTES); LoRA parameters and their gradients; AdamW's two moments; activations saved for
  * backward and the scratch of one step (one layer's worth with gradient
  * checkpointing); the batch buffers; and a baseline for the program, its libraries and the BLAS

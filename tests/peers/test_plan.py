@@ -126,3 +126,46 @@ def test_train_refuses_what_does_not_fit_and_names_quant(big):
 def test_plan_bad_model(tmp_path):
     r = subprocess.run([FTUNE, "plan", "--model", tmp_path], capture_output=True, text=True)
     assert r.returncode == 2 and "config.json" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def wide_vocab(tmp_path_factory):
+    """A Llama written by transformers in BF16 with Llama 3's vocabulary (128,256 tokens) and an
+    untied LM head on a 576-wide, 2-layer body: the BF16 embedding (148 MB) is the largest
+    tensor, larger than all the rest of a QLoRA run at B 1 T 128."""
+    import torch
+    import transformers
+    d = tmp_path_factory.mktemp("plan-vocab")
+    cfg = transformers.LlamaConfig(vocab_size=128256, hidden_size=576, intermediate_size=1536,
+                                   num_hidden_layers=2, num_attention_heads=9,
+                                   num_key_value_heads=3, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(d / "model")
+    rng = random.Random(2)
+    with open(d / "data.jsonl", "w") as f:
+        for _ in range(4):
+            f.write(json.dumps({"input_ids": [rng.randrange(128256) for _ in range(128)]}) + "\n")
+    return d
+
+
+def test_mapped_embedding_is_not_resident(wide_vocab):
+    """The BF16 embedding left in the file is read a row at a time with pread(), so the run's
+    peak RSS holds none of it (a lookup through the mapping maps the whole page-cache folio
+    around the row, up to 2 MB, so one step of random tokens mapped all 148 MB): measured well
+    below what the table would add, and the plan, which now leaves it out, within 10%."""
+    emb = 128256 * 576 * 2
+    opts = ["--batch-size", "1", "--seq-len", "128", "--lora-r", "16", "--lora-targets",
+            "all-linear", "--quant", "nf4", "--quant-lm-head", "q8"]
+    r = subprocess.run([FTUNE, "plan", "--model", wide_vocab / "model", *opts],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "embedding bf16 (mapped)" in r.stdout, r.stdout
+    planned = json.loads(r.stdout.strip().splitlines()[-1])["total_bytes"]
+    measured = peak_rss_of(["train", "--model", wide_vocab / "model", "--data",
+                            wide_vocab / "data.jsonl", "--out", wide_vocab / "run", "--overwrite",
+                            "--steps", "3", "--threads", "2", "--quiet", *opts])
+    whole = planned + emb  # the same run with every page of the table resident
+    assert measured < whole - 0.75 * emb, \
+        f"measured {measured / 2**20:.1f} MB, with the whole table {whole / 2**20:.1f} MB"
+    assert abs(planned - measured) <= 0.10 * measured, \
+        f"planned {planned / 2**20:.1f} MB, measured {measured / 2**20:.1f} MB"
