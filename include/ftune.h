@@ -67,6 +67,8 @@ typedef struct ft_train_options {
     int overwrite;
     int quiet;    /* no progress lines */
     int grad_checkpoint; /* recompute each layer in backward (also switched on when memory is short) */
+    const char *grad_checkpoint_dtype; /* the kept layer inputs: "fp32" (NULL) or "bf16" (half
+                                          the memory; implies grad_checkpoint) */
     long save_every;      /* checkpoint every N steps (0: only at the end) */
     int keep_checkpoints; /* keep the newest K checkpoint-STEP folders (0: all) */
     const char *resume;   /* continue the run in this folder from its newest checkpoint */

@@ -178,6 +178,91 @@ static void check_ckpt_identical(void) {
     if (system(cmd)) {}
 }
 
+/* bf16 layer checkpoints: the forward goes on from each layer's input rounded to bf16, so the
+ * loss and LoRA gradients are those of a slightly rounded model. Recompute consistency: they are
+ * bit-identical to that rounded model run without checkpointing (every activation kept, the
+ * inputs rounded in place: acts_round_inputs), so backward's recompute starts from exactly what
+ * the forward used. (Finite differences cannot check this: rounding makes the loss a step
+ * function at the scale of a 3e-3 step.) And they are within 1e-2 (relative) of the fp32 path:
+ * bf16 keeps 8 bits, 2^-9 of relative rounding per value, which moved the loss by ~1e-5 and the
+ * gradients by ~6e-3 of the largest here. The activations take what the plan says, and for a
+ * deep model less than fp32 checkpoints by (L+1) N C x 2 bytes less one fp32 working slot. */
+static void check_bf16_checkpoints(void) {
+    char dir[] = "/tmp/ftune_ckpt16_test_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    ft_error err;
+    model_init_random("llama", "tiny", 97, 3, dir, &err);
+    model m;
+    if (model_load(dir, &m, &err) != FT_OK) {
+        CHECK(0, "load: %s", err.what);
+        return;
+    }
+    unsigned mask;
+    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
+    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
+    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    dataset ds = {0};
+    ds.n = 2;
+    ds.ex = calloc(2, sizeof(example));
+    for (int e = 0; e < 2; e++) {
+        ds.ex[e].n = 13 - 4 * e;
+        ds.ex[e].ids = malloc(13 * sizeof(int32_t));
+        ds.ex[e].labels = malloc(13 * sizeof(int32_t));
+        for (int t = 0; t < 13; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+    }
+    batch b;
+    batch_alloc(&b, 2, 13, &err);
+    int idx[2] = {0, 1};
+    batch_fill(&b, &ds, idx, 2);
+    /* fp32 without checkpoints; bf16 checkpoints twice; the rounded model without them */
+    const int modes[4] = {CKPT_NONE, CKPT_BF16, CKPT_BF16, CKPT_NONE};
+    float *g[4];
+    double loss[4];
+    for (int r = 0; r < 4; r++) {
+        acts *a;
+        CHECK(acts_alloc_ckpt(&m, 2, 13, 0, modes[r], &a, &err) == FT_OK, "acts");
+        if (r == 3) acts_round_inputs(a);
+        memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
+        loss[r] = model_forward(&m, a, &b, 1, 5, NULL, NULL);
+        model_backward(&m, a, &b, 1.0f, 5);
+        g[r] = malloc(m.lora->n_params * sizeof(float));
+        memcpy(g[r], m.lora->grads, m.lora->n_params * sizeof(float));
+        CHECK(acts_bytes(a) == acts_plan_bytes(&m.cfg, 4, m.lora->n, 2, 13, modes[r]),
+              "plan = allocation");
+        acts_free(a);
+    }
+    size_t n = m.lora->n_params * sizeof(float);
+    CHECK(loss[1] == loss[2] && !memcmp(g[1], g[2], n), "bf16 checkpoints: two runs differ");
+    CHECK(loss[1] == loss[3] && !memcmp(g[1], g[3], n),
+          "bf16 checkpoints differ from the rounded model without checkpoints: loss %.17g vs %.17g",
+          loss[1], loss[3]);
+    double maxg = 0, worst = 0;
+    for (size_t i = 0; i < m.lora->n_params; i++) {
+        maxg = fmax(maxg, fabs(g[0][i]));
+        worst = fmax(worst, fabs(g[1][i] - g[0][i]));
+    }
+    CHECK(loss[1] != loss[0], "bf16 checkpoints round something (loss %.17g)", loss[1]);
+    CHECK(fabs(loss[1] - loss[0]) <= 1e-2 * fabs(loss[0]), "loss %.9g vs fp32 %.9g", loss[1], loss[0]);
+    CHECK(maxg > 1e-3 && worst <= 1e-2 * maxg, "bf16 checkpoints: LoRA grads differ by %g (max %g)",
+          worst, maxg);
+    printf("bf16 checkpoints: loss %.7g vs fp32 %.7g; grads differ by %.3g of the largest\n",
+           loss[1], loss[0], worst / maxg);
+    model_config deep = m.cfg;
+    deep.L = 32;
+    size_t f32 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_FP32),
+           b16 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_BF16),
+           NC = (size_t)2 * 13 * deep.C, saved = 33 * NC * 2 - NC * 4;
+    CHECK(f32 - b16 + 128 >= saved && f32 - b16 <= saved + 128,
+          "32 layers: bf16 checkpoints save %zu bytes, expected %zu", f32 - b16, saved);
+    for (int r = 0; r < 4; r++) free(g[r]);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
 /* A model loaded with quantized linear weights computes exactly what the fp32 model computes
  * when its weights are the dequantized values: forward and LoRA gradients within fp32 rounding
  * of a different summation order (1e-5 of the largest gradient; in practice they are equal, as
@@ -268,6 +353,7 @@ int main(void) {
     check_arch("qwen3", 0.0, 1); /* gradient checkpointing: recomputed layers, same gradients */
     check_arch("phi3", 0.3, 1);
     check_ckpt_identical();
+    check_bf16_checkpoints();
     check_quantized_equals_dequantized("nf4", 0);
     check_quantized_equals_dequantized("nf4", 1);
     check_quantized_equals_dequantized("fp4", 0);

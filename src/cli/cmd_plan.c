@@ -14,7 +14,7 @@ int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *targets = "q_proj,v_proj";
     long B = 8, T = 2048, R = 8, qbs = 64;
     int ckpt = 0, dq = 0;
-    const char *quant = "none", *qhead = NULL;
+    const char *quant = "none", *qhead = NULL, *ckdt = "fp32";
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (only config.json is read)"},
         {"batch-size", OPT_INT, &B, "B", "examples per micro-batch"},
@@ -22,6 +22,7 @@ int cmd_plan(int argc, char **argv) {
         {"lora-r", OPT_INT, &R, "R", "LoRA rank"},
         {"lora-targets", OPT_STR, &targets, "LIST", "comma list of q_proj,k_proj,... or all-linear"},
         {"grad-checkpoint", OPT_FLAG, &ckpt, NULL, "recompute each layer in backward"},
+        {"grad-checkpoint-dtype", OPT_STR, &ckdt, "T", "kept layer inputs: fp32 or bf16 (implies --grad-checkpoint)"},
         {"quant", OPT_STR, &quant, "FMT", "frozen linear weights: nf4, fp4, q8, bf16 or none (fp32)"},
         {"double-quant", OPT_FLAG, &dq, NULL, "nf4/fp4: quantize the absmax values too"},
         {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 block size"},
@@ -37,6 +38,11 @@ int cmd_plan(int argc, char **argv) {
     if (!rc && (B < 1 || T < 2 || R < 1))
         rc = ft_error_set(&err, FT_ERR_INPUT, "ftune plan", NULL,
                           "--batch-size, --seq-len and --lora-r must be positive");
+    int level = ckpt_dtype_parse(ckdt);
+    if (!rc && level < 0)
+        rc = ft_error_set(&err, FT_ERR_INPUT, "option --grad-checkpoint-dtype", "use fp32 or bf16",
+                          "unknown dtype \"%s\"", ckdt);
+    if (level == CKPT_BF16) ckpt = CKPT_BF16;
     model_config cfg;
     int have_cfg = 0;
     if (!rc) rc = model_config_load(model, &cfg, &err), have_cfg = !rc;
@@ -52,7 +58,8 @@ int cmd_plan(int argc, char **argv) {
     }
     const double MB = 1048576.0;
     printf("memory plan (B %ld, T %ld, LoRA r %ld on %d modules, %zu parameters%s)\n", B, T, R,
-           p.lora_modules, p.lora_params, ckpt ? ", gradient checkpointing" : "");
+           p.lora_modules, p.lora_params,
+           ckpt == CKPT_BF16 ? ", gradient checkpointing in bf16" : ckpt ? ", gradient checkpointing" : "");
     char how[256];
     model_quant_describe(&q, how, sizeof how);
     printf("  %-28s %10.1f MB   (%s)\n", "frozen weights", p.weights / MB, how);

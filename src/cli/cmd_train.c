@@ -42,6 +42,7 @@ int cmd_train(int argc, char **argv) {
         {"overwrite", OPT_FLAG, &o.overwrite, NULL, "write into a non-empty run folder"},
         {"quiet", OPT_FLAG, &o.quiet, NULL, "no progress lines"},
         {"grad-checkpoint", OPT_FLAG, &o.grad_checkpoint, NULL, "keep layer inputs only, recompute layers in backward (same numbers, less memory)"},
+        {"grad-checkpoint-dtype", OPT_STR, &o.grad_checkpoint_dtype, "T", "kept layer inputs: fp32, or bf16 (half the memory; the forward goes on from the rounded values; implies --grad-checkpoint)"},
         {"save-every", OPT_INT, &o.save_every, "N", "write RUN/checkpoint-STEP every N steps (0: only at the end)"},
         {"keep-checkpoints", OPT_INT, &keep, "K", "keep the newest K checkpoints (0: all)"},
         {"resume", OPT_STR, &o.resume, "RUN", "continue RUN from its newest checkpoint, with its settings"},

@@ -437,6 +437,8 @@ void model_free(model *m) {
 
 struct acts {
     int maxB, maxT, maxN, chunk, L;
+    int C;       /* the width of the residual stream */
+    int round16; /* acts_round_inputs */
     int ckpt; /* gradient checkpointing: only each layer's input is kept; layers are recomputed */
     size_t bytes;
     /* saved per layer (train; one slot when ckpt) */
@@ -447,9 +449,10 @@ struct acts {
     float *hf, *rstdf, *dhf;
     /* scratch */
     float *dres, *dln, *dqkv, *dq, *dk, *dv, *dq2, *dk2, *datt, *dgu, *dact, *dxa, *xd, *xent, *xtmp;
+    uint16_t *x16; /* CKPT_BF16: (L+1, N, C) the kept layer inputs; x is then two working slots */
 };
 
-#define ACTS_PARTS 37
+#define ACTS_PARTS 38
 
 /* The size in floats of each part of acts, in the order acts_alloc lays them out. The same
  * numbers serve the memory plan (ftune plan) and the allocation. */
@@ -461,7 +464,8 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
     if (maxin < HD) maxin = HD;
     int qn = c->arch->qk_norm;
     size_t v[ACTS_PARTS] = {
-        ((size_t)c->L + 1) * N * C,                 /* x: every layer's input, always */
+        /* x: every layer's input (bf16 checkpoints: one working slot, the inputs in x16) */
+        (ckpt == CKPT_BF16 ? 1 : (size_t)c->L + 1) * N * C,
         L * N * C, L * N, L * N * QKV,              /* ln1 rstd1 qkv */
         qn ? L * N * HD : 0, qn ? L * N * KD : 0,   /* qpre kpre */
         qn ? L * N * c->H : 0, qn ? L * N * c->Hkv : 0,
@@ -475,6 +479,7 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
         N * 2 * I, N * I, N * R, N * maxin,         /* dgu dact dxa xd */
         (size_t)chunk * c->V,                       /* xent */
         ckpt ? N * C : 0,                           /* xtmp: a recomputed layer's output */
+        ckpt == CKPT_BF16 ? (((size_t)c->L + 1) * N * C + 1) / 2 : 0, /* x16, 2 per float */
     };
     memcpy(sizes, v, sizeof v);
     return ACTS_PARTS;
@@ -536,10 +541,12 @@ ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, in
         &a->q, &a->k, &a->v, &a->att, &a->lse, &a->xmid, &a->ln2, &a->rstd2, &a->gu, &a->act,
         &a->xa, &a->hf, &a->rstdf, &a->dhf, &a->dres, &a->dln, &a->dqkv, &a->dq, &a->dk,
         &a->dv, &a->dq2, &a->dk2, &a->datt, &a->dgu, &a->dact, &a->dxa, &a->xd, &a->xent,
-        &a->xtmp};
-    for (i = 0; i < np; i++) *parts[i] = take(&cur, sizes[i]);
+        &a->xtmp, NULL};
+    float *x16 = NULL;
+    for (i = 0; i < np; i++) *(parts[i] ? parts[i] : &x16) = take(&cur, sizes[i]);
+    a->x16 = ckpt == CKPT_BF16 ? (uint16_t *)x16 : NULL;
     a->maxB = maxB, a->maxT = maxT, a->maxN = (int)N, a->chunk = xent_chunk, a->L = c->L;
-    a->ckpt = ckpt;
+    a->ckpt = ckpt, a->C = c->C;
     a->bytes = total * sizeof(float);
     *out = a;
     return FT_OK;
@@ -699,6 +706,46 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
 
 /* ---- the model ----------------------------------------------------------------------- */
 
+/* Where layer l's input lives during the forward: train keeps every layer's input (bf16
+ * checkpoints: alternating between x and xtmp, which backward's recompute uses later, the
+ * kept copy in x16); eval runs in place in slot 0. */
+static float *layer_input(const acts *a, int l, int train) {
+    if (train && a->ckpt == CKPT_BF16) return l & 1 ? a->xtmp : a->x;
+    return a->x + (train ? (size_t)l : 0) * (size_t)a->maxN * a->C;
+}
+
+/* Round x (N rows) to bf16 in place and keep it as layer l's input: the forward goes on from
+ * the rounded values, which are what backward's recompute will start from. */
+static void keep_bf16(acts *a, int l, float *x, int N) {
+    size_t n = (size_t)N * a->C;
+    if (!a->x16) { /* acts_round_inputs: rounded in place, nothing kept apart */
+        for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+        return;
+    }
+    uint16_t *dst = a->x16 + (size_t)l * a->maxN * a->C;
+    for (size_t i = 0; i < n; i++) {
+        dst[i] = f32_to_bf16(x[i]);
+        x[i] = bf16_to_f32(dst[i]);
+    }
+}
+
+void acts_round_inputs(acts *a) { a->round16 = 1; }
+
+int ckpt_dtype_parse(const char *dtype) {
+    if (!dtype || !strcmp(dtype, "fp32")) return CKPT_FP32;
+    return !strcmp(dtype, "bf16") ? CKPT_BF16 : -1;
+}
+
+/* Layer l's input as the forward saw it, for backward: bf16 checkpoints are widened (exactly)
+ * into slot 0. */
+static const float *kept_input(acts *a, int l, int N) {
+    if (a->ckpt != CKPT_BF16) return a->x + (size_t)l * a->maxN * a->C;
+    const uint16_t *src = a->x16 + (size_t)l * a->maxN * a->C;
+    size_t n = (size_t)N * a->C;
+    for (size_t i = 0; i < n; i++) a->x[i] = bf16_to_f32(src[i]);
+    return a->x;
+}
+
 /* out (C) = embedding row id. A row of a mapped table read through the mapping would map the
  * page-cache folio around it (ext4 caches files in large folios, up to 2 MB, and a fault maps a
  * folio whole), so a step of 2,048 tokens maps all of Llama 3's 1 GB table; pread() copies
@@ -722,16 +769,16 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     model *m = (model *)mc;
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
-    const size_t sN = (size_t)a->maxN;
     for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C);
+    int keep16 = train && (a->ckpt == CKPT_BF16 || a->round16);
+    if (keep16) keep_bf16(a, 0, a->x, N);
     for (int l = 0; l < c->L; l++) {
-        /* train keeps every layer's input; eval (and recompute) runs in place in slot 0 */
-        float *x = a->x + (train ? (size_t)l : 0) * sN * C;
-        float *xnext = a->x + (train ? (size_t)(l + 1) : 0) * sN * C;
+        float *x = layer_input(a, l, train), *xnext = layer_input(a, l + 1, train);
         slot s = slot_at(m, a, train && !a->ckpt ? (size_t)l : 0);
         layer_forward(m, a, b, l, &s, x, xnext, seed);
+        if (keep16) keep_bf16(a, l + 1, xnext, N);
     }
-    float *xL = a->x + (train ? (size_t)c->L : 0) * sN * C;
+    float *xL = layer_input(a, c->L, train);
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
     if (logits) qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0);
     if (train) memset(a->dhf, 0, (size_t)N * C * sizeof(float));
@@ -748,12 +795,11 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
 void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_t seed) {
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
-    const size_t sN = (size_t)a->maxN;
     for (size_t i = 0; i < (size_t)N * C; i++) a->dhf[i] *= grad_scale;
     memset(a->dres, 0, (size_t)N * C * sizeof(float));
-    rmsnorm_backward(a->dres, NULL, a->dhf, a->x + (size_t)c->L * sN * C, m->norm_f, a->rstdf, N, C);
+    rmsnorm_backward(a->dres, NULL, a->dhf, kept_input(a, c->L, N), m->norm_f, a->rstdf, N, C);
     for (int l = c->L - 1; l >= 0; l--) {
-        const float *x = a->x + (size_t)l * sN * C;
+        const float *x = kept_input(a, l, N);
         slot s = slot_at(m, a, a->ckpt ? 0 : (size_t)l);
         if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed); /* recompute */
         /* the embedding is frozen: no gradient is needed below layer 0's input */

@@ -110,13 +110,25 @@ typedef struct batch {
                         a token attends only to earlier tokens of its own document */
 } batch;
 
+/* Gradient checkpointing (acts_alloc_ckpt's ckpt): none; each layer's input kept in fp32; or
+ * kept rounded to bf16 (round to nearest even), the forward continuing from the rounded value so
+ * that the recompute in backward sees exactly what the forward used: the gradients are exact
+ * for that slightly rounded model, with half the memory for the kept inputs. */
+enum { CKPT_NONE = 0, CKPT_FP32 = 1, CKPT_BF16 = 2 };
+/* --grad-checkpoint-dtype: "fp32" (or NULL) -> CKPT_FP32, "bf16" -> CKPT_BF16, else -1. */
+int ckpt_dtype_parse(const char *dtype);
+
 /* Activations and scratch for up to maxN = B*T tokens. */
 typedef struct acts acts;
 ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out, ft_error *err);
-/* The same with gradient checkpointing when ckpt != 0: each layer's input is kept and the rest
- * of the layer is recomputed during backward (memory of one layer instead of L). */
+/* The same with gradient checkpointing when ckpt != CKPT_NONE: each layer's input is kept (fp32
+ * or bf16) and the rest of the layer is recomputed during backward (memory of one layer
+ * instead of L). */
 ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
                           acts **out, ft_error *err);
+/* Round each layer's input to bf16 as CKPT_BF16 does, without checkpointing (every activation
+ * kept): the reference the bf16 checkpoints are tested against (model_test.c). */
+void acts_round_inputs(acts *a);
 /* Bytes acts_alloc would take (for the memory plan). */
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
                        int ckpt);

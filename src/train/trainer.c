@@ -125,6 +125,9 @@ static ft_status check_options(const ft_train_options *o, ft_error *err) {
                             "use constant, constant_with_warmup, linear or cosine",
                             "unknown schedule \"%s\"", o->schedule);
     if (o->warmup_steps < 0) BAD("warmup-steps", "must not be negative");
+    if (ckpt_dtype_parse(o->grad_checkpoint_dtype) < 0)
+        return ft_error_set(err, FT_ERR_INPUT, "option --grad-checkpoint-dtype", "use fp32 or bf16",
+                            "unknown dtype \"%s\"", o->grad_checkpoint_dtype);
 #undef BAD
     return FT_OK;
 }
@@ -209,6 +212,12 @@ static void settings_text(const ft_train_options *o, char *buf, size_t n) {
              o->chat_template ? o->chat_template : "", targs, o->quant ? o->quant : "none",
              o->double_quant, o->quant_blocksize ? o->quant_blocksize : 64,
              o->quant_lm_head ? o->quant_lm_head : "default");
+    /* bf16 checkpoints change the numbers (fp32 ones do not): named only then, so the runs
+     * written before the option keep their settings */
+    if (ckpt_dtype_parse(o->grad_checkpoint_dtype) == CKPT_BF16) {
+        size_t u = strlen(buf);
+        snprintf(buf + u, n - u, "grad_checkpoint_dtype=bf16\n");
+    }
 }
 
 /* Fingerprint of the settings plus the model's config.json and weight file sizes. */
@@ -293,6 +302,8 @@ static ft_status write_run_config(const ft_train_options *o, const model *m, lon
     cJSON_AddNumberToObject(op, "quant_blocksize", o->quant_blocksize ? o->quant_blocksize : 64);
     if (o->quant_lm_head) cJSON_AddStringToObject(op, "quant_lm_head", o->quant_lm_head);
     else cJSON_AddNullToObject(op, "quant_lm_head");
+    cJSON_AddStringToObject(op, "grad_checkpoint_dtype",
+                            o->grad_checkpoint_dtype ? o->grad_checkpoint_dtype : "fp32");
     cJSON *r = cJSON_AddObjectToObject(j, "resolved");
     cJSON *t = cJSON_AddArrayToObject(r, "lora_targets");
     for (int k = 0; k < LIN_COUNT; k++)
@@ -396,6 +407,7 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
     G(json_get_bool(op, "double_quant", 0, 0, &dq, path, err));
     G(json_get_int(op, "quant_blocksize", 0, 64, &qbs, path, err));
     G(json_get_string(op, "quant_lm_head", 0, NULL, &o->quant_lm_head, path, err));
+    G(json_get_string(op, "grad_checkpoint_dtype", 0, "fp32", &o->grad_checkpoint_dtype, path, err));
     G(json_get_string(op, "val_data", 0, NULL, &o->val_data, path, err));
     G(json_get_double(op, "val_split", 0, 0, &o->val_split, path, err));
     G(json_get_int(op, "eval_every", 0, 0, &ee, path, err));
@@ -565,10 +577,11 @@ static ft_status check_memory(const ft_train_options *o, const model_config *cfg
     double avail = memory_available();
     if (avail <= 0) return FT_OK;
     double room = 0.95 * avail, MB = 1048576.0;
-    double need = run_bytes(cfg, q, ls, B, T, *ckpt), need_ck = run_bytes(cfg, q, ls, B, T, 1);
+    int level = ckpt_dtype_parse(o->grad_checkpoint_dtype); /* the kind to switch on */
+    double need = run_bytes(cfg, q, ls, B, T, *ckpt), need_ck = run_bytes(cfg, q, ls, B, T, level);
     if (need <= room) return FT_OK;
     if (need_ck <= room) {
-        *ckpt = 1;
+        *ckpt = level;
         if (!o->quiet)
             fprintf(stderr, "memory: the run would need %.0f MB of the %.0f MB available; using "
                             "gradient checkpointing (%.0f MB)\n", need / MB, avail / MB, need_ck / MB);
@@ -582,7 +595,7 @@ static ft_status check_memory(const ft_train_options *o, const model_config *cfg
         q4.linear = QF_NF4, q4.blocksize = 64, q4.double_quant = 0;
         if (q4.lm_head == QF_F32 && !q4.head_borrowed) q4.lm_head = QF_BF16;
         need4 = run_bytes(cfg, &q4, ls, B, T, 0);
-        need4_ck = run_bytes(cfg, &q4, ls, B, T, 1);
+        need4_ck = run_bytes(cfg, &q4, ls, B, T, level);
     }
     char hint[300];
     if (try4 && need4 <= room)
@@ -672,7 +685,10 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     if (val.n && Bv > B) B = Bv;
     /* Memory plan: switch gradient checkpointing on when only it makes the run fit, refuse
      * (saying what would fit) when nothing does. */
-    int ckpt = o->grad_checkpoint;
+    /* bf16 checkpoints imply checkpointing */
+    int ckpt = ckpt_dtype_parse(o->grad_checkpoint_dtype) == CKPT_BF16 ? CKPT_BF16
+               : o->grad_checkpoint                                   ? CKPT_FP32
+                                                                      : CKPT_NONE;
     if ((st = check_memory(o, &cfg, &q, ls, B, T, &ckpt, err))) goto done;
     if ((st = model_load_with(o->model_dir, &lopt, &m, err))) goto done;
     m.lora = ls, ls = NULL;

@@ -48,10 +48,13 @@ def peak_rss_of(args):
                                                 ("all-linear", False, None),
                                                 ("all-linear", True, None),
                                                 ("all-linear", False, "nf4"),
-                                                ("all-linear", True, "nf4")])
+                                                ("all-linear", True, "nf4"),
+                                                ("all-linear", "bf16", "nf4")])
 def test_plan_within_ten_percent(model, targets, ckpt, quant):
     opts = ["--batch-size", "4", "--seq-len", "256", "--lora-r", "16", "--lora-targets", targets]
-    if ckpt:
+    if ckpt == "bf16":
+        opts += ["--grad-checkpoint-dtype", "bf16"]
+    elif ckpt:
         opts.append("--grad-checkpoint")
     if quant:
         opts += ["--quant", quant]
@@ -169,3 +172,34 @@ def test_mapped_embedding_is_not_resident(wide_vocab):
         f"measured {measured / 2**20:.1f} MB, with the whole table {whole / 2**20:.1f} MB"
     assert abs(planned - measured) <= 0.10 * measured, \
         f"planned {planned / 2**20:.1f} MB, measured {measured / 2**20:.1f} MB"
+
+
+def test_bf16_checkpoints_recorded_and_smaller(big):
+    """--grad-checkpoint-dtype bf16 is a setting of the run (run_config.json, and the settings hash:
+    it changes the numbers, fp32 checkpoints do not), and the plan's activations shrink by the
+    kept inputs' half: (L+1) N C x 2 bytes, less the one fp32 working slot it adds."""
+    base = ["--batch-size", "2", "--seq-len", "64", "--lora-r", "16", "--lora-targets",
+            "all-linear", "--quant", "nf4"]
+    plans = {}
+    for dt in ("fp32", "bf16"):
+        r = subprocess.run([FTUNE, "plan", "--model", big / "model", *base, "--grad-checkpoint",
+                            "--grad-checkpoint-dtype", dt], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        plans[dt] = json.loads(r.stdout.strip().splitlines()[-1])["activations"]
+    NC = 2 * 64 * 576
+    assert abs((plans["fp32"] - plans["bf16"]) - (31 * NC * 2 - NC * 4)) <= 256
+    hashes = {}
+    for dt in ("fp32", "bf16"):
+        out = big / f"run-ck-{dt}"
+        r = subprocess.run([FTUNE, "train", "--model", big / "model", "--data", big / "data.jsonl",
+                            "--out", out, "--overwrite", "--steps", "1", "--threads", "2",
+                            "--quiet", *base, "--grad-checkpoint-dtype", dt],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        cfg = json.loads((out / "run_config.json").read_text())
+        assert cfg["options"]["grad_checkpoint_dtype"] == dt
+        hashes[dt] = cfg["settings_hash"]
+    assert hashes["fp32"] != hashes["bf16"]
+    r = subprocess.run([FTUNE, "plan", "--model", big / "model", "--grad-checkpoint-dtype", "fp16"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--grad-checkpoint-dtype" in r.stderr and "bf16" in r.stderr
