@@ -263,6 +263,77 @@ static void check_bf16_checkpoints(void) {
     if (system(cmd)) {}
 }
 
+/* With checkpointing the MLP runs in chunks of rows: the loss and LoRA gradients match the
+ * unchunked, uncheckpointed step within 1e-6 of the largest gradient (a GEMM over fewer rows may
+ * block its sums differently; in practice they are equal), with LoRA dropout on (the chunk's
+ * mask is the batch's rows r0..: lora.c numbers them from row0) and N = 26 not a multiple of
+ * the chunks (5, 7 rows); bf16 checkpoints chunked equal bf16 checkpoints unchunked alike. */
+static void check_mlp_chunks(void) {
+    char dir[] = "/tmp/ftune_mlpchunk_test_XXXXXX";
+    if (!mkdtemp(dir)) return;
+    ft_error err;
+    model_init_random("qwen2", "tiny", 97, 4, dir, &err);
+    model m;
+    if (model_load(dir, &m, &err) != FT_OK) {
+        CHECK(0, "load: %s", err.what);
+        return;
+    }
+    unsigned mask;
+    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
+    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
+    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    dataset ds = {0};
+    ds.n = 2;
+    ds.ex = calloc(2, sizeof(example));
+    for (int e = 0; e < 2; e++) {
+        ds.ex[e].n = 13 - 5 * e;
+        ds.ex[e].ids = malloc(13 * sizeof(int32_t));
+        ds.ex[e].labels = malloc(13 * sizeof(int32_t));
+        for (int t = 0; t < 13; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+    }
+    batch b;
+    batch_alloc(&b, 2, 13, &err);
+    int idx[2] = {0, 1};
+    batch_fill(&b, &ds, idx, 2);
+    /* {ckpt, rows}: the references (unchunked) first */
+    const int runs[5][2] = {{CKPT_NONE, 0}, {CKPT_FP32, 5}, {CKPT_FP32, 7},
+                            {CKPT_BF16, 26}, {CKPT_BF16, 5}};
+    float *g[5];
+    double loss[5];
+    size_t n = m.lora->n_params;
+    for (int r = 0; r < 5; r++) {
+        acts *a;
+        CHECK(acts_alloc_rows(&m, 2, 13, 0, runs[r][0], runs[r][1], &a, &err) == FT_OK, "acts");
+        memset(m.lora->grads, 0, n * sizeof(float));
+        loss[r] = model_forward(&m, a, &b, 1, 9, NULL, NULL);
+        model_backward(&m, a, &b, 1.0f, 9);
+        g[r] = malloc(n * sizeof(float));
+        memcpy(g[r], m.lora->grads, n * sizeof(float));
+        if (r == 1) CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 2, 13, CKPT_FP32),
+                          "chunks take less than the default (all 26 rows here)");
+        acts_free(a);
+    }
+    for (int r = 1; r < 5; r++) {
+        int ref = r < 3 ? 0 : 3;
+        double maxg = 0, worst = 0;
+        for (size_t i = 0; i < n; i++) {
+            maxg = fmax(maxg, fabs(g[ref][i]));
+            worst = fmax(worst, fabs(g[r][i] - g[ref][i]));
+        }
+        CHECK(fabs(loss[r] - loss[ref]) <= 1e-6 * fabs(loss[ref]), "rows %d: loss %.17g vs %.17g",
+              runs[r][1], loss[r], loss[ref]);
+        CHECK(maxg > 1e-3 && worst <= 1e-6 * maxg, "ckpt %d rows %d: LoRA grads differ by %g (max %g)",
+              runs[r][0], runs[r][1], worst, maxg);
+    }
+    for (int r = 0; r < 5; r++) free(g[r]);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    char cmd[200];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) {}
+}
+
 /* A model loaded with quantized linear weights computes exactly what the fp32 model computes
  * when its weights are the dequantized values: forward and LoRA gradients within fp32 rounding
  * of a different summation order (1e-5 of the largest gradient; in practice they are equal, as
@@ -354,6 +425,7 @@ int main(void) {
     check_arch("phi3", 0.3, 1);
     check_ckpt_identical();
     check_bf16_checkpoints();
+    check_mlp_chunks();
     check_quantized_equals_dequantized("nf4", 0);
     check_quantized_equals_dequantized("nf4", 1);
     check_quantized_equals_dequantized("fp4", 0);

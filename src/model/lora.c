@@ -179,19 +179,21 @@ const lora_module *lora_get(const lora_set *ls, int layer, lin_kind k) {
 
 /* ---- math ----------------------------------------------------------------------------- */
 
-/* xd = x * mask / (1 - p), mask_i = (u_i >= p). */
-static void dropout_apply(float *xd, const float *x, size_t n, double p, uint64_t seed) {
+/* xd = x * mask / (1 - p), mask_i = (u_{first+i} >= p): first numbers the values of a slice
+ * of rows as in the whole input, so a layer run in row chunks draws the same mask. */
+static void dropout_apply(float *xd, const float *x, size_t n, double p, uint64_t seed,
+                          size_t first) {
     float keep = (float)(1.0 / (1.0 - p));
-    for (size_t i = 0; i < n; i++) xd[i] = uniform01(seed, i) >= p ? x[i] * keep : 0.0f;
+    for (size_t i = 0; i < n; i++) xd[i] = uniform01(seed, first + i) >= p ? x[i] * keep : 0.0f;
 }
 
 void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo, const float *x,
-                  float *xa, float *xd_scratch, int N, uint64_t drop_seed) {
+                  float *xa, float *xd_scratch, int N, uint64_t drop_seed, size_t row0) {
     const int R = ls->R;
     const float *A = ls->params + m->offA, *Bm = ls->params + m->offB;
     const float *xin = x;
     if (ls->dropout > 0) {
-        dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed);
+        dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
     gemm(0, 1, N, R, m->in, 1.0f, xin, m->in, A, m->in, 0.0f, xa, R);
@@ -200,7 +202,7 @@ void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo,
 
 void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *dout, int ldo,
                    const float *x, const float *xa, float *dxa, float *xd_scratch, int N,
-                   uint64_t drop_seed) {
+                   uint64_t drop_seed, size_t row0) {
     const int R = ls->R;
     const float *A = ls->params + m->offA, *Bm = ls->params + m->offB;
     float *dA = ls->grads + m->offA, *dB = ls->grads + m->offB;
@@ -208,7 +210,7 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
     gemm(0, 0, N, R, m->out, ls->scale, dout, ldo, Bm, R, 0.0f, dxa, R);
     const float *xin = x;
     if (ls->dropout > 0) {
-        dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed);
+        dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
     gemm(1, 0, R, m->in, N, 1.0f, dxa, R, xin, m->in, 1.0f, dA, m->in);
@@ -218,7 +220,7 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
         gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 0.0f, xd_scratch, m->in);
         float keep = (float)(1.0 / (1.0 - ls->dropout));
         for (size_t i = 0; i < (size_t)N * m->in; i++)
-            if (uniform01(drop_seed, i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
+            if (uniform01(drop_seed, row0 * m->in + i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
     } else {
         gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 1.0f, dx, m->in);
     }

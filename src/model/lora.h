@@ -54,14 +54,15 @@ void lora_free(lora_set *ls);
 const lora_module *lora_get(const lora_set *ls, int layer, lin_kind k);
 
 /* Forward of one LoRA module on input x (N, in): out[:, :out] (row stride ldo) += scale * B A xd,
- * where xd = dropout(x) (x itself when dropout is 0). xa (N, R) receives A xd for backward. */
+ * where xd = dropout(x) (x itself when dropout is 0). xa (N, R) receives A xd for backward.
+ * row0: x is rows row0.. of a larger input (a chunk), whose dropout mask it takes. */
 void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo, const float *x,
-                  float *xa, float *xd_scratch, int N, uint64_t drop_seed);
+                  float *xa, float *xd_scratch, int N, uint64_t drop_seed, size_t row0);
 /* Backward: grads of A and B accumulate; dx (N, in) += the input gradient.
  * dxa_scratch holds N*R floats, xd_scratch N*in (only used with dropout). */
 void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *dout, int ldo,
                    const float *x, const float *xa, float *dxa_scratch, float *xd_scratch, int N,
-                   uint64_t drop_seed);
+                   uint64_t drop_seed, size_t row0);
 
 /* PEFT adapter folders: adapter_config.json + adapter_model.safetensors. */
 ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **out, ft_error *err);

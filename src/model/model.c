@@ -439,6 +439,7 @@ struct acts {
     int maxB, maxT, maxN, chunk, L;
     int C;       /* the width of the residual stream */
     int round16; /* acts_round_inputs */
+    int mlp_rows; /* the MLP runs in chunks of this many rows (maxN without checkpointing) */
     int ckpt; /* gradient checkpointing: only each layer's input is kept; layers are recomputed */
     size_t bytes;
     /* saved per layer (train; one slot when ckpt) */
@@ -457,11 +458,12 @@ struct acts {
 /* The size in floats of each part of acts, in the order acts_alloc lays them out. The same
  * numbers serve the memory plan (ftune plan) and the allocation. */
 static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_t N, int chunk,
-                      int ckpt, size_t sizes[ACTS_PARTS]) {
+                      int ckpt, size_t M, size_t sizes[ACTS_PARTS]) {
     size_t L = ckpt ? 1 : (size_t)c->L, C = c->C, HD = (size_t)c->H * c->D,
            KD = (size_t)c->Hkv * c->D, I = c->I;
-    size_t maxin = C > I ? C : I;
-    if (maxin < HD) maxin = HD;
+    /* M: rows of an MLP chunk; xd holds an attention layer's input or a chunk's down input */
+    size_t xd = N * (C > HD ? C : HD);
+    if (xd < M * I) xd = M * I;
     int qn = c->arch->qk_norm;
     size_t v[ACTS_PARTS] = {
         /* x: every layer's input (bf16 checkpoints: one working slot, the inputs in x16) */
@@ -472,17 +474,32 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
         L * N * HD, L * N * KD, L * N * KD,         /* q k v */
         L * N * HD, L * N * c->H,                   /* att lse */
         L * N * C, L * N * C, L * N,                /* xmid ln2 rstd2 */
-        L * N * 2 * I, L * N * I,                   /* gu act */
+        L * M * 2 * I, L * M * I,                   /* gu act */
         nl * N * R,                                 /* xa */
         N * C, N, N * C,                            /* hf rstdf dhf */
         N * C, N * C, N * QKV, N * HD, N * KD, N * KD, N * HD, N * KD, N * HD, /* dres..datt */
-        N * 2 * I, N * I, N * R, N * maxin,         /* dgu dact dxa xd */
+        M * 2 * I, M * I, N * R, xd,                /* dgu dact dxa xd */
         (size_t)chunk * c->V,                       /* xent */
         ckpt ? N * C : 0,                           /* xtmp: a recomputed layer's output */
         ckpt == CKPT_BF16 ? (((size_t)c->L + 1) * N * C + 1) / 2 : 0, /* x16, 2 per float */
     };
     memcpy(sizes, v, sizeof v);
     return ACTS_PARTS;
+}
+
+/* With checkpointing the MLP (row-independent) runs in chunks of rows, so its buffers (gate|up,
+ * SwiGLU and their gradients: 9 I floats a row, 820 MB at Llama-3-8B's shape and 2,048 tokens)
+ * hold a chunk, not the batch. MLP_ROWS by measurement: at SmolLM-135M's shape, B 4 T 512,
+ * a step is as fast as unchunked (see the commit). */
+#define MLP_ROWS 256
+
+static size_t mlp_rows_for(int ckpt, int rows, size_t N) {
+    size_t M = !ckpt ? N : rows > 0 ? (size_t)rows : MLP_ROWS;
+    if (ckpt && !rows) {
+        const char *e = getenv("FTUNE_MLP_ROWS"); /* for benchmarks; the plan assumes MLP_ROWS */
+        if (e && atoi(e) > 0) M = (size_t)atoi(e);
+    }
+    return M < N ? M : N;
 }
 
 static int xent_chunk_for(const model_config *c, int chunk, size_t N) {
@@ -499,7 +516,7 @@ size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int 
                        int ckpt) {
     size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;
     int n = acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
-                       xent_chunk_for(c, 0, N), ckpt, sizes);
+                       xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
     for (int i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15;
     return total * sizeof(float);
 }
@@ -516,6 +533,11 @@ ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **
 
 ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
                           acts **out, ft_error *err) {
+    return acts_alloc_rows(m, maxB, maxT, xent_chunk, ckpt, 0, out, err);
+}
+
+ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
+                          int mlp_rows, acts **out, ft_error *err) {
     const model_config *c = &m->cfg;
     acts *a = calloc(1, sizeof *a);
     if (!a) return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
@@ -523,7 +545,8 @@ ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, in
     size_t R = m->lora ? (size_t)m->lora->R : 0, nl = m->lora ? (size_t)m->lora->n : 0;
     xent_chunk = xent_chunk_for(c, xent_chunk, N);
     size_t sizes[ACTS_PARTS];
-    int np = acts_sizes(c, m->QKV, R, nl, N, xent_chunk, ckpt, sizes);
+    size_t M = mlp_rows_for(ckpt, mlp_rows, N);
+    int np = acts_sizes(c, m->QKV, R, nl, N, xent_chunk, ckpt, M, sizes);
     size_t total = 0;
     for (int i = 0; i < np; i++) total += (sizes[i] + 15) & ~(size_t)15;
     float *buf = aligned_alloc(64, total * sizeof(float));
@@ -546,7 +569,7 @@ ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, in
     for (i = 0; i < np; i++) *(parts[i] ? parts[i] : &x16) = take(&cur, sizes[i]);
     a->x16 = ckpt == CKPT_BF16 ? (uint16_t *)x16 : NULL;
     a->maxB = maxB, a->maxT = maxT, a->maxN = (int)N, a->chunk = xent_chunk, a->L = c->L;
-    a->ckpt = ckpt, a->C = c->C;
+    a->ckpt = ckpt, a->C = c->C, a->mlp_rows = (int)M;
     a->bytes = total * sizeof(float);
     *out = a;
     return FT_OK;
@@ -572,28 +595,29 @@ static size_t lora_index(const lora_set *ls, const lora_module *mod) {
 
 /* out (N, ldo) [col ...] = x W^T + b + LoRA; beta 1 adds to what out holds. */
 static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, int ldo,
-                        const float *x, int N, float beta, uint64_t seed) {
+                        const float *x, int N, float beta, uint64_t seed, int r0) {
     const lin_weights *lw = &m->blocks[l].lin[k];
     qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta);
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
-        float *xa = a->xa + lora_index(m->lora, mod) * (size_t)a->maxN * R;
-        lora_forward(m->lora, mod, out + lw->col, ldo, x, xa, a->xd, N, drop_seed_for(seed, l, k));
+        float *xa = a->xa + (lora_index(m->lora, mod) * (size_t)a->maxN + (size_t)r0) * R;
+        lora_forward(m->lora, mod, out + lw->col, ldo, x, xa, a->xd, N, drop_seed_for(seed, l, k),
+                     (size_t)r0);
     }
 }
 
 /* dx (N, in) += d/dx; LoRA grads accumulate. */
 static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const float *dout,
-                         int ldo, const float *x, int N, uint64_t seed) {
+                         int ldo, const float *x, int N, uint64_t seed, int r0) {
     const lin_weights *lw = &m->blocks[l].lin[k];
     if (dx) qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N);
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
-        const float *xa = a->xa + lora_index(m->lora, mod) * (size_t)a->maxN * R;
+        const float *xa = a->xa + (lora_index(m->lora, mod) * (size_t)a->maxN + (size_t)r0) * R;
         lora_backward(m->lora, mod, dx, dout + lw->col, ldo, x, xa, a->dxa, a->xd, N,
-                      drop_seed_for(seed, l, k));
+                      drop_seed_for(seed, l, k), (size_t)r0);
     }
 }
 
@@ -620,18 +644,32 @@ static slot slot_at(const model *m, const acts *a, size_t li) {
     return s;
 }
 
+/* Rows r0 .. r0+nr-1 of the MLP's first half: gu = ln2 [Wg|Wu]^T (+ LoRA), act = silu(g) * u,
+ * into the chunk's buffers (the whole batch's without checkpointing, where one chunk is all). */
+static void mlp_in_forward(model *m, acts *a, int l, const slot *s, int r0, int nr,
+                           uint64_t seed) {
+    const block_weights *bw = &m->blocks[l];
+    const int C = m->cfg.C, I = m->cfg.I;
+    for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
+        if (bw->lin[mlp_in_kinds[i]].out)
+            lin_forward(m, a, l, mlp_in_kinds[i], s->gu, 2 * I, s->ln2 + (size_t)r0 * C, nr, 0,
+                        seed, r0);
+    swiglu_forward(s->act, s->gu, s->gu + I, nr, I, 2 * I);
+}
+
 /* Layer l: xnext = block(x), keeping what backward needs in slot s. x and xnext may be the
- * same buffer (eval keeps one). */
+ * same buffer (eval keeps one). mlp 0 stops after the attention half and the second norm
+ * (backward's recompute: layer_backward recomputes the MLP a chunk at a time). */
 static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *s,
-                          const float *x, float *xnext, uint64_t seed) {
+                          const float *x, float *xnext, uint64_t seed, int mlp) {
     const model_config *c = &m->cfg;
     const block_weights *bw = &m->blocks[l];
-    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
+    const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D;
     const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
     const float scale = 1.0f / sqrtf((float)D);
     rmsnorm_forward(s->ln1, s->rstd1, x, bw->ln1, N, C, c->eps);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-        if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed);
+        if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed, 0);
     float *qdst = c->arch->qk_norm ? s->qpre : s->q, *kdst = c->arch->qk_norm ? s->kpre : s->k;
     for (int n = 0; n < N; n++) {
         const float *row = s->qkv + (size_t)n * QKV;
@@ -648,13 +686,15 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
                       c->window[l], scale);
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
-    lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed);
+    lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed, 0);
     rmsnorm_forward(s->ln2, s->rstd2, s->xmid, bw->ln2, N, C, c->eps);
-    for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-        if (bw->lin[mlp_in_kinds[i]].out) lin_forward(m, a, l, mlp_in_kinds[i], s->gu, 2 * I, s->ln2, N, 0, seed);
-    swiglu_forward(s->act, s->gu, s->gu + I, N, I, 2 * I);
-    memcpy(xnext, s->xmid, (size_t)N * C * sizeof(float));
-    lin_forward(m, a, l, LIN_DOWN, xnext, C, s->act, N, 1, seed);
+    if (!mlp) return;
+    for (int r0 = 0; r0 < N; r0 += a->mlp_rows) {
+        int nr = N - r0 < a->mlp_rows ? N - r0 : a->mlp_rows;
+        mlp_in_forward(m, a, l, s, r0, nr, seed);
+        memcpy(xnext + (size_t)r0 * C, s->xmid + (size_t)r0 * C, (size_t)nr * C * sizeof(float));
+        lin_forward(m, a, l, LIN_DOWN, xnext + (size_t)r0 * C, C, s->act, nr, 1, seed, r0);
+    }
 }
 
 /* Backward of layer l: on entry a->dres holds d(loss)/d(layer output); on return it holds
@@ -667,18 +707,24 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
     const float scale = 1.0f / sqrtf((float)D);
     float *dres = a->dres;
-    /* MLP: xnext = xmid + down(silu(gate) * up) */
-    memset(a->dact, 0, (size_t)N * I * sizeof(float));
-    lin_backward(m, a, l, LIN_DOWN, a->dact, dres, C, s->act, N, seed);
-    swiglu_backward(a->dgu, a->dgu + I, a->dact, s->gu, s->gu + I, N, I, 2 * I);
+    /* MLP: xnext = xmid + down(silu(gate) * up), a chunk of rows at a time (recomputing the
+     * chunk's first half when checkpointing) */
     memset(a->dln, 0, (size_t)N * C * sizeof(float));
-    for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
-        if (bw->lin[mlp_in_kinds[i]].out)
-            lin_backward(m, a, l, mlp_in_kinds[i], a->dln, a->dgu, 2 * I, s->ln2, N, seed);
+    for (int r0 = 0; r0 < N; r0 += a->mlp_rows) {
+        int nr = N - r0 < a->mlp_rows ? N - r0 : a->mlp_rows;
+        if (a->ckpt) mlp_in_forward(m, a, l, s, r0, nr, seed);
+        memset(a->dact, 0, (size_t)nr * I * sizeof(float));
+        lin_backward(m, a, l, LIN_DOWN, a->dact, dres + (size_t)r0 * C, C, s->act, nr, seed, r0);
+        swiglu_backward(a->dgu, a->dgu + I, a->dact, s->gu, s->gu + I, nr, I, 2 * I);
+        for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
+            if (bw->lin[mlp_in_kinds[i]].out)
+                lin_backward(m, a, l, mlp_in_kinds[i], a->dln + (size_t)r0 * C, a->dgu, 2 * I,
+                             s->ln2 + (size_t)r0 * C, nr, seed, r0);
+    }
     rmsnorm_backward(dres, NULL, a->dln, s->xmid, bw->ln2, s->rstd2, N, C);
     /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
     memset(a->datt, 0, (size_t)N * HD * sizeof(float));
-    lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed);
+    lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
                        b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
     rope_backward(a->dq, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
@@ -700,7 +746,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out)
-            lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed);
+            lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed, 0);
     if (need_dx) rmsnorm_backward(dres, NULL, a->dln, x, bw->ln1, s->rstd1, N, C);
 }
 
@@ -775,7 +821,7 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     for (int l = 0; l < c->L; l++) {
         float *x = layer_input(a, l, train), *xnext = layer_input(a, l + 1, train);
         slot s = slot_at(m, a, train && !a->ckpt ? (size_t)l : 0);
-        layer_forward(m, a, b, l, &s, x, xnext, seed);
+        layer_forward(m, a, b, l, &s, x, xnext, seed, 1);
         if (keep16) keep_bf16(a, l + 1, xnext, N);
     }
     float *xL = layer_input(a, c->L, train);
@@ -801,7 +847,7 @@ void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_
     for (int l = c->L - 1; l >= 0; l--) {
         const float *x = kept_input(a, l, N);
         slot s = slot_at(m, a, a->ckpt ? 0 : (size_t)l);
-        if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed); /* recompute */
+        if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed, 0); /* recompute */
         /* the embedding is frozen: no gradient is needed below layer 0's input */
         layer_backward(m, a, b, l, &s, x, seed, l > 0);
     }

@@ -129,6 +129,10 @@ ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, in
 /* Round each layer's input to bf16 as CKPT_BF16 does, without checkpointing (every activation
  * kept): the reference the bf16 checkpoints are tested against (model_test.c). */
 void acts_round_inputs(acts *a);
+/* acts_alloc_ckpt with the checkpointed MLP run in chunks of mlp_rows rows (0: the default,
+ * which the plan assumes; tests use small ones). */
+ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
+                          int mlp_rows, acts **out, ft_error *err);
 /* Bytes acts_alloc would take (for the memory plan). */
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
                        int ckpt);

@@ -5,8 +5,9 @@
  * value with the absmax / double-quantization state; an embedding left in the mapped file in
  * its own dtype is read a row at a time and not resident); the buffer a quantized matmul dequantizes a panel of rows into (qtensor.c's
  * PANEL_BYTES); LoRA parameters and their gradients; AdamW's two moments; activations saved for
- * backward and the scratch of one step (one layer's worth with gradient
- * checkpointing); the batch buffers; and a baseline for the program, its libraries and the BLAS
+ * backward and the scratch of one step (with gradient checkpointing:
+ * the layer inputs, in fp32 or bf16, one layer's worth, and its MLP a chunk of rows at a time:
+ * model.c's acts_sizes); the batch buffers; and a baseline for the program, its libraries and the BLAS
  * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
 #include "train/plan.h"
