@@ -12,6 +12,9 @@
  * GEMM multiplies it; the whole fp32 matrix never exists. With very few input rows (N small) a
  * GEMM does not pay for the dequantization pass, so each output is one fused dot product.
  */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
 #include "ops/quant.h"
@@ -195,16 +198,25 @@ int qformat_parse(const char *name) {
     return -1;
 }
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports has no "f16c". */
+static int cpu_has_f16c(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+#else
+    return 0;
+#endif
+}
+
 /* The kernel sets in order of preference, and whether this CPU runs each. */
 static int cpu_has(const qkernels *k) {
 #if defined(__x86_64__) && defined(__GNUC__)
     if (k == &qtensor_kernels_avx512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("fma") && cpu_has_f16c();
     if (k == &qtensor_kernels_avx2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("f16c");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
 #endif
     return k == &kernels_portable;
 }
