@@ -67,7 +67,7 @@ def ftune_run(a, model, data, work, extra, name):
            "--lora-r", "16", "--lora-alpha", "32", "--lora-targets", "all-linear",
            "--batch-size", "1", "--seq-len", str(a.seq), "--steps", str(a.steps),
            "--lr", "1e-4", "--schedule", "constant", "--threads", str(a.threads),
-           "--grad-checkpoint", "--no-shuffle"] + extra
+           "--grad-checkpoint", "--grad-checkpoint-dtype", "bf16", "--no-shuffle"] + extra
     rep = measured(cmd, os.path.join(work, name + ".log"), a.timeout)
     steps = []
     mpath = os.path.join(out, "metrics.jsonl")
