@@ -26,6 +26,7 @@
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#include "ops/hsum_avx2.h"
 #include "ops/vexp_avx2.h"
 #include "ops/attention_mask.h"
 #ifdef _OPENMP
@@ -50,27 +51,13 @@ static int ax_len(const int *len, int b, int T) {
 
 /* ---- vector helpers --------------------------------------------------------------------- */
 
-static inline float ax_hsum(__m256 v) {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
-}
-
-static inline float ax_hmax(__m256 v) {
-    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_max_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
-}
-
 static inline float ax_dot(const float *a, const float *b, int D) {
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     for (int d = 0; d < D; d += 16) {
         s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), s0);
         s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + d + 8), _mm256_loadu_ps(b + d + 8), s1);
     }
-    return ax_hsum(_mm256_add_ps(s0, s1));
+    return avx2_hsum(_mm256_add_ps(s0, s1));
 }
 
 /* Xt (D x 64) = the n <= 64 rows (stride rs) of x, transposed; columns n..63 are zero. */
@@ -263,7 +250,7 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                                 mk[c]);
                             mx = _mm256_max_ps(mx, sv[c]);
                         }
-                        float tmax = ax_hmax(mx);
+                        float tmax = avx2_hmax(mx);
                         if (tmax == -INFINITY) {
                             memset(P[r], 0, sizeof P[r]);
                             continue;
@@ -276,7 +263,7 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                             sum = _mm256_add_ps(sum, p);
                             _mm256_storeu_ps(P[r] + 8 * c, p);
                         }
-                        lrow[hh][i - i0] = lrow[hh][i - i0] * corr[r] + ax_hsum(sum);
+                        lrow[hh][i - i0] = lrow[hh][i - i0] * corr[r] + avx2_hsum(sum);
                         mrow[hh][i - i0] = mnew;
                     }
                     ax_pv(o, corr, P, vb + j0 * ks, ks, jn, D);

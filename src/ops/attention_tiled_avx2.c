@@ -40,6 +40,7 @@
 #include "ops/ops.h"
 
 #include <immintrin.h>
+#include "ops/hsum_avx2.h"
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -110,20 +111,6 @@ static int tl_bq(int G) {
 static size_t tl_round(size_t n) { return (n + 15) / 16 * 16; }
 
 /* ---- kernels ---------------------------------------------------------------------------- */
-
-static inline float tl_hsum(__m256 v) {
-    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_add_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
-}
-
-static inline float tl_hmax(__m256 v) {
-    __m128 a = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    a = _mm_max_ps(a, _mm_movehl_ps(a, a));
-    a = _mm_max_ss(a, _mm_movehdup_ps(a));
-    return _mm_cvtss_f32(a);
-}
 
 /* Transposes the 8 x 8 block r[0..8) in place: r[e] lane c becomes r[c] lane e. */
 static inline void tl_tr8(__m256 r[8]) {
@@ -426,7 +413,7 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
         }
         mx = _mm256_max_ps(mx, s);
     }
-    float tmax = tl_hmax(mx);
+    float tmax = avx2_hmax(mx);
     if (tmax == -INFINITY) { /* nothing visible here: P = 0, no change */
         memset(S + c0, 0, (size_t)(c1 - c0) * sizeof(float));
         return 1.0f;
@@ -442,7 +429,7 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
         _mm256_storeu_ps(S + c, p);
         sum = _mm256_add_ps(sum, p);
     }
-    *l = *l * corr + tl_hsum(sum);
+    *l = *l * corr + avx2_hsum(sum);
     *m = mnew;
     return corr;
 }
@@ -612,7 +599,7 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
         for (int d = 0; d < D; d += 8)
             s = _mm256_fmadd_ps(_mm256_loadu_ps(io->dout + off + d),
                                 _mm256_loadu_ps(io->out + off + d), s);
-        Drow[r] = tl_hsum(s);
+        Drow[r] = avx2_hsum(s);
         lrow[r] = io->lse[((size_t)b * H + h) * T + i];
     }
     tl_kc_need(kc, io->k, io->v, io->k, b, g, lo[0] / 16 * 16, ie);

@@ -15,13 +15,7 @@
 #include "ops/qtensor_kernels.h"
 
 #include <immintrin.h>
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "ops/hsum_avx2.h"
 
 /* ---- F32, BF16, F16 ---------------------------------------------------------------------------
  */
@@ -45,7 +39,7 @@ static float dot_f32(const qtensor *t, int r, const float *x) {
     }
     for (; i + 8 <= n; i += 8)
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum8(_mm256_add_ps(a0, a1));
+    float s = avx2_hsum(_mm256_add_ps(a0, a1));
     for (; i < n; i++)
         s += w[i] * x[i];
     return s;
@@ -79,7 +73,7 @@ static float dot_bf16(const qtensor *t, int r, const float *x) {
     }
     for (; i + 8 <= n; i += 8)
         a0 = _mm256_fmadd_ps(load_bf16(h + i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum8(_mm256_add_ps(a0, a1));
+    float s = avx2_hsum(_mm256_add_ps(a0, a1));
     for (; i < n; i++)
         s += qt_bf16_to_f32(h[i]) * x[i];
     return s;
@@ -95,7 +89,7 @@ static float dot_f16(const qtensor *t, int r, const float *x) {
     }
     for (; i + 8 <= n; i += 8)
         a0 = _mm256_fmadd_ps(load_f16(h + i), _mm256_loadu_ps(x + i), a0);
-    float s = hsum8(_mm256_add_ps(a0, a1));
+    float s = avx2_hsum(_mm256_add_ps(a0, a1));
     for (; i < n; i++)
         s += qt_f16_to_f32(h[i]) * x[i];
     return s;
@@ -137,7 +131,7 @@ static float dot_q8_0(const qtensor *t, int r, const float *x) {
         s1 = _mm256_fmadd_ps(load_q8(q + 24), _mm256_loadu_ps(x + 24), s1);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(q8_scale(blk)), _mm256_add_ps(s0, s1), acc);
     }
-    return hsum8(acc);
+    return avx2_hsum(acc);
 }
 
 /* ---- NF4, FP4 ---------------------------------------------------------------------------- */
@@ -203,7 +197,7 @@ static float dot_4bit(const qtensor *t, int r, const float *x) {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(a), bsum, acc);
         s += a * edge;
     }
-    return s + hsum8(acc);
+    return s + avx2_hsum(acc);
 }
 
 const qkernels qtensor_kernels_avx2 = {
