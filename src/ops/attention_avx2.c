@@ -166,17 +166,6 @@ static inline void ax_tpv(float *dst, size_t ds, const float P[AX_RB][AX_BK],
         }
 }
 
-/* The mask of row i over the 8 keys idx (absolute key indices): lo <= idx < hi, and equal
- * segment ids when sv (the tile's ids) is given. */
-static inline __m256 ax_rowmask(__m256i idx, int lo, int hi, const int *sv, int si) {
-    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
-                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
-    if (sv)
-        m = _mm256_and_si256(
-            m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv), _mm256_set1_epi32(si)));
-    return _mm256_castsi256_ps(m);
-}
-
 void attention_forward_avx2(float *out, float *lse, const float *q, const float *k, const float *v,
                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                             int window, float scale) {
@@ -242,7 +231,7 @@ void attention_forward_avx2(float *out, float *lse, const float *q, const float 
                             __m256i idx =
                                 _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * c),
                                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                            mk[c] = ax_rowmask(idx, lo[i - i0], hi, nonmono ? segt + 8 * c : NULL,
+                            mk[c] = attn_mask8(idx, lo[i - i0], hi, nonmono ? segt + 8 * c : NULL,
                                                nonmono ? m.seg[i] : 0);
                             sv[c] = _mm256_blendv_ps(
                                 _mm256_set1_ps(-INFINITY),
@@ -348,7 +337,7 @@ static void ax_bwd_rows(const ax_bwd *c, const att_mask *m, int b, int h, int j0
                 if (ch < nkc * 2) {
                     __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j0 + 8 * ch),
                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                    __m256 mk = ax_rowmask(idx, lo, hi, nonmono ? segt + 8 * ch : NULL,
+                    __m256 mk = attn_mask8(idx, lo, hi, nonmono ? segt + 8 * ch : NULL,
                                            nonmono ? m->seg[i] : 0);
                     __m256 sv = _mm256_fmsub_ps(_mm256_loadu_ps(S[r] + 8 * ch), sc, li);
                     p = _mm256_and_ps(vexp_avx2(sv), mk);

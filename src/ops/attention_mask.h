@@ -37,4 +37,19 @@ static inline int att_lo(const att_mask *m, int i) {
     return lo;
 }
 
+#ifdef __AVX2__
+#include <immintrin.h>
+/* The same rule for 8 keys at once (AVX2 kernels): lane k is all ones when key idx[k] may be
+ * attended by a row whose range is lo <= idx < hi and, when sv (the 8 keys' segment ids) is
+ * given, whose segment id is si. */
+static inline __m256 attn_mask8(__m256i idx, int lo, int hi, const int *sv, int si) {
+    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
+                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
+    if (sv)
+        m = _mm256_and_si256(
+            m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv), _mm256_set1_epi32(si)));
+    return _mm256_castsi256_ps(m);
+}
+#endif
+
 #endif

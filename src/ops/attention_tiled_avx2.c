@@ -297,13 +297,8 @@ static inline __m256 tl_exp2(__m256 x) {
  * sv (those keys' segment ids, for non-monotone ids) the same segment as si. NULL mask (all
  * lanes) is returned as all ones. */
 static inline __m256 tl_mask8(int j, int lo, int hi, const int *sv, int si) {
-    __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    __m256i m = _mm256_and_si256(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(lo - 1)),
-                                 _mm256_cmpgt_epi32(_mm256_set1_epi32(hi), idx));
-    if (sv)
-        m = _mm256_and_si256(
-            m, _mm256_cmpeq_epi32(_mm256_loadu_si256((const __m256i *)sv), _mm256_set1_epi32(si)));
-    return _mm256_castsi256_ps(m);
+    return attn_mask8(_mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                      lo, hi, sv, si);
 }
 
 /* ---- shared block geometry ---------------------------------------------------------------- */
