@@ -121,7 +121,13 @@ static const char *fmt_name(qformat f) { return qformat_info(f)->name; }
 ft_status model_quant_resolve(const char *dir, const model_config *c,
                               const model_load_options *opt, model_quant *q, ft_error *err) {
     memset(q, 0, sizeof *q);
-    const char *qs = opt && opt->quant ? opt->quant : "none";
+    const char *ds = opt && opt->dtype ? opt->dtype : "fp32";
+    if (strcmp(ds, "fp32") && strcmp(ds, "bf16"))
+        return ft_error_set(err, FT_ERR_INPUT, "option --dtype", "use fp32 or bf16",
+                            "unknown compute type \"%s\"", ds);
+    q->compute = strcmp(ds, "bf16") ? QC_F32 : QC_BF16;
+    /* bf16 compute rounds the weights to bf16 anyway: keep them so, unless told otherwise */
+    const char *qs = opt && opt->quant ? opt->quant : q->compute == QC_BF16 ? "bf16" : "none";
     int lin = qformat_parse(qs);
     if (lin < 0 || lin == QF_F16)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4, q8, bf16 or none",
@@ -171,6 +177,7 @@ ft_status model_quant_resolve(const char *dir, const model_config *c,
     q->embed = se >= 0 ? se : QF_F32;
     q->embed_borrowed = se >= 0;
     const char *hs = opt ? opt->lm_head : NULL;
+    if (!hs && q->compute == QC_BF16 && !(opt && opt->quant)) hs = "bf16";
     int head;
     if (!hs) {
         head = q->linear != QF_F32 && sh >= 0 ? sh : QF_F32;
@@ -189,6 +196,10 @@ ft_status model_quant_resolve(const char *dir, const model_config *c,
     return FT_OK;
 }
 
+/* The embedding is borrowed from the file and not shared with the LM head: its rows are read
+ * with pread (embed_row) and its pages released. */
+static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
+
 void model_quant_describe(const model_quant *q, char *buf, size_t n) {
     char lin[96];
     if (is_4bit(q->linear))
@@ -197,9 +208,15 @@ void model_quant_describe(const model_quant *q, char *buf, size_t n) {
                  q->from_checkpoint ? " (bitsandbytes checkpoint)" : "");
     else
         snprintf(lin, sizeof lin, "%s", fmt_name(q->linear));
-    snprintf(buf, n, "linear %s; lm_head %s%s; embedding %s%s", lin, fmt_name(q->lm_head),
+    /* a borrowed embedding that is not also the LM head has its rows read from the file
+     * (embed_row), not mapped */
+    snprintf(buf, n, "linear %s; lm_head %s%s; embedding %s%s%s", lin, fmt_name(q->lm_head),
              q->head_is_embed ? " (= embedding)" : q->head_borrowed ? " (mapped)" : "",
-             fmt_name(q->embed), q->embed_borrowed ? " (mapped)" : "");
+             fmt_name(q->embed),
+             !q->embed_borrowed      ? ""
+             : embed_released(q)     ? " (rows read from the file)"
+                                     : " (mapped)",
+             q->compute == QC_BF16 ? "; compute bf16" : "");
 }
 
 /* fp32 floats of the norms and biases (model->weights). */
@@ -215,7 +232,6 @@ static size_t fp32_floats(const model_config *c) {
 
 /* An embedding left in the file and not shared with the LM head is read a row at a time
  * with pread() (model_forward says why), so none of it is resident. */
-static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
 
 size_t model_weight_bytes(const model_config *c, const model_quant *q) {
     size_t n = fp32_floats(c) * sizeof(float);
@@ -405,6 +421,9 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                                  c->V, c->C, q->lm_head, q->head_borrowed, q, &m->lm_head, err))) {
         goto done;
     }
+    for (int l = 0; l < c->L; l++)
+        for (int k = 0; k < LIN_COUNT; k++) m->blocks[l].lin[k].W.compute = q->compute;
+    m->lm_head.compute = q->compute;
     /* what is resident once training runs: as model_weight_bytes counts it */
     size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
     for (int l = 0; l < c->L; l++)

@@ -47,6 +47,9 @@ typedef struct model_load_options {
     int blocksize;       /* NF4/FP4 block size (0: 64, bitsandbytes' default) */
     const char *lm_head; /* "q8", "bf16", "none" (fp32), or NULL: the checkpoint's own dtype when
                             the linear layers are quantized, fp32 otherwise */
+    const char *dtype;   /* compute type of the frozen-weight matmuls (linear layers and LM
+                            head): "fp32" (NULL) or "bf16" (qtensor.h, QC_BF16). bf16 without
+                            quant / lm_head stores those weights as bf16 too. */
 } model_load_options;
 
 /* The options resolved against a model folder: formats of every kind of frozen weight. */
@@ -59,6 +62,7 @@ typedef struct model_quant {
     int head_is_embed; /* tied and borrowed: the LM head is the embedding's pages */
     int double_quant, blocksize;
     int from_checkpoint; /* the linear layers come quantized by bitsandbytes in the folder */
+    qcompute compute;    /* QC_BF16 under dtype "bf16": set on the linear layers and LM head */
 } model_quant;
 
 /* Resolve opt (NULL: fp32) for the model in DIR (config.json, and the safetensors header for

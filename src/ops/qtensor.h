@@ -28,6 +28,15 @@
 
 typedef enum qformat { QF_F32, QF_BF16, QF_F16, QF_Q8_0, QF_NF4, QF_FP4, QF_COUNT } qformat;
 
+/* The compute type of the matmuls through a tensor (`ftune train --dtype`).
+ *   QC_F32   the input and the dequantized weights in fp32 (the default, and the reference).
+ *   QC_BF16  the input (X forward, dY in backward) and the dequantized weights are rounded to
+ *            bf16 (nearest even) and multiplied with fp32 accumulation (gemm_bf16.h); the
+ *            output stays fp32. This is what PyTorch's bf16 autocast does to an nn.Linear, and
+ *            bitsandbytes with bnb_4bit_compute_dtype=bfloat16 to a 4-bit one, except that their
+ *            outputs are rounded to bf16 too. */
+typedef enum qcompute { QC_F32, QC_BF16 } qcompute;
+
 typedef struct qtensor {
     qformat fmt;
     int rows, cols;
@@ -40,6 +49,7 @@ typedef struct qtensor {
     int nested_blocksize;       /* 256 in bitsandbytes */
     float offset;               /* added back after the nested dequantization */
     void *owned;                /* one allocation qtensor_free releases (NULL: borrowed) */
+    qcompute compute;           /* how qmatmul_* multiply through it (zero: QC_F32) */
 } qtensor;
 
 /* Kernel signatures: rows r0 .. r0+nrows-1 to fp32 (out: nrows * cols); dot of row r with x. */
@@ -75,10 +85,11 @@ float qtensor_dot_row(const qtensor *t, int r, const float *x);
 
 /* out (N, rows) = beta*out + inp (N, cols) . W^T [+ bias (rows)]; ldo/ldi row strides
  * (0 = rows / cols). For F32 this is one GEMM; for others, panels of rows are dequantized into
- * a small buffer and multiplied. */
+ * a small buffer and multiplied. W->compute QC_BF16: as the comment on qcompute says (the bias
+ * is added in fp32). */
 void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
                      const float *bias, int N, float beta);
-/* dinp (N, cols) += dout (N, rows) . W */
+/* dinp (N, cols) += dout (N, rows) . W  (QC_BF16: dout and W rounded to bf16) */
 void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
                             int N);
 

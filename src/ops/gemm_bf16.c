@@ -1,0 +1,107 @@
+/*
+ * gemm_bf16.c: bf16 products with fp32 accumulation (gemm_bf16.h): the reference, the fallback
+ * (widen to fp32, OpenBLAS sgemm) and the choice between them and the AVX512_BF16 kernel.
+ */
+#include "ops/gemm_bf16.h"
+
+#include "ops/ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static inline float widen(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t round_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+void bf16_round_rows(uint16_t *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols >= 65536)
+    for (int r = 0; r < rows; r++) {
+        const float *s = src + (size_t)r * lds;
+        uint16_t *d = dst + (size_t)r * ldd;
+        for (int c = 0; c < cols; c++) d[c] = round_bf16(s[c]);
+    }
+}
+
+void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                   const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) {
+                uint16_t b = transB ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n];
+                s += (double)widen(A[(size_t)m * lda + k]) * widen(b);
+            }
+            float *c = &C[(size_t)m * ldc + n];
+            *c = (float)(beta == 0 ? s : beta * *c + s);
+        }
+}
+
+/* Widen rows of bf16 to fp32 (exact). */
+static void widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows,
+                       int cols) {
+#pragma omp parallel for schedule(static) if ((size_t)rows * cols >= 65536)
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(size_t)r * ldd + c] = widen(src[(size_t)r * lds + c]);
+}
+
+/* Rows of A widened per block, so the fp32 copy stays small; B widened once per call. */
+enum { FALLBACK_ROWS = 256 };
+
+static void gemm_bf16_fallback(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                               const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    int br = transB ? N : K, bc = transB ? K : N;
+    int mb = M < FALLBACK_ROWS ? M : FALLBACK_ROWS;
+    float *b32 = malloc(((size_t)br * bc + (size_t)mb * K) * sizeof(float));
+    if (!b32) { /* no memory for the copies: the reference needs none */
+        gemm_bf16_ref(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    float *a32 = b32 + (size_t)br * bc;
+    widen_rows(b32, (size_t)bc, B, (size_t)ldb, br, bc);
+    for (int m0 = 0; m0 < M; m0 += mb) {
+        int m = M - m0 < mb ? M - m0 : mb;
+        widen_rows(a32, (size_t)K, A + (size_t)m0 * lda, (size_t)lda, m, K);
+        gemm(0, transB, m, N, K, 1.0f, a32, K, b32, bc, beta, C + (size_t)m0 * ldc, ldc);
+    }
+    free(b32);
+}
+
+typedef void (*gemm_bf16_fn)(int, int, int, int, const uint16_t *, int, const uint16_t *, int,
+                             float, float *, int);
+static gemm_bf16_fn active = gemm_bf16_fallback;
+static const char *active_name = "fallback";
+
+void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+               int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* an empty sum: C = beta * C */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                float *c = &C[(size_t)m * ldc + n];
+                *c = beta == 0 ? 0 : beta * *c;
+            }
+        return;
+    }
+    active(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+const char *gemm_bf16_isa(void) { return active_name; }
+
+int gemm_bf16_set_isa(const char *isa) {
+    if (isa && !strcmp(isa, "fallback")) {
+        active = gemm_bf16_fallback, active_name = "fallback";
+        return 1;
+    }
+    return 0; /* the AVX512_BF16 kernel is not built yet */
+}
