@@ -190,6 +190,117 @@ static void test_rope(int D, int rot, float scale) {
     free(x), free(R), free(y), free(dx), free(c.x), free(c.R), free(c.out);
 }
 
+/* ---- attn_input: the fused split + qk-norm + rope against the separate ops ----------------- */
+
+/* max |a - b| / max |b| over n floats, both fp32; *same counts the bit-identical values */
+static double frel_err(const float *a, const float *b, size_t n, size_t *same) {
+    double e = 0, m = 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (d > e || d != d) e = d != d ? INFINITY : d;
+        if (fabs(b[i]) > m) m = fabs(b[i]);
+        if (same) *same += memcmp(&a[i], &b[i], 4) == 0;
+    }
+    return e / m;
+}
+
+/* The fused pass against the composition it replaces (model.c before it): copies of each row's
+ * parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward rope_backward,
+ * rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
+ * (row_ops.h) in the same order, so they should agree to the bit; the bound is 1e-6 of the
+ * largest value (fp32 rounding of a few operations) so that a compiler vectorizing the two
+ * differently does not fail it, while a wrong index or a missed head is off by O(1). */
+static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, float scale) {
+    const int HD = H * D, KD = Hkv * D, QKV = HD + 2 * KD, ld = QKV + 3; /* 3: a row stride */
+    const float eps = 1e-6f;
+    int *pos = malloc(sizeof(int) * N);
+    for (int n = 0; n < N; n++) /* positions up to 4095, some repeated (packed documents) */
+        pos[n] = n % 5 == 4 ? 0 : (int)((rnd() + 1) * 2047.5);
+    float inv_freq[256];
+    for (int i = 0; i < rot / 2; i++)
+        inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    float *qkv = frand((size_t)N * ld, 2), *qw = frand(D, 1.5), *kw = frand(D, 1.5);
+    const float *qn = norm ? qw : NULL, *kn = norm ? kw : NULL;
+    size_t nq = (size_t)N * HD, nk = (size_t)N * KD;
+    /* reference: the separate ops */
+    float *rq = malloc(4 * nq), *rk = malloc(4 * nk), *rv = malloc(4 * nk), *rqp = malloc(4 * nq),
+          *rkp = malloc(4 * nk), *rqr = malloc(4 * (size_t)N * H), *rkr = malloc(4 * (size_t)N * Hkv);
+    for (int n = 0; n < N; n++) {
+        const float *row = qkv + (size_t)n * ld;
+        memcpy((norm ? rqp : rq) + (size_t)n * HD, row, 4 * (size_t)HD);
+        memcpy((norm ? rkp : rk) + (size_t)n * KD, row + HD, 4 * (size_t)KD);
+        memcpy(rv + (size_t)n * KD, row + HD + KD, 4 * (size_t)KD);
+    }
+    if (norm) {
+        rmsnorm_forward(rq, rqr, rqp, qw, N * H, D, eps);
+        rmsnorm_forward(rk, rkr, rkp, kw, N * Hkv, D, eps);
+    }
+    rope_forward(rq, pos, inv_freq, N, H, D, rot, scale);
+    rope_forward(rk, pos, inv_freq, N, Hkv, D, rot, scale);
+    /* fused */
+    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk), *qp = malloc(4 * nq),
+          *kp = malloc(4 * nk), *qr = malloc(4 * (size_t)N * H), *kr = malloc(4 * (size_t)N * Hkv);
+    attn_input_forward(q, k, v, qp, kp, qr, kr, qkv, ld, qn, kn, eps, pos, inv_freq, N, H, Hkv, D,
+                       rot, scale);
+    size_t same = 0, total = nq + 2 * nk;
+    double e = frel_err(q, rq, nq, &same);
+    e = fmax(e, frel_err(k, rk, nk, &same));
+    e = fmax(e, frel_err(v, rv, nk, &same));
+    if (norm) {
+        e = fmax(e, frel_err(qp, rqp, nq, NULL));
+        e = fmax(e, frel_err(kp, rkp, nk, NULL));
+        e = fmax(e, frel_err(qr, rqr, (size_t)N * H, NULL));
+        e = fmax(e, frel_err(kr, rkr, (size_t)N * Hkv, NULL));
+    }
+    CHECK(e <= 1e-6, "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward vs separate ops: %.3g",
+          N, H, Hkv, D, rot, norm, e);
+    /* backward: dq, dk, dv as attention_backward leaves them */
+    float *dq = frand(nq, 1), *dk = frand(nk, 1), *dv = frand(nk, 1);
+    float *dq0 = malloc(4 * nq), *dk0 = malloc(4 * nk);
+    memcpy(dq0, dq, 4 * nq), memcpy(dk0, dk, 4 * nk);
+    float *rdq = malloc(4 * nq), *rdk = malloc(4 * nk), *rdqkv = malloc(4 * (size_t)N * ld);
+    memcpy(rdq, dq, 4 * nq), memcpy(rdk, dk, 4 * nk);
+    rope_backward(rdq, pos, inv_freq, N, H, D, rot, scale);
+    rope_backward(rdk, pos, inv_freq, N, Hkv, D, rot, scale);
+    float *gq = rdq, *gk = rdk;
+    if (norm) {
+        gq = calloc(nq, 4), gk = calloc(nk, 4);
+        rmsnorm_backward(gq, NULL, rdq, rqp, qw, rqr, N * H, D);
+        rmsnorm_backward(gk, NULL, rdk, rkp, kw, rkr, N * Hkv, D);
+    }
+    float *dqkv = malloc(4 * (size_t)N * ld);
+    for (size_t i = 0; i < (size_t)N * ld; i++)
+        dqkv[i] = NAN; /* every value of a row must be overwritten, the 3 padding ones left */
+    for (int n = 0; n < N; n++) {
+        float *row = rdqkv + (size_t)n * ld;
+        memcpy(row, gq + (size_t)n * HD, 4 * (size_t)HD);
+        memcpy(row + HD, gk + (size_t)n * KD, 4 * (size_t)KD);
+        memcpy(row + HD + KD, dv + (size_t)n * KD, 4 * (size_t)KD);
+    }
+    attn_input_backward(dqkv, ld, dq, dk, dv, norm ? qp : NULL, norm ? kp : NULL, qr, kr, qn, kn,
+                        pos, inv_freq, N, H, Hkv, D, rot, scale);
+    size_t bsame = 0;
+    double eb = 0;
+    int pad = 0;
+    for (int n = 0; n < N; n++) {
+        eb = fmax(eb, frel_err(dqkv + (size_t)n * ld, rdqkv + (size_t)n * ld, QKV, &bsame));
+        for (int j = QKV; j < ld; j++)
+            pad += !isnan(dqkv[(size_t)n * ld + j]);
+    }
+    CHECK(eb <= 1e-6, "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: backward vs separate ops: %.3g",
+          N, H, Hkv, D, rot, norm, eb);
+    CHECK(pad == 0, "attn_input backward wrote %d values past the row's q|k|v", pad);
+    CHECK(!memcmp(dq, dq0, 4 * nq) && !memcmp(dk, dk0, 4 * nk), "attn_input backward changed dq/dk");
+    printf("attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward %.2g (%zu of %zu bit-identical), "
+           "backward %.2g (%zu of %zu)\n", N, H, Hkv, D, rot, norm, e, same, total, eb, bsame,
+           (size_t)N * QKV);
+    if (norm) free(gq), free(gk);
+    free(pos), free(qkv), free(qw), free(kw), free(rq), free(rk), free(rv), free(rqp), free(rkp),
+        free(rqr), free(rkr), free(q), free(k), free(v), free(qp), free(kp), free(qr), free(kr),
+        free(dq), free(dk), free(dv), free(dq0), free(dk0), free(rdq), free(rdk), free(rdqkv),
+        free(dqkv);
+}
+
 /* ---- swiglu ----------------------------------------------------------------------------- */
 typedef struct {
     int N, I, ld;
@@ -372,6 +483,13 @@ int main(void) {
     test_rope(10, 10, 1.0f);   /* full rotary, rot_dim = D */
     test_rope(10, 6, 1.3f);    /* partial rotary (Phi-3), attention scaling != 1 */
     test_rope(300, 260, 1.0f); /* 130 frequencies: more than one 64-wide cos/sin chunk */
+    /* fused attention input: with and without qk-norm; GQA; partial rotary; odd N; > 64 freqs */
+    for (int norm = 0; norm < 2; norm++) {
+        test_attn_input(7, 4, 2, 16, 16, norm, 1.0f);
+        test_attn_input(13, 6, 2, 10, 6, norm, 1.3f);
+        test_attn_input(5, 3, 3, 300, 260, norm, 1.0f);
+        test_attn_input(33, 9, 3, 64, 64, norm, 1.0f); /* SmolLM-135M's heads */
+    }
     /* the portable code, the AVX2 code (where the CPU has it), and the dispatching entry points */
     test_swiglu(0, swiglu_forward_ref, swiglu_backward_ref, "portable");
     test_swiglu(1, swiglu_forward_ref, swiglu_backward_ref, "portable");

@@ -6,28 +6,19 @@
  *   dx_j = r * g_j - r^3 * x_j * (sum_i g_i x_i) / C        (r depends on every x_j)
  *   dw_i += dout_i * x_i * r                                 (summed over rows)
  * Rows are independent and split across OpenMP threads; the dw sum is split by columns instead,
- * so each thread owns a slice of dw and nothing is shared or allocated.
+ * so each thread owns a slice of dw and nothing is shared or allocated. The row code is
+ * row_ops.h's, which attn_input.c shares.
  */
 #include "ops/ops.h"
+#include "ops/row_ops.h"
 
 #include <math.h>
 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
                      float eps) {
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        const float *x = inp + (size_t)n * C;
-        float *o = out + (size_t)n * C;
-        float ss = 0.0f;
-#pragma omp simd reduction(+ : ss)
-        for (int c = 0; c < C; c++)
-            ss += x[c] * x[c];
-        float r = 1.0f / sqrtf(ss / (float)C + eps);
-        rstd[n] = r;
-#pragma omp simd
-        for (int c = 0; c < C; c++)
-            o[c] = (x[c] * r) * w[c];
-    }
+    for (int n = 0; n < N; n++)
+        rstd[n] = rmsnorm_row(out + (size_t)n * C, inp + (size_t)n * C, w, C, eps);
 }
 
 void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
@@ -35,18 +26,9 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
-        for (int n = 0; n < N; n++) {
-            const float *x = inp + (size_t)n * C, *g = dout + (size_t)n * C;
-            float *dx = dinp + (size_t)n * C;
-            float r = rstd[n], dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-            for (int c = 0; c < C; c++)
-                dot += g[c] * w[c] * x[c];
-            float k = r * r * r * dot / (float)C;
-#pragma omp simd
-            for (int c = 0; c < C; c++)
-                dx[c] += r * g[c] * w[c] - k * x[c];
-        }
+        for (int n = 0; n < N; n++)
+            rmsnorm_row_backward(dinp + (size_t)n * C, dout + (size_t)n * C, inp + (size_t)n * C,
+                                 w, rstd[n], C, 1);
         if (dw) {
             /* Column slices: thread t owns dw[c0, c1) and walks every row over that slice. */
 #pragma omp for schedule(static)

@@ -10,36 +10,26 @@
  * and x[rot_dim..D) pass through (Phi-3's partial_rotary_factor).
  * The map is a (scaled) rotation, so backward applies the transpose: the rotation by -angle,
  * times the same attn_scale. Tokens are split across OpenMP threads; each computes one cos/sin per
- * frequency and applies it to all H heads.
+ * frequency and applies it to all H heads (row_ops.h's row code, which attn_input.c shares).
  */
 #include "ops/ops.h"
+#include "ops/row_ops.h"
 
 #include <math.h>
-
-#define ROPE_CHUNK 64 /* frequencies whose cos/sin are computed at once, on the stack */
 
 static void rope_apply(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
                        int rot_dim, float attn_scale, float sign) {
     int half = rot_dim / 2;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
-        float p = (float)pos[n], cs[ROPE_CHUNK], sn[ROPE_CHUNK];
+        float cs[ROPE_CHUNK], sn[ROPE_CHUNK];
         float *xn = x + (size_t)n * H * D;
         for (int i0 = 0; i0 < half; i0 += ROPE_CHUNK) {
             int m = half - i0 < ROPE_CHUNK ? half - i0 : ROPE_CHUNK;
-            for (int i = 0; i < m; i++) {
-                float a = p * inv_freq[i0 + i];
-                cs[i] = cosf(a) * attn_scale;
-                sn[i] = sign * (sinf(a) * attn_scale);
-            }
+            rope_angles(cs, sn, (float)pos[n], inv_freq + i0, m, attn_scale, sign);
             for (int h = 0; h < H; h++) {
                 float *x1 = xn + (size_t)h * D + i0, *x2 = x1 + half;
-#pragma omp simd
-                for (int i = 0; i < m; i++) {
-                    float a1 = x1[i], a2 = x2[i];
-                    x1[i] = a1 * cs[i] - a2 * sn[i];
-                    x2[i] = a2 * cs[i] + a1 * sn[i];
-                }
+                rope_rotate(x1, x2, x1, x2, cs, sn, m);
             }
         }
     }
