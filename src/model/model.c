@@ -684,24 +684,16 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     const model_config *c = &m->cfg;
     const block_weights *bw = &m->blocks[l];
     const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D;
-    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const int QKV = m->QKV;
     const float scale = 1.0f / sqrtf((float)D);
     rmsnorm_forward(s->ln1, s->rstd1, x, bw->ln1, N, C, c->eps);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed, 0);
-    float *qdst = c->arch->qk_norm ? s->qpre : s->q, *kdst = c->arch->qk_norm ? s->kpre : s->k;
-    for (int n = 0; n < N; n++) {
-        const float *row = s->qkv + (size_t)n * QKV;
-        memcpy(qdst + (size_t)n * HD, row, HD * sizeof(float));
-        memcpy(kdst + (size_t)n * KD, row + HD, KD * sizeof(float));
-        memcpy(s->v + (size_t)n * KD, row + HD + KD, KD * sizeof(float));
-    }
-    if (c->arch->qk_norm) {
-        rmsnorm_forward(s->q, s->qn_rstd, s->qpre, bw->q_norm, N * H, D, c->eps);
-        rmsnorm_forward(s->k, s->kn_rstd, s->kpre, bw->k_norm, N * Hkv, D, c->eps);
-    }
-    rope_forward(s->q, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
-    rope_forward(s->k, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
+    /* split q|k|v, qk-norm (Qwen3), RoPE: one pass over each token's row (ops/attn_input.c) */
+    const int qn = c->arch->qk_norm;
+    attn_input_forward(s->q, s->k, s->v, s->qpre, s->kpre, s->qn_rstd, s->kn_rstd, s->qkv, QKV,
+                       qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, c->eps, b->pos,
+                       c->inv_freq, N, H, Hkv, D, c->rot_dim, c->attn_scaling);
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
                       c->window[l], scale);
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
@@ -723,7 +715,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     const model_config *c = &m->cfg;
     const block_weights *bw = &m->blocks[l];
     const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
-    const int HD = H * D, KD = Hkv * D, QKV = m->QKV;
+    const int HD = H * D, QKV = m->QKV;
     const float scale = 1.0f / sqrtf((float)D);
     float *dres = a->dres;
     /* MLP: xnext = xmid + down(silu(gate) * up), a chunk of rows at a time (recomputing the
@@ -746,22 +738,11 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
                        b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
-    rope_backward(a->dq, b->pos, c->inv_freq, N, H, D, c->rot_dim, c->attn_scaling);
-    rope_backward(a->dk, b->pos, c->inv_freq, N, Hkv, D, c->rot_dim, c->attn_scaling);
-    float *dq = a->dq, *dk = a->dk;
-    if (c->arch->qk_norm) {
-        memset(a->dq2, 0, (size_t)N * HD * sizeof(float));
-        memset(a->dk2, 0, (size_t)N * KD * sizeof(float));
-        rmsnorm_backward(a->dq2, NULL, a->dq, s->qpre, bw->q_norm, s->qn_rstd, N * H, D);
-        rmsnorm_backward(a->dk2, NULL, a->dk, s->kpre, bw->k_norm, s->kn_rstd, N * Hkv, D);
-        dq = a->dq2, dk = a->dk2;
-    }
-    for (int n = 0; n < N; n++) {
-        float *row = a->dqkv + (size_t)n * QKV;
-        memcpy(row, dq + (size_t)n * HD, HD * sizeof(float));
-        memcpy(row + HD, dk + (size_t)n * KD, KD * sizeof(float));
-        memcpy(row + HD + KD, a->dv + (size_t)n * KD, KD * sizeof(float));
-    }
+    /* RoPE, qk-norm and the split backward, into dqkv in one pass per token */
+    const int qn = c->arch->qk_norm;
+    attn_input_backward(a->dqkv, QKV, a->dq, a->dk, a->dv, s->qpre, s->kpre, s->qn_rstd,
+                        s->kn_rstd, qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, b->pos,
+                        c->inv_freq, N, H, Hkv, D, c->rot_dim, c->attn_scaling);
     if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out)
