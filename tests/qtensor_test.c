@@ -12,12 +12,19 @@
  *    qmatmul_backward_input equal "dequantize the whole matrix, multiply in double" within 1e-5
  *    of the largest |value| of the output (fp32 sums of at most a few hundred terms, in another
  *    order, differ by far less; a wrong block, row or scale is off by O(1)).
+ *  - under QC_BF16 (--dtype bf16), qmatmul_forward and qmatmul_backward_input, on every gemm_bf16
+ *    kernel this CPU runs, equal gemm_bf16_ref over (bf16(input), bf16(dequantized W)) within
+ *    1e-6 of the largest |value| of the output: both sum the same exact products in fp32, in
+ *    another order (the reference in double), so they differ by a few fp32 roundings of the
+ *    partial sums; skipping either rounding moves the result by about 2^-9 relative, which the
+ *    test also requires of the QC_BF16 result against the QC_F32 one (> 1e-4).
  * Bad input: Q8_0 with cols % 32 != 0 and a 4-bit block size bitsandbytes lacks return -1.
  *
  * Also a tool for tests/peers/test_q8_0.py:
  *   qtensor_test --quantize FMT IN.f32 ROWS COLS OUT.bin   (raw fp32 in, the data bytes out)
  *   qtensor_test --q8-0 IN.f32 ROWS COLS OUT.bin            (= --quantize q8_0 ...)
  */
+#include "ops/gemm_bf16.h"
 #include "ops/qtensor.h"
 #include "ops/quant.h"
 #include "test.h"
@@ -25,6 +32,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static uint32_t rng = 12345;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -52,6 +60,99 @@ static double rel_err(const float *a, size_t lda, const double *b, int rows, int
             e = d > e ? d : e;
         }
     return e / (m > 0 ? m : 1);
+}
+
+/* The largest |a - b| in units of the largest |b| (1 when all b are 0), fp32 both. */
+static double rel_err_f(const float *a, size_t lda, const float *b, size_t ldb, int rows,
+                        int cols) {
+    double m = 0, e = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) {
+            double x = b[(size_t)r * ldb + c];
+            m = fabs(x) > m ? fabs(x) : m;
+            double d = fabs(a[(size_t)r * lda + c] - x);
+            e = d > e ? d : e;
+        }
+    return e / (m > 0 ? m : 1);
+}
+
+/* QC_BF16 matmuls through t (full: its portable dequantization) against gemm_bf16_ref over the
+ * rounded operands, for N input rows, on the current qtensor and gemm_bf16 kernels. */
+static void check_bf16_matmuls(qtensor *t, const float *full, int N, int variant0,
+                               const char *what) {
+    int rows = t->rows, cols = t->cols, ldi = cols + 3, ldo = rows + 5;
+    size_t nin = (size_t)N * ldi, nout = (size_t)N * ldo;
+    uint16_t *wr = malloc((size_t)rows * cols * sizeof(uint16_t));
+    uint16_t *xr = malloc(nin * sizeof(uint16_t)), *dr = malloc(nout * sizeof(uint16_t));
+    float *inp = malloc(nin * sizeof(float)), *out = malloc(nout * sizeof(float));
+    float *want = malloc((nin > nout ? nin : nout) * sizeof(float));
+    float *f32 = malloc((nin > nout ? nin : nout) * sizeof(float));
+    float *bias = malloc((size_t)rows * sizeof(float));
+    bf16_round_rows(wr, (size_t)cols, full, (size_t)cols, rows, cols);
+    for (int variant = variant0; variant < 3; variant++) { /* beta 0; beta 1; beta 1 + bias */
+        float beta = variant == 0 ? 0.0f : 1.0f;
+        int use_bias = variant == 2;
+        for (size_t i = 0; i < nin; i++)
+            inp[i] = frand();
+        for (size_t i = 0; i < nout; i++)
+            out[i] = frand();
+        for (int r = 0; r < rows; r++)
+            bias[r] = frand();
+
+        /* forward: want = beta*out + bf16(inp) . bf16(W)^T, + bias in fp32 */
+        bf16_round_rows(xr, (size_t)ldi, inp, (size_t)ldi, N, cols);
+        memcpy(want, out, nout * sizeof(float));
+        memcpy(f32, out, nout * sizeof(float));
+        gemm_bf16_ref(1, N, rows, cols, xr, ldi, wr, cols, beta, want, ldo);
+        if (use_bias)
+            for (int n = 0; n < N; n++)
+                for (int r = 0; r < rows; r++)
+                    want[(size_t)n * ldo + r] += bias[r];
+        if (beta == 0) /* beta 0 must ignore what out held, NaN included */
+            for (int n = 0; n < N; n++)
+                out[(size_t)n * ldo] = NAN;
+        float pad = out[rows];
+        t->compute = QC_BF16;
+        qmatmul_forward(out, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
+        double e = rel_err_f(out, ldo, want, ldo, N, rows);
+        CHECK(e <= 1e-6, "%s bf16 (%s) forward N %d beta %g bias %d: relative error %.3g", what,
+              gemm_bf16_isa(), N, beta, use_bias, e);
+        CHECK(out[rows] == pad, "%s bf16: forward wrote past the width", what);
+        t->compute = QC_F32;
+        qmatmul_forward(f32, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
+        e = rel_err_f(f32, ldo, want, ldo, N, rows);
+        CHECK(e > 1e-4, "%s bf16 forward N %d: the fp32 product is as close (%.3g)", what, N, e);
+
+        /* backward: want = inp + bf16(dout) . bf16(W), dout = out read with stride ldo */
+        bf16_round_rows(dr, (size_t)ldo, out, (size_t)ldo, N, rows);
+        memcpy(want, inp, nin * sizeof(float));
+        memcpy(f32, inp, nin * sizeof(float));
+        gemm_bf16_ref(0, N, cols, rows, dr, ldo, wr, cols, 1.0f, want, ldi);
+        pad = inp[cols];
+        t->compute = QC_BF16;
+        qmatmul_backward_input(inp, ldi, out, ldo, t, N);
+        e = rel_err_f(inp, ldi, want, ldi, N, cols);
+        CHECK(e <= 1e-6, "%s bf16 (%s) backward N %d: relative error %.3g", what, gemm_bf16_isa(),
+              N, e);
+        CHECK(inp[cols] == pad, "%s bf16: backward wrote past the width", what);
+        t->compute = QC_F32;
+        qmatmul_backward_input(f32, ldi, out, ldo, t, N);
+        e = rel_err_f(f32, ldi, want, ldi, N, cols);
+        CHECK(e > 1e-4, "%s bf16 backward N %d: the fp32 product is as close (%.3g)", what, N, e);
+    }
+    free(wr), free(xr), free(dr), free(inp), free(out), free(want), free(f32), free(bias);
+}
+
+/* check_bf16_matmuls on every gemm_bf16 kernel this CPU runs. */
+static void check_bf16_all_kernels(qtensor *t, const float *full, const int *Ns, int nN,
+                                   int variant0, const char *what) {
+    const char *kern[] = {"fallback", "avx512"};
+    for (int k = 0; k < 2; k++) {
+        if (!gemm_bf16_set_isa(kern[k])) continue;
+        for (int i = 0; i < nN; i++)
+            check_bf16_matmuls(t, full, Ns[i], variant0, what);
+    }
+    if (!gemm_bf16_set_isa("avx512")) gemm_bf16_set_isa("fallback");
 }
 
 /* Independent check of the portable dequantization `full` against the format's definition. */
@@ -189,6 +290,11 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
             CHECK(inp[cols] == pad, "%s: backward wrote past the width", what);
             free(inp), free(out), free(bias), free(ref);
         }
+    int bf16_Ns[] = {1, 2, 3, 37};
+    if (big)
+        check_bf16_all_kernels(&t, full, bf16_Ns + 3, 1, 0, what);
+    else
+        check_bf16_all_kernels(&t, full, bf16_Ns, 4, 0, what);
     qtensor_free(&t);
     CHECK(t.data == NULL && t.owned == NULL, "%s: qtensor_free left pointers", what);
     free(x), free(full), free(part);
@@ -207,6 +313,36 @@ static void check_all_formats(void) {
         /* more rows than one panel (1.5 MB of fp32 = 1966 rows of 200), a partial last one */
         check_tensor(f, 2100, f == QF_Q8_0 ? 192 : 200, four ? 128 : 0, 0);
     }
+}
+
+/* QC_BF16 over more input rows than one rounded chunk (qtensor.c rounds at least 256 rows, 4 MB
+ * of bf16, at a time: 256 rows of a width of 8192) and over several panels of W (1.5 MB of fp32:
+ * 48 rows of 8192, 6144 of 64): the forward through a wide W (61 x 8192), the backward through a
+ * tall one (8192 x 64), 260 input rows, beta 1 with bias. One format per source of panels:
+ * F32 rounded from its data, BF16 read in place, NF4 dequantized first (the others share that). */
+static void check_bf16_chunks(void) {
+    const int shapes[][2] = {{61, 8192}, {8192, 64}}, Ns[] = {260};
+    const qformat fmts[] = {QF_F32, QF_BF16, QF_NF4};
+    for (int si = 0; si < 2; si++)
+        for (int fi = 0; fi < 3; fi++) {
+            int rows = shapes[si][0], cols = shapes[si][1];
+            qformat f = fmts[fi];
+            float *x = malloc((size_t)rows * cols * sizeof(float));
+            float *full = malloc((size_t)rows * cols * sizeof(float));
+            fill_weights(x, rows, cols);
+            qtensor t;
+            if (qtensor_quantize(&t, f, x, rows, cols, 64, f == QF_NF4)) {
+                CHECK(0, "%s: qtensor_quantize failed", qformat_info(f)->name);
+            } else {
+                char what[96];
+                snprintf(what, sizeof what, "%s %s %dx%d", qtensor_isa(), qformat_info(f)->name,
+                         rows, cols);
+                qformat_info(f)->dequant_ref(&t, 0, rows, full);
+                check_bf16_all_kernels(&t, full, Ns, 1, 2, what);
+                qtensor_free(&t);
+            }
+            free(x), free(full);
+        }
 }
 
 static void check_bad_input(void) {
@@ -267,6 +403,11 @@ static int quantize_tool(const char *fmt, const char *in, int rows, int cols, co
 }
 
 int main(int argc, char **argv) {
+    /* libgomp's spinning workers starve OpenBLAS's threads between the QC_BF16 panels (10x
+     * slower on 2 busy cores); it reads the policy when it loads, so set it and start again, as
+     * src/cli/main.c does */
+    if (!getenv("OMP_WAIT_POLICY") && !setenv("OMP_WAIT_POLICY", "passive", 1))
+        execv("/proc/self/exe", argv);
     if (argc == 7 && !strcmp(argv[1], "--quantize"))
         return quantize_tool(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]), argv[6]);
     if (argc == 6 && !strcmp(argv[1], "--q8-0"))
@@ -287,5 +428,6 @@ int main(int argc, char **argv) {
         check_all_formats();
         printf("isa %s: ran (%s)\n", isas[i], test_failed_ == failed ? "ok" : "FAILURES");
     }
+    check_bf16_chunks();
     return test_summary("qtensor");
 }

@@ -29,22 +29,38 @@ void bf16_round_rows(uint16_t *dst, size_t ldd, const float *src, size_t lds, in
     for (int r = 0; r < rows; r++) {
         const float *s = src + (size_t)r * lds;
         uint16_t *d = dst + (size_t)r * ldd;
-        for (int c = 0; c < cols; c++) d[c] = round_bf16(s[c]);
+        for (int c = 0; c < cols; c++)
+            d[c] = round_bf16(s[c]);
     }
 }
 
-void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda,
-                   const uint16_t *B, int ldb, float beta, float *C, int ldc) {
-    for (int m = 0; m < M; m++)
-        for (int n = 0; n < N; n++) {
-            double s = 0;
+void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                   int ldb, float beta, float *C, int ldc) {
+    /* each C row summed over k in order, in a row of doubles (B read along its rows either way,
+     * so the tests' large products stay fast enough to run) */
+    double *acc = malloc((size_t)(N > 0 ? N : 1) * sizeof(double));
+    if (!acc) abort(); /* a test-only reference: no way to go on */
+    for (int m = 0; m < M; m++) {
+        const uint16_t *a = A + (size_t)m * lda;
+        for (int n = 0; n < N; n++)
+            acc[n] = 0;
+        if (transB)
+            for (int n = 0; n < N; n++)
+                for (int k = 0; k < K; k++)
+                    acc[n] += (double)widen(a[k]) * widen(B[(size_t)n * ldb + k]);
+        else
             for (int k = 0; k < K; k++) {
-                uint16_t b = transB ? B[(size_t)n * ldb + k] : B[(size_t)k * ldb + n];
-                s += (double)widen(A[(size_t)m * lda + k]) * widen(b);
+                double av = widen(a[k]);
+                const uint16_t *b = B + (size_t)k * ldb;
+                for (int n = 0; n < N; n++)
+                    acc[n] += av * widen(b[n]);
             }
+        for (int n = 0; n < N; n++) {
             float *c = &C[(size_t)m * ldc + n];
-            *c = (float)(beta == 0 ? s : beta * *c + s);
+            *c = (float)(beta == 0 ? acc[n] : beta * *c + acc[n]);
         }
+    }
+    free(acc);
 }
 
 /* Widen rows of bf16 to fp32 (exact). */
@@ -52,7 +68,8 @@ static void widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, 
                        int cols) {
 #pragma omp parallel for schedule(static) if ((size_t)rows * cols >= 65536)
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) dst[(size_t)r * ldd + c] = widen(src[(size_t)r * lds + c]);
+        for (int c = 0; c < cols; c++)
+            dst[(size_t)r * ldd + c] = widen(src[(size_t)r * lds + c]);
 }
 
 /* Rows of A widened per block, so the fp32 copy stays small; B widened once per call. */

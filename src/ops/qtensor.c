@@ -11,10 +11,15 @@
  * the panel (about PANEL_BYTES of fp32) is dequantized into a buffer, by all threads, and one
  * GEMM multiplies it; the whole fp32 matrix never exists. With very few input rows (N small) a
  * GEMM does not pay for the dequantization pass, so each output is one fused dot product.
+ *
+ * Under QC_BF16 (qtensor.h) every format goes the panel way, with no fused dots: the input is
+ * rounded to bf16 a chunk of rows at a time, each panel is dequantized and rounded to bf16 (a
+ * BF16 tensor's own rows are the panel), and gemm_bf16 multiplies them.
  */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
+#include "ops/gemm_bf16.h"
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
 #include "ops/quant.h"
@@ -432,9 +437,114 @@ static void dequant_panel(const qtensor *W, qdequant_fn k, int r0, int nrows, fl
     }
 }
 
+/* ---- QC_BF16: the same panels, rounded to bf16 and multiplied by gemm_bf16 ---------------- */
+
+/* Input rows rounded per chunk: about XCHUNK_BYTES of bf16 but at least XCHUNK_MIN_ROWS, since
+ * every chunk dequantizes all of W again and a wide layer (14336 columns: 146 rows in 4 MB)
+ * would spend a tenth of its time there. */
+enum { XCHUNK_BYTES = 4 << 20, XCHUNK_MIN_ROWS = 256 };
+
+static int chunk_rows(int width, int N) {
+    int c = (int)(XCHUNK_BYTES / 2 / (size_t)width);
+    if (c < XCHUNK_MIN_ROWS) c = XCHUNK_MIN_ROWS;
+    return c < N ? c : N;
+}
+
+/* Scratch of one QC_BF16 matmul: a chunk of input rows and a panel of W in bf16, and the fp32
+ * panel the dequantization writes (neither panel for BF16, which is read in place; no fp32 one
+ * for F32, which is rounded straight from its data). */
+typedef struct bf16_scratch {
+    int xrows, prows;
+    uint16_t *x, *panel;
+    float *panel32;
+} bf16_scratch;
+
+static int bf16_scratch_alloc(bf16_scratch *s, const qtensor *W, int xrows, int xwidth, int prows) {
+    size_t I = (size_t)W->cols;
+    int own_panel = W->fmt != QF_BF16, own32 = own_panel && W->fmt != QF_F32;
+    s->xrows = xrows, s->prows = prows;
+    s->x = malloc((size_t)xrows * xwidth * sizeof(uint16_t));
+    s->panel = own_panel ? malloc((size_t)prows * I * sizeof(uint16_t)) : NULL;
+    s->panel32 = own32 ? malloc((size_t)prows * I * sizeof(float)) : NULL;
+    if (s->x && (s->panel || !own_panel) && (s->panel32 || !own32)) return 0;
+    free(s->x), free(s->panel), free(s->panel32);
+    return -1;
+}
+
+/* Full-size scratch, or when memory is short one input row and one W row at a time. */
+static void bf16_scratch_init(bf16_scratch *s, const qtensor *W, int xwidth, int N) {
+    if (!bf16_scratch_alloc(s, W, chunk_rows(xwidth, N), xwidth, panel_rows(W))) return;
+    if (!bf16_scratch_alloc(s, W, 1, xwidth, 1)) return;
+    abort(); /* not even one row of each: the process cannot go on anyway */
+}
+
+static void bf16_scratch_free(bf16_scratch *s) { free(s->x), free(s->panel), free(s->panel32); }
+
+/* Rows r0 .. r0+m-1 of W in bf16, row stride cols. */
+static const uint16_t *bf16_panel(const qtensor *W, qdequant_fn k, int r0, int m, bf16_scratch *s) {
+    size_t I = (size_t)W->cols;
+    if (W->fmt == QF_BF16) return (const uint16_t *)W->data + (size_t)r0 * I;
+    const float *src = (const float *)W->data + (size_t)r0 * I;
+    if (W->fmt != QF_F32) {
+        dequant_panel(W, k, r0, m, s->panel32);
+        src = s->panel32;
+    }
+    bf16_round_rows(s->panel, I, src, I, m, W->cols);
+    return s->panel;
+}
+
+/* out (N, O) = beta*out + bf16(inp) . bf16(W)^T, then + bias in fp32. */
+static void qmatmul_forward_bf16(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                                 const float *bias, int N, float beta) {
+    int O = W->rows, I = W->cols;
+    bf16_scratch s;
+    bf16_scratch_init(&s, W, I, N);
+    qdequant_fn k = dequant_kernel(W->fmt);
+    for (int n0 = 0; n0 < N; n0 += s.xrows) {
+        int n = N - n0 < s.xrows ? N - n0 : s.xrows;
+        bf16_round_rows(s.x, (size_t)I, inp + (size_t)n0 * ldi, (size_t)ldi, n, I);
+        for (int r0 = 0; r0 < O; r0 += s.prows) {
+            int m = O - r0 < s.prows ? O - r0 : s.prows;
+            const uint16_t *w = bf16_panel(W, k, r0, m, &s);
+            gemm_bf16(1, n, m, I, s.x, I, w, I, beta, out + (size_t)n0 * ldo + r0, ldo);
+        }
+    }
+    bf16_scratch_free(&s);
+    if (bias)
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < O; o++)
+                out[(size_t)n * ldo + o] += bias[o];
+}
+
+/* dinp (N, I) += bf16(dout) . bf16(W): a chunk of dout rows (all O columns) rounded once, each
+ * panel multiplying its columns r0 .. r0+m-1 of it. */
+static void qmatmul_backward_input_bf16(float *dinp, int ldi, const float *dout, int ldo,
+                                        const qtensor *W, int N) {
+    int O = W->rows, I = W->cols;
+    bf16_scratch s;
+    bf16_scratch_init(&s, W, O, N);
+    qdequant_fn k = dequant_kernel(W->fmt);
+    for (int n0 = 0; n0 < N; n0 += s.xrows) {
+        int n = N - n0 < s.xrows ? N - n0 : s.xrows;
+        bf16_round_rows(s.x, (size_t)O, dout + (size_t)n0 * ldo, (size_t)ldo, n, O);
+        for (int r0 = 0; r0 < O; r0 += s.prows) {
+            int m = O - r0 < s.prows ? O - r0 : s.prows;
+            const uint16_t *w = bf16_panel(W, k, r0, m, &s);
+            gemm_bf16(0, n, I, m, s.x + r0, O, w, I, 1.0f, dinp + (size_t)n0 * ldi, ldi);
+        }
+    }
+    bf16_scratch_free(&s);
+}
+
+/* ---- the matmuls ------------------------------------------------------------------------- */
+
 void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
                      const float *bias, int N, float beta) {
     int O = W->rows, I = W->cols;
+    if (W->compute == QC_BF16) {
+        if (N > 0) qmatmul_forward_bf16(out, ldo ? ldo : O, inp, ldi ? ldi : I, W, bias, N, beta);
+        return;
+    }
     if (W->fmt == QF_F32) {
         matmul_forward(out, ldo, inp, ldi, W->data, bias, N, I, O, beta);
         return;
@@ -471,6 +581,10 @@ void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtens
 void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
                             int N) {
     int O = W->rows, I = W->cols;
+    if (W->compute == QC_BF16) {
+        if (N > 0) qmatmul_backward_input_bf16(dinp, ldi ? ldi : I, dout, ldo ? ldo : O, W, N);
+        return;
+    }
     if (W->fmt == QF_F32) {
         matmul_backward_input(dinp, ldi, dout, ldo, W->data, N, I, O);
         return;
