@@ -93,6 +93,9 @@ typedef struct ft_train_options {
     int quant_blocksize;     /* nf4/fp4 block size (0: 64) */
     const char *quant_lm_head; /* "q8", "bf16", "none", or NULL: the checkpoint's dtype when the
                                   linear layers are quantized, fp32 otherwise */
+    const char *dtype; /* compute type of the frozen-weight matmuls: "fp32" (NULL) or "bf16"
+                          (inputs and weights rounded to bf16, fp32 sums; LoRA and AdamW stay
+                          fp32). bf16 stores the weights as bf16 unless --quant says otherwise. */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
@@ -109,6 +112,7 @@ typedef struct ft_eval_options {
     const char *quant;       /* frozen weights as in ft_train_options */
     int double_quant, quant_blocksize;
     const char *quant_lm_head;
+    const char *dtype;       /* compute type as in ft_train_options */
 } ft_eval_options;
 typedef struct ft_eval_result {
     double loss;   /* mean token loss */

@@ -10,7 +10,6 @@
 
 int cmd_eval(int argc, char **argv) {
     ft_eval_options o = {0};
-    o.quant = "none";
     long bs = 8, sl = 0, threads = 0, qbs = 64;
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},
@@ -23,7 +22,8 @@ int cmd_eval(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
         {"dump-logits", OPT_STR, &o.dump_logits, "FILE", "write logits [examples, T, V] as safetensors"},
         {"dump-grads", OPT_STR, &o.dump_grads, "FILE", "write the adapter's gradients of the mean loss"},
-        {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4, fp4, q8, bf16 or none (fp32)"},
+        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (frozen weights and activations in bf16 with fp32 sums; the weights are kept as bf16 unless --quant says otherwise)"},
+        {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4, fp4, q8, bf16 or none (fp32; default: bf16 under --dtype bf16)"},
         {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too"},
         {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},
         {"quant-lm-head", OPT_STR, &o.quant_lm_head, "FMT", "LM head: q8, bf16 or none (fp32); default: the checkpoint's own dtype with --quant, fp32 without"},

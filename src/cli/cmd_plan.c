@@ -9,12 +9,13 @@
 #include "train/plan.h"
 
 #include <stdio.h>
+#include <string.h>
 
 int cmd_plan(int argc, char **argv) {
     const char *model = NULL, *targets = "q_proj,v_proj";
     long B = 8, T = 2048, R = 8, qbs = 64;
     int ckpt = 0, dq = 0;
-    const char *quant = "none", *qhead = NULL, *ckdt = "fp32";
+    const char *quant = NULL, *qhead = NULL, *ckdt = NULL, *dtype = "fp32";
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (only config.json is read)"},
         {"batch-size", OPT_INT, &B, "B", "examples per micro-batch"},
@@ -23,7 +24,8 @@ int cmd_plan(int argc, char **argv) {
         {"lora-targets", OPT_STR, &targets, "LIST", "comma list of q_proj,k_proj,... or all-linear"},
         {"grad-checkpoint", OPT_FLAG, &ckpt, NULL, "recompute each layer in backward"},
         {"grad-checkpoint-dtype", OPT_STR, &ckdt, "T", "kept layer inputs: fp32 or bf16 (implies --grad-checkpoint)"},
-        {"quant", OPT_STR, &quant, "FMT", "frozen linear weights: nf4, fp4, q8, bf16 or none (fp32)"},
+        {"dtype", OPT_STR, &dtype, "T", "compute type: fp32 or bf16 (weights kept as bf16 unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs)"},
+        {"quant", OPT_STR, &quant, "FMT", "frozen linear weights: nf4, fp4, q8, bf16 or none (fp32; default: bf16 under --dtype bf16)"},
         {"double-quant", OPT_FLAG, &dq, NULL, "nf4/fp4: quantize the absmax values too"},
         {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 block size"},
         {"quant-lm-head", OPT_STR, &qhead, "FMT", "LM head: q8, bf16 or none (default: the checkpoint's dtype with --quant, else fp32)"},
@@ -38,6 +40,8 @@ int cmd_plan(int argc, char **argv) {
     if (!rc && (B < 1 || T < 2 || R < 1))
         rc = ft_error_set(&err, FT_ERR_INPUT, "ftune plan", NULL,
                           "--batch-size, --seq-len and --lora-r must be positive");
+    /* as ftune train: --dtype bf16 with --grad-checkpoint keeps the layer inputs in bf16 */
+    if (!ckdt) ckdt = ckpt && !strcmp(dtype, "bf16") ? "bf16" : "fp32";
     int level = ckpt_dtype_parse(ckdt);
     if (!rc && level < 0)
         rc = ft_error_set(&err, FT_ERR_INPUT, "option --grad-checkpoint-dtype", "use fp32 or bf16",
@@ -46,7 +50,8 @@ int cmd_plan(int argc, char **argv) {
     model_config cfg;
     int have_cfg = 0;
     if (!rc) rc = model_config_load(model, &cfg, &err), have_cfg = !rc;
-    model_load_options lo = {quant, dq, (int)qbs, qhead};
+    model_load_options lo = {.quant = quant, .double_quant = dq, .blocksize = (int)qbs,
+                             .lm_head = qhead, .dtype = dtype};
     model_quant q;
     memory_plan p;
     if (!rc) rc = model_quant_resolve(model, &cfg, &lo, &q, &err);
@@ -66,7 +71,10 @@ int cmd_plan(int argc, char **argv) {
     printf("  %-28s %10.1f MB\n", "LoRA values + gradients", p.lora / MB);
     printf("  %-28s %10.1f MB\n", "AdamW state", p.optimizer / MB);
     printf("  %-28s %10.1f MB\n", "activations + workspace", p.activations / MB);
-    if (p.panel > 0) printf("  %-28s %10.1f MB\n", "dequantization panel", p.panel / MB);
+    if (p.panel > 0)
+        printf("  %-28s %10.1f MB\n",
+               q.compute == QC_BF16 ? "bf16 input chunk + panel" : "dequantization panel",
+               p.panel / MB);
     printf("  %-28s %10.1f MB\n", "batch buffers", p.batch / MB);
     printf("  %-28s %10.1f MB\n", "program and libraries", p.baseline / MB);
     printf("  %-28s %10.1f MB\n", "total (predicted peak)", p.total / MB);

@@ -22,8 +22,10 @@ typedef struct memory_plan {
 ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B, int T, int R,
                            const char *targets, int grad_checkpoint, memory_plan *p,
                            ft_error *err);
-/* The buffer a quantized matmul dequantizes a panel of rows into (0 when all is fp32). */
-double memory_plan_panel(const model_quant *q);
+/* The scratch of one frozen-weight matmul: the buffer a quantized matmul dequantizes a panel
+ * of rows into (0 when all is fp32), or under bf16 compute the bf16 copies of a chunk of the
+ * input rows and of a weight panel (B x T rows at most). */
+double memory_plan_panel(const model_config *cfg, const model_quant *q, int B, int T);
 /* MemAvailable from /proc/meminfo in bytes, or 0 if unknown; the environment variable
  * FTUNE_MEMORY_MB, when set, replaces it (a budget, e.g. on a shared machine). */
 double memory_available(void);

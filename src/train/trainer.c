@@ -45,7 +45,17 @@ void ft_train_defaults(ft_train_options *o) {
     o->lr = 5e-5, o->weight_decay = 0, o->max_grad_norm = 1.0;
     o->adam_beta1 = 0.9, o->adam_beta2 = 0.999, o->adam_eps = 1e-8;
     o->schedule = "linear", o->seed = 42, o->shuffle = 1, o->keep_checkpoints = 3;
-    o->quant = "none", o->quant_blocksize = 64;
+    /* quant NULL (not given): fp32 storage, or bf16 under --dtype bf16 (model_quant_resolve) */
+    o->quant_blocksize = 64;
+}
+
+static int dtype_is_bf16(const char *dtype) { return dtype && !strcmp(dtype, "bf16"); }
+
+/* Defaults that depend on other options: --dtype bf16 keeps checkpointed layer inputs in bf16
+ * too (activations in BF16) unless --grad-checkpoint-dtype says otherwise. */
+static void resolve_defaults(ft_train_options *o) {
+    if (dtype_is_bf16(o->dtype) && o->grad_checkpoint && !o->grad_checkpoint_dtype)
+        o->grad_checkpoint_dtype = "bf16";
 }
 
 static volatile sig_atomic_t stop_signal;
@@ -128,6 +138,9 @@ static ft_status check_options(const ft_train_options *o, ft_error *err) {
     if (ckpt_dtype_parse(o->grad_checkpoint_dtype) < 0)
         return ft_error_set(err, FT_ERR_INPUT, "option --grad-checkpoint-dtype", "use fp32 or bf16",
                             "unknown dtype \"%s\"", o->grad_checkpoint_dtype);
+    if (o->dtype && strcmp(o->dtype, "fp32") && strcmp(o->dtype, "bf16"))
+        return ft_error_set(err, FT_ERR_INPUT, "option --dtype", "use fp32 or bf16",
+                            "unknown compute type \"%s\"", o->dtype);
 #undef BAD
     return FT_OK;
 }
@@ -186,8 +199,11 @@ static void print_settings(const ft_train_options *o, const model *m, const lora
 }
 
 /* The settings that decide a run's numbers, one "key=value" line each: a resumed run must have
- * the same ones (threads, progress and saving options may change). */
-static void settings_text(const ft_train_options *o, char *buf, size_t n) {
+ * the same ones (threads, progress and saving options may change). The lines added since the
+ * first runs (grad_checkpoint_dtype, dtype) are written only when not at their default, so the
+ * hash of an older run stays what its checkpoints hold; `all` writes them always, so that two
+ * texts compared line by line have the same keys in the same order. */
+static void settings_text(const ft_train_options *o, int all, char *buf, size_t n) {
     char targs[1024] = "";
     for (int i = 0; i < o->n_template_args; i++) {
         size_t u = strlen(targs);
@@ -214,16 +230,18 @@ static void settings_text(const ft_train_options *o, char *buf, size_t n) {
              o->quant_lm_head ? o->quant_lm_head : "default");
     /* bf16 checkpoints change the numbers (fp32 ones do not): named only then, so the runs
      * written before the option keep their settings */
-    if (ckpt_dtype_parse(o->grad_checkpoint_dtype) == CKPT_BF16) {
-        size_t u = strlen(buf);
-        snprintf(buf + u, n - u, "grad_checkpoint_dtype=bf16\n");
-    }
+    int ckbf = ckpt_dtype_parse(o->grad_checkpoint_dtype) == CKPT_BF16;
+    size_t u = strlen(buf);
+    if (all || ckbf) snprintf(buf + u, n - u, "grad_checkpoint_dtype=%s\n", ckbf ? "bf16" : "fp32");
+    u = strlen(buf);
+    if (all || dtype_is_bf16(o->dtype))
+        snprintf(buf + u, n - u, "dtype=%s\n", dtype_is_bf16(o->dtype) ? "bf16" : "fp32");
 }
 
 /* Fingerprint of the settings plus the model's config.json and weight file sizes. */
 static void settings_hash(const ft_train_options *o, char out[17]) {
     char text[8192];
-    settings_text(o, text, sizeof text);
+    settings_text(o, 0, text, sizeof text);
     uint64_t h = hash_bytes(text, strlen(text), HASH_START);
     char path[4200], *cfg = NULL;
     size_t n = 0;
@@ -297,13 +315,15 @@ static ft_status write_run_config(const ft_train_options *o, const model *m, lon
     cJSON_AddNumberToObject(op, "save_every", (double)o->save_every);
     cJSON_AddNumberToObject(op, "keep_checkpoints", o->keep_checkpoints);
     cJSON_AddNumberToObject(op, "threads", o->threads);
-    cJSON_AddStringToObject(op, "quant", o->quant ? o->quant : "none");
+    if (o->quant) cJSON_AddStringToObject(op, "quant", o->quant);
+    else cJSON_AddNullToObject(op, "quant"); /* not given: as --dtype decides */
     cJSON_AddBoolToObject(op, "double_quant", o->double_quant);
     cJSON_AddNumberToObject(op, "quant_blocksize", o->quant_blocksize ? o->quant_blocksize : 64);
     if (o->quant_lm_head) cJSON_AddStringToObject(op, "quant_lm_head", o->quant_lm_head);
     else cJSON_AddNullToObject(op, "quant_lm_head");
     cJSON_AddStringToObject(op, "grad_checkpoint_dtype",
                             o->grad_checkpoint_dtype ? o->grad_checkpoint_dtype : "fp32");
+    cJSON_AddStringToObject(op, "dtype", o->dtype ? o->dtype : "fp32");
     cJSON *r = cJSON_AddObjectToObject(j, "resolved");
     cJSON *t = cJSON_AddArrayToObject(r, "lora_targets");
     for (int k = 0; k < LIN_COUNT; k++)
@@ -313,7 +333,8 @@ static ft_status write_run_config(const ft_train_options *o, const model *m, lon
     cJSON_AddNumberToObject(r, "lora_scale", ls->scale);
     cJSON_AddNumberToObject(r, "lora_parameters", (double)ls->n_params);
     cJSON_AddNumberToObject(r, "total_steps", (double)total_steps);
-    cJSON_AddStringToObject(r, "dtype", "float32"); /* the compute dtype */
+    /* the compute dtype of the frozen-weight matmuls (LoRA and AdamW are float32 always) */
+    cJSON_AddStringToObject(r, "dtype", q->compute == QC_BF16 ? "bfloat16" : "float32");
     /* how the frozen weights were stored: formats as qtensor names them */
     cJSON *wq = cJSON_AddObjectToObject(r, "frozen_weights");
     cJSON_AddStringToObject(wq, "linear", qformat_info(q->linear)->name);
@@ -403,11 +424,12 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
     G(json_get_double(op, "threads", 0, 0, &v, path, err));
     long ee = 0, mx = 0, qbs = 64;
     int pk = 0, dl = 0, toi = 0, tp = 0, dq = 0;
-    G(json_get_string(op, "quant", 0, "none", &o->quant, path, err));
+    G(json_get_string(op, "quant", 0, NULL, &o->quant, path, err));
     G(json_get_bool(op, "double_quant", 0, 0, &dq, path, err));
     G(json_get_int(op, "quant_blocksize", 0, 64, &qbs, path, err));
     G(json_get_string(op, "quant_lm_head", 0, NULL, &o->quant_lm_head, path, err));
     G(json_get_string(op, "grad_checkpoint_dtype", 0, "fp32", &o->grad_checkpoint_dtype, path, err));
+    G(json_get_string(op, "dtype", 0, "fp32", &o->dtype, path, err));
     G(json_get_string(op, "val_data", 0, NULL, &o->val_data, path, err));
     G(json_get_double(op, "val_split", 0, 0, &o->val_split, path, err));
     G(json_get_int(op, "eval_every", 0, 0, &ee, path, err));
@@ -442,8 +464,8 @@ static ft_status load_run_options(const char *run_dir, ft_train_options *o, cJSO
 static ft_status compare_settings(const ft_train_options *given, const ft_train_options *stored,
                                   ft_error *err) {
     char a[8192], b[8192], diff[900] = "";
-    settings_text(given, a, sizeof a);
-    settings_text(stored, b, sizeof b);
+    settings_text(given, 1, a, sizeof a);
+    settings_text(stored, 1, b, sizeof b);
     char *sa = a, *sb = b;
     int n = 0;
     while (*sa && *sb) {
@@ -564,7 +586,7 @@ static double eval_loss(const model *m, acts *a, batch *b, int B, const dataset 
  * moments, activations) with storage q and checkpointing ckpt. */
 static double run_bytes(const model_config *cfg, const model_quant *q, const lora_set *ls, int B,
                         int T, int ckpt) {
-    return (double)model_weight_bytes(cfg, q) + memory_plan_panel(q) +
+    return (double)model_weight_bytes(cfg, q) + memory_plan_panel(cfg, q, B, T) +
            4.0 * ls->n_params * sizeof(float) +
            (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
 }
@@ -624,6 +646,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
         if ((st = load_run_options(given->resume, &eff, &stored, lists, err))) return st;
         if (given->model_dir || given->data_path || given->n_data_sources) {
             ft_train_options cmp = *given;
+            resolve_defaults(&cmp);
             if ((st = compare_settings(&cmp, &eff, err))) {
                 cJSON_Delete(stored);
                 free(lists[0]), free(lists[1]);
@@ -634,6 +657,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
         eff.grad_checkpoint = given->grad_checkpoint; /* same numbers either way */
         if (given->save_every) eff.save_every = given->save_every;
     }
+    resolve_defaults(&eff);
     if ((st = check_options(o, err))) {
         cJSON_Delete(stored);
         free(lists[0]), free(lists[1]);
@@ -651,7 +675,9 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     model m = {0};
     model_config cfg;
     int have_cfg = 0;
-    model_load_options lopt = {o->quant, o->double_quant, o->quant_blocksize, o->quant_lm_head};
+    model_load_options lopt = {.quant = o->quant, .double_quant = o->double_quant,
+                               .blocksize = o->quant_blocksize, .lm_head = o->quant_lm_head,
+                               .dtype = o->dtype};
     model_quant q;
     lora_set *ls = NULL;
     dataset ds = {0}, val = {0};
@@ -866,7 +892,9 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
                             "needs --adapter (the gradients are those of the adapter's tensors)");
     set_threads(o->threads);
     model m;
-    model_load_options lopt = {o->quant, o->double_quant, o->quant_blocksize, o->quant_lm_head};
+    model_load_options lopt = {.quant = o->quant, .double_quant = o->double_quant,
+                               .blocksize = o->quant_blocksize, .lm_head = o->quant_lm_head,
+                               .dtype = o->dtype};
     ft_status st = model_load_with(o->model_dir, &lopt, &m, err);
     if (st) return st;
     dataset ds = {0};
