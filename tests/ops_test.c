@@ -207,7 +207,8 @@ static double frel_err(const float *a, const float *b, size_t n, size_t *same) {
 /* The fused pass against the composition it replaces (model.c before it): copies of each row's
  * parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward rope_backward,
  * rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
- * (row_ops.h) in the same order, so they should agree to the bit; the bound is 1e-6 of the
+ * (row_ops.h) in the same order, so they should agree to the bit (the fused backward reads the
+ * pre-norm values from qkv, where the separate ops kept copies); the bound is 1e-6 of the
  * largest value (fp32 rounding of a few operations) so that a compiler vectorizing the two
  * differently does not fail it, while a wrong index or a missed head is off by O(1). */
 static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, float scale) {
@@ -219,6 +220,11 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
     float inv_freq[256];
     for (int i = 0; i < rot / 2; i++)
         inv_freq[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)rot);
+    int P = 0; /* the cos/sin table covers positions 0 .. P-1 */
+    for (int n = 0; n < N; n++)
+        P = pos[n] + 1 > P ? pos[n] + 1 : P;
+    float *rc = malloc(4 * (size_t)P * (rot / 2)), *rs = malloc(4 * (size_t)P * (rot / 2));
+    rope_table(rc, rs, P, inv_freq, rot, scale);
     float *qkv = frand((size_t)N * ld, 2), *qw = frand(D, 1.5), *kw = frand(D, 1.5);
     const float *qn = norm ? qw : NULL, *kn = norm ? kw : NULL;
     size_t nq = (size_t)N * HD, nk = (size_t)N * KD;
@@ -238,17 +244,15 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
     rope_forward(rq, pos, inv_freq, N, H, D, rot, scale);
     rope_forward(rk, pos, inv_freq, N, Hkv, D, rot, scale);
     /* fused */
-    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk), *qp = malloc(4 * nq),
-          *kp = malloc(4 * nk), *qr = malloc(4 * (size_t)N * H), *kr = malloc(4 * (size_t)N * Hkv);
-    attn_input_forward(q, k, v, qp, kp, qr, kr, qkv, ld, qn, kn, eps, pos, inv_freq, N, H, Hkv, D,
-                       rot, scale);
+    float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk),
+          *qr = malloc(4 * (size_t)N * H), *kr = malloc(4 * (size_t)N * Hkv);
+    attn_input_forward(q, k, v, qr, kr, qkv, ld, qn, kn, eps, pos, rc, rs, N, H, Hkv, D,
+                       rot);
     size_t same = 0, total = nq + 2 * nk;
     double e = frel_err(q, rq, nq, &same);
     e = fmax(e, frel_err(k, rk, nk, &same));
     e = fmax(e, frel_err(v, rv, nk, &same));
     if (norm) {
-        e = fmax(e, frel_err(qp, rqp, nq, NULL));
-        e = fmax(e, frel_err(kp, rkp, nk, NULL));
         e = fmax(e, frel_err(qr, rqr, (size_t)N * H, NULL));
         e = fmax(e, frel_err(kr, rkr, (size_t)N * Hkv, NULL));
     }
@@ -277,8 +281,8 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
         memcpy(row + HD, gk + (size_t)n * KD, 4 * (size_t)KD);
         memcpy(row + HD + KD, dv + (size_t)n * KD, 4 * (size_t)KD);
     }
-    attn_input_backward(dqkv, ld, dq, dk, dv, norm ? qp : NULL, norm ? kp : NULL, qr, kr, qn, kn,
-                        pos, inv_freq, N, H, Hkv, D, rot, scale);
+    attn_input_backward(dqkv, dq, dk, dv, norm ? qkv : NULL, ld, qr, kr, qn, kn,
+                        pos, rc, rs, N, H, Hkv, D, rot);
     size_t bsame = 0;
     double eb = 0;
     int pad = 0;
@@ -295,8 +299,8 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
            "backward %.2g (%zu of %zu)\n", N, H, Hkv, D, rot, norm, e, same, total, eb, bsame,
            (size_t)N * QKV);
     if (norm) free(gq), free(gk);
-    free(pos), free(qkv), free(qw), free(kw), free(rq), free(rk), free(rv), free(rqp), free(rkp),
-        free(rqr), free(rkr), free(q), free(k), free(v), free(qp), free(kp), free(qr), free(kr),
+    free(rc), free(rs), free(pos), free(qkv), free(qw), free(kw), free(rq), free(rk), free(rv),
+        free(rqp), free(rkp), free(rqr), free(rkr), free(q), free(k), free(v), free(qr), free(kr),
         free(dq), free(dk), free(dv), free(dq0), free(dk0), free(rdq), free(rdk), free(rdqkv),
         free(dqkv);
 }

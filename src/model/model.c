@@ -463,21 +463,22 @@ struct acts {
     size_t bytes;
     /* saved per layer (train; one slot when ckpt) */
     float *x;        /* (L+1, N, C) residual stream: input of each layer, then the final one */
-    float *ln1, *rstd1, *qkv, *qpre, *kpre, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
+    float *ln1, *rstd1, *qkv, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
     float *xmid, *ln2, *rstd2, *gu, *act;
     float *xa; /* (n_lora, N, R) */
     float *hf, *rstdf, *dhf;
+    float *rope_cos, *rope_sin; /* (maxT, rot_dim/2) each: RoPE's cos/sin by position (rope_table) */
     /* scratch */
-    float *dres, *dln, *dqkv, *dq, *dk, *dv, *dq2, *dk2, *datt, *dgu, *dact, *dxa, *xd, *xent, *xtmp;
+    float *dres, *dln, *dqkv, *dq, *dk, *dv, *datt, *dgu, *dact, *dxa, *xd, *xent, *xtmp;
     uint16_t *x16; /* CKPT_BF16: (L+1, N, C) the kept layer inputs; x is then two working slots */
 };
 
-#define ACTS_PARTS 38
+#define ACTS_PARTS 36
 
 /* The size in floats of each part of acts, in the order acts_alloc lays them out. The same
  * numbers serve the memory plan (ftune plan) and the allocation. */
-static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_t N, int chunk,
-                      int ckpt, size_t M, size_t sizes[ACTS_PARTS]) {
+static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_t N, size_t T,
+                      int chunk, int ckpt, size_t M, size_t sizes[ACTS_PARTS]) {
     size_t L = ckpt ? 1 : (size_t)c->L, C = c->C, HD = (size_t)c->H * c->D,
            KD = (size_t)c->Hkv * c->D, I = c->I;
     /* M: rows of an MLP chunk; xd holds an attention layer's input or a chunk's down input */
@@ -487,8 +488,9 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
     size_t v[ACTS_PARTS] = {
         /* x: every layer's input (bf16 checkpoints: one working slot, the inputs in x16) */
         (ckpt == CKPT_BF16 ? 1 : (size_t)c->L + 1) * N * C,
-        L * N * C, L * N, L * N * QKV,              /* ln1 rstd1 qkv */
-        qn ? L * N * HD : 0, qn ? L * N * KD : 0,   /* qpre kpre */
+        /* qkv: kept per layer only with qk-norm, whose backward reads the pre-norm q and k there
+         * (attn_input_backward); otherwise backward needs only q, k, v and one slot serves */
+        L * N * C, L * N, (qn ? L : 1) * N * QKV,   /* ln1 rstd1 qkv */
         qn ? L * N * c->H : 0, qn ? L * N * c->Hkv : 0,
         L * N * HD, L * N * KD, L * N * KD,         /* q k v */
         L * N * HD, L * N * c->H,                   /* att lse */
@@ -496,11 +498,12 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
         L * M * 2 * I, L * M * I,                   /* gu act */
         nl * N * R,                                 /* xa */
         N * C, N, N * C,                            /* hf rstdf dhf */
-        N * C, N * C, N * QKV, N * HD, N * KD, N * KD, N * HD, N * KD, N * HD, /* dres..datt */
+        N * C, N * C, N * QKV, N * HD, N * KD, N * KD, N * HD, /* dres..datt */
         M * 2 * I, M * I, N * R, xd,                /* dgu dact dxa xd */
         (size_t)chunk * c->V,                       /* xent */
         ckpt ? N * C : 0,                           /* xtmp: a recomputed layer's output */
         ckpt == CKPT_BF16 ? (((size_t)c->L + 1) * N * C + 1) / 2 : 0, /* x16, 2 per float */
+        T * (size_t)(c->rot_dim / 2), T * (size_t)(c->rot_dim / 2), /* rope_cos rope_sin */
     };
     memcpy(sizes, v, sizeof v);
     return ACTS_PARTS;
@@ -535,7 +538,7 @@ size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int 
                        int ckpt) {
     size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;
     int n = acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
-                       xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
+                       (size_t)maxT, xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
     for (int i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15;
     return total * sizeof(float);
 }
@@ -565,7 +568,7 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     xent_chunk = xent_chunk_for(c, xent_chunk, N);
     size_t sizes[ACTS_PARTS];
     size_t M = mlp_rows_for(ckpt, mlp_rows, N);
-    int np = acts_sizes(c, m->QKV, R, nl, N, xent_chunk, ckpt, M, sizes);
+    int np = acts_sizes(c, m->QKV, R, nl, N, (size_t)maxT, xent_chunk, ckpt, M, sizes);
     size_t total = 0;
     for (int i = 0; i < np; i++) total += (sizes[i] + 15) & ~(size_t)15;
     float *buf = aligned_alloc(64, total * sizeof(float));
@@ -579,11 +582,11 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     float *cur = buf;
     int i = 0;
     float **parts[ACTS_PARTS] = {
-        &a->x, &a->ln1, &a->rstd1, &a->qkv, &a->qpre, &a->kpre, &a->qn_rstd, &a->kn_rstd,
+        &a->x, &a->ln1, &a->rstd1, &a->qkv, &a->qn_rstd, &a->kn_rstd,
         &a->q, &a->k, &a->v, &a->att, &a->lse, &a->xmid, &a->ln2, &a->rstd2, &a->gu, &a->act,
         &a->xa, &a->hf, &a->rstdf, &a->dhf, &a->dres, &a->dln, &a->dqkv, &a->dq, &a->dk,
-        &a->dv, &a->dq2, &a->dk2, &a->datt, &a->dgu, &a->dact, &a->dxa, &a->xd, &a->xent,
-        &a->xtmp, NULL};
+        &a->dv, &a->datt, &a->dgu, &a->dact, &a->dxa, &a->xd, &a->xent,
+        &a->xtmp, NULL, &a->rope_cos, &a->rope_sin};
     float *x16 = NULL;
     for (i = 0; i < np; i++) *(parts[i] ? parts[i] : &x16) = take(&cur, sizes[i]);
     a->x16 = ckpt == CKPT_BF16 ? (uint16_t *)x16 : NULL;
@@ -644,7 +647,7 @@ static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const 
 
 /* Pointers to the saved activations of one layer slot. */
 typedef struct slot {
-    float *ln1, *rstd1, *qkv, *qpre, *kpre, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
+    float *ln1, *rstd1, *qkv, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
     float *xmid, *ln2, *rstd2, *gu, *act;
 } slot;
 
@@ -653,8 +656,7 @@ static slot slot_at(const model *m, const acts *a, size_t li) {
     const size_t sN = (size_t)a->maxN, C = c->C, HD = (size_t)c->H * c->D,
                  KD = (size_t)c->Hkv * c->D, I = c->I, QKV = m->QKV;
     slot s = {
-        a->ln1 + li * sN * C, a->rstd1 + li * sN, a->qkv + li * sN * QKV,
-        a->qpre + li * sN * HD, a->kpre + li * sN * KD, a->qn_rstd + li * sN * c->H,
+        a->ln1 + li * sN * C, a->rstd1 + li * sN, a->qkv + (c->arch->qk_norm ? li : 0) * sN * QKV, a->qn_rstd + li * sN * c->H,
         a->kn_rstd + li * sN * c->Hkv, a->q + li * sN * HD, a->k + li * sN * KD,
         a->v + li * sN * KD, a->att + li * sN * HD, a->lse + li * sN * c->H,
         a->xmid + li * sN * C, a->ln2 + li * sN * C, a->rstd2 + li * sN,
@@ -691,9 +693,9 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
         if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed, 0);
     /* split q|k|v, qk-norm (Qwen3), RoPE: one pass over each token's row (ops/attn_input.c) */
     const int qn = c->arch->qk_norm;
-    attn_input_forward(s->q, s->k, s->v, s->qpre, s->kpre, s->qn_rstd, s->kn_rstd, s->qkv, QKV,
+    attn_input_forward(s->q, s->k, s->v, s->qn_rstd, s->kn_rstd, s->qkv, QKV,
                        qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, c->eps, b->pos,
-                       c->inv_freq, N, H, Hkv, D, c->rot_dim, c->attn_scaling);
+                       a->rope_cos, a->rope_sin, N, H, Hkv, D, c->rot_dim);
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
                       c->window[l], scale);
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
@@ -740,9 +742,9 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
                        b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
     /* RoPE, qk-norm and the split backward, into dqkv in one pass per token */
     const int qn = c->arch->qk_norm;
-    attn_input_backward(a->dqkv, QKV, a->dq, a->dk, a->dv, s->qpre, s->kpre, s->qn_rstd,
+    attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd,
                         s->kn_rstd, qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, b->pos,
-                        c->inv_freq, N, H, Hkv, D, c->rot_dim, c->attn_scaling);
+                        a->rope_cos, a->rope_sin, N, H, Hkv, D, c->rot_dim);
     if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out)
@@ -816,6 +818,9 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
     for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C);
+    /* RoPE's cos/sin for this batch's positions (all < T <= maxT: dataset.c), for every layer
+     * forward and backward */
+    rope_table(a->rope_cos, a->rope_sin, b->T, c->inv_freq, c->rot_dim, c->attn_scaling);
     int keep16 = train && (a->ckpt == CKPT_BF16 || a->round16);
     if (keep16) keep_bf16(a, 0, a->x, N);
     for (int l = 0; l < c->L; l++) {

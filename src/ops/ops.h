@@ -56,22 +56,28 @@ void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int 
  * The split of the fused projection output into attention's inputs, with qk-norm and RoPE, in
  * one pass per token: the same as copying the parts of each row of qkv (N, ld) into q (N,H,D),
  * k and v (N,Hkv,D), then (q_norm != NULL, Qwen3) rmsnorm_forward over the N*H heads of q with
- * q_norm (D) into q, rstd into qn_rstd (N,H), the pre-norm values into qpre (N,H,D), and the
- * same for k with k_norm, kpre, kn_rstd (N,Hkv), then rope_forward on q and on k.
+ * q_norm (D) into q and rstd into qn_rstd (N,H), and the same for k with k_norm and kn_rstd
+ * (N,Hkv), then rope_forward on q and on k, with the
+ * cos/sin of position pos[n] taken from rope_cos, rope_sin (P, rot_dim/2), which rope_table
+ * fills for positions 0 .. P-1 (every pos[n] < P): the same values rope_forward computes.
  * Row n of qkv: q (H*D) | k (Hkv*D) | v (Hkv*D) at qkv + n*ld. Without q_norm, k_norm must be
- * NULL too and qpre, kpre, qn_rstd, kn_rstd are not touched (may be NULL). */
-void attn_input_forward(float *q, float *k, float *v, float *qpre, float *kpre, float *qn_rstd,
-                        float *kn_rstd, const float *qkv, int ld, const float *q_norm,
-                        const float *k_norm, float eps, const int *pos, const float *inv_freq,
-                        int N, int H, int Hkv, int D, int rot_dim, float attn_scale);
-/* dqkv (N, ld): OVERWRITTEN with the gradient wrt qkv of attn_input_forward, given dq, dk, dv
- * (not modified): rope_backward of dq and dk, then (q_norm) rmsnorm_backward of each head, with
- * what the forward saved. */
-void attn_input_backward(float *dqkv, int ld, const float *dq, const float *dk, const float *dv,
-                         const float *qpre, const float *kpre, const float *qn_rstd,
+ * NULL too and qn_rstd, kn_rstd are not touched (may be NULL). */
+void attn_input_forward(float *q, float *k, float *v, float *qn_rstd, float *kn_rstd,
+                        const float *qkv, int ld, const float *q_norm,
+                        const float *k_norm, float eps, const int *pos, const float *rope_cos,
+                        const float *rope_sin, int N, int H, int Hkv, int D, int rot_dim);
+/* dqkv (N, ld; the q|k|v columns of each row): OVERWRITTEN with the gradient wrt qkv of
+ * attn_input_forward, given dq, dk, dv (not modified): rope_backward of dq and dk, then (q_norm)
+ * rmsnorm_backward of each head, whose inputs are read from the forward's qkv (N, ld; may be
+ * NULL without q_norm) and rstd from qn_rstd, kn_rstd. */
+void attn_input_backward(float *dqkv, const float *dq, const float *dk, const float *dv,
+                         const float *qkv, int ld, const float *qn_rstd,
                          const float *kn_rstd, const float *q_norm, const float *k_norm,
-                         const int *pos, const float *inv_freq, int N, int H, int Hkv, int D,
-                         int rot_dim, float attn_scale);
+                         const int *pos, const float *rope_cos, const float *rope_sin, int N,
+                         int H, int Hkv, int D, int rot_dim);
+/* cos, sin (P, rot_dim/2): rope_forward's cos and sin (times attn_scale) for positions 0..P-1 */
+void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
+                float attn_scale);
 
 /* ---- attention.c -------------------------------------------------------------------------
  * Causal grouped-query attention, flash style: tiles of keys with an online softmax, never a

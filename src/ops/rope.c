@@ -44,3 +44,14 @@ void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int 
                    int rot_dim, float attn_scale) {
     rope_apply(dx, pos, inv_freq, N, H, D, rot_dim, attn_scale, -1.0f);
 }
+
+/* attn_input.c rotates with these, looked up by position, rather than computing cos/sin for
+ * every token of every layer */
+void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
+                float attn_scale) {
+    const int half = rot_dim / 2;
+#pragma omp parallel for schedule(static)
+    for (int p = 0; p < P; p++)
+        rope_angles(cs + (size_t)p * half, sn + (size_t)p * half, (float)p, inv_freq, half,
+                    attn_scale, 1.0f);
+}

@@ -62,6 +62,18 @@ static inline void rope_rotate(float *y1, float *y2, const float *x1, const floa
     }
 }
 
+/* The inverse of rope_rotate with the same cs, sn (the rotation by -angle): the same values
+ * as rope_rotate with -sn, since x - (-y) == x + y exactly. y may be x. */
+static inline void rope_rotate_inv(float *y1, float *y2, const float *x1, const float *x2,
+                                   const float *cs, const float *sn, int m) {
+#pragma omp simd
+    for (int i = 0; i < m; i++) {
+        float a1 = x1[i], a2 = x2[i];
+        y1[i] = a1 * cs[i] + a2 * sn[i];
+        y2[i] = a2 * cs[i] - a1 * sn[i];
+    }
+}
+
 /* frequencies whose cos/sin are computed at once, on the stack */
 #define ROPE_CHUNK 64
 
