@@ -11,6 +11,8 @@ have_hdr /usr/include/pcre2.h pcre2.h || need+=(libpcre2-dev)
 have_hdr /usr/include/utf8proc.h utf8proc.h || need+=(libutf8proc-dev)
 [ -e /usr/include/x86_64-linux-gnu/cblas-openblas.h ] || ls /usr/include/*/openblas*/cblas.h >/dev/null 2>&1 \
   || [ -e /usr/include/openblas/cblas.h ] || need+=(libopenblas-dev)
+# tests/gemm_bf16_test.c runs the AVX512_BF16 kernel through SIMDe's emulation on CPUs without it
+have_hdr /usr/include/simde/x86/avx512.h simde/x86/avx512.h || need+=(libsimde-dev)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 # the fuzz harnesses (make fuzz, make fuzz-smoke): clang's libFuzzer runtime and OpenMP
 command -v clang >/dev/null || need+=(clang)

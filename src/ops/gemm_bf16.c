@@ -1,13 +1,20 @@
 /*
  * gemm_bf16.c: bf16 products with fp32 accumulation (gemm_bf16.h): the reference, the fallback
- * (widen to fp32, OpenBLAS sgemm) and the choice between them and the AVX512_BF16 kernel.
+ * (widen to fp32, OpenBLAS sgemm) and the choice between them and the AVX512_BF16 kernel
+ * (gemm_bf16_avx512.c), made once, on first use, from CPUID and FTUNE_ISA.
  */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#define HAVE_GEMM_BF16_AVX512 1
+#endif
 #include "ops/gemm_bf16.h"
 
 #include "ops/ops.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static inline float widen(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -96,8 +103,52 @@ static void gemm_bf16_fallback(int transB, int M, int N, int K, const uint16_t *
 
 typedef void (*gemm_bf16_fn)(int, int, int, int, const uint16_t *, int, const uint16_t *, int,
                              float, float *, int);
+
+#ifdef HAVE_GEMM_BF16_AVX512
+/* gemm_bf16_avx512.c; -1 when it could not allocate its packing buffers */
+int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                     int ldb, float beta, float *C, int ldc);
+
+static void gemm_bf16_dp(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                         const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    if (gemm_bf16_avx512(transB, M, N, K, A, lda, B, ldb, beta, C, ldc))
+        gemm_bf16_fallback(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* AVX512_BF16 from CPUID (leaf 7 subleaf 1, EAX bit 5), with the AVX-512 subsets the kernel's
+ * file is compiled for (leaf 7: EBX bits 16 F, 17 DQ, 30 BW, 31 VL), and the OS saving the
+ * opmask and zmm registers (OSXSAVE, then XCR0 bits 1, 2, 5, 6, 7). CPUID, not
+ * __builtin_cpu_supports: clang 14 does not know "avx512bf16". */
+static int cpu_has_avx512_bf16(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1)) return 0;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xe6) != 0xe6) return 0;
+    __cpuid_count(7, 0, a, b, c, d);
+    unsigned need = 1u << 16 | 1u << 17 | 1u << 30 | 1u << 31;
+    if ((b & need) != need) return 0;
+    __cpuid_count(7, 1, a, b, c, d);
+    return a >> 5 & 1;
+}
+#else
+static int cpu_has_avx512_bf16(void) { return 0; }
+#endif
+
 static gemm_bf16_fn active = gemm_bf16_fallback;
 static const char *active_name = "fallback";
+static pthread_once_t active_once = PTHREAD_ONCE_INIT;
+
+/* The AVX512_BF16 kernel when the CPU runs it, unless FTUNE_ISA caps the choice below avx512
+ * (the names qtensor.h uses: "avx2" or "portable" mean the fallback). */
+static void choose_kernel(void) {
+    const char *cap = getenv("FTUNE_ISA");
+    int capped = cap && (!strcasecmp(cap, "avx2") || !strcasecmp(cap, "portable"));
+    if (!capped) gemm_bf16_set_isa("avx512");
+}
+
+static void init(void) { pthread_once(&active_once, choose_kernel); }
 
 void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
                int ldb, float beta, float *C, int ldc) {
@@ -110,15 +161,26 @@ void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, cons
             }
         return;
     }
+    init();
     active(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
-const char *gemm_bf16_isa(void) { return active_name; }
+const char *gemm_bf16_isa(void) {
+    init();
+    return active_name;
+}
 
 int gemm_bf16_set_isa(const char *isa) {
     if (isa && !strcmp(isa, "fallback")) {
+        init(); /* so that a later first use does not choose again over this */
         active = gemm_bf16_fallback, active_name = "fallback";
         return 1;
     }
-    return 0; /* the AVX512_BF16 kernel is not built yet */
+#ifdef HAVE_GEMM_BF16_AVX512
+    if (isa && !strcmp(isa, "avx512") && cpu_has_avx512_bf16()) {
+        active = gemm_bf16_dp, active_name = "avx512";
+        return 1;
+    }
+#endif
+    return 0;
 }

@@ -1,0 +1,16 @@
+/*
+ * gemm_bf16_avx512.c: the AVX512_BF16 product (gemm_bf16_dp.h), built with the AVX-512 flags
+ * (Makefile: *_avx512.c). gemm_bf16.c calls it only when CPUID says the CPU and the OS run
+ * AVX512_BF16.
+ */
+#include <immintrin.h>
+
+#include "ops/gemm_bf16_dp.h"
+
+int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                     int ldb, float beta, float *C, int ldc);
+
+int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                     int ldb, float beta, float *C, int ldc) {
+    return dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}

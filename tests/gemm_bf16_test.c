@@ -1,0 +1,160 @@
+/* gemm_bf16_test.c: the bf16 products of gemm_bf16.h against gemm_bf16_ref (each output summed
+ * in double), on every kernel there is to run:
+ *  - the fallback (widen to fp32, OpenBLAS sgemm), always;
+ *  - the AVX512_BF16 kernel natively (gemm_bf16_set_isa("avx512")) when the CPU has it;
+ *  - the same kernel source (ops/gemm_bf16_dp.h) built here against SIMDe's emulation of the
+ *    AVX-512 intrinsics, so that it is tested on CPUs without AVX-512 too; skipped, with a
+ *    message, when the SIMDe headers are missing (Debian: libsimde-dev).
+ * Shapes: M, N, K odd and around the kernel's blocks (tile 8 x 32, K blocks of 256, M blocks of
+ * 64, N blocks of 2048), K = 1 and K = 1000, both op(B), strides past the widths, beta 0 (C
+ * holding NaN, which must be ignored), 1 and 0.5, and products big enough to run threaded.
+ *
+ * Tolerance: every product of two bf16 is exact in fp32, so the kernels differ from the
+ * reference only by the roundings of their fp32 sums. A sum whose every partial result is
+ * rounded at most n times is within n * 2^-24 * (sum |a||b| + |beta C|) of the exact one; the
+ * kernel sums each K block of at most 256 values one by one (at most 256 roundings: two per
+ * VDPBF16PS), adds the blocks into C (one rounding each) and applies beta (one), so n is
+ * min(K, 256) + ceil(K / 256) + 2. OpenBLAS blocks K by at most that much too. A missing,
+ * doubled or misplaced product moves an output by about |a||b| ~ sum/K, far more.
+ */
+#include "ops/gemm_bf16.h"
+#include "test.h"
+
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__has_include)
+#if __has_include(<simde/x86/avx512.h>)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+/* the emulated 512-bit vectors pass by value between this file's own static functions only, so
+ * the ABI note clang gives for every one of them says nothing here */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#include "ops/gemm_bf16_dp.h"
+#include <simde/x86/avx512.h>
+#define HAVE_SIMDE 1
+#endif
+#endif
+
+static uint32_t rng = 777;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng = rng * 1664525u + 1013904223u;
+    return (float)(rng >> 8) / 8388608.0f - 1.0f;
+}
+
+/* n bf16 values of varying magnitude (2^-6 .. 1, so no product or partial sum is denormal,
+ * which VDPBF16PS would flush and the reference would not). */
+static void fill_bf16(uint16_t *x, size_t n) {
+    float *f = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        float v = frand();
+        f[i] = v * (i % 7 == 0 ? 1.0f : i % 7 == 1 ? 0.02f : 0.3f);
+        if (fabsf(f[i]) < 0x1p-6f) f[i] = f[i] < 0 ? -0x1p-6f : 0x1p-6f;
+    }
+    bf16_round_rows(x, n, f, n, 1, (int)n);
+    free(f);
+}
+
+typedef void (*gemm_bf16_kernel)(int, int, int, int, const uint16_t *, int, const uint16_t *, int,
+                                 float, float *, int);
+
+#ifdef HAVE_SIMDE
+static int emulated_failed;
+static void gemm_emulated(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                          const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    if (dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc)) emulated_failed++;
+}
+#endif
+
+/* One product on `run` against the reference; the largest error in units of the bound. */
+static double check_shape(gemm_bf16_kernel run, const char *name, int transB, int M, int N, int K,
+                          float beta) {
+    int lda = K + 3, ldb = (transB ? K : N) + 5, ldc = N + 2;
+    size_t na = (size_t)M * lda, nb = (size_t)(transB ? N : K) * ldb, nc = (size_t)M * ldc;
+    uint16_t *A = malloc(na * 2), *B = malloc(nb * 2), *Aabs = malloc(na * 2),
+             *Babs = malloc(nb * 2);
+    float *C = malloc(nc * 4), *want = malloc(nc * 4), *sum_abs = malloc(nc * 4);
+    fill_bf16(A, na);
+    fill_bf16(B, nb);
+    for (size_t i = 0; i < na; i++)
+        Aabs[i] = A[i] & 0x7fff;
+    for (size_t i = 0; i < nb; i++)
+        Babs[i] = B[i] & 0x7fff;
+    for (size_t i = 0; i < nc; i++)
+        C[i] = frand();
+    memcpy(want, C, nc * 4);
+    gemm_bf16_ref(transB, M, N, K, A, lda, B, ldb, beta, want, ldc);
+    gemm_bf16_ref(transB, M, N, K, Aabs, lda, Babs, ldb, 0.0f, sum_abs, ldc);
+    double rounds = (K < 256 ? K : 256) + (K + 255) / 256 + 2;
+    double worst = 0;
+    for (int m = 0; m < M; m++) {
+        if (beta != 0)
+            for (int n = 0; n < N; n++)
+                sum_abs[(size_t)m * ldc + n] += fabsf(beta * C[(size_t)m * ldc + n]);
+        else
+            C[(size_t)m * ldc] = NAN; /* beta 0 ignores C, NaN included */
+    }
+    for (int m = 0; m < M; m++) /* the padding past N, to see that nothing writes there */
+        C[(size_t)m * ldc + N] = -123.0f, C[(size_t)m * ldc + N + 1] = -456.0f;
+    run(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    int pad_bad = 0;
+    for (int m = 0; m < M; m++) {
+        for (int n = 0; n < N; n++) {
+            size_t i = (size_t)m * ldc + n;
+            double bound = rounds * 0x1p-24 * sum_abs[i];
+            double e = fabs((double)C[i] - want[i]) / (bound > 0 ? bound : 1e-30);
+            if (!(e <= worst)) worst = e; /* NaN too */
+        }
+        pad_bad += C[(size_t)m * ldc + N] != -123.0f || C[(size_t)m * ldc + N + 1] != -456.0f;
+    }
+    CHECK(worst <= 1, "%s transB %d M %d N %d K %d beta %g: error %.3g x the bound", name, transB,
+          M, N, K, beta, worst);
+    CHECK(pad_bad == 0, "%s transB %d M %d N %d K %d: wrote past N in %d rows", name, transB, M, N,
+          K, pad_bad);
+    free(A), free(B), free(Aabs), free(Babs), free(C), free(want), free(sum_abs);
+    return worst;
+}
+
+/* Every shape on one kernel; prints the largest error in units of the bound. */
+static void check_kernel(gemm_bf16_kernel run, const char *name) {
+    static const int shapes[][3] = {
+        {1, 1, 1},     {1, 33, 1},    {3, 1, 7},     {8, 32, 16},    {9, 33, 17},
+        {7, 31, 255},  {17, 65, 256}, {13, 45, 257}, {65, 97, 63},   {5, 100, 1000},
+        {70, 40, 513}, {2, 2100, 9},  {1, 300, 600}, {130, 300, 61}, {129, 257, 200},
+    };
+    static const float betas[] = {0.0f, 1.0f, 0.5f};
+    int failed = test_failed_;
+    double worst = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int transB = 0; transB < 2; transB++)
+            for (int b = 0; b < 3; b++) {
+                double e = check_shape(run, name, transB, shapes[s][0], shapes[s][1], shapes[s][2],
+                                       betas[b]);
+                worst = e > worst ? e : worst;
+            }
+    printf("%s: %s (largest error %.3g x the bound)\n", name,
+           test_failed_ == failed ? "ok" : "FAILURES", worst);
+}
+
+int main(void) {
+    CHECK(gemm_bf16_set_isa("fallback") == 1, "the fallback is always there");
+    CHECK(!strcmp(gemm_bf16_isa(), "fallback"), "set_isa(fallback) gave %s", gemm_bf16_isa());
+    CHECK(gemm_bf16_set_isa("avx1024") == 0 && gemm_bf16_set_isa(NULL) == 0,
+          "an unknown kernel accepted");
+    check_kernel(gemm_bf16, "fallback");
+
+    if (gemm_bf16_set_isa("avx512")) {
+        CHECK(!strcmp(gemm_bf16_isa(), "avx512"), "set_isa(avx512) gave %s", gemm_bf16_isa());
+        check_kernel(gemm_bf16, "avx512 (native)");
+        gemm_bf16_set_isa("fallback");
+    } else {
+        printf("avx512 (native): skipped (this CPU lacks AVX512_BF16)\n");
+    }
+
+#ifdef HAVE_SIMDE
+    check_kernel(gemm_emulated, "avx512 (SIMDe emulation)");
+    CHECK(emulated_failed == 0, "the emulated kernel could not allocate %d times", emulated_failed);
+#else
+    printf("avx512 (SIMDe emulation): skipped (no simde headers; Debian: libsimde-dev)\n");
+#endif
+    return test_summary("gemm_bf16");
+}
