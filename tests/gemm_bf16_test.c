@@ -29,8 +29,9 @@
 /* the emulated 512-bit vectors pass by value between this file's own static functions only, so
  * the ABI note clang gives for every one of them says nothing here */
 #pragma GCC diagnostic ignored "-Wpsabi"
-#include "ops/gemm_bf16_dp.h"
 #include <simde/x86/avx512.h>
+
+#include "ops/gemm_bf16_dp.h" /* after the intrinsics it is written in */
 #define HAVE_SIMDE 1
 #endif
 #endif
