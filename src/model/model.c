@@ -762,16 +762,22 @@ static float *layer_input(const acts *a, int l, int train) {
     return a->x + (train ? (size_t)l : 0) * (size_t)a->maxN * a->C;
 }
 
+/* Elementwise loops over the residual stream (N*C values) are split across the threads from
+ * this many values: below it a parallel region costs more than it saves. */
+#define PAR_MIN (1L << 16)
+
 /* Round x (N rows) to bf16 in place and keep it as layer l's input: the forward goes on from
  * the rounded values, which are what backward's recompute will start from. */
 static void keep_bf16(acts *a, int l, float *x, int N) {
-    size_t n = (size_t)N * a->C;
+    const long n = (long)N * a->C;
     if (!a->x16) { /* acts_round_inputs: rounded in place, nothing kept apart */
-        for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (long i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
         return;
     }
     uint16_t *dst = a->x16 + (size_t)l * a->maxN * a->C;
-    for (size_t i = 0; i < n; i++) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) {
         dst[i] = f32_to_bf16(x[i]);
         x[i] = bf16_to_f32(dst[i]);
     }
@@ -789,23 +795,25 @@ int ckpt_dtype_parse(const char *dtype) {
 static const float *kept_input(acts *a, int l, int N) {
     if (a->ckpt != CKPT_BF16) return a->x + (size_t)l * a->maxN * a->C;
     const uint16_t *src = a->x16 + (size_t)l * a->maxN * a->C;
-    size_t n = (size_t)N * a->C;
-    for (size_t i = 0; i < n; i++) a->x[i] = bf16_to_f32(src[i]);
-    return a->x;
+    const long n = (long)N * a->C;
+    float *x = a->x;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) x[i] = bf16_to_f32(src[i]);
+    return x;
 }
 
 /* out (C) = embedding row id. A row of a mapped table read through the mapping would map the
  * page-cache folio around it (ext4 caches files in large folios, up to 2 MB, and a fault maps a
  * folio whole), so a step of 2,048 tokens maps all of Llama 3's 1 GB table; pread() copies
- * just the row from the page cache. */
-static void embed_row(const model *m, int id, float *out) {
+ * just the row from the page cache, into raw (the row's bytes as stored, at most 4 C). */
+static void embed_row(const model *m, int id, float *out, void *raw) {
     const qtensor *w = &m->wte;
     size_t rb = qbytes(w->fmt, 1, (size_t)w->cols, 1, 0);
     if (m->wte_fd &&
-        pread(m->wte_fd - 1, m->wte_row, rb, (off_t)(m->wte_offset + (long long)id * (long long)rb)) ==
+        pread(m->wte_fd - 1, raw, rb, (off_t)(m->wte_offset + (long long)id * (long long)rb)) ==
             (ssize_t)rb) {
         qtensor row = *w;
-        row.rows = 1, row.data = m->wte_row, row.owned = NULL;
+        row.rows = 1, row.data = raw, row.owned = NULL;
         qtensor_dequant_rows(&row, 0, 1, out);
         return;
     }
@@ -817,7 +825,11 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     model *m = (model *)mc;
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
-    for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C);
+    /* rows in parallel (each pread is a system call), each read into its own row of ln1, which
+     * layer 0's norm has yet to write */
+    float *raw = slot_at(m, a, 0).ln1;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C, raw + (size_t)n * C);
     /* RoPE's cos/sin for this batch's positions (all < T <= maxT: dataset.c), for every layer
      * forward and backward */
     rope_table(a->rope_cos, a->rope_sin, b->T, c->inv_freq, c->rot_dim, c->attn_scaling);
@@ -846,8 +858,13 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
 void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_t seed) {
     const model_config *c = &m->cfg;
     const int N = b->B * b->T, C = c->C;
-    for (size_t i = 0; i < (size_t)N * C; i++) a->dhf[i] *= grad_scale;
-    memset(a->dres, 0, (size_t)N * C * sizeof(float));
+    const long n = (long)N * C;
+    float *dhf = a->dhf, *dres = a->dres;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (long i = 0; i < n; i++) { /* one pass: scale the head's gradient, clear dres */
+        dhf[i] *= grad_scale;
+        dres[i] = 0.0f;
+    }
     rmsnorm_backward(a->dres, NULL, a->dhf, kept_input(a, c->L, N), m->norm_f, a->rstdf, N, C);
     for (int l = c->L - 1; l >= 0; l--) {
         const float *x = kept_input(a, l, N);
