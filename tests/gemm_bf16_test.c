@@ -9,6 +9,13 @@
  * 64, N blocks of 2048), K = 1 and K = 1000, both op(B), strides past the widths, beta 0 (C
  * holding NaN, which must be ignored), 1 and 0.5, and products big enough to run threaded.
  *
+ * And bf16_round_rows against the definition of round to nearest even (whichever of the two
+ * bf16 around x is nearer, in double; a tie to the even one; inf beyond the largest finite
+ * value plus half its step; NaN stays a NaN of the same sign), on every upper half of an fp32
+ * with the lower halves that decide a rounding (0, 1, 0x7fff, 0x8000, 0x8001, 0xffff, random),
+ * over rows whose lengths leave every tail of the 16-wide AVX2 loop. The whole test runs a second
+ * time with FTUNE_ISA=portable (the scalar conversions; the fallback product).
+ *
  * Tolerance: every product of two bf16 is exact in fp32, so the kernels differ from the
  * reference only by the roundings of their fp32 sums. A sum whose every partial result is
  * rounded at most n times is within n * 2^-24 * (sum |a||b| + |beta C|) of the exact one; the
@@ -22,6 +29,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #if defined(__has_include)
 #if __has_include(<simde/x86/avx512.h>)
@@ -53,6 +63,70 @@ static void fill_bf16(uint16_t *x, size_t n) {
     }
     bf16_round_rows(x, n, f, n, 1, (int)n);
     free(f);
+}
+
+static float as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* The value of a bf16, with inf read as 2^128, the next step after the largest finite value. */
+static double bf16_value(uint16_t h) {
+    if ((h & 0x7fff) == 0x7f80) return h & 0x8000 ? -0x1p128 : 0x1p128;
+    return as_float((uint32_t)h << 16);
+}
+
+/* Round to nearest even by its definition. */
+static uint16_t round_definition(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1); /* toward zero; one step out */
+    if (isnan(f)) return 0xffff;      /* any NaN of the sign: checked separately */
+    if ((u & 0xffff) == 0) return lo; /* exact, inf included */
+    double dl = fabs((double)f - bf16_value(lo)), dh = fabs(bf16_value(hi) - (double)f);
+    return dl < dh ? lo : dh < dl ? hi : (lo & 1) ? hi : lo;
+}
+
+static void check_rounding(void) {
+    const uint16_t lows[] = {0, 1, 0x7fff, 0x8000, 0x8001, 0xffff, 0x1234, 0xc001};
+    enum { NL = sizeof lows / sizeof lows[0], NV = 65536 * NL };
+    float *x = malloc(NV * sizeof(float));
+    uint16_t *r = malloc(NV * sizeof(uint16_t));
+    for (uint32_t h = 0; h < 65536; h++)
+        for (int l = 0; l < NL; l++)
+            x[h * NL + l] = as_float(h << 16 | lows[l]);
+    /* rows of 37, 16, 15 and 1 values, then all the rest in one (tails 5, 0, 15, 1 and more) */
+    int done = 0, lens[] = {37, 16, 15, 1};
+    for (int i = 0; i < 4; i++)
+        bf16_round_rows(r + done, 0, x + done, 0, 1, lens[i]), done += lens[i];
+    bf16_round_rows(r + done, 0, x + done, 0, 1, NV - done);
+    int bad = 0;
+    for (int i = 0; i < NV; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        int ok = isnan(x[i])
+                     ? (r[i] & 0x7f80) == 0x7f80 && (r[i] & 0x7f) && (r[i] >> 15) == (u >> 31)
+                     : r[i] == round_definition(x[i]);
+        if (!ok && bad++ < 5)
+            fprintf(stderr, "bf16_round_rows(%08x) = %04x, want %04x\n", u, r[i],
+                    round_definition(x[i]));
+    }
+    CHECK(bad == 0, "bf16_round_rows: %d of %d values rounded wrong", bad, (int)NV);
+    /* strided rows: 3 rows of 21 values in rows of 24 and 30 */
+    float src[3 * 24];
+    uint16_t dst[3 * 30];
+    for (int i = 0; i < 3 * 24; i++)
+        src[i] = frand();
+    for (int i = 0; i < 3 * 30; i++)
+        dst[i] = 0xabcd;
+    bf16_round_rows(dst, 30, src, 24, 3, 21);
+    int sbad = 0;
+    for (int rr = 0; rr < 3; rr++)
+        for (int c = 0; c < 30; c++)
+            sbad += dst[rr * 30 + c] != (c < 21 ? round_definition(src[rr * 24 + c]) : 0xabcd);
+    CHECK(sbad == 0, "bf16_round_rows with strides: %d values wrong", sbad);
+    free(x), free(r);
 }
 
 typedef void (*gemm_bf16_kernel)(int, int, int, int, const uint16_t *, int, const uint16_t *, int,
@@ -136,14 +210,25 @@ static void check_kernel(gemm_bf16_kernel run, const char *name) {
            test_failed_ == failed ? "ok" : "FAILURES", worst);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    /* the choice made on first use: avx512 when the CPU has it, unless FTUNE_ISA caps it */
+    const char *cap = getenv("FTUNE_ISA"), *first = gemm_bf16_isa();
+    int capped = cap && (!strcasecmp(cap, "avx2") || !strcasecmp(cap, "portable"));
+    printf("FTUNE_ISA %s: %s\n", cap ? cap : "unset", first);
+    check_rounding();
+
+    int has_avx512 = gemm_bf16_set_isa("avx512");
+    CHECK(!strcmp(first, has_avx512 && !capped ? "avx512" : "fallback"),
+          "first choice %s (AVX512_BF16 %d, FTUNE_ISA %s)", first, has_avx512, cap ? cap : "unset");
     CHECK(gemm_bf16_set_isa("fallback") == 1, "the fallback is always there");
     CHECK(!strcmp(gemm_bf16_isa(), "fallback"), "set_isa(fallback) gave %s", gemm_bf16_isa());
     CHECK(gemm_bf16_set_isa("avx1024") == 0 && gemm_bf16_set_isa(NULL) == 0,
           "an unknown kernel accepted");
     check_kernel(gemm_bf16, "fallback");
 
-    if (gemm_bf16_set_isa("avx512")) {
+    if (has_avx512) {
+        gemm_bf16_set_isa("avx512");
         CHECK(!strcmp(gemm_bf16_isa(), "avx512"), "set_isa(avx512) gave %s", gemm_bf16_isa());
         check_kernel(gemm_bf16, "avx512 (native)");
         gemm_bf16_set_isa("fallback");
@@ -157,5 +242,20 @@ int main(void) {
 #else
     printf("avx512 (SIMDe emulation): skipped (no simde headers; Debian: libsimde-dev)\n");
 #endif
+
+    /* again with the scalar conversions (this program with FTUNE_ISA=portable) */
+    if (!cap) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            setenv("FTUNE_ISA", "portable", 1);
+            execv("/proc/self/exe", argv);
+            _exit(127);
+        }
+        int status = -1;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "the run with FTUNE_ISA=portable failed (status %d)", status);
+    }
     return test_summary("gemm_bf16");
 }

@@ -1,11 +1,12 @@
 /*
  * gemm_bf16.c: bf16 products with fp32 accumulation (gemm_bf16.h): the reference, the fallback
  * (widen to fp32, OpenBLAS sgemm) and the choice between them and the AVX512_BF16 kernel
- * (gemm_bf16_avx512.c), made once, on first use, from CPUID and FTUNE_ISA.
+ * (gemm_bf16_avx512.c), made once, on first use, from CPUID and FTUNE_ISA; and the fp32 <-> bf16
+ * row conversions (bf16_round_rows, the fallback's widening), AVX2 ones when the CPU has it.
  */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
-#define HAVE_GEMM_BF16_AVX512 1
+#define HAVE_GEMM_BF16_AVX512 1 /* and gemm_bf16_avx2.c */
 #endif
 #include "ops/gemm_bf16.h"
 
@@ -31,14 +32,31 @@ static inline uint16_t round_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* Row conversions: these loops are the definition; gemm_bf16_avx2.c has the same 16 at a time
+ * (the scalar loops do not vectorize at -O2), chosen with the product kernel below. */
+typedef void (*widen_fn)(float *dst, const uint16_t *src, size_t n);
+typedef void (*round_fn)(uint16_t *dst, const float *src, size_t n);
+
+static void widen_portable(float *dst, const uint16_t *src, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = widen(src[i]);
+}
+
+static void round_portable(uint16_t *dst, const float *src, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = round_bf16(src[i]);
+}
+
+static widen_fn widen_row = widen_portable;
+static round_fn round_row = round_portable;
+static void init(void);
+
 void bf16_round_rows(uint16_t *dst, size_t ldd, const float *src, size_t lds, int rows, int cols) {
+    init();
+    round_fn round = round_row;
 #pragma omp parallel for schedule(static) if ((size_t)rows * cols >= 65536)
-    for (int r = 0; r < rows; r++) {
-        const float *s = src + (size_t)r * lds;
-        uint16_t *d = dst + (size_t)r * ldd;
-        for (int c = 0; c < cols; c++)
-            d[c] = round_bf16(s[c]);
-    }
+    for (int r = 0; r < rows; r++)
+        round(dst + (size_t)r * ldd, src + (size_t)r * lds, (size_t)cols);
 }
 
 void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
@@ -73,10 +91,10 @@ void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, 
 /* Widen rows of bf16 to fp32 (exact). */
 static void widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows,
                        int cols) {
+    widen_fn w = widen_row;
 #pragma omp parallel for schedule(static) if ((size_t)rows * cols >= 65536)
     for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            dst[(size_t)r * ldd + c] = widen(src[(size_t)r * lds + c]);
+        w(dst + (size_t)r * ldd, src + (size_t)r * lds, (size_t)cols);
 }
 
 /* Rows of A widened per block, so the fp32 copy stays small; B widened once per call. */
@@ -105,6 +123,10 @@ typedef void (*gemm_bf16_fn)(int, int, int, int, const uint16_t *, int, const ui
                              float, float *, int);
 
 #ifdef HAVE_GEMM_BF16_AVX512
+/* gemm_bf16_avx2.c */
+void bf16_widen_avx2(float *dst, const uint16_t *src, size_t n);
+void bf16_round_avx2(uint16_t *dst, const float *src, size_t n);
+
 /* gemm_bf16_avx512.c; -1 when it could not allocate its packing buffers */
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
                      int ldb, float beta, float *C, int ldc);
@@ -140,11 +162,17 @@ static gemm_bf16_fn active = gemm_bf16_fallback;
 static const char *active_name = "fallback";
 static pthread_once_t active_once = PTHREAD_ONCE_INIT;
 
-/* The AVX512_BF16 kernel when the CPU runs it, unless FTUNE_ISA caps the choice below avx512
- * (the names qtensor.h uses: "avx2" or "portable" mean the fallback). */
+/* The AVX512_BF16 kernel when the CPU runs it, and the AVX2 conversions when it has AVX2,
+ * unless FTUNE_ISA caps the choice with the names qtensor.h uses: "avx2" means the fallback
+ * product, "portable" that and the scalar conversions. */
 static void choose_kernel(void) {
     const char *cap = getenv("FTUNE_ISA");
-    int capped = cap && (!strcasecmp(cap, "avx2") || !strcasecmp(cap, "portable"));
+    int portable = cap && !strcasecmp(cap, "portable");
+    int capped = portable || (cap && !strcasecmp(cap, "avx2"));
+#ifdef HAVE_GEMM_BF16_AVX512
+    if (!portable && __builtin_cpu_supports("avx2"))
+        widen_row = bf16_widen_avx2, round_row = bf16_round_avx2;
+#endif
     if (!capped) gemm_bf16_set_isa("avx512");
 }
 
