@@ -19,7 +19,7 @@ CLI_SRC := $(wildcard src/cli/*.c)
 TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest peertest asan demo bench bench-train bench-gemm bench-compare deps venv clean format
+.PHONY: all test ctest peertest asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
 all: $(B)/ftune $(TESTS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -80,16 +80,20 @@ demo: deps all
 
 # Benchmarks (bench/README.md). bench-gemm: the fp32 GEMM peak of each kernel family this CPU
 # runs; bench-train: ftune against PyTorch + PEFT on the issue's shapes (BENCH_QUICK=1: one shape),
-# saved under bench/results/; bench-compare [A=old.json B=new.json]: the last two runs (or A, B)
-# configuration by configuration. oneDNN is optional: compared when libdnnl-dev is installed.
+# saved under bench/results/ (SHAPES=qwen3-0.6b: one shape; merge files with bench/run.sh --merge);
+# bench-compare [A=old.json B=new.json]: the last two runs (or A, B) configuration by
+# configuration; bench-test: the bench's own bookkeeping on stored results (seconds, no training).
+# oneDNN is optional: compared when libdnnl-dev is installed.
 DNNL_DEF := $(if $(wildcard /usr/include/dnnl.h),-DHAVE_DNNL)
-$(B)/bench/gemm_peak: bench/gemm_peak.c
+$(B)/bench/gemm_peak: bench/gemm_peak.c $(B)/libftune.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(DNNL_DEF) $< -o $@ -fopenmp -lopenblas $(if $(DNNL_DEF),-ldnnl) -lm
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(DNNL_DEF) $< $(B)/libftune.a -o $@ $(LIBS) $(if $(DNNL_DEF),-ldnnl)
 bench-gemm: $(B)/bench/gemm_peak
 	@python3 bench/gemm_peaks.py --bin $(B)/bench/gemm_peak
 bench-train: all $(B)/bench/gemm_peak
-	@bash bench/run.sh
+	@bash bench/run.sh $(if $(SHAPES),--shapes $(SHAPES))
+bench-test:
+	@$$(bash tools/venv.sh)/bin/python -m pytest -q bench/test_bench_train.py
 bench-compare:
 	@bash bench/run.sh --compare $(A) $(if $(A),$(B))
 bench: bench-train

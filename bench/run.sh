@@ -2,7 +2,9 @@
 # What `make bench-train` runs: the training benchmark (bench/bench_train.py), ftune against
 # PyTorch + PEFT on the SmolLM-135M and Qwen3-0.6B shapes, printed as a table and saved under
 # bench/results/. BENCH_QUICK=1: SmolLM-135M at 4x512 only. Extra arguments go to bench_train.py
-# (e.g. --configs ftune-fp32,torch-fp32); `run.sh --compare [A B]` compares two results files.
+# (e.g. --configs ftune-fp32,torch-fp32 or --shapes qwen3-0.6b; --estimate: how long, from earlier
+# results); `run.sh --merge A B ...` joins per-shape results files into one, `run.sh --show A`
+# prints a stored file's table, `run.sh --compare [A B]` compares two results files.
 # The Python side uses the test venv (tools/venv.sh creates it once under ~/.cache/ftune/); the
 # models are made on first use.
 set -euo pipefail
