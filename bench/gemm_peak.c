@@ -2,7 +2,7 @@
  * gemm_peak.c: how fast can this machine multiply fp32 matrices? The yardstick of the training
  * benchmark (bench/bench_train.py divides a step's achieved GFLOP/s by the best figure here).
  *
- *     build/bench/gemm_peak [--backend openblas|dnnl] [--threads 1,2] [--seconds S] [--json FILE]
+ *     build/bench/gemm_peak [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] [--json FILE]
  *
  * It times row-major sgemm at 2048^3 and at the shapes one LoRA training step runs (B x T = 2048
  * tokens through the SmolLM-135M and Qwen3-0.6B projections: forward inp . W^T as "NT", input
@@ -15,11 +15,18 @@
  * the CPU can execute, and once with --backend dnnl (oneDNN's dnnl_sgemm, when libdnnl-dev was
  * present at build time; HAVE_DNNL). The program prints the kernel that ran
  * (openblas_get_corename(), openblas_get_config()) and, last, "GEMM peak: X GFLOP/s".
+ *
+ * --backend bf16 times ftune's own gemm_bf16 (src/ops/gemm_bf16.h, what `--dtype bf16` runs) on
+ * the same shapes with bf16 operands: the AVX512_BF16 kernel where the CPU has it, else the
+ * fallback that widens to fp32 for OpenBLAS's sgemm (so slower than sgemm: bf16 saves memory
+ * there, not time). gemm_peaks.py does not run it, so it never becomes the fp32 yardstick.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "ops/gemm_bf16.h"
 
 #include <cblas.h>
 #undef I
@@ -55,7 +62,7 @@ static const shape SHAPES[] = {
 };
 #define NSHAPES (int)(sizeof SHAPES / sizeof SHAPES[0])
 
-static int use_dnnl;
+static int use_dnnl, use_bf16;
 
 static double now(void) {
     struct timespec ts;
@@ -64,14 +71,23 @@ static double now(void) {
 }
 
 static void set_threads(int n) {
-    if (use_dnnl)
+    if (use_bf16) /* its own kernel and conversions run on OpenMP, the fallback's sgemm not */
+        omp_set_num_threads(n), openblas_set_num_threads(n);
+    else if (use_dnnl)
         omp_set_num_threads(n);
     else
         openblas_set_num_threads(n);
 }
 
+/* The bf16 operands (bf16 mode): A and B rounded once per shape. */
+static uint16_t *A16, *B16;
+
 static int sgemm(const shape *s, const float *A, const float *B, float *C) {
     int ldb = s->transB ? s->K : s->N;
+    if (use_bf16) {
+        gemm_bf16(s->transB, s->M, s->N, s->K, A16, s->K, B16, ldb, 0.0f, C, s->N);
+        return 0;
+    }
 #ifdef HAVE_DNNL
     if (use_dnnl)
         return dnnl_sgemm('N', s->transB ? 'T' : 'N', s->M, s->N, s->K, 1.0f, A, s->K, B, ldb, 0.0f,
@@ -95,6 +111,15 @@ static double time_shape(const shape *s, double seconds) {
     /* Small values that stay normal: denormals would make any kernel slow. */
     for (size_t i = 0; i < na; i++) A[i] = (float)((i * 7 % 13) - 6) * 0.01f;
     for (size_t i = 0; i < nb; i++) B[i] = (float)((i * 5 % 11) - 5) * 0.01f;
+    if (use_bf16) {
+        A16 = malloc(na * sizeof *A16), B16 = malloc(nb * sizeof *B16);
+        if (!A16 || !B16) {
+            fprintf(stderr, "gemm_peak: out of memory for %s\n", s->name);
+            exit(1);
+        }
+        bf16_round_rows(A16, na, A, na, 1, (int)na);
+        bf16_round_rows(B16, nb, B, nb, 1, (int)nb);
+    }
     double best = 0, flops = 2.0 * s->M * s->N * s->K;
     if (sgemm(s, A, B, C)) best = -1; /* warm-up: thread start, page faults, packing buffers */
     for (int round = 0; round < 3 && best >= 0; round++) {
@@ -110,6 +135,8 @@ static double time_shape(const shape *s, double seconds) {
     free(A);
     free(B);
     free(C);
+    free(A16), free(B16);
+    A16 = B16 = NULL;
     return best;
 }
 
@@ -119,7 +146,9 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--backend") && i + 1 < argc) {
             const char *b = argv[++i];
-            if (!strcmp(b, "dnnl")) {
+            if (!strcmp(b, "bf16")) {
+                use_bf16 = 1;
+            } else if (!strcmp(b, "dnnl")) {
 #ifdef HAVE_DNNL
                 use_dnnl = 1;
 #else
@@ -128,7 +157,7 @@ int main(int argc, char **argv) {
                 return 2;
 #endif
             } else if (strcmp(b, "openblas")) {
-                fprintf(stderr, "gemm_peak: unknown backend '%s' (openblas or dnnl)\n", b);
+                fprintf(stderr, "gemm_peak: unknown backend '%s' (openblas, dnnl or bf16)\n", b);
                 return 2;
             }
         } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
@@ -138,7 +167,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json = argv[++i];
         } else {
-            fprintf(stderr, "usage: %s [--backend openblas|dnnl] [--threads 1,2] [--seconds S] "
+            fprintf(stderr, "usage: %s [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] "
                             "[--json FILE]\n",
                     argv[0]);
             return 2;
@@ -154,7 +183,10 @@ int main(int argc, char **argv) {
 
     char backend[160];
     const char *coretype = getenv("OPENBLAS_CORETYPE");
-    if (use_dnnl) {
+    if (use_bf16) {
+        snprintf(backend, sizeof backend, "ftune gemm_bf16 %s (OpenBLAS core %s)", gemm_bf16_isa(),
+                 openblas_get_corename());
+    } else if (use_dnnl) {
 #ifdef HAVE_DNNL
         const dnnl_version_t *v = dnnl_version();
         snprintf(backend, sizeof backend, "oneDNN %d.%d.%d dnnl_sgemm (cpu runtime %u)", v->major,
@@ -191,8 +223,8 @@ int main(int argc, char **argv) {
         }
         printf("\n");
     }
-    printf("GEMM peak: %.1f GFLOP/s (%s, %s, %d threads)\n", peak, backend, SHAPES[peak_s].name,
-           peak_t);
+    printf("%sGEMM peak: %.1f GFLOP/s (%s, %s, %d threads)\n", use_bf16 ? "bf16 " : "", peak,
+           backend, SHAPES[peak_s].name, peak_t);
 
     if (json) {
         FILE *f = fopen(json, "w");
@@ -203,7 +235,8 @@ int main(int argc, char **argv) {
         fprintf(f, "{\"backend\": \"%s\", \"kind\": \"%s\", \"corename\": \"%s\", "
                    "\"coretype_env\": %s%s%s, \"config\": \"%s\", \"peak_gflops\": %.2f, "
                    "\"peak_threads\": %d, \"peak_shape\": \"%s\", \"results\": [",
-                backend, use_dnnl ? "dnnl" : "openblas", use_dnnl ? "" : openblas_get_corename(),
+                backend, use_bf16 ? "bf16" : use_dnnl ? "dnnl" : "openblas",
+                use_dnnl ? "" : openblas_get_corename(),
                 coretype ? "\"" : "", coretype ? coretype : "null", coretype ? "\"" : "",
                 use_dnnl ? "" : openblas_get_config(), peak, peak_t, SHAPES[peak_s].name);
         for (int s = 0; s < NSHAPES; s++)
