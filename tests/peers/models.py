@@ -9,8 +9,9 @@ biases, which would let a wrong attention or a skipped bias pass a 1e-4 test. Li
 std 1/sqrt(fan_in) (unit-variance outputs), norms 1 +- 0.2, biases std 0.1, embeddings std 0.25,
 so logits have a spread of a few units and the softmax is far from uniform.
 
-The reference computations (logits, token losses, LoRA gradients) are PyTorch + transformers +
-PEFT in float32 with eager attention, one example at a time (no padding, so no masking convention
+The reference computations (logits, token losses, LoRA gradients, the training loop
+reference_train) are PyTorch + transformers + PEFT in float32 (or under bf16 autocast where a
+test says so) with eager attention, one example at a time (no padding, so no masking convention
 can differ from what ftune's padded batches must reproduce). Loss = sum of token cross-entropies
 over all examples / number of counted tokens, labels unshifted as in transformers (position t
 predicts label t+1), -100 not counted.
@@ -186,6 +187,59 @@ def reference_eval(model, examples, want_grads=False):
     if want_grads:
         out["grads"] = {k: p.grad.detach().clone().numpy() for k, p in lora_params(model).items()}
     return out
+
+
+def counted(e):
+    """Tokens of example e whose labels count in the loss (labels shifted, -100 not counted)."""
+    return int((np.asarray(e["labels"][1:]) != -100).sum())
+
+
+def reference_train(model, examples, steps, batch, accum, lr, schedule, warmup, wd,
+                    max_grad_norm, autocast=False):
+    """The reference training loop of issue 3 over a trainable PEFT model (plain, or over a
+    bitsandbytes 4-bit base), written with the peers' own pieces: torch.optim.AdamW (betas
+    0.9/0.999, eps 1e-8), transformers.get_scheduler, torch.nn.utils.clip_grad_norm_ (its
+    return value, the norm before clipping, is what gets logged), and per optimizer step loss =
+    sum over its `accum` micro-batches of summed token cross-entropy / counted tokens in them
+    (transformers >= 4.46 num_items_in_batch). Micro-batches are consecutive runs of `batch`
+    examples, cycled; each example runs alone (no padding).
+
+    autocast: run each forward under torch.autocast("cpu", dtype=torch.bfloat16), as a PyTorch
+    user trains in bf16 (the LoRA parameters and AdamW state stay fp32; backward runs outside
+    the autocast region, as PyTorch's docs recommend).
+
+    Returns the per-step records (step, loss, lr, grad_norm, tokens) and the model in eval mode.
+    """
+    import contextlib
+    from transformers import get_scheduler
+    model.train()  # dropout is 0 in the tests: train mode changes nothing but is what a trainer uses
+    params = list(lora_params(model).values())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=steps)
+    micro = [examples[i:i + batch] for i in range(0, len(examples), batch)]
+    assert len(micro) % accum == 0  # whole optimizer steps per epoch: no end-of-epoch question
+    region = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if autocast else \
+        contextlib.nullcontext
+    recs = []
+    k = 0
+    for step in range(1, steps + 1):
+        group = [micro[(k + j) % len(micro)] for j in range(accum)]
+        k += accum
+        n_tok = sum(counted(e) for mb in group for e in mb)
+        total = 0.0
+        for mb in group:
+            for e in mb:
+                with region():
+                    ce, _, _ = token_losses_sum(model, e["input_ids"], e["labels"])
+                (ce / n_tok).backward()
+                total += float(ce.detach())
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        lr_now = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        recs.append(dict(step=step, loss=total / n_tok, lr=lr_now, grad_norm=norm, tokens=n_tok))
+    return recs, model.eval()
 
 
 def random_examples(rng, n, vocab, lo, hi, mask_prefix=True):

@@ -33,7 +33,7 @@ import torch
 import models
 from conftest import last_json_line, run_ftune, run_ok
 from test_model_parity import examples_for
-from test_train_parity import counted, read_metrics, train_examples
+from test_train_parity import read_metrics, train_examples
 
 pytest.importorskip("bitsandbytes")
 
@@ -45,43 +45,25 @@ LOGIT_RTOL = 1e-3
 LOGIT_ATOL = 1e-4
 
 
-def load_bnb(model_dir, quant, double_quant):
+def load_bnb(model_dir, quant, double_quant, compute_dtype=torch.float32):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant,
-                             bnb_4bit_compute_dtype=torch.float32,
+                             bnb_4bit_compute_dtype=compute_dtype,
                              bnb_4bit_use_double_quant=double_quant)
     return AutoModelForCausalLM.from_pretrained(model_dir, device_map="cpu", dtype=torch.float32,
                                                 attn_implementation="eager",
                                                 quantization_config=cfg).eval()
 
 
-def reference_qlora(model_dir, adapter_dir, quant, double_quant, examples):
-    """test_train_parity's reference loop over the bitsandbytes 4-bit model."""
+def reference_qlora(model_dir, adapter_dir, quant, double_quant, examples, steps=STEPS,
+                    compute_dtype=torch.float32):
+    """test_train_parity's reference loop (models.reference_train) over the bitsandbytes 4-bit
+    model (its 4-bit layers computing in compute_dtype)."""
     from peft import PeftModel
-    from transformers import get_scheduler
-    model = PeftModel.from_pretrained(load_bnb(model_dir, quant, double_quant), adapter_dir,
-                                      is_trainable=True)
-    model.train()
-    params = list(models.lora_params(model).values())
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=WARMUP, num_training_steps=STEPS)
-    micro = [examples[i:i + BATCH] for i in range(0, len(examples), BATCH)]
-    recs, k = [], 0
-    for step in range(1, STEPS + 1):
-        group = [micro[(k + j) % len(micro)] for j in range(ACCUM)]
-        k += ACCUM
-        n_tok = sum(counted(e) for mb in group for e in mb)
-        total = 0.0
-        for mb in group:
-            for e in mb:
-                ce, _, _ = models.token_losses_sum(model, e["input_ids"], e["labels"])
-                (ce / n_tok).backward()
-                total += float(ce.detach())
-        norm = float(torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        recs.append(dict(step=step, loss=total / n_tok, grad_norm=norm))
+    model = PeftModel.from_pretrained(load_bnb(model_dir, quant, double_quant, compute_dtype),
+                                      adapter_dir, is_trainable=True)
+    recs, _ = models.reference_train(model, examples, steps, BATCH, ACCUM, LR, "cosine", WARMUP,
+                                     WD, MAX_GRAD_NORM)
     return recs
 
 

@@ -7,7 +7,7 @@ accumulation 3 (so each optimizer step sums 3 micro-batches of unequal token cou
 steps (3 passes over the file), cosine schedule with 4 warmup steps, lr 3e-3, weight decay 0.01, and a
 max_grad_norm that the reference run shows clipping some steps but not all.
 
-The reference loop (reference_train below) is what issue 3 defines, written with the peers' own
+The reference loop (models.reference_train) is what issue 3 defines, written with the peers' own
 pieces: torch.optim.AdamW (betas 0.9/0.999, eps 1e-8), transformers.get_scheduler with
 num_training_steps 30, torch.nn.utils.clip_grad_norm_ (whose return value, the norm before
 clipping, is what gets logged), and per optimizer step loss = sum over its micro-batches of summed
@@ -64,40 +64,16 @@ def train_examples():
     return models.random_examples(rng, 60, models._COMMON["vocab_size"], 4, 20)
 
 
-def counted(e):
-    return int((np.asarray(e["labels"][1:]) != -100).sum())
+counted = models.counted
 
 
 def reference_train(model_dir, adapter_dir, examples, steps, batch, accum, lr, schedule, warmup,
                     wd, max_grad_norm):
-    """A plain PyTorch + PEFT loop; returns the per-step records and the trained PEFT model."""
-    from transformers import get_scheduler
+    """The plain PyTorch + PEFT loop (models.reference_train) from the PEFT adapter in
+    adapter_dir; returns the per-step records and the trained PEFT model."""
     model = models.load_peft(model_dir, adapter_dir, trainable=True)
-    model.train()  # dropout is 0: train mode changes nothing but is what a trainer uses
-    params = list(models.lora_params(model).values())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
-    sched = get_scheduler(schedule, opt, num_warmup_steps=warmup, num_training_steps=steps)
-    micro = [examples[i:i + batch] for i in range(0, len(examples), batch)]
-    assert len(micro) % accum == 0  # whole optimizer steps per epoch: no end-of-epoch question
-    recs = []
-    k = 0
-    for step in range(1, steps + 1):
-        group = [micro[(k + j) % len(micro)] for j in range(accum)]
-        k += accum
-        n_tok = sum(counted(e) for mb in group for e in mb)
-        total = 0.0
-        for mb in group:
-            for e in mb:
-                ce, _, _ = models.token_losses_sum(model, e["input_ids"], e["labels"])
-                (ce / n_tok).backward()
-                total += float(ce.detach())
-        norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
-        lr_now = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        recs.append(dict(step=step, loss=total / n_tok, lr=lr_now, grad_norm=norm, tokens=n_tok))
-    return recs, model.eval()
+    return models.reference_train(model, examples, steps, batch, accum, lr, schedule, warmup, wd,
+                                  max_grad_norm)
 
 
 def read_metrics(run):
