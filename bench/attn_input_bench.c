@@ -70,9 +70,9 @@ static void old_forward(bufs *b) {
 
 static void new_forward(bufs *b) {
     const shape *s = b->s;
-    attn_input_forward(b->q, b->k, b->v, b->qr, b->kr, b->qkv, b->ld,
-                       s->qk_norm ? b->qw : NULL, s->qk_norm ? b->kw : NULL, 1e-6f, b->pos,
-                       b->rc, b->rs, s->N, s->H, s->Hkv, s->D, s->rot);
+    attn_input_forward(b->q, b->k, b->v, b->qr, b->kr, b->qkv, b->ld, s->qk_norm ? b->qw : NULL,
+                       s->qk_norm ? b->kw : NULL, 1e-6f, b->pos, b->rc, b->rs, s->N, s->H, s->Hkv,
+                       s->D, s->rot);
 }
 
 /* model.c's backward before attn_input_backward (rope_backward works in place on dq, dk: the
@@ -145,14 +145,15 @@ int main(int argc, char **argv) {
             b.inv_freq[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)s->rot);
         for (size_t n = 0; n < N; n++)
             b.pos[n] = (int)(n % 512);
-        b.rc = malloc(sizeof(float) * 512 * s->rot / 2), b.rs = malloc(sizeof(float) * 512 * s->rot / 2);
+        b.rc = malloc(sizeof(float) * 512 * s->rot / 2),
+        b.rs = malloc(sizeof(float) * 512 * s->rot / 2);
         double tb = best_ns(table, &b, reps);
         double fo = best_ns(old_forward, &b, reps), fn = best_ns(new_forward, &b, reps);
         double bo = best_ns(old_backward, &b, reps), bn = best_ns(new_backward, &b, reps);
         printf("%-48s %9.0f %9.0f %6.2f %9.0f %9.0f %6.2f %7.0f\n", s->name, fo, fn, fo / fn, bo,
                bn, bo / bn, tb);
-        float *all[] = {b.qkv, b.q, b.k, b.v, b.qpre, b.kpre, b.qr, b.kr, b.qw, b.kw, b.dq,
-                        b.dk, b.dv, b.dq2, b.dk2, b.dqkv, b.inv_freq, b.rc, b.rs};
+        float *all[] = {b.qkv, b.q,  b.k,  b.v,   b.qpre, b.kpre, b.qr,       b.kr, b.qw, b.kw,
+                        b.dq,  b.dk, b.dv, b.dq2, b.dk2,  b.dqkv, b.inv_freq, b.rc, b.rs};
         for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
             free(all[j]);
         free(b.pos);

@@ -8,12 +8,12 @@
  * keeps: no copy of them is made); rotate q and k (RoPE) with the cos/sin of
  * the token's position from a table (rope_table) that the model fills once a step: every layer,
  * forward and backward, rotates by the same angles, and cosf/sinf of each frequency were most of
- * the separate rope pass's time. Backward, per token: rotate dq and dk back into the row of dqkv, run the
- * qk-norm backward there in place, and copy dv beside them.
- * The separate ops (a copy per row, rmsnorm_forward over N*H rows of D, rope_forward on q and on
- * k, and their backwards into zeroed buffers, then a copy into dqkv) read and write each of these
- * buffers once per op; here the token's row is read once from memory and finished while it is in
- * cache. The arithmetic is row_ops.h's, the same as those ops' (the tests compare the two).
+ * the separate rope pass's time. Backward, per token: rotate dq and dk back into the row of dqkv,
+ * run the qk-norm backward there in place, and copy dv beside them. The separate ops (a copy per
+ * row, rmsnorm_forward over N*H rows of D, rope_forward on q and on k, and their backwards into
+ * zeroed buffers, then a copy into dqkv) read and write each of these buffers once per op; here the
+ * token's row is read once from memory and finished while it is in cache. The arithmetic is
+ * row_ops.h's, the same as those ops' (the tests compare the two).
  */
 #include "ops/ops.h"
 #include "ops/row_ops.h"
@@ -37,9 +37,9 @@ static void rotate_heads(float *y, const float *x, int nh, int D, int rot_dim, c
 }
 
 void attn_input_forward(float *q, float *k, float *v, float *qn_rstd, float *kn_rstd,
-                        const float *qkv, int ld, const float *q_norm,
-                        const float *k_norm, float eps, const int *pos, const float *rope_cos,
-                        const float *rope_sin, int N, int H, int Hkv, int D, int rot_dim) {
+                        const float *qkv, int ld, const float *q_norm, const float *k_norm,
+                        float eps, const int *pos, const float *rope_cos, const float *rope_sin,
+                        int N, int H, int Hkv, int D, int rot_dim) {
     const size_t HD = (size_t)H * D, KD = (size_t)Hkv * D;
     const int norm = q_norm != NULL;
 #pragma omp parallel for schedule(static)
@@ -75,10 +75,10 @@ void attn_input_forward(float *q, float *k, float *v, float *qn_rstd, float *kn_
 }
 
 void attn_input_backward(float *dqkv, const float *dq, const float *dk, const float *dv,
-                         const float *qkv, int ld, const float *qn_rstd,
-                         const float *kn_rstd, const float *q_norm, const float *k_norm,
-                         const int *pos, const float *rope_cos, const float *rope_sin, int N,
-                         int H, int Hkv, int D, int rot_dim) {
+                         const float *qkv, int ld, const float *qn_rstd, const float *kn_rstd,
+                         const float *q_norm, const float *k_norm, const int *pos,
+                         const float *rope_cos, const float *rope_sin, int N, int H, int Hkv, int D,
+                         int rot_dim) {
     const size_t HD = (size_t)H * D, KD = (size_t)Hkv * D;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
@@ -101,8 +101,8 @@ void attn_input_backward(float *dqkv, const float *dq, const float *dk, const fl
             const float *qpre = qkv + (size_t)n * ld, *kpre = qpre + HD;
             for (int h = 0; h < H; h++) {
                 float *g = dst + (size_t)h * D;
-                rmsnorm_row_backward(g, g, qpre + (size_t)h * D, q_norm,
-                                     qn_rstd[(size_t)n * H + h], D, 0);
+                rmsnorm_row_backward(g, g, qpre + (size_t)h * D, q_norm, qn_rstd[(size_t)n * H + h],
+                                     D, 0);
             }
             for (int h = 0; h < Hkv; h++) {
                 float *g = dkd + (size_t)h * D;
