@@ -234,8 +234,8 @@ static void settings_text(const ft_train_options *o, int all, char *buf, size_t 
     size_t u = strlen(buf);
     if (all || ckbf) snprintf(buf + u, n - u, "grad_checkpoint_dtype=%s\n", ckbf ? "bf16" : "fp32");
     u = strlen(buf);
-    if (all || dtype_is_bf16(o->dtype))
-        snprintf(buf + u, n - u, "dtype=%s\n", dtype_is_bf16(o->dtype) ? "bf16" : "fp32");
+    if (all) snprintf(buf + u, n - u, "dtype=%s\n", o->dtype ? o->dtype : "fp32");
+    else if (dtype_is_bf16(o->dtype)) snprintf(buf + u, n - u, "dtype=bf16\n");
 }
 
 /* Fingerprint of the settings plus the model's config.json and weight file sizes. */
@@ -647,11 +647,17 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
         if (given->model_dir || given->data_path || given->n_data_sources) {
             ft_train_options cmp = *given;
             resolve_defaults(&cmp);
-            if ((st = compare_settings(&cmp, &eff, err))) {
-                cJSON_Delete(stored);
-                free(lists[0]), free(lists[1]);
-                return st;
-            }
+            st = compare_settings(&cmp, &eff, err);
+        } else if (given->dtype) {
+            /* `--resume RUN --dtype T` alone: the dtype must still be the run's, not be ignored */
+            ft_train_options cmp = eff;
+            cmp.dtype = given->dtype;
+            st = compare_settings(&cmp, &eff, err);
+        }
+        if (st) {
+            cJSON_Delete(stored);
+            free(lists[0]), free(lists[1]);
+            return st;
         }
         eff.threads = given->threads, eff.quiet = given->quiet, eff.overwrite = 1;
         eff.grad_checkpoint = given->grad_checkpoint; /* same numbers either way */

@@ -30,7 +30,8 @@ loop, with the forward under torch.autocast("cpu", dtype=torch.bfloat16):
   on the way; its own largest difference from fp32 is 2.7e-2 of the scale), the loss within 1e-3
   relative (measured 6e-6); and the logits differ from ftune's fp32 ones by between 1e-4 (fp32
   parity's bound: the option is in effect) and 1e-2 (norm-wise; measured 7.6e-3).
-- run_config.json records the dtype; a resume with another dtype is refused (exit 2);
+- run_config.json records the dtype; a resume with another dtype is refused (exit 2), also when
+  --dtype is the only option given with --resume;
   --grad-checkpoint under --dtype bf16 keeps bf16 layer inputs unless --grad-checkpoint-dtype
   says otherwise; a bad --dtype value exits 2 naming the option on train, eval and plan.
 - plan --dtype bf16 counts the bf16 weights (about half the fp32 plan's) and predicts the
@@ -144,9 +145,12 @@ def test_bf16_run_config_and_resume(runs, setup):
     assert cfg["settings_hash"] != cfg32["settings_hash"]
     for run, other, was in [(runs["bf16"]["run"], "fp32", "bf16"),
                             (runs["fp32"]["run"], "bf16", "fp32")]:
-        p = run_ftune(train_args(setup, run, ["--dtype", other, "--resume", run]))
-        assert p.returncode == 2, p.stderr
-        assert f"dtype={was} (now {other})" in p.stderr, p.stderr
+        # with every option given, and with --resume and --dtype alone
+        for args in (train_args(setup, run, ["--dtype", other, "--resume", run]),
+                     ["train", "--resume", run, "--dtype", other, "--quiet"]):
+            p = run_ftune(args)
+            assert p.returncode == 2, p.stderr
+            assert f"dtype={was} (now {other})" in p.stderr, p.stderr
 
 
 def test_bf16_grad_checkpoint_dtype_follows(setup):
