@@ -22,7 +22,7 @@ int cmd_eval(int argc, char **argv) {
         {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
         {"dump-logits", OPT_STR, &o.dump_logits, "FILE", "write logits [examples, T, V] as safetensors"},
         {"dump-grads", OPT_STR, &o.dump_grads, "FILE", "write the adapter's gradients of the mean loss"},
-        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (frozen weights and activations in bf16 with fp32 sums; the weights are kept as bf16 unless --quant says otherwise)"},
+        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (the frozen-weight matmuls round their inputs and weights to bf16 and sum in fp32; the weights are kept as bf16 unless --quant says otherwise)"},
         {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4, fp4, q8, bf16 or none (fp32; default: bf16 under --dtype bf16)"},
         {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too"},
         {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},

@@ -57,7 +57,7 @@ int cmd_train(int argc, char **argv) {
         {"chat-template", OPT_STR, &o.chat_template, "FILE", "a .jinja chat template instead of the model's"},
         {"template-arg", OPT_LIST, &targs, "K=V", "extra chat template variable (V as JSON, else text), e.g. enable_thinking=false"},
         {"dump-data", OPT_STR, &o.dump_data, "FILE", "write the prepared examples (input_ids, labels) as JSONL and exit"},
-        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (frozen weights and activations in bf16 with fp32 sums, as PyTorch's bf16 autocast; LoRA weights and AdamW state stay fp32; the weights are kept as bf16 unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs)"},
+        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (the frozen-weight matmuls round their inputs and weights to bf16 and sum in fp32; LoRA weights and AdamW state stay fp32; the weights are kept as bf16 unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs)"},
         {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4 or fp4 (QLoRA, as bitsandbytes), q8 (GGUF Q8_0), bf16, or none (fp32; default: bf16 under --dtype bf16)"},
         {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too (bitsandbytes' bnb_4bit_use_double_quant)"},
         {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},
