@@ -13,7 +13,7 @@
  * 1, 7 and N, skips targets of -100 (their dh rows untouched), and rope matches transformers'
  * float32 angle convention (pos * inv_freq rounded to float before cos/sin).
  * attn_input (the fused split + qk-norm + RoPE of the attention input, and its backward) is
- * compared with the composition of the separate ops above, which it must match to the bit.
+ * compared with the composition of the separate ops above (within 1e-6; it matches to the bit).
  * swiglu and xent run three times: the portable code (*_ref), the AVX2 code when the CPU has it,
  * and the dispatching entry points, each against the same references.
  */
