@@ -129,6 +129,27 @@ static void check_rounding(void) {
     free(x), free(r);
 }
 
+/* Whether /proc/cpuinfo's flags (the kernel's reading of CPUID and XCR0) list AVX512_BF16 and
+ * the subsets the kernel's file is built for; -1 when there is no /proc/cpuinfo. */
+static int cpuinfo_has_avx512_bf16(void) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return -1;
+    char line[8192];
+    int found = -1;
+    while (found < 0 && fgets(line, sizeof line, f))
+        if (!strncmp(line, "flags", 5)) {
+            const char *need[] = {" avx512f ", " avx512dq ", " avx512bw ", " avx512vl ",
+                                  " avx512_bf16 "};
+            char *nl = strchr(line, '\n');
+            if (nl) strcpy(nl, " "); /* so the last flag ends with a space too */
+            found = 1;
+            for (int i = 0; i < 5; i++)
+                if (!strstr(line, need[i])) found = 0;
+        }
+    fclose(f);
+    return found;
+}
+
 typedef void (*gemm_bf16_kernel)(int, int, int, int, const uint16_t *, int, const uint16_t *, int,
                                  float, float *, int);
 
@@ -218,7 +239,9 @@ int main(int argc, char **argv) {
     printf("FTUNE_ISA %s: %s\n", cap ? cap : "unset", first);
     check_rounding();
 
-    int has_avx512 = gemm_bf16_set_isa("avx512");
+    int has_avx512 = gemm_bf16_set_isa("avx512"), cpuinfo = cpuinfo_has_avx512_bf16();
+    CHECK(cpuinfo < 0 || has_avx512 == cpuinfo, "CPUID says AVX512_BF16 %d, /proc/cpuinfo %d",
+          has_avx512, cpuinfo);
     CHECK(!strcmp(first, has_avx512 && !capped ? "avx512" : "fallback"),
           "first choice %s (AVX512_BF16 %d, FTUNE_ISA %s)", first, has_avx512, cap ? cap : "unset");
     CHECK(gemm_bf16_set_isa("fallback") == 1, "the fallback is always there");

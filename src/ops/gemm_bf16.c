@@ -150,7 +150,7 @@ static int cpu_has_avx512_bf16(void) {
     if ((lo & 0xe6) != 0xe6) return 0;
     __cpuid_count(7, 0, a, b, c, d);
     unsigned need = 1u << 16 | 1u << 17 | 1u << 30 | 1u << 31;
-    if ((b & need) != need) return 0;
+    if ((b & need) != need || a < 1) return 0; /* a: the last subleaf of leaf 7 */
     __cpuid_count(7, 1, a, b, c, d);
     return a >> 5 & 1;
 }
