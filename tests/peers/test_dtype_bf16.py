@@ -34,8 +34,9 @@ loop, with the forward under torch.autocast("cpu", dtype=torch.bfloat16):
   --dtype is the only option given with --resume;
   --grad-checkpoint under --dtype bf16 keeps bf16 layer inputs unless --grad-checkpoint-dtype
   says otherwise; a bad --dtype value exits 2 naming the option on train, eval and plan.
-- plan --dtype bf16 counts the bf16 weights (about half the fp32 plan's) and predicts the
-  measured peak RSS within 10% (test_plan.py's bound and model).
+- plan --dtype bf16 counts the bf16 weights (about half the fp32 plan's; with --quant nf4 the
+  same weights and a larger matmul scratch) and predicts the measured peak RSS within 10%
+  (test_plan.py's bound and model).
 """
 
 import json
@@ -235,16 +236,20 @@ def test_eval_bf16_logits_match_autocast(zoo, tmp_path):
 
 # --- plan --------------------------------------------------------------------------------------
 
-def test_plan_bf16_counts_bf16_weights(big):  # noqa: F811 (the fixture imported above)
+@pytest.mark.parametrize("quant", [[], ["--quant", "nf4"]])
+def test_plan_bf16_counts_bf16_weights(big, quant):  # noqa: F811 (the fixture imported above)
     opts = ["--batch-size", "2", "--seq-len", "64", "--lora-r", "16", "--lora-targets",
-            "all-linear"]
+            "all-linear", *quant]
     plans = {}
     for dt in ("fp32", "bf16"):
         p = run_ok(["plan", "--model", big / "model", *opts, "--dtype", dt])
         plans[dt] = json.loads(p.stdout.strip().splitlines()[-1])
     assert "compute bf16" in p.stdout and "bf16 input chunk" in p.stdout, p.stdout
     w32, w16 = plans["fp32"]["weights"], plans["bf16"]["weights"]
-    assert 0.45 * w32 < w16 < 0.6 * w32, (w32, w16)
+    if not quant:  # bf16 storage by default: about half; nf4 stays nf4 (the LM head is f32)
+        assert 0.45 * w32 < w16 < 0.6 * w32, (w32, w16)
+    else:
+        assert w16 == w32 and plans["bf16"]["panel"] > plans["fp32"]["panel"], plans
     measured = peak_rss_of(["train", "--model", big / "model", "--data", big / "data.jsonl",
                             "--out", big / "run-bf16", "--overwrite", "--steps", "2",
                             "--threads", "2", "--quiet", *opts, "--dtype", "bf16"])
