@@ -7,8 +7,10 @@
  *
  * One thread by default (OMP_NUM_THREADS overrides): on this shared 2-core machine a
  * single-threaded best-of-reps timing is the number that repeats; a whole-step timing is not.
- * Each figure is the best of `reps` (argv[1], default 20) runs after one warm-up. "table" is
- * rope_table for 512 positions, per token of the batch: paid once a step, not once a layer.
+ * Each figure is the best of `reps` (argv[1], default 20) runs after one warm-up; "warm" runs on
+ * the same buffers each time (partly in L3), "cold" on the next of SETS sets of buffers, which
+ * come from memory as a step's 30 layers' activations do: the cold column is the step's case.
+ * "table" is rope_table for 512 positions, per token of the batch: paid once a step.
  *
  * Build and run (from the repository root, after `make`):
  *   gcc -O2 -fopenmp -Iinclude -Isrc bench/attn_input_bench.c build/libftune.a -lopenblas -lm \
@@ -108,17 +110,51 @@ static void new_backward(bufs *b) {
 /* the cos/sin table for positions 0..511, filled once a step (model_forward) */
 static void table(bufs *b) { rope_table(b->rc, b->rs, 512, b->inv_freq, b->s->rot, 1.0f); }
 
-/* best ns per token of fn over reps runs */
-static double best_ns(void (*fn)(bufs *), bufs *b, int reps) {
+/* Sets of buffers the cold timings rotate through: each set is 33 MB (SmolLM) to 130 MB (Qwen3),
+ * so by the time a set comes round again the other sets have pushed it out of the 32 MB L3, as
+ * the 30 layers of a step do. */
+#define SETS 4
+
+/* best ns per token of fn over reps runs: warm, the same set every time (its buffers partly in
+ * L3), or cold, the next set each time (from memory, as in a training step) */
+static double best_ns(void (*fn)(bufs *), bufs *b, int reps, int cold) {
     fn(b);
     double best = 1e30;
     for (int r = 0; r < reps; r++) {
+        bufs *x = cold ? &b[(r + 1) % SETS] : b;
         double t0 = now();
-        fn(b);
+        fn(x);
         double t = now() - t0;
         if (t < best) best = t;
     }
     return best * 1e9 / b->s->N;
+}
+
+static void alloc_set(bufs *b, const shape *s) {
+    size_t N = s->N, HD = (size_t)s->H * s->D, KD = (size_t)s->Hkv * s->D;
+    b->s = s, b->ld = (int)(HD + 2 * KD);
+    b->qkv = filled(N * b->ld), b->q = filled(N * HD), b->k = filled(N * KD);
+    b->v = filled(N * KD), b->qpre = filled(N * HD), b->kpre = filled(N * KD);
+    b->qr = filled(N * s->H), b->kr = filled(N * s->Hkv), b->qw = filled(s->D);
+    b->kw = filled(s->D), b->dq = filled(N * HD), b->dk = filled(N * KD), b->dv = filled(N * KD);
+    b->dq2 = filled(N * HD), b->dk2 = filled(N * KD), b->dqkv = filled(N * b->ld);
+    b->inv_freq = malloc(sizeof(float) * s->rot / 2), b->pos = malloc(sizeof(int) * N);
+    for (int j = 0; j < s->rot / 2; j++)
+        b->inv_freq[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)s->rot);
+    for (size_t n = 0; n < N; n++)
+        b->pos[n] = (int)(n % 512);
+    b->rc = malloc(sizeof(float) * 512 * s->rot / 2);
+    b->rs = malloc(sizeof(float) * 512 * s->rot / 2);
+    rope_table(b->rc, b->rs, 512, b->inv_freq, s->rot, 1.0f);
+}
+
+static void free_set(bufs *b) {
+    float *all[] = {b->qkv, b->q,    b->k,        b->v,  b->qpre, b->kpre, b->qr,
+                    b->kr,  b->qw,   b->kw,       b->dq, b->dk,   b->dv,   b->dq2,
+                    b->dk2, b->dqkv, b->inv_freq, b->rc, b->rs};
+    for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
+        free(all[j]);
+    free(b->pos);
 }
 
 int main(int argc, char **argv) {
@@ -129,34 +165,23 @@ int main(int argc, char **argv) {
         {"Qwen3-0.6B 4x512 (16/8 heads of 128, qk-norm)", 2048, 16, 8, 128, 128, 1},
     };
     printf("threads %d, best of %d; ns per token\n", omp_get_max_threads(), reps);
-    printf("%-48s %9s %9s %6s %9s %9s %6s %7s\n", "shape", "fwd old", "fwd new", "x", "bwd old",
-           "bwd new", "x", "table");
+    printf("%-48s %5s %9s %9s %6s %9s %9s %6s %7s\n", "shape", "", "fwd old", "fwd new", "x",
+           "bwd old", "bwd new", "x", "table");
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        const shape *s = &shapes[i];
-        size_t N = s->N, HD = (size_t)s->H * s->D, KD = (size_t)s->Hkv * s->D;
-        bufs b = {.s = s, .ld = (int)(HD + 2 * KD)};
-        b.qkv = filled(N * b.ld), b.q = filled(N * HD), b.k = filled(N * KD), b.v = filled(N * KD);
-        b.qpre = filled(N * HD), b.kpre = filled(N * KD), b.qr = filled(N * s->H);
-        b.kr = filled(N * s->Hkv), b.qw = filled(s->D), b.kw = filled(s->D);
-        b.dq = filled(N * HD), b.dk = filled(N * KD), b.dv = filled(N * KD);
-        b.dq2 = filled(N * HD), b.dk2 = filled(N * KD), b.dqkv = filled(N * b.ld);
-        b.inv_freq = malloc(sizeof(float) * s->rot / 2), b.pos = malloc(sizeof(int) * N);
-        for (int j = 0; j < s->rot / 2; j++)
-            b.inv_freq[j] = 1.0f / powf(10000.0f, (float)(2 * j) / (float)s->rot);
-        for (size_t n = 0; n < N; n++)
-            b.pos[n] = (int)(n % 512);
-        b.rc = malloc(sizeof(float) * 512 * s->rot / 2),
-        b.rs = malloc(sizeof(float) * 512 * s->rot / 2);
-        double tb = best_ns(table, &b, reps);
-        double fo = best_ns(old_forward, &b, reps), fn = best_ns(new_forward, &b, reps);
-        double bo = best_ns(old_backward, &b, reps), bn = best_ns(new_backward, &b, reps);
-        printf("%-48s %9.0f %9.0f %6.2f %9.0f %9.0f %6.2f %7.0f\n", s->name, fo, fn, fo / fn, bo,
-               bn, bo / bn, tb);
-        float *all[] = {b.qkv, b.q,  b.k,  b.v,   b.qpre, b.kpre, b.qr,       b.kr, b.qw, b.kw,
-                        b.dq,  b.dk, b.dv, b.dq2, b.dk2,  b.dqkv, b.inv_freq, b.rc, b.rs};
-        for (size_t j = 0; j < sizeof all / sizeof all[0]; j++)
-            free(all[j]);
-        free(b.pos);
+        bufs b[SETS];
+        for (int j = 0; j < SETS; j++)
+            alloc_set(&b[j], &shapes[i]);
+        double tb = best_ns(table, b, reps, 0);
+        for (int cold = 0; cold < 2; cold++) {
+            double fo = best_ns(old_forward, b, reps, cold),
+                   fn = best_ns(new_forward, b, reps, cold);
+            double bo = best_ns(old_backward, b, reps, cold),
+                   bn = best_ns(new_backward, b, reps, cold);
+            printf("%-48s %5s %9.0f %9.0f %6.2f %9.0f %9.0f %6.2f %7.0f\n", shapes[i].name,
+                   cold ? "cold" : "warm", fo, fn, fo / fn, bo, bn, bo / bn, tb);
+        }
+        for (int j = 0; j < SETS; j++)
+            free_set(&b[j]);
     }
     return 0;
 }
