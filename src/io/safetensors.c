@@ -14,7 +14,10 @@
  *
  * Writing lays the tensors out contiguously, ordered like the Python library orders them (larger
  * dtypes first, then by name, so every tensor stays aligned to its element size), writes the
- * header JSON padded with spaces to a multiple of 8 bytes, and goes through io/atomic.h.
+ * header JSON padded with spaces to a multiple of 8 bytes, and goes through io/atomic.h. Since
+ * every size is known from the shapes, the header can be written before any data: a streamed
+ * write (st_writer_begin / _put / _finish) then writes each tensor where it lies, in whatever
+ * order its producer makes them, so a converter never holds more than the piece at hand.
  *
  * The fp16 / bf16 conversions round to nearest even; f32_to_bf16 and f32_to_f16 treat NaN the way
  * PyTorch's c10::BFloat16 / c10::Half conversions do (bf16 NaN -> 0x7FC0, f16 NaN -> sign|0x7E00).
@@ -717,8 +720,10 @@ typedef struct wentry {
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    const void *data;
+    const void *data; /* NULL: streamed with st_writer_put */
     size_t nbytes;
+    uint64_t offset;  /* in the file, once st_writer_begin has laid the tensors out */
+    uint64_t written; /* bytes st_writer_put has written so far */
 } wentry;
 
 struct st_writer {
@@ -726,12 +731,16 @@ struct st_writer {
     wentry *e;
     int nmeta;
     char **mk, **mv;
+    int begun;      /* the header is written and af is open */
+    atomic_file af; /* the temp file of a streamed write */
+    uint64_t pos;   /* af's file position */
 };
 
 st_writer *st_writer_new(void) { return calloc(1, sizeof(st_writer)); }
 
 void st_writer_free(st_writer *w) {
     if (!w) return;
+    if (w->begun) atomic_abort(&w->af); /* begun and never finished: no half file stays */
     for (int i = 0; i < w->n; i++)
         free(w->e[i].name);
     free(w->e);
@@ -861,7 +870,10 @@ static int went_cmp(const void *a, const void *b) {
     return strcmp(x->name, y->name);
 }
 
-ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
+/* Lay the tensors out (the Python library's order), write the header into PATH's temp file and
+ * note where each tensor's bytes go. */
+ft_status st_writer_begin(st_writer *w, const char *path, ft_error *err) {
+    if (w->begun) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "writer already begun");
     qsort(w->e, (size_t)w->n, sizeof *w->e, went_cmp);
     sbuf b = {0};
     sb_str(&b, "{\"__metadata__\":{\"format\":");
@@ -879,7 +891,7 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
     sb_str(&b, "}");
     uint64_t off = 0;
     for (int i = 0; i < w->n; i++) {
-        const wentry *e = &w->e[i];
+        wentry *e = &w->e[i];
         char tmp[64];
         sb_str(&b, ",");
         sb_json(&b, e->name);
@@ -893,6 +905,8 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
         snprintf(tmp, sizeof tmp, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off,
                  off + e->nbytes);
         sb_str(&b, tmp);
+        e->offset = off; /* relative to the data buffer until the header's length is known */
+        e->written = 0;
         off += e->nbytes;
     }
     sb_str(&b, "}");
@@ -902,8 +916,7 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
         free(b.p);
         return oom(err, path);
     }
-    atomic_file af;
-    ft_status st = atomic_open(&af, path, err);
+    ft_status st = atomic_open(&w->af, path, err);
     if (st) {
         free(b.p);
         return st;
@@ -911,10 +924,70 @@ ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
     uint8_t len[8];
     for (int i = 0; i < 8; i++)
         len[i] = (uint8_t)((uint64_t)b.n >> (8 * i));
-    atomic_write(&af, len, 8);
-    atomic_write(&af, b.p, b.n);
-    free(b.p);
+    atomic_write(&w->af, len, 8);
+    atomic_write(&w->af, b.p, b.n);
     for (int i = 0; i < w->n; i++)
-        if (w->e[i].nbytes) atomic_write(&af, w->e[i].data, w->e[i].nbytes);
-    return atomic_close(&af, err);
+        w->e[i].offset += 8 + (uint64_t)b.n;
+    w->pos = 8 + (uint64_t)b.n;
+    free(b.p);
+    w->begun = 1;
+    return FT_OK;
+}
+
+ft_status st_writer_put(st_writer *w, const char *name, const void *data, size_t n, ft_error *err) {
+    wentry *e = NULL;
+    for (int i = 0; i < w->n && !e; i++)
+        if (!strcmp(w->e[i].name, name)) e = &w->e[i];
+    char where[1024];
+    snprintf(where, sizeof where, "tensor \"%s\"", name);
+    if (!w->begun || !e)
+        return ft_error_set(err, FT_ERR_RUNTIME, where, NULL,
+                            !w->begun ? "written before st_writer_begin" : "never added");
+    if (n > e->nbytes - e->written)
+        return ft_error_set(err, FT_ERR_RUNTIME, where, NULL,
+                            "%zu bytes more than its %zu (%" PRIu64 " written)", n, e->nbytes,
+                            e->written);
+    if (!n) return FT_OK;
+    uint64_t at = e->offset + e->written;
+    if (at != w->pos && !w->af.failed) {
+        /* tensors may come in any order: the file is written where each one lies */
+        if (fseeko(w->af.f, (off_t)at, SEEK_SET) != 0) w->af.failed = errno ? errno : EIO;
+    }
+    atomic_write(&w->af, data, n);
+    w->pos = at + n;
+    e->written += n;
+    return FT_OK;
+}
+
+ft_status st_writer_finish(st_writer *w, ft_error *err) {
+    if (!w->begun)
+        return ft_error_set(err, FT_ERR_RUNTIME, "safetensors writer", NULL,
+                            "finished before st_writer_begin");
+    for (int i = 0; i < w->n; i++)
+        if (w->e[i].written != w->e[i].nbytes) {
+            char where[4400]; /* the path (up to 4096) and the name */
+            snprintf(where, sizeof where, "%s: tensor \"%.200s\"", w->af.path, w->e[i].name);
+            atomic_abort(&w->af);
+            w->begun = 0;
+            return ft_error_set(err, FT_ERR_RUNTIME, where, NULL,
+                                "only %" PRIu64 " of its %zu bytes were written", w->e[i].written,
+                                w->e[i].nbytes);
+        }
+    w->begun = 0;
+    return atomic_close(&w->af, err);
+}
+
+ft_status st_writer_save(st_writer *w, const char *path, ft_error *err) {
+    for (int i = 0; i < w->n; i++)
+        if (!w->e[i].data && w->e[i].nbytes)
+            return ft_error_set(err, FT_ERR_RUNTIME, w->e[i].name, NULL,
+                                "added without data: write it with st_writer_put");
+    ft_status st = st_writer_begin(w, path, err);
+    for (int i = 0; i < w->n && !st; i++)
+        st = st_writer_put(w, w->e[i].name, w->e[i].data, w->e[i].nbytes, err);
+    if (st && w->begun) {
+        atomic_abort(&w->af);
+        w->begun = 0;
+    }
+    return st ? st : st_writer_finish(w, err);
 }

@@ -76,10 +76,20 @@ int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset);
  * write them atomically (io/atomic.h), with __metadata__ {"format": "pt"} plus any added. */
 typedef struct st_writer st_writer;
 st_writer *st_writer_new(void);
+/* data NULL: the bytes come later, through st_writer_put. */
 ft_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim,
                         const int64_t *shape, const void *data, ft_error *err);
 void st_writer_meta(st_writer *w, const char *key, const char *value);
 ft_status st_writer_save(st_writer *w, const char *path, ft_error *err);
+/* Streaming, for output larger than memory: add every tensor first (data NULL), then
+ * st_writer_begin writes the header into PATH's temp file; st_writer_put appends n bytes to
+ * tensor `name` (each tensor's bytes in order, tensors in any order); st_writer_finish checks
+ * that every tensor got all its bytes and renames the file into place. The file is the same,
+ * byte for byte, as st_writer_save's. A writer freed between begin and finish removes its
+ * temp file. */
+ft_status st_writer_begin(st_writer *w, const char *path, ft_error *err);
+ft_status st_writer_put(st_writer *w, const char *name, const void *data, size_t n, ft_error *err);
+ft_status st_writer_finish(st_writer *w, ft_error *err);
 void st_writer_free(st_writer *w);
 
 /* fp16 / bf16 conversions (round to nearest even), shared by readers and writers. */

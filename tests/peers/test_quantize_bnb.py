@@ -299,3 +299,57 @@ def test_quantize_bad_input(tmp_path):
     assert r.returncode == 2 and "int3" in r.stderr
     r = ftune("quantize", "--model", tmp_path, "--out", tmp_path / "o", "--blocksize", "100")
     assert r.returncode == 2 and "100" in r.stderr
+
+
+def peak_rss_mb(args, threads=None):
+    """Run ftune with args in a fresh Python process that reports its children's peak RSS (the
+    children maximum of this test process would keep earlier runs' peaks)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads or torch.get_num_threads()))
+    code = ("import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.stderr.write(r.stderr)\n")
+    r = subprocess.run(["python3", "-c", code, FTUNE] + [str(a) for a in args],
+                       capture_output=True, text=True, env=env)
+    rc, kb = r.stdout.split()
+    return int(rc), int(kb) / 1024.0, r.stderr
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_quantize_streams(tmp_path, double_quant):
+    """`ftune quantize` writes each tensor as it goes and gives back the source's pages, so its
+    peak RSS on a ~380 MB model stays under the program's own RSS (`quantize --help`) plus the
+    largest single source tensor (the embedding, copied a chunk at a time); holding the output
+    and the mapped source, as it once did, takes more than the model's size. An odd-sized weight
+    of more than one chunk (2^20 values), ending in a partial block, and a full-size one must
+    still be what quantize_4bit gives."""
+    torch.manual_seed(5)
+    C, I, V, L = 1024, 2816, 16384, 6
+    ws = {"model.embed_tokens.weight": torch.randn(V, C) * 0.02, "model.norm.weight": torch.ones(C)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        for n in ("q", "k", "v", "o"):
+            ws[p + f"self_attn.{n}_proj.weight"] = torch.randn(C, C) * 0.02
+        ws[p + "mlp.gate_proj.weight"] = torch.randn(I, C) * 0.02
+        ws[p + "mlp.up_proj.weight"] = torch.randn(I, C) * 0.02
+        ws[p + "mlp.down_proj.weight"] = torch.randn(C, I) * 0.02
+        ws[p + "input_layernorm.weight"] = torch.ones(C)
+    odd = "model.layers.0.mlp.odd_proj.weight"
+    ws[odd] = torch.randn(1031, 1021) * torch.rand(1031, 1) * 0.1
+    assert ws[odd].numel() > 2**20 and ws[odd].numel() % 2 == 1 and ws[odd].numel() % 64
+    write_model(tmp_path / "m", ws)
+    model_mb = sum(w.numel() * w.element_size() for w in ws.values()) / 2**20
+    largest_mb = max(w.numel() * w.element_size() for w in ws.values()) / 2**20
+    rc, base_mb, err = peak_rss_mb(["quantize", "--help"])
+    assert rc == 0, err
+    dq = ["--double-quant"] if double_quant else []
+    rc, peak_mb, err = peak_rss_mb(["quantize", "--model", tmp_path / "m", "--out",
+                                    tmp_path / "q"] + dq)
+    assert rc == 0, err
+    assert peak_mb < base_mb + largest_mb, (peak_mb, base_mb, largest_mb, model_mb)
+    assert peak_mb < model_mb / 3, (peak_mb, model_mb)
+    f = safe_open(str(tmp_path / "q" / "model.safetensors"), "pt")
+    for name in (odd, "model.layers.5.mlp.down_proj.weight"):
+        check_against_quantize_4bit(f, name, ws[name], 64, "nf4", double_quant)
+    assert torch.equal(f.get_tensor("model.embed_tokens.weight"), ws["model.embed_tokens.weight"])
+    assert not list((tmp_path / "q").glob("*.tmp*"))  # written to a temp file, renamed
