@@ -23,7 +23,10 @@
  * 1 MB) and shared by the threads, which split the block's outputs in items of DP_MC rows x
  * DP_NW columns; each thread packs the rows of A its items need (DP_MC x DP_KC/2 words, 32 KB,
  * L2) and runs the tiles column strip by column strip, so a strip of packed B (16 KB) stays in
- * L1 while the A block passes by.
+ * L1 while the A block passes by. Packing B is vectorized (AVX2 halves: 8 x 8 word transposes
+ * for transB, two-row interleaves otherwise), since each call packs all of op(B) once per K
+ * block while a qtensor panel multiplies only a few hundred rows of A; A is packed by scalar
+ * loops, once per item's rows. Speed on real AVX512_BF16 hardware is not measured yet.
  */
 #ifndef FT_OPS_GEMM_BF16_DP_H
 #define FT_OPS_GEMM_BF16_DP_H
@@ -69,30 +72,75 @@ static void dp_pack_a(uint32_t *dst, const uint16_t *A, int lda, int m0, int mc,
     }
 }
 
+/* 8 rows of 8 words each (r[i] = row i) to 8 columns: c[p] = (r[0][p], .., r[7][p]). */
+static inline void dp_transpose8(__m256i r[8]) {
+    __m256i t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);     /* words 0 1 | 4 5 of rows i, i+1 */
+        t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]); /* words 2 3 | 6 7 */
+    }
+    for (int h = 0; h < 8; h += 4) {                      /* rows h .. h+3: word w in lane w / 4 */
+        u[h] = _mm256_unpacklo_epi64(t[h], t[h + 2]);     /* words 0 | 4 */
+        u[h + 1] = _mm256_unpackhi_epi64(t[h], t[h + 2]); /* words 1 | 5 */
+        u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]); /* words 2 | 6 */
+        u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]); /* words 3 | 7 */
+    }
+    for (int w = 0; w < 4; w++) {
+        r[w] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x20);
+        r[w + 4] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x31);
+    }
+}
+
 /* One strip of op(B): columns j0 .. j0+nr-1 (nr <= DP_NR; the rest zero), values k0 .. k0+kc-1.
- * op(B)(k, j) is B[j][k] when transB (rows of B are columns here), else B[k][j]. */
+ * op(B)(k, j) is B[j][k] when transB (rows of B are columns here), else B[k][j]. Vector code
+ * where whole 8 x 8 (transB) or 2 x 16 blocks fit inside the matrix; the loops after it do the
+ * edges (and are the definition). */
 static void dp_pack_b(uint32_t *d, int transB, const uint16_t *B, int ldb, int j0, int nr, int k0,
                       int kc) {
     int kp = (kc + 1) / 2;
     if (transB) {
+        /* a word of row j is the pair at k0 + 2p: 8 rows x 8 words transposed at a time */
+        int jv = nr / 8 * 8, pv = kc / 2 / 8 * 8;
+        for (int j = 0; j < jv; j += 8)
+            for (int p = 0; p < pv; p += 8) {
+                __m256i r[8];
+                for (int i = 0; i < 8; i++)
+                    r[i] = _mm256_loadu_si256(
+                        (const __m256i *)(B + (size_t)(j0 + j + i) * ldb + k0 + 2 * p));
+                dp_transpose8(r);
+                for (int i = 0; i < 8; i++)
+                    _mm256_storeu_si256((__m256i *)(d + (size_t)(p + i) * DP_NR + j), r[i]);
+            }
         for (int j = 0; j < DP_NR; j++) {
+            uint32_t *col = d + j;
             if (j >= nr) {
                 for (int p = 0; p < kp; p++)
-                    d[(size_t)p * DP_NR + j] = 0;
+                    col[(size_t)p * DP_NR] = 0;
                 continue;
             }
             const uint16_t *b = B + (size_t)(j0 + j) * ldb + k0;
-            for (int p = 0; p < kc / 2; p++)
-                d[(size_t)p * DP_NR + j] = dp_pair(b[2 * p], b[2 * p + 1]);
-            if (kc & 1) d[(size_t)(kp - 1) * DP_NR + j] = dp_pair(b[kc - 1], 0);
+            for (int p = j < jv ? pv : 0; p < kc / 2; p++)
+                col[(size_t)p * DP_NR] = dp_pair(b[2 * p], b[2 * p + 1]);
+            if (kc & 1) col[(size_t)(kp - 1) * DP_NR] = dp_pair(b[kc - 1], 0);
         }
         return;
     }
+    /* rows 2p and 2p+1 interleaved, 16 columns at a time (unpack works within 128-bit lanes:
+     * lo holds columns 0-3 | 8-11, hi 4-7 | 12-15) */
+    int jv = nr / 16 * 16;
     for (int p = 0; p < kp; p++) {
         const uint16_t *b0 = B + (size_t)(k0 + 2 * p) * ldb + j0;
         const uint16_t *b1 = 2 * p + 1 < kc ? b0 + ldb : NULL;
         uint32_t *row = d + (size_t)p * DP_NR;
-        for (int j = 0; j < nr; j++)
+        for (int j = 0; j < jv; j += 16) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(b0 + j));
+            __m256i x1 =
+                b1 ? _mm256_loadu_si256((const __m256i *)(b1 + j)) : _mm256_setzero_si256();
+            __m256i lo = _mm256_unpacklo_epi16(x0, x1), hi = _mm256_unpackhi_epi16(x0, x1);
+            _mm256_storeu_si256((__m256i *)(row + j), _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_storeu_si256((__m256i *)(row + j + 8), _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+        for (int j = jv; j < nr; j++)
             row[j] = dp_pair(b0[j], b1 ? b1[j] : 0);
         for (int j = nr; j < DP_NR; j++)
             row[j] = 0;
