@@ -25,8 +25,9 @@
  * L2) and runs the tiles column strip by column strip, so a strip of packed B (16 KB) stays in
  * L1 while the A block passes by. Packing B is vectorized (AVX2 halves: 8 x 8 word transposes
  * for transB, two-row interleaves otherwise), since each call packs all of op(B) once per K
- * block while a qtensor panel multiplies only a few hundred rows of A; A is packed by scalar
- * loops, once per item's rows. Speed on real AVX512_BF16 hardware is not measured yet.
+ * block while a qtensor panel multiplies only a few hundred rows of A; A's strips are 8 x 8
+ * transposes too, packed once per item's rows. Speed on real AVX512_BF16 hardware is not
+ * measured yet.
  */
 #ifndef FT_OPS_GEMM_BF16_DP_H
 #define FT_OPS_GEMM_BF16_DP_H
@@ -51,27 +52,6 @@ static inline __m512bh dp_bh(__m512i v) {
     return r;
 }
 
-/* Rows m0 .. m0+mc-1, values k0 .. k0+kc-1 of A into strips of DP_MR rows (kp words each row),
- * rows past mc zero. */
-static void dp_pack_a(uint32_t *dst, const uint16_t *A, int lda, int m0, int mc, int k0, int kc) {
-    int kp = (kc + 1) / 2;
-    for (int s = 0; s < mc; s += DP_MR) {
-        uint32_t *strip = dst + (size_t)s * kp; /* strip s / DP_MR of DP_MR * kp words */
-        for (int m = 0; m < DP_MR; m++) {
-            uint32_t *d = strip + m;
-            if (s + m >= mc) {
-                for (int p = 0; p < kp; p++)
-                    d[(size_t)p * DP_MR] = 0;
-                continue;
-            }
-            const uint16_t *a = A + (size_t)(m0 + s + m) * lda + k0;
-            for (int p = 0; p < kc / 2; p++)
-                d[(size_t)p * DP_MR] = dp_pair(a[2 * p], a[2 * p + 1]);
-            if (kc & 1) d[(size_t)(kp - 1) * DP_MR] = dp_pair(a[kc - 1], 0);
-        }
-    }
-}
-
 /* 8 rows of 8 words each (r[i] = row i) to 8 columns: c[p] = (r[0][p], .., r[7][p]). */
 static inline void dp_transpose8(__m256i r[8]) {
     __m256i t[8], u[8];
@@ -88,6 +68,38 @@ static inline void dp_transpose8(__m256i r[8]) {
     for (int w = 0; w < 4; w++) {
         r[w] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x20);
         r[w + 4] = _mm256_permute2x128_si256(u[w], u[w + 4], 0x31);
+    }
+}
+
+/* Rows m0 .. m0+mc-1, values k0 .. k0+kc-1 of A into strips of DP_MR rows (kp words each row),
+ * rows past mc zero. Whole strips go 8 x 8 words at a time through dp_transpose8 (DP_MR is 8);
+ * the loops after it do the rest of each row and the partial strip. */
+static void dp_pack_a(uint32_t *dst, const uint16_t *A, int lda, int m0, int mc, int k0, int kc) {
+    int kp = (kc + 1) / 2, pv = kc / 2 / 8 * 8;
+    for (int s = 0; s < mc; s += DP_MR) {
+        uint32_t *strip = dst + (size_t)s * kp; /* strip s / DP_MR of DP_MR * kp words */
+        int whole = s + DP_MR <= mc;
+        for (int p = 0; whole && p < pv; p += 8) {
+            __m256i r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_si256(
+                    (const __m256i *)(A + (size_t)(m0 + s + i) * lda + k0 + 2 * p));
+            dp_transpose8(r);
+            for (int i = 0; i < 8; i++)
+                _mm256_storeu_si256((__m256i *)(strip + (size_t)(p + i) * DP_MR), r[i]);
+        }
+        for (int m = 0; m < DP_MR; m++) {
+            uint32_t *d = strip + m;
+            if (s + m >= mc) {
+                for (int p = 0; p < kp; p++)
+                    d[(size_t)p * DP_MR] = 0;
+                continue;
+            }
+            const uint16_t *a = A + (size_t)(m0 + s + m) * lda + k0;
+            for (int p = whole ? pv : 0; p < kc / 2; p++)
+                d[(size_t)p * DP_MR] = dp_pair(a[2 * p], a[2 * p + 1]);
+            if (kc & 1) d[(size_t)(kp - 1) * DP_MR] = dp_pair(a[kc - 1], 0);
+        }
     }
 }
 
