@@ -645,6 +645,8 @@ static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const 
 
 /* ---- one block, forward and backward --------------------------------------------------- */
 
+#define ZERO_CHUNK ((size_t)1 << 16) /* floats zeroed by one thread at a time: 256 KB */
+
 /* Pointers to the saved activations of one layer slot. */
 typedef struct slot {
     float *ln1, *rstd1, *qkv, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
@@ -710,6 +712,19 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     }
 }
 
+/* p[0, n) = 0, split across the threads when large: the gradient buffers the accumulating GEMMs
+ * add into are cleared each layer (26 MB a layer at SmolLM-135M B4 T512), out of cache, where one
+ * core's stores reach half the memory bandwidth two do (measured: 4.7 MB in 0.40-0.57 ms on one
+ * thread, 0.25-0.29 ms on two). */
+static void zero_floats(float *p, size_t n) {
+    const long chunks = (long)((n + ZERO_CHUNK - 1) / ZERO_CHUNK);
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (long i = 0; i < chunks; i++) {
+        size_t c0 = (size_t)i * ZERO_CHUNK, m = n - c0 < ZERO_CHUNK ? n - c0 : ZERO_CHUNK;
+        memset(p + c0, 0, m * sizeof(float));
+    }
+}
+
 /* Backward of layer l: on entry a->dres holds d(loss)/d(layer output); on return it holds
  * d(loss)/d(layer input) (when need_dx), and LoRA gradients have accumulated. */
 static void layer_backward(model *m, acts *a, const batch *b, int l, const slot *s,
@@ -722,11 +737,11 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     float *dres = a->dres;
     /* MLP: xnext = xmid + down(silu(gate) * up), a chunk of rows at a time (recomputing the
      * chunk's first half when checkpointing) */
-    memset(a->dln, 0, (size_t)N * C * sizeof(float));
+    zero_floats(a->dln, (size_t)N * C);
     for (int r0 = 0; r0 < N; r0 += a->mlp_rows) {
         int nr = N - r0 < a->mlp_rows ? N - r0 : a->mlp_rows;
         if (a->ckpt) mlp_in_forward(m, a, l, s, r0, nr, seed);
-        memset(a->dact, 0, (size_t)nr * I * sizeof(float));
+        zero_floats(a->dact, (size_t)nr * I);
         lin_backward(m, a, l, LIN_DOWN, a->dact, dres + (size_t)r0 * C, C, s->act, nr, seed, r0);
         swiglu_backward(a->dgu, a->dgu + I, a->dact, s->gu, s->gu + I, nr, I, 2 * I);
         for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
@@ -736,7 +751,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     }
     rmsnorm_backward(dres, NULL, a->dln, s->xmid, bw->ln2, s->rstd2, N, C);
     /* attention: xmid = x + o(attention(rope(q), rope(k), v)) */
-    memset(a->datt, 0, (size_t)N * HD * sizeof(float));
+    zero_floats(a->datt, (size_t)N * HD);
     lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
                        b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
@@ -745,7 +760,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd,
                         s->kn_rstd, qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, b->pos,
                         a->rope_cos, a->rope_sin, N, H, Hkv, D, c->rot_dim);
-    if (need_dx) memset(a->dln, 0, (size_t)N * C * sizeof(float));
+    if (need_dx) zero_floats(a->dln, (size_t)N * C);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out)
             lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed, 0);
@@ -844,7 +859,7 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     float *xL = layer_input(a, c->L, train);
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
     if (logits) qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0);
-    if (train) memset(a->dhf, 0, (size_t)N * C * sizeof(float));
+    if (train) zero_floats(a->dhf, (size_t)N * C);
     double loss = lmhead_xent_q(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
                                 a->xent, a->chunk);
     if (count) {
