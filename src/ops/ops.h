@@ -51,6 +51,10 @@ void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H,
 /* dx (N,H,D) in place: the gradient with respect to the input of rope_forward */
 void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int D,
                    int rot_dim, float attn_scale);
+/* cs, sn (P, rot_dim/2): rope_forward's cos and sin (times attn_scale) for positions 0..P-1,
+ * which attn_input_forward/backward look up by position */
+void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
+                float attn_scale);
 
 /* ---- attn_input.c ------------------------------------------------------------------------
  * The split of the fused projection output into attention's inputs, with qk-norm and RoPE, in
@@ -75,9 +79,6 @@ void attn_input_backward(float *dqkv, const float *dq, const float *dk, const fl
                          const float *kn_rstd, const float *q_norm, const float *k_norm,
                          const int *pos, const float *rope_cos, const float *rope_sin, int N,
                          int H, int Hkv, int D, int rot_dim);
-/* cos, sin (P, rot_dim/2): rope_forward's cos and sin (times attn_scale) for positions 0..P-1 */
-void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
-                float attn_scale);
 
 /* ---- attention.c -------------------------------------------------------------------------
  * Causal grouped-query attention, flash style: tiles of keys with an online softmax, never a
