@@ -408,8 +408,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
         goto done;
     if (!m->wte.owned && embed_released(q)) {
         const st_tensor *t = st_find(m->src, "model.embed_tokens.weight");
-        m->wte_row = malloc(qbytes(m->wte.fmt, 1, (size_t)c->C, 1, 0));
-        int fd = m->wte_row ? st_open_tensor_file(m->src, t, &m->wte_offset) : -1;
+        int fd = st_open_tensor_file(m->src, t, &m->wte_offset);
         /* fd -1: rows come from the mapping, as a copied embedding's do */
         m->wte_fd = fd + 1;
     }
@@ -443,7 +442,6 @@ void model_free(model *m) {
     qtensor_free(&m->lm_head);
     qtensor_free(&m->wte);
     if (m->wte_fd) close(m->wte_fd - 1);
-    free(m->wte_row);
     st_close(m->src);
     free(m->weights);
     free(m->blocks);

@@ -86,7 +86,6 @@ typedef struct model {
     int wte_fd;           /* fd + 1 of the embedding's file, whose rows are read with pread()
                              (0: none; rows come from wte) */
     long long wte_offset; /* at this offset (see model_forward) */
-    void *wte_row;        /* one row as stored, read there */
     lora_set *lora; /* NULL: no adapter */
     int QKV;        /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
 } model;
