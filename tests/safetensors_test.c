@@ -33,18 +33,6 @@ static int write_bytes(const char *path, const void *p, size_t n) {
     return w == n ? 0 : -1;
 }
 
-static unsigned char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc((size_t)sz + 1);
-    *n = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
-
 /* A file made of a hand-written header and `data_len` bytes of data. */
 static void write_raw(const char *path, const char *header, size_t data_len) {
     size_t hn = strlen(header);
@@ -101,7 +89,7 @@ static void test_round_trip(void) {
     st_writer_free(w);
 
     size_t n;
-    unsigned char *raw = read_bytes(path, &n);
+    unsigned char *raw = test_read_file(path, &n);
     uint64_t hn = 0;
     for (int i = 7; i >= 0; i--)
         hn = hn << 8 | raw[i];
@@ -204,7 +192,7 @@ static void test_corruptions(void) {
     st_writer_save(w, good, &err);
     st_writer_free(w);
     size_t n;
-    unsigned char *raw = read_bytes(good, &n);
+    unsigned char *raw = test_read_file(good, &n);
 
     /* truncated data: the last tensor's end is past the end of the file */
     path_of(p, sizeof p, "trunc.safetensors");
@@ -391,7 +379,7 @@ static void test_fuzz(void) {
     st_writer_save(w, good, &err);
     st_writer_free(w);
     size_t n;
-    unsigned char *raw = read_bytes(good, &n), *c = malloc(n);
+    unsigned char *raw = test_read_file(good, &n), *c = malloc(n);
     const char pool[] = "{}[],:\"0123456789-.eE FBIU";
     uint32_t state = 99;
     int bad = 0, ok = 0;

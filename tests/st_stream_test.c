@@ -18,18 +18,6 @@
 
 static char dir[256];
 
-static unsigned char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc((size_t)sz + 1);
-    *n = fread(p, 1, (size_t)sz, f);
-    fclose(f);
-    return p;
-}
-
 /* Files in dir whose name starts with prefix. */
 static int count_files(const char *prefix) {
     DIR *d = opendir(dir);
@@ -83,7 +71,7 @@ static void test_same_bytes(unsigned char **data) {
     st_writer_free(w);
 
     size_t na = 0, nb = 0;
-    unsigned char *a = read_bytes(ref, &na), *b = read_bytes(str, &nb);
+    unsigned char *a = test_read_file(ref, &na), *b = test_read_file(str, &nb);
     CHECK(a && b && na == nb && !memcmp(a, b, na),
           "streamed file equals the saved one (%zu, %zu bytes)", na, nb);
     free(a);

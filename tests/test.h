@@ -31,6 +31,19 @@ static int test_passed_, test_failed_;
         CHECK(fabs(a_ - b_) <= (tol), "%s: %.9g vs %.9g (tol %g)", what, a_, b_, (double)(tol)); \
     } while (0)
 
+/* The whole file at path (malloc'd, *n bytes), or NULL when it cannot be opened. */
+static inline unsigned char *test_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *p = malloc((size_t)sz + 1);
+    *n = p ? fread(p, 1, (size_t)sz, f) : 0;
+    fclose(f);
+    return p;
+}
+
 static inline int test_summary(const char *name) {
     printf("%s: %d passed, %d failed\n", name, test_passed_, test_failed_);
     return test_failed_ ? 1 : 0;
