@@ -532,6 +532,22 @@ static int xent_chunk_for(const model_config *c, int chunk, size_t N) {
     return chunk;
 }
 
+size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, int N) {
+    size_t most = 0;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        int in, out, col, bias;
+        lin_layout(c, k, &in, &out, &col, &bias);
+        if (!out) continue;
+        qtensor w = {.fmt = q->linear, .rows = out, .cols = in, .compute = q->compute};
+        size_t b = qmatmul_scratch_bytes(&w, N);
+        if (b > most) most = b;
+    }
+    /* the LM head multiplies a chunk of the loss's rows at a time (lmhead_xent_q) */
+    qtensor h = {.fmt = q->lm_head, .rows = c->V, .cols = c->C, .compute = q->compute};
+    size_t b = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N));
+    return b > most ? b : most;
+}
+
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
                        int ckpt) {
     size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;

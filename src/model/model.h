@@ -136,6 +136,11 @@ void acts_round_inputs(acts *a);
  * which the plan assumes; tests use small ones). */
 ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
                           int mlp_rows, acts **out, ft_error *err);
+/* The most scratch one frozen-weight matmul of a step holds (qmatmul_scratch_bytes over the
+ * linear layers with N rows and the LM head with the loss's chunk of rows), from the config and
+ * the resolved formats alone. */
+size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, int N);
+
 /* Bytes acts_alloc would take (for the memory plan). */
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
                        int ckpt);

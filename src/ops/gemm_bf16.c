@@ -100,11 +100,17 @@ static void widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, 
 /* Rows of A widened per block, so the fp32 copy stays small; B widened once per call. */
 enum { FALLBACK_ROWS = 256 };
 
+/* Floats of the fallback's fp32 copies: all of B and a block of A's rows. */
+static size_t fallback_floats(int M, int N, int K) {
+    int mb = M < FALLBACK_ROWS ? M : FALLBACK_ROWS;
+    return (size_t)N * K + (size_t)mb * K;
+}
+
 static void gemm_bf16_fallback(int transB, int M, int N, int K, const uint16_t *A, int lda,
                                const uint16_t *B, int ldb, float beta, float *C, int ldc) {
     int br = transB ? N : K, bc = transB ? K : N;
     int mb = M < FALLBACK_ROWS ? M : FALLBACK_ROWS;
-    float *b32 = malloc(((size_t)br * bc + (size_t)mb * K) * sizeof(float));
+    float *b32 = malloc(fallback_floats(M, N, K) * sizeof(float));
     if (!b32) { /* no memory for the copies: the reference needs none */
         gemm_bf16_ref(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
         return;
@@ -130,6 +136,7 @@ void bf16_round_avx2(uint16_t *dst, const float *src, size_t n);
 /* gemm_bf16_avx512.c; -1 when it could not allocate its packing buffers */
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
                      int ldb, float beta, float *C, int ldc);
+size_t gemm_bf16_avx512_scratch(int M, int N, int K);
 
 static void gemm_bf16_dp(int transB, int M, int N, int K, const uint16_t *A, int lda,
                          const uint16_t *B, int ldb, float beta, float *C, int ldc) {
@@ -191,6 +198,15 @@ void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, cons
     }
     init();
     active(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+}
+
+size_t gemm_bf16_scratch_bytes(int M, int N, int K) {
+    if (M <= 0 || N <= 0 || K <= 0) return 0;
+    init();
+#ifdef HAVE_GEMM_BF16_AVX512
+    if (active == gemm_bf16_dp) return gemm_bf16_avx512_scratch(M, N, K);
+#endif
+    return fallback_floats(M, N, K) * sizeof(float);
 }
 
 const char *gemm_bf16_isa(void) {

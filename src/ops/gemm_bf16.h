@@ -28,6 +28,11 @@
 void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
                int ldb, float beta, float *C, int ldc);
 
+/* Bytes of scratch gemm_bf16 allocates for an (M, N, K) product with the kernel that runs here
+ * (the fallback: fp32 copies of B and of a block of A's rows; the AVX512_BF16 kernel: its packing
+ * buffers); the same for either transB. For the memory plan. */
+size_t gemm_bf16_scratch_bytes(int M, int N, int K);
+
 /* The reference: same contract, plain loops, each output summed in double. Tests compare the
  * fast kernels with it; too slow for anything else. */
 void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda,

@@ -14,3 +14,7 @@ int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda
                      int ldb, float beta, float *C, int ldc) {
     return dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
+
+size_t gemm_bf16_avx512_scratch(int M, int N, int K);
+
+size_t gemm_bf16_avx512_scratch(int M, int N, int K) { return dp_scratch_bytes(M, N, K); }

@@ -210,15 +210,28 @@ static void dp_tile(int kp, const uint32_t *ap, const uint32_t *bp, float *C, in
 
 /* C (M, N) = beta * C + A (M, K) . op(B) with the contract of gemm_bf16 (M, N, K > 0). Returns
  * -1, C untouched, when the packing buffers cannot be allocated. */
-static int dp_gemm(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
-                   int ldb, float beta, float *C, int ldc) {
+/* The packing buffers' sizes in 32-bit words: op(B)'s block, and each thread's A block. */
+static int dp_sizes(int M, int N, int K, size_t *bwords, size_t *awords) {
     int kp_max = (dp_min(K, DP_KC) + 1) / 2;
     int nc_max = (dp_min(N, DP_NC) + DP_NR - 1) / DP_NR * DP_NR;
     int mc_max = (dp_min(M, DP_MC) + DP_MR - 1) / DP_MR * DP_MR;
-    int threads = (double)M * N * K < DP_PARALLEL_MACS ? 1 : omp_get_max_threads();
     /* whole 64-byte lines per buffer, so threads' A blocks share no cache line */
-    size_t bwords = ((size_t)kp_max * nc_max + 15) / 16 * 16;
-    size_t awords = ((size_t)kp_max * mc_max + 15) / 16 * 16;
+    *bwords = ((size_t)kp_max * nc_max + 15) / 16 * 16;
+    *awords = ((size_t)kp_max * mc_max + 15) / 16 * 16;
+    return (double)M * N * K < DP_PARALLEL_MACS ? 1 : omp_get_max_threads();
+}
+
+/* Bytes dp_gemm allocates for this product. */
+static inline size_t dp_scratch_bytes(int M, int N, int K) {
+    size_t bwords, awords;
+    int threads = dp_sizes(M, N, K, &bwords, &awords);
+    return (bwords + awords * (size_t)threads) * sizeof(uint32_t);
+}
+
+static int dp_gemm(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                   int ldb, float beta, float *C, int ldc) {
+    size_t bwords, awords;
+    int threads = dp_sizes(M, N, K, &bwords, &awords);
     uint32_t *bpack = aligned_alloc(64, (bwords + awords * threads) * sizeof(uint32_t));
     if (!bpack) return -1;
     uint32_t *apack = bpack + bwords;

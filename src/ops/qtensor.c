@@ -459,14 +459,24 @@ typedef struct bf16_scratch {
     float *panel32;
 } bf16_scratch;
 
-static int bf16_scratch_alloc(bf16_scratch *s, const qtensor *W, int xrows, int xwidth, int prows) {
+/* Bytes of each part of the scratch (0: the part is not needed). */
+static void bf16_scratch_sizes(const qtensor *W, int xrows, int xwidth, int prows, size_t *x,
+                               size_t *panel, size_t *panel32) {
     size_t I = (size_t)W->cols;
     int own_panel = W->fmt != QF_BF16, own32 = own_panel && W->fmt != QF_F32;
+    *x = (size_t)xrows * xwidth * sizeof(uint16_t);
+    *panel = own_panel ? (size_t)prows * I * sizeof(uint16_t) : 0;
+    *panel32 = own32 ? (size_t)prows * I * sizeof(float) : 0;
+}
+
+static int bf16_scratch_alloc(bf16_scratch *s, const qtensor *W, int xrows, int xwidth, int prows) {
+    size_t xb, pb, p32b;
+    bf16_scratch_sizes(W, xrows, xwidth, prows, &xb, &pb, &p32b);
     s->xrows = xrows, s->prows = prows;
-    s->x = malloc((size_t)xrows * xwidth * sizeof(uint16_t));
-    s->panel = own_panel ? malloc((size_t)prows * I * sizeof(uint16_t)) : NULL;
-    s->panel32 = own32 ? malloc((size_t)prows * I * sizeof(float)) : NULL;
-    if (s->x && (s->panel || !own_panel) && (s->panel32 || !own32)) return 0;
+    s->x = malloc(xb);
+    s->panel = pb ? malloc(pb) : NULL;
+    s->panel32 = p32b ? malloc(p32b) : NULL;
+    if (s->x && (s->panel || !pb) && (s->panel32 || !p32b)) return 0;
     free(s->x), free(s->panel), free(s->panel32);
     return -1;
 }
@@ -537,6 +547,22 @@ static void qmatmul_backward_input_bf16(float *dinp, int ldi, const float *dout,
 }
 
 /* ---- the matmuls ------------------------------------------------------------------------- */
+
+size_t qmatmul_scratch_bytes(const qtensor *W, int N) {
+    int O = W->rows, I = W->cols, P = panel_rows(W);
+    if (N <= 0) return 0;
+    if (W->compute != QC_BF16) /* the fp32 panel (forward with few rows needs none) */
+        return W->fmt == QF_F32 ? 0 : (size_t)P * I * sizeof(float);
+    size_t most = 0, x, panel, panel32;
+    for (int backward = 0; backward < 2; backward++) {
+        int width = backward ? O : I, xr = chunk_rows(width, N);
+        bf16_scratch_sizes(W, xr, width, P, &x, &panel, &panel32);
+        size_t b = x + panel + panel32 +
+                   (backward ? gemm_bf16_scratch_bytes(xr, I, P) : gemm_bf16_scratch_bytes(xr, P, I));
+        if (b > most) most = b;
+    }
+    return most;
+}
 
 void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
                      const float *bias, int N, float beta) {

@@ -93,6 +93,12 @@ void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtens
 void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
                             int N);
 
+/* The most scratch memory qmatmul_forward or qmatmul_backward_input through W holds with N input
+ * rows: the dequantized panel, and under QC_BF16 the bf16 copies of an input chunk and a panel
+ * and gemm_bf16's own (gemm_bf16_scratch_bytes). Needs only W's fmt, rows, cols and compute (the
+ * memory plan asks before any weight is loaded). */
+size_t qmatmul_scratch_bytes(const qtensor *W, int N);
+
 /* Which kernel set runs: "avx512", "avx2" or "portable". */
 const char *qtensor_isa(void);
 /* Switch the kernel set ("portable", "avx2", "avx512"; for tests and benchmarks). Returns 1 when
