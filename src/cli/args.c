@@ -47,6 +47,7 @@ void args_print_help(const cmd_info *cmd, const opt_spec *specs, FILE *f) {
         fprintf(f, "  %-28s %s%s\n", left, s->help, def);
     }
     fprintf(f, "  %-28s %s\n", "--help", "show this help and exit");
+    if (cmd->examples) fprintf(f, "\nexamples:\n%s\n", cmd->examples);
 }
 
 static int set_value(const opt_spec *s, const char *val, ft_error *err) {

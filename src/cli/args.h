@@ -31,6 +31,7 @@ typedef struct cmd_info {
     const char *name;    /* "train" */
     const char *usage;   /* "ftune train --model DIR --data FILE --out RUN [options]" */
     const char *summary; /* a paragraph shown at the top of --help */
+    const char *examples; /* example command lines shown at the end of --help (may be NULL) */
 } cmd_info;
 
 /* Returns FT_OK, FT_ERR_INPUT (err filled) or -1 when --help was printed (caller exits 0). */

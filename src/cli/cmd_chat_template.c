@@ -32,7 +32,8 @@ int cmd_chat_template(int argc, char **argv) {
     const cmd_info info = {"chat-template",
                            "ftune chat-template --model DIR --chat FILE.json [options]",
                            "Render a conversation through the model's chat template, byte for byte as "
-                           "transformers' apply_chat_template(tokenize=False) does."};
+                           "transformers' apply_chat_template(tokenize=False) does.",
+        NULL};
     ft_error err = {0};
     int r = args_parse(argc, argv, &info, specs, &err);
     if (r == -1) return 0;

@@ -77,7 +77,8 @@ int cmd_detokenize(int argc, char **argv) {
     };
     const cmd_info info = {"detokenize", "ftune detokenize --model DIR [--ids \"1 2 3\"] [options]",
                            "Decode token ids to text with the model's tokenizer.json, as Hugging "
-                           "Face tokenizers does."};
+                           "Face tokenizers does.",
+        NULL};
     ft_error err = {0};
     int st = args_parse(argc, argv, &info, specs, &err);
     if (st < 0) return 0;

@@ -20,7 +20,8 @@ int cmd_init(int argc, char **argv) {
         {0},
     };
     const cmd_info info = {"init", "ftune init --arch NAME --size NAME --out DIR [--vocab V]",
-                           "Write a randomly initialised model folder in Hugging Face's format."};
+                           "Write a randomly initialised model folder in Hugging Face's format.",
+        NULL};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;

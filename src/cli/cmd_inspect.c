@@ -145,7 +145,8 @@ int cmd_inspect(int argc, char **argv) {
         "numbers ftune derives from config.json (head_dim, kv heads, biases, sliding windows, "
         "RoPE inverse frequencies) as JSON. --tensor prints a tensor's values as fp32. --bnb reads "
         "a bitsandbytes 4-bit weight (NAME without suffixes) and prints its format and "
-        "dequantized values."};
+        "dequantized values.",
+        NULL};
     ft_error err;
     memset(&err, 0, sizeof err);
     int r = args_parse(argc, argv, &info, specs, &err);

@@ -32,7 +32,8 @@ int cmd_plan(int argc, char **argv) {
         {0},
     };
     const cmd_info info = {"plan", "ftune plan --model DIR [--batch-size B --seq-len T --lora-r R ...]",
-                           "Predicted peak memory of `ftune train` with these options, by part."};
+                           "Predicted peak memory of `ftune train` with these options, by part.",
+        NULL};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;

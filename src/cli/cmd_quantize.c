@@ -25,7 +25,8 @@ int cmd_quantize(int argc, char **argv) {
     };
     const cmd_info info = {"quantize", "ftune quantize --model DIR --out DIR [--quant nf4|fp4] [--quant-blocksize N] [--double-quant]",
                            "Quantize the linear layers to 4 bits as bitsandbytes does, in the layout\n"
-                           "transformers saves (BitsAndBytesConfig(load_in_4bit=True[, bnb_4bit_use_double_quant=True]))."};
+                           "transformers saves (BitsAndBytesConfig(load_in_4bit=True[, bnb_4bit_use_double_quant=True])).",
+        NULL};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;

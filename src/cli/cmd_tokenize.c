@@ -247,7 +247,8 @@ int cmd_tokenize(int argc, char **argv) {
     const cmd_info info = {"tokenize",
                            "ftune tokenize --model DIR [--text S | --file F | --jsonl F] [options]",
                            "Encode text with the model's tokenizer.json, exactly as Hugging Face "
-                           "tokenizers does, and print the token ids."};
+                           "tokenizers does, and print the token ids.",
+        NULL};
     ft_error err = {0};
     int st = args_parse(argc, argv, &info, specs, &err);
     if (st < 0) return 0;

@@ -67,7 +67,8 @@ int cmd_train(int argc, char **argv) {
     const cmd_info info = {"train", "ftune train --model DIR --data PATH[:W] [--data ...] --out RUN [options]",
                            "Fine-tune a LoRA adapter. Writes RUN/adapter_model.safetensors and "
                            "RUN/adapter_config.json\n(PEFT's layout: PeftModel.from_pretrained(model, RUN) "
-                           "loads it), RUN/run_config.json and\nRUN/metrics.jsonl (one line per step)."};
+                           "loads it), RUN/run_config.json and\nRUN/metrics.jsonl (one line per step).",
+        NULL};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;

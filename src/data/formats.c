@@ -26,7 +26,7 @@
  */
 #include "data/data_internal.h"
 #include "io/json.h"
-#include "train/checkpoint.h"
+#include "base/hash.h"
 
 #include <stdlib.h>
 #include <string.h>

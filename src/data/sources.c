@@ -15,8 +15,9 @@
  * longest first, each into the open row with the least room that still fits it, else a new row.
  */
 #include "data/data_internal.h"
+#include "base/rand.h"
 #include "io/json.h"
-#include "train/checkpoint.h"
+#include "base/hash.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,18 +26,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void permutation(int *p, int n, uint64_t seed) {
     for (int i = 0; i < n; i++) p[i] = i;
-    uint64_t s = mix64(seed);
+    uint64_t s = rand_mix64(seed);
     for (int i = n - 1; i > 0; i--) {
-        s = mix64(s);
+        s = rand_mix64(s);
         int j = (int)(s % (uint64_t)(i + 1));
         int t = p[i];
         p[i] = p[j], p[j] = t;
@@ -261,7 +255,7 @@ ft_status data_load(const data_options *o, dataset *train, dataset *val, char ha
                                   "the source has no examples left to sample from");
             if (st || ci <= 0) continue;
             int *p = malloc(sizeof(int) * src[i].n);
-            permutation(p, src[i].n, o->seed ^ mix64(0x6d69780000ull + (uint64_t)i));
+            permutation(p, src[i].n, o->seed ^ rand_mix64(0x6d69780000ull + (uint64_t)i));
             for (long j = 0; j < ci && !st; j++)
                 st = exvec_push(&all, example_copy(&src[i].v[p[j % src[i].n]]), err);
             free(p);

@@ -5,6 +5,7 @@
  * linear and embedding weights ~ N(0, initializer_range = 0.02), biases 0, RMSNorm weights 1.
  */
 #include "model/init.h"
+#include "base/rand.h"
 #include "io/atomic.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -38,18 +39,11 @@ static const size_row sizes[] = {
     {"smollm-135m", 576, 30, 9, 3, 1536},
 };
 
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* N(0, std) by Box-Muller over a counter-based generator. */
 static void fill_normal(float *x, size_t n, double std, uint64_t seed) {
     for (size_t i = 0; i < n; i += 2) {
-        double u1 = ((mix64(seed ^ mix64(i)) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
-        double u2 = (mix64(seed ^ mix64(i + 1)) >> 11) * (1.0 / 9007199254740992.0);
+        double u1 = ((rand_mix64(seed ^ rand_mix64(i)) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+        double u2 = (rand_mix64(seed ^ rand_mix64(i + 1)) >> 11) * (1.0 / 9007199254740992.0);
         double r = sqrt(-2.0 * log(u1)) * std;
         x[i] = (float)(r * cos(2 * M_PI * u2));
         if (i + 1 < n) x[i + 1] = (float)(r * sin(2 * M_PI * u2));
@@ -164,7 +158,7 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
     for (int i = 0; i < nt && !st; i++) {
         size_t n = (size_t)t[i].sh[0] * (t[i].nd == 2 ? (size_t)t[i].sh[1] : 1);
         float *x = buf + off;
-        if (t[i].kind == 0) fill_normal(x, n, 0.02, mix64(seed * 1000003ull + (uint64_t)i));
+        if (t[i].kind == 0) fill_normal(x, n, 0.02, rand_mix64(seed * 1000003ull + (uint64_t)i));
         for (size_t e = 0; t[i].kind && e < n; e++) x[e] = t[i].kind == 1 ? 1.0f : 0.0f;
         st = st_writer_add(w, t[i].name, ST_F32, t[i].nd, t[i].sh, x, err);
         off += n;

@@ -13,6 +13,7 @@
  * .lora_B.weight (out, R), fp32.
  */
 #include "model/lora.h"
+#include "base/rand.h"
 #include "io/atomic.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -141,26 +142,15 @@ ft_status lora_create(const model_config *cfg, int R, double alpha, double dropo
     return FT_OK;
 }
 
-/* splitmix64: a counter-based generator, the same numbers for the same (seed, index). */
-static inline uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static inline double uniform01(uint64_t seed, uint64_t i) {
-    return (double)(mix64(seed ^ mix64(i)) >> 11) * (1.0 / 9007199254740992.0);
-}
-
 void lora_init(lora_set *ls, uint64_t seed) {
     memset(ls->params, 0, ls->n_params * sizeof(float));
     for (int i = 0; i < ls->n; i++) {
         lora_module *m = &ls->mods[i];
         double bound = 1.0 / sqrt((double)m->in);
         float *A = ls->params + m->offA;
-        uint64_t s = mix64(seed + 1000003ull * (uint64_t)(m->layer * LIN_COUNT + m->kind));
+        uint64_t s = rand_mix64(seed + 1000003ull * (uint64_t)(m->layer * LIN_COUNT + m->kind));
         for (size_t j = 0; j < (size_t)ls->R * m->in; j++)
-            A[j] = (float)((2.0 * uniform01(s, j) - 1.0) * bound);
+            A[j] = (float)((2.0 * rand_uniform01(s, j) - 1.0) * bound);
     }
 }
 
@@ -184,7 +174,7 @@ const lora_module *lora_get(const lora_set *ls, int layer, lin_kind k) {
 static void dropout_apply(float *xd, const float *x, size_t n, double p, uint64_t seed,
                           size_t first) {
     float keep = (float)(1.0 / (1.0 - p));
-    for (size_t i = 0; i < n; i++) xd[i] = uniform01(seed, first + i) >= p ? x[i] * keep : 0.0f;
+    for (size_t i = 0; i < n; i++) xd[i] = rand_uniform01(seed, first + i) >= p ? x[i] * keep : 0.0f;
 }
 
 void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo, const float *x,
@@ -220,7 +210,7 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
         gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 0.0f, xd_scratch, m->in);
         float keep = (float)(1.0 / (1.0 - ls->dropout));
         for (size_t i = 0; i < (size_t)N * m->in; i++)
-            if (uniform01(drop_seed, row0 * m->in + i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
+            if (rand_uniform01(drop_seed, row0 * m->in + i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
     } else {
         gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 1.0f, dx, m->in);
     }

@@ -12,6 +12,7 @@
 #define FT_TRAIN_CHECKPOINT_H
 
 #include "ftune.h"
+#include "base/hash.h"
 #include "model/lora.h"
 #include "train/optim.h"
 
@@ -33,10 +34,5 @@ long checkpoint_latest(const char *run_dir);
  * the train state are filled. */
 ft_status checkpoint_load(const char *run_dir, long step, lora_set *ls, adamw *opt,
                           train_state *ts, ft_error *err);
-
-/* FNV-1a 64 of bytes, as 16 hex digits (for settings and data fingerprints). */
-void hash_hex(const void *data, size_t n, uint64_t start, char out[17]);
-uint64_t hash_bytes(const void *data, size_t n, uint64_t h);
-#define HASH_START 0xcbf29ce484222325ull
 
 #endif

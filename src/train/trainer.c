@@ -15,6 +15,7 @@
  * "eval_loss".
  */
 #include "ftune.h"
+#include "base/rand.h"
 #include "data/dataset.h"
 #include "io/json.h"
 #include "io/atomic.h"
@@ -84,20 +85,13 @@ static void set_threads(int n) {
     openblas_set_num_threads(n);
 }
 
-static uint64_t mix64(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* The order of examples in an epoch: file order, or a seeded Fisher-Yates shuffle. */
 static void epoch_order(int *order, int n, int shuffle, uint64_t seed, long epoch) {
     for (int i = 0; i < n; i++) order[i] = i;
     if (!shuffle) return;
-    uint64_t s = mix64(seed ^ mix64((uint64_t)epoch + 1));
+    uint64_t s = rand_mix64(seed ^ rand_mix64((uint64_t)epoch + 1));
     for (int i = n - 1; i > 0; i--) {
-        s = mix64(s);
+        s = rand_mix64(s);
         int j = (int)(s % (uint64_t)(i + 1));
         int t = order[i];
         order[i] = order[j], order[j] = t;
@@ -812,7 +806,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
             long first = (ts.mb_in_epoch + k) * o->batch_size;
             int nb = (int)(ds.n - first < o->batch_size ? ds.n - first : o->batch_size);
             batch_fill(&b, &ds, order + first, nb);
-            uint64_t dseed = mix64(o->seed ^ mix64(((uint64_t)step << 20) + (uint64_t)k));
+            uint64_t dseed = rand_mix64(o->seed ^ rand_mix64(((uint64_t)step << 20) + (uint64_t)k));
             loss_sum += model_forward(&m, a, &b, 1, dseed, NULL, NULL);
             model_backward(&m, a, &b, gscale, dseed);
         }
