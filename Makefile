@@ -17,10 +17,12 @@ B       ?= build
 LIB_SRC := $(filter-out src/cli/%,$(wildcard src/*/*.c))
 CLI_SRC := $(wildcard src/cli/*.c)
 TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
+# drivers the peer tests run to reach library internals (each file says what it is for)
+TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
 .PHONY: all test ctest peertest asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
-all: $(B)/ftune $(TESTS)
+all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
@@ -32,6 +34,10 @@ $(B)/libftune.a: $(patsubst %.c,$(B)/%.o,$(LIB_SRC))
 
 $(B)/ftune: $(patsubst %.c,$(B)/%.o,$(CLI_SRC)) $(B)/libftune.a
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $^ -o $@ $(LIBS)
+
+$(B)/tests/tools/%: tests/tools/%.c $(B)/libftune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $< $(B)/libftune.a -o $@ $(LIBS)
 
 $(B)/tests/%: tests/%.c tests/test.h $(B)/libftune.a
 	@mkdir -p $(dir $@)

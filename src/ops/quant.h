@@ -48,8 +48,9 @@ void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, flo
 
 /* Values per nested block of double quantization (bitsandbytes' fixed 256). */
 enum { QUANT8_BLOCK = 256 };
-/* torch's fp32 CPU sum of x (n), bit for bit, for a vector width W (8: AVX2/default kernels,
- * 16: AVX512) and T intra-op threads; quant4_double_quant uses it for the offset. */
-float quant4_torch_sum(const float *x, size_t n, int W, int T);
+/* torch's fp32 CPU sum and mean of x (n), bit for bit, for T intra-op threads (torch 2.15, any
+ * x86-64 CPU); quant4_double_quant takes the mean as its offset, as bitsandbytes does. */
+float quant4_torch_sum(const float *x, size_t n, int T);
+float quant4_torch_mean(const float *x, size_t n, int T);
 
 #endif

@@ -187,15 +187,20 @@ static uint8_t dynamic_quantize(float v) {
 }
 
 /* ---- torch's fp32 sum on the CPU (aten/src/ATen/native/cpu/SumKernel.cpp, cascade_sum) ----
- * A contiguous 1-D float sum is done in vectors of W lanes (W = 8 for torch's AVX2 and default
- * kernels, 16 for AVX512): the n / W whole vectors go through row_sum (four interleaved
+ * A contiguous 1-D float sum is done in vectors of W = 8 lanes: the n / W whole vectors go through row_sum (four interleaved
  * accumulators, each a 4-level cascade whose level width is 2^max(4, ceil(log2 size) / 4)),
  * then the n % W tail is added to 0 in order, then the W lanes one by one. Fewer than W values:
  * the same row_sum over scalars. Above 32768 values with T > 1 threads, torch splits the range
  * into min(T, ceil(n / 32768)) equal chunks, sums each as above into a T-slot buffer and sums the
  * buffer with the same kernel. Every float add is in the same order as torch's, so the result is
- * the same bits given the same W and T. */
-enum { SUM_ROWS = 4, SUM_LEVELS = 4, SUM_MAX_W = 16, TORCH_GRAIN = 32768 };
+ * the same bits given the same T.
+ *
+ * W is 8 whatever the CPU: torch 2.15's x86-64 wheel reports its capability as AVX512 on an
+ * AVX-512 CPU (Zen 4 here), yet its fp32 sums come out in the 8-lane order, bit for bit, for every
+ * length tried from 1 to 9,000,000 and 1 to 3 threads, with and without ATEN_CPU_CAPABILITY=avx2;
+ * a 16-lane order is 1-2 ulp off from 96 values on (issue 13, tests/peers/test_quantize_bnb.py
+ * test_torch_mean_order). What torch does, not what its capability name suggests. */
+enum { SUM_ROWS = 4, SUM_LEVELS = 4, SUM_W = 8, TORCH_GRAIN = 32768 };
 
 static int ceil_log2(int64_t x) { /* torch's utils::CeilLog2 */
     if (x <= 2) return 1;
@@ -208,7 +213,7 @@ static void multi_row_sum(const float *base, int64_t size, int V, float *out) {
     if (lp < 4) lp = 4;
     const int64_t step = (int64_t)1 << lp, mask = step - 1;
     const int E = SUM_ROWS * V;
-    float acc[SUM_LEVELS][SUM_ROWS * SUM_MAX_W] = {{0}};
+    float acc[SUM_LEVELS][SUM_ROWS * SUM_W] = {{0}};
     int64_t i = 0;
     while (i + step <= size) {
         for (int64_t j = 0; j < step; j++, i++)
@@ -227,7 +232,7 @@ static void multi_row_sum(const float *base, int64_t size, int V, float *out) {
 
 /* out[l] = sum over i < size of base[i*V + l] (row_sum with four interleaved rows). */
 static void row_sum(const float *base, int64_t size, int V, float *out) {
-    float part[SUM_ROWS * SUM_MAX_W];
+    float part[SUM_ROWS * SUM_W];
     int64_t size_ilp = size / SUM_ROWS;
     multi_row_sum(base, size_ilp, V, part);
     for (int64_t i = size_ilp * SUM_ROWS; i < size; i++)
@@ -237,13 +242,14 @@ static void row_sum(const float *base, int64_t size, int V, float *out) {
     memcpy(out, part, (size_t)V * sizeof(float));
 }
 
-static float sum_serial(const float *x, int64_t n, int W) {
+static float sum_serial(const float *x, int64_t n) {
+    const int W = SUM_W;
     float r;
     if (n < W) {
         row_sum(x, n, 1, &r);
         return 0.0f + r;
     }
-    float lanes[SUM_MAX_W];
+    float lanes[SUM_W];
     int64_t nv = n / W;
     row_sum(x, nv, W, lanes);
     r = 0.0f;
@@ -252,42 +258,32 @@ static float sum_serial(const float *x, int64_t n, int W) {
     return 0.0f + r;
 }
 
-float quant4_torch_sum(const float *x, size_t n, int W, int T) {
-    if (W < 1 || W > SUM_MAX_W) W = 8;
-    if (n < TORCH_GRAIN || T <= 1) return sum_serial(x, (int64_t)n, W);
+float quant4_torch_sum(const float *x, size_t n, int T) {
+    if (n < TORCH_GRAIN || T <= 1) return sum_serial(x, (int64_t)n);
     int64_t N = (int64_t)n, nt = (N + TORCH_GRAIN - 1) / TORCH_GRAIN;
     if (nt > T) nt = T;
     int64_t chunk = (N + nt - 1) / nt;
     float *buf = calloc((size_t)T, sizeof(float));
-    if (!buf) return sum_serial(x, N, W); /* out of memory: still a sum, perhaps not torch's bits */
+    if (!buf) return sum_serial(x, N); /* out of memory: still a sum, perhaps not torch's bits */
     for (int64_t t = 0; t < nt; t++) {
         int64_t b = t * chunk, e = b + chunk < N ? b + chunk : N;
-        if (b < N) buf[t] += sum_serial(x + b, e - b, W);
+        if (b < N) buf[t] += sum_serial(x + b, e - b);
     }
-    float s = sum_serial(buf, T, W);
+    float s = sum_serial(buf, T);
     free(buf);
     return s;
 }
 
-/* torch's vector width and thread count for fp32 sums in this process: AVX512 kernels when the
- * CPU has what torch's AVX512 build needs (F, BW, VL, DQ) unless ATEN_CPU_CAPABILITY caps it;
- * threads as OpenMP reports them (torch's intra-op default is the physical core count, so on a
- * machine with SMT set OMP_NUM_THREADS to match torch). */
-static void torch_sum_params(int *W, int *T) {
-    const char *cap = getenv("ATEN_CPU_CAPABILITY");
-    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    if (cap && (!strcmp(cap, "default") || !strcmp(cap, "avx2"))) avx512 = 0;
-    *W = avx512 ? 16 : 8;
-    *T = omp_get_max_threads();
+float quant4_torch_mean(const float *x, size_t n, int T) {
+    return n ? quant4_torch_sum(x, n, T) / (float)n : 0.0f;
 }
 
 void quant4_double_quant(const float *absmax, size_t n, uint8_t *codes, float *nested_absmax,
                          float *offset) {
     dynamic_init();
-    int W, T;
-    torch_sum_params(&W, &T);
-    float off = n ? quant4_torch_sum(absmax, n, W, T) / (float)n : 0.0f;
+    /* torch's intra-op threads: OpenMP's count, as torch's default is the physical core count
+     * (on a machine with SMT set OMP_NUM_THREADS to match torch) */
+    float off = quant4_torch_mean(absmax, n, omp_get_max_threads());
     *offset = off;
     size_t nb = quant4_blocks(n, QUANT8_BLOCK);
     for (size_t b = 0; b < nb; b++) {

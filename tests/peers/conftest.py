@@ -23,6 +23,44 @@ import models  # noqa: E402
 
 torch.set_num_threads(1)
 
+# bitsandbytes 0.50 takes another path on CPUs with AVX512_BF16 (Zen 4, Sapphire Rapids): the first
+# forward of a Linear4bit in eval mode without grad repacks its weight in place into a tiled
+# layout with bf16-rounded absmax (functional._convert_weight_packed_for_cpu) and multiplies
+# through a kernel of its own. That path is an inference speed-up, not the definition of the
+# format: it fails on in_features that are not a multiple of the block size, its logits differ
+# from the dequantized weights' by the bf16 rounding, and a module that ran forward holds other
+# bytes than it loaded. The peer tests compare with bitsandbytes' reference path (dequantize_4bit
+# and a float matmul), the one every other CPU and training take, so they mean the same thing on
+# every x86-64 CPU: each Linear4bit is built believing the CPU has no AVX512_BF16.
+#
+# Its C++ CPU dequantize_4bit also has an AVX-512 branch (taken on any AVX512F CPU) that indexes
+# absmax by row: for a weight whose rows are not a whole number of blocks (in_features 96, block
+# 64) it scales values by the wrong blocks (max error 1.97 instead of 0.45 on a randn(64, 96),
+# Zen 4), while quantize_4bit, the scalar branch, the CUDA kernels and bitsandbytes' own PyTorch
+# implementation (backends/default/ops.py) all index blocks over the flattened tensor. The CPU
+# kernel is replaced by that PyTorch implementation, which on AVX2 CPUs gives the scalar
+# branch's bits (code value * absmax, one fp32 product), so the reference is the format's own
+# definition everywhere. test_quantize_bnb.py::test_bnb_reference_path checks both switches.
+try:
+    import bitsandbytes.nn.modules as _bnb_modules
+    from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
+    from bitsandbytes.backends.utils import _get_4bit_code
+
+    _bnb_modules.has_avx512bf16 = lambda: False
+
+    def _dequantize_4bit_flat(A, absmax, blocksize, quant_type, shape, dtype):
+        A = A.view(torch.uint8) if A.dtype != torch.uint8 else A
+        code = _get_4bit_code(quant_type, A.device)
+        if quant_type == "fp4":  # the C++ and CUDA kernels give FP4 code 8 (sign bit, 0) as -0.0
+            code = code.clone()
+            code[8] = -0.0
+        return _dequantize_4bit_compute(A.reshape(-1), absmax.float(), code, blocksize, shape,
+                                        dtype)
+
+    torch.library.register_kernel("bitsandbytes::dequantize_4bit", "cpu", _dequantize_4bit_flat)
+except ImportError:  # the tests that need bitsandbytes skip themselves
+    pass
+
 
 def ftune_bin():
     return os.environ.get("FTUNE_BIN", os.path.join(REPO, "build", "ftune"))

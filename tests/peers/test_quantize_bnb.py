@@ -99,6 +99,40 @@ def test_quantize_like_transformers(tmp_path, kind, dtype, quant, double_quant):
         assert torch.equal(mine(ids).logits, ref(ids).logits)
 
 
+def test_bnb_reference_path(tmp_path):
+    """conftest switches off bitsandbytes' packed AVX512_BF16 inference path: an eval forward
+    leaves the loaded weight bytes and quant_state as they were, and the logits are those of
+    the dequantized weights (dequantize_4bit, then float32 matmuls) on every CPU."""
+    src = tiny("llama", torch.float32, tmp_path / "model")
+    m = load_bnb(src, "nf4", torch.float32).eval()
+    lin = m.model.layers[0].mlp.down_proj  # in_features 96: not a multiple of the block size
+    assert lin.support_avx512bf16_for_cpu is False
+    before = lin.weight.data.clone()
+    ids = torch.tensor([[1, 5, 9, 200, 33, 7, 2]])
+    with torch.no_grad():
+        logits = m(ids).logits
+    assert not getattr(lin.weight.quant_state, "packing_format_for_cpu", False)
+    assert torch.equal(lin.weight.data, before)
+    # the same model with every 4-bit layer replaced by its dequantized float weight
+    plain = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, mod in m.named_modules():
+            if isinstance(mod, bnb.nn.Linear4bit):
+                w = bnbf.dequantize_4bit(mod.weight.data, mod.weight.quant_state)
+                plain.get_submodule(name).weight.copy_(w)
+        ref = plain(ids).logits
+    assert torch.allclose(logits, ref, rtol=0, atol=1e-5 * ref.abs().max().item()), \
+        (logits - ref).abs().max()
+    # dequantize_4bit indexes blocks over the flattened weight, as quantize_4bit writes them
+    for shape in [(32, 64), (64, 96), (64, 160), (3, 10)]:
+        w = torch.randn(*shape)
+        q, st = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+        flat = torch.nn.functional.pad(w.reshape(-1), (0, -w.numel() % 64)).view(-1, 64)
+        bound = flat.abs().amax(1).repeat_interleave(64)[:w.numel()].view(shape)
+        err = (bnbf.dequantize_4bit(q, st) - w).abs()
+        assert (err <= 0.5 * bound * 1.0001).all(), (shape, (err / bound).max())
+
+
 def awkward(blocksize, quant, seed=1):
     torch.manual_seed(seed)
     code = bnbf.get_4bit_type(quant, device="cpu")
@@ -189,6 +223,55 @@ def test_double_quant_offset_many_lengths(tmp_path, threads):
             check_against_quantize_4bit(f, name, w, 64, "nf4", True)
     finally:
         torch.set_num_threads(old)
+
+
+TORCH_MEAN_LENGTHS = [1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 33, 63, 64, 65, 95, 96, 97, 255, 256, 257,
+                      1000, 4095, 4096, 4097, 32767, 32768, 32769, 65535, 65536, 65537, 100000,
+                      262145, 1000003, 4194305]
+
+_TORCH_MEANS = """
+import json, sys, torch
+torch.manual_seed(11)
+out = {"capability": torch.backends.cpu.get_cpu_capability(), "means": []}
+for i, n in enumerate(json.loads(sys.argv[2])):
+    x = torch.rand(n) * torch.rand(1) * 4  # positive, as absmax values are
+    x.numpy().tofile(f"{sys.argv[1]}/{i}.f32")
+    row = []
+    for t in (1, 2, 3):
+        torch.set_num_threads(t)
+        row.append("%08x" % (x.mean().view(torch.int32).item() & 0xffffffff))
+    out["means"].append(row)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("capability", [None, "avx2"])
+def test_torch_mean_order(tmp_path, capability):
+    """Double quantization's offset is torch's fp32 absmax.mean(): ftune's quant4_torch_mean must
+    give its bits for lengths 1 to 4 million and 1-3 threads (torch splits sums of more than
+    32768 values across its threads), whatever kernels torch picks on this CPU (its own choice,
+    and ATEN_CPU_CAPABILITY=avx2, set before torch starts: a subprocess)."""
+    tool = Path(FTUNE).parent / "tests" / "tools" / "torch_mean"
+    assert tool.exists(), f"{tool} missing: build it with make"
+    env = dict(os.environ)
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    import sys
+    r = subprocess.run([sys.executable, "-c", _TORCH_MEANS, str(tmp_path),
+                        json.dumps(TORCH_MEAN_LENGTHS)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    ref = json.loads(r.stdout)
+    if capability:
+        assert ref["capability"] == capability.upper(), ref["capability"]
+    bad = []
+    for i, n in enumerate(TORCH_MEAN_LENGTHS):
+        mine = subprocess.run([str(tool), str(tmp_path / f"{i}.f32"), "1", "2", "3"],
+                              capture_output=True, text=True, check=True).stdout.split()
+        if mine != ref["means"][i]:
+            bad.append((n, mine, ref["means"][i]))
+    assert not bad, f"torch {ref['capability']}: {len(bad)} of {len(TORCH_MEAN_LENGTHS)} " \
+                    f"lengths differ (length, ftune, torch for 1-3 threads): {bad[:5]}"
 
 
 @pytest.fixture(scope="module")
