@@ -21,7 +21,7 @@ TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest peertest asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
+.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
 all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -62,11 +62,33 @@ peertest: all asan-build
 	  FTUNE_ASAN_BIN=$(abspath build-asan/ftune) \
 	  $$VENV/bin/python -m pytest -q -p no:cacheprovider tests/peers
 
+# The machines that test ftune differ from day to day (AVX2-only and AVX-512 + BF16 CPUs), and
+# ftune's kernels, PyTorch and bitsandbytes each pick code paths by CPU. On an AVX-512 CPU
+# `make test` also runs the C tests and the peer tests whose numbers depend on those paths as an
+# AVX2-only CPU runs them (FTUNE_ISA=avx2 caps ftune's kernels, ATEN_CPU_CAPABILITY=avx2
+# PyTorch's), so a change made on either kind of machine is tested for both.
+ISA_PEERS := $(addprefix tests/peers/,test_model_parity.py test_train_parity.py test_qlora.py \
+               test_quantize_bnb.py test_dtype_bf16.py test_q8_0.py test_packing.py)
+HAVE_AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo yes)
+
+ctest-avx2: all
+	@FTUNE_ISA=avx2 bash tools/run-ctests.sh $(B)/tests
+
+peertest-avx2: all
+	@VENV=$$(bash tools/venv.sh) && FTUNE_BIN=$(abspath $(B)/ftune) FTUNE_ISA=avx2 \
+	  ATEN_CPU_CAPABILITY=avx2 FTUNE_ASAN_BIN=/nonexistent \
+	  $$VENV/bin/python -m pytest -q -p no:cacheprovider $(ISA_PEERS)
+
 test: deps
 	@$(MAKE) --no-print-directory ctest
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory peertest
+ifeq ($(HAVE_AVX512),yes)
+	@echo "ftune: AVX-512 CPU: the ISA-dependent tests again as on an AVX2-only CPU (FTUNE_ISA=avx2 ATEN_CPU_CAPABILITY=avx2)"
+	@$(MAKE) --no-print-directory ctest-avx2
+	@$(MAKE) --no-print-directory peertest-avx2
+endif
 
 # libFuzzer harnesses: `make fuzz` (FUZZ_SECONDS per harness, default 60) and `make fuzz-smoke`
 # (replays tests/corpus/ and runs each harness briefly; part of make test).
