@@ -199,7 +199,7 @@ ft_status run_opts_load(run_opts *r, const char *run_dir, ft_error *err) {
         return ft_error_set(err, FT_ERR_INPUT, path, NULL, "field \"data_sources\" is missing");
     o->data_path = o->data_sources[0];
     o->out_dir = run_dir;
-    r->hashed = *o;
+    r->hashed = r->stored = *o;
     const cJSON *sw = cJSON_GetObjectItemCaseSensitive(r->json, "started_with");
     for (int i = 0; i < opt_n_rows && !st && cJSON_IsObject(sw); i++) {
         const opt_row *row = &opt_rows[i];
@@ -245,6 +245,9 @@ ft_status run_opts_resume_changes(run_opts *r, const ft_train_options *given, ch
         if (!strcmp(a, b)) continue;
         if (row->flags & OF_RESUME) {
             size_t u = strlen(note);
+            if (row->type == OT_DOUBLE) /* shorter than the compared %.17g */
+                snprintf(a, sizeof a, "%g", *(double *)opt_ptr(row, &r->o)),
+                    snprintf(b, sizeof b, "%g", *(double *)opt_ptr(row, &g));
             if (row->flags & OF_SAVE)
                 snprintf(note + u, n - u, "%s--%s %s -> %s", u ? ", " : "", row->cli, a, b);
             if (row->type == OT_LIST) continue; /* none may change */

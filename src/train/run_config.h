@@ -22,6 +22,7 @@
 typedef struct run_opts {
     ft_train_options o;      /* the effective options */
     ft_train_options hashed; /* the options the settings hash is made of */
+    ft_train_options stored; /* a resumed run's options before this resume's changes */
     cJSON *as_given;         /* {"model": ..., "data": [...], ...} as the user typed them */
     cJSON *json;             /* the run_config.json read by run_opts_load (strings point in) */
     void *owned[64];         /* strings and lists the options point to */

@@ -401,7 +401,7 @@ static void describe_run(const run *r) {
 
 /* How a resume that changed the length or the schedule goes on, in words. */
 static void describe_schedule_change(const run *r, long old_total) {
-    const ft_train_options *o = r->o, *h = &r->ro.hashed;
+    const ft_train_options *o = r->o, *h = &r->ro.stored;
     long s = r->ts.step;
     if (old_total == r->total && o->lr == h->lr && !strcmp(o->schedule, h->schedule) &&
         o->warmup_steps == h->warmup_steps)
@@ -450,7 +450,7 @@ static ft_status start_or_resume(run *r, int *finished, ft_error *err) {
         } else {
             notify(r, FT_EVENT_INFO, "no checkpoint in %s yet: starting from step 0", o->out_dir);
         }
-        const ft_train_options *h = &r->ro.hashed;
+        const ft_train_options *h = &r->ro.stored;
         long spe = (r->loop.micro_per_epoch + h->grad_accum - 1) / h->grad_accum;
         long old_total = h->steps > 0 ? h->steps : (long)ceil(h->epochs * spe);
         if (old_total < 1) old_total = 1;

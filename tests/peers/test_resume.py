@@ -88,6 +88,9 @@ def test_sigint_then_resume_is_exact(work, k):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "resume" in err and str(out) in err
+    # not an error (issue 15): "stopped", and the command that continues keeps --threads
+    assert "ftune: stopped" in err and "error:" not in err, err
+    assert f"ftune train --resume {out} --threads 2" in err, err
     r = run("train", "--resume", out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert_same_as_reference(work, out)
@@ -100,6 +103,7 @@ def test_sigterm_exit_code(work):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143, err
+    assert "ftune: stopped" in err and "error:" not in err, err
 
 
 def test_sigkill_at_random_moments(work):
