@@ -12,6 +12,43 @@
 
 void train_set_threads(int n); /* trainer.c */
 
+/* The logits of one batch holding every example, padded positions zeroed. */
+static ft_status write_logits(const char *path, float *logits, const batch *b, int V,
+                              ft_error *err) {
+    for (int i = 0; i < b->B; i++)
+        for (int t = b->len[i]; t < b->T; t++)
+            memset(logits + ((size_t)i * b->T + t) * V, 0, sizeof(float) * V);
+    st_writer *w = st_writer_new();
+    int64_t sh[3] = {b->B, b->T, V};
+    ft_status st = st_writer_add(w, "logits", ST_F32, 3, sh, logits, err);
+    if (!st) st = st_writer_save(w, path, err);
+    st_writer_free(w);
+    return st;
+}
+
+/* The adapter's gradients under PEFT's tensor names, and the loss. */
+static ft_status write_grads(const char *path, const lora_set *ls, double loss, ft_error *err) {
+    st_writer *w = st_writer_new();
+    char(*names)[300] = malloc(sizeof *names * 2 * ls->n);
+    ft_status st = names ? FT_OK : ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    for (int i = 0; i < ls->n && !st; i++) {
+        const lora_module *mod = &ls->mods[i];
+        int64_t shA[2] = {ls->R, mod->in}, shB[2] = {mod->out, ls->R};
+        lora_tensor_name(names[2 * i], 300, mod, 0);
+        lora_tensor_name(names[2 * i + 1], 300, mod, 1);
+        st = st_writer_add(w, names[2 * i], ST_F32, 2, shA, ls->grads + mod->offA, err);
+        if (!st)
+            st = st_writer_add(w, names[2 * i + 1], ST_F32, 2, shB, ls->grads + mod->offB, err);
+    }
+    float lossf = (float)loss;
+    int64_t one = 1;
+    if (!st) st = st_writer_add(w, "loss", ST_F32, 1, &one, &lossf, err);
+    if (!st) st = st_writer_save(w, path, err);
+    st_writer_free(w);
+    free(names);
+    return st;
+}
+
 ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) {
     if (!o->model_dir || !o->data_path)
         return ft_error_set(err, FT_ERR_INPUT, "ftune eval", NULL,
@@ -19,6 +56,9 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     if (o->dump_grads && !o->adapter_dir)
         return ft_error_set(err, FT_ERR_INPUT, "option --dump-grads", NULL,
                             "needs --adapter (the gradients are those of the adapter's tensors)");
+    if (o->pack && o->seq_len < 2)
+        return ft_error_set(err, FT_ERR_INPUT, "option --pack", NULL,
+                            "needs --seq-len (the row length)");
     train_set_threads(o->threads);
     model m;
     model_load_options lopt = {.quant = o->quant,
@@ -33,11 +73,6 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     acts *a = NULL;
     float *logits = NULL;
     int *idx = NULL;
-    if (o->pack && o->seq_len < 2) {
-        st = ft_error_set(err, FT_ERR_INPUT, "option --pack", NULL,
-                          "needs --seq-len (the row length)");
-        goto done;
-    }
     data_options dopt = {0};
     const char *one[1] = {o->data_path};
     dopt.sources = one, dopt.n_sources = 1, dopt.model_dir = o->model_dir;
@@ -49,19 +84,18 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     if (o->adapter_dir && (st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
     int B = o->batch_size > 0 ? o->batch_size : 8;
     if (o->dump_logits || B > ds.n) B = ds.n; /* one batch holds everything when dumping logits */
-    int T = ds.max_len;
-    int train = o->dump_grads != NULL;
+    int T = ds.max_len, train = o->dump_grads != NULL;
     if ((st = batch_alloc(&b, B, T, err))) goto done;
     if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
-    if (o->dump_logits) {
-        logits = calloc((size_t)B * T * m.cfg.V, sizeof(float));
-        if (!logits) {
-            st = ft_error_set(err, FT_ERR_RUNTIME, o->dump_logits, "use less data for the dump",
-                              "cannot allocate the logits");
-            goto done;
-        }
+    if (o->dump_logits && !(logits = calloc((size_t)B * T * m.cfg.V, sizeof(float)))) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, o->dump_logits, "use less data for the dump",
+                          "cannot allocate the logits");
+        goto done;
     }
-    idx = malloc(sizeof(int) * ds.n);
+    if (!(idx = malloc(sizeof(int) * ds.n))) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+        goto done;
+    }
     long counted = 0;
     for (int i = 0; i < ds.n; i++)
         idx[i] = i, counted += example_counted(&ds.ex[i]);
@@ -75,38 +109,8 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     }
     res->loss = counted ? loss_sum / counted : 0;
     res->tokens = counted;
-    if (logits) {
-        /* padded positions are zero in the dump */
-        for (int i = 0; i < b.B; i++)
-            for (int t = b.len[i]; t < b.T; t++)
-                memset(logits + ((size_t)i * b.T + t) * m.cfg.V, 0, sizeof(float) * m.cfg.V);
-        st_writer *w = st_writer_new();
-        int64_t sh[3] = {b.B, b.T, m.cfg.V};
-        st = st_writer_add(w, "logits", ST_F32, 3, sh, logits, err);
-        if (!st) st = st_writer_save(w, o->dump_logits, err);
-        st_writer_free(w);
-        if (st) goto done;
-    }
-    if (o->dump_grads) {
-        st_writer *w = st_writer_new();
-        char(*names)[300] = malloc(sizeof *names * 2 * m.lora->n);
-        for (int i = 0; i < m.lora->n && !st; i++) {
-            const lora_module *mod = &m.lora->mods[i];
-            int64_t shA[2] = {m.lora->R, mod->in}, shB[2] = {mod->out, m.lora->R};
-            lora_tensor_name(names[2 * i], 300, mod, 0);
-            lora_tensor_name(names[2 * i + 1], 300, mod, 1);
-            st = st_writer_add(w, names[2 * i], ST_F32, 2, shA, m.lora->grads + mod->offA, err);
-            if (!st)
-                st = st_writer_add(w, names[2 * i + 1], ST_F32, 2, shB, m.lora->grads + mod->offB,
-                                   err);
-        }
-        float lossf = (float)res->loss;
-        int64_t one = 1;
-        if (!st) st = st_writer_add(w, "loss", ST_F32, 1, &one, &lossf, err);
-        if (!st) st = st_writer_save(w, o->dump_grads, err);
-        st_writer_free(w);
-        free(names);
-    }
+    if (logits) st = write_logits(o->dump_logits, logits, &b, m.cfg.V, err);
+    if (!st && o->dump_grads) st = write_grads(o->dump_grads, m.lora, res->loss, err);
 done:
     free(idx);
     free(logits);
