@@ -174,6 +174,18 @@ static void test_legacy_run_config(void) {
           "batch refused");
     CHECK(strstr(err.what, "batch_size=2 (now 4)") != NULL, "names it: %s", err.what);
     run_opts_free(&r);
+    /* --threads -1 went through the first format's parser: the run still resumes (threads 0) */
+    f = fopen(path, "w");
+    CHECK(f != NULL, "rewrite %s", path);
+    if (f) {
+        char *t = strdup(legacy_run_config), *p = strstr(t, "\"threads\": 2");
+        memcpy(p, "\"threads\":-1", 12);
+        fputs(t, f);
+        fclose(f);
+        free(t);
+        CHECK(run_opts_load(&r, dir, &err) == FT_OK && r.o.threads == 0, "threads -1 read as 0");
+        run_opts_free(&r);
+    }
     unlink(path);
     rmdir(dir);
 }

@@ -110,6 +110,10 @@ static ft_status value_from_json(run_opts *r, const opt_row *row, ft_train_optio
         double d = v->valuedouble;
         if (row->type != OT_DOUBLE && d != floor(d))
             return ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected an integer, got %g", d);
+        /* a value the first format let through (--threads -1) in an option that does not decide
+         * the numbers is brought into range rather than make the run impossible to resume */
+        if (!(row->flags & (OF_HASH | OF_HASH_IF_SET)))
+            d = d < row->lo ? row->lo : d > row->hi ? row->hi : d;
         ft_status st = opt_check_range(row, d, where, err);
         if (st) return st;
         if (row->type == OT_INT)

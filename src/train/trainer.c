@@ -196,6 +196,9 @@ static ft_status prepare_options(run *r, ft_error *err) {
         return st;
     }
     r->o = &r->ro.o;
+    /* the first format accepted --eval-every without validation data (nothing was evaluated):
+     * such a run resumes as it ran */
+    if (given->resume && !r->o->val_data && !(r->o->val_split > 0)) r->ro.o.eval_every = 0;
     resolve_defaults(&r->ro.o);
     resolve_defaults(&r->ro.hashed);
     if ((st = check_options(r->o, err))) return st;
