@@ -70,8 +70,9 @@ typedef struct ft_train_progress {
 
 typedef void (*ft_progress_fn)(const ft_train_progress *p, void *user);
 
-/* The options: every field is a row of the options table (src/train/options.c), which gives its
- * default, range, command-line name and run_config.json key.
+/* The options. Each option field is a row of the options table (src/train/options.c), which
+ * gives its default, range, command-line name and run_config.json key; data_path and the
+ * callback, stop flag and resume_changes fields are the library caller's.
  * Defaults (ft_train_defaults) follow PEFT's LoraConfig and transformers' TrainingArguments:
  * r 8, alpha 8, dropout 0, targets q_proj,v_proj, lr 5e-5, linear schedule, 3 epochs, batch 8,
  * weight decay 0, max grad norm 1, seed 42. */
