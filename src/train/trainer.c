@@ -191,6 +191,11 @@ static ft_status prepare_options(run *r, ft_error *err) {
         char note[2048];
         if ((st = run_opts_resume_changes(&r->ro, given, note, sizeof note, err))) return st;
         if (note[0]) notify(r, FT_EVENT_NOTICE, "resume: changed %s", note);
+        if (r->ro.o.steps > 0 && r->ro.o.epochs != r->ro.stored.epochs)
+            notify(r, FT_EVENT_NOTICE,
+                   "warning: --epochs has no effect: the run's length is "
+                   "--steps %ld (give more --steps to extend it)",
+                   r->ro.o.steps);
         r->ro.o.overwrite = 1, r->ro.o.dump_data = given->dump_data;
     } else if ((st = run_opts_init(&r->ro, given, err))) {
         return st;

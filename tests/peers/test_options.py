@@ -169,6 +169,10 @@ def test_resume_from_another_folder_and_extend(work, tmp_path):
     r = run("train", "--resume", a / "run", cwd=elsewhere)
     assert r.returncode == 0 and "finished" in r.stderr and "8 of its 8" in r.stderr, r.stderr
     assert (a / "run" / "metrics.jsonl").read_text() == before
+    # --epochs cannot extend a run whose length is --steps: said, not silently ignored
+    r = run("train", "--resume", a / "run", "--epochs", "9", cwd=elsewhere)
+    assert r.returncode == 0 and "--epochs has no effect" in r.stderr, r.stderr
+    assert (a / "run" / "metrics.jsonl").read_text() == before
 
 
 def test_overwrite_clears_only_ftunes_files(work, tmp_path):
