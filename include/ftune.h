@@ -4,8 +4,10 @@
  * ftune fine-tunes open LLMs (LoRA, and QLoRA over quantized frozen weights) on the CPU. A
  * caller loads a Hugging Face model folder, trains a PEFT-compatible adapter and writes it out.
  * Every function that can fail returns an ft_status and fills an ft_error saying what was wrong,
- * where (file, line, tensor or field) and a hint; the library itself never prints to stderr and
- * never exits.
+ * where (file, line, tensor or field) and a hint. The library never prints, never exits and
+ * installs no signal handlers: ft_train reports progress through a callback the caller gives,
+ * and stops between steps when a flag the caller owns is set (the ftune program prints the
+ * progress lines and sets the flag from its SIGINT / SIGTERM handlers, src/cli/cmd_train.c).
  *
  * The status values double as process exit codes for the ftune program:
  *   0 done, 1 failure at run time, 2 bad input or usage, 130 / 143 interrupted.
@@ -13,6 +15,7 @@
 #ifndef FTUNE_H
 #define FTUNE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,7 +26,7 @@ extern "C" {
 
 typedef enum ft_status {
     FT_OK = 0,
-    FT_ERR_RUNTIME = 1,      /* I/O failure, out of memory, numeric blow-up */
+    FT_ERR_RUNTIME = 1,      /* I/O failure, out of memory, numeric blow-up (divergence) */
     FT_ERR_INPUT = 2,        /* bad input file, bad option, unsupported model */
     FT_ERR_INTERRUPTED = 130, /* SIGINT */
     FT_ERR_TERMINATED = 143, /* SIGTERM */
@@ -43,6 +46,33 @@ ft_status ft_error_set(ft_error *err, ft_status st, const char *where, const cha
 void ft_error_print(const ft_error *err, FILE *f);
 
 /* ---- training ------------------------------------------------------------------------
+ * What ft_train tells its caller while it runs (ft_train_options.progress). */
+typedef enum ft_event {
+    FT_EVENT_STEP,    /* an optimizer step finished: step, loss, lr, grad_norm, ... */
+    FT_EVENT_EVAL,    /* an evaluation finished: step, eval_loss, eval_tokens */
+    FT_EVENT_INFO,    /* lines for the user (text): the resolved run, resuming, saved files */
+    FT_EVENT_NOTICE,  /* lines the user should see even when quiet (text): warnings, changed
+                         settings on resume, a finished run */
+} ft_event;
+
+typedef struct ft_train_progress {
+    ft_event event;
+    long step, total_steps; /* steps done (1-based after the step), and the run's total */
+    double epoch;           /* fractional epoch */
+    double loss, lr, grad_norm;
+    long tokens;            /* tokens of this step */
+    double tokens_per_s, elapsed_s, eta_s;
+    double rss_mb;          /* resident memory of the process */
+    double eval_loss;       /* FT_EVENT_EVAL */
+    long eval_tokens;
+    const char *text;       /* FT_EVENT_INFO / FT_EVENT_NOTICE: one or more lines, no final newline */
+} ft_train_progress;
+
+typedef void (*ft_progress_fn)(const ft_train_progress *p, void *user);
+
+/* The options. Each option field is a row of the options table (src/train/options.c), which
+ * gives its default, range, command-line name and run_config.json key; data_path and the
+ * callback, stop flag and resume_changes fields are the library caller's.
  * Defaults (ft_train_defaults) follow PEFT's LoraConfig and transformers' TrainingArguments:
  * r 8, alpha 8, dropout 0, targets q_proj,v_proj, lr 5e-5, linear schedule, 3 epochs, batch 8,
  * weight decay 0, max grad norm 1, seed 42. */
@@ -65,13 +95,24 @@ typedef struct ft_train_options {
     int threads;  /* 0: all cores */
     int shuffle;
     int overwrite;
-    int quiet;    /* no progress lines */
+    int quiet;    /* the caller's: no progress lines (the library ignores it) */
     int grad_checkpoint; /* recompute each layer in backward (also switched on when memory is short) */
     const char *grad_checkpoint_dtype; /* the kept layer inputs: "fp32" (NULL) or "bf16" (half
                                           the memory; implies grad_checkpoint) */
     long save_every;      /* checkpoint every N steps (0: only at the end) */
     int keep_checkpoints; /* keep the newest K checkpoint-STEP folders (0: all) */
-    const char *resume;   /* continue the run in this folder from its newest checkpoint */
+    const char *resume;   /* continue the run in this folder from its newest checkpoint; the
+                             run's own options apply, except those named in resume_changes */
+    const char *const *resume_changes; /* run_config.json keys ("steps", "lr", ...) of the options
+                                          given for the resume: the table says which may change
+                                          (the others must equal the run's, or it is refused) */
+    int n_resume_changes;
+    ft_progress_fn progress; /* called after each step and evaluation, and with notes (NULL: none) */
+    void *progress_user;
+    volatile sig_atomic_t *stop; /* when *stop becomes non-zero (a signal number, or any other
+                                    value) the run finishes its step, saves a checkpoint and
+                                    returns FT_ERR_INTERRUPTED (SIGINT), FT_ERR_TERMINATED
+                                    (SIGTERM) or FT_ERR_INTERRUPTED (other values) */
     /* data (docs/data.md) */
     const char *const *data_sources; /* each "PATH" or "PATH:WEIGHT" (file or folder) */
     int n_data_sources;
@@ -99,7 +140,9 @@ typedef struct ft_train_options {
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
-/* Run a LoRA fine-tune; progress goes to stderr unless quiet. */
+/* Run a LoRA fine-tune. A non-finite loss or gradient norm stops the run with FT_ERR_RUNTIME
+ * (metrics.jsonl gets "loss": null and "diverged"; the checkpoints before it are kept, so the
+ * run can be resumed with another --lr). */
 ft_status ft_train(const ft_train_options *o, ft_error *err);
 
 typedef struct ft_eval_options {
@@ -107,6 +150,8 @@ typedef struct ft_eval_options {
     int batch_size, seq_len, threads;
     int pack;                  /* pack examples into rows of seq_len tokens */
     const char *chat_template; /* .jinja file instead of the model's chat template */
+    const char *const *template_args; /* "KEY=VALUE" chat template variables */
+    int n_template_args;
     const char *dump_logits; /* write "logits" [examples, T, V] here (NULL: no) */
     const char *dump_grads;  /* write LoRA gradients of the mean loss here (NULL: no) */
     const char *quant;       /* frozen weights as in ft_train_options */

@@ -78,7 +78,9 @@ int cmd_detokenize(int argc, char **argv) {
     const cmd_info info = {"detokenize", "ftune detokenize --model DIR [--ids \"1 2 3\"] [options]",
                            "Decode token ids to text with the model's tokenizer.json, as Hugging "
                            "Face tokenizers does.",
-        NULL};
+                           "  ftune detokenize --model DIR --ids \"9906 1917\"\n"
+                           "  ftune tokenize --model DIR --text \"round trip\" | ftune detokenize --model DIR\n"
+                           "  ftune detokenize --model DIR --jsonl ids.jsonl --skip-special"};
     ft_error err = {0};
     int st = args_parse(argc, argv, &info, specs, &err);
     if (st < 0) return 0;

@@ -1,46 +1,76 @@
 /*
  * cmd_eval.c: `ftune eval`: mean token loss and perplexity of a model (with an optional
- * adapter) on a JSONL file; can dump the logits and the adapter's gradients for comparison
- * with PyTorch.
+ * adapter) on a data file; can dump the logits and the adapter's gradients for comparison
+ * with PyTorch. The model, data and memory options are the training options' rows (options.c).
  */
 #include "cli/args.h"
 #include "ftune.h"
 
 #include <math.h>
 
+static const char *const examples =
+    "  # perplexity of the base model, then with the adapter a run wrote\n"
+    "  ftune eval --model DIR --data test.jsonl\n"
+    "  ftune eval --model DIR --adapter RUN --data test.jsonl\n"
+    "  # a Qwen3 chat set without thinking blocks, 4-bit weights as in training\n"
+    "  ftune eval --model DIR --adapter RUN --data chat.jsonl --template-arg enable_thinking=false "
+    "--quant nf4";
+
 int cmd_eval(int argc, char **argv) {
+    ft_train_options t;
+    ft_train_defaults(&t);
+    t.seq_len = 0; /* eval: no limit unless given */
     ft_eval_options o = {0};
-    long bs = 8, sl = 0, threads = 0, qbs = 64;
-    const opt_spec specs[] = {
-        {"model", OPT_STR, &o.model_dir, "DIR", "Hugging Face model folder"},
-        {"adapter", OPT_STR, &o.adapter_dir, "DIR", "a PEFT LoRA adapter folder (or a run folder)"},
-        {"data", OPT_STR, &o.data_path, "PATH", "data file or folder in any format of ftune train (docs/data.md)"},
-        {"pack", OPT_FLAG, &o.pack, NULL, "pack examples into rows of --seq-len tokens"},
-        {"chat-template", OPT_STR, &o.chat_template, "FILE", "a .jinja chat template instead of the model's"},
-        {"batch-size", OPT_INT, &bs, "B", "examples per batch"},
-        {"seq-len", OPT_INT, &sl, "T", "truncate examples to T tokens (0: no limit)"},
-        {"threads", OPT_INT, &threads, "N", "threads (0: all cores)"},
-        {"dump-logits", OPT_STR, &o.dump_logits, "FILE", "write logits [examples, T, V] as safetensors"},
-        {"dump-grads", OPT_STR, &o.dump_grads, "FILE", "write the adapter's gradients of the mean loss"},
-        {"dtype", OPT_STR, &o.dtype, "T", "compute type: fp32, or bf16 (the frozen-weight matmuls round their inputs and weights to bf16 and sum in fp32; the weights are kept as bf16 unless --quant says otherwise)"},
-        {"quant", OPT_STR, &o.quant, "FMT", "store the frozen linear weights as nf4, fp4, q8, bf16 or none (fp32; default: bf16 under --dtype bf16)"},
-        {"double-quant", OPT_FLAG, &o.double_quant, NULL, "nf4/fp4: quantize the absmax values too"},
-        {"quant-blocksize", OPT_INT, &qbs, "N", "nf4/fp4 values per absmax block"},
-        {"quant-lm-head", OPT_STR, &o.quant_lm_head, "FMT", "LM head: q8, bf16 or none (fp32); default: the checkpoint's own dtype with --quant, fp32 without"},
-        {0},
-    };
-    const cmd_info info = {"eval", "ftune eval --model DIR [--adapter DIR] --data FILE.jsonl [options]",
-                           "Mean token loss (labels unshifted as in transformers, -100 not counted)\n"
-                           "and perplexity, printed as one JSON line.",
-        NULL};
+    args_list lists[2] = {{0}, {0}};
+    opt_spec specs[64];
+    opt_bind binds[64];
+    int n = args_specs_from_table(OF_EVAL, &t, lists, binds, specs, 60);
+    specs[n++] = (opt_spec){"dump-logits", OPT_STR, &o.dump_logits, "FILE",
+                            "write logits [examples, T, V] as safetensors"};
+    specs[n++] = (opt_spec){"dump-grads", OPT_STR, &o.dump_grads, "FILE",
+                            "write the adapter's gradients of the mean loss"};
+    specs[n] = (opt_spec){0};
+    args_find(specs, "adapter")->help = "a PEFT LoRA adapter folder (or a run folder)";
+    args_find(specs, "data")->help =
+        "data file or folder in any format of ftune train (docs/data.md)";
+    args_find(specs, "data")->metavar = "PATH";
+    /* eval's --seq-len may be 0 (no limit): the row with that range */
+    opt_spec *sl = args_find(specs, "seq-len");
+    opt_bind *slb = sl->dst;
+    opt_row seq_row = *slb->row;
+    seq_row.lo = 0;
+    slb->row = &seq_row;
+    sl->help = "truncate examples to T tokens (0: no limit)";
+    args_find(specs, "batch-size")->help = "examples per batch";
+    const cmd_info info = {
+        "eval", "ftune eval --model DIR [--adapter DIR] --data FILE.jsonl [options]",
+        "Mean token loss (labels unshifted as in transformers, -100 not counted)\n"
+        "and perplexity, printed as one JSON line.",
+        examples};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
     if (rc == -1) return 0;
+    if (!rc) {
+        args_table_finish(specs, NULL, 0);
+        if (t.n_data_sources > 1)
+            rc = ft_error_set(&err, FT_ERR_INPUT, "option --data", "run ftune eval once per file",
+                              "given %d times; eval takes one data file or folder",
+                              t.n_data_sources);
+        if (t.seq_len == 1)
+            rc = ft_error_set(&err, FT_ERR_INPUT, "option --seq-len", NULL,
+                              "must be 0 (no limit) or at least 2");
+    }
     if (rc) {
         ft_error_print(&err, stderr);
         return rc;
     }
-    o.batch_size = (int)bs, o.seq_len = (int)sl, o.threads = (int)threads, o.quant_blocksize = (int)qbs;
+    o.model_dir = t.model_dir, o.adapter_dir = t.adapter_dir;
+    o.data_path = t.n_data_sources ? t.data_sources[0] : NULL;
+    o.batch_size = t.batch_size, o.seq_len = t.seq_len, o.threads = t.threads, o.pack = t.pack;
+    o.chat_template = t.chat_template;
+    o.template_args = t.template_args, o.n_template_args = t.n_template_args;
+    o.quant = t.quant, o.double_quant = t.double_quant, o.quant_blocksize = t.quant_blocksize;
+    o.quant_lm_head = t.quant_lm_head, o.dtype = t.dtype;
     ft_eval_result res;
     ft_status st = ft_eval(&o, &res, &err);
     if (st) {

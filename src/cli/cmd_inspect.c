@@ -146,7 +146,10 @@ int cmd_inspect(int argc, char **argv) {
         "RoPE inverse frequencies) as JSON. --tensor prints a tensor's values as fp32. --bnb reads "
         "a bitsandbytes 4-bit weight (NAME without suffixes) and prints its format and "
         "dequantized values.",
-        NULL};
+        "  ftune inspect --model DIR\n"
+        "  ftune inspect --model DIR --config\n"
+        "  ftune inspect --model RUN/adapter_model.safetensors --tensor "
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"};
     ft_error err;
     memset(&err, 0, sizeof err);
     int r = args_parse(argc, argv, &info, specs, &err);

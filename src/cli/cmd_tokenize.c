@@ -248,7 +248,10 @@ int cmd_tokenize(int argc, char **argv) {
                            "ftune tokenize --model DIR [--text S | --file F | --jsonl F] [options]",
                            "Encode text with the model's tokenizer.json, exactly as Hugging Face "
                            "tokenizers does, and print the token ids.",
-        NULL};
+                           "  ftune tokenize --model DIR --text \"Hello world\"\n"
+                           "  ftune tokenize --model DIR --jsonl texts.jsonl --no-special > ids.jsonl\n"
+                           "  # a conversation through the chat template, as training sees it\n"
+                           "  ftune tokenize --model DIR --chat conversation.json --add-generation-prompt"};
     ft_error err = {0};
     int st = args_parse(argc, argv, &info, specs, &err);
     if (st < 0) return 0;

@@ -34,9 +34,11 @@ static const struct {
 };
 
 static void usage(FILE *f) {
-    fprintf(f, "ftune %s: LoRA fine-tuning of open LLMs on the CPU\n\n"
-               "usage: ftune <command> [options]    (ftune <command> --help for its options)\n\n"
-               "commands:\n",
+    fprintf(f,
+            "ftune %s: LoRA fine-tuning of open LLMs on the CPU\n\n"
+            "usage: ftune <command> [options]    (ftune <command> --help or ftune help <command>\n"
+            "                                     for its options)\n\n"
+            "commands:\n",
             ft_version());
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
@@ -46,6 +48,17 @@ int main(int argc, char **argv) {
     set_wait_policy(argv);
     if (argc < 2) {
         usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "help") && argc >= 3) { /* ftune help CMD = ftune CMD --help */
+        char help[] = "--help";
+        char *args[] = {help, NULL};
+        for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+            if (!strcmp(argv[2], commands[i].name)) return commands[i].fn(1, args);
+        fprintf(stderr,
+                "ftune: error: unknown command \"%s\"\n  hint: run 'ftune --help' for the "
+                "list\n",
+                argv[2]);
         return 2;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -58,7 +71,8 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 2, argv + 2);
-    fprintf(stderr, "ftune: error: unknown command \"%s\"\n  hint: run 'ftune --help' for the list\n",
+    fprintf(stderr,
+            "ftune: error: unknown command \"%s\"\n  hint: run 'ftune --help' for the list\n",
             argv[1]);
     return 2;
 }

@@ -46,7 +46,9 @@ static ft_status write_state(const char *dir, const train_state *ts, ft_error *e
     char seed[32];
     snprintf(seed, sizeof seed, "%llu", (unsigned long long)ts->seed);
     cJSON_AddStringToObject(j, "seed", seed);
-    cJSON_AddStringToObject(j, "rng", "counter-based: shuffles from (seed, epoch), dropout from (seed, step, micro-batch)");
+    cJSON_AddStringToObject(
+        j, "rng",
+        "counter-based: shuffles from (seed, epoch), dropout from (seed, step, micro-batch)");
     cJSON_AddStringToObject(j, "settings_hash", ts->settings_hash);
     cJSON_AddStringToObject(j, "data_hash", ts->data_hash);
     char *text = cJSON_Print(j);
@@ -59,8 +61,8 @@ static ft_status write_state(const char *dir, const train_state *ts, ft_error *e
 }
 
 ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_config *cfg,
-                          const char *base_model, const adamw *opt, const train_state *ts,
-                          int keep, ft_error *err) {
+                          const char *base_model, const adamw *opt, const train_state *ts, int keep,
+                          ft_error *err) {
     char final[4200], tmp[4300];
     snprintf(final, sizeof final, "%s/checkpoint-%ld", run_dir, ts->step);
     snprintf(tmp, sizeof tmp, "%s.tmp-%d", final, (int)getpid());
@@ -84,8 +86,8 @@ ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_c
     if (!st) {
         remove_checkpoint(final); /* a stale one from an earlier run that reached this step */
         if (rename(tmp, final) != 0)
-            st = ft_error_set(err, FT_ERR_RUNTIME, final, NULL, "cannot rename the checkpoint into place: %s",
-                              strerror(errno));
+            st = ft_error_set(err, FT_ERR_RUNTIME, final, NULL,
+                              "cannot rename the checkpoint into place: %s", strerror(errno));
     }
     if (st) {
         remove_tree(tmp);
@@ -109,7 +111,8 @@ ft_status checkpoint_save(const char *run_dir, const lora_set *ls, const model_c
         if (d) closedir(d);
         for (int i = 0; i < n; i++) {
             int newer = 0;
-            for (int j = 0; j < n; j++) newer += steps[j] > steps[i];
+            for (int j = 0; j < n; j++)
+                newer += steps[j] > steps[i];
             if (newer >= keep) {
                 char old[4200];
                 snprintf(old, sizeof old, "%s/checkpoint-%ld", run_dir, steps[i]);
@@ -144,8 +147,41 @@ long checkpoint_latest(const char *run_dir) {
     return best;
 }
 
-ft_status checkpoint_load(const char *run_dir, long step, lora_set *ls, adamw *opt,
-                          train_state *ts, ft_error *err) {
+ft_status checkpoint_remove_all(const char *run_dir, ft_error *err) {
+    DIR *d = opendir(run_dir);
+    if (!d) return FT_OK;
+    struct dirent *e;
+    char(*names)[300] = NULL;
+    int n = 0, cap = 0;
+    while ((e = readdir(d))) {
+        if (strncmp(e->d_name, "checkpoint-", 11)) continue;
+        if (n == cap) {
+            void *p = realloc(names, sizeof *names * (size_t)(cap = cap ? 2 * cap : 64));
+            if (!p) break;
+            names = p;
+        }
+        snprintf(names[n++], 300, "%s", e->d_name);
+    }
+    closedir(d);
+    ft_status st = FT_OK;
+    for (int i = 0; i < n && !st; i++) {
+        char p[8192];
+        snprintf(p, sizeof p, "%s/%s", run_dir, names[i]);
+        if (ckpt_step(names[i]) >= 0)
+            remove_checkpoint(p);
+        else
+            remove_tree(p);
+        struct stat sb;
+        if (lstat(p, &sb) == 0)
+            st = ft_error_set(err, FT_ERR_RUNTIME, p, "check the folder's permissions",
+                              "cannot remove (--overwrite): %s", strerror(errno));
+    }
+    free(names);
+    return st;
+}
+
+ft_status checkpoint_load(const char *run_dir, long step, lora_set *ls, adamw *opt, train_state *ts,
+                          ft_error *err) {
     char dir[4200], path[4400];
     snprintf(dir, sizeof dir, "%s/checkpoint-%ld", run_dir, step);
     /* adapter: same modules, same order, as the run's own */

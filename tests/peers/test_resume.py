@@ -88,6 +88,9 @@ def test_sigint_then_resume_is_exact(work, k):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     assert "resume" in err and str(out) in err
+    # not an error (issue 15): "stopped", and the command that continues keeps --threads
+    assert "ftune: stopped" in err and "error:" not in err, err
+    assert f"ftune train --resume {out} --threads 2" in err, err
     r = run("train", "--resume", out, "--quiet")
     assert r.returncode == 0, r.stderr
     assert_same_as_reference(work, out)
@@ -100,6 +103,7 @@ def test_sigterm_exit_code(work):
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 143, err
+    assert "ftune: stopped" in err and "error:" not in err, err
 
 
 def test_sigkill_at_random_moments(work):
@@ -159,10 +163,15 @@ def test_resume_refuses_changed_data(work, tmp_path):
 
 
 def test_resume_refuses_changed_settings(work):
+    """Options that decide the numbers and may not change on resume are refused by name (exit 2),
+    with every option given and with --resume alone."""
     out = work / "ref"
-    r = run(*train_args(work, out)[:-1], "--lr", "5e-3", "--resume", out)
+    r = run(*train_args(work, out)[:-1], "--batch-size", "3", "--resume", out)
     assert r.returncode == 2
-    assert "lr=" in r.stderr and "settings differ" in r.stderr
+    assert "batch_size=2 (now 3)" in r.stderr and "settings differ" in r.stderr, r.stderr
+    r = run("train", "--resume", out, "--seed", "7", "--lora-r", "4")
+    assert r.returncode == 2
+    assert "seed=42 (now 7)" in r.stderr and "lora_r=8 (now 4)" in r.stderr, r.stderr
 
 
 def test_refuses_non_empty_out(work):

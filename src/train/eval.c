@@ -1,0 +1,122 @@
+/*
+ * eval.c: ft_eval, the mean token loss of a model (with an optional adapter) on a data file, and
+ * the dumps of logits and adapter gradients that the peer tests compare with PyTorch.
+ */
+#include "data/dataset.h"
+#include "ftune.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void train_set_threads(int n); /* trainer.c */
+
+/* The logits of one batch holding every example, padded positions zeroed. */
+static ft_status write_logits(const char *path, float *logits, const batch *b, int V,
+                              ft_error *err) {
+    for (int i = 0; i < b->B; i++)
+        for (int t = b->len[i]; t < b->T; t++)
+            memset(logits + ((size_t)i * b->T + t) * V, 0, sizeof(float) * V);
+    st_writer *w = st_writer_new();
+    int64_t sh[3] = {b->B, b->T, V};
+    ft_status st = st_writer_add(w, "logits", ST_F32, 3, sh, logits, err);
+    if (!st) st = st_writer_save(w, path, err);
+    st_writer_free(w);
+    return st;
+}
+
+/* The adapter's gradients under PEFT's tensor names, and the loss. */
+static ft_status write_grads(const char *path, const lora_set *ls, double loss, ft_error *err) {
+    st_writer *w = st_writer_new();
+    char(*names)[300] = malloc(sizeof *names * 2 * ls->n);
+    ft_status st = names ? FT_OK : ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    for (int i = 0; i < ls->n && !st; i++) {
+        const lora_module *mod = &ls->mods[i];
+        int64_t shA[2] = {ls->R, mod->in}, shB[2] = {mod->out, ls->R};
+        lora_tensor_name(names[2 * i], 300, mod, 0);
+        lora_tensor_name(names[2 * i + 1], 300, mod, 1);
+        st = st_writer_add(w, names[2 * i], ST_F32, 2, shA, ls->grads + mod->offA, err);
+        if (!st)
+            st = st_writer_add(w, names[2 * i + 1], ST_F32, 2, shB, ls->grads + mod->offB, err);
+    }
+    float lossf = (float)loss;
+    int64_t one = 1;
+    if (!st) st = st_writer_add(w, "loss", ST_F32, 1, &one, &lossf, err);
+    if (!st) st = st_writer_save(w, path, err);
+    st_writer_free(w);
+    free(names);
+    return st;
+}
+
+ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) {
+    if (!o->model_dir || !o->data_path)
+        return ft_error_set(err, FT_ERR_INPUT, "ftune eval", NULL,
+                            "--model and --data are required");
+    if (o->dump_grads && !o->adapter_dir)
+        return ft_error_set(err, FT_ERR_INPUT, "option --dump-grads", NULL,
+                            "needs --adapter (the gradients are those of the adapter's tensors)");
+    if (o->pack && o->seq_len < 2)
+        return ft_error_set(err, FT_ERR_INPUT, "option --pack", NULL,
+                            "needs --seq-len (the row length)");
+    train_set_threads(o->threads);
+    model m;
+    model_load_options lopt = {.quant = o->quant,
+                               .double_quant = o->double_quant,
+                               .blocksize = o->quant_blocksize,
+                               .lm_head = o->quant_lm_head,
+                               .dtype = o->dtype};
+    ft_status st = model_load_with(o->model_dir, &lopt, &m, err);
+    if (st) return st;
+    dataset ds = {0};
+    batch b = {0};
+    acts *a = NULL;
+    float *logits = NULL;
+    int *idx = NULL;
+    data_options dopt = {0};
+    const char *one[1] = {o->data_path};
+    dopt.sources = one, dopt.n_sources = 1, dopt.model_dir = o->model_dir;
+    dopt.chat_template = o->chat_template, dopt.vocab = m.cfg.V, dopt.seq_len = o->seq_len;
+    dopt.pack = o->pack, dopt.seed = 42;
+    dopt.template_args = o->template_args, dopt.n_template_args = o->n_template_args;
+    char dhash[17];
+    if ((st = data_load(&dopt, &ds, NULL, dhash, err))) goto done;
+    if (o->adapter_dir && (st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err))) goto done;
+    int B = o->batch_size > 0 ? o->batch_size : 8;
+    if (o->dump_logits || B > ds.n) B = ds.n; /* one batch holds everything when dumping logits */
+    int T = ds.max_len, train = o->dump_grads != NULL;
+    if ((st = batch_alloc(&b, B, T, err))) goto done;
+    if ((st = acts_alloc(&m, B, T, 0, &a, err))) goto done;
+    if (o->dump_logits && !(logits = calloc((size_t)B * T * m.cfg.V, sizeof(float)))) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, o->dump_logits, "use less data for the dump",
+                          "cannot allocate the logits");
+        goto done;
+    }
+    if (!(idx = malloc(sizeof(int) * ds.n))) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+        goto done;
+    }
+    long counted = 0;
+    for (int i = 0; i < ds.n; i++)
+        idx[i] = i, counted += example_counted(&ds.ex[i]);
+    if (m.lora) memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
+    double loss_sum = 0;
+    for (int first = 0; first < ds.n; first += B) {
+        int nb = ds.n - first < B ? ds.n - first : B;
+        batch_fill(&b, &ds, idx + first, nb);
+        loss_sum += model_forward(&m, a, &b, train, 0, logits, NULL);
+        if (train) model_backward(&m, a, &b, counted ? 1.0f / counted : 0.0f, 0);
+    }
+    res->loss = counted ? loss_sum / counted : 0;
+    res->tokens = counted;
+    if (logits) st = write_logits(o->dump_logits, logits, &b, m.cfg.V, err);
+    if (!st && o->dump_grads) st = write_grads(o->dump_grads, m.lora, res->loss, err);
+done:
+    free(idx);
+    free(logits);
+    acts_free(a);
+    batch_free(&b);
+    dataset_free(&ds);
+    model_free(&m);
+    return st;
+}

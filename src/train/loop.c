@@ -1,0 +1,97 @@
+/*
+ * loop.c: one optimizer step and the evaluation loss (see loop.h).
+ */
+#include "train/loop.h"
+#include "base/rand.h"
+
+#include <math.h>
+#include <string.h>
+#include <time.h>
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void epoch_order(int *order, int n, int shuffle, uint64_t seed, long epoch) {
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    if (!shuffle) return;
+    uint64_t s = rand_mix64(seed ^ rand_mix64((uint64_t)epoch + 1));
+    for (int i = n - 1; i > 0; i--) {
+        s = rand_mix64(s);
+        int j = (int)(s % (uint64_t)(i + 1));
+        int t = order[i];
+        order[i] = order[j], order[j] = t;
+    }
+}
+
+double train_epoch(const train_loop *l, const train_state *ts) {
+    return ts->epoch + (double)ts->mb_in_epoch / l->micro_per_epoch;
+}
+
+void train_step(train_loop *l, train_state *ts, step_result *res) {
+    const dataset *ds = l->ds;
+    long step = ts->step;
+    if (ts->mb_in_epoch >= l->micro_per_epoch) {
+        ts->epoch++, ts->mb_in_epoch = 0;
+        epoch_order(l->order, ds->n, l->shuffle, l->seed, ts->epoch);
+    }
+    /* this step's micro-batches: up to grad_accum, not past the end of the epoch */
+    long n_mb = l->micro_per_epoch - ts->mb_in_epoch;
+    if (n_mb > l->grad_accum) n_mb = l->grad_accum;
+    long counted = 0, tokens = 0;
+    for (long k = 0; k < n_mb; k++) {
+        long first = (ts->mb_in_epoch + k) * l->batch_size;
+        for (long i = first; i < first + l->batch_size && i < ds->n; i++) {
+            counted += example_counted(&ds->ex[l->order[i]]);
+            tokens += ds->ex[l->order[i]].n;
+        }
+    }
+    double tstart = now_s();
+    lora_set *ls = l->m->lora;
+    memset(ls->grads, 0, ls->n_params * sizeof(float));
+    double loss_sum = 0;
+    float gscale = counted > 0 ? 1.0f / (float)counted : 0.0f;
+    for (long k = 0; k < n_mb; k++) {
+        long first = (ts->mb_in_epoch + k) * l->batch_size;
+        int nb = (int)(ds->n - first < l->batch_size ? ds->n - first : l->batch_size);
+        batch_fill(l->b, ds, l->order + first, nb);
+        uint64_t dseed = rand_mix64(l->seed ^ rand_mix64(((uint64_t)step << 20) + (uint64_t)k));
+        loss_sum += model_forward(l->m, l->a, l->b, 1, dseed, NULL, NULL);
+        model_backward(l->m, l->a, l->b, gscale, dseed);
+    }
+    ts->mb_in_epoch += n_mb;
+    ts->step = step + 1;
+    long consumed = ts->mb_in_epoch * l->batch_size;
+    ts->example_index = ts->epoch * ds->n + (consumed < ds->n ? consumed : ds->n);
+    res->loss = counted > 0 ? loss_sum / counted : 0.0;
+    res->grad_norm = clip_grad_norm(ls->grads, ls->n_params, l->max_grad_norm);
+    res->lr = l->lr * schedule_factor(l->schedule, step, l->warmup_steps, l->total_steps);
+    res->diverged = isnan(res->loss)            ? "loss is nan"
+                    : !isfinite(res->loss)      ? "loss is infinite"
+                    : isnan(res->grad_norm)     ? "gradient norm is nan"
+                    : !isfinite(res->grad_norm) ? "gradient norm is infinite"
+                                                : NULL;
+    if (!res->diverged) adamw_step(l->opt, ls->params, ls->grads, res->lr);
+    res->tokens = tokens, res->counted = counted;
+    res->seconds = now_s() - tstart;
+}
+
+double eval_loss(const model *m, acts *a, batch *b, int B, const dataset *val, long *count) {
+    double sum = 0;
+    long n = 0;
+    int idx[1024];
+    for (int first = 0; first < val->n; first += B) {
+        int nb = val->n - first < B ? val->n - first : B;
+        for (int i = 0; i < nb; i++)
+            idx[i] = first + i;
+        batch_fill(b, val, idx, nb);
+        long c = 0;
+        sum += model_forward(m, a, b, 0, 0, NULL, &c);
+        n += c;
+    }
+    *count = n;
+    return n ? sum / n : 0.0;
+}

@@ -1,0 +1,52 @@
+/*
+ * loop.h: one optimizer step of LoRA training (train_step) and the evaluation loss, the pieces
+ * of the training loop that the data-parallel and preference-training work call.
+ *
+ * One optimizer step = grad_accum micro-batches of batch_size examples (the last step of an epoch
+ * takes what is left, as transformers' Trainer does). Before the step's first forward pass the
+ * counted tokens of all its micro-batches are summed, so every micro-batch's gradient is scaled by
+ * 1 / (counted tokens of the whole step): the loss is the same whatever the padding, the split into
+ * micro-batches or the accumulation (transformers' num_items_in_batch). Then: global-norm
+ * clipping, the schedule's learning rate, AdamW.
+ */
+#ifndef FT_TRAIN_LOOP_H
+#define FT_TRAIN_LOOP_H
+
+#include "data/dataset.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+#include "train/optim.h"
+
+typedef struct train_loop {
+    model *m;
+    acts *a;
+    batch *b;
+    adamw *opt;
+    const dataset *ds;
+    int *order; /* this epoch's order of examples (ds->n) */
+    int batch_size, grad_accum, shuffle;
+    uint64_t seed;
+    double lr, max_grad_norm;
+    const char *schedule;
+    long warmup_steps, total_steps;
+    long micro_per_epoch; /* micro-batches in an epoch */
+} train_loop;
+
+typedef struct step_result {
+    double loss, lr, grad_norm;
+    long tokens, counted; /* tokens of the step, and those with a loss */
+    double seconds;
+    const char *diverged; /* NULL, or "loss is nan", "gradient norm is inf", ...: the step's
+                             AdamW update was not made */
+} step_result;
+
+/* The order of examples in an epoch: file order, or a seeded Fisher-Yates shuffle. */
+void epoch_order(int *order, int n, int shuffle, uint64_t seed, long epoch);
+/* Optimizer step ts->step + 1: advances ts (step, epoch, data position) and l->order. */
+void train_step(train_loop *l, train_state *ts, step_result *res);
+/* The fractional epoch of the data position in ts. */
+double train_epoch(const train_loop *l, const train_state *ts);
+/* Mean token loss over every example of val, in micro-batches of B rows of b. */
+double eval_loss(const model *m, acts *a, batch *b, int B, const dataset *val, long *count);
+
+#endif
