@@ -165,8 +165,10 @@ static void print_gguf_elem(const gguf_kv *kv, uint64_t i) {
         print_float((float)gguf_arr_float(kv, i));
     else if (kv->elem == GGUF_F64) {
         double d = gguf_arr_float(kv, i);
-        if (isfinite(d))
-            printf("%.17g", d);
+        char t[40];
+        snprintf(t, sizeof t, "%.17g", d);
+        if (isfinite(d)) /* 2.0 as "2.0": a JSON reader keeps it a float */
+            printf("%s%s", t, strpbrk(t, ".e") ? "" : ".0");
         else
             print_float((float)d);
     } else if (kv->elem == GGUF_U64) {

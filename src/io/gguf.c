@@ -562,6 +562,7 @@ const gguf_tensor *gguf_find_tensor(const gguf_file *g, const char *name) {
 }
 
 int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i) {
+    if (!vtype_size[kv->elem] || i >= kv->count) return 0; /* strings; out of range */
     const uint8_t *p = (const uint8_t *)kv->data + i * vtype_size[kv->elem];
     union {
         uint8_t u8;
@@ -573,7 +574,7 @@ int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i) {
         uint64_t u64;
         int64_t i64;
     } v;
-    memcpy(&v, p, vtype_size[kv->elem] ? vtype_size[kv->elem] : 1);
+    memcpy(&v, p, vtype_size[kv->elem]);
     switch (kv->elem) {
     case GGUF_U8:
     case GGUF_BOOL:
@@ -598,6 +599,7 @@ int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i) {
 }
 
 double gguf_arr_float(const gguf_kv *kv, uint64_t i) {
+    if (!vtype_size[kv->elem] || i >= kv->count) return 0;
     const uint8_t *p = (const uint8_t *)kv->data + i * vtype_size[kv->elem];
     if (kv->elem == GGUF_F32) {
         float f;

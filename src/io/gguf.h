@@ -103,7 +103,8 @@ ft_status gguf_get_arr(const gguf_file *g, const char *key, gguf_vtype elem, con
                        ft_error *err);
 
 /* Element i of a fixed-size array (or the value of a scalar, i = 0): any integer type as int64
- * (u64 above INT64_MAX saturates), f32 / f64 as double, bool as 0 / 1. */
+ * (u64 above INT64_MAX saturates), f32 / f64 as double, bool as 0 / 1; 0 for strings and for i
+ * past the end. */
 int64_t gguf_arr_int(const gguf_kv *kv, uint64_t i);
 double gguf_arr_float(const gguf_kv *kv, uint64_t i);
 int gguf_vtype_is_int(gguf_vtype t);

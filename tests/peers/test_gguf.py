@@ -173,7 +173,8 @@ KVS = [
     ("add_int16", "t.i16", -32000), ("add_uint32", "t.u32", 4000000000),
     ("add_int32", "t.i32", -2000000000), ("add_float32", "t.f32", 0.1),
     ("add_uint64", "t.u64", 2**63 + 5), ("add_int64", "t.i64", -2**62),
-    ("add_float64", "t.f64", 1 / 3), ("add_bool", "t.bool", True), ("add_bool", "t.no", False),
+    ("add_float64", "t.f64", 1 / 3), ("add_float64", "t.f64.int", -2.0),
+    ("add_bool", "t.bool", True), ("add_bool", "t.no", False),
     ("add_string", "t.str", "h\u00e9llo \"quoted\" \\ tab\t\u4e16\u754c"),
     ("add_string", "t.empty", ""),
     ("add_array", "t.strs", ["<unk>", "", "\u2581the", "a\nb", "<0x0A>"]),
@@ -328,3 +329,77 @@ def test_unsupported_type_named(tmp_path):
     assert p.returncode == 2 and "nope" in p.stderr and "not found" in p.stderr, p.stderr
     p = run_ftune(["inspect", "--gguf", path, "--key", "no.key"])
     assert p.returncode == 2 and "no.key" in p.stderr, p.stderr
+
+
+# ---- the fuzz seeds ---------------------------------------------------------------------------
+
+CORPUS = os.path.join(REPO, "tests", "corpus", "gguf")
+
+
+def make_seeds(folder):
+    """The seed files of tests/corpus/gguf/ (each under 4 KB): every dequantized type, every value
+    type, version 2 with alignment 64, a llama-shaped file with a small vocabulary, and a Q5_K
+    tensor (listed, not dequantized). `python tests/peers/test_gguf.py --make-seeds DIR`."""
+    rng = np.random.default_rng(0)
+    os.makedirs(folder, exist_ok=True)
+    p = lambda name: os.path.join(folder, name)  # noqa: E731
+    x = rng.standard_normal((1, 32)).astype(np.float32)
+    write_gguf(p("seed-types.gguf"), [
+        ("f32", rng.standard_normal((2, 4)).astype(np.float32), None),
+        ("f16", rng.standard_normal(8).astype(np.float16), None),
+        ("bf16", gguf.quants.quantize(x[:, :8], T.BF16), T.BF16),
+        ("q8_0", gguf.quants.quantize(x, T.Q8_0), T.Q8_0),
+        ("q4_0", gguf.quants.quantize(x, T.Q4_0), T.Q4_0),
+        ("q4_k", raw_blocks(rng, T.Q4_K, 1, 256), T.Q4_K),
+        ("q6_k", raw_blocks(rng, T.Q6_K, 1, 256), T.Q6_K)])
+    write_gguf(p("seed-meta.gguf"), [("w", np.ones((1, 32), np.float32), None)],
+               [kv for kv in KVS if kv[1] != "t.long"])
+    w = gguf.GGUFWriter(p("seed-v2-align64.gguf"), arch="llama")
+    w.add_custom_alignment(64)
+    w.add_tensor("a", np.arange(3, dtype=np.float32))
+    w.add_tensor("b", gguf.quants.quantize(x, T.Q8_0), raw_dtype=T.Q8_0)
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    with open(p("seed-v2-align64.gguf"), "r+b") as f:
+        f.seek(4), f.write(struct.pack("<I", 2))
+    toks = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(5)] + list("abcdefgh")
+    write_gguf(p("seed-llama-tiny.gguf"), [
+        ("token_embd.weight", rng.standard_normal((16, 8)).astype(np.float32), None),
+        ("blk.0.attn_q.weight", rng.standard_normal((8, 8)).astype(np.float16), None),
+        ("output_norm.weight", np.ones(8, np.float32), None)], [
+        ("add_uint32", "llama.context_length", 64), ("add_uint32", "llama.embedding_length", 8),
+        ("add_uint32", "llama.block_count", 1),
+        ("add_float32", "llama.attention.layer_norm_rms_epsilon", 1e-5),
+        ("add_string", "tokenizer.ggml.model", "llama"),
+        ("add_array", "tokenizer.ggml.tokens", toks),
+        ("add_array", "tokenizer.ggml.scores", [float(-i) for i in range(16)]),
+        ("add_array", "tokenizer.ggml.token_type", [2, 3, 3] + [6] * 5 + [1] * 8),
+        ("add_uint32", "tokenizer.ggml.bos_token_id", 1)])
+    write_gguf(p("seed-q5k.gguf"), [("q5_k", rng.integers(0, 256, (1, 176), dtype=np.uint16)
+                                     .astype(np.uint8), T.Q5_K)])
+
+
+def test_fuzz_seeds_read_like_reader(tmp_path):
+    """The committed seeds are what make_seeds writes now, under 4 KB, and every tensor of a type
+    ftune dequantizes reads as GGUFReader + dequantize gives it."""
+    make_seeds(str(tmp_path))
+    seeds = sorted(f for f in os.listdir(tmp_path))
+    for name in seeds:
+        with open(tmp_path / name, "rb") as f:
+            fresh = f.read()
+        with open(os.path.join(CORPUS, name), "rb") as f:
+            assert f.read() == fresh, f"tests/corpus/gguf/{name} differs from make_seeds' file"
+        assert len(fresh) < 4096, name
+        reader = gguf.GGUFReader(str(tmp_path / name))
+        for rt in reader.tensors:
+            if rt.tensor_type == T.Q5_K:
+                continue
+            _, got = ftune_values(str(tmp_path / name), rt.name)
+            assert_bits_equal(got, reference_values(rt), f"{name}: {rt.name}")
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--make-seeds":
+        make_seeds(sys.argv[2])
+    else:
+        sys.exit("usage: test_gguf.py --make-seeds DIR")
