@@ -294,27 +294,25 @@ static void test_valid(void) {
           "q4_0 range not whole blocks: %s", err.what);
     t = gguf_find_tensor(g, "t.q4_k");
     ok = !gguf_read_f32(g, t, 0, 256, v, &err);
-    for (int s = 0; s < 8; s++) { /* sub-block s: group s / 2, low (even s) or high nibbles */
-        float d = (float)(s + 1 + (s >= 4 ? 32 : 0)), m = 0.5f * (float)(2 * s + (s >= 4 ? 16 : 0));
+    for (int sb = 0; sb < 8; sb++) { /* sub-block sb: group sb / 2, low (even) or high nibbles */
+        float d = (float)(sb + 1 + (sb >= 4 ? 32 : 0)),
+              m = 0.5f * (float)(2 * sb + (sb >= 4 ? 16 : 0));
         for (int l = 0; l < 32; l++) {
-            int byte = l % 16 | (15 - l % 16) << 4, q = s % 2 ? byte >> 4 : byte & 15;
-            ok = ok && v[32 * s + l] == d * (float)q - m;
-            if (v[32 * s + l] != d * (float)q - m)
-                fprintf(stderr, "q4_k [%d] = %g, expected %g\n", 32 * s + l, v[32 * s + l],
-                        d * (float)q - m);
+            int byte = l % 16 | (15 - l % 16) << 4, q = sb % 2 ? byte >> 4 : byte & 15;
+            ok = ok && v[32 * sb + l] == d * (float)q - m;
         }
     }
     CHECK(ok, "q4_k values (6-bit scales and mins of all 8 sub-blocks)");
     t = gguf_find_tensor(g, "t.q6_k");
     ok = !gguf_read_f32(g, t, 0, 256, v, &err);
-    for (int i = 0; i < 256; i++) {
-        /* value i: half h = i / 128, quarter k = (i % 128) / 32, l = i % 32 */
-        int h = i / 128, k = i % 128 / 32, l = i % 32;
+    for (int e = 0; e < 256; e++) {
+        /* value e: half h = e / 128, quarter k = (e % 128) / 32, l = e % 32 */
+        int h = e / 128, k = e % 128 / 32, l = e % 32;
         int qli = 64 * h + l + 32 * (k & 1), qhi = 32 * h + l;
         int ql = qli % 16 | (qli % 7) << 4, qh = qhi * 37 % 256;
         int q = ((k < 2 ? ql & 15 : ql >> 4) | ((qh >> (2 * k)) & 3) << 4) - 32;
-        float want = 0.25f * (float)(i / 16 - 8) * (float)q;
-        ok = ok && v[i] == want;
+        float want = 0.25f * (float)(e / 16 - 8) * (float)q;
+        ok = ok && v[e] == want;
     }
     CHECK(ok, "q6_k values");
     gguf_close(g);
@@ -518,8 +516,9 @@ static void test_bad(void) {
         float v[256];
         const gguf_tensor *t = gguf_find_tensor(g, "w.q5_k");
         CHECK(t && t->nbytes == 176, "Q5_K size");
-        CHECK(gguf_read_f32(g, t, 0, 256, v, &err) == FT_ERR_INPUT && strstr(err.where, "w.q5_k") &&
-                  strstr(err.what, "Q5_K") && strstr(err.what, "Q4_K"),
+        CHECK(t && gguf_read_f32(g, t, 0, 256, v, &err) == FT_ERR_INPUT &&
+                  strstr(err.where, "w.q5_k") && strstr(err.what, "Q5_K") &&
+                  strstr(err.what, "Q4_K"),
               "Q5_K read refused: %s: %s", err.where, err.what);
         gguf_close(g);
     }

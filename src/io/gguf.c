@@ -84,8 +84,9 @@ static size_t left(const cursor *c) { return c->size - c->pos; }
 
 static ft_status truncated(cursor *c, const char *what, uint64_t need) {
     return ft_error_set(c->err, FT_ERR_INPUT, c->where, GGUF_HINT_CORRUPT,
-                        "%s needs %" PRIu64 " bytes at offset %zu, but the file ends after %zu",
-                        what, need, c->pos, left(c));
+                        "%s needs %" PRIu64 " bytes at offset %zu, but only %zu are left (the "
+                        "file is %zu bytes)",
+                        what, need, c->pos, left(c), c->size);
 }
 
 static ft_status rd(cursor *c, void *dst, size_t n, const char *what) {
@@ -134,21 +135,25 @@ static ft_status rd_str(cursor *c, gguf_str *s, const char *what) {
 /* A count of items that take at least `min_bytes` each must fit in what is left. */
 static ft_status check_count(cursor *c, uint64_t count, size_t min_bytes, uint64_t max,
                              const char *what) {
-    if (count > max || count > left(c) / min_bytes)
+    size_t fit = left(c) / min_bytes;
+    if (count > fit)
         return ft_error_set(c->err, FT_ERR_INPUT, c->where, GGUF_HINT_CORRUPT,
-                            "%" PRIu64 " %s cannot be right: the %zu bytes left in the file hold "
-                            "at most %zu",
-                            count, what, left(c),
-                            left(c) / min_bytes < max ? left(c) / min_bytes : (size_t)max);
+                            "%" PRIu64 " %s cannot be right: the %zu bytes left in the file can "
+                            "hold at most %zu",
+                            count, what, left(c), fit);
+    if (count > max)
+        return ft_error_set(c->err, FT_ERR_INPUT, c->where, GGUF_HINT_CORRUPT,
+                            "%" PRIu64 " %s cannot be right: ftune's limit is %" PRIu64, count,
+                            what, max);
     return FT_OK;
 }
 
 /* Up to 200 bytes of s for a message, control bytes as '?'. */
 static void printable(char *buf, size_t bn, const char *p, size_t n) {
-    size_t k = 0, lim = n < 200 ? n : 200;
-    for (size_t i = 0; i < lim && k + 4 < bn; i++)
+    size_t k = 0;
+    for (size_t i = 0; i < n && i < 200 && k + 4 < bn; i++)
         buf[k++] = (unsigned char)p[i] < 0x20 || p[i] == 0x7f ? '?' : p[i];
-    if (lim < n && k + 4 < bn) buf[k++] = '.', buf[k++] = '.', buf[k++] = '.';
+    if (n > 200 && k + 4 < bn) buf[k++] = '.', buf[k++] = '.', buf[k++] = '.';
     buf[k] = 0;
 }
 
