@@ -280,11 +280,14 @@ static ft_status rd_tensor_info(cursor *c, gguf_tensor *t, int i) {
     t->nelem = nelem;
     if ((st = rd_u32(c, &t->type, "the tensor type"))) return st;
     const ggml_type_traits *tt = ggml_type_info(t->type);
-    if (!tt)
-        return ft_error_set(c->err, FT_ERR_INPUT, c->where,
-                            "the file may come from a newer llama.cpp than ftune knows; ftune "
-                            "dequantizes F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K",
-                            "unknown tensor type %" PRIu32, t->type);
+    if (!tt) {
+        char types[128], hint[256];
+        snprintf(hint, sizeof hint,
+                 "the file may come from a newer llama.cpp than ftune knows; ftune dequantizes %s",
+                 ggml_dequant_types(types, sizeof types));
+        return ft_error_set(c->err, FT_ERR_INPUT, c->where, hint, "unknown tensor type %" PRIu32,
+                            t->type);
+    }
     if (t->ne[0] % tt->block_values)
         return ft_error_set(c->err, FT_ERR_INPUT, c->where, GGUF_HINT_CORRUPT,
                             "a row of %" PRId64 " values is not a whole number of %s blocks of %d",
@@ -749,12 +752,13 @@ ft_status gguf_read_f32(const gguf_file *g, const gguf_tensor *t, uint64_t first
     char where[1200];
     snprintf(where, sizeof where, "%s: tensor \"%.200s\"", g->path, t->name);
     const ggml_type_traits *tt = ggml_type_info(t->type);
+    char types[128];
     if (!tt->dequant_row)
         return ft_error_set(err, FT_ERR_INPUT, where,
                             "re-quantize the model to one of these types (llama.cpp's "
                             "llama-quantize; Q4_K_M files use Q4_K and Q6_K)",
                             "tensor type %s: ftune dequantizes only %s", tt->name,
-                            ggml_dequant_types());
+                            ggml_dequant_types(types, sizeof types));
     uint64_t bv = (uint64_t)tt->block_values;
     if (first % bv || n % bv || first > t->nelem || n > t->nelem - first)
         return ft_error_set(err, FT_ERR_INPUT, where, NULL,

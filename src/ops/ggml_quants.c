@@ -16,6 +16,7 @@
  */
 #include "ops/ggml_quants.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #ifdef __clang__
@@ -191,4 +192,11 @@ int ggml_dequant_row(uint32_t type, const void *src, float *dst, size_t n) {
     return 0;
 }
 
-const char *ggml_dequant_types(void) { return "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K"; }
+const char *ggml_dequant_types(char *buf, size_t n) {
+    size_t k = 0;
+    if (n) buf[0] = 0;
+    for (unsigned t = 0; t < GGML_TYPE_ID_LIMIT; t++)
+        if (types[t].dequant_row && k < n)
+            k += (size_t)snprintf(buf + k, n - k, "%s%s", k ? ", " : "", types[t].name);
+    return buf;
+}

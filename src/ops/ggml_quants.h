@@ -71,7 +71,8 @@ const ggml_type_traits *ggml_type_info(uint32_t type);
  * n is not a whole number of blocks (dst untouched). */
 int ggml_dequant_row(uint32_t type, const void *src, float *dst, size_t n);
 
-/* The names of the types ggml_dequant_row handles, for messages: "F32, F16, BF16, ...". */
-const char *ggml_dequant_types(void);
+/* The names of the types ggml_dequant_row handles, in id order, for messages:
+ * "F32, F16, Q4_0, ..." written into buf (n bytes; 64 is enough); returns buf. */
+const char *ggml_dequant_types(char *buf, size_t n);
 
 #endif
