@@ -302,13 +302,14 @@ static ft_status rd_tensor_info(cursor *c, gguf_tensor *t, int i) {
 
 /* ---------------------------------------------------------------- indexes */
 
-static const gguf_file *sort_file; /* only during the qsorts in build_index (single-threaded) */
-
-static int kv_cmp(const void *a, const void *b) {
-    return strcmp(sort_file->kv[*(const int *)a].key, sort_file->kv[*(const int *)b].key);
+/* qsort_r (glibc, _GNU_SOURCE) comparators: indexes into the file's keys / tensors by name */
+static int kv_cmp(const void *a, const void *b, void *g) {
+    const gguf_kv *kv = ((const gguf_file *)g)->kv;
+    return strcmp(kv[*(const int *)a].key, kv[*(const int *)b].key);
 }
-static int t_cmp(const void *a, const void *b) {
-    return strcmp(sort_file->t[*(const int *)a].name, sort_file->t[*(const int *)b].name);
+static int t_cmp(const void *a, const void *b, void *g) {
+    const gguf_tensor *t = ((const gguf_file *)g)->t;
+    return strcmp(t[*(const int *)a].name, t[*(const int *)b].name);
 }
 
 static ft_status build_index(gguf_file *g, ft_error *err) {
@@ -320,10 +321,8 @@ static ft_status build_index(gguf_file *g, ft_error *err) {
         g->kv_sorted[i] = i;
     for (int i = 0; i < g->nt; i++)
         g->t_sorted[i] = i;
-    sort_file = g;
-    qsort(g->kv_sorted, (size_t)g->nkv, sizeof(int), kv_cmp);
-    qsort(g->t_sorted, (size_t)g->nt, sizeof(int), t_cmp);
-    sort_file = NULL;
+    qsort_r(g->kv_sorted, (size_t)g->nkv, sizeof(int), kv_cmp, g);
+    qsort_r(g->t_sorted, (size_t)g->nt, sizeof(int), t_cmp, g);
     for (int i = 1; i < g->nkv; i++) {
         const char *k = g->kv[g->kv_sorted[i]].key;
         if (!strcmp(k, g->kv[g->kv_sorted[i - 1]].key)) {
