@@ -10,14 +10,25 @@
  *                                          {"format", "rows", "cols", "blocksize", "double_quant",
  *                                          "nested_blocksize", "offset", "values": dequantized}
  *
+ *   ftune inspect --gguf FILE              a GGUF file as JSON: {"file", "version", "alignment",
+ *                                          "metadata": {key: value; arrays longer than 8 as
+ *                                          {"array": TYPE, "count": N, "head": [first 8]}},
+ *                                          "tensors": [{"name", "type", "shape" (GGUF order,
+ *                                          ne[0] first), "offset", "nbytes"}]}
+ *   ftune inspect --gguf FILE --key K      metadata key K's whole value as JSON
+ *   ftune inspect --gguf FILE --tensor N   {"name", "type", "shape", "values": dequantized fp32
+ *                                          in storage order}
+ *
  * PATH is a .safetensors file or a model folder (model.safetensors or a sharded index). Floats
  * that JSON cannot hold are printed as NaN / Infinity / -Infinity, which Python's json accepts.
  */
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 #include "model/bnb.h"
 #include "model/config.h"
+#include "ops/ggml_quants.h"
 #include "ops/quant.h"
 
 #include <math.h>
@@ -128,18 +139,164 @@ static int fail(const ft_error *err) {
     return err->status ? (int)err->status : 1;
 }
 
+/* ---- GGUF (--gguf) ---------------------------------------------------------------------- */
+
+static void print_json_bytes(const char *p, size_t n) {
+    putchar('"');
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+/* Element i of a metadata value (a scalar is element 0) as JSON. */
+static void print_gguf_elem(const gguf_kv *kv, uint64_t i) {
+    if (kv->elem == GGUF_STR)
+        print_json_bytes(kv->strs[i].p, kv->strs[i].n);
+    else if (kv->elem == GGUF_BOOL)
+        fputs(gguf_arr_int(kv, i) ? "true" : "false", stdout);
+    else if (kv->elem == GGUF_F32)
+        print_float((float)gguf_arr_float(kv, i));
+    else if (kv->elem == GGUF_F64) {
+        double d = gguf_arr_float(kv, i);
+        char t[40];
+        snprintf(t, sizeof t, "%.17g", d);
+        if (isfinite(d)) /* 2.0 as "2.0": a JSON reader keeps it a float */
+            printf("%s%s", t, strpbrk(t, ".e") ? "" : ".0");
+        else
+            print_float((float)d);
+    } else if (kv->elem == GGUF_U64) {
+        uint64_t u;
+        memcpy(&u, (const uint8_t *)kv->data + 8 * i, 8);
+        printf("%llu", (unsigned long long)u);
+    } else
+        printf("%lld", (long long)gguf_arr_int(kv, i));
+}
+
+/* A value; arrays longer than `head` (0: no limit) as {"array", "count", "head"}. */
+static void print_gguf_value(const gguf_kv *kv, uint64_t head) {
+    if (kv->type != GGUF_ARR) {
+        print_gguf_elem(kv, 0);
+        return;
+    }
+    int brief = head && kv->count > head;
+    if (brief)
+        printf("{\"array\": \"%s\", \"count\": %llu, \"head\": ", gguf_vtype_name(kv->elem),
+               (unsigned long long)kv->count);
+    putchar('[');
+    for (uint64_t i = 0; i < kv->count && (!brief || i < head); i++) {
+        if (i) fputs(", ", stdout);
+        print_gguf_elem(kv, i);
+    }
+    putchar(']');
+    if (brief) putchar('}');
+}
+
+static void print_gguf_shape(const gguf_tensor *t) {
+    putchar('[');
+    for (int d = 0; d < t->ndim; d++)
+        printf("%s%lld", d ? ", " : "", (long long)t->ne[d]);
+    putchar(']');
+}
+
+static int inspect_gguf(const char *path, const char *key, const char *tensor) {
+    ft_error err;
+    memset(&err, 0, sizeof err);
+    gguf_file *g = NULL;
+    if (gguf_open(path, &g, &err)) return fail(&err);
+    int rc = 0;
+    if (key) {
+        const gguf_kv *kv = gguf_find_kv(g, key);
+        if (!kv) {
+            char where[1200];
+            snprintf(where, sizeof where, "%s: key \"%s\"", path, key);
+            ft_error_set(&err, FT_ERR_INPUT, where,
+                         "'ftune inspect --gguf FILE' lists the metadata the file has",
+                         "key not found");
+            rc = fail(&err);
+        } else {
+            print_gguf_value(kv, 0);
+            putchar('\n');
+        }
+    } else if (tensor) {
+        const gguf_tensor *t = gguf_find_tensor(g, tensor);
+        float *v = t ? malloc(sizeof(float) * (t->nelem ? t->nelem : 1)) : NULL;
+        if (!t) {
+            char where[1200];
+            snprintf(where, sizeof where, "%s: tensor \"%s\"", path, tensor);
+            ft_error_set(&err, FT_ERR_INPUT, where,
+                         "'ftune inspect --gguf FILE' lists the tensors the file has",
+                         "tensor not found");
+            rc = fail(&err);
+        } else if (!v) {
+            ft_error_set(&err, FT_ERR_RUNTIME, tensor, NULL, "out of memory");
+            rc = fail(&err);
+        } else if (gguf_read_f32(g, t, 0, t->nelem, v, &err)) {
+            rc = fail(&err);
+        } else {
+            fputs("{\"name\": ", stdout);
+            print_json_bytes(t->name, strlen(t->name));
+            printf(", \"type\": \"%s\", \"shape\": ", ggml_type_info(t->type)->name);
+            print_gguf_shape(t);
+            fputs(", \"values\": [", stdout);
+            for (uint64_t i = 0; i < t->nelem; i++) {
+                if (i) fputs(", ", stdout);
+                print_float(v[i]);
+            }
+            puts("]}");
+        }
+        free(v);
+    } else {
+        fputs("{\"file\": ", stdout);
+        print_json_bytes(path, strlen(path));
+        printf(", \"version\": %u, \"alignment\": %zu,\n \"metadata\": {",
+               (unsigned)gguf_version(g), gguf_alignment(g));
+        for (int i = 0; i < gguf_kv_count(g); i++) {
+            const gguf_kv *kv = gguf_kv_at(g, i);
+            fputs(i ? ",\n  " : "\n  ", stdout);
+            print_json_bytes(kv->key, strlen(kv->key));
+            fputs(": ", stdout);
+            print_gguf_value(kv, 8);
+        }
+        fputs("},\n \"tensors\": [", stdout);
+        for (int i = 0; i < gguf_tensor_count(g); i++) {
+            const gguf_tensor *t = gguf_tensor_at(g, i);
+            fputs(i ? ",\n  {\"name\": " : "\n  {\"name\": ", stdout);
+            print_json_bytes(t->name, strlen(t->name));
+            printf(", \"type\": \"%s\", \"shape\": ", ggml_type_info(t->type)->name);
+            print_gguf_shape(t);
+            printf(", \"offset\": %llu, \"nbytes\": %zu}", (unsigned long long)t->offset,
+                   t->nbytes);
+        }
+        puts("]}");
+    }
+    gguf_close(g);
+    return rc;
+}
+
 int cmd_inspect(int argc, char **argv) {
-    const char *model = NULL, *tensor = NULL, *bnb = NULL;
+    const char *model = NULL, *tensor = NULL, *bnb = NULL, *gguf = NULL, *key = NULL;
     int config = 0;
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "PATH", "a .safetensors file or a model folder"},
         {"config", OPT_FLAG, &config, NULL, "print the model config resolved from config.json"},
         {"tensor", OPT_STR, &tensor, "NAME", "print one tensor's values as a JSON array"},
-        {"bnb", OPT_STR, &bnb, "NAME", "read a bitsandbytes 4-bit weight; print its format and values"},
+        {"bnb", OPT_STR, &bnb, "NAME",
+         "read a bitsandbytes 4-bit weight; print its format and values"},
+        {"gguf", OPT_STR, &gguf, "FILE", "a GGUF file: metadata and tensors as JSON"},
+        {"key", OPT_STR, &key, "KEY", "with --gguf: one metadata value in full"},
         {0},
     };
     const cmd_info info = {
-        "inspect", "ftune inspect --model PATH [--config | --tensor NAME | --bnb NAME]",
+        "inspect",
+        "ftune inspect --model PATH [--config | --tensor NAME | --bnb NAME]\n"
+        "       ftune inspect --gguf FILE [--key KEY | --tensor NAME]",
         "Without --config or --tensor, list the tensors of a safetensors file or model folder "
         "(name, dtype, shape), checking the whole header. --config prints the architecture and "
         "numbers ftune derives from config.json (head_dim, kv heads, biases, sliding windows, "
@@ -155,6 +312,14 @@ int cmd_inspect(int argc, char **argv) {
     int r = args_parse(argc, argv, &info, specs, &err);
     if (r == -1) return 0;
     if (r) return fail(&err);
+    if (gguf) {
+        if (model || config || bnb || (key && tensor)) {
+            ft_error_set(&err, FT_ERR_INPUT, "inspect", NULL,
+                         "--gguf FILE takes at most one of --key, --tensor");
+            return fail(&err);
+        }
+        return inspect_gguf(gguf, key, tensor);
+    }
     if (!model) {
         ft_error_set(&err, FT_ERR_INPUT, "inspect", "e.g. ftune inspect --model models/smollm",
                      "--model PATH is required");
