@@ -35,6 +35,7 @@ FUZZ_MAXLEN_dataset       := 8192
 FUZZ_MAXLEN_peft          := 8192
 FUZZ_MAXLEN_tokenizer     := 65536
 FUZZ_MAXLEN_chat_template := 16384
+FUZZ_MAXLEN_gguf          := 8192
 # libFuzzer options common to every run: 10 s per input is a hang; stop at the first finding.
 FUZZ_OPTS := -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 FUZZ_ENV  := ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
