@@ -24,9 +24,9 @@
  * tokens (or are dropped with drop_long) and examples with no label left are dropped (TRL drops
  * examples left fully masked by truncation); both are counted.
  */
+#include "base/hash.h"
 #include "data/data_internal.h"
 #include "io/json.h"
-#include "base/hash.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +91,8 @@ static ft_status need_template(data_ctx *c, const char *where, ft_error *err) {
         snprintf(err->where, sizeof err->where, "%.200s (needed by %.280s)", w, where);
         if (!err->hint[0])
             snprintf(err->hint, sizeof err->hint,
-                     "messages need the model's chat template; give one with --chat-template FILE.jinja");
+                     "messages need the model's chat template; give one with --chat-template "
+                     "FILE.jinja");
     }
     return st;
 }
@@ -126,7 +127,8 @@ static char *concat(const char *a, const char *b, const char *eos, int check_b, 
 
 static size_t lcp_ids(const int32_t *a, size_t na, const int32_t *b, size_t nb) {
     size_t i = 0;
-    while (i < na && i < nb && a[i] == b[i]) i++;
+    while (i < na && i < nb && a[i] == b[i])
+        i++;
     return i;
 }
 
@@ -149,12 +151,15 @@ static ft_status finish(data_ctx *c, int32_t *ids, int32_t *labels, size_t n, co
     if (n == 0) {
         dropped = 1, c->n_dropped_masked++;
     } else if (o->seq_len > 0 && (int)n > o->seq_len) {
-        if (o->drop_long) dropped = 1, c->n_dropped_long++;
-        else n = (size_t)o->seq_len, c->n_truncated++;
+        if (o->drop_long)
+            dropped = 1, c->n_dropped_long++;
+        else
+            n = (size_t)o->seq_len, c->n_truncated++;
     }
     if (!dropped) {
         size_t k = 0;
-        while (k < n && labels[k] == -100) k++;
+        while (k < n && labels[k] == -100)
+            k++;
         if (k == n) dropped = 1, c->n_dropped_masked++;
     }
     if (dropped) {
@@ -199,7 +204,8 @@ static ft_status do_prompt_completion(data_ctx *c, const char *prompt, const cha
     size_t plen = lcp_ids(pids, np, ids, n);
     free(pids);
     int32_t *labels = malloc(sizeof(int32_t) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) labels[i] = i < plen ? -100 : ids[i];
+    for (size_t i = 0; i < n; i++)
+        labels[i] = i < plen ? -100 : ids[i];
     return finish(c, ids, labels, n, where, out, err);
 }
 
@@ -242,14 +248,26 @@ static ft_status check_messages(const cJSON *msgs, const char *field, const char
     for (const cJSON *m = msgs->child; m; m = m->next, i++) {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (!cJSON_IsObject(m) || !cJSON_IsString(role))
-            return ft_error_set(err, FT_ERR_INPUT, where,
-                                "each message is {\"role\": \"user\"|\"assistant\"|..., \"content\": ...}",
-                                "field \"%s[%d]\": %s", field, i,
-                                cJSON_IsObject(m) ? "field \"role\" is missing or not a string"
-                                                  : "expected a message object");
+            return ft_error_set(
+                err, FT_ERR_INPUT, where,
+                "each message is {\"role\": \"user\"|\"assistant\"|..., \"content\": ...}",
+                "field \"%s[%d]\": %s", field, i,
+                cJSON_IsObject(m) ? "field \"role\" is missing or not a string"
+                                  : "expected a message object");
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) && !cJSON_IsNull(content))
-            return ft_error_set(err, FT_ERR_INPUT, where, "content is a string (or a list of parts)",
+        /* No content is refused: templates would render the missing value as "" or "None"
+         * and train on that silently. Only a turn that calls tools may leave it out. */
+        if ((!content || cJSON_IsNull(content)) &&
+            !cJSON_GetObjectItemCaseSensitive(m, "tool_calls"))
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "give every message a \"content\" (\"\" for an empty turn; only "
+                                "a turn with \"tool_calls\" may leave it out)",
+                                "field \"%s[%d].content\" is %s", field, i,
+                                content ? "null" : "missing");
+        if (content && !cJSON_IsString(content) && !cJSON_IsArray(content) &&
+            !cJSON_IsNull(content))
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "content is a string (or a list of parts)",
                                 "field \"%s[%d].content\": expected a string, found %s", field, i,
                                 json_type_name(content));
     }
@@ -266,7 +284,8 @@ static ft_status do_messages(data_ctx *c, const cJSON *line, const char *where, 
     ft_status st = check_messages(msgs, "messages", where, err);
     if (st) return st;
     cJSON *tparsed = NULL;
-    if (cJSON_IsString(tools)) tools = tparsed = cJSON_Parse(tools->valuestring); /* TRL: json.loads */
+    if (cJSON_IsString(tools))
+        tools = tparsed = cJSON_Parse(tools->valuestring); /* TRL: json.loads */
     if (tools && cJSON_IsNull(tools)) tools = NULL;
     if (tools && !cJSON_IsArray(tools)) {
         cJSON_Delete(tparsed);
@@ -335,8 +354,10 @@ static ft_status do_conv_prompt_completion(data_ctx *c, const cJSON *line, const
     cJSON *lx = line_extra(c, line);
     const cJSON *extra = lx ? lx : c->extra;
     cJSON *all = cJSON_CreateArray();
-    for (cJSON *m = p->child; m; m = m->next) cJSON_AddItemReferenceToArray(all, m);
-    for (cJSON *m = q->child; m; m = m->next) cJSON_AddItemReferenceToArray(all, m);
+    for (cJSON *m = p->child; m; m = m->next)
+        cJSON_AddItemReferenceToArray(all, m);
+    for (cJSON *m = q->child; m; m = m->next)
+        cJSON_AddItemReferenceToArray(all, m);
     chat_render rp = {0}, ra = {0};
     st = chat_template_render(c->tpl, p, tools, 1, extra, &rp, err);
     if (st) st = render_error(err, where, "prompt");
@@ -358,7 +379,8 @@ static ft_status do_conv_prompt_completion(data_ctx *c, const cJSON *line, const
     size_t plen = lcp_ids(pids, np, ids, n);
     free(pids);
     labels = malloc(sizeof(int32_t) * (n ? n : 1));
-    for (size_t i = 0; i < n; i++) labels[i] = i < plen ? -100 : ids[i];
+    for (size_t i = 0; i < n; i++)
+        labels[i] = i < plen ? -100 : ids[i];
     return finish(c, ids, labels, n, where, out, err);
 }
 
@@ -375,12 +397,16 @@ typedef enum { F_IDS, F_MESSAGES, F_PC, F_CONV_PC, F_ALPACA, F_TEXT } fmt;
 
 static ft_status detect(const cJSON *j, fmt *f, const char *where, ft_error *err) {
 #define HAS(k) (cJSON_GetObjectItemCaseSensitive(j, k) != NULL)
-    if (HAS("input_ids")) *f = F_IDS;
-    else if (HAS("messages")) *f = F_MESSAGES;
+    if (HAS("input_ids"))
+        *f = F_IDS;
+    else if (HAS("messages"))
+        *f = F_MESSAGES;
     else if (HAS("prompt") && HAS("completion"))
         *f = cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "prompt")) ? F_CONV_PC : F_PC;
-    else if (HAS("instruction") && HAS("output")) *f = F_ALPACA;
-    else if (HAS("text")) *f = F_TEXT;
+    else if (HAS("instruction") && HAS("output"))
+        *f = F_ALPACA;
+    else if (HAS("text"))
+        *f = F_TEXT;
     else {
         char keys[300] = "";
         for (const cJSON *i = j->child; i && strlen(keys) < 200; i = i->next) {
@@ -423,16 +449,18 @@ static ft_status do_line(data_ctx *c, const cJSON *j, fmt f, const char *where, 
         const cJSON *ids = cJSON_GetObjectItemCaseSensitive(j, "input_ids");
         const cJSON *labels = cJSON_GetObjectItemCaseSensitive(j, "labels");
         if (!ids)
-            return ft_error_set(err, FT_ERR_INPUT, where, "every line of a file has the same fields",
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "every line of a file has the same fields",
                                 "field \"input_ids\" is missing");
         if ((st = read_int_array(ids, "input_ids", c->o->vocab, 0, &e.ids, &e.n, where, err)))
             return st;
         if (labels && !cJSON_IsNull(labels)) {
             st = read_int_array(labels, "labels", c->o->vocab, 1, &e.labels, &nl, where, err);
             if (!st && nl != e.n)
-                st = ft_error_set(err, FT_ERR_INPUT, where,
-                                  "labels needs one entry per input id (-100 where nothing is trained)",
-                                  "field \"labels\" has %d items but \"input_ids\" has %d", nl, e.n);
+                st = ft_error_set(
+                    err, FT_ERR_INPUT, where,
+                    "labels needs one entry per input id (-100 where nothing is trained)",
+                    "field \"labels\" has %d items but \"input_ids\" has %d", nl, e.n);
             if (st) {
                 free(e.ids);
                 free(e.labels);
@@ -444,8 +472,10 @@ static ft_status do_line(data_ctx *c, const cJSON *j, fmt f, const char *where, 
         }
         return finish(c, e.ids, e.labels, (size_t)e.n, where, out, err);
     }
-    case F_MESSAGES: return do_messages(c, j, where, out, err);
-    case F_CONV_PC: return do_conv_prompt_completion(c, j, where, out, err);
+    case F_MESSAGES:
+        return do_messages(c, j, where, out, err);
+    case F_CONV_PC:
+        return do_conv_prompt_completion(c, j, where, out, err);
     case F_PC:
         if ((st = get_str(j, "prompt", 1, &a, where, err))) return st;
         if ((st = get_str(j, "completion", 1, &b, where, err))) return st;
@@ -456,8 +486,10 @@ static ft_status do_line(data_ctx *c, const cJSON *j, fmt f, const char *where, 
         if ((st = get_str(j, "output", 1, &b, where, err))) return st;
         size_t n = strlen(a) + (d ? strlen(d) : 0) + sizeof ALPACA_INPUT;
         char *p = malloc(n);
-        if (d && d[0]) snprintf(p, n, ALPACA_INPUT, a, d);
-        else snprintf(p, n, ALPACA_NO_INPUT, a);
+        if (d && d[0])
+            snprintf(p, n, ALPACA_INPUT, a, d);
+        else
+            snprintf(p, n, ALPACA_NO_INPUT, a);
         st = do_prompt_completion(c, p, b, where, out, err);
         free(p);
         return st;
@@ -534,13 +566,15 @@ ft_status data_read_file(data_ctx *c, const char *path, exvec *out, ft_error *er
         lineno++;
         char *s = p;
         p = nl ? nl + 1 : end;
-        while (s < le && (*s == ' ' || *s == '\t' || *s == '\r')) s++;
+        while (s < le && (*s == ' ' || *s == '\t' || *s == '\r'))
+            s++;
         if (s == le) continue; /* blank line */
         char where[4200];
         snprintf(where, sizeof where, "%s:%d", path, lineno);
         const char *jend = NULL;
         cJSON *j = cJSON_ParseWithLengthOpts(s, (size_t)(le - s), &jend, 0);
-        while (j && jend < le && (*jend == ' ' || *jend == '\t' || *jend == '\r')) jend++;
+        while (j && jend < le && (*jend == ' ' || *jend == '\t' || *jend == '\r'))
+            jend++;
         if (!j || !cJSON_IsObject(j) || jend != le) {
             cJSON_Delete(j);
             st = ft_error_set(err, FT_ERR_INPUT, where,

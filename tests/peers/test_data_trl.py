@@ -334,3 +334,66 @@ def test_unmarked_template_matches_trl_marked(name, tokenizers_dirs, tmp_path):
     want = trl_prepare(mdir, files["messages"], True)
     got = ftune_prepare(mdir, files["messages"], tmp_path, "--chat-template", plain)
     compare(want, got, f"{name} messages, template without markers")
+
+
+# ---- issue 15: an assistant message with empty content ----
+
+def empty_content_convs(r):
+    """Conversations where some assistant turns are "" (first, middle and last turns) or only
+    whitespace."""
+    out = []
+    for i in range(8):
+        m = [{"role": "system", "content": sentence(r)}] if i % 2 else []
+        k = r.randint(1, 3)
+        for j in range(k):
+            m.append({"role": "user", "content": sentence(r)})
+            empty = (i + j) % 2 == 0 or (i == 7 and j == k - 1)
+            m.append({"role": "assistant", "content": ("" if i != 5 else "  ") if empty
+                      else sentence(r, 1, 10)})
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("name", ["trained-bytelevel", "trained-metaspace", "llama3", "qwen3"])
+def test_empty_assistant_content_matches_trl(name, tokenizers_dirs, tmp_path):
+    """An assistant message with content "" trains only its end-of-turn token: TRL's
+    assistant_only_loss with the {% generation %} template (the content and eos_token marked)
+    against ftune with the same template (its spans) and with the markers removed (ftune's own
+    turn finding, masks.c, which once trained the user's end-of-turn token and the assistant
+    header instead)."""
+    if name not in tokenizers_dirs:
+        pytest.skip(f"{SHARED / name} not present (the shared real tokenizers are optional)")
+    mdir = tokenizers_dirs[name]
+    p = tmp_path / "empty.jsonl"
+    p.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n"
+                         for c in empty_content_convs(random.Random(21))))
+    want = trl_prepare(mdir, p, True, seq=1024)
+    compare(want, ftune_prepare(mdir, p, tmp_path, seq=1024), f"{name} empty content")
+    plain = tmp_path / "unmarked.jinja"
+    plain.write_text(TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    compare(want, ftune_prepare(mdir, p, tmp_path, "--chat-template", plain, seq=1024),
+            f"{name} empty content, template without markers")
+
+
+def test_llama3_empty_assistant_content(tmp_path, base_config):
+    """The real Llama 3 template (no markers, prints an assistant header after every
+    conversation): an empty assistant turn trains <|eot_id|> alone, not the user's <|eot_id|>
+    and the header before it."""
+    src = real_folder("llama3", tmp_path, base_config)
+    cs = empty_content_convs(random.Random(22))
+    want = [[m["content"].strip() + "<|eot_id|>" for m in c if m["role"] == "assistant"] for c in cs]
+    check_turns(src, cs, want, tmp_path)
+
+
+def test_qwen3_empty_assistant_content(tmp_path, base_config):
+    """The real Qwen3 template: an empty turn after the last user message is rendered with an
+    empty think block, which the model writes, so it is trained with <|im_end|>; an earlier
+    empty turn trains <|im_end|> alone."""
+    src = real_folder("qwen3", tmp_path, base_config)
+    cs = empty_content_convs(random.Random(23))
+    want = []
+    for c in cs:
+        last_user = max(i for i, m in enumerate(c) if m["role"] == "user")
+        want.append([("<think>\n\n</think>\n\n" if i > last_user else "") + m["content"].strip()
+                     + "<|im_end|>" for i, m in enumerate(c) if m["role"] == "assistant"])
+    check_turns(src, cs, want, tmp_path)
