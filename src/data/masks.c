@@ -189,6 +189,7 @@ static size_t turn_end(const tokenizer *t, const cJSON *msg, const char *S, size
     size_t n = strlen(cs);
     while (n && is_ws(cs[n - 1]))
         n--;
+    if (!n && cJSON_GetObjectItemCaseSensitive(msg, "tool_calls")) return 0; /* the calls follow */
     if (!n) {
         int32_t *ids = NULL;
         size_t m = 0, end = 0;
