@@ -146,8 +146,14 @@ static ft_status finish(data_ctx *c, int32_t *ids, int32_t *labels, size_t n, co
             int32_t bad = ids[i];
             free(ids);
             free(labels);
-            return ft_error_set(err, FT_ERR_INPUT, where,
-                                "the tokenizer and the model must come from the same model folder",
+            size_t tv = c->tok ? tok_vocab_size(c->tok) : 0;
+            char hint[600];
+            snprintf(hint, sizeof hint,
+                     "the tokenizer (%zu tokens) and the model (config.json vocab_size %d) must "
+                     "come from the same model folder; for a folder made by ftune init (vocabulary "
+                     "512 unless told), make it again with --tokenizer DIR (or --vocab %zu)",
+                     tv, o->vocab, tv);
+            return ft_error_set(err, FT_ERR_INPUT, where, hint,
                                 "token id %d is outside the model's vocabulary [0, %d)", bad,
                                 o->vocab);
         }
