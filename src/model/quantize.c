@@ -30,6 +30,7 @@
 #include "io/atomic.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "model/config.h"
 #include "model/init.h"
 
 #include <stdio.h>
@@ -119,7 +120,9 @@ ft_status model_quantize_bnb4(const char *in_dir, const char *out_dir, quant4_ty
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", in_dir);
     cJSON *cfg;
-    ft_status st = json_load_file(path, &cfg, err);
+    ft_status st = model_dir_check(in_dir, err);
+    if (st) return st;
+    st = json_load_file(path, &cfg, err);
     if (st) return st;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         cJSON_Delete(cfg);

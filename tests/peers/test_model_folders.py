@@ -217,3 +217,39 @@ def test_help_examples():
     h = run_ok(["quantize", "--help"]).stdout
     assert "--quant-blocksize" in h and "--blocksize " not in h and "nf4" in h and "q8" in h
     assert "--overwrite" in h and "--tokenizer" in run_ok(["init", "--help"]).stdout
+
+
+def test_model_path_hints(tmp_path):
+    """issue 15.10: what --model was given instead of a model folder is named, where the folder is
+    opened (model_dir_check), for every command that opens one: a Hub id gets the download
+    command, a Hugging Face cache root the snapshot folder to pass, a .gguf file (or a folder of
+    them) is recognised as GGUF."""
+    cache = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
+    (cache / "snapshots" / "0123abcd").mkdir(parents=True)
+    (tmp_path / "model.Q8_0.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    (tmp_path / "ggufs").mkdir()
+    (tmp_path / "ggufs" / "m.gguf").write_bytes(b"GGUF")
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    cases = {
+        "HuggingFaceTB/SmolLM2-135M-Instruct": ["looks like a Hugging Face Hub id",
+                                                "hf download HuggingFaceTB/SmolLM2-135M-Instruct "
+                                                "--local-dir SmolLM2-135M-Instruct"],
+        str(cache): ["Hugging Face cache folder", str(cache / "snapshots" / "0123abcd")],
+        str(tmp_path / "model.Q8_0.gguf"): ["GGUF is not read yet"],
+        str(tmp_path / "ggufs"): ["GGUF is not read yet", "m.gguf"],
+    }
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)  # the Hub id is not a local path here
+        for model, words in cases.items():
+            for args in (["train", "--model", model, "--data", data, "--out", tmp_path / "run"],
+                         ["plan", "--model", model],
+                         ["quantize", "--model", model, "--out", tmp_path / "q"]):
+                p = run_ftune(args)
+                assert p.returncode == 2, (args, p.stderr)
+                for w in words:
+                    assert w in p.stderr, (args, p.stderr)
+                assert "hint:" in p.stderr
+    finally:
+        os.chdir(cwd)
