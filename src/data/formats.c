@@ -432,6 +432,15 @@ static ft_status map_roles(const cJSON *msgs, const char *field, int sharegpt, c
         cJSON *n = cJSON_CreateObject();
         cJSON_AddStringToObject(n, "role", to ? to : r->valuestring);
         const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, ck);
+        if (sharegpt && (!content || cJSON_IsNull(content))) {
+            cJSON_Delete(n);
+            cJSON_Delete(a);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "each turn is {\"from\": ..., \"value\": \"...\"} (\"\" for an "
+                                "empty turn)",
+                                "field \"%s[%d].%s\" is %s", field, i, ck,
+                                content ? "null" : "missing");
+        }
         if (!strcmp(r->valuestring, "function_call") &&
             !cJSON_GetObjectItemCaseSensitive(m, "tool_calls")) {
             cJSON *calls = content ? function_calls(content) : NULL;

@@ -519,6 +519,11 @@ def test_sharegpt_unknown_role_refused(tokenizers_dirs, tmp_path):
     assert p.returncode == 2, p.stderr
     assert f'{f}:2: field "conversations[1].from": unknown role "bot"' in p.stderr, p.stderr
     assert "human, user, gpt, assistant" in p.stderr
+    f = write_rows(tmp_path / "bad2.jsonl", [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt"}]}])
+    p = run_ftune(["train", "--model", mdir, "--data", f, "--dump-data", tmp_path / "o.jsonl"])
+    assert p.returncode == 2, p.stderr
+    assert f'{f}:1: field "conversations[1].value" is missing' in p.stderr, p.stderr
     g = write_rows(tmp_path / "bad.json", [{"text": "a"}, {"text": 3}], True)
     p = run_ftune(["train", "--model", mdir, "--data", g, "--dump-data", tmp_path / "o.jsonl"])
     assert p.returncode == 2 and f'{g}:5 (item 1): field "text"' in p.stderr, p.stderr
