@@ -23,7 +23,8 @@ int cmd_init(int argc, char **argv) {
          "take this folder's tokenizer (tokenizer.json, tokenizer_config.json, ...): copied, "
          "and the vocabulary and bos/eos/pad ids come from it"},
         {"vocab", OPT_INT, &vocab, "V",
-         "vocabulary size (default: the tokenizer's, added tokens included; else 512)"},
+         "vocabulary size; 0: the tokenizer's (added tokens included), or 512 without "
+         "--tokenizer"},
         {"seed", OPT_INT, &seed, "S", "seed of the random weights"},
         {"out", OPT_STR, &o.out, "DIR", "folder to write (config.json, model.safetensors)"},
         {"overwrite", OPT_FLAG, &overwrite, NULL, "write into a non-empty --out folder"},
