@@ -5,17 +5,20 @@
  * the byte spans of the {% generation %} blocks (what TRL's assistant_only_loss trains on).
  *
  * The conversation file is a JSON array of messages, or an object {"messages": [...],
- * "tools": [...]}. A JSONL file of such conversations (a training file of messages rows) has
- * every line rendered: each rendering is preceded by a line "==> FILE:LINE <==" and followed by
- * a newline (the header line makes the boundaries plain; the renderings themselves are
- * byte-exact between them), and with --spans each line gives one JSON object with "line" added.
- * Reading only the first line, as it once did, showed one conversation of a file silently;
- * every line is what one checks a data file with. --template-arg KEY=VALUE passes extra template
- * variables; VALUE is parsed as JSON when it parses (true, 3, "x", {...}) and is a plain string
- * otherwise. Bad input exits 2 with a message naming the file and the position (template
- * line:column, message index, and the line of a JSONL file).
+ * "tools": [...]}, or any chat row of a training file: ShareGPT's {"conversations": [...]} and
+ * roles such as human/gpt are mapped, and tools given as a JSON string parsed, as training does
+ * (src/data/rows.h), so what is shown is what is trained on. A JSONL file of such conversations (a
+ * training file of messages rows) has every line rendered: each rendering is preceded by a line
+ * "==> FILE:LINE <==" and followed by a newline (the header line makes the boundaries plain; the
+ * renderings themselves are byte-exact between them), and with --spans each line gives one JSON
+ * object with "line" added. Reading only the first line, as it once did, showed one conversation of
+ * a file silently; every line is what one checks a data file with. --template-arg KEY=VALUE passes
+ * extra template variables; VALUE is parsed as JSON when it parses (true, 3, "x", {...}) and is a
+ * plain string otherwise. Bad input exits 2 with a message naming the file and the position
+ * (template line:column, message index, and the line of a JSONL file).
  */
 #include "cli/args.h"
+#include "data/rows.h"
 #include "io/json.h"
 #include "tok/chat_template.h"
 
@@ -34,10 +37,14 @@ typedef struct render_opts {
 static ft_status render_one(const render_opts *o, const cJSON *conv, const char *where,
                             ft_error *err) {
     const cJSON *messages, *tools;
-    ft_status st = chat_conversation_parts(conv, where, &messages, &tools, err);
+    cJSON *owned = NULL;
+    ft_status st = data_is_chat_row(conv)
+                       ? data_chat_row(conv, where, &owned, &messages, &tools, err)
+                       : chat_conversation_parts(conv, where, &messages, &tools, err);
     if (st) return st;
     chat_render out = {0};
     st = chat_template_render(o->t, messages, tools, o->add_gen, o->extra, &out, err);
+    cJSON_Delete(owned);
     if (st) {
         /* conversation errors name a message: say which file (and line) it is in */
         if (!strncmp(err->where, "message", 7) || !strncmp(err->where, "tools", 5)) {

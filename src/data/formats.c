@@ -31,6 +31,7 @@
  */
 #include "base/hash.h"
 #include "data/data_internal.h"
+#include "data/rows.h"
 #include "io/json.h"
 
 #include <stdlib.h>
@@ -472,6 +473,46 @@ static ft_status map_roles(const cJSON *msgs, const char *field, int sharegpt, c
         cJSON_InsertItemInArray(a, 0, sm);
     }
     *out = a;
+    return FT_OK;
+}
+
+int data_is_chat_row(const cJSON *row) {
+    return cJSON_IsObject(row) && (cJSON_GetObjectItemCaseSensitive(row, "messages") ||
+                                   cJSON_GetObjectItemCaseSensitive(row, "conversations"));
+}
+
+ft_status data_chat_row(const cJSON *row, const char *where, cJSON **owned, const cJSON **messages,
+                        const cJSON **tools, ft_error *err) {
+    *owned = NULL, *messages = NULL, *tools = NULL;
+    int sharegpt = !cJSON_GetObjectItemCaseSensitive(row, "messages");
+    const char *field = sharegpt ? "conversations" : "messages";
+    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(row, field);
+    cJSON *mapped = NULL;
+    ft_status st = map_roles(msgs, field, sharegpt,
+                             sharegpt ? cJSON_GetObjectItemCaseSensitive(row, "system") : NULL,
+                             where, &mapped, err);
+    if (!st) st = check_messages(mapped ? mapped : msgs, field, where, err);
+    if (st) {
+        cJSON_Delete(mapped);
+        return st;
+    }
+    cJSON *own = cJSON_CreateObject();
+    if (mapped) cJSON_AddItemToObject(own, "messages", mapped);
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(row, "tools");
+    if (cJSON_IsString(t)) {
+        cJSON *parsed = cJSON_Parse(t->valuestring);
+        if (parsed) cJSON_AddItemToObject(own, "tools", parsed);
+        t = parsed;
+    }
+    if (t && cJSON_IsNull(t)) t = NULL;
+    if (t && !cJSON_IsArray(t)) {
+        cJSON_Delete(own);
+        return ft_error_set(err, FT_ERR_INPUT, where, "tools is a list of JSON schemas",
+                            "field \"tools\": expected a list, found %s", json_type_name(t));
+    }
+    *owned = own;
+    *messages = mapped ? mapped : msgs;
+    *tools = t;
     return FT_OK;
 }
 

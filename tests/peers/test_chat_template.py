@@ -403,3 +403,33 @@ def test_tokenize_refuses_jsonl_chat(tmp_path):
     r = ftune("tokenize", "--model", str(model_dir), "--chat", str(f), "--chat-template",
               str(TEMPLATES / "chatml.jinja"))
     assert r.returncode == 2 and b"more than one JSON value" in r.stderr, r.stderr
+
+
+def test_sharegpt_rows_render_as_trained(dummy_model, tmp_path):
+    """A ShareGPT training file (and messages rows with human/gpt roles) renders as training
+    reads it: roles mapped as docs/data.md says, the system column in front; the same text as
+    transformers' apply_chat_template of the mapped rows (test_data_trl.chatml_after_mapping)."""
+    from test_data_trl import chatml_after_mapping
+    model_dir, tok = dummy_model
+    template_file = TEMPLATES / "chatml.jinja"
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+             "system": "Be brief."},
+            {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "a"},
+                               {"from": "gpt", "value": ""}]}]
+    f = tmp_path / "sg.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = "".join(f"==> {f}:{i + 1} <==\n" + expected(tok, chatml_after_mapping(r)["messages"],
+                                                       False, template_file.read_text())[0] + "\n"
+                   for i, r in enumerate(rows))
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(template_file))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == want
+    g = tmp_path / "hg.json"
+    g.write_text(json.dumps({"messages": [{"role": "human", "content": "Hi"},
+                                          {"role": "gpt", "content": "Yo"}]}))
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(g), "--chat-template",
+              str(template_file))
+    assert r.stdout.decode() == expected(tok, [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Yo"}],
+                                         False, template_file.read_text())[0]
