@@ -6,9 +6,10 @@
  * best-fit decreasing puts every example whole into rows of seq_len and loses none; a packed row
  * restarts positions at each document, gives each document its own seg id and no target across a
  * boundary; weights give round(N * w / sum w) examples per source; --val-split holds out
- * ceil(f * n) of each source; the same seed gives the same result. Finally a packed micro-batch
- * through model_forward / model_backward (random tiny model) gives the same loss and LoRA
- * gradients as its examples one by one, within 1e-5 relative (fp32 sums in another order).
+ * ceil(f * n) of each source; the same seed gives the same result; a .json file holding an
+ * array of rows reads as the same rows in JSONL, errors naming the item's line. Finally a packed
+ * micro-batch through model_forward / model_backward (random tiny model) gives the same loss and
+ * LoRA gradients as its examples one by one, within 1e-5 relative (fp32 sums in another order).
  */
 #include "data/dataset.h"
 #include "model/init.h"
@@ -33,9 +34,11 @@ static void write_file(const char *name, int n, int lo, int hi, int base, char *
         fprintf(f, "{\"input_ids\": [");
         /* ids of a file with base >= 50 are in [51, 90], else in [1, 40] */
         int off = base >= 50 ? 51 : 1;
-        for (int t = 0; t < len; t++) fprintf(f, t ? ", %d" : "%d", (base + i * 3 + t) % 40 + off);
+        for (int t = 0; t < len; t++)
+            fprintf(f, t ? ", %d" : "%d", (base + i * 3 + t) % 40 + off);
         fprintf(f, "], \"labels\": [");
-        for (int t = 0; t < len; t++) fprintf(f, t ? ", %d" : "%d", t < 2 ? -100 : (base + i * 3 + t) % 40 + off);
+        for (int t = 0; t < len; t++)
+            fprintf(f, t ? ", %d" : "%d", t < 2 ? -100 : (base + i * 3 + t) % 40 + off);
         fprintf(f, "]}\n");
     }
     fclose(f);
@@ -59,11 +62,13 @@ static void test_pack(void) {
     CHECK(packed.tokens == plain.tokens, "tokens %ld vs %ld", packed.tokens, plain.tokens);
     CHECK(packed.trained == plain.trained, "trained %ld vs %ld", packed.trained, plain.trained);
     /* every example appears whole in exactly one row */
-    int *seen = calloc((size_t)plain.n, sizeof(int)), ok = 1, lower = (int)((plain.tokens + 31) / 32);
+    int *seen = calloc((size_t)plain.n, sizeof(int)), ok = 1,
+        lower = (int)((plain.tokens + 31) / 32);
     for (int r = 0; r < packed.n; r++) {
         const example *e = &packed.ex[r];
         int o2 = 0, sum = 0;
-        for (int d = 0; d < e->n_docs; d++) sum += e->docs[d];
+        for (int d = 0; d < e->n_docs; d++)
+            sum += e->docs[d];
         ok &= sum == e->n && e->n <= 32;
         for (int d = 0; d < e->n_docs; d++) {
             int found = 0;
@@ -76,7 +81,8 @@ static void test_pack(void) {
             o2 += e->docs[d];
         }
     }
-    for (int i = 0; i < plain.n; i++) ok &= seen[i];
+    for (int i = 0; i < plain.n; i++)
+        ok &= seen[i];
     CHECK(ok, "packed rows hold every example once, intact");
     CHECK(packed.n <= lower + lower / 4 + 1, "BFD rows %d, lower bound %d", packed.n, lower);
     free(seen);
@@ -126,7 +132,8 @@ static void test_mix_split(void) {
     CHECK(ds.n == 100, "100 examples, got %d", ds.n);
     /* round(100 * 1/4) = 25 from the second source (its ids are above 50) */
     int nb = 0;
-    for (int i = 0; i < ds.n; i++) nb += ds.ex[i].ids[0] > 50;
+    for (int i = 0; i < ds.n; i++)
+        nb += ds.ex[i].ids[0] > 50;
     CHECK(nb == 25, "25 from the weight-1 source, got %d", nb);
     CHECK(val.n == 0, "no validation asked");
     dataset_free(&ds);
@@ -141,7 +148,8 @@ static void test_mix_split(void) {
     CHECK(data_load(&o, &ds2, &val2, h, &err) == FT_OK, "again");
     int same = ds.n == ds2.n && val.n == val2.n;
     for (int i = 0; same && i < val.n; i++)
-        same = val.ex[i].n == val2.ex[i].n && !memcmp(val.ex[i].ids, val2.ex[i].ids, 4 * val.ex[i].n);
+        same =
+            val.ex[i].n == val2.ex[i].n && !memcmp(val.ex[i].ids, val2.ex[i].ids, 4 * val.ex[i].n);
     CHECK(same, "same seed, same split");
     dataset_free(&ds), dataset_free(&val), dataset_free(&ds2), dataset_free(&val2);
 }
@@ -168,7 +176,8 @@ static void test_packed_model(void) {
     lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err);
     lora_init(m.lora, 3);
     /* make B non-zero so every LoRA gradient is */
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] += 0.01f * (float)((int)((i * 37) % 11) - 5);
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] += 0.01f * (float)((int)((i * 37) % 11) - 5);
     size_t P = m.lora->n_params;
     float *g1 = calloc(P, sizeof(float)), *g2 = calloc(P, sizeof(float));
     acts *ac;
@@ -176,7 +185,8 @@ static void test_packed_model(void) {
     batch_alloc(&b, packed.n, 40, &err);
     acts_alloc(&m, packed.n, 40, 0, &ac, &err);
     long counted = 0;
-    for (int i = 0; i < plain.n; i++) counted += example_counted(&plain.ex[i]);
+    for (int i = 0; i < plain.n; i++)
+        counted += example_counted(&plain.ex[i]);
     double l1 = 0, l2 = 0;
     memset(m.lora->grads, 0, P * sizeof(float));
     for (int i = 0; i < plain.n; i++) {
@@ -187,7 +197,8 @@ static void test_packed_model(void) {
     memcpy(g1, m.lora->grads, P * sizeof(float));
     memset(m.lora->grads, 0, P * sizeof(float));
     int *idx = malloc(sizeof(int) * packed.n);
-    for (int i = 0; i < packed.n; i++) idx[i] = i;
+    for (int i = 0; i < packed.n; i++)
+        idx[i] = i;
     batch_fill(&b, &packed, idx, packed.n);
     l2 = model_forward(&m, ac, &b, 1, 0, NULL, NULL);
     model_backward(&m, ac, &b, 1.0f / counted, 0);
@@ -231,12 +242,62 @@ static void test_folder(void) {
     dataset_free(&ds);
 }
 
+/* issue 15.2: a file holding one JSON array of rows (Alpaca's own .json files) reads as the same
+ * rows in JSONL, and an error in an item names the line it starts on and its index. */
+static void test_json_array(void) {
+    char a[256], b[256], bad[256];
+    write_file("rows.jsonl", 6, 3, 9, 2, a);
+    snprintf(b, sizeof b, "%s/rows.json", dir);
+    FILE *in = fopen(a, "r"), *out = fopen(b, "w");
+    char line[4096];
+    fputs("  [\n", out);
+    for (int i = 0; fgets(line, sizeof line, in); i++)
+        fprintf(out, "%s  %.*s", i ? ",\n" : "", (int)strcspn(line, "\n"), line);
+    fputs("\n]\n", out);
+    fclose(in), fclose(out);
+    data_options o = {0};
+    o.n_sources = 1, o.vocab = 97, o.seq_len = 64;
+    dataset d1, d2;
+    char h[17];
+    ft_error err;
+    const char *s1[1] = {a}, *s2[1] = {b};
+    o.sources = s1;
+    CHECK(data_load(&o, &d1, NULL, h, &err) == FT_OK, "jsonl: %s", err.what);
+    o.sources = s2;
+    CHECK(data_load(&o, &d2, NULL, h, &err) == FT_OK, "json array: %s", err.what);
+    int same = d1.n == d2.n && d1.n == 6;
+    for (int i = 0; same && i < d1.n; i++)
+        same = d1.ex[i].n == d2.ex[i].n &&
+               !memcmp(d1.ex[i].ids, d2.ex[i].ids, sizeof(int32_t) * d1.ex[i].n) &&
+               !memcmp(d1.ex[i].labels, d2.ex[i].labels, sizeof(int32_t) * d1.ex[i].n);
+    CHECK(same, "the JSON array gives the JSONL file's examples (%d vs %d)", d2.n, d1.n);
+    dataset_free(&d1);
+    dataset_free(&d2);
+    /* item 2 (on line 4) has an id outside the vocabulary */
+    snprintf(bad, sizeof bad, "%s/bad.json", dir);
+    out = fopen(bad, "w");
+    fputs("[{\"input_ids\": [1, 2]},\n {\"input_ids\": [3]},\n\n {\"input_ids\": [4, 500]}]", out);
+    fclose(out);
+    const char *s3[1] = {bad};
+    o.sources = s3;
+    CHECK(data_load(&o, &d1, NULL, h, &err) == FT_ERR_INPUT, "bad item refused");
+    char want[300];
+    snprintf(want, sizeof want, "%s:4 (item 2)", bad);
+    CHECK(strstr(err.where, want) != NULL, "error names the item's line and index: %s", err.where);
+    out = fopen(bad, "w");
+    fputs("[{\"input_ids\": [1, 2]} {\"input_ids\": [3]}]", out);
+    fclose(out);
+    CHECK(data_load(&o, &d1, NULL, h, &err) == FT_ERR_INPUT && strstr(err.what, "','"),
+          "a missing comma is named: %s", err.what);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/ftune-data-test-XXXXXX");
     if (!mkdtemp(dir)) return 1;
     test_pack();
     test_mix_split();
     test_folder();
+    test_json_array();
     test_packed_model();
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

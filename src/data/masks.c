@@ -15,12 +15,16 @@
  * their common prefix, S = B[lcp(A, B):], up to the end of the message's content as it appears
  * in S and the one special token right after it (the end-of-turn token: <|eot_id|>, <|im_end|>,
  * </s>, ...); what follows (a newline, or the next header that templates like Llama 3's print
- * unasked) is not the assistant's. When the content cannot be found in S (empty, or a list of
- * parts), S ends before its trailing whitespace instead. S is then looked for in the
- * whole rendered conversation R after the previous span. A template that renders earlier turns
- * differently (Qwen3 drops the reasoning of turns before the last user message) leaves S absent
- * from R; then the span is the longest piece of R ending at the first occurrence of S's
- * end-of-turn text that is also a suffix of S, less leading whitespace (the header's newline):
+ * unasked) is not the assistant's. Empty content ("" or whitespace) ends the turn after the
+ * first special token of S: only the end-of-turn token is trained, as TRL trains a marked
+ * template's empty turn. When the content is not a string (a list of parts, tool calls), S ends
+ * before its trailing whitespace instead. When R (the whole conversation rendered) begins like
+ * B, the turn is at the same place in R. A template that renders earlier turns differently
+ * (Qwen3 drops the reasoning of turns before the last user message) does not; then the turn is
+ * looked for after the text before it (the longest suffix of the conversation up to k - 1,
+ * rendered without the generation prompt, found in R after the previous turn): it ends at the
+ * first place where R ends like S for at least the content's last bytes and the end-of-turn
+ * token, and starts where that likeness does, less leading whitespace (the header's newline):
  * the turn's content and its end-of-turn token as R has them.
  */
 #include "data/data_internal.h"
@@ -33,12 +37,16 @@ static int byte_of_cp(unsigned cp) {
     static int table[324];
     static int ready;
     if (!ready) {
-        for (int i = 0; i < 324; i++) table[i] = -1;
+        for (int i = 0; i < 324; i++)
+            table[i] = -1;
         int n = 0;
         for (int b = 0; b < 256; b++) {
-            int printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-            if (printable) table[b] = b;
-            else table[256 + n++] = b;
+            int printable =
+                (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+            if (printable)
+                table[b] = b;
+            else
+                table[256 + n++] = b;
         }
         ready = 1;
     }
@@ -50,7 +58,8 @@ static size_t utf8_next(const unsigned char *s, size_t n, size_t i, unsigned *cp
     int k = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
     if (i + k > n) k = 1;
     unsigned v = k == 1 ? c : c & (0x3F >> (k - 1));
-    for (int j = 1; j < k; j++) v = (v << 6) | (s[i + j] & 0x3F);
+    for (int j = 1; j < k; j++)
+        v = (v << 6) | (s[i + j] & 0x3F);
     *cp = v;
     return i + k;
 }
@@ -133,7 +142,8 @@ void token_offsets(const tokenizer *t, const char *text, size_t len, const int32
 
 static size_t lcp(const char *a, size_t na, const char *b, size_t nb) {
     size_t i = 0;
-    while (i < na && i < nb && a[i] == b[i]) i++;
+    while (i < na && i < nb && a[i] == b[i])
+        i++;
     return i;
 }
 
@@ -148,31 +158,108 @@ static cJSON *prefix_of(const cJSON *messages, int k) {
     return a;
 }
 
-/* End of the assistant's turn in S (nS bytes): after the content's last bytes and the special
- * token that directly follows them; 0 if the content is not found. */
-static size_t turn_end(const tokenizer *t, const cJSON *msg, const char *S, size_t nS) {
-    const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
-    if (!cJSON_IsString(c)) return 0;
-    const char *cs = c->valuestring;
-    size_t n = strlen(cs);
-    while (n && is_ws(cs[n - 1])) n--;
-    if (!n) return 0;
-    size_t k = n < 64 ? n : 64;
-    const char *tail = cs + n - k, *hit = NULL, *p = S;
-    while ((p = memmem(p, nS - (size_t)(p - S), tail, k))) hit = p, p++;
-    if (!hit) return 0;
-    size_t end = (size_t)(hit - S) + k;
+/* The end of the special token that starts at S[at], or at if none does. */
+static size_t after_special(const tokenizer *t, const char *S, size_t nS, size_t at) {
     int32_t *ids = NULL;
-    size_t m = 0;
+    size_t m = 0, end = at;
     ft_error e;
-    size_t rest = nS - end < 256 ? nS - end : 256;
-    if (rest && tok_encode(t, S + end, rest, 0, &ids, &m, &e) == FT_OK && m && tok_is_special(t, ids[0])) {
+    size_t rest = nS - at < 256 ? nS - at : 256;
+    if (rest && tok_encode(t, S + at, rest, 0, &ids, &m, &e) == FT_OK && m &&
+        tok_is_special(t, ids[0])) {
         const char *ts = tok_id_to_token(t, ids[0]);
         size_t l = ts ? strlen(ts) : 0;
-        if (l && end + l <= nS && !memcmp(S + end, ts, l)) end += l;
+        if (l && at + l <= nS && !memcmp(S + at, ts, l)) end = at + l;
     }
     free(ids);
     return end;
+}
+
+/* End of the assistant's turn in S (nS bytes): after the content's last bytes and the special
+ * token that directly follows them; 0 if the content is not found. *core is where the part of
+ * the turn that any rendering of it keeps begins (the content's last bytes). Empty content (or
+ * only whitespace) is found at the start of S: the turn is then the text up to and including
+ * the first special token of S (the end-of-turn token), as a {% generation %} block around the
+ * content and the end-of-turn token would mark it, and *core is that token. */
+static size_t turn_end(const tokenizer *t, const cJSON *msg, const char *S, size_t nS,
+                       size_t *core) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    *core = 0;
+    if (!cJSON_IsString(c)) return 0;
+    const char *cs = c->valuestring;
+    size_t n = strlen(cs);
+    while (n && is_ws(cs[n - 1]))
+        n--;
+    if (!n && cJSON_GetObjectItemCaseSensitive(msg, "tool_calls")) return 0; /* the calls follow */
+    if (!n) {
+        int32_t *ids = NULL;
+        size_t m = 0, end = 0;
+        ft_error e;
+        if (nS && tok_encode(t, S, nS, 0, &ids, &m, &e) == FT_OK) {
+            size_t *off = malloc(sizeof(size_t) * (m + 1));
+            if (off) {
+                token_offsets(t, S, nS, ids, m, off);
+                for (size_t i = 0; i < m && !end; i++)
+                    if (tok_is_special(t, ids[i])) *core = off[i], end = off[i + 1];
+                free(off);
+            }
+        }
+        free(ids);
+        return end;
+    }
+    size_t k = n < 64 ? n : 64;
+    const char *tail = cs + n - k, *hit = NULL, *p = S;
+    while ((p = memmem(p, nS - (size_t)(p - S), tail, k)))
+        hit = p, p++;
+    if (!hit) return 0;
+    *core = (size_t)(hit - S) + (k > 16 ? k - 16 : 0); /* the last 16 bytes at most */
+    return after_special(t, S, nS, (size_t)(hit - S) + k);
+}
+
+/* Where in R (from `from`) the text before an assistant turn ends: the end of the first
+ * occurrence of the longest suffix of P (the conversation before the turn, rendered without
+ * the generation prompt) in R[from..]. P ends with the previous message, whose own text makes
+ * its suffix unique; `from` when no byte of it is found. */
+static size_t after_prefix(const chat_render *P, const char *R, size_t len, size_t from) {
+    size_t lo = 0, hi = P->len < len - from ? P->len : len - from, pos = from;
+    while (lo < hi) { /* a suffix that occurs makes every shorter one occur: binary search */
+        size_t L = (lo + hi + 1) / 2;
+        const char *h = memmem(R + from, len - from, P->text + P->len - L, L);
+        if (h)
+            lo = L, pos = (size_t)(h - R) + L;
+        else
+            hi = L - 1;
+    }
+    return pos;
+}
+
+/* The turn as R renders it, when R does not begin like B (Qwen3 drops the reasoning of turns
+ * before the last user message): the first place after lo where R ends like S for at least the
+ * core of the turn (its content's last bytes and end-of-turn token), back to lo at most, less
+ * leading whitespace; failing that, the longest stretch of R after cursor that ends like S.
+ * (Not the first verbatim copy of S: an empty turn's S can recur in a later turn.) */
+static int turn_in_r(const char *R, size_t len, size_t lo, size_t cursor, const char *S, size_t nS,
+                     size_t core, chat_span *out) {
+    size_t need = nS - core, best = 0, best_end = 0;
+    for (size_t q = lo + 1; q <= len && !best; q++) {
+        size_t l = 0;
+        while (l < nS && l < q - lo && R[q - 1 - l] == S[nS - 1 - l])
+            l++;
+        if (l >= need && l > 0) best = l, best_end = q;
+    }
+    int found = best > 0;
+    for (size_t q = cursor + 1; q <= len && !found && best < nS; q++) {
+        if (R[q - 1] != S[nS - 1]) continue;
+        size_t l = 0;
+        while (l < nS && l < q - cursor && R[q - 1 - l] == S[nS - 1 - l])
+            l++;
+        if (l > best) best = l, best_end = q;
+    }
+    if (!best) return 0;
+    size_t b = best_end - best;
+    while (b < best_end && is_ws(R[b]))
+        b++;
+    *out = (chat_span){b, best_end};
+    return b < best_end;
 }
 
 ft_status assistant_spans(const chat_template *tpl, const tokenizer *tok, const cJSON *messages,
@@ -188,44 +275,37 @@ ft_status assistant_spans(const chat_template *tpl, const tokenizer *tok, const 
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (!cJSON_IsString(role) || strcmp(role->valuestring, "assistant")) continue;
         cJSON *pa = prefix_of(messages, k), *pb = prefix_of(messages, k + 1);
-        chat_render A = {0}, B = {0};
+        chat_render A = {0}, B = {0}, P = {0};
         st = chat_template_render(tpl, pa, tools, 1, extra, &A, err);
         if (!st) st = chat_template_render(tpl, pb, tools, 0, extra, &B, err);
-        cJSON_Delete(pa);
-        cJSON_Delete(pb);
         if (!st) {
-            size_t s0 = lcp(A.text, A.len, B.text, B.len), s1 = B.len;
-            size_t te = turn_end(tok, m, B.text + s0, B.len - s0);
+            size_t s0 = lcp(A.text, A.len, B.text, B.len), s1 = B.len, core = 0;
+            size_t te = turn_end(tok, m, B.text + s0, B.len - s0, &core);
             if (te) s1 = s0 + te;
-            while (s1 > s0 && is_ws(B.text[s1 - 1])) s1--;
+            while (s1 > s0 && is_ws(B.text[s1 - 1]))
+                s1--;
             const char *S = B.text + s0;
             size_t nS = s1 - s0;
-            const char *hit = nS ? memmem(R + cursor, len - cursor, S, nS) : NULL;
-            if (hit) {
-                size_t b = (size_t)(hit - R);
-                sp[ns++] = (chat_span){b, b + nS};
-                cursor = b + nS;
+            if (core > nS) core = 0;
+            /* Most templates render a conversation's prefix as the start of the whole
+             * rendering: then the turn lies in R exactly where it lies in B. Else it is looked
+             * for after the text before it (P's end in R). */
+            if (nS && s1 <= len && s0 >= cursor && !memcmp(R, B.text, s1)) {
+                sp[ns++] = (chat_span){s0, s1};
+                cursor = s1;
             } else if (nS) {
-                /* the turn is rendered differently in R: end at the first place after the
-                 * cursor where R ends like S does for the longest stretch */
-                size_t best = 0, best_end = 0;
-                for (size_t q = cursor + 1; q <= len; q++) {
-                    if (R[q - 1] != S[nS - 1]) continue;
-                    size_t l = 0;
-                    while (l < nS && l < q - cursor && R[q - 1 - l] == S[nS - 1 - l]) l++;
-                    if (l > best) best = l, best_end = q;
-                    if (l == nS) break;
-                }
-                if (best > 0) {
-                    size_t b = best_end - best;
-                    while (b < best_end && is_ws(R[b])) b++;
-                    if (b < best_end) sp[ns++] = (chat_span){b, best_end};
-                    cursor = best_end;
-                }
+                size_t lo = cursor;
+                if (k > 0 && !(st = chat_template_render(tpl, pa, tools, 0, extra, &P, err)))
+                    lo = after_prefix(&P, R, len, cursor);
+                if (!st && turn_in_r(R, len, lo, cursor, S, nS, core, &sp[ns]))
+                    cursor = sp[ns++].end;
             }
         }
+        cJSON_Delete(pa);
+        cJSON_Delete(pb);
         chat_render_free(&A);
         chat_render_free(&B);
+        chat_render_free(&P);
     }
     if (st) {
         free(sp);

@@ -26,9 +26,13 @@
 
 #include "io/json.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 
 const char *const lin_names[LIN_COUNT] = {"q_proj",    "k_proj",    "v_proj",
                                           "o_proj",    "gate_proj", "up_proj",
@@ -498,17 +502,108 @@ static ft_status load(const cJSON *j, model_config *cfg, const char *path, ft_er
     return load_rope(j, ad, cfg, path, err);
 }
 
+static int ends_with_ci(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcasecmp(s + a - b, suf);
+}
+
+/* "org/name" with no such local path: how a Hub id looks (one slash, no leading ./ ~ /). */
+static int looks_like_hub_id(const char *s) {
+    const char *slash = strchr(s, '/');
+    if (!slash || strchr(slash + 1, '/') || slash == s || !slash[1]) return 0;
+    if (s[0] == '.' || s[0] == '~' || s[0] == '/') return 0;
+    for (const char *p = s; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr("-_./", *p))) return 0;
+    return 1;
+}
+
+/* The first folder under DIR/snapshots, into buf (empty if none). */
+static void first_snapshot(const char *dir, char *buf, size_t n) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/snapshots", dir);
+    buf[0] = 0;
+    DIR *d = opendir(path);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(buf, n, "%.3000s/%.200s", path, e->d_name);
+            break;
+        }
+    if (d) closedir(d);
+}
+
+ft_status model_dir_check(const char *dir, ft_error *err) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        return FT_OK;
+    }
+    struct stat sb;
+    int exists = stat(dir, &sb) == 0;
+    if (exists && !S_ISDIR(sb.st_mode) && ends_with_ci(dir, ".gguf"))
+        return ft_error_set(err, FT_ERR_INPUT, dir,
+                            "give the Hugging Face model folder (config.json and *.safetensors) "
+                            "the GGUF file was made from, e.g. hf download ORG/NAME --local-dir "
+                            "NAME",
+                            "this is a GGUF file: GGUF is not read yet; --model takes a Hugging "
+                            "Face model folder");
+    if (exists && !S_ISDIR(sb.st_mode))
+        return ft_error_set(err, FT_ERR_INPUT, dir,
+                            "give the folder that holds config.json and the *.safetensors files",
+                            "is a file, not a model folder");
+    if (!exists && looks_like_hub_id(dir)) {
+        const char *name = strchr(dir, '/') + 1;
+        char hint[512];
+        snprintf(hint, sizeof hint,
+                 "ftune reads local folders only: download it first, e.g. hf download %.150s "
+                 "--local-dir %.100s, then --model %.100s",
+                 dir, name, name);
+        return ft_error_set(err, FT_ERR_INPUT, dir, hint,
+                            "no such folder; this looks like a Hugging Face Hub id");
+    }
+    if (exists) {
+        char snap[3300];
+        first_snapshot(dir, snap, sizeof snap);
+        if (snap[0]) {
+            char hint[512];
+            snprintf(hint, sizeof hint, "pass a snapshot folder inside it, e.g. --model %.440s",
+                     snap);
+            return ft_error_set(err, FT_ERR_INPUT, dir, hint,
+                                "this is a Hugging Face cache folder (models--ORG--NAME), not a "
+                                "model folder: it has no config.json");
+        }
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        char gguf[300] = "";
+        while (d && (e = readdir(d)))
+            if (ends_with_ci(e->d_name, ".gguf")) {
+                snprintf(gguf, sizeof gguf, "%.250s", e->d_name);
+                break;
+            }
+        if (d) closedir(d);
+        if (gguf[0])
+            return ft_error_set(err, FT_ERR_INPUT, path,
+                                "give the Hugging Face model folder (config.json and "
+                                "*.safetensors) the GGUF file was made from",
+                                "cannot open config.json; the folder holds a GGUF file (%s), and "
+                                "GGUF is not read yet",
+                                gguf);
+    }
+    return ft_error_set(err, FT_ERR_INPUT, path,
+                        "give a Hugging Face model folder (it holds config.json and the "
+                        "weights)",
+                        exists ? "cannot open config.json"
+                               : "cannot open config.json: no such folder");
+}
+
 ft_status model_config_load(const char *dir, model_config *cfg, ft_error *err) {
     memset(cfg, 0, sizeof *cfg);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return ft_error_set(err, FT_ERR_INPUT, path,
-                            "give a Hugging Face model folder (it holds config.json and the "
-                            "weights)",
-                            "cannot open config.json");
-    fclose(f);
+    ft_status st0 = model_dir_check(dir, err);
+    if (st0) return st0;
     cJSON *j = NULL;
     ft_status st = json_load_file(path, &j, err);
     if (st) return st;

@@ -61,6 +61,10 @@ typedef struct model_config {
 /* Read DIR/config.json. Every error names config.json and the field. Unknown architectures,
  * unsupported rope types and activations other than silu are FT_ERR_INPUT with a hint. */
 ft_status model_config_load(const char *dir, model_config *cfg, ft_error *err);
+/* FT_OK when dir/config.json can be opened; else an error that says what dir is instead: a
+ * GGUF file (not read yet), a file, a Hub id ("org/name": download it first), a Hugging Face
+ * cache folder (models--org--name: pass a snapshots/ folder), or a folder without config.json. */
+ft_status model_dir_check(const char *dir, ft_error *err);
 void model_config_free(model_config *cfg);
 
 /* Weight tensor names in the HF checkpoint: "model.layers.3.self_attn.q_proj.weight". */

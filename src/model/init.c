@@ -10,6 +10,11 @@
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "tok/tokenizer.h"
+
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <math.h>
 #include <stdlib.h>
@@ -50,8 +55,10 @@ static void fill_normal(float *x, size_t n, double std, uint64_t seed) {
     }
 }
 
-ft_status model_init_random(const char *arch, const char *size, int vocab, uint64_t seed,
-                            const char *out_dir, ft_error *err) {
+/* The model folder; bos, eos, pad: the special token ids config.json names (-1: null, -2: not
+ * written). */
+static ft_status write_model(const char *arch, const char *size, int vocab, uint64_t seed,
+                             const char *out_dir, long bos, long eos, long pad, ft_error *err) {
     const arch_defaults *a = NULL;
     const size_row *s = NULL;
     for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
@@ -60,7 +67,8 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
         if (!strcmp(sizes[i].name, size)) s = &sizes[i];
     if (!a)
         return ft_error_set(err, FT_ERR_INPUT, "option --arch",
-                            "use llama, mistral, qwen2, qwen3 or phi3", "unknown architecture \"%s\"", arch);
+                            "use llama, mistral, qwen2, qwen3 or phi3",
+                            "unknown architecture \"%s\"", arch);
     if (!s)
         return ft_error_set(err, FT_ERR_INPUT, "option --size", "use tiny, small or smollm-135m",
                             "unknown size \"%s\"", size);
@@ -87,8 +95,15 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
     cJSON_AddNumberToObject(j, "initializer_range", 0.02);
     cJSON_AddBoolToObject(j, "tie_word_embeddings", a->tie);
     cJSON_AddBoolToObject(j, "attention_bias", 0);
-    cJSON_AddNumberToObject(j, "bos_token_id", 1);
-    cJSON_AddNumberToObject(j, "eos_token_id", 2);
+    struct {
+        const char *key;
+        long id;
+    } ids[] = {{"bos_token_id", bos}, {"eos_token_id", eos}, {"pad_token_id", pad}};
+    for (int i = 0; i < 3; i++)
+        if (ids[i].id >= 0)
+            cJSON_AddNumberToObject(j, ids[i].key, (double)ids[i].id);
+        else if (ids[i].id == -1)
+            cJSON_AddNullToObject(j, ids[i].key);
     cJSON_AddStringToObject(j, "dtype", "float32");
     cJSON *rp = cJSON_AddObjectToObject(j, "rope_parameters");
     cJSON_AddStringToObject(rp, "rope_type", "default");
@@ -107,13 +122,18 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
     model_config cfg;
     if ((st = model_config_load(out_dir, &cfg, err))) return st;
     int HD = H * D, KD = Hkv * D;
-    struct { char name[200]; int nd; int64_t sh[2]; int kind; } t[16 + 20 * 64];
+    struct {
+        char name[200];
+        int nd;
+        int64_t sh[2];
+        int kind;
+    } t[16 + 20 * 64];
     int nt = 0;
-#define ADD(kind_, d0, d1, ...)                                                                \
-    do {                                                                                       \
-        snprintf(t[nt].name, sizeof t[nt].name, __VA_ARGS__);                                  \
-        t[nt].nd = (d1) ? 2 : 1, t[nt].sh[0] = d0, t[nt].sh[1] = d1, t[nt].kind = kind_;       \
-        nt++;                                                                                  \
+#define ADD(kind_, d0, d1, ...)                                                                    \
+    do {                                                                                           \
+        snprintf(t[nt].name, sizeof t[nt].name, __VA_ARGS__);                                      \
+        t[nt].nd = (d1) ? 2 : 1, t[nt].sh[0] = d0, t[nt].sh[1] = d1, t[nt].kind = kind_;           \
+        nt++;                                                                                      \
     } while (0)
     /* kind: 0 normal(0.02), 1 ones, 2 zeros */
     ADD(0, V, C, "model.embed_tokens.weight");
@@ -130,14 +150,18 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
             ADD(1, D, 0, "model.layers.%d.self_attn.q_norm.weight", l);
             ADD(1, D, 0, "model.layers.%d.self_attn.k_norm.weight", l);
         }
-        struct { lin_kind k; int out, in, bias; } lins[] = {
-            {LIN_Q, HD, C, a->qkv_bias}, {LIN_K, KD, C, a->qkv_bias}, {LIN_V, KD, C, a->qkv_bias},
-            {LIN_QKV, HD + 2 * KD, C, 0}, {LIN_O, C, HD, 0}, {LIN_GATE, I, C, 0},
-            {LIN_UP, I, C, 0}, {LIN_GATE_UP, 2 * I, C, 0}, {LIN_DOWN, C, I, 0}};
+        struct {
+            lin_kind k;
+            int out, in, bias;
+        } lins[] = {{LIN_Q, HD, C, a->qkv_bias}, {LIN_K, KD, C, a->qkv_bias},
+                    {LIN_V, KD, C, a->qkv_bias}, {LIN_QKV, HD + 2 * KD, C, 0},
+                    {LIN_O, C, HD, 0},           {LIN_GATE, I, C, 0},
+                    {LIN_UP, I, C, 0},           {LIN_GATE_UP, 2 * I, C, 0},
+                    {LIN_DOWN, C, I, 0}};
         for (size_t i = 0; i < sizeof lins / sizeof lins[0]; i++) {
             lin_kind k = lins[i].k;
-            int fused_kind = k == LIN_QKV || k == LIN_GATE_UP, plain = k == LIN_Q || k == LIN_K ||
-                                                                k == LIN_V || k == LIN_GATE || k == LIN_UP;
+            int fused_kind = k == LIN_QKV || k == LIN_GATE_UP,
+                plain = k == LIN_Q || k == LIN_K || k == LIN_V || k == LIN_GATE || k == LIN_UP;
             if ((a->fused && plain) || (!a->fused && fused_kind)) continue;
             ADD(0, lins[i].out, lins[i].in, "%s", "");
             weight_name(t[nt - 1].name, sizeof t[nt - 1].name, l, k, "weight");
@@ -150,7 +174,8 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
 #undef ADD
     model_config_free(&cfg);
     size_t total = 0;
-    for (int i = 0; i < nt; i++) total += (size_t)t[i].sh[0] * (t[i].nd == 2 ? (size_t)t[i].sh[1] : 1);
+    for (int i = 0; i < nt; i++)
+        total += (size_t)t[i].sh[0] * (t[i].nd == 2 ? (size_t)t[i].sh[1] : 1);
     float *buf = malloc(total * sizeof(float));
     if (!buf) return ft_error_set(err, FT_ERR_RUNTIME, out_dir, NULL, "out of memory");
     st_writer *w = st_writer_new();
@@ -159,7 +184,8 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
         size_t n = (size_t)t[i].sh[0] * (t[i].nd == 2 ? (size_t)t[i].sh[1] : 1);
         float *x = buf + off;
         if (t[i].kind == 0) fill_normal(x, n, 0.02, rand_mix64(seed * 1000003ull + (uint64_t)i));
-        for (size_t e = 0; t[i].kind && e < n; e++) x[e] = t[i].kind == 1 ? 1.0f : 0.0f;
+        for (size_t e = 0; t[i].kind && e < n; e++)
+            x[e] = t[i].kind == 1 ? 1.0f : 0.0f;
         st = st_writer_add(w, t[i].name, ST_F32, t[i].nd, t[i].sh, x, err);
         off += n;
     }
@@ -167,5 +193,170 @@ ft_status model_init_random(const char *arch, const char *size, int vocab, uint6
     if (!st) st = st_writer_save(w, path, err);
     st_writer_free(w);
     free(buf);
+    return st;
+}
+
+ft_status model_init_random(const char *arch, const char *size, int vocab, uint64_t seed,
+                            const char *out_dir, ft_error *err) {
+    return write_model(arch, size, vocab, seed, out_dir, 1, 2, -2, err);
+}
+
+/* path made absolute and free of symlinks, also when its last parts do not exist yet: the
+ * longest existing prefix through realpath, then the rest with "." and ".." applied as mkdir -p
+ * and the later opens will apply them (a folder it creates is a real one). */
+static void canonical(const char *path, char *out, size_t n) {
+    char buf[4096], rest[4096] = "";
+    snprintf(buf, sizeof buf, "%s", path);
+    char *r;
+    while (!(r = realpath(buf, NULL))) {
+        char *slash = strrchr(buf, '/');
+        char tmp[8200];
+        snprintf(tmp, sizeof tmp, "/%s%s", slash ? slash + 1 : buf, rest);
+        snprintf(rest, sizeof rest, "%.4000s", tmp);
+        if (!slash)
+            snprintf(buf, sizeof buf, ".");
+        else if (slash == buf)
+            snprintf(buf, sizeof buf, "/");
+        else
+            *slash = 0;
+    }
+    snprintf(out, n, "%s", strcmp(r, "/") ? r : "");
+    free(r);
+    for (char *part = strtok(rest, "/"); part; part = strtok(NULL, "/")) {
+        if (!strcmp(part, ".")) continue;
+        if (!strcmp(part, "..")) {
+            char *slash = strrchr(out, '/');
+            if (slash) *slash = 0;
+            continue;
+        }
+        size_t l = strlen(out);
+        snprintf(out + l, n - l, "/%s", part);
+    }
+    if (!out[0]) snprintf(out, n, "/");
+}
+
+ft_status model_out_check(const char *out, const char *in, int overwrite, ft_error *err) {
+    struct stat so, si;
+    int out_exists = stat(out, &so) == 0;
+    if (in) {
+        char co[4200], ci[4200];
+        canonical(out, co, sizeof co);
+        canonical(in, ci, sizeof ci);
+        if ((out_exists && stat(in, &si) == 0 && so.st_dev == si.st_dev &&
+             so.st_ino == si.st_ino) ||
+            !strcmp(co, ci))
+            return ft_error_set(err, FT_ERR_INPUT, "option --out",
+                                "choose a new folder for the output; the input is never changed",
+                                "\"%s\" is the --model folder \"%s\"", out, in);
+    }
+    if (!out_exists) return FT_OK;
+    if (!S_ISDIR(so.st_mode))
+        return ft_error_set(err, FT_ERR_INPUT, out, "give a folder path for --out",
+                            "exists and is not a folder");
+    DIR *d = opendir(out);
+    int n = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    if (d) closedir(d);
+    if (n && !overwrite)
+        return ft_error_set(err, FT_ERR_INPUT, out,
+                            "choose a new --out folder, or pass --overwrite to replace its files",
+                            "the output folder exists and is not empty");
+    return FT_OK;
+}
+
+/* The files transformers' tokenizer save_pretrained writes (and a SentencePiece or slow
+ * tokenizer's own), then generation_config.json. */
+static const char *const TOKENIZER_FILES[] = {"tokenizer.json",
+                                              "tokenizer_config.json",
+                                              "special_tokens_map.json",
+                                              "added_tokens.json",
+                                              "tokenizer.model",
+                                              "vocab.json",
+                                              "merges.txt",
+                                              "chat_template.jinja",
+                                              "chat_template.json",
+                                              "generation_config.json"};
+#define N_TOKENIZER_FILES (int)(sizeof TOKENIZER_FILES / sizeof TOKENIZER_FILES[0])
+
+ft_status model_copy_tokenizer_files(const char *from, const char *to, int generation_config,
+                                     int *copied, ft_error *err) {
+    int n = 0;
+    for (int i = 0; i < N_TOKENIZER_FILES; i++) {
+        if (!generation_config && !strcmp(TOKENIZER_FILES[i], "generation_config.json")) continue;
+        char src[4200], dst[4200];
+        snprintf(src, sizeof src, "%s/%s", from, TOKENIZER_FILES[i]);
+        snprintf(dst, sizeof dst, "%s/%s", to, TOKENIZER_FILES[i]);
+        if (access(src, F_OK) != 0) continue;
+        char *data;
+        size_t len;
+        ft_status st = file_read_all(src, &data, &len, err);
+        if (!st) st = atomic_write_file(dst, data, len, err);
+        if (!st) free(data);
+        if (st) return st;
+        n++;
+    }
+    if (copied) *copied = n;
+    return FT_OK;
+}
+
+/* The id of tokenizer_config.json's (or special_tokens_map.json's) KEY ("bos_token", ...): -1
+ * when the tokenizer has none. */
+static long special_id(const tokenizer *t, const cJSON *cfg, const cJSON *map, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!v) v = cJSON_GetObjectItemCaseSensitive(map, key);
+    if (cJSON_IsObject(v)) v = cJSON_GetObjectItemCaseSensitive(v, "content");
+    return cJSON_IsString(v) ? tok_token_to_id(t, v->valuestring) : -1;
+}
+
+ft_status model_init(const model_init_options *o, ft_error *err) {
+    ft_status st = model_out_check(o->out, NULL, o->overwrite, err);
+    if (st) return st;
+    if (!o->tokenizer)
+        return write_model(o->arch, o->size, o->vocab > 0 ? o->vocab : 512, o->seed, o->out, 1, 2,
+                           -2, err);
+    /* a folder with tokenizer.json, or the file itself */
+    char dir[4096];
+    struct stat sb;
+    snprintf(dir, sizeof dir, "%s", o->tokenizer);
+    if (stat(dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof dir, ".");
+    }
+    tokenizer *t = NULL;
+    if ((st = tok_load(dir, &t, err))) {
+        if (!err->hint[0])
+            snprintf(err->hint, sizeof err->hint,
+                     "--tokenizer takes a folder with tokenizer.json (a model folder)");
+        return st;
+    }
+    long V = (long)tok_vocab_size(t);
+    if (o->vocab > 0 && o->vocab < V) {
+        tok_free(t);
+        return ft_error_set(
+            err, FT_ERR_INPUT, "option --vocab", "leave --vocab out to take the tokenizer's size",
+            "%ld is smaller than the tokenizer's vocabulary (%ld tokens, added ones "
+            "included)",
+            o->vocab, V);
+    }
+    char path[4200];
+    cJSON *cfg = NULL, *map = NULL;
+    ft_error ignore;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (json_load_file(path, &cfg, &ignore)) cfg = NULL;
+    snprintf(path, sizeof path, "%s/special_tokens_map.json", dir);
+    if (json_load_file(path, &map, &ignore)) map = NULL;
+    long bos = special_id(t, cfg, map, "bos_token"), eos = special_id(t, cfg, map, "eos_token"),
+         pad = special_id(t, cfg, map, "pad_token");
+    cJSON_Delete(cfg);
+    cJSON_Delete(map);
+    tok_free(t);
+    st = write_model(o->arch, o->size, (int)(o->vocab > 0 ? o->vocab : V), o->seed, o->out, bos,
+                     eos, pad, err);
+    if (!st) st = model_copy_tokenizer_files(dir, o->out, 0, NULL, err);
     return st;
 }

@@ -12,7 +12,10 @@
  *   NAME.nested_quant_map  F32 [256]         bitsandbytes' dynamic map
  *   and the JSON gains nested_blocksize (256), nested_dtype ("float32") and nested_offset.
  * config.json gains the "quantization_config" transformers writes. Other tensors (embeddings,
- * norms, lm_head) are copied unchanged.
+ * norms, lm_head) are copied unchanged, and so are the tokenizer files and generation_config.json
+ * (model_copy_tokenizer_files), as save_pretrained of the model and its tokenizer would write
+ * them. The output folder is never the input folder, and a non-empty one is
+ * refused unless overwrite (model_out_check).
  *
  * The output is streamed (io/safetensors.h, st_writer_begin): every output size follows from the
  * input shapes, except the quant_state JSON's length with double quantization, whose
@@ -27,6 +30,8 @@
 #include "io/atomic.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "model/config.h"
+#include "model/init.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,15 +110,19 @@ static int quantizable(const st_tensor *t) {
 }
 
 ft_status model_quantize_bnb4(const char *in_dir, const char *out_dir, quant4_type type,
-                              int blocksize, int double_quant, ft_error *err) {
+                              int blocksize, int double_quant, int overwrite, ft_error *err) {
+    ft_status st0 = model_out_check(out_dir, in_dir, overwrite, err);
+    if (st0) return st0;
     if (blocksize < 32 || blocksize > 4096 || (blocksize & (blocksize - 1)))
-        return ft_error_set(err, FT_ERR_INPUT, "option --blocksize",
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant-blocksize",
                             "bitsandbytes uses 32, 64 (its default), 128, ..., 4096",
                             "block size %d is not a power of two between 32 and 4096", blocksize);
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", in_dir);
     cJSON *cfg;
-    ft_status st = json_load_file(path, &cfg, err);
+    ft_status st = model_dir_check(in_dir, err);
+    if (st) return st;
+    st = json_load_file(path, &cfg, err);
     if (st) return st;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         cJSON_Delete(cfg);
@@ -248,6 +257,9 @@ ft_status model_quantize_bnb4(const char *in_dir, const char *out_dir, quant4_ty
         st = atomic_write_file(path, text, strlen(text), err);
         free(text);
     }
+    /* what the tokenizer's save_pretrained writes, and generation_config.json, so the folder
+     * trains and loads as the input does */
+    if (!st) st = model_copy_tokenizer_files(in_dir, out_dir, 1, NULL, err);
     st_writer_free(w); /* after a failure: removes the temp file */
     free(q);
     free(x);

@@ -4,5 +4,5 @@
 #include "ftune.h"
 #include "ops/quant.h"
 ft_status model_quantize_bnb4(const char *in_dir, const char *out_dir, quant4_type type,
-                              int blocksize, int double_quant, ft_error *err);
+                              int blocksize, int double_quant, int overwrite, ft_error *err);
 #endif

@@ -31,7 +31,7 @@ struct chat_template {
     cJSON *special;           /* object: special token name -> string */
 };
 
-static const char *const special_names[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+static const char *const special_names[] = {"bos_token", "eos_token", "unk_token",  "sep_token",
                                             "pad_token", "cls_token", "mask_token", NULL};
 
 static int file_exists(const char *p) {
@@ -43,7 +43,8 @@ static void take_special(cJSON *dst, const cJSON *src) {
     for (int i = 0; special_names[i]; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(src, special_names[i]);
         const char *s = NULL;
-        if (cJSON_IsString(v)) s = v->valuestring;
+        if (cJSON_IsString(v))
+            s = v->valuestring;
         else if (cJSON_IsObject(v)) {
             const cJSON *c = cJSON_GetObjectItemCaseSensitive(v, "content");
             if (cJSON_IsString(c)) s = c->valuestring;
@@ -74,7 +75,8 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
             if (st) goto fail;
             take_special(t->special, cfg);
             snprintf(path, sizeof path, "%s/special_tokens_map.json", model_dir);
-            if (!cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder") && file_exists(path)) {
+            if (!cJSON_GetObjectItemCaseSensitive(cfg, "added_tokens_decoder") &&
+                file_exists(path)) {
                 st = json_load_file(path, &stm, err);
                 if (st) goto fail;
                 take_special(t->special, stm);
@@ -88,7 +90,8 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
         goto done;
     }
     if (!model_dir) {
-        st = ft_error_set(err, FT_ERR_INPUT, "chat template", "pass --model DIR or --chat-template FILE",
+        st = ft_error_set(err, FT_ERR_INPUT, "chat template",
+                          "pass --model DIR or --chat-template FILE",
                           "no model folder and no template file given");
         goto fail;
     }
@@ -113,19 +116,22 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
             const cJSON *tp = cJSON_GetObjectItemCaseSensitive(e, "template");
             if (!cJSON_IsString(nm) || !cJSON_IsString(tp)) {
                 st = ft_error_set(err, FT_ERR_INPUT, path, NULL,
-                                  "field chat_template: each entry must be {\"name\": string, \"template\": string}");
+                                  "field chat_template: each entry must be {\"name\": string, "
+                                  "\"template\": string}");
                 goto fail;
             }
-            jinja_template **slot = !strcmp(nm->valuestring, "default") ? &t->main
-                                    : !strcmp(nm->valuestring, "tool_use") ? &t->tool_use : NULL;
+            jinja_template **slot = !strcmp(nm->valuestring, "default")    ? &t->main
+                                    : !strcmp(nm->valuestring, "tool_use") ? &t->tool_use
+                                                                           : NULL;
             if (!slot) continue;
             snprintf(name, sizeof name, "%s[chat_template:%s]", path, nm->valuestring);
             st = parse_tpl(tp->valuestring, name, slot, err);
             if (st) goto fail;
         }
         if (!t->main) {
-            st = ft_error_set(err, FT_ERR_INPUT, path, "pass --chat-template FILE",
-                              "field chat_template: the list of templates has no \"default\" entry");
+            st =
+                ft_error_set(err, FT_ERR_INPUT, path, "pass --chat-template FILE",
+                             "field chat_template: the list of templates has no \"default\" entry");
             goto fail;
         }
         goto done;
@@ -161,9 +167,12 @@ static cJSON *alias_reasoning(const cJSON *m) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddItemToObject(o, "thinking", cJSON_Duplicate(r, 1));
     for (const cJSON *e = m->child; e; e = e->next) {
-        if (!strcmp(e->string, "thinking")) cJSON_ReplaceItemInObjectCaseSensitive(o, "thinking", cJSON_Duplicate(e, 1));
-        else if (!strcmp(e->string, "reasoning_content")) cJSON_AddItemToObject(o, "reasoning_content", cJSON_Duplicate(r, 1));
-        else cJSON_AddItemToObject(o, e->string, cJSON_Duplicate(e, 1));
+        if (!strcmp(e->string, "thinking"))
+            cJSON_ReplaceItemInObjectCaseSensitive(o, "thinking", cJSON_Duplicate(e, 1));
+        else if (!strcmp(e->string, "reasoning_content"))
+            cJSON_AddItemToObject(o, "reasoning_content", cJSON_Duplicate(r, 1));
+        else
+            cJSON_AddItemToObject(o, e->string, cJSON_Duplicate(e, 1));
     }
     if (!cJSON_GetObjectItemCaseSensitive(o, "reasoning_content"))
         cJSON_AddItemToObject(o, "reasoning_content", cJSON_Duplicate(r, 1));
@@ -175,13 +184,14 @@ ft_status chat_template_render(const chat_template *t, const cJSON *messages, co
                                ft_error *err) {
     memset(out, 0, sizeof *out);
     if (!cJSON_IsArray(messages))
-        return ft_error_set(err, FT_ERR_INPUT, "messages", "give a JSON array of {\"role\", \"content\"} objects",
+        return ft_error_set(err, FT_ERR_INPUT, "messages",
+                            "give a JSON array of {\"role\", \"content\"} objects",
                             "expected an array of messages, got %s", json_type_name(messages));
     if (!cJSON_GetArraySize(messages))
         return ft_error_set(err, FT_ERR_INPUT, "messages", NULL, "the conversation is empty");
     if (tools && !cJSON_IsNull(tools) && !cJSON_IsArray(tools))
-        return ft_error_set(err, FT_ERR_INPUT, "tools", NULL, "expected an array of tool definitions, got %s",
-                            json_type_name(tools));
+        return ft_error_set(err, FT_ERR_INPUT, "tools", NULL,
+                            "expected an array of tool definitions, got %s", json_type_name(tools));
     if (extra && !cJSON_IsObject(extra))
         return ft_error_set(err, FT_ERR_INPUT, "template variables", NULL, "expected an object");
     cJSON *vars = cJSON_Duplicate(t->special, 1);
@@ -193,15 +203,18 @@ ft_status chat_template_render(const chat_template *t, const cJSON *messages, co
         if (!cJSON_IsObject(m)) {
             cJSON_Delete(vars);
             cJSON_Delete(msgs);
-            return ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected an object, got %s", json_type_name(m));
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected an object, got %s",
+                                json_type_name(m));
         }
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
         if (!cJSON_IsString(role)) {
             cJSON_Delete(vars);
             cJSON_Delete(msgs);
-            return ft_error_set(err, FT_ERR_INPUT, where, "every message needs \"role\": \"system\", \"user\", \"assistant\" or \"tool\"",
-                                role ? "field \"role\": expected a string, got %s" : "missing field \"role\"%s",
-                                role ? json_type_name(role) : "");
+            return ft_error_set(
+                err, FT_ERR_INPUT, where,
+                "every message needs \"role\": \"system\", \"user\", \"assistant\" or \"tool\"",
+                role ? "field \"role\": expected a string, got %s" : "missing field \"role\"%s",
+                role ? json_type_name(role) : "");
         }
         cJSON *clean = cJSON_CreateObject();
         for (const cJSON *e = m->child; e; e = e->next)
@@ -211,7 +224,8 @@ ft_status chat_template_render(const chat_template *t, const cJSON *messages, co
     }
     int has_tools = tools && !cJSON_IsNull(tools);
     cJSON_AddItemToObject(vars, "messages", msgs);
-    cJSON_AddItemToObject(vars, "tools", has_tools ? cJSON_Duplicate(tools, 1) : cJSON_CreateNull());
+    cJSON_AddItemToObject(vars, "tools",
+                          has_tools ? cJSON_Duplicate(tools, 1) : cJSON_CreateNull());
     cJSON_AddItemToObject(vars, "documents", cJSON_CreateNull());
     cJSON_AddItemToObject(vars, "add_generation_prompt", cJSON_CreateBool(add_generation_prompt));
     if (extra)
@@ -276,31 +290,58 @@ ft_status chat_template_args(const char *const *args, int n, cJSON **extra, ft_e
     return FT_OK;
 }
 
-ft_status chat_conversation_load(const char *path, cJSON **root, const cJSON **messages,
-                                 const cJSON **tools, ft_error *err) {
-    *root = NULL, *messages = NULL, *tools = NULL;
-    cJSON *conv;
-    ft_status st = json_load_file(path, &conv, err);
-    if (st) return st;
+ft_status chat_conversation_parts(const cJSON *conv, const char *where, const cJSON **messages,
+                                  const cJSON **tools, ft_error *err) {
     const cJSON *m = conv, *t = NULL;
+    *messages = NULL, *tools = NULL;
     if (cJSON_IsObject(conv)) {
         m = cJSON_GetObjectItemCaseSensitive(conv, "messages");
         t = cJSON_GetObjectItemCaseSensitive(conv, "tools");
-        if (!cJSON_IsArray(m)) {
-            st = ft_error_set(err, FT_ERR_INPUT, path,
-                              "give {\"messages\": [...], \"tools\": [...]} or an array of messages",
-                              m ? "field \"messages\": expected an array, got %s"
-                                : "missing field \"messages\"%s",
-                              m ? json_type_name(m) : "");
-        }
+        if (!cJSON_IsArray(m))
+            return ft_error_set(
+                err, FT_ERR_INPUT, where,
+                "give {\"messages\": [...], \"tools\": [...]} or an array of messages",
+                m ? "field \"messages\": expected an array, got %s"
+                  : "missing field \"messages\"%s",
+                m ? json_type_name(m) : "");
     } else if (!cJSON_IsArray(conv)) {
-        st = ft_error_set(err, FT_ERR_INPUT, path, NULL,
-                          "expected an array of messages or an object, got %s", json_type_name(conv));
+        return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                            "expected an array of messages or an object, got %s",
+                            json_type_name(conv));
     }
+    *messages = m, *tools = t;
+    return FT_OK;
+}
+
+ft_status chat_conversation_load(const char *path, cJSON **root, const cJSON **messages,
+                                 const cJSON **tools, ft_error *err) {
+    *root = NULL, *messages = NULL, *tools = NULL;
+    char *text;
+    size_t len;
+    ft_status st = file_read_all(path, &text, &len, err);
+    if (st) return st;
+    cJSON *conv;
+    st = json_parse(text, len, path, &conv, err);
+    if (!st) {
+        /* a second value after the first (a JSONL file) would be ignored silently: refuse */
+        const char *end = NULL;
+        cJSON *again = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+        cJSON_Delete(again);
+        while (end && end < text + len &&
+               (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n'))
+            end++;
+        if (end && end < text + len)
+            st = ft_error_set(err, FT_ERR_INPUT, path,
+                              "give one conversation per file; `ftune chat-template --chat "
+                              "FILE.jsonl` renders every line of a JSONL file",
+                              "the file holds more than one JSON value (JSONL?)");
+    }
+    free(text);
+    if (!st) st = chat_conversation_parts(conv, path, messages, tools, err);
     if (st) {
         cJSON_Delete(conv);
         return st;
     }
-    *root = conv, *messages = m, *tools = t;
+    *root = conv;
     return FT_OK;
 }

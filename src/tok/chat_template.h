@@ -32,9 +32,13 @@ void chat_template_free(chat_template *t);
  * as JSON when it parses: true, 3, "x", {...}; otherwise taken as a string). *extra is NULL when
  * n is 0. Errors name the option. */
 ft_status chat_template_args(const char *const *args, int n, cJSON **extra, ft_error *err);
-/* A conversation file: a JSON array of messages, or {"messages": [...], "tools": [...]}.
+/* A conversation file: a JSON array of messages, or {"messages": [...], "tools": [...]}, and
+ * nothing after it (a JSONL file is refused, not read to its first line).
  * *root owns the JSON (cJSON_Delete it); messages and tools point into it (tools may be NULL). */
 ft_status chat_conversation_load(const char *path, cJSON **root, const cJSON **messages,
                                  const cJSON **tools, ft_error *err);
+/* The messages and tools of one conversation value (as above); errors name where. */
+ft_status chat_conversation_parts(const cJSON *conv, const char *where, const cJSON **messages,
+                                  const cJSON **tools, ft_error *err);
 
 #endif

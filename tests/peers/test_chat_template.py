@@ -352,3 +352,84 @@ def test_raise_exception_reaches_the_user(dummy_model, tmp_path):
     r = ftune("chat-template", "--model", str(model_dir), "--chat", str(chat), "--chat-template", str(tpl))
     msg = r.stderr.decode()
     assert r.returncode == 2 and err in msg and f"{tpl}:1:" in msg, msg
+
+
+# ---- issue 15.14: a JSONL file of conversations renders every line ----
+
+def test_jsonl_renders_every_line(dummy_model, tmp_path):
+    """`--chat FILE.jsonl` (a training file of messages rows, blank lines and tools included):
+    every line is rendered, each after a line "==> FILE:LINE <==" and followed by a newline, and
+    each rendering byte-identical to transformers' apply_chat_template of that line; with
+    --spans, one JSON object per line with its line number. It once rendered line 1 alone and
+    said nothing. A single conversation's output is unchanged (no header, nothing added)."""
+    model_dir, tok = dummy_model
+    template_file = TEMPLATES / "chatml.jinja"
+    template = template_file.read_text()
+    rows = [{"messages": CONVS["system_multi_user_last"]}, None, CONVS["no_system_multi"],
+            {"messages": CONVS["single_user"], "tools": [WEATHER_TOOL]}]
+    f = tmp_path / "train.jsonl"
+    f.write_text("".join((json.dumps(r, ensure_ascii=False) if r is not None else "  ") + "\n"
+                         for r in rows))
+    want = ""
+    for i, r in enumerate(rows):
+        if r is None:
+            continue
+        conv, tools = (r["messages"], r.get("tools")) if isinstance(r, dict) else (r, None)
+        text, err = expected(tok, conv, True, template, tools)
+        assert err is None, err
+        want += f"==> {f}:{i + 1} <==\n{text}\n"
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(template_file), "--add-generation-prompt")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == want
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(template_file), "--spans")
+    got = [json.loads(l) for l in r.stdout.decode().splitlines()]
+    assert [g["line"] for g in got] == [1, 3, 4]
+    assert got[1]["text"] == expected(tok, CONVS["no_system_multi"], False, template)[0]
+    # an error names the line
+    f.write_text(json.dumps(CONVS["single_user"]) + "\n" + json.dumps({"msgs": []}) + "\n")
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(template_file))
+    assert r.returncode == 2 and f"{f}:2" in r.stderr.decode() and b"messages" in r.stderr
+
+
+def test_tokenize_refuses_jsonl_chat(tmp_path):
+    """`ftune tokenize --chat` takes one conversation: a JSONL file is refused (exit 2), not read
+    to its first line."""
+    model_dir = shared_dir("llama3")
+    f = tmp_path / "two.jsonl"
+    f.write_text(json.dumps(CONVS["single_user"]) + "\n" + json.dumps(CONVS["single_user"]) + "\n")
+    r = ftune("tokenize", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(TEMPLATES / "chatml.jinja"))
+    assert r.returncode == 2 and b"more than one JSON value" in r.stderr, r.stderr
+
+
+def test_sharegpt_rows_render_as_trained(dummy_model, tmp_path):
+    """A ShareGPT training file (and messages rows with human/gpt roles) renders as training
+    reads it: roles mapped as docs/data.md says, the system column in front; the same text as
+    transformers' apply_chat_template of the mapped rows (test_data_trl.chatml_after_mapping)."""
+    from test_data_trl import chatml_after_mapping
+    model_dir, tok = dummy_model
+    template_file = TEMPLATES / "chatml.jinja"
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+             "system": "Be brief."},
+            {"conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "a"},
+                               {"from": "gpt", "value": ""}]}]
+    f = tmp_path / "sg.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = "".join(f"==> {f}:{i + 1} <==\n" + expected(tok, chatml_after_mapping(r)["messages"],
+                                                       False, template_file.read_text())[0] + "\n"
+                   for i, r in enumerate(rows))
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(f), "--chat-template",
+              str(template_file))
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.decode() == want
+    g = tmp_path / "hg.json"
+    g.write_text(json.dumps({"messages": [{"role": "human", "content": "Hi"},
+                                          {"role": "gpt", "content": "Yo"}]}))
+    r = ftune("chat-template", "--model", str(model_dir), "--chat", str(g), "--chat-template",
+              str(template_file))
+    assert r.stdout.decode() == expected(tok, [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "Yo"}],
+                                         False, template_file.read_text())[0]

@@ -120,3 +120,17 @@ def test_drop_long_warns_and_trains(model, tmp_path):
     p = run_ftune(["train", "--model", model, "--data", g, "--out", tmp_path / "run3",
                    "--seq-len", 32, "--drop-long"])
     assert p.returncode == 2 and "no examples left" in p.stderr and f"{g}:1" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("content", ["missing", None])
+def test_message_without_content_is_refused(model, tmp_path, content):
+    """issue 15: a message with no "content" (or null) is refused with the file, the line and the
+    field (a template would render it as "" or "None" and train on that silently); a turn that
+    calls tools (tool_calls) may leave it out."""
+    bad = {"role": "assistant"} if content == "missing" else {"role": "assistant", "content": None}
+    f = write(tmp_path / "c.jsonl", [GOOD_MSG, {"messages": [{"role": "user", "content": "a"}, bad]}])
+    p = run_ftune(["train", "--model", model, "--data", f, "--out", tmp_path / "run"])
+    assert p.returncode == 2, p.stderr
+    assert f'{f}:2: field "messages[1].content" is {"missing" if content else "null"}' in p.stderr, \
+        p.stderr
+    assert "hint:" in p.stderr

@@ -334,3 +334,196 @@ def test_unmarked_template_matches_trl_marked(name, tokenizers_dirs, tmp_path):
     want = trl_prepare(mdir, files["messages"], True)
     got = ftune_prepare(mdir, files["messages"], tmp_path, "--chat-template", plain)
     compare(want, got, f"{name} messages, template without markers")
+
+
+# ---- issue 15: an assistant message with empty content ----
+
+def empty_content_convs(r):
+    """Conversations where some assistant turns are "" (first, middle and last turns) or only
+    whitespace."""
+    out = []
+    for i in range(8):
+        m = [{"role": "system", "content": sentence(r)}] if i % 2 else []
+        k = r.randint(1, 3)
+        for j in range(k):
+            m.append({"role": "user", "content": sentence(r)})
+            empty = (i + j) % 2 == 0 or (i == 7 and j == k - 1)
+            m.append({"role": "assistant", "content": ("" if i != 5 else "  ") if empty
+                      else sentence(r, 1, 10)})
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("name", ["trained-bytelevel", "trained-metaspace", "llama3", "qwen3"])
+def test_empty_assistant_content_matches_trl(name, tokenizers_dirs, tmp_path):
+    """An assistant message with content "" trains only its end-of-turn token: TRL's
+    assistant_only_loss with the {% generation %} template (the content and eos_token marked)
+    against ftune with the same template (its spans) and with the markers removed (ftune's own
+    turn finding, masks.c, which once trained the user's end-of-turn token and the assistant
+    header instead)."""
+    if name not in tokenizers_dirs:
+        pytest.skip(f"{SHARED / name} not present (the shared real tokenizers are optional)")
+    mdir = tokenizers_dirs[name]
+    p = tmp_path / "empty.jsonl"
+    p.write_text("".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n"
+                         for c in empty_content_convs(random.Random(21))))
+    want = trl_prepare(mdir, p, True, seq=1024)
+    compare(want, ftune_prepare(mdir, p, tmp_path, seq=1024), f"{name} empty content")
+    plain = tmp_path / "unmarked.jinja"
+    plain.write_text(TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", ""))
+    compare(want, ftune_prepare(mdir, p, tmp_path, "--chat-template", plain, seq=1024),
+            f"{name} empty content, template without markers")
+
+
+def test_llama3_empty_assistant_content(tmp_path, base_config):
+    """The real Llama 3 template (no markers, prints an assistant header after every
+    conversation): an empty assistant turn trains <|eot_id|> alone, not the user's <|eot_id|>
+    and the header before it."""
+    src = real_folder("llama3", tmp_path, base_config)
+    cs = empty_content_convs(random.Random(22))
+    want = [[m["content"].strip() + "<|eot_id|>" for m in c if m["role"] == "assistant"] for c in cs]
+    check_turns(src, cs, want, tmp_path)
+
+
+def test_qwen3_empty_assistant_content(tmp_path, base_config):
+    """The real Qwen3 template: an empty turn after the last user message is rendered with an
+    empty think block, which the model writes, so it is trained with <|im_end|>; an earlier
+    empty turn trains <|im_end|> alone."""
+    src = real_folder("qwen3", tmp_path, base_config)
+    cs = empty_content_convs(random.Random(23))
+    want = []
+    for c in cs:
+        last_user = max(i for i, m in enumerate(c) if m["role"] == "user")
+        want.append([("<think>\n\n</think>\n\n" if i > last_user else "") + m["content"].strip()
+                     + "<|im_end|>" for i, m in enumerate(c) if m["role"] == "assistant"])
+    check_turns(src, cs, want, tmp_path)
+
+
+# ---- issue 15: ShareGPT rows, human/gpt roles, JSON array files ----
+
+# docs/data.md: ShareGPT's roles as Axolotl's and LLaMA-Factory's readers map them
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "tool": "tool", "observation": "tool"}
+
+
+def chatml_after_mapping(row):
+    """What ftune must train on for a ShareGPT row: TRL's maybe_convert_to_chatml (which renames
+    conversations/from/value to messages/role/content and keeps the roles), then the documented
+    role mapping; a function_call turn becomes an assistant turn with tool_calls (and content
+    "", which templates such as Qwen3's read), and the
+    system column a leading system message."""
+    from trl.data_utils import maybe_convert_to_chatml
+    row = maybe_convert_to_chatml(json.loads(json.dumps(row)))
+    msgs = []
+    for m in row["messages"]:
+        if m["role"] == "function_call":
+            msgs.append({"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": json.loads(m["content"])}]})
+        else:
+            msgs.append({"role": SHAREGPT_ROLES[m["role"]], "content": m["content"]})
+    system = row.pop("system", None)
+    if system and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    row["messages"] = msgs
+    return row
+
+
+def to_sharegpt(row, r):
+    back = {"user": "human", "assistant": "gpt", "system": "system"}
+    out = {"conversations": [{"from": back[m["role"]], "value": m["content"]}
+                             for m in row["messages"]]}
+    if "tools" in row:
+        out["tools"] = row["tools"]
+    if out["conversations"][0]["from"] != "system" and r.random() < 0.5:
+        out["system"] = sentence(r)  # LLaMA-Factory's system column
+    return out
+
+
+def write_rows(path, rows, array=False):
+    if array:
+        path.write_text(json.dumps(rows, ensure_ascii=False, indent=2))
+    else:
+        path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows))
+    return path
+
+
+@pytest.mark.parametrize("name", ["trained-bytelevel", "trained-metaspace", "llama3"])
+def test_sharegpt_matches_trl(name, tokenizers_dirs, tmp_path):
+    """ShareGPT rows ({"conversations": [{"from": "human", "value": ...}, ...]}, with a system
+    column in some), messages rows with human/gpt roles, and the same rows as one JSON array
+    (a .json file) against TRL's assistant_only_loss on the rows after maybe_convert_to_chatml
+    and the role mapping: ids and labels identical."""
+    if name not in tokenizers_dirs:
+        pytest.skip(f"{SHARED / name} not present (the shared real tokenizers are optional)")
+    mdir = tokenizers_dirs[name]
+    eos = json.loads((mdir / "tokenizer_config.json").read_text())["eos_token"]
+    files, _ = make_data(tmp_path, eos["content"] if isinstance(eos, dict) else eos)
+    msgs = [json.loads(l) for l in open(files["messages"], encoding="utf-8")]
+    r = random.Random(31)
+    sg = [to_sharegpt(m, r) for m in msgs]
+    ref = write_rows(tmp_path / "mapped.jsonl", [chatml_after_mapping(x) for x in sg])
+    want = trl_prepare(mdir, ref, True, seq=1024)
+    assert any(x.get("system") for x in sg)
+    compare(want, ftune_prepare(mdir, write_rows(tmp_path / "sg.jsonl", sg), tmp_path, seq=1024),
+            f"{name} sharegpt")
+    compare(want, ftune_prepare(mdir, write_rows(tmp_path / "sg.json", sg, True), tmp_path,
+                                seq=1024), f"{name} sharegpt, JSON array")
+    # messages rows with ShareGPT's role names
+    hg = [{**m, "messages": [{**x, "role": {"user": "human", "assistant": "gpt"}.get(x["role"],
+                                                                                   x["role"])}
+                             for x in m["messages"]]} for m in msgs]
+    compare(trl_prepare(mdir, files["messages"], True, seq=1024),
+            ftune_prepare(mdir, write_rows(tmp_path / "hg.jsonl", hg), tmp_path, seq=1024),
+            f"{name} messages with human/gpt roles")
+
+
+def test_sharegpt_tool_turns_match_trl(tmp_path, base_config):
+    """observation (a tool's result) and function_call (the assistant calling a tool) turns,
+    LLaMA-Factory's, and tool: rendered by the real Qwen3 template (which renders tool calls and
+    results), compared with TRL on the mapped rows, every token trained on both sides
+    (--train-on-inputs, assistant_only_loss=False: the template has no markers)."""
+    mdir = real_folder("qwen3", tmp_path, base_config)
+    r = random.Random(32)
+    call = {"name": "get_weather", "arguments": {"city": "Paris"}}
+    sg = []
+    for i in range(6):
+        conv = [{"from": "human", "value": sentence(r)},
+                {"from": "function_call", "value": json.dumps(call)},
+                {"from": "observation" if i % 2 else "tool", "value": json.dumps({"t": i})},
+                {"from": "gpt", "value": sentence(r)}]
+        sg.append({"conversations": conv, "system": sentence(r)})
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    for x in sg:
+        x["tools"] = json.dumps(tools)
+    ref = write_rows(tmp_path / "mapped.jsonl", [chatml_after_mapping(x) for x in sg])
+    want = trl_prepare(mdir, ref, False, seq=2048)
+    got = ftune_prepare(mdir, write_rows(tmp_path / "sg.jsonl", sg), tmp_path,
+                        "--train-on-inputs", seq=2048)
+    compare(want, got, "qwen3 sharegpt with tool turns")
+    # and without --train-on-inputs the function_call turn is the assistant's
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(mdir))
+    got = ftune_prepare(mdir, tmp_path / "sg.jsonl", tmp_path, seq=2048)
+    turns = [tok.decode(got[0][0][a:b]) for a, b in runs(got[0][1])]
+    assert len(turns) == 2 and "<tool_call>" in turns[0] and "get_weather" in turns[0], turns
+
+
+def test_sharegpt_unknown_role_refused(tokenizers_dirs, tmp_path):
+    from conftest import run_ftune
+    mdir = tokenizers_dirs["trained-bytelevel"]
+    f = write_rows(tmp_path / "bad.jsonl", [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "bot", "value": "b"}]}])
+    p = run_ftune(["train", "--model", mdir, "--data", f, "--dump-data", tmp_path / "o.jsonl"])
+    assert p.returncode == 2, p.stderr
+    assert f'{f}:2: field "conversations[1].from": unknown role "bot"' in p.stderr, p.stderr
+    assert "human, user, gpt, assistant" in p.stderr
+    f = write_rows(tmp_path / "bad2.jsonl", [
+        {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt"}]}])
+    p = run_ftune(["train", "--model", mdir, "--data", f, "--dump-data", tmp_path / "o.jsonl"])
+    assert p.returncode == 2, p.stderr
+    assert f'{f}:1: field "conversations[1].value" is missing' in p.stderr, p.stderr
+    g = write_rows(tmp_path / "bad.json", [{"text": "a"}, {"text": 3}], True)
+    p = run_ftune(["train", "--model", mdir, "--data", g, "--dump-data", tmp_path / "o.jsonl"])
+    assert p.returncode == 2 and f'{g}:5 (item 1): field "text"' in p.stderr, p.stderr
