@@ -33,9 +33,11 @@ static void write_file(const char *name, int n, int lo, int hi, int base, char *
         fprintf(f, "{\"input_ids\": [");
         /* ids of a file with base >= 50 are in [51, 90], else in [1, 40] */
         int off = base >= 50 ? 51 : 1;
-        for (int t = 0; t < len; t++) fprintf(f, t ? ", %d" : "%d", (base + i * 3 + t) % 40 + off);
+        for (int t = 0; t < len; t++)
+            fprintf(f, t ? ", %d" : "%d", (base + i * 3 + t) % 40 + off);
         fprintf(f, "], \"labels\": [");
-        for (int t = 0; t < len; t++) fprintf(f, t ? ", %d" : "%d", t < 2 ? -100 : (base + i * 3 + t) % 40 + off);
+        for (int t = 0; t < len; t++)
+            fprintf(f, t ? ", %d" : "%d", t < 2 ? -100 : (base + i * 3 + t) % 40 + off);
         fprintf(f, "]}\n");
     }
     fclose(f);
@@ -59,11 +61,13 @@ static void test_pack(void) {
     CHECK(packed.tokens == plain.tokens, "tokens %ld vs %ld", packed.tokens, plain.tokens);
     CHECK(packed.trained == plain.trained, "trained %ld vs %ld", packed.trained, plain.trained);
     /* every example appears whole in exactly one row */
-    int *seen = calloc((size_t)plain.n, sizeof(int)), ok = 1, lower = (int)((plain.tokens + 31) / 32);
+    int *seen = calloc((size_t)plain.n, sizeof(int)), ok = 1,
+        lower = (int)((plain.tokens + 31) / 32);
     for (int r = 0; r < packed.n; r++) {
         const example *e = &packed.ex[r];
         int o2 = 0, sum = 0;
-        for (int d = 0; d < e->n_docs; d++) sum += e->docs[d];
+        for (int d = 0; d < e->n_docs; d++)
+            sum += e->docs[d];
         ok &= sum == e->n && e->n <= 32;
         for (int d = 0; d < e->n_docs; d++) {
             int found = 0;
@@ -76,14 +80,15 @@ static void test_pack(void) {
             o2 += e->docs[d];
         }
     }
-    for (int i = 0; i < plain.n; i++) ok &= seen[i];
+    for (int i = 0; i < plain.n; i++)
+        ok &= seen[i];
     CHECK(ok, "packed rows hold every example once, intact");
     CHECK(packed.n <= lower + lower / 4 + 1, "BFD rows %d, lower bound %d", packed.n, lower);
     free(seen);
 
     /* a packed micro-batch: positions restart, seg ids per document, no target across */
     batch b;
-    CHECK(batch_alloc(&b, 2, 32, &err) == FT_OK, "alloc");
+    REQUIRE(batch_alloc(&b, 2, 32, &err) == FT_OK, "alloc");
     int idx[2] = {packed.n - 1, packed.n - 2}; /* BFD's last rows hold the short examples */
     CHECK(packed.ex[idx[0]].n_docs > 1, "last row has %d documents", packed.ex[idx[0]].n_docs);
     batch_fill(&b, &packed, idx, 2);
@@ -126,7 +131,8 @@ static void test_mix_split(void) {
     CHECK(ds.n == 100, "100 examples, got %d", ds.n);
     /* round(100 * 1/4) = 25 from the second source (its ids are above 50) */
     int nb = 0;
-    for (int i = 0; i < ds.n; i++) nb += ds.ex[i].ids[0] > 50;
+    for (int i = 0; i < ds.n; i++)
+        nb += ds.ex[i].ids[0] > 50;
     CHECK(nb == 25, "25 from the weight-1 source, got %d", nb);
     CHECK(val.n == 0, "no validation asked");
     dataset_free(&ds);
@@ -141,7 +147,8 @@ static void test_mix_split(void) {
     CHECK(data_load(&o, &ds2, &val2, h, &err) == FT_OK, "again");
     int same = ds.n == ds2.n && val.n == val2.n;
     for (int i = 0; same && i < val.n; i++)
-        same = val.ex[i].n == val2.ex[i].n && !memcmp(val.ex[i].ids, val2.ex[i].ids, 4 * val.ex[i].n);
+        same =
+            val.ex[i].n == val2.ex[i].n && !memcmp(val.ex[i].ids, val2.ex[i].ids, 4 * val.ex[i].n);
     CHECK(same, "same seed, same split");
     dataset_free(&ds), dataset_free(&val), dataset_free(&ds2), dataset_free(&val2);
 }
@@ -151,7 +158,7 @@ static void test_packed_model(void) {
     char mdir[128], a[256];
     snprintf(mdir, sizeof mdir, "%s/model", dir);
     ft_error err;
-    CHECK(model_init_random("llama", "tiny", 97, 5, mdir, &err) == FT_OK, "init: %s", err.what);
+    REQUIRE(model_init_random("llama", "tiny", 97, 5, mdir, &err) == FT_OK, "init: %s", err.what);
     write_file("p.jsonl", 9, 3, 14, 11, a);
     const char *src[1] = {a};
     data_options o = {0};
@@ -164,19 +171,23 @@ static void test_packed_model(void) {
     model m;
     CHECK(model_load(mdir, &m, &err) == FT_OK, "model: %s", err.what);
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err);
+    REQUIRE(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err) == FT_OK, "lora_create: %s",
+            err.what);
     lora_init(m.lora, 3);
     /* make B non-zero so every LoRA gradient is */
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] += 0.01f * (float)((int)((i * 37) % 11) - 5);
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] += 0.01f * (float)((int)((i * 37) % 11) - 5);
     size_t P = m.lora->n_params;
     float *g1 = calloc(P, sizeof(float)), *g2 = calloc(P, sizeof(float));
     acts *ac;
     batch b;
-    batch_alloc(&b, packed.n, 40, &err);
-    acts_alloc(&m, packed.n, 40, 0, &ac, &err);
+    REQUIRE(batch_alloc(&b, packed.n, 40, &err) == FT_OK, "batch_alloc: %s", err.what);
+    REQUIRE(acts_alloc(&m, packed.n, 40, 0, &ac, &err) == FT_OK, "acts: %s", err.what);
     long counted = 0;
-    for (int i = 0; i < plain.n; i++) counted += example_counted(&plain.ex[i]);
+    for (int i = 0; i < plain.n; i++)
+        counted += example_counted(&plain.ex[i]);
     double l1 = 0, l2 = 0;
     memset(m.lora->grads, 0, P * sizeof(float));
     for (int i = 0; i < plain.n; i++) {
@@ -187,7 +198,8 @@ static void test_packed_model(void) {
     memcpy(g1, m.lora->grads, P * sizeof(float));
     memset(m.lora->grads, 0, P * sizeof(float));
     int *idx = malloc(sizeof(int) * packed.n);
-    for (int i = 0; i < packed.n; i++) idx[i] = i;
+    for (int i = 0; i < packed.n; i++)
+        idx[i] = i;
     batch_fill(&b, &packed, idx, packed.n);
     l2 = model_forward(&m, ac, &b, 1, 0, NULL, NULL);
     model_backward(&m, ac, &b, 1.0f / counted, 0);
