@@ -15,7 +15,6 @@
  *   gcc -O2 -fopenmp -Iinclude -Isrc bench/attn_bench.c build/libftune.a -lopenblas -lm \
  *       -o build/attn_bench && OMP_WAIT_POLICY=passive build/attn_bench 5
  */
-#include "ops/attention_tiled.h"
 #include "ops/ops.h"
 
 #include <math.h>
@@ -63,8 +62,7 @@ int main(int argc, char **argv) {
         const char *name;
         fwd_fn f;
         bwd_fn b;
-    } vers[] = {{"avx2 v1", attention_forward_avx2, attention_backward_avx2},
-                {"tiled", attention_forward_tiled, attention_backward_tiled}};
+    } vers[] = {{"dispatch", attention_forward, attention_backward}}; /* the tiled kernel */
     printf("threads %d, best of %d\n", omp_get_max_threads(), reps);
     printf("%-22s %-8s %9s %9s %9s %9s %9s %9s\n", "shape", "kernel", "fwd ms", "fwd GF/s",
            "bwd ms", "bwd GF/s", "fwd GF/cs", "bwd GF/cs");

@@ -6,10 +6,10 @@
  * tensor at a time while the checkpoint's pages it came from are released (or, from a
  * bitsandbytes checkpoint, borrowed as stored); the embedding stays in the file when its dtype
  * allows, its rows read with pread() as tokens look them up; a bf16 / f16 / q8 copy is made a
- * panel of rows at a time; the LM head is a qtensor of its own format. Which linear layers exist, where each writes in
- * its block's fused output buffer, and which biases it has come from the architecture row in
- * config.c, so the forward and backward below have no per-architecture branches beyond
- * "if this layer exists".
+ * panel of rows at a time; the LM head is a qtensor of its own format. Which linear layers exist,
+ * where each writes in its block's fused output buffer, and which biases it has come from the
+ * architecture row in config.c, so the forward and backward below have no per-architecture branches
+ * beyond "if this layer exists".
  *
  * Activations: for training, each layer keeps what its backward needs (acts, sized once for
  * maxB x maxT tokens). Eval keeps only one layer's worth. The LM head and cross-entropy run in
@@ -17,6 +17,7 @@
  * same pass as the loss, so logits for all tokens never exist at once.
  */
 #include "model/model.h"
+#include "base/cpu.h"
 #include "io/json.h"
 #include "model/bnb.h"
 #include "ops/ops.h"
@@ -39,16 +40,35 @@ static void lin_layout(const model_config *c, lin_kind k, int *in, int *out, int
     int fq = c->arch->fused_qkv, fg = c->arch->fused_gate_up;
     *in = c->C, *out = 0, *col = 0, *bias = 0;
     switch (k) {
-    case LIN_Q: if (!fq) *out = HD, *col = 0, *bias = c->attn_bias; break;
-    case LIN_K: if (!fq) *out = KD, *col = HD, *bias = c->attn_bias; break;
-    case LIN_V: if (!fq) *out = KD, *col = HD + KD, *bias = c->attn_bias; break;
-    case LIN_QKV: if (fq) *out = HD + 2 * KD, *bias = c->attn_bias; break;
-    case LIN_O: *in = HD, *out = c->C, *bias = c->o_bias; break;
-    case LIN_GATE: if (!fg) *out = c->I, *col = 0, *bias = c->mlp_bias; break;
-    case LIN_UP: if (!fg) *out = c->I, *col = c->I, *bias = c->mlp_bias; break;
-    case LIN_GATE_UP: if (fg) *out = 2 * c->I, *bias = c->mlp_bias; break;
-    case LIN_DOWN: *in = c->I, *out = c->C, *bias = c->mlp_bias; break;
-    default: break;
+    case LIN_Q:
+        if (!fq) *out = HD, *col = 0, *bias = c->attn_bias;
+        break;
+    case LIN_K:
+        if (!fq) *out = KD, *col = HD, *bias = c->attn_bias;
+        break;
+    case LIN_V:
+        if (!fq) *out = KD, *col = HD + KD, *bias = c->attn_bias;
+        break;
+    case LIN_QKV:
+        if (fq) *out = HD + 2 * KD, *bias = c->attn_bias;
+        break;
+    case LIN_O:
+        *in = HD, *out = c->C, *bias = c->o_bias;
+        break;
+    case LIN_GATE:
+        if (!fg) *out = c->I, *col = 0, *bias = c->mlp_bias;
+        break;
+    case LIN_UP:
+        if (!fg) *out = c->I, *col = c->I, *bias = c->mlp_bias;
+        break;
+    case LIN_GATE_UP:
+        if (fg) *out = 2 * c->I, *bias = c->mlp_bias;
+        break;
+    case LIN_DOWN:
+        *in = c->I, *out = c->C, *bias = c->mlp_bias;
+        break;
+    default:
+        break;
     }
 }
 
@@ -64,16 +84,20 @@ static int format_of_dtype(st_dtype t) {
 static size_t qbytes(qformat f, size_t rows, size_t cols, int blocksize, int double_quant) {
     size_t n = rows * cols;
     switch (f) {
-    case QF_F32: return n * 4;
+    case QF_F32:
+        return n * 4;
     case QF_BF16:
-    case QF_F16: return n * 2;
-    case QF_Q8_0: return rows * (cols / 32) * 34;
+    case QF_F16:
+        return n * 2;
+    case QF_Q8_0:
+        return rows * (cols / 32) * 34;
     case QF_NF4:
     case QF_FP4: {
         size_t nb = (n + (size_t)blocksize - 1) / (size_t)blocksize;
         return (n + 1) / 2 + (double_quant ? nb + (nb + 255) / 256 * 4 : nb * 4);
     }
-    default: return 0;
+    default:
+        return 0;
     }
 }
 
@@ -98,8 +122,10 @@ static ft_status checkpoint_quant(const char *dir, int *fmt, int *double_quant, 
                               "(--quant nf4, fp4, q8 or bf16)",
                               "field \"quantization_config\": only bitsandbytes 4-bit "
                               "(load_in_4bit) checkpoints can be read, not quant_method \"%s\"%s",
-                              m, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "load_in_8bit"))
-                                     ? " with load_in_8bit" : "");
+                              m,
+                              cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "load_in_8bit"))
+                                  ? " with load_in_8bit"
+                                  : "");
         } else {
             /* transformers' BitsAndBytesConfig default type is fp4 */
             const char *tn = cJSON_IsString(type) ? type->valuestring : "fp4";
@@ -109,7 +135,8 @@ static ft_status checkpoint_quant(const char *dir, int *fmt, int *double_quant, 
             if (*fmt == -2)
                 st = ft_error_set(err, FT_ERR_INPUT, path, "bitsandbytes writes nf4 or fp4",
                                   "field \"quantization_config.bnb_4bit_quant_type\": unknown "
-                                  "type \"%s\"", tn);
+                                  "type \"%s\"",
+                                  tn);
         }
     }
     cJSON_Delete(j);
@@ -118,8 +145,8 @@ static ft_status checkpoint_quant(const char *dir, int *fmt, int *double_quant, 
 
 static const char *fmt_name(qformat f) { return qformat_info(f)->name; }
 
-ft_status model_quant_resolve(const char *dir, const model_config *c,
-                              const model_load_options *opt, model_quant *q, ft_error *err) {
+ft_status model_quant_resolve(const char *dir, const model_config *c, const model_load_options *opt,
+                              model_quant *q, ft_error *err) {
     memset(q, 0, sizeof *q);
     const char *ds = opt && opt->dtype ? opt->dtype : "fp32";
     if (strcmp(ds, "fp32") && strcmp(ds, "bf16"))
@@ -149,16 +176,20 @@ ft_status model_quant_resolve(const char *dir, const model_config *c,
     if (st) return st;
     if (ck >= 0) {
         if (lin != QF_F32 && lin != ck)
-            return ft_error_set(err, FT_ERR_INPUT, "option --quant",
-                                "leave --quant out: the checkpoint's own 4-bit weights are used",
-                                "%s holds bitsandbytes %s weights (config.json quantization_config), "
-                                "which cannot be trained as %s", dir, fmt_name(ck), qs);
+            return ft_error_set(
+                err, FT_ERR_INPUT, "option --quant",
+                "leave --quant out: the checkpoint's own 4-bit weights are used",
+                "%s holds bitsandbytes %s weights (config.json quantization_config), "
+                "which cannot be trained as %s",
+                dir, fmt_name(ck), qs);
         q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1, q->blocksize = 64;
     }
     if (q->linear == QF_Q8_0 && (c->C % 32 || (c->H * c->D) % 32 || c->I % 32))
-        return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4 or bf16 for this model",
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant",
+                            "use nf4, fp4 or bf16 for this model",
                             "q8 needs every layer's input size to be a multiple of 32 (hidden %d, "
-                            "attention %d, intermediate %d)", c->C, c->H * c->D, c->I);
+                            "attention %d, intermediate %d)",
+                            c->C, c->H * c->D, c->I);
     /* the embedding's and the LM head's dtypes in the files, else config.json's torch_dtype */
     int se = -1, sh = -1;
     st_set *s = NULL;
@@ -211,11 +242,13 @@ void model_quant_describe(const model_quant *q, char *buf, size_t n) {
     /* a borrowed embedding that is not also the LM head has its rows read from the file
      * (embed_row), not mapped */
     snprintf(buf, n, "linear %s; lm_head %s%s; embedding %s%s%s", lin, fmt_name(q->lm_head),
-             q->head_is_embed ? " (= embedding)" : q->head_borrowed ? " (mapped)" : "",
+             q->head_is_embed   ? " (= embedding)"
+             : q->head_borrowed ? " (mapped)"
+                                : "",
              fmt_name(q->embed),
-             !q->embed_borrowed      ? ""
-             : embed_released(q)     ? " (rows read from the file)"
-                                     : " (mapped)",
+             !q->embed_borrowed  ? ""
+             : embed_released(q) ? " (rows read from the file)"
+                                 : " (mapped)",
              q->compute == QC_BF16 ? "; compute bf16" : "");
 }
 
@@ -243,7 +276,6 @@ size_t model_weight_bytes(const model_config *c, const model_quant *q) {
     n += qbytes(q->lm_head, c->V, c->C, 1, 0);
     return n + (embed_released(q) ? 0 : q->head_is_embed ? 0 : qbytes(q->embed, c->V, c->C, 1, 0));
 }
-
 
 static float *temp_alloc(size_t bytes) {
     void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -292,8 +324,8 @@ static ft_status load_rows_panelled(const st_tensor *t, const char *name, int ro
 /* Tensor name (rows, cols) as format f: borrowed from the mapping when allowed and stored that
  * way (aligned for its element type), else converted to fp32 in a temporary buffer and quantized
  * (fp32: the buffer is kept), after which the source pages are released. */
-static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qformat f,
-                             int borrow, const model_quant *q, qtensor *out, ft_error *err) {
+static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qformat f, int borrow,
+                             const model_quant *q, qtensor *out, ft_error *err) {
     const st_tensor *t;
     int64_t shape[2] = {rows, cols};
     ft_status st = st_find_shaped(s, name, 2, shape, &t, err);
@@ -316,8 +348,10 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
         return ft_error_set(err, FT_ERR_RUNTIME, name, "--quant nf4 needs less memory",
                             "cannot allocate %.1f MB to convert this tensor", n * 4.0 / 1048576.0);
     if ((st = st_read_f32(s, name, 2, shape, x, err))) {
-        if (f == QF_F32) free(x);
-        else temp_free(x, n * sizeof(float));
+        if (f == QF_F32)
+            free(x);
+        else
+            temp_free(x, n * sizeof(float));
         return st;
     }
     st_release_pages(t);
@@ -339,10 +373,11 @@ ft_status model_load(const char *dir, model *m, ft_error *err) {
     return model_load_with(dir, NULL, m, err);
 }
 
-ft_status model_load_with(const char *dir, const model_load_options *opt, model *m,
-                          ft_error *err) {
+ft_status model_load_with(const char *dir, const model_load_options *opt, model *m, ft_error *err) {
     memset(m, 0, sizeof *m);
-    ft_status st = model_config_load(dir, &m->cfg, err);
+    ft_status st = cpu_check_env(err); /* FTUNE_ISA set to no level: say so before any work */
+    if (st) return st;
+    st = model_config_load(dir, &m->cfg, err);
     if (st) return st;
     model_config *c = &m->cfg;
     model_quant *q = &m->quant;
@@ -359,15 +394,15 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     float *cur = m->weights;
     char name[256];
     /* one fp32 vector (a norm or a bias) into the fp32 allocation */
-#define VEC(dstp, n)                                                                           \
-    do {                                                                                       \
-        int64_t sh_[1] = {(n)};                                                                \
-        const st_tensor *t_;                                                                   \
-        if ((st = st_find_shaped(m->src, name, 1, sh_, &t_, err))) goto done;                  \
-        if ((st = st_read_f32(m->src, name, 1, sh_, cur, err))) goto done;                     \
-        st_release_pages(t_);                                                                  \
-        *(dstp) = cur;                                                                         \
-        cur += (n);                                                                            \
+#define VEC(dstp, n)                                                                               \
+    do {                                                                                           \
+        int64_t sh_[1] = {(n)};                                                                    \
+        const st_tensor *t_;                                                                       \
+        if ((st = st_find_shaped(m->src, name, 1, sh_, &t_, err))) goto done;                      \
+        if ((st = st_read_f32(m->src, name, 1, sh_, cur, err))) goto done;                         \
+        st_release_pages(t_);                                                                      \
+        *(dstp) = cur;                                                                             \
+        cur += (n);                                                                                \
     } while (0)
     snprintf(name, sizeof name, "model.norm.weight");
     VEC(&m->norm_f, c->C);
@@ -421,7 +456,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
         goto done;
     }
     for (int l = 0; l < c->L; l++)
-        for (int k = 0; k < LIN_COUNT; k++) m->blocks[l].lin[k].W.compute = q->compute;
+        for (int k = 0; k < LIN_COUNT; k++)
+            m->blocks[l].lin[k].W.compute = q->compute;
     m->lm_head.compute = q->compute;
     /* what is resident once training runs: as model_weight_bytes counts it */
     size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
@@ -438,7 +474,8 @@ done:
 void model_free(model *m) {
     if (m->blocks)
         for (int l = 0; l < m->cfg.L; l++)
-            for (int k = 0; k < LIN_COUNT; k++) qtensor_free(&m->blocks[l].lin[k].W);
+            for (int k = 0; k < LIN_COUNT; k++)
+                qtensor_free(&m->blocks[l].lin[k].W);
     qtensor_free(&m->lm_head);
     qtensor_free(&m->wte);
     if (m->wte_fd) close(m->wte_fd - 1);
@@ -454,21 +491,25 @@ void model_free(model *m) {
 
 struct acts {
     int maxB, maxT, maxN, chunk, L;
-    int C;       /* the width of the residual stream */
-    int round16; /* acts_round_inputs */
+    int C;        /* the width of the residual stream */
+    int round16;  /* acts_round_inputs */
     int mlp_rows; /* the MLP runs in chunks of this many rows (maxN without checkpointing) */
     int ckpt; /* gradient checkpointing: only each layer's input is kept; layers are recomputed */
     size_t bytes;
     /* saved per layer (train; one slot when ckpt) */
-    float *x;        /* (L+1, N, C) residual stream: input of each layer, then the final one */
+    float *x; /* (L+1, N, C) residual stream: input of each layer, then the final one */
     float *ln1, *rstd1, *qkv, *qn_rstd, *kn_rstd, *q, *k, *v, *att, *lse;
     float *xmid, *ln2, *rstd2, *gu, *act;
     float *xa; /* (n_lora, N, R) */
     float *hf, *rstdf, *dhf;
-    float *rope_cos, *rope_sin; /* (maxT, rot_dim/2) each: RoPE's cos/sin by position (rope_table) */
+    float *rope_cos,
+        *rope_sin; /* (maxT, rot_dim/2) each: RoPE's cos/sin by position (rope_table) */
     /* scratch */
     float *dres, *dln, *dqkv, *dq, *dk, *dv, *datt, *dgu, *dact, *dxa, *xd, *xent, *xtmp;
-    uint16_t *x16; /* CKPT_BF16: (L+1, N, C) the kept layer inputs; x is then two working slots */
+    uint16_t *x16;   /* CKPT_BF16: (L+1, N, C) the kept layer inputs; x is then two working slots */
+    void *mm;        /* the frozen-weight matmuls' scratch (model_matmul_scratch_bytes), after */
+    size_t mm_bytes; /* the float parts in the same block */
+    int failed;      /* a matmul found its scratch too small (a bug): losses come back NaN */
 };
 
 #define ACTS_PARTS 36
@@ -488,20 +529,20 @@ static int acts_sizes(const model_config *c, int QKV, size_t R, size_t nl, size_
         (ckpt == CKPT_BF16 ? 1 : (size_t)c->L + 1) * N * C,
         /* qkv: kept per layer only with qk-norm, whose backward reads the pre-norm q and k there
          * (attn_input_backward); otherwise backward needs only q, k, v and one slot serves */
-        L * N * C, L * N, (qn ? L : 1) * N * QKV,   /* ln1 rstd1 qkv */
-        qn ? L * N * c->H : 0, qn ? L * N * c->Hkv : 0,
-        L * N * HD, L * N * KD, L * N * KD,         /* q k v */
-        L * N * HD, L * N * c->H,                   /* att lse */
-        L * N * C, L * N * C, L * N,                /* xmid ln2 rstd2 */
-        L * M * 2 * I, L * M * I,                   /* gu act */
-        nl * N * R,                                 /* xa */
-        N * C, N, N * C,                            /* hf rstdf dhf */
+        L * N * C, L * N, (qn ? L : 1) * N * QKV, /* ln1 rstd1 qkv */
+        qn ? L * N * c->H : 0, qn ? L * N * c->Hkv : 0, L * N * HD, L * N * KD,
+        L * N * KD,                                            /* q k v */
+        L * N * HD, L * N * c->H,                              /* att lse */
+        L * N * C, L * N * C, L * N,                           /* xmid ln2 rstd2 */
+        L * M * 2 * I, L * M * I,                              /* gu act */
+        nl * N * R,                                            /* xa */
+        N * C, N, N * C,                                       /* hf rstdf dhf */
         N * C, N * C, N * QKV, N * HD, N * KD, N * KD, N * HD, /* dres..datt */
-        M * 2 * I, M * I, N * R, xd,                /* dgu dact dxa xd */
-        (size_t)chunk * c->V,                       /* xent */
-        ckpt ? N * C : 0,                           /* xtmp: a recomputed layer's output */
+        M * 2 * I, M * I, N * R, xd,                           /* dgu dact dxa xd */
+        (size_t)chunk * c->V,                                  /* xent */
+        ckpt ? N * C : 0, /* xtmp: a recomputed layer's output */
         ckpt == CKPT_BF16 ? (((size_t)c->L + 1) * N * C + 1) / 2 : 0, /* x16, 2 per float */
-        T * (size_t)(c->rot_dim / 2), T * (size_t)(c->rot_dim / 2), /* rope_cos rope_sin */
+        T * (size_t)(c->rot_dim / 2), T * (size_t)(c->rot_dim / 2),   /* rope_cos rope_sin */
     };
     memcpy(sizes, v, sizeof v);
     return ACTS_PARTS;
@@ -551,9 +592,11 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
                        int ckpt) {
     size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;
-    int n = acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
-                       (size_t)maxT, xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
-    for (int i = 0; i < n; i++) total += (sizes[i] + 15) & ~(size_t)15;
+    int n =
+        acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
+                   (size_t)maxT, xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
+    for (int i = 0; i < n; i++)
+        total += (sizes[i] + 15) & ~(size_t)15;
     return total * sizeof(float);
 }
 
@@ -563,12 +606,13 @@ static float *take(float **cur, size_t n) {
     return p;
 }
 
-ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out, ft_error *err) {
+ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **out,
+                     ft_error *err) {
     return acts_alloc_ckpt(m, maxB, maxT, xent_chunk, 0, out, err);
 }
 
-ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
-                          acts **out, ft_error *err) {
+ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt, acts **out,
+                          ft_error *err) {
     return acts_alloc_rows(m, maxB, maxT, xent_chunk, ckpt, 0, out, err);
 }
 
@@ -584,29 +628,35 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     size_t M = mlp_rows_for(ckpt, mlp_rows, N);
     int np = acts_sizes(c, m->QKV, R, nl, N, (size_t)maxT, xent_chunk, ckpt, M, sizes);
     size_t total = 0;
-    for (int i = 0; i < np; i++) total += (sizes[i] + 15) & ~(size_t)15;
-    float *buf = aligned_alloc(64, total * sizeof(float));
+    for (int i = 0; i < np; i++)
+        total += (sizes[i] + 15) & ~(size_t)15;
+    /* the matmul scratch after the float parts, so that no matmul allocates during a step */
+    size_t mmb = (model_matmul_scratch_bytes(c, &m->quant, (int)N) + 63) & ~(size_t)63;
+    float *buf = aligned_alloc(64, total * sizeof(float) + mmb);
     if (!buf) {
         free(a);
         return ft_error_set(err, FT_ERR_RUNTIME, NULL,
                             "use --grad-checkpoint, or a smaller --batch-size or --seq-len",
-                            "cannot allocate %.2f GB for activations", total * 4.0 / 1e9);
+                            "cannot allocate %.2f GB for activations",
+                            (total * 4.0 + (double)mmb) / 1e9);
     }
     memset(buf, 0, total * sizeof(float));
+    a->mm = mmb ? (char *)buf + total * sizeof(float) : NULL, a->mm_bytes = mmb;
     float *cur = buf;
     int i = 0;
     float **parts[ACTS_PARTS] = {
-        &a->x, &a->ln1, &a->rstd1, &a->qkv, &a->qn_rstd, &a->kn_rstd,
-        &a->q, &a->k, &a->v, &a->att, &a->lse, &a->xmid, &a->ln2, &a->rstd2, &a->gu, &a->act,
-        &a->xa, &a->hf, &a->rstdf, &a->dhf, &a->dres, &a->dln, &a->dqkv, &a->dq, &a->dk,
-        &a->dv, &a->datt, &a->dgu, &a->dact, &a->dxa, &a->xd, &a->xent,
-        &a->xtmp, NULL, &a->rope_cos, &a->rope_sin};
+        &a->x,    &a->ln1, &a->rstd1,    &a->qkv,     &a->qn_rstd, &a->kn_rstd, &a->q,    &a->k,
+        &a->v,    &a->att, &a->lse,      &a->xmid,    &a->ln2,     &a->rstd2,   &a->gu,   &a->act,
+        &a->xa,   &a->hf,  &a->rstdf,    &a->dhf,     &a->dres,    &a->dln,     &a->dqkv, &a->dq,
+        &a->dk,   &a->dv,  &a->datt,     &a->dgu,     &a->dact,    &a->dxa,     &a->xd,   &a->xent,
+        &a->xtmp, NULL,    &a->rope_cos, &a->rope_sin};
     float *x16 = NULL;
-    for (i = 0; i < np; i++) *(parts[i] ? parts[i] : &x16) = take(&cur, sizes[i]);
+    for (i = 0; i < np; i++)
+        *(parts[i] ? parts[i] : &x16) = take(&cur, sizes[i]);
     a->x16 = ckpt == CKPT_BF16 ? (uint16_t *)x16 : NULL;
     a->maxB = maxB, a->maxT = maxT, a->maxN = (int)N, a->chunk = xent_chunk, a->L = c->L;
     a->ckpt = ckpt, a->C = c->C, a->mlp_rows = (int)M;
-    a->bytes = total * sizeof(float);
+    a->bytes = total * sizeof(float) + mmb;
     *out = a;
     return FT_OK;
 }
@@ -633,7 +683,8 @@ static size_t lora_index(const lora_set *ls, const lora_module *mod) {
 static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, int ldo,
                         const float *x, int N, float beta, uint64_t seed, int r0) {
     const lin_weights *lw = &m->blocks[l].lin[k];
-    qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta);
+    if (qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta, a->mm, a->mm_bytes))
+        a->failed = 1;
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -647,7 +698,9 @@ static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, 
 static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const float *dout,
                          int ldo, const float *x, int N, uint64_t seed, int r0) {
     const lin_weights *lw = &m->blocks[l].lin[k];
-    if (dx) qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N);
+    if (dx &&
+        qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N, a->mm, a->mm_bytes))
+        a->failed = 1;
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -672,19 +725,28 @@ static slot slot_at(const model *m, const acts *a, size_t li) {
     const size_t sN = (size_t)a->maxN, C = c->C, HD = (size_t)c->H * c->D,
                  KD = (size_t)c->Hkv * c->D, I = c->I, QKV = m->QKV;
     slot s = {
-        a->ln1 + li * sN * C, a->rstd1 + li * sN, a->qkv + (c->arch->qk_norm ? li : 0) * sN * QKV, a->qn_rstd + li * sN * c->H,
-        a->kn_rstd + li * sN * c->Hkv, a->q + li * sN * HD, a->k + li * sN * KD,
-        a->v + li * sN * KD, a->att + li * sN * HD, a->lse + li * sN * c->H,
-        a->xmid + li * sN * C, a->ln2 + li * sN * C, a->rstd2 + li * sN,
-        a->gu + li * sN * 2 * I, a->act + li * sN * I,
+        a->ln1 + li * sN * C,
+        a->rstd1 + li * sN,
+        a->qkv + (c->arch->qk_norm ? li : 0) * sN * QKV,
+        a->qn_rstd + li * sN * c->H,
+        a->kn_rstd + li * sN * c->Hkv,
+        a->q + li * sN * HD,
+        a->k + li * sN * KD,
+        a->v + li * sN * KD,
+        a->att + li * sN * HD,
+        a->lse + li * sN * c->H,
+        a->xmid + li * sN * C,
+        a->ln2 + li * sN * C,
+        a->rstd2 + li * sN,
+        a->gu + li * sN * 2 * I,
+        a->act + li * sN * I,
     };
     return s;
 }
 
 /* Rows r0 .. r0+nr-1 of the MLP's first half: gu = ln2 [Wg|Wu]^T (+ LoRA), act = silu(g) * u,
  * into the chunk's buffers (the whole batch's without checkpointing, where one chunk is all). */
-static void mlp_in_forward(model *m, acts *a, int l, const slot *s, int r0, int nr,
-                           uint64_t seed) {
+static void mlp_in_forward(model *m, acts *a, int l, const slot *s, int r0, int nr, uint64_t seed) {
     const block_weights *bw = &m->blocks[l];
     const int C = m->cfg.C, I = m->cfg.I;
     for (size_t i = 0; i < sizeof mlp_in_kinds / sizeof mlp_in_kinds[0]; i++)
@@ -697,8 +759,8 @@ static void mlp_in_forward(model *m, acts *a, int l, const slot *s, int r0, int 
 /* Layer l: xnext = block(x), keeping what backward needs in slot s. x and xnext may be the
  * same buffer (eval keeps one). mlp 0 stops after the attention half and the second norm
  * (backward's recompute: layer_backward recomputes the MLP a chunk at a time). */
-static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *s,
-                          const float *x, float *xnext, uint64_t seed, int mlp) {
+static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *s, const float *x,
+                          float *xnext, uint64_t seed, int mlp) {
     const model_config *c = &m->cfg;
     const block_weights *bw = &m->blocks[l];
     const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D;
@@ -706,12 +768,13 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
     const float scale = 1.0f / sqrtf((float)D);
     rmsnorm_forward(s->ln1, s->rstd1, x, bw->ln1, N, C, c->eps);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
-        if (bw->lin[attn_kinds[i]].out) lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed, 0);
+        if (bw->lin[attn_kinds[i]].out)
+            lin_forward(m, a, l, attn_kinds[i], s->qkv, QKV, s->ln1, N, 0, seed, 0);
     /* split q|k|v, qk-norm (Qwen3), RoPE: one pass over each token's row (ops/attn_input.c) */
     const int qn = c->arch->qk_norm;
     attn_input_forward(s->q, s->k, s->v, s->qn_rstd, s->kn_rstd, s->qkv, QKV,
-                       qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, c->eps, b->pos,
-                       a->rope_cos, a->rope_sin, N, H, Hkv, D, c->rot_dim);
+                       qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, c->eps, b->pos, a->rope_cos,
+                       a->rope_sin, N, H, Hkv, D, c->rot_dim);
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
                       c->window[l], scale);
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
@@ -741,8 +804,8 @@ static void zero_floats(float *p, size_t n) {
 
 /* Backward of layer l: on entry a->dres holds d(loss)/d(layer output); on return it holds
  * d(loss)/d(layer input) (when need_dx), and LoRA gradients have accumulated. */
-static void layer_backward(model *m, acts *a, const batch *b, int l, const slot *s,
-                           const float *x, uint64_t seed, int need_dx) {
+static void layer_backward(model *m, acts *a, const batch *b, int l, const slot *s, const float *x,
+                           uint64_t seed, int need_dx) {
     const model_config *c = &m->cfg;
     const block_weights *bw = &m->blocks[l];
     const int N = b->B * b->T, C = c->C, H = c->H, Hkv = c->Hkv, D = c->D, I = c->I;
@@ -771,13 +834,14 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
                        b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
     /* RoPE, qk-norm and the split backward, into dqkv in one pass per token */
     const int qn = c->arch->qk_norm;
-    attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd,
-                        s->kn_rstd, qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, b->pos,
-                        a->rope_cos, a->rope_sin, N, H, Hkv, D, c->rot_dim);
+    attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd, s->kn_rstd,
+                        qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, b->pos, a->rope_cos,
+                        a->rope_sin, N, H, Hkv, D, c->rot_dim);
     if (need_dx) zero_floats(a->dln, (size_t)N * C);
     for (size_t i = 0; i < sizeof attn_kinds / sizeof attn_kinds[0]; i++)
         if (bw->lin[attn_kinds[i]].out)
-            lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N, seed, 0);
+            lin_backward(m, a, l, attn_kinds[i], need_dx ? a->dln : NULL, a->dqkv, QKV, s->ln1, N,
+                         seed, 0);
     if (need_dx) rmsnorm_backward(dres, NULL, a->dln, x, bw->ln1, s->rstd1, N, C);
 }
 
@@ -801,7 +865,8 @@ static void keep_bf16(acts *a, int l, float *x, int N) {
     const long n = (long)N * a->C;
     if (!a->x16) { /* acts_round_inputs: rounded in place, nothing kept apart */
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-        for (long i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+        for (long i = 0; i < n; i++)
+            x[i] = bf16_to_f32(f32_to_bf16(x[i]));
         return;
     }
     uint16_t *dst = a->x16 + (size_t)l * a->maxN * a->C;
@@ -827,7 +892,8 @@ static const float *kept_input(acts *a, int l, int N) {
     const long n = (long)N * a->C;
     float *x = a->x;
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (long i = 0; i < n; i++) x[i] = bf16_to_f32(src[i]);
+    for (long i = 0; i < n; i++)
+        x[i] = bf16_to_f32(src[i]);
     return x;
 }
 
@@ -838,9 +904,8 @@ static const float *kept_input(acts *a, int l, int N) {
 static void embed_row(const model *m, int id, float *out, void *raw) {
     const qtensor *w = &m->wte;
     size_t rb = qbytes(w->fmt, 1, (size_t)w->cols, 1, 0);
-    if (m->wte_fd &&
-        pread(m->wte_fd - 1, raw, rb, (off_t)(m->wte_offset + (long long)id * (long long)rb)) ==
-            (ssize_t)rb) {
+    if (m->wte_fd && pread(m->wte_fd - 1, raw, rb,
+                           (off_t)(m->wte_offset + (long long)id * (long long)rb)) == (ssize_t)rb) {
         qtensor row = *w;
         row.rows = 1, row.data = raw, row.owned = NULL;
         qtensor_dequant_rows(&row, 0, 1, out);
@@ -858,7 +923,8 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
      * layer 0's norm has yet to write */
     float *raw = slot_at(m, a, 0).ln1;
 #pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) embed_row(m, b->ids[n], a->x + (size_t)n * C, raw + (size_t)n * C);
+    for (int n = 0; n < N; n++)
+        embed_row(m, b->ids[n], a->x + (size_t)n * C, raw + (size_t)n * C);
     /* RoPE's cos/sin for this batch's positions (all < T <= maxT: dataset.c), for every layer
      * forward and backward */
     rope_table(a->rope_cos, a->rope_sin, b->T, c->inv_freq, c->rot_dim, c->attn_scaling);
@@ -872,13 +938,19 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     }
     float *xL = layer_input(a, c->L, train);
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
-    if (logits) qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0);
+    if (logits &&
+        qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0, a->mm, a->mm_bytes))
+        a->failed = 1;
     if (train) zero_floats(a->dhf, (size_t)N * C);
     double loss = lmhead_xent_q(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
-                                a->xent, a->chunk);
+                                a->xent, a->chunk, a->mm, a->mm_bytes);
+    /* a matmul of this or an earlier step found its scratch too small: sized by the same
+     * functions, so a bug; NaN makes the trainer stop with an error instead of going on wrong */
+    if (a->failed) loss = NAN;
     if (count) {
         long cnt = 0;
-        for (int n = 0; n < N; n++) cnt += b->targets[n] >= 0;
+        for (int n = 0; n < N; n++)
+            cnt += b->targets[n] >= 0;
         *count = cnt;
     }
     return loss;

@@ -39,8 +39,8 @@
 #include "ops/attention_tiled.h"
 #include "ops/ops.h"
 
-#include <immintrin.h>
 #include "ops/hsum_avx2.h"
+#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -297,8 +297,9 @@ static inline __m256 tl_exp2(__m256 x) {
  * sv (those keys' segment ids, for non-monotone ids) the same segment as si. NULL mask (all
  * lanes) is returned as all ones. */
 static inline __m256 tl_mask8(int j, int lo, int hi, const int *sv, int si) {
-    return attn_mask8(_mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                      lo, hi, sv, si);
+    return attn_mask8(
+        _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), lo, hi,
+        sv, si);
 }
 
 /* ---- shared block geometry ---------------------------------------------------------------- */
@@ -505,16 +506,13 @@ static size_t tl_fwd_ws(int R, int T, int D) {
     return tl_kc_floats(T, D, 0) + tl_round((size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
 }
 
-void attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
-                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                             int window, float scale) {
+int attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
     size_t per = tl_fwd_ws(G * bq, T, D);
     float *ws = tl_ws_get(per * nth);
-    if (!ws) { /* out of memory for the workspace: the portable code needs none */
-        attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
-        return;
-    }
+    if (!ws) return -1; /* no workspace: the dispatcher runs the portable code, which needs none */
     long items = (long)B * Hkv * nqb;
 #pragma omp parallel
     {
@@ -534,6 +532,7 @@ void attention_forward_tiled(float *out, float *lse, const float *q, const float
         }
     }
     tl_ws_put();
+    return 0;
 }
 
 /* ---- backward ----------------------------------------------------------------------------- */
@@ -669,10 +668,10 @@ static void tl_split(const tl_geo *c, int bq, int nqb, int parts, int *bounds) {
         bounds[p++] = nqb;
 }
 
-void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                              const float *k, const float *v, const float *out, const float *lse,
-                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                              int window, float scale) {
+int attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
     /* the fewest parts whose B*Hkv*parts equal items fill the threads' rounds to >= 85% */
     long bg = (long)B * Hkv;
@@ -693,11 +692,7 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
     size_t per = tl_bwd_ws(G * bq, T, D) + 2 * slab;
     size_t extra = (size_t)(parts - 1) * bg * 2 * slab;
     float *ws = tl_ws_get(per * nth + extra);
-    if (!ws) {
-        attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                               window, scale);
-        return;
-    }
+    if (!ws) return -1;
     float *partbuf = ws + per * nth;
     tl_bwd_io io = {dq, dout, q, k, v, out, lse, scale};
     size_t ks = (size_t)Hkv * D;
@@ -763,4 +758,5 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
         }
     }
     tl_ws_put();
+    return 0;
 }

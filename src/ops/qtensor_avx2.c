@@ -14,8 +14,8 @@
  */
 #include "ops/qtensor_kernels.h"
 
-#include <immintrin.h>
 #include "ops/hsum_avx2.h"
+#include <immintrin.h>
 
 /* ---- F32, BF16, F16 ---------------------------------------------------------------------------
  */
@@ -202,6 +202,7 @@ static float dot_4bit(const qtensor *t, int r, const float *x) {
 
 const qkernels qtensor_kernels_avx2 = {
     "avx2",
+    CPU_AVX2,
     {[QF_BF16] = dequant_bf16,
      [QF_F16] = dequant_f16,
      [QF_Q8_0] = dequant_q8_0,

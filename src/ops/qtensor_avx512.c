@@ -185,6 +185,7 @@ static float dot_4bit(const qtensor *t, int r, const float *x) {
 
 const qkernels qtensor_kernels_avx512 = {
     "avx512",
+    CPU_AVX512,
     {[QF_BF16] = dequant_bf16,
      [QF_F16] = dequant_f16,
      [QF_Q8_0] = dequant_q8_0,

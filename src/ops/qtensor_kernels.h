@@ -6,6 +6,7 @@
 #ifndef FT_OPS_QTENSOR_KERNELS_H
 #define FT_OPS_QTENSOR_KERNELS_H
 
+#include "base/cpu.h"
 #include "ops/qtensor.h"
 
 #include <string.h>
@@ -13,6 +14,7 @@
 /* One ISA's kernels, one entry per format; NULL means "use the portable one". */
 typedef struct qkernels {
     const char *isa;
+    cpu_isa level; /* what the CPU must run (cpu.h) */
     qdequant_fn dequant[QF_COUNT];
     qdot_fn dot[QF_COUNT];
 } qkernels;
