@@ -11,38 +11,24 @@
 #include "ops/gemm_bf16.h"
 
 #include "base/cpu.h"
+#include "base/half.h"
 #include "ops/ops.h"
 
 #include <string.h>
 
-static inline float widen(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t round_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
-/* Row conversions: these loops are the definition; gemm_bf16_avx2.c has the same 16 at a time
- * (the scalar loops do not vectorize at -O2), chosen with the product kernel below. */
+/* Row conversions: these loops over base/half.h are the definition; gemm_bf16_avx2.c has the same
+ * 16 at a time (the scalar loops do not vectorize at -O2), chosen with the product kernel below. */
 typedef void (*widen_fn)(float *dst, const uint16_t *src, size_t n);
 typedef void (*round_fn)(uint16_t *dst, const float *src, size_t n);
 
 static void widen_portable(float *dst, const uint16_t *src, size_t n) {
     for (size_t i = 0; i < n; i++)
-        dst[i] = widen(src[i]);
+        dst[i] = bf16_to_f32(src[i]);
 }
 
 static void round_portable(uint16_t *dst, const float *src, size_t n) {
     for (size_t i = 0; i < n; i++)
-        dst[i] = round_bf16(src[i]);
+        dst[i] = f32_to_bf16(src[i]);
 }
 
 typedef struct bf16_kernels bf16_kernels;
@@ -65,13 +51,14 @@ void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, 
             if (transB)
                 for (int n = 0; n < nn; n++)
                     for (int k = 0; k < K; k++)
-                        acc[n] += (double)widen(a[k]) * widen(B[(size_t)(n0 + n) * ldb + k]);
+                        acc[n] +=
+                            (double)bf16_to_f32(a[k]) * bf16_to_f32(B[(size_t)(n0 + n) * ldb + k]);
             else
                 for (int k = 0; k < K; k++) {
-                    double av = widen(a[k]);
+                    double av = bf16_to_f32(a[k]);
                     const uint16_t *b = B + (size_t)k * ldb + n0;
                     for (int n = 0; n < nn; n++)
-                        acc[n] += av * widen(b[n]);
+                        acc[n] += av * bf16_to_f32(b[n]);
                 }
             for (int n = 0; n < nn; n++) {
                 float *c = &C[(size_t)m * ldc + n0 + n];

@@ -27,41 +27,6 @@
 #include <string.h>
 #include <strings.h>
 
-/* ---- scalar conversions ------------------------------------------------------------------ */
-
-/* float -> IEEE half, round to nearest even (as numpy's astype(float16) and F16C do). */
-static uint16_t f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
-    uint32_t a = u & 0x7fffffff;
-    if (a > 0x7f800000) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff); /* NaN, quiet */
-    if (a >= 0x47800000) return sign | 0x7c00; /* >= 65536 (or inf): inf */
-    if (a < 0x38800000) {                      /* below 2^-14: a half subnormal, or zero */
-        int e = (int)(a >> 23);
-        if (e < 101) return sign; /* below 2^-26: rounds to zero */
-        uint32_t m = (a & 0x7fffff) | 0x800000;
-        int shift = 126 - e; /* value = m * 2^(e-150) = (m >> shift) half units of 2^-24 */
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return sign | (uint16_t)q;
-    }
-    /* normal: rebias the exponent (127 -> 15), round the 13 dropped bits to even; a carry
-     * moves into the exponent, up to inf for 65520 .. 65535 */
-    uint32_t r = a - 0x38000000;
-    r += 0xfff + ((r >> 13) & 1);
-    return sign | (uint16_t)(r >> 13);
-}
-
-/* float -> bfloat16, round to nearest even, NaN -> quiet NaN (as torch's .to(bfloat16)). */
-static uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
-
 /* ---- portable kernels (the reference) ---------------------------------------------------- */
 
 static void dequant_f32(const qtensor *t, int r0, int nrows, float *out) {
@@ -80,14 +45,14 @@ static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
     for (size_t i = 0; i < n; i++)
-        out[i] = qt_bf16_to_f32(h[i]);
+        out[i] = bf16_to_f32(h[i]);
 }
 
 static float dot_bf16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
     for (int i = 0; i < t->cols; i++)
-        s += qt_bf16_to_f32(h[i]) * x[i];
+        s += bf16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -95,14 +60,14 @@ static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
     for (size_t i = 0; i < n; i++)
-        out[i] = qt_f16_to_f32(h[i]);
+        out[i] = f16_to_f32(h[i]);
 }
 
 static float dot_f16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
     for (int i = 0; i < t->cols; i++)
-        s += qt_f16_to_f32(h[i]) * x[i];
+        s += f16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -113,7 +78,7 @@ static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
     for (size_t b = 0; b < nb; b++, blk += Q8_0_BYTES, out += Q8_0_VALUES) {
         uint16_t dh;
         memcpy(&dh, blk, 2);
-        float d = qt_f16_to_f32(dh);
+        float d = f16_to_f32(dh);
         const int8_t *q = (const int8_t *)(blk + 2);
         for (int j = 0; j < Q8_0_VALUES; j++)
             out[j] = d * (float)q[j];
@@ -131,7 +96,7 @@ static float dot_q8_0(const qtensor *t, int r, const float *x) {
         float bs = 0;
         for (int j = 0; j < Q8_0_VALUES; j++)
             bs += (float)q[j] * x[j];
-        s += qt_f16_to_f32(dh) * bs;
+        s += f16_to_f32(dh) * bs;
     }
     return s;
 }
