@@ -251,17 +251,64 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
 static void tiled_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                           int window, float scale) {
-    int rc = attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    void *ws = malloc(n);
+    int rc =
+        attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
     CHECK(rc == 0, "the tiled forward did not run (%d)", rc);
+    /* with a workspace too small for one thread's buffers it refuses (and writes nothing) */
+    CHECK(attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws,
+                                  64) == -1,
+          "the tiled forward ran in 64 bytes");
+    free(ws);
 }
 
 static void tiled_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                            const float *k, const float *v, const float *out, const float *lse,
                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                            int window, float scale) {
+    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    void *ws = malloc(n);
     int rc = attention_backward_tiled(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv,
-                                      D, window, scale);
+                                      D, window, scale, ws, n);
     CHECK(rc == 0, "the tiled backward did not run (%d)", rc);
+    free(ws);
+}
+
+/* The dispatching entry points with the workspace they ask for, as the model gives it; and with
+ * none, when they must run the portable code (fallback). */
+static void dispatch_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale) {
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    void *ws = n ? malloc(n) : NULL;
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
+    free(ws);
+}
+
+static void dispatch_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                              int window, float scale) {
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    void *ws = n ? malloc(n) : NULL;
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, ws, n);
+    free(ws);
+}
+
+static void noworkspace_forward(float *out, float *lse, const float *q, const float *k,
+                                const float *v, const int *seg, const int *len, int B, int T, int H,
+                                int Hkv, int D, int window, float scale) {
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, NULL, 0);
+}
+
+static void noworkspace_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *out, const float *lse,
+                                 const int *seg, const int *len, int B, int T, int H, int Hkv,
+                                 int D, int window, float scale) {
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, NULL, 0);
 }
 
 static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
@@ -338,7 +385,8 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
     } else if (D % 16 == 0) {
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");
     }
-    run_variant(&c, "dispatch", attention_forward, attention_backward);
+    run_variant(&c, "dispatch", dispatch_forward, dispatch_backward);
+    run_variant(&c, "dispatch without a workspace", noworkspace_forward, noworkspace_backward);
     free(c.q), free(c.k), free(c.v), free(c.dout), free(qd), free(kd), free(vd), free(dod);
     free(c.outd), free(c.lsed), free(c.dqd), free(c.dkd), free(c.dvd), free(c.seg);
     free(c.nq_), free(c.nk_), free(c.nv_);

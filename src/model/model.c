@@ -509,7 +509,9 @@ struct acts {
     uint16_t *x16;   /* CKPT_BF16: (L+1, N, C) the kept layer inputs; x is then two working slots */
     void *mm;        /* the frozen-weight matmuls' scratch (model_matmul_scratch_bytes), after */
     size_t mm_bytes; /* the float parts in the same block */
-    int failed;      /* a matmul found its scratch too small (a bug): losses come back NaN */
+    void *attn;      /* attention's workspace (attention_workspace_bytes), after mm */
+    size_t attn_bytes;
+    int failed; /* a matmul found its scratch too small (a bug): losses come back NaN */
 };
 
 #define ACTS_PARTS 36
@@ -597,7 +599,10 @@ size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int 
                    (size_t)maxT, xent_chunk_for(c, 0, N), ckpt, mlp_rows_for(ckpt, 0, N), sizes);
     for (int i = 0; i < n; i++)
         total += (sizes[i] + 15) & ~(size_t)15;
-    return total * sizeof(float);
+    /* and attention's workspace, which acts_alloc puts in the same block (the matmul scratch
+     * there too is model_matmul_scratch_bytes, which the plan counts on its own) */
+    return total * sizeof(float) +
+           ((attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63);
 }
 
 static float *take(float **cur, size_t n) {
@@ -630,18 +635,21 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     size_t total = 0;
     for (int i = 0; i < np; i++)
         total += (sizes[i] + 15) & ~(size_t)15;
-    /* the matmul scratch after the float parts, so that no matmul allocates during a step */
+    /* the matmul scratch and attention's workspace after the float parts, so that nothing
+     * allocates during a step */
     size_t mmb = (model_matmul_scratch_bytes(c, &m->quant, (int)N) + 63) & ~(size_t)63;
-    float *buf = aligned_alloc(64, total * sizeof(float) + mmb);
+    size_t awb = (attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63;
+    float *buf = aligned_alloc(64, total * sizeof(float) + mmb + awb);
     if (!buf) {
         free(a);
         return ft_error_set(err, FT_ERR_RUNTIME, NULL,
                             "use --grad-checkpoint, or a smaller --batch-size or --seq-len",
                             "cannot allocate %.2f GB for activations",
-                            (total * 4.0 + (double)mmb) / 1e9);
+                            (total * 4.0 + (double)(mmb + awb)) / 1e9);
     }
     memset(buf, 0, total * sizeof(float));
     a->mm = mmb ? (char *)buf + total * sizeof(float) : NULL, a->mm_bytes = mmb;
+    a->attn = awb ? (char *)buf + total * sizeof(float) + mmb : NULL, a->attn_bytes = awb;
     float *cur = buf;
     int i = 0;
     float **parts[ACTS_PARTS] = {
@@ -656,7 +664,7 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     a->x16 = ckpt == CKPT_BF16 ? (uint16_t *)x16 : NULL;
     a->maxB = maxB, a->maxT = maxT, a->maxN = (int)N, a->chunk = xent_chunk, a->L = c->L;
     a->ckpt = ckpt, a->C = c->C, a->mlp_rows = (int)M;
-    a->bytes = total * sizeof(float) + mmb;
+    a->bytes = total * sizeof(float) + mmb + awb;
     *out = a;
     return FT_OK;
 }
@@ -776,7 +784,7 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
                        qn ? bw->q_norm : NULL, qn ? bw->k_norm : NULL, c->eps, b->pos, a->rope_cos,
                        a->rope_sin, N, H, Hkv, D, c->rot_dim);
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
-                      c->window[l], scale);
+                      c->window[l], scale, a->attn, a->attn_bytes);
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
     lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed, 0);
     rmsnorm_forward(s->ln2, s->rstd2, s->xmid, bw->ln2, N, C, c->eps);
@@ -831,7 +839,7 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     zero_floats(a->datt, (size_t)N * HD);
     lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed, 0);
     attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
-                       b->len, b->B, b->T, H, Hkv, D, c->window[l], scale);
+                       b->len, b->B, b->T, H, Hkv, D, c->window[l], scale, a->attn, a->attn_bytes);
     /* RoPE, qk-norm and the split backward, into dqkv in one pass per token */
     const int qn = c->arch->qk_norm;
     attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd, s->kn_rstd,

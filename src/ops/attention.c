@@ -196,49 +196,60 @@ typedef struct att_kernels {
     const char *name;
     cpu_isa level;
     int (*usable)(int H, int Hkv, int D);
+    size_t (*ws_bytes)(int maxB, int maxT, int H, int Hkv, int D);
     int (*forward)(float *, float *, const float *, const float *, const float *, const int *,
-                   const int *, int, int, int, int, int, int, float);
+                   const int *, int, int, int, int, int, int, float, void *, size_t);
     int (*backward)(float *, float *, float *, const float *, const float *, const float *,
                     const float *, const float *, const float *, const int *, const int *, int, int,
-                    int, int, int, int, float);
+                    int, int, int, int, float, void *, size_t);
 } att_kernels;
 
 static int tiled_shape(int H, int Hkv, int D) { return D % 16 == 0 && D <= 256 && H / Hkv <= 32; }
 
 static const att_kernels table[] = {
-    {"avx2", CPU_AVX2, tiled_shape, attention_forward_tiled, attention_backward_tiled},
+    {"avx2", CPU_AVX2, tiled_shape, attention_tiled_ws_bytes, attention_forward_tiled,
+     attention_backward_tiled},
 };
 enum { NTABLE = sizeof table / sizeof table[0] };
+
+/* The first table row the ISA level allows for this shape, or NULL (the portable code). */
+static const att_kernels *pick(int H, int Hkv, int D) {
+    for (int i = 0; i < NTABLE; i++)
+        if (table[i].level <= cpu_level() && table[i].usable(H, Hkv, D)) return &table[i];
+    return NULL;
+}
 
 int attention_avx2_usable(int H, int Hkv, int D) {
     return tiled_shape(H, Hkv, D) && cpu_native_level() >= CPU_AVX2;
 }
 
 const char *attention_isa(int H, int Hkv, int D) {
-    for (int i = 0; i < NTABLE; i++)
-        if (table[i].level <= cpu_level() && table[i].usable(H, Hkv, D)) return table[i].name;
-    return "portable";
+    const att_kernels *k = pick(H, Hkv, D);
+    return k ? k->name : "portable";
+}
+
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D) {
+    const att_kernels *k = pick(H, Hkv, D);
+    return k ? k->ws_bytes(maxB, maxT, H, Hkv, D) : 0;
 }
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale) {
-    for (int i = 0; i < NTABLE; i++)
-        if (table[i].level <= cpu_level() && table[i].usable(H, Hkv, D) &&
-            !table[i].forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale))
-            return;
+                       int window, float scale, void *ws, size_t wsb) {
+    const att_kernels *kt = pick(H, Hkv, D);
+    if (kt && !kt->forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, wsb))
+        return;
     attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale) {
-    for (int i = 0; i < NTABLE; i++)
-        if (table[i].level <= cpu_level() && table[i].usable(H, Hkv, D) &&
-            !table[i].backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                               window, scale))
-            return;
+                        int window, float scale, void *ws, size_t wsb) {
+    const att_kernels *kt = pick(H, Hkv, D);
+    if (kt && !kt->backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                            scale, ws, wsb))
+        return;
     attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
                            scale);
 }

@@ -5,16 +5,22 @@
 #ifndef FT_OPS_ATTENTION_TILED_H
 #define FT_OPS_ATTENTION_TILED_H
 
+#include <stddef.h>
+
 /* Same contract as attention_forward/backward in ops.h (dq, dk, dv overwritten); callable only
- * where attention_avx2_usable(H, Hkv, D). Return 0, or -1 (nothing written) when there is no
- * workspace: the dispatcher then runs the portable code. */
+ * where attention_avx2_usable(H, Hkv, D). They work in ws (wsb bytes, attention_tiled_ws_bytes)
+ * and allocate nothing. Return 0, or -1 (nothing written) when ws is too small: the dispatcher
+ * then runs the portable code. */
 int attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                            int window, float scale);
+                            int window, float scale, void *ws, size_t wsb);
 int attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
                              const float *k, const float *v, const float *out, const float *lse,
                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                             int window, float scale);
+                             int window, float scale, void *ws, size_t wsb);
+/* Bytes of workspace that forward and backward need for any B <= maxB, T <= maxT, with the
+ * current number of OpenMP threads (and attention_tiled_parts). */
+size_t attention_tiled_ws_bytes(int maxB, int maxT, int H, int Hkv, int D);
 
 /* The backward splits each (batch row, kv head) into this many runs of query blocks, each with
  * its own dK/dV accumulator, summed at the end; 0 (default) picks the fewest that keep the

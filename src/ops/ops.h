@@ -88,15 +88,21 @@ void attn_input_backward(float *dqkv, const float *dq, const float *dk, const fl
  * sliding_window), and (seg != NULL) seg[b*T+i] == seg[b*T+j] (packed documents).
  * len (B) may be NULL; otherwise positions t >= len[b] are padding: they attend to nothing,
  * are attended by nothing, and get out = 0 and zero gradients, and cost no work.
- * scale multiplies q.k (usually 1/sqrt(D)). */
+ * scale multiplies q.k (usually 1/sqrt(D)).
+ * ws (wsb bytes): the workspace of the fast kernel, attention_workspace_bytes for the largest
+ * B and T the caller will pass; with less (or NULL) the portable code runs, which needs none.
+ * Nothing is allocated. */
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale);
+                       int window, float scale, void *ws, size_t wsb);
 /* dq, dk, dv: OVERWRITTEN (not accumulated). */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale);
+                        int window, float scale, void *ws, size_t wsb);
+/* Bytes of workspace attention_forward / backward use for any B <= maxB, T <= maxT with the
+ * kernel the ISA level picks and the current number of OpenMP threads (0: the portable code). */
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D);
 
 /* ---- swiglu.c ----------------------------------------------------------------------------
  * out (N,I) = silu(gate) * up, silu(x) = x / (1 + exp(-x)). Row n of gate is gate + n*ld_in
