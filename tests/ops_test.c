@@ -207,7 +207,7 @@ static double frel_err(const float *a, const float *b, size_t n, size_t *same) {
     return e / m;
 }
 
-/* The fused pass against the composition it replaces (model.c before it): copies of each row's
+/* The fused pass against the composition it replaces (model.c, now model/block.c, before it): copies of each row's
  * parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward rope_backward,
  * rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
  * (row_ops.h) in the same order, so they should agree to the bit (the fused backward reads the
