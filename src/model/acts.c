@@ -89,9 +89,14 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
         size_t b = qmatmul_scratch_bytes(&w, N);
         if (b > most) most = b;
     }
-    /* the LM head multiplies a chunk of the loss's rows at a time (lmhead_xent_q) */
+    /* the LM head multiplies a chunk of the loss's rows at a time (lmhead_xent_q), and all N
+     * rows at once when an eval asks for the logits (model_forward); the scratch for N rows is
+     * the larger only under --dtype bf16 (a longer chunk of bf16 input rows: at most 4 MB or 256
+     * rows), and sizing for it keeps those logits the same bits as a full-size scratch gives */
     qtensor h = {.fmt = q->lm_head, .rows = c->V, .cols = c->C, .compute = q->compute};
-    size_t b = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N));
+    size_t chunk = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N)),
+           all = qmatmul_scratch_bytes(&h, N);
+    size_t b = chunk > all ? chunk : all;
     return b > most ? b : most;
 }
 

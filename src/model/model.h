@@ -129,8 +129,9 @@ void acts_round_inputs(acts *a);
 ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
                           int mlp_rows, acts **out, ft_error *err);
 /* The most scratch one frozen-weight matmul of a step holds (qmatmul_scratch_bytes over the
- * linear layers with N rows and the LM head with the loss's chunk of rows), from the config and
- * the resolved formats alone. */
+ * linear layers with N rows and the LM head with the loss's chunk of rows, or all N rows for an
+ * eval's logits), from the config and the resolved formats alone. acts_alloc carves it from the
+ * activation block, so no matmul allocates. */
 size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, int N);
 
 /* Bytes acts_alloc would take (for the memory plan). */
