@@ -104,6 +104,10 @@ static void check_config(const char *dir, const char *name, const model_load_opt
             "lora_create: %s", err.what);
     for (size_t i = 0; i < m.lora->n_params; i++)
         m.lora->params[i] = 0.01f * (float)((int)(i % 13) - 6);
+    batch b;
+    REQUIRE(batch_alloc(&b, 2, 24, &err) == FT_OK, "batch_alloc: %s", err.what);
+    acts *a;
+    REQUIRE(acts_alloc_ckpt(&m, 2, 24, 0, ckpt, &a, &err) == FT_OK, "acts: %s", err.what);
     dataset ds = {0};
     ds.n = 2;
     ds.ex = calloc(2, sizeof(example));
@@ -115,12 +119,8 @@ static void check_config(const char *dir, const char *name, const model_load_opt
         for (int t = 0; t < n; t++)
             ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)((t * 31 + e * 7) % 97);
     }
-    batch b;
-    REQUIRE(batch_alloc(&b, 2, 24, &err) == FT_OK, "batch_alloc: %s", err.what);
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
-    acts *a;
-    REQUIRE(acts_alloc_ckpt(&m, 2, 24, 0, ckpt, &a, &err) == FT_OK, "acts: %s", err.what);
     double warm = model_forward(&m, a, &b, 1, 5, NULL, NULL);
     model_backward(&m, a, &b, 0.5f, 5);
     atomic_store(&allocs, 0);
