@@ -45,6 +45,7 @@
  * (ftune is linked in statically), and those from the shared libraries (libgomp's thread teams,
  * OpenBLAS's buffers: not ftune's to remove, reported only). */
 static atomic_long allocs, foreign;
+#if COUNTING
 static void *callers[8]; /* the callers of the first few of ours, printed when a check fails */
 extern char __executable_start, etext;
 
@@ -57,7 +58,6 @@ static void count(void *caller) {
     if (i >= 0 && i < 8) callers[i] = caller;
 }
 
-#if COUNTING
 void *__libc_malloc(size_t);
 void *__libc_calloc(size_t, size_t);
 void *__libc_realloc(void *, size_t);
@@ -136,12 +136,14 @@ static void check_config(const char *dir, const char *name, const model_load_opt
     if (COUNTING)
         printf("%s at %s: %ld allocations by ftune, %ld by the shared libraries (OpenMP, BLAS)\n",
                name, cpu_isa_name(cpu_level()), n, nf);
-    for (long i = 0; COUNTING && i < n && i < 8; i++) {
+#if COUNTING
+    for (long i = 0; i < n && i < 8; i++) {
         Dl_info info = {0};
         dladdr(callers[i], &info);
         fprintf(stderr, "  allocation %ld called from %p (%s in %s)\n", i, callers[i],
                 info.dli_sname ? info.dli_sname : "?", info.dli_fname ? info.dli_fname : "?");
     }
+#endif
     CHECK(isfinite(warm) && loss[0] == warm && loss[1] == warm, "%s: losses %.17g %.17g %.17g",
           name, warm, loss[0], loss[1]);
     acts_free(a);
