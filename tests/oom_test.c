@@ -6,8 +6,8 @@
  * allocation made by this executable's code (ftune is linked in statically; cJSON's and the
  * other shared libraries' own allocations are left alone) fails. For k = 0, 1, 2, ... until an
  * attempt runs with no failure, it parses and renders a chat-style Jinja template (loops,
- * filters, tojson with sorted keys, a namespace, generation spans, strings longer than jb_printf's stack
- * buffer) and checks that each attempt either succeeds with the right text or fails with
+ * filters, tojson with sorted keys, a namespace, generation spans, strings longer than jb_printf's
+ * stack buffer) and checks that each attempt either succeeds with the right text or fails with
  * FT_ERR_RUNTIME and a message saying "out of memory"; ASan (make asan, where this counting is
  * off) and LeakSanitizer then also see that the failure paths free what they took.
  */
@@ -62,7 +62,8 @@ void free(void *p) { __libc_free(p); }
 static const char *TPL =
     "{% for m in messages %}<|{{ m.role }}|>{% if m.role == 'assistant' %}{% generation %}"
     "{{ m.content | trim }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n"
-    "{% endfor %}{{ meta | tojson(sort_keys=true) }}|{{ long }}|{{ long | upper | replace('X', 'ab') }}"
+    "{% endfor %}{{ meta | tojson(sort_keys=true) }}|{{ long }}|{{ long | upper | replace('X', "
+    "'ab') }}"
     "{% set ns = namespace(n=0) %}{% for i in range(40) %}{% set ns.n = ns.n + i %}{% endfor %}"
     "{{ ns.n }}{% for i in range(80) %}{{ long }}{{ i }}{% endfor %}"
     "{% for i in range(60) %}{{ i }}{{ i + 1 }}{{ i * 2 }}{{ i - 3 }}{% endfor %}";

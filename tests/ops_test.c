@@ -207,9 +207,9 @@ static double frel_err(const float *a, const float *b, size_t n, size_t *same) {
     return e / m;
 }
 
-/* The fused pass against the composition it replaces (model.c, now model/block.c, before it): copies of each row's
- * parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward rope_backward,
- * rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
+/* The fused pass against the composition it replaces (model.c, now model/block.c, before it):
+ * copies of each row's parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward
+ * rope_backward, rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
  * (row_ops.h) in the same order, so they should agree to the bit (the fused backward reads the
  * pre-norm values from qkv, where the separate ops kept copies); the bound is 1e-6 of the
  * largest value (fp32 rounding of a few operations) so that a compiler vectorizing the two
