@@ -25,11 +25,11 @@
 #include <string.h>
 #include <time.h>
 
-typedef void (*fwd_fn)(float *, float *, const float *, const float *, const float *, const int *,
-                       const int *, int, int, int, int, int, int, float);
-typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, const float *,
-                       const float *, const float *, const float *, const int *, const int *, int,
-                       int, int, int, int, int, float);
+typedef int (*fwd_fn)(float *, float *, const float *, const float *, const float *, const int *,
+                      const int *, int, int, int, int, int, int, float, void *, size_t);
+typedef int (*bwd_fn)(float *, float *, float *, const float *, const float *, const float *,
+                      const float *, const float *, const float *, const int *, const int *, int,
+                      int, int, int, int, int, float, void *, size_t);
 
 static double clock_s(clockid_t id) {
     struct timespec ts;
@@ -63,8 +63,7 @@ int main(int argc, char **argv) {
         const char *name;
         fwd_fn f;
         bwd_fn b;
-    } vers[] = {{"avx2 v1", attention_forward_avx2, attention_backward_avx2},
-                {"tiled", attention_forward_tiled, attention_backward_tiled}};
+    } vers[] = {{"tiled", attention_forward_tiled, attention_backward_tiled}};
     printf("threads %d, best of %d\n", omp_get_max_threads(), reps);
     printf("%-22s %-8s %9s %9s %9s %9s %9s %9s\n", "shape", "kernel", "fwd ms", "fwd GF/s",
            "bwd ms", "bwd GF/s", "fwd GF/cs", "bwd GF/cs");
@@ -81,12 +80,15 @@ int main(int argc, char **argv) {
         for (size_t vi = 0; vi < sizeof vers / sizeof vers[0]; vi++) {
             if (!attention_avx2_usable(H, Hkv, D)) continue;
             double bf = 1e30, bb = 1e30, cf = 1e30, cb = 1e30;
+            size_t wsb = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+            void *ws = malloc(wsb);
             for (int r = 0; r <= reps; r++) {
                 double t0 = now(), c0 = cpu();
-                vers[vi].f(out, lse, q, k, v, NULL, NULL, B, T, H, Hkv, D, 0, (float)scale);
+                vers[vi].f(out, lse, q, k, v, NULL, NULL, B, T, H, Hkv, D, 0, (float)scale, ws,
+                           wsb);
                 double t1 = now(), c1 = cpu();
                 vers[vi].b(dq, dk, dv, dout, q, k, v, out, lse, NULL, NULL, B, T, H, Hkv, D, 0,
-                           (float)scale);
+                           (float)scale, ws, wsb);
                 double t2 = now(), c2 = cpu();
                 if (r > 0 && t1 - t0 < bf) bf = t1 - t0;
                 if (r > 0 && t2 - t1 < bb) bb = t2 - t1;
@@ -97,6 +99,7 @@ int main(int argc, char **argv) {
                    vers[vi].name, bf * 1e3, flops / bf * 1e-9, bb * 1e3, 2.5 * flops / bb * 1e-9,
                    flops / cf * 1e-9, 2.5 * flops / cb * 1e-9);
             fflush(stdout);
+            free(ws);
         }
         free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
     }

@@ -2,7 +2,8 @@
  * gemm_peak.c: how fast can this machine multiply fp32 matrices? The yardstick of the training
  * benchmark (bench/bench_train.py divides a step's achieved GFLOP/s by the best figure here).
  *
- *     build/bench/gemm_peak [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] [--json FILE]
+ *     build/bench/gemm_peak [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] [--json
+ * FILE]
  *
  * It times row-major sgemm at 2048^3 and at the shapes one LoRA training step runs (B x T = 2048
  * tokens through the SmolLM-135M and Qwen3-0.6B projections: forward inp . W^T as "NT", input
@@ -11,8 +12,8 @@
  * machine shared with other work the best round is the one closest to what the hardware can do.
  *
  * OpenBLAS picks its kernels when the library loads, from the CPU or from OPENBLAS_CORETYPE, so
- * one process measures one kernel family: bench/gemm_peaks.py runs this program once per core type that
- * the CPU can execute, and once with --backend dnnl (oneDNN's dnnl_sgemm, when libdnnl-dev was
+ * one process measures one kernel family: bench/gemm_peaks.py runs this program once per core type
+ * that the CPU can execute, and once with --backend dnnl (oneDNN's dnnl_sgemm, when libdnnl-dev was
  * present at build time; HAVE_DNNL). The program prints the kernel that ran
  * (openblas_get_corename(), openblas_get_config()) and, last, "GEMM peak: X GFLOP/s".
  *
@@ -48,16 +49,11 @@ typedef struct {
 
 /* M = 2048 tokens (B x T = 4 x 512 or 1 x 2048). Weight sizes from the models' config.json. */
 static const shape SHAPES[] = {
-    {"square 2048^3", 2048, 2048, 2048, 0},
-    {"smollm gate/up fwd", 2048, 1536, 576, 1},
-    {"smollm down fwd", 2048, 576, 1536, 1},
-    {"smollm gate/up dX", 2048, 576, 1536, 0},
-    {"smollm q/o fwd", 2048, 576, 576, 1},
-    {"smollm k/v fwd", 2048, 192, 576, 1},
-    {"smollm lm head 8k", 2048, 8192, 576, 1},
-    {"qwen3 gate/up fwd", 2048, 3072, 1024, 1},
-    {"qwen3 down fwd", 2048, 1024, 3072, 1},
-    {"qwen3 q fwd", 2048, 2048, 1024, 1},
+    {"square 2048^3", 2048, 2048, 2048, 0},    {"smollm gate/up fwd", 2048, 1536, 576, 1},
+    {"smollm down fwd", 2048, 576, 1536, 1},   {"smollm gate/up dX", 2048, 576, 1536, 0},
+    {"smollm q/o fwd", 2048, 576, 576, 1},     {"smollm k/v fwd", 2048, 192, 576, 1},
+    {"smollm lm head 8k", 2048, 8192, 576, 1}, {"qwen3 gate/up fwd", 2048, 3072, 1024, 1},
+    {"qwen3 down fwd", 2048, 1024, 3072, 1},   {"qwen3 q fwd", 2048, 2048, 1024, 1},
     {"lora A r16 fwd", 2048, 16, 576, 1},
 };
 #define NSHAPES (int)(sizeof SHAPES / sizeof SHAPES[0])
@@ -81,11 +77,13 @@ static void set_threads(int n) {
 
 /* The bf16 operands (bf16 mode): A and B rounded once per shape. */
 static uint16_t *A16, *B16;
+static void *ws; /* gemm_bf16's scratch (gemm_bf16_scratch_bytes), allocated with A16 */
+static size_t wsb;
 
 static int sgemm(const shape *s, const float *A, const float *B, float *C) {
     int ldb = s->transB ? s->K : s->N;
     if (use_bf16) {
-        gemm_bf16(s->transB, s->M, s->N, s->K, A16, s->K, B16, ldb, 0.0f, C, s->N);
+        gemm_bf16(s->transB, s->M, s->N, s->K, A16, s->K, B16, ldb, 0.0f, C, s->N, ws, wsb);
         return 0;
     }
 #ifdef HAVE_DNNL
@@ -109,11 +107,15 @@ static double time_shape(const shape *s, double seconds) {
         exit(1);
     }
     /* Small values that stay normal: denormals would make any kernel slow. */
-    for (size_t i = 0; i < na; i++) A[i] = (float)((i * 7 % 13) - 6) * 0.01f;
-    for (size_t i = 0; i < nb; i++) B[i] = (float)((i * 5 % 11) - 5) * 0.01f;
+    for (size_t i = 0; i < na; i++)
+        A[i] = (float)((i * 7 % 13) - 6) * 0.01f;
+    for (size_t i = 0; i < nb; i++)
+        B[i] = (float)((i * 5 % 11) - 5) * 0.01f;
     if (use_bf16) {
         A16 = malloc(na * sizeof *A16), B16 = malloc(nb * sizeof *B16);
-        if (!A16 || !B16) {
+        wsb = gemm_bf16_scratch_bytes(s->M, s->N, s->K);
+        ws = malloc(wsb ? wsb : 1);
+        if (!A16 || !B16 || !ws) {
             fprintf(stderr, "gemm_peak: out of memory for %s\n", s->name);
             exit(1);
         }
@@ -135,8 +137,8 @@ static double time_shape(const shape *s, double seconds) {
     free(A);
     free(B);
     free(C);
-    free(A16), free(B16);
-    A16 = B16 = NULL;
+    free(A16), free(B16), free(ws);
+    A16 = B16 = NULL, ws = NULL;
     return best;
 }
 
@@ -167,8 +169,9 @@ int main(int argc, char **argv) {
         } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
             json = argv[++i];
         } else {
-            fprintf(stderr, "usage: %s [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] "
-                            "[--json FILE]\n",
+            fprintf(stderr,
+                    "usage: %s [--backend openblas|dnnl|bf16] [--threads 1,2] [--seconds S] "
+                    "[--json FILE]\n",
                     argv[0]);
             return 2;
         }
@@ -202,7 +205,8 @@ int main(int argc, char **argv) {
     double res[8][NSHAPES], peak = 0;
     int peak_t = 0, peak_s = 0;
     printf("%-20s %16s", "GFLOP/s", "M x N x K");
-    for (int t = 0; t < nthreads; t++) printf("  %6d thr", threads[t]);
+    for (int t = 0; t < nthreads; t++)
+        printf("  %6d thr", threads[t]);
     printf("\n");
     for (int s = 0; s < NSHAPES; s++) {
         char dims[48];
@@ -232,17 +236,22 @@ int main(int argc, char **argv) {
             perror(json);
             return 1;
         }
-        fprintf(f, "{\"backend\": \"%s\", \"kind\": \"%s\", \"corename\": \"%s\", "
-                   "\"coretype_env\": %s%s%s, \"config\": \"%s\", \"peak_gflops\": %.2f, "
-                   "\"peak_threads\": %d, \"peak_shape\": \"%s\", \"results\": [",
-                backend, use_bf16 ? "bf16" : use_dnnl ? "dnnl" : "openblas",
-                use_dnnl ? "" : openblas_get_corename(),
-                coretype ? "\"" : "", coretype ? coretype : "null", coretype ? "\"" : "",
+        fprintf(f,
+                "{\"backend\": \"%s\", \"kind\": \"%s\", \"corename\": \"%s\", "
+                "\"coretype_env\": %s%s%s, \"config\": \"%s\", \"peak_gflops\": %.2f, "
+                "\"peak_threads\": %d, \"peak_shape\": \"%s\", \"results\": [",
+                backend,
+                use_bf16   ? "bf16"
+                : use_dnnl ? "dnnl"
+                           : "openblas",
+                use_dnnl ? "" : openblas_get_corename(), coretype ? "\"" : "",
+                coretype ? coretype : "null", coretype ? "\"" : "",
                 use_dnnl ? "" : openblas_get_config(), peak, peak_t, SHAPES[peak_s].name);
         for (int s = 0; s < NSHAPES; s++)
             for (int t = 0; t < nthreads; t++)
-                fprintf(f, "%s{\"shape\": \"%s\", \"M\": %d, \"N\": %d, \"K\": %d, \"transB\": %d, "
-                           "\"threads\": %d, \"gflops\": %.2f}",
+                fprintf(f,
+                        "%s{\"shape\": \"%s\", \"M\": %d, \"N\": %d, \"K\": %d, \"transB\": %d, "
+                        "\"threads\": %d, \"gflops\": %.2f}",
                         s || t ? ", " : "", SHAPES[s].name, SHAPES[s].M, SHAPES[s].N, SHAPES[s].K,
                         SHAPES[s].transB, threads[t], res[t][s]);
         fprintf(f, "]}\n");

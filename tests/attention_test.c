@@ -14,7 +14,7 @@
  *    fp32 rounding stays around 1e-6 of the scale; 1e-5 fails on any mask or indexing slip, which
  *    moves values by O(1e-2) or more. Padding rows must be exactly 0 (out, dq, dk, dv) and their
  *    lse -inf; dq/dk/dv are pre-filled with garbage to check that backward overwrites.
- *    Every case runs the portable code, the first AVX2 version (both backward work splits), the
+ *    Every case runs the portable code, the
  *    tiled AVX2 version (attention_tiled_avx2.c: backward in 1, 2 and 3 parts, K/V rows aligned
  *    and 16 bytes off) and the dispatching entry points. Cases with T = 600 cross its 256-key
  *    chunks; GQA groups 1..8 and D = 64, 80, 128 cut its 6-row tiles and 16-wide panels.
@@ -246,6 +246,71 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
     free(out), free(lse), free(dq), free(dk), free(dv);
 }
 
+/* The tiled kernel, which reports a missing workspace instead of running the portable code:
+ * here that is a failure. */
+static void tiled_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                          const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                          int window, float scale) {
+    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    void *ws = malloc(n);
+    int rc =
+        attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
+    CHECK(rc == 0, "the tiled forward did not run (%d)", rc);
+    /* with a workspace too small for one thread's buffers it refuses (and writes nothing) */
+    CHECK(attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws,
+                                  64) == -1,
+          "the tiled forward ran in 64 bytes");
+    free(ws);
+}
+
+static void tiled_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                           const float *k, const float *v, const float *out, const float *lse,
+                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                           int window, float scale) {
+    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    void *ws = malloc(n);
+    int rc = attention_backward_tiled(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv,
+                                      D, window, scale, ws, n);
+    CHECK(rc == 0, "the tiled backward did not run (%d)", rc);
+    free(ws);
+}
+
+/* The dispatching entry points with the workspace they ask for, as the model gives it; and with
+ * none, when they must run the portable code (fallback). */
+static void dispatch_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale) {
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    void *ws = n ? malloc(n) : NULL;
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
+    free(ws);
+}
+
+static void dispatch_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                              const float *k, const float *v, const float *out, const float *lse,
+                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                              int window, float scale) {
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    void *ws = n ? malloc(n) : NULL;
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, ws, n);
+    free(ws);
+}
+
+static void noworkspace_forward(float *out, float *lse, const float *q, const float *k,
+                                const float *v, const int *seg, const int *len, int B, int T, int H,
+                                int Hkv, int D, int window, float scale) {
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, NULL, 0);
+}
+
+static void noworkspace_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *out, const float *lse,
+                                 const int *seg, const int *len, int B, int T, int H, int Hkv,
+                                 int D, int window, float scale) {
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, NULL, 0);
+}
+
 static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
     run_variant_kv(c, vname, fwd, bwd, c->k, c->v);
 }
@@ -300,13 +365,6 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
     }
     run_variant(&c, "portable", attention_forward_ref, attention_backward_ref);
     if (attention_avx2_usable(H, Hkv, D)) {
-        attention_backward_passes = 1;
-        run_variant(&c, "avx2, backward in one pass", attention_forward_avx2,
-                    attention_backward_avx2);
-        attention_backward_passes = 2;
-        run_variant(&c, "avx2, backward in two passes", attention_forward_avx2,
-                    attention_backward_avx2);
-        attention_backward_passes = 0;
         /* the tiled version: its backward with each (b, kv head) in 1, 2 and 3 runs of query
          * blocks (the runs after the first sum through their own buffers), and with K, V rows
          * 32-byte aligned (read in place) and 16-byte off (copied first) */
@@ -318,17 +376,17 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
             char vn[80];
             attention_tiled_parts = parts;
             snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V aligned", parts);
-            run_variant_kv(&c, vn, attention_forward_tiled, attention_backward_tiled, ka, va);
+            run_variant_kv(&c, vn, tiled_forward, tiled_backward, ka, va);
             snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V 16 bytes off", parts);
-            run_variant_kv(&c, vn, attention_forward_tiled, attention_backward_tiled, ku + 4,
-                           vu + 4);
+            run_variant_kv(&c, vn, tiled_forward, tiled_backward, ku + 4, vu + 4);
         }
         attention_tiled_parts = 0;
         free(ka), free(va), free(ku), free(vu);
     } else if (D % 16 == 0) {
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");
     }
-    run_variant(&c, "dispatch", attention_forward, attention_backward);
+    run_variant(&c, "dispatch", dispatch_forward, dispatch_backward);
+    run_variant(&c, "dispatch without a workspace", noworkspace_forward, noworkspace_backward);
     free(c.q), free(c.k), free(c.v), free(c.dout), free(qd), free(kd), free(vd), free(dod);
     free(c.outd), free(c.lsed), free(c.dqd), free(c.dkd), free(c.dvd), free(c.seg);
     free(c.nq_), free(c.nk_), free(c.nv_);

@@ -89,7 +89,7 @@ static void test_pack(void) {
 
     /* a packed micro-batch: positions restart, seg ids per document, no target across */
     batch b;
-    CHECK(batch_alloc(&b, 2, 32, &err) == FT_OK, "alloc");
+    REQUIRE(batch_alloc(&b, 2, 32, &err) == FT_OK, "alloc");
     int idx[2] = {packed.n - 1, packed.n - 2}; /* BFD's last rows hold the short examples */
     CHECK(packed.ex[idx[0]].n_docs > 1, "last row has %d documents", packed.ex[idx[0]].n_docs);
     batch_fill(&b, &packed, idx, 2);
@@ -159,7 +159,7 @@ static void test_packed_model(void) {
     char mdir[128], a[256];
     snprintf(mdir, sizeof mdir, "%s/model", dir);
     ft_error err;
-    CHECK(model_init_random("llama", "tiny", 97, 5, mdir, &err) == FT_OK, "init: %s", err.what);
+    REQUIRE(model_init_random("llama", "tiny", 97, 5, mdir, &err) == FT_OK, "init: %s", err.what);
     write_file("p.jsonl", 9, 3, 14, 11, a);
     const char *src[1] = {a};
     data_options o = {0};
@@ -172,8 +172,10 @@ static void test_packed_model(void) {
     model m;
     CHECK(model_load(mdir, &m, &err) == FT_OK, "model: %s", err.what);
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err);
+    REQUIRE(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err) == FT_OK, "lora_create: %s",
+            err.what);
     lora_init(m.lora, 3);
     /* make B non-zero so every LoRA gradient is */
     for (size_t i = 0; i < m.lora->n_params; i++)
@@ -182,8 +184,8 @@ static void test_packed_model(void) {
     float *g1 = calloc(P, sizeof(float)), *g2 = calloc(P, sizeof(float));
     acts *ac;
     batch b;
-    batch_alloc(&b, packed.n, 40, &err);
-    acts_alloc(&m, packed.n, 40, 0, &ac, &err);
+    REQUIRE(batch_alloc(&b, packed.n, 40, &err) == FT_OK, "batch_alloc: %s", err.what);
+    REQUIRE(acts_alloc(&m, packed.n, 40, 0, &ac, &err) == FT_OK, "acts: %s", err.what);
     long counted = 0;
     for (int i = 0; i < plain.n; i++)
         counted += example_counted(&plain.ex[i]);

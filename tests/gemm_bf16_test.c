@@ -1,7 +1,8 @@
 /* gemm_bf16_test.c: the bf16 products of gemm_bf16.h against gemm_bf16_ref (each output summed
  * in double), on every kernel there is to run:
  *  - the fallback (widen to fp32, OpenBLAS sgemm), always;
- *  - the AVX512_BF16 kernel natively (gemm_bf16_set_isa("avx512")) when the CPU has it;
+ *  - the AVX512_BF16 kernel natively (cpu_set_level(CPU_AVX512BF16)) when the CPU has it, and with
+ * no scratch (the dispatcher then falls back to the reference);
  *  - the same kernel source (ops/gemm_bf16_dp.h) built here against SIMDe's emulation of the
  *    AVX-512 intrinsics, so that it is tested on CPUs without AVX-512 too; skipped, with a
  *    message, when the SIMDe headers are missing (Debian: libsimde-dev).
@@ -24,6 +25,7 @@
  * min(K, 256) + ceil(K / 256) + 2. OpenBLAS blocks K by at most that much too. A missing,
  * doubled or misplaced product moves an output by about |a||b| ~ sum/K, far more.
  */
+#include "base/cpu.h"
 #include "ops/gemm_bf16.h"
 #include "test.h"
 
@@ -157,9 +159,28 @@ typedef void (*gemm_bf16_kernel)(int, int, int, int, const uint16_t *, int, cons
 static int emulated_failed;
 static void gemm_emulated(int transB, int M, int N, int K, const uint16_t *A, int lda,
                           const uint16_t *B, int ldb, float beta, float *C, int ldc) {
-    if (dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc)) emulated_failed++;
+    size_t n = dp_scratch_bytes(M, N, K);
+    void *ws = malloc(n);
+    if (dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, ws, n)) emulated_failed++;
+    free(ws);
 }
 #endif
+
+/* gemm_bf16 with the scratch it asks for (gemm_bf16_scratch_bytes), as qtensor.c gives it. */
+static void gemm_dispatch(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                          const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    size_t n = gemm_bf16_scratch_bytes(M, N, K);
+    void *ws = n ? malloc(n) : NULL;
+    gemm_bf16(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, ws, n);
+    free(ws);
+}
+
+/* gemm_bf16 given no scratch: no kernel but the reference can run, and the product is still
+ * right. */
+static void gemm_bf16_noscratch(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                                const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    gemm_bf16(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, NULL, 0);
+}
 
 /* One product on `run` against the reference; the largest error in units of the bound. */
 static double check_shape(gemm_bf16_kernel run, const char *name, int transB, int M, int N, int K,
@@ -235,26 +256,28 @@ int main(int argc, char **argv) {
     (void)argc;
     /* the choice made on first use: avx512 when the CPU has it, unless FTUNE_ISA caps it */
     const char *cap = getenv("FTUNE_ISA"), *first = gemm_bf16_isa();
-    int capped = cap && (!strcasecmp(cap, "avx2") || !strcasecmp(cap, "portable"));
+    int capped = cpu_level() < CPU_AVX512BF16;
     printf("FTUNE_ISA %s: %s\n", cap ? cap : "unset", first);
     check_rounding();
 
-    int has_avx512 = gemm_bf16_set_isa("avx512"), cpuinfo = cpuinfo_has_avx512_bf16();
+    cpu_isa keep = cpu_level();
+    int has_avx512 = cpu_set_level(CPU_AVX512BF16), cpuinfo = cpuinfo_has_avx512_bf16();
     CHECK(cpuinfo < 0 || has_avx512 == cpuinfo, "CPUID says AVX512_BF16 %d, /proc/cpuinfo %d",
           has_avx512, cpuinfo);
     CHECK(!strcmp(first, has_avx512 && !capped ? "avx512" : "fallback"),
           "first choice %s (AVX512_BF16 %d, FTUNE_ISA %s)", first, has_avx512, cap ? cap : "unset");
-    CHECK(gemm_bf16_set_isa("fallback") == 1, "the fallback is always there");
-    CHECK(!strcmp(gemm_bf16_isa(), "fallback"), "set_isa(fallback) gave %s", gemm_bf16_isa());
-    CHECK(gemm_bf16_set_isa("avx1024") == 0 && gemm_bf16_set_isa(NULL) == 0,
-          "an unknown kernel accepted");
-    check_kernel(gemm_bf16, "fallback");
+    CHECK(cpu_set_level(keep < CPU_AVX512 ? keep : CPU_AVX512) == 1,
+          "the fallback is always there");
+    CHECK(!strcmp(gemm_bf16_isa(), "fallback"), "below avx512bf16: %s", gemm_bf16_isa());
+    check_kernel(gemm_dispatch, "fallback");
 
     if (has_avx512) {
-        gemm_bf16_set_isa("avx512");
-        CHECK(!strcmp(gemm_bf16_isa(), "avx512"), "set_isa(avx512) gave %s", gemm_bf16_isa());
-        check_kernel(gemm_bf16, "avx512 (native)");
-        gemm_bf16_set_isa("fallback");
+        cpu_set_level(CPU_AVX512BF16);
+        CHECK(!strcmp(gemm_bf16_isa(), "avx512"), "level avx512bf16 gave %s", gemm_bf16_isa());
+        check_kernel(gemm_dispatch, "avx512 (native)");
+        /* too little scratch: the dispatcher goes down the table (here to the reference) */
+        check_kernel(gemm_bf16_noscratch, "avx512 without scratch (the reference)");
+        cpu_set_level(keep);
     } else {
         printf("avx512 (native): skipped (this CPU lacks AVX512_BF16)\n");
     }

@@ -35,9 +35,10 @@ static double loss_of(model *m, acts *a, batch *b, float dropseed) {
 
 static void check_arch(const char *arch, double dropout, int ckpt) {
     char dir[] = "/tmp/ftune_model_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    CHECK(model_init_random(arch, "tiny", 97, 7, dir, &err) == FT_OK, "%s: init: %s", arch, err.what);
+    REQUIRE(model_init_random(arch, "tiny", 97, 7, dir, &err) == FT_OK, "%s: init: %s", arch,
+            err.what);
     model m;
     if (model_load(dir, &m, &err) != FT_OK) {
         CHECK(0, "%s: load: %s %s", arch, err.where, err.what);
@@ -45,8 +46,9 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
     }
     unsigned mask;
     CHECK(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets");
-    CHECK(lora_create(&m.cfg, 4, 8, dropout, 0, mask, NULL, &m.lora, &err) == FT_OK, "create");
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    REQUIRE(lora_create(&m.cfg, 4, 8, dropout, 0, mask, NULL, &m.lora, &err) == FT_OK, "create");
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
 
     /* two rows of unequal length, ids and labels random, some labels -100 */
     dataset ds = {0};
@@ -63,7 +65,7 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
         }
     }
     batch b;
-    batch_alloc(&b, 2, 11, &err);
+    REQUIRE(batch_alloc(&b, 2, 11, &err) == FT_OK, "batch_alloc: %s", err.what);
     acts *a;
     CHECK(acts_alloc_ckpt(&m, 2, 11, 5, ckpt, &a, &err) == FT_OK, "acts");
     int idx[2] = {0, 1};
@@ -83,7 +85,8 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
         for (int s = 0; s < 6; s++) {
             const lora_module *mod = &m.lora->mods[md];
             size_t nA = (size_t)m.lora->R * mod->in, nB = (size_t)mod->out * m.lora->R;
-            size_t i = s < 3 ? mod->offA + (size_t)(urand() * nA) : mod->offB + (size_t)(urand() * nB);
+            size_t i =
+                s < 3 ? mod->offA + (size_t)(urand() * nA) : mod->offB + (size_t)(urand() * nB);
             float keep = m.lora->params[i];
             const float h = 3e-3f;
             m.lora->params[i] = keep + h;
@@ -99,8 +102,10 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
         double d = fabs(num[s] - g[ids[s]]);
         if (d > worst) worst = d, worst_i = s;
     }
-    CHECK(worst <= 0.02 * maxg + 1e-3, "%s dropout %g ckpt %d: worst |fd - analytic| = %g (fd %g, analytic %g), max grad %g",
-          arch, dropout, ckpt, worst, worst_i >= 0 ? num[worst_i] : 0, worst_i >= 0 ? g[ids[worst_i]] : 0, maxg);
+    CHECK(worst <= 0.02 * maxg + 1e-3,
+          "%s dropout %g ckpt %d: worst |fd - analytic| = %g (fd %g, analytic %g), max grad %g",
+          arch, dropout, ckpt, worst, worst_i >= 0 ? num[worst_i] : 0,
+          worst_i >= 0 ? g[ids[worst_i]] : 0, maxg);
     CHECK(maxg > 1e-3, "%s: gradients are not trivially zero (max %g)", arch, maxg);
 
     if (dropout == 0) {
@@ -111,8 +116,8 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
         double l1 = model_forward(&m, a, &b, 0, 0, NULL, NULL);
         batch_fill(&b, &ds, &two, 1);
         double l2 = model_forward(&m, a, &b, 0, 0, NULL, NULL);
-        CHECK(fabs(l1 + l2 - both) <= 1e-4 * fabs(both), "%s: padding changes the loss: %.9g + %.9g vs %.9g",
-              arch, l1, l2, both);
+        CHECK(fabs(l1 + l2 - both) <= 1e-4 * fabs(both),
+              "%s: padding changes the loss: %.9g + %.9g vs %.9g", arch, l1, l2, both);
     }
     free(g);
     acts_free(a);
@@ -121,53 +126,61 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
     model_free(&m);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 /* With and without checkpointing, the gradients are bit-identical: recomputation runs the same
  * arithmetic on the same inputs. */
 static void check_ckpt_identical(void) {
     char dir[] = "/tmp/ftune_ckpt_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    model_init_random("llama", "tiny", 97, 3, dir, &err);
+    REQUIRE(model_init_random("llama", "tiny", 97, 3, dir, &err) == FT_OK, "init: %s", err.what);
     model m;
     if (model_load(dir, &m, &err) != FT_OK) {
         CHECK(0, "load: %s", err.what);
         return;
     }
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    REQUIRE(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err) == FT_OK,
+            "lora_create: %s", err.what);
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
     dataset ds = {0};
     ds.n = 1;
     ds.ex = calloc(1, sizeof(example));
     ds.ex[0].n = 9;
     ds.ex[0].ids = malloc(9 * sizeof(int32_t));
     ds.ex[0].labels = malloc(9 * sizeof(int32_t));
-    for (int t = 0; t < 9; t++) ds.ex[0].ids[t] = ds.ex[0].labels[t] = (int32_t)(urand() * 97);
+    for (int t = 0; t < 9; t++)
+        ds.ex[0].ids[t] = ds.ex[0].labels[t] = (int32_t)(urand() * 97);
     batch b;
-    batch_alloc(&b, 1, 9, &err);
+    REQUIRE(batch_alloc(&b, 1, 9, &err) == FT_OK, "batch_alloc: %s", err.what);
     int idx = 0;
     batch_fill(&b, &ds, &idx, 1);
     float *g[2];
     double loss[2];
     for (int ck = 0; ck < 2; ck++) {
         acts *a;
-        acts_alloc_ckpt(&m, 1, 9, 0, ck, &a, &err);
+        REQUIRE(acts_alloc_ckpt(&m, 1, 9, 0, ck, &a, &err) == FT_OK, "acts: %s", err.what);
         memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
         loss[ck] = model_forward(&m, a, &b, 1, 5, NULL, NULL);
         model_backward(&m, a, &b, 1.0f, 5);
         g[ck] = malloc(m.lora->n_params * sizeof(float));
         memcpy(g[ck], m.lora->grads, m.lora->n_params * sizeof(float));
-        if (ck) CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, 0),
-                      "checkpointing saves memory: %zu bytes", acts_bytes(a));
-        CHECK(acts_bytes(a) == acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, ck), "plan = allocation");
+        if (ck)
+            CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, 0),
+                  "checkpointing saves memory: %zu bytes", acts_bytes(a));
+        CHECK(acts_bytes(a) == acts_plan_bytes(&m.cfg, 4, m.lora->n, 1, 9, ck),
+              "plan = allocation");
         acts_free(a);
     }
     CHECK(loss[0] == loss[1], "loss %.17g vs %.17g", loss[0], loss[1]);
-    CHECK(!memcmp(g[0], g[1], m.lora->n_params * sizeof(float)), "gradients differ with checkpointing");
+    CHECK(!memcmp(g[0], g[1], m.lora->n_params * sizeof(float)),
+          "gradients differ with checkpointing");
     free(g[0]);
     free(g[1]);
     batch_free(&b);
@@ -175,7 +188,8 @@ static void check_ckpt_identical(void) {
     model_free(&m);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 /* bf16 layer checkpoints: the forward goes on from each layer's input rounded to bf16, so the
@@ -189,18 +203,21 @@ static void check_ckpt_identical(void) {
  * deep model less than fp32 checkpoints by (L+1) N C x 2 bytes less one fp32 working slot. */
 static void check_bf16_checkpoints(void) {
     char dir[] = "/tmp/ftune_ckpt16_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    model_init_random("llama", "tiny", 97, 3, dir, &err);
+    REQUIRE(model_init_random("llama", "tiny", 97, 3, dir, &err) == FT_OK, "init: %s", err.what);
     model m;
     if (model_load(dir, &m, &err) != FT_OK) {
         CHECK(0, "load: %s", err.what);
         return;
     }
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    REQUIRE(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err) == FT_OK,
+            "lora_create: %s", err.what);
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
     dataset ds = {0};
     ds.n = 2;
     ds.ex = calloc(2, sizeof(example));
@@ -208,10 +225,11 @@ static void check_bf16_checkpoints(void) {
         ds.ex[e].n = 13 - 4 * e;
         ds.ex[e].ids = malloc(13 * sizeof(int32_t));
         ds.ex[e].labels = malloc(13 * sizeof(int32_t));
-        for (int t = 0; t < 13; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+        for (int t = 0; t < 13; t++)
+            ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
     }
     batch b;
-    batch_alloc(&b, 2, 13, &err);
+    REQUIRE(batch_alloc(&b, 2, 13, &err) == FT_OK, "batch_alloc: %s", err.what);
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
     /* fp32 without checkpoints; bf16 checkpoints twice; the rounded model without them */
@@ -242,7 +260,8 @@ static void check_bf16_checkpoints(void) {
         worst = fmax(worst, fabs(g[1][i] - g[0][i]));
     }
     CHECK(loss[1] != loss[0], "bf16 checkpoints round something (loss %.17g)", loss[1]);
-    CHECK(fabs(loss[1] - loss[0]) <= 1e-2 * fabs(loss[0]), "loss %.9g vs fp32 %.9g", loss[1], loss[0]);
+    CHECK(fabs(loss[1] - loss[0]) <= 1e-2 * fabs(loss[0]), "loss %.9g vs fp32 %.9g", loss[1],
+          loss[0]);
     CHECK(maxg > 1e-3 && worst <= 1e-2 * maxg, "bf16 checkpoints: LoRA grads differ by %g (max %g)",
           worst, maxg);
     printf("bf16 checkpoints: loss %.7g vs fp32 %.7g; grads differ by %.3g of the largest\n",
@@ -254,13 +273,15 @@ static void check_bf16_checkpoints(void) {
            NC = (size_t)2 * 13 * deep.C, saved = 33 * NC * 2 - NC * 4;
     CHECK(f32 - b16 + 128 >= saved && f32 - b16 <= saved + 128,
           "32 layers: bf16 checkpoints save %zu bytes, expected %zu", f32 - b16, saved);
-    for (int r = 0; r < 4; r++) free(g[r]);
+    for (int r = 0; r < 4; r++)
+        free(g[r]);
     batch_free(&b);
     dataset_free(&ds);
     model_free(&m);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 /* With checkpointing the MLP runs in chunks of rows: the loss and LoRA gradients match the
@@ -270,18 +291,21 @@ static void check_bf16_checkpoints(void) {
  * the chunks (5, 7 rows); bf16 checkpoints chunked equal bf16 checkpoints unchunked alike. */
 static void check_mlp_chunks(void) {
     char dir[] = "/tmp/ftune_mlpchunk_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    model_init_random("qwen2", "tiny", 97, 4, dir, &err);
+    REQUIRE(model_init_random("qwen2", "tiny", 97, 4, dir, &err) == FT_OK, "init: %s", err.what);
     model m;
     if (model_load(dir, &m, &err) != FT_OK) {
         CHECK(0, "load: %s", err.what);
         return;
     }
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err);
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    REQUIRE(lora_parse_targets(&m.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&m.cfg, 4, 8, 0.2, 0, mask, NULL, &m.lora, &err) == FT_OK,
+            "lora_create: %s", err.what);
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
     dataset ds = {0};
     ds.n = 2;
     ds.ex = calloc(2, sizeof(example));
@@ -289,15 +313,16 @@ static void check_mlp_chunks(void) {
         ds.ex[e].n = 13 - 5 * e;
         ds.ex[e].ids = malloc(13 * sizeof(int32_t));
         ds.ex[e].labels = malloc(13 * sizeof(int32_t));
-        for (int t = 0; t < 13; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+        for (int t = 0; t < 13; t++)
+            ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
     }
     batch b;
-    batch_alloc(&b, 2, 13, &err);
+    REQUIRE(batch_alloc(&b, 2, 13, &err) == FT_OK, "batch_alloc: %s", err.what);
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
     /* {ckpt, rows}: the references (unchunked) first */
-    const int runs[5][2] = {{CKPT_NONE, 0}, {CKPT_FP32, 5}, {CKPT_FP32, 7},
-                            {CKPT_BF16, 26}, {CKPT_BF16, 5}};
+    const int runs[5][2] = {
+        {CKPT_NONE, 0}, {CKPT_FP32, 5}, {CKPT_FP32, 7}, {CKPT_BF16, 26}, {CKPT_BF16, 5}};
     float *g[5];
     double loss[5];
     size_t n = m.lora->n_params;
@@ -309,8 +334,9 @@ static void check_mlp_chunks(void) {
         model_backward(&m, a, &b, 1.0f, 9);
         g[r] = malloc(n * sizeof(float));
         memcpy(g[r], m.lora->grads, n * sizeof(float));
-        if (r == 1) CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 2, 13, CKPT_FP32),
-                          "chunks take less than the default (all 26 rows here)");
+        if (r == 1)
+            CHECK(acts_bytes(a) < acts_plan_bytes(&m.cfg, 4, m.lora->n, 2, 13, CKPT_FP32),
+                  "chunks take less than the default (all 26 rows here)");
         acts_free(a);
     }
     for (int r = 1; r < 5; r++) {
@@ -322,16 +348,19 @@ static void check_mlp_chunks(void) {
         }
         CHECK(fabs(loss[r] - loss[ref]) <= 1e-6 * fabs(loss[ref]), "rows %d: loss %.17g vs %.17g",
               runs[r][1], loss[r], loss[ref]);
-        CHECK(maxg > 1e-3 && worst <= 1e-6 * maxg, "ckpt %d rows %d: LoRA grads differ by %g (max %g)",
-              runs[r][0], runs[r][1], worst, maxg);
+        CHECK(maxg > 1e-3 && worst <= 1e-6 * maxg,
+              "ckpt %d rows %d: LoRA grads differ by %g (max %g)", runs[r][0], runs[r][1], worst,
+              maxg);
     }
-    for (int r = 0; r < 5; r++) free(g[r]);
+    for (int r = 0; r < 5; r++)
+        free(g[r]);
     batch_free(&b);
     dataset_free(&ds);
     model_free(&m);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 /* A model loaded with quantized linear weights computes exactly what the fp32 model computes
@@ -341,9 +370,9 @@ static void check_mlp_chunks(void) {
  * resident weight bytes the loader reports are the planner's (model_weight_bytes). */
 static void check_quantized_equals_dequantized(const char *fmt, int double_quant) {
     char dir[] = "/tmp/ftune_qmodel_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    model_init_random("llama", "tiny", 97, 11, dir, &err);
+    REQUIRE(model_init_random("llama", "tiny", 97, 11, dir, &err) == FT_OK, "init: %s", err.what);
     model mq, mf;
     model_load_options lo = {.quant = fmt, .double_quant = double_quant, .blocksize = 64};
     if (model_load_with(dir, &lo, &mq, &err) != FT_OK || model_load(dir, &mf, &err) != FT_OK) {
@@ -365,15 +394,19 @@ static void check_quantized_equals_dequantized(const char *fmt, int double_quant
             size_t n = (size_t)f->out * f->in;
             float *d = malloc(n * sizeof(float));
             qtensor_dequant_rows(&q->W, 0, f->out, d);
-            for (size_t i = 0; i < n; i++) changed += d[i] != w[i];
+            for (size_t i = 0; i < n; i++)
+                changed += d[i] != w[i];
             memcpy(w, d, n * sizeof(float));
             free(d);
         }
     CHECK(changed > 0, "%s: quantization changes weights", fmt);
     unsigned mask;
-    lora_parse_targets(&mf.cfg, "all-linear", &mask, &err);
-    lora_create(&mf.cfg, 4, 8, 0, 0, mask, NULL, &mf.lora, &err);
-    lora_create(&mq.cfg, 4, 8, 0, 0, mask, NULL, &mq.lora, &err);
+    REQUIRE(lora_parse_targets(&mf.cfg, "all-linear", &mask, &err) == FT_OK, "targets: %s",
+            err.what);
+    REQUIRE(lora_create(&mf.cfg, 4, 8, 0, 0, mask, NULL, &mf.lora, &err) == FT_OK,
+            "lora_create: %s", err.what);
+    REQUIRE(lora_create(&mq.cfg, 4, 8, 0, 0, mask, NULL, &mq.lora, &err) == FT_OK,
+            "lora_create: %s", err.what);
     for (size_t i = 0; i < mf.lora->n_params; i++)
         mf.lora->params[i] = mq.lora->params[i] = (float)(0.4 * (urand() - 0.5));
     dataset ds = {0};
@@ -383,17 +416,18 @@ static void check_quantized_equals_dequantized(const char *fmt, int double_quant
         ds.ex[e].n = 10 - 3 * e;
         ds.ex[e].ids = malloc(sizeof(int32_t) * 10);
         ds.ex[e].labels = malloc(sizeof(int32_t) * 10);
-        for (int t = 0; t < 10; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+        for (int t = 0; t < 10; t++)
+            ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
     }
     batch b;
-    batch_alloc(&b, 2, 10, &err);
+    REQUIRE(batch_alloc(&b, 2, 10, &err) == FT_OK, "batch_alloc: %s", err.what);
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
     model *ms[2] = {&mf, &mq};
     double loss[2];
     for (int i = 0; i < 2; i++) {
         acts *a;
-        acts_alloc(ms[i], 2, 10, 0, &a, &err);
+        REQUIRE(acts_alloc(ms[i], 2, 10, 0, &a, &err) == FT_OK, "acts: %s", err.what);
         memset(ms[i]->lora->grads, 0, ms[i]->lora->n_params * sizeof(float));
         loss[i] = model_forward(ms[i], a, &b, 1, 0, NULL, NULL);
         model_backward(ms[i], a, &b, 1.0f, 0);
@@ -404,8 +438,8 @@ static void check_quantized_equals_dequantized(const char *fmt, int double_quant
         maxg = fmax(maxg, fabs(mf.lora->grads[i]));
         worst = fmax(worst, fabs(mf.lora->grads[i] - mq.lora->grads[i]));
     }
-    CHECK(fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[0]), "%s: loss %.9g vs dequantized %.9g",
-          fmt, loss[1], loss[0]);
+    CHECK(fabs(loss[0] - loss[1]) <= 1e-6 * fabs(loss[0]), "%s: loss %.9g vs dequantized %.9g", fmt,
+          loss[1], loss[0]);
     CHECK(maxg > 1e-3 && worst <= 1e-5 * maxg, "%s dq %d: LoRA grads differ by %g (max %g)", fmt,
           double_quant, worst, maxg);
     batch_free(&b);
@@ -414,7 +448,8 @@ static void check_quantized_equals_dequantized(const char *fmt, int double_quant
     model_free(&mf);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 /* One training step (forward, backward) of the tiny Llama with LoRA on every linear layer, from
@@ -423,17 +458,24 @@ static double one_step(const char *dir, const model_load_options *lo, float **gr
                        size_t *n_params, qcompute *compute) {
     ft_error err;
     model m;
+    *grads = NULL;
+    *n_params = 0;
     if (model_load_with(dir, lo, &m, &err) != FT_OK) {
         CHECK(0, "load: %s %s", err.where, err.what);
         return NAN;
     }
     *compute = m.blocks[0].lin[0].W.compute;
     unsigned mask;
-    lora_parse_targets(&m.cfg, "all-linear", &mask, &err);
-    lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err);
+    if (lora_parse_targets(&m.cfg, "all-linear", &mask, &err) != FT_OK ||
+        lora_create(&m.cfg, 4, 8, 0, 0, mask, NULL, &m.lora, &err) != FT_OK) {
+        CHECK(0, "lora: %s", err.what);
+        model_free(&m);
+        return NAN;
+    }
     uint64_t keep = rng;
     rng = 777; /* the same LoRA values and data in every call */
-    for (size_t i = 0; i < m.lora->n_params; i++) m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
+    for (size_t i = 0; i < m.lora->n_params; i++)
+        m.lora->params[i] = (float)(0.4 * (urand() - 0.5));
     dataset ds = {0};
     ds.n = 2;
     ds.ex = calloc(2, sizeof(example));
@@ -441,15 +483,18 @@ static double one_step(const char *dir, const model_load_options *lo, float **gr
         ds.ex[e].n = 12 - 4 * e;
         ds.ex[e].ids = malloc(sizeof(int32_t) * 12);
         ds.ex[e].labels = malloc(sizeof(int32_t) * 12);
-        for (int t = 0; t < 12; t++) ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
+        for (int t = 0; t < 12; t++)
+            ds.ex[e].ids[t] = ds.ex[e].labels[t] = (int32_t)(urand() * 97);
     }
     rng = keep;
     batch b;
-    batch_alloc(&b, 2, 12, &err);
+    acts *a;
+    if (batch_alloc(&b, 2, 12, &err) != FT_OK || acts_alloc(&m, 2, 12, 0, &a, &err) != FT_OK) {
+        CHECK(0, "batch / acts: %s", err.what);
+        return NAN; /* the test fails; what it allocated stays (a leak only on this path) */
+    }
     int idx[2] = {0, 1};
     batch_fill(&b, &ds, idx, 2);
-    acts *a;
-    acts_alloc(&m, 2, 12, 0, &a, &err);
     memset(m.lora->grads, 0, m.lora->n_params * sizeof(float));
     double loss = model_forward(&m, a, &b, 1, 0, NULL, NULL);
     model_backward(&m, a, &b, 1.0f, 0);
@@ -470,18 +515,22 @@ static double one_step(const char *dir, const model_load_options *lo, float **gr
  * activations were rounded too, not only the weights. */
 static void check_bf16_compute(void) {
     char dir[] = "/tmp/ftune_bf16c_test_XXXXXX";
-    if (!mkdtemp(dir)) return;
+    REQUIRE(mkdtemp(dir), "mkdtemp %s", dir);
     ft_error err;
-    model_init_random("llama", "tiny", 97, 13, dir, &err);
-    const model_load_options fp32 = {0}, stored = {.quant = "bf16", .lm_head = "bf16"}, bf16 = {.dtype = "bf16"};
+    REQUIRE(model_init_random("llama", "tiny", 97, 13, dir, &err) == FT_OK, "init: %s", err.what);
+    const model_load_options fp32 = {0}, stored = {.quant = "bf16", .lm_head = "bf16"},
+                             bf16 = {.dtype = "bf16"};
     const model_load_options *los[3] = {&fp32, &stored, &bf16};
     float *g[3];
     size_t n[3];
     qcompute qc[3];
     double loss[3];
-    for (int i = 0; i < 3; i++) loss[i] = one_step(dir, los[i], &g[i], &n[i], &qc[i]);
-    CHECK(qc[0] == QC_F32 && qc[1] == QC_F32 && qc[2] == QC_BF16, "compute %d %d %d", qc[0],
-          qc[1], qc[2]);
+    for (int i = 0; i < 3; i++) {
+        loss[i] = one_step(dir, los[i], &g[i], &n[i], &qc[i]);
+        REQUIRE(g[i] && n[i] == n[0], "step %d failed", i);
+    }
+    CHECK(qc[0] == QC_F32 && qc[1] == QC_F32 && qc[2] == QC_BF16, "compute %d %d %d", qc[0], qc[1],
+          qc[2]);
     double maxg = 0, worst = 0, vs_stored = 0;
     for (size_t i = 0; i < n[0]; i++) {
         maxg = fmax(maxg, fabs(g[0][i]));
@@ -489,21 +538,26 @@ static void check_bf16_compute(void) {
         vs_stored = fmax(vs_stored, fabs(g[2][i] - g[1][i]));
     }
     printf("bf16 compute: loss %.7g vs fp32 %.7g; LoRA grads differ by %.3g of the largest "
-           "(%.3g from bf16 weights in fp32)\n", loss[2], loss[0], worst / maxg, vs_stored / maxg);
+           "(%.3g from bf16 weights in fp32)\n",
+           loss[2], loss[0], worst / maxg, vs_stored / maxg);
     CHECK(fabs(loss[2] - loss[0]) <= 1e-2 * fabs(loss[0]), "bf16 loss %.9g vs fp32 %.9g", loss[2],
           loss[0]);
-    CHECK(maxg > 1e-3 && worst <= 1e-2 * maxg, "bf16: LoRA grads differ by %g (max %g)", worst, maxg);
+    CHECK(maxg > 1e-3 && worst <= 1e-2 * maxg, "bf16: LoRA grads differ by %g (max %g)", worst,
+          maxg);
     CHECK(vs_stored > 1e-6 * maxg, "bf16 compute equals fp32 compute over bf16 weights (%g)",
           vs_stored);
-    for (int i = 0; i < 3; i++) free(g[i]);
+    for (int i = 0; i < 3; i++)
+        free(g[i]);
     char cmd[200];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    if (system(cmd)) {}
+    if (system(cmd)) {
+    }
 }
 
 int main(void) {
     const char *archs[] = {"llama", "mistral", "qwen2", "qwen3", "phi3"};
-    for (int i = 0; i < 5; i++) check_arch(archs[i], 0.0, 0);
+    for (int i = 0; i < 5; i++)
+        check_arch(archs[i], 0.0, 0);
     check_arch("llama", 0.3, 0);
     check_arch("qwen3", 0.0, 1); /* gradient checkpointing: recomputed layers, same gradients */
     check_arch("phi3", 0.3, 1);

@@ -17,6 +17,7 @@
  * swiglu and xent run three times: the portable code (*_ref), the AVX2 code when the CPU has it,
  * and the dispatching entry points, each against the same references.
  */
+#include "base/cpu.h"
 #include "ops/ops.h"
 #include "test.h"
 
@@ -206,9 +207,9 @@ static double frel_err(const float *a, const float *b, size_t n, size_t *same) {
     return e / m;
 }
 
-/* The fused pass against the composition it replaces (model.c before it): copies of each row's
- * parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward rope_backward,
- * rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
+/* The fused pass against the composition it replaces (model.c, now model/block.c, before it):
+ * copies of each row's parts, rmsnorm_forward per head (qk-norm), rope_forward on q and k; backward
+ * rope_backward, rmsnorm_backward into zeroed buffers, copies into dqkv. Both run the same row code
  * (row_ops.h) in the same order, so they should agree to the bit (the fused backward reads the
  * pre-norm values from qkv, where the separate ops kept copies); the bound is 1e-6 of the
  * largest value (fp32 rounding of a few operations) so that a compiler vectorizing the two
@@ -232,7 +233,8 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
     size_t nq = (size_t)N * HD, nk = (size_t)N * KD;
     /* reference: the separate ops */
     float *rq = malloc(4 * nq), *rk = malloc(4 * nk), *rv = malloc(4 * nk), *rqp = malloc(4 * nq),
-          *rkp = malloc(4 * nk), *rqr = malloc(4 * (size_t)N * H), *rkr = malloc(4 * (size_t)N * Hkv);
+          *rkp = malloc(4 * nk), *rqr = malloc(4 * (size_t)N * H),
+          *rkr = malloc(4 * (size_t)N * Hkv);
     for (int n = 0; n < N; n++) {
         const float *row = qkv + (size_t)n * ld;
         memcpy((norm ? rqp : rq) + (size_t)n * HD, row, 4 * (size_t)HD);
@@ -248,8 +250,7 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
     /* fused */
     float *q = malloc(4 * nq), *k = malloc(4 * nk), *v = malloc(4 * nk),
           *qr = malloc(4 * (size_t)N * H), *kr = malloc(4 * (size_t)N * Hkv);
-    attn_input_forward(q, k, v, qr, kr, qkv, ld, qn, kn, eps, pos, rc, rs, N, H, Hkv, D,
-                       rot);
+    attn_input_forward(q, k, v, qr, kr, qkv, ld, qn, kn, eps, pos, rc, rs, N, H, Hkv, D, rot);
     size_t same = 0, total = nq + 2 * nk;
     double e = frel_err(q, rq, nq, &same);
     e = fmax(e, frel_err(k, rk, nk, &same));
@@ -258,8 +259,9 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
         e = fmax(e, frel_err(qr, rqr, (size_t)N * H, NULL));
         e = fmax(e, frel_err(kr, rkr, (size_t)N * Hkv, NULL));
     }
-    CHECK(e <= 1e-6, "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward vs separate ops: %.3g",
-          N, H, Hkv, D, rot, norm, e);
+    CHECK(e <= 1e-6,
+          "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward vs separate ops: %.3g", N, H,
+          Hkv, D, rot, norm, e);
     /* backward: dq, dk, dv as attention_backward leaves them */
     float *dq = frand(nq, 1), *dk = frand(nk, 1), *dv = frand(nk, 1);
     float *dq0 = malloc(4 * nq), *dk0 = malloc(4 * nk);
@@ -283,8 +285,8 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
         memcpy(row + HD, gk + (size_t)n * KD, 4 * (size_t)KD);
         memcpy(row + HD + KD, dv + (size_t)n * KD, 4 * (size_t)KD);
     }
-    attn_input_backward(dqkv, dq, dk, dv, norm ? qkv : NULL, ld, qr, kr, qn, kn,
-                        pos, rc, rs, N, H, Hkv, D, rot);
+    attn_input_backward(dqkv, dq, dk, dv, norm ? qkv : NULL, ld, qr, kr, qn, kn, pos, rc, rs, N, H,
+                        Hkv, D, rot);
     size_t bsame = 0;
     double eb = 0;
     int pad = 0;
@@ -293,13 +295,16 @@ static void test_attn_input(int N, int H, int Hkv, int D, int rot, int norm, flo
         for (int j = QKV; j < ld; j++)
             pad += !isnan(dqkv[(size_t)n * ld + j]);
     }
-    CHECK(eb <= 1e-6, "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: backward vs separate ops: %.3g",
-          N, H, Hkv, D, rot, norm, eb);
+    CHECK(eb <= 1e-6,
+          "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: backward vs separate ops: %.3g", N, H,
+          Hkv, D, rot, norm, eb);
     CHECK(pad == 0, "attn_input backward wrote %d values past the row's q|k|v", pad);
-    CHECK(!memcmp(dq, dq0, 4 * nq) && !memcmp(dk, dk0, 4 * nk), "attn_input backward changed dq/dk");
-    printf("attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward %.2g (%zu of %zu bit-identical), "
-           "backward %.2g (%zu of %zu)\n", N, H, Hkv, D, rot, norm, e, same, total, eb, bsame,
-           (size_t)N * QKV);
+    CHECK(!memcmp(dq, dq0, 4 * nq) && !memcmp(dk, dk0, 4 * nk),
+          "attn_input backward changed dq/dk");
+    printf(
+        "attn_input N=%d H=%d Hkv=%d D=%d rot=%d norm=%d: forward %.2g (%zu of %zu bit-identical), "
+        "backward %.2g (%zu of %zu)\n",
+        N, H, Hkv, D, rot, norm, e, same, total, eb, bsame, (size_t)N * QKV);
     if (norm) free(gq), free(gk);
     free(rc), free(rs), free(pos), free(qkv), free(qw), free(kw), free(rq), free(rk), free(rv),
         free(rqp), free(rkp), free(rqr), free(rkr), free(q), free(k), free(v), free(qr), free(kr),
@@ -501,7 +506,7 @@ int main(void) {
     test_swiglu(1, swiglu_forward_ref, swiglu_backward_ref, "portable");
     test_swiglu_extremes(swiglu_forward_ref, swiglu_backward_ref, "portable");
     test_xent(lmhead_xent_ref, "portable");
-    if (ops_have_avx2()) {
+    if (cpu_native_level() >= CPU_AVX2) {
         test_swiglu(0, swiglu_forward_avx2, swiglu_backward_avx2, "avx2");
         test_swiglu(1, swiglu_forward_avx2, swiglu_backward_avx2, "avx2");
         test_swiglu_extremes(swiglu_forward_avx2, swiglu_backward_avx2, "avx2");

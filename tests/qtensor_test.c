@@ -24,6 +24,7 @@
  *   qtensor_test --quantize FMT IN.f32 ROWS COLS OUT.bin   (raw fp32 in, the data bytes out)
  *   qtensor_test --q8-0 IN.f32 ROWS COLS OUT.bin            (= --quantize q8_0 ...)
  */
+#include "base/cpu.h"
 #include "ops/gemm_bf16.h"
 #include "ops/qtensor.h"
 #include "ops/quant.h"
@@ -76,6 +77,26 @@ static double rel_err_f(const float *a, size_t lda, const float *b, size_t ldb, 
     return e / (m > 0 ? m : 1);
 }
 
+/* qmatmul_forward / qmatmul_backward_input with their scratch (qmatmul_scratch_bytes) allocated
+ * here, as the model carves it from its activations; a matmul that reports its scratch too
+ * small fails the test. */
+static void q_fwd(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                  const float *bias, int N, float beta) {
+    size_t n = qmatmul_scratch_bytes(W, N);
+    void *ws = n ? malloc(n) : NULL;
+    int rc = qmatmul_forward(out, ldo, inp, ldi, W, bias, N, beta, ws, n);
+    CHECK(rc == 0, "qmatmul_forward: scratch of %zu bytes too small", n);
+    free(ws);
+}
+
+static void q_bwd(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W, int N) {
+    size_t n = qmatmul_scratch_bytes(W, N);
+    void *ws = n ? malloc(n) : NULL;
+    int rc = qmatmul_backward_input(dinp, ldi, dout, ldo, W, N, ws, n);
+    CHECK(rc == 0, "qmatmul_backward_input: scratch of %zu bytes too small", n);
+    free(ws);
+}
+
 /* QC_BF16 matmuls through t (full: its portable dequantization) against gemm_bf16_ref over the
  * rounded operands, for N input rows, on the current qtensor and gemm_bf16 kernels. */
 static void check_bf16_matmuls(qtensor *t, const float *full, int N, int variant0,
@@ -113,13 +134,13 @@ static void check_bf16_matmuls(qtensor *t, const float *full, int N, int variant
                 out[(size_t)n * ldo] = NAN;
         float pad = out[rows];
         t->compute = QC_BF16;
-        qmatmul_forward(out, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
+        q_fwd(out, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
         double e = rel_err_f(out, ldo, want, ldo, N, rows);
         CHECK(e <= 1e-6, "%s bf16 (%s) forward N %d beta %g bias %d: relative error %.3g", what,
               gemm_bf16_isa(), N, beta, use_bias, e);
         CHECK(out[rows] == pad, "%s bf16: forward wrote past the width", what);
         t->compute = QC_F32;
-        qmatmul_forward(f32, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
+        q_fwd(f32, ldo, inp, ldi, t, use_bias ? bias : NULL, N, beta);
         e = rel_err_f(f32, ldo, want, ldo, N, rows);
         CHECK(e > 1e-4, "%s bf16 forward N %d: the fp32 product is as close (%.3g)", what, N, e);
 
@@ -130,29 +151,33 @@ static void check_bf16_matmuls(qtensor *t, const float *full, int N, int variant
         gemm_bf16_ref(0, N, cols, rows, dr, ldo, wr, cols, 1.0f, want, ldi);
         pad = inp[cols];
         t->compute = QC_BF16;
-        qmatmul_backward_input(inp, ldi, out, ldo, t, N);
+        q_bwd(inp, ldi, out, ldo, t, N);
         e = rel_err_f(inp, ldi, want, ldi, N, cols);
         CHECK(e <= 1e-6, "%s bf16 (%s) backward N %d: relative error %.3g", what, gemm_bf16_isa(),
               N, e);
         CHECK(inp[cols] == pad, "%s bf16: backward wrote past the width", what);
         t->compute = QC_F32;
-        qmatmul_backward_input(f32, ldi, out, ldo, t, N);
+        q_bwd(f32, ldi, out, ldo, t, N);
         e = rel_err_f(f32, ldi, want, ldi, N, cols);
         CHECK(e > 1e-4, "%s bf16 backward N %d: the fp32 product is as close (%.3g)", what, N, e);
     }
     free(wr), free(xr), free(dr), free(inp), free(out), free(want), free(f32), free(bias);
 }
 
-/* check_bf16_matmuls on every gemm_bf16 kernel this CPU runs. */
+/* check_bf16_matmuls on every gemm_bf16 kernel this CPU runs: the fallback at the current ISA
+ * level (no higher than avx512), the AVX512_BF16 one at level avx512bf16 where the CPU has it
+ * (the qtensor kernels of that level with it: their dequantization is bit-identical). */
 static void check_bf16_all_kernels(qtensor *t, const float *full, const int *Ns, int nN,
                                    int variant0, const char *what) {
-    const char *kern[] = {"fallback", "avx512"};
+    cpu_isa keep = cpu_level();
     for (int k = 0; k < 2; k++) {
-        if (!gemm_bf16_set_isa(kern[k])) continue;
+        cpu_isa l = k == 0 ? (keep < CPU_AVX512 ? keep : CPU_AVX512) : CPU_AVX512BF16;
+        if (k == 1 && keep < CPU_AVX512) continue;
+        if (!cpu_set_level(l)) continue;
         for (int i = 0; i < nN; i++)
             check_bf16_matmuls(t, full, Ns[i], variant0, what);
     }
-    if (!gemm_bf16_set_isa("avx512")) gemm_bf16_set_isa("fallback");
+    cpu_set_level(keep);
 }
 
 /* Independent check of the portable dequantization `full` against the format's definition. */
@@ -269,7 +294,7 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
                 for (int nn = 0; nn < N; nn++)
                     out[(size_t)nn * ldo] = NAN;
             float pad = out[rows]; /* the first value past the width of row 0 */
-            qmatmul_forward(out, ldo, inp, ldi, &t, use_bias ? bias : NULL, N, beta);
+            q_fwd(out, ldo, inp, ldi, &t, use_bias ? bias : NULL, N, beta);
             e = rel_err(out, ldo, ref, N, rows);
             CHECK(e <= 1e-5, "%s: forward N %d beta %g bias %d: relative error %.3g", what, N, beta,
                   use_bias, e);
@@ -284,7 +309,7 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
                     ref[(size_t)nn * cols + c] = s;
                 }
             pad = inp[cols];
-            qmatmul_backward_input(inp, ldi, out, ldo, &t, N);
+            q_bwd(inp, ldi, out, ldo, &t, N);
             e = rel_err(inp, ldi, ref, N, cols);
             CHECK(e <= 1e-5, "%s: backward N %d: relative error %.3g", what, N, e);
             CHECK(inp[cols] == pad, "%s: backward wrote past the width", what);
@@ -358,7 +383,7 @@ static void check_bad_input(void) {
               qformat_parse("none") == QF_F32 && qformat_parse("bf16") == QF_BF16 &&
               qformat_parse("int3") == -1 && qformat_parse(NULL) == -1,
           "qformat_parse");
-    CHECK(qtensor_set_isa("sse9") == 0, "an unknown ISA accepted");
+    CHECK(cpu_isa_parse("sse9") == -1 && cpu_isa_parse(NULL) == -1, "an unknown ISA accepted");
 }
 
 static int read_file(const char *path, void *buf, size_t n) {
@@ -420,7 +445,7 @@ int main(int argc, char **argv) {
 
     const char *isas[] = {"portable", "avx2", "avx512"};
     for (int i = 0; i < 3; i++) {
-        if (!qtensor_set_isa(isas[i])) {
+        if (!cpu_set_level((cpu_isa)cpu_isa_parse(isas[i]))) {
             printf("isa %s: skipped (this CPU lacks it)\n", isas[i]);
             continue;
         }

@@ -9,10 +9,7 @@
  *   must be FT_ERR_INPUT, and the message must name the file and (where there is one) the tensor.
  * - Sharded folders: index + two shards open as one set; a missing shard and a name missing from
  *   its shard are errors naming the file.
- * - Conversions: f32_to_f16 against the compiler's own IEEE _Float16 conversion (round to nearest
- *   even, an independent implementation) on every f16 boundary and random floats; f16_to_f32 on all
- *   65536 codes against _Float16 -> float; f32_to_bf16 against a round-to-nearest-even computed in
- *   double from the two neighbouring bf16 values (an independent formulation).
+ * (The f16 / bf16 conversions are base/half.h's, tested in half_test.c.)
  */
 #include "io/safetensors.h"
 #include "test.h"
@@ -420,83 +417,6 @@ static void test_fuzz(void) {
     free(raw);
 }
 
-static uint16_t bf16_reference(float f) {
-    /* the two bf16 neighbours by truncation; pick the nearer in double, ties to even */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint16_t lo = (uint16_t)(u >> 16), hi = (uint16_t)(lo + 1);
-    /* past the largest finite value the upper neighbour is infinity, at distance as if 2^128 */
-    double vh = ((hi & 0x7FFF) == 0x7F80) ? copysign(0x1p128, (double)f) : (double)bf16_to_f32(hi);
-    double dl = fabs((double)bf16_to_f32(lo) - (double)f), dh = fabs(vh - (double)f);
-    if (dl < dh) return lo;
-    if (dh < dl) return hi;
-    return (lo & 1) ? hi : lo;
-}
-
-static void test_conversions(void) {
-    int bad = 0;
-    for (uint32_t c = 0; c < 65536; c++) {
-        _Float16 x;
-        uint16_t cc = (uint16_t)c;
-        memcpy(&x, &cc, 2);
-        float ref = (float)x, got = f16_to_f32(cc);
-        if (isnan(ref) ? !isnan(got) : memcmp(&ref, &got, 4)) bad++;
-        if (!isnan(ref) && f32_to_f16(got) != cc) bad++;
-    }
-    CHECK(bad == 0, "f16 -> f32 -> f16 on all 65536 codes vs _Float16: %d bad", bad);
-    /* f32 -> f16 at every midpoint between f16 values (ties), and beside them */
-    bad = 0;
-    for (uint32_t c = 0; c < 0x7C00; c++) {
-        double lo = (double)f16_to_f32((uint16_t)c),
-               hi = (c == 0x7BFF) ? 65536.0 : (double)f16_to_f32((uint16_t)(c + 1));
-        float mids[3];
-        mids[0] = (float)((lo + hi) / 2);
-        mids[1] = nextafterf(mids[0], 0);
-        mids[2] = nextafterf(mids[0], 1e30f);
-        for (int k = 0; k < 3; k++)
-            for (int sgn = 0; sgn < 2; sgn++) {
-                float f = sgn ? -mids[k] : mids[k];
-                _Float16 r = (_Float16)f;
-                uint16_t rb;
-                memcpy(&rb, &r, 2);
-                if (f32_to_f16(f) != rb) bad++;
-            }
-    }
-    uint32_t state = 12345;
-    for (int i = 0; i < 200000; i++) {
-        state = state * 1664525u + 1013904223u;
-        uint32_t u = state;
-        float f;
-        memcpy(&f, &u, 4);
-        if (isnan(f)) continue;
-        _Float16 r = (_Float16)f;
-        uint16_t rb;
-        memcpy(&rb, &r, 2);
-        if (f32_to_f16(f) != rb) bad++;
-    }
-    CHECK(bad == 0, "f32 -> f16 vs _Float16 (ties, neighbours, 200k random bit patterns): %d bad",
-          bad);
-    CHECK((f32_to_f16(NAN) & 0x7FFF) == 0x7E00 && (f32_to_f16(-NAN) & 0x8000),
-          "f16 NaN keeps sign");
-    CHECK(f32_to_f16(INFINITY) == 0x7C00 && f32_to_f16(-1e10f) == 0xFC00, "f16 inf");
-
-    bad = 0;
-    state = 777;
-    for (int i = 0; i < 200000; i++) {
-        state = state * 1664525u + 1013904223u;
-        uint32_t u = state;
-        if (i % 4 == 0) u = (u & 0xFFFF0000u) | 0x8000u; /* exact ties */
-        float f;
-        memcpy(&f, &u, 4);
-        if (isnan(f) || isinf(f)) continue;
-        if (f32_to_bf16(f) != bf16_reference(f)) bad++;
-    }
-    CHECK(bad == 0, "f32 -> bf16 vs nearest-even in double (200k, 1/4 exact ties): %d bad", bad);
-    CHECK(f32_to_bf16(NAN) == 0x7FC0, "bf16 NaN is 0x7FC0 as in c10::BFloat16");
-    CHECK(f32_to_bf16(3.4e38f) == 0x7F80, "bf16 rounds past max to inf");
-    CHECK(bf16_to_f32(0x3F80) == 1.0f && bf16_to_f32(0xC000) == -2.0f, "bf16 -> f32");
-}
-
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/ftune-st-XXXXXX");
     if (!mkdtemp(dir)) {
@@ -508,7 +428,6 @@ int main(void) {
     test_corruptions();
     test_sharded();
     test_fuzz();
-    test_conversions();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

@@ -1,7 +1,7 @@
 /*
  * test.h: the tiny harness of ftune's C unit tests. Each tests/<module>_test.c is a program:
  * it runs its checks, prints failures with file and line, and ends with the line
- * "N passed, N failed" (exit status 1 if any failed).
+ * "N passed, N failed" (exit status 1 if any failed, or if none ran).
  */
 #ifndef FT_TEST_H
 #define FT_TEST_H
@@ -12,23 +12,32 @@
 
 static int test_passed_, test_failed_;
 
-#define CHECK(cond, ...)                                                                       \
-    do {                                                                                       \
-        if (cond) {                                                                            \
-            test_passed_++;                                                                    \
-        } else {                                                                               \
-            test_failed_++;                                                                    \
-            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);           \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-            fputc('\n', stderr);                                                               \
-        }                                                                                      \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            test_passed_++;                                                                        \
+        } else {                                                                                   \
+            test_failed_++;                                                                        \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #cond);               \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
+    } while (0)
+
+/* CHECK, then leave the (void) test function when it failed: for setup steps (a temporary folder,
+ * a model, a batch) without which the checks after it would test nothing or crash. */
+#define REQUIRE(cond, ...)                                                                         \
+    do {                                                                                           \
+        int ok_ = (cond) ? 1 : 0;                                                                  \
+        CHECK(ok_, __VA_ARGS__);                                                                   \
+        if (!ok_) return;                                                                          \
     } while (0)
 
 /* |a - b| <= tol */
-#define CHECK_NEAR(a, b, tol, what)                                                            \
-    do {                                                                                       \
-        double a_ = (a), b_ = (b);                                                             \
-        CHECK(fabs(a_ - b_) <= (tol), "%s: %.9g vs %.9g (tol %g)", what, a_, b_, (double)(tol)); \
+#define CHECK_NEAR(a, b, tol, what)                                                                \
+    do {                                                                                           \
+        double a_ = (a), b_ = (b);                                                                 \
+        CHECK(fabs(a_ - b_) <= (tol), "%s: %.9g vs %.9g (tol %g)", what, a_, b_, (double)(tol));   \
     } while (0)
 
 /* The whole file at path (malloc'd, *n bytes), or NULL when it cannot be opened. */
@@ -44,7 +53,13 @@ static inline unsigned char *test_read_file(const char *path, size_t *n) {
     return p;
 }
 
+/* The last line of every test program. A program that ran no check at all fails: a test that
+ * skipped everything (a setup that failed early, a loop over nothing) must not read as a pass. */
 static inline int test_summary(const char *name) {
+    if (test_passed_ + test_failed_ == 0) {
+        fprintf(stderr, "%s: no check ran\n", name);
+        test_failed_ = 1;
+    }
     printf("%s: %d passed, %d failed\n", name, test_passed_, test_failed_);
     return test_failed_ ? 1 : 0;
 }

@@ -9,6 +9,7 @@ for t in "$dir"/*_test; do
   p=$(printf '%s' "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/'); f=$(printf '%s' "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
   [ -n "$line" ] || { p=0; f=1; }
   [ $rc -ne 0 ] && [ "$f" = 0 ] && f=1
+  [ "$p" = 0 ] && [ "$f" = 0 ] && f=1   # "0 passed, 0 failed": a test that checked nothing fails
   pass=$((pass + p)); fail=$((fail + f))
   if [ "$f" != 0 ]; then bad+=("$(basename "$t")"); printf '%s\n' "$out" | tail -40; else echo "$line"; fi
 done

@@ -17,8 +17,8 @@
 #ifndef FT_DATA_DATASET_H
 #define FT_DATA_DATASET_H
 
+#include "data/batch.h"
 #include "ftune.h"
-#include "model/model.h"
 
 typedef struct example {
     int32_t *ids;
@@ -35,12 +35,12 @@ typedef struct dataset {
     long tokens;     /* after truncation */
     int max_len;     /* longest example after truncation */
     /* filled by data_load */
-    long trained;        /* tokens counted in the loss */
-    int n_docs;          /* examples before packing (== n without packing) */
-    int n_dropped_long;  /* longer than seq_len with drop_long */
-    int n_dropped_masked;/* nothing left to train on (e.g. the prompt alone fills seq_len) */
-    int n_no_assistant;  /* conversations without an assistant turn to train on */
-    int packed;          /* rows are packed: efficiency = tokens / (n * seq_len) */
+    long trained;            /* tokens counted in the loss */
+    int n_docs;              /* examples before packing (== n without packing) */
+    int n_dropped_long;      /* longer than seq_len with drop_long */
+    int n_dropped_masked;    /* nothing left to train on (e.g. the prompt alone fills seq_len) */
+    int n_no_assistant;      /* conversations without an assistant turn to train on */
+    int packed;              /* rows are packed: efficiency = tokens / (n * seq_len) */
     char first_dropped[320]; /* FILE:LINE of the first dropped example, for the warning */
 } dataset;
 
@@ -49,10 +49,10 @@ void dataset_free(dataset *ds);
 typedef struct data_options {
     const char *const *sources; /* "PATH" or "PATH:WEIGHT"; PATH a file or a folder */
     int n_sources;
-    const char *val_data;  /* validation file or folder (NULL: none) */
-    double val_split;      /* else this fraction of each source is held out (0: none) */
-    const char *model_dir; /* tokenizer.json, tokenizer_config.json, chat template */
-    const char *chat_template;  /* a .jinja file instead of the model's template (NULL) */
+    const char *val_data;             /* validation file or folder (NULL: none) */
+    double val_split;                 /* else this fraction of each source is held out (0: none) */
+    const char *model_dir;            /* tokenizer.json, tokenizer_config.json, chat template */
+    const char *chat_template;        /* a .jinja file instead of the model's template (NULL) */
     const char *const *template_args; /* "key=value" template variables (value JSON or text) */
     int n_template_args;
     int vocab, seq_len;

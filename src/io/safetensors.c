@@ -19,8 +19,8 @@
  * write (st_writer_begin / _put / _finish) then writes each tensor where it lies, in whatever
  * order its producer makes them, so a converter never holds more than the piece at hand.
  *
- * The fp16 / bf16 conversions round to nearest even; f32_to_bf16 and f32_to_f16 treat NaN the way
- * PyTorch's c10::BFloat16 / c10::Half conversions do (bf16 NaN -> 0x7FC0, f16 NaN -> sign|0x7E00).
+ * The fp16 / bf16 conversions are base/half.h's (round to nearest even; the NaN rule is stated
+ * there).
  * Data is assumed little-endian, like the host (x86-64, aarch64).
  */
 #include "io/safetensors.h"
@@ -49,67 +49,6 @@ const char *st_dtype_name(st_dtype t) {
     return (unsigned)t < ST_DTYPE_COUNT ? dtype_names[t] : "?";
 }
 size_t st_dtype_size(st_dtype t) { return (unsigned)t < ST_DTYPE_COUNT ? dtype_sizes[t] : 0; }
-
-/* ---------------------------------------------------------------- conversions */
-
-float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if (isnan(f)) return 0x7FC0; /* as c10::BFloat16 does */
-    /* round to nearest even: add 0x7FFF plus the lowest kept bit, then truncate */
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu, u;
-    if (exp == 0x1F) {
-        u = sign | 0x7F800000u | (man << 13); /* inf or NaN (payload kept) */
-    } else if (exp == 0) {
-        if (man == 0) {
-            u = sign;
-        } else { /* subnormal: man * 2^-24, exact in fp32 */
-            float f = (float)man * 0x1p-24f;
-            memcpy(&u, &f, 4);
-            u |= sign;
-        }
-    } else {
-        u = sign | ((exp + 112u) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-uint16_t f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t a = u & 0x7FFFFFFFu;
-    if (a > 0x7F800000u) return sign | 0x7E00u;  /* NaN, as c10::Half does */
-    if (a >= 0x477FF000u) return sign | 0x7C00u; /* >= 65520 rounds to infinity */
-    if (a < 0x38800000u) {
-        /* result is subnormal (or zero): value / 2^-24 rounded to nearest even integer */
-        if (a < 0x33000000u) return sign; /* < 2^-25: rounds to zero (2^-25 itself is a tie to 0) */
-        uint32_t e = a >> 23, m = (a & 0x7FFFFFu) | 0x800000u;
-        int shift = 126 - (int)e; /* m * 2^(e-150) / 2^-24 = m >> (126 - e) */
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;
-        return sign | (uint16_t)q;
-    }
-    /* normal: rebias the exponent, round the 13 dropped mantissa bits to nearest even */
-    uint32_t r = a - 0x38000000u; /* exponent 127 -> 15 bias */
-    r += 0xFFFu + ((r >> 13) & 1u);
-    return sign | (uint16_t)(r >> 13);
-}
 
 /* ---------------------------------------------------------------- the set */
 
@@ -699,7 +638,8 @@ int st_read_range_f32(const st_tensor *t, size_t first, size_t n, float *dst) {
     if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) return 1;
     size_t es = dtype_sizes[t->dtype];
     const uint8_t *p = (const uint8_t *)t->data + first * es;
-    if (t->dtype == ST_F32) memcpy(dst, p, n * 4);
+    if (t->dtype == ST_F32)
+        memcpy(dst, p, n * 4);
     else
         for (size_t i = 0; i < n; i++) {
             uint16_t h;
@@ -708,7 +648,8 @@ int st_read_range_f32(const st_tensor *t, size_t first, size_t n, float *dst) {
         }
     /* the whole pages inside this range: a page shared with the next slice stays */
     uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n * es) & ~(page - 1);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1),
+              hi = ((uintptr_t)p + n * es) & ~(page - 1);
     if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
     return 0;
 }

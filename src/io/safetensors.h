@@ -12,10 +12,20 @@
 #ifndef FT_IO_SAFETENSORS_H
 #define FT_IO_SAFETENSORS_H
 
+#include "base/half.h" /* f32_to_bf16 and friends, for readers and writers of F16 / BF16 */
 #include "ftune.h"
 
 typedef enum st_dtype {
-    ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL,
+    ST_F32,
+    ST_F16,
+    ST_BF16,
+    ST_F64,
+    ST_I64,
+    ST_I32,
+    ST_I16,
+    ST_I8,
+    ST_U8,
+    ST_BOOL,
     ST_DTYPE_COUNT
 } st_dtype;
 
@@ -38,7 +48,8 @@ size_t st_dtype_size(st_dtype t);
 
 /* Open one .safetensors file. */
 ft_status st_open(const char *path, st_set **out, ft_error *err);
-/* Open a model folder: DIR/model.safetensors, or DIR/model.safetensors.index.json and its shards. */
+/* Open a model folder: DIR/model.safetensors, or DIR/model.safetensors.index.json and its shards.
+ */
 ft_status st_open_dir(const char *dir, st_set **out, ft_error *err);
 void st_close(st_set *s);
 
@@ -51,8 +62,8 @@ const char *st_metadata(const st_set *s, const char *key);
 /* Copy tensor `name` into dst as fp32, converting from F32, F16 or BF16. It must exist and have
  * exactly the given shape; otherwise an FT_ERR_INPUT error names the file, the tensor, the
  * expected and the found shape or dtype. */
-ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape,
-                      float *dst, ft_error *err);
+ft_status st_read_f32(const st_set *s, const char *name, int ndim, const int64_t *shape, float *dst,
+                      ft_error *err);
 /* Values first .. first+n-1 of t (flattened) as fp32, from F32, F16 or BF16 (1 for another
  * dtype, dst untouched), then those pages given back (st_release_pages): a tensor converted a
  * slice at a time is never wholly resident. */
@@ -91,11 +102,5 @@ ft_status st_writer_begin(st_writer *w, const char *path, ft_error *err);
 ft_status st_writer_put(st_writer *w, const char *name, const void *data, size_t n, ft_error *err);
 ft_status st_writer_finish(st_writer *w, ft_error *err);
 void st_writer_free(st_writer *w);
-
-/* fp16 / bf16 conversions (round to nearest even), shared by readers and writers. */
-float f16_to_f32(uint16_t h);
-uint16_t f32_to_f16(float f);
-float bf16_to_f32(uint16_t h);
-uint16_t f32_to_bf16(float f);
 
 #endif

@@ -10,7 +10,9 @@
  *
  * Three structs, in the manner of llama2.c: model (config + frozen weights + LoRA), acts (every
  * activation the backward pass needs, sized once for B x T tokens), and batch (the ids, targets
- * and positions of one micro-batch). Nothing is allocated during a step.
+ * and positions of one micro-batch; data/batch.h). Nothing is allocated during a step.
+ * Implemented in load.c (loading, storage of the frozen weights), acts.c (the activation block
+ * and its sizes) and block.c (the block's forward and backward, the step).
  *
  * One block, with x the residual stream (N = B*T rows of C):
  *   h = rmsnorm(x); q,k,v = h Wq^T, h Wk^T, h Wv^T (+ LoRA, + biases); [q,k = rmsnorm per head];
@@ -21,6 +23,7 @@
 #ifndef FT_MODEL_MODEL_H
 #define FT_MODEL_MODEL_H
 
+#include "data/batch.h"
 #include "ftune.h"
 #include "io/safetensors.h"
 #include "model/config.h"
@@ -35,7 +38,7 @@ typedef struct lin_weights {
 } lin_weights;
 
 typedef struct block_weights {
-    const float *ln1, *ln2;      /* (C) */
+    const float *ln1, *ln2;       /* (C) */
     const float *q_norm, *k_norm; /* (D), Qwen3 only */
     lin_weights lin[LIN_COUNT];
 } block_weights;
@@ -54,12 +57,12 @@ typedef struct model_load_options {
 
 /* The options resolved against a model folder: formats of every kind of frozen weight. */
 typedef struct model_quant {
-    qformat linear;    /* the linear layers */
-    qformat lm_head;   /* the LM head */
-    qformat embed;     /* the embedding as looked up (its source dtype when borrowed) */
-    int embed_borrowed;/* the embedding stays in the mapped file */
-    int head_borrowed; /* so does the LM head (its format is the checkpoint's dtype) */
-    int head_is_embed; /* tied and borrowed: the LM head is the embedding's pages */
+    qformat linear;     /* the linear layers */
+    qformat lm_head;    /* the LM head */
+    qformat embed;      /* the embedding as looked up (its source dtype when borrowed) */
+    int embed_borrowed; /* the embedding stays in the mapped file */
+    int head_borrowed;  /* so does the LM head (its format is the checkpoint's dtype) */
+    int head_is_embed;  /* tied and borrowed: the LM head is the embedding's pages */
     int double_quant, blocksize;
     int from_checkpoint; /* the linear layers come quantized by bitsandbytes in the folder */
     qcompute compute;    /* QC_BF16 under dtype "bf16": set on the linear layers and LM head */
@@ -75,19 +78,19 @@ void model_quant_describe(const model_quant *q, char *buf, size_t n);
 typedef struct model {
     model_config cfg;
     model_quant quant;
-    qtensor wte;          /* (V, C) */
-    qtensor lm_head;      /* (V, C): a copy of wte (borrowed data) when tied and borrowed */
-    const float *norm_f;  /* (C) */
+    qtensor wte;         /* (V, C) */
+    qtensor lm_head;     /* (V, C): a copy of wte (borrowed data) when tied and borrowed */
+    const float *norm_f; /* (C) */
     block_weights *blocks;
     float *weights; /* one allocation holding the fp32 norms, biases and fp32 linear weights */
     size_t n_weights;
-    size_t weight_bytes; /* frozen weights resident while training (model_weight_bytes) */
-    st_set *src;    /* the mapped checkpoint borrowed tensors point into */
+    size_t weight_bytes;  /* frozen weights resident while training (model_weight_bytes) */
+    st_set *src;          /* the mapped checkpoint borrowed tensors point into */
     int wte_fd;           /* fd + 1 of the embedding's file, whose rows are read with pread()
                              (0: none; rows come from wte) */
     long long wte_offset; /* at this offset (see model_forward) */
-    lora_set *lora; /* NULL: no adapter */
-    int QKV;        /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
+    lora_set *lora;       /* NULL: no adapter */
+    int QKV;              /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
 } model;
 
 /* Load DIR (config.json + safetensors) with fp32 weights. */
@@ -95,23 +98,12 @@ ft_status model_load(const char *dir, model *m, ft_error *err);
 /* Load DIR with the weights stored as opt says (NULL: fp32). Linear weights are converted and
  * quantized one tensor at a time and their pages in the mapped file released, so the
  * full-precision model is never in memory. */
-ft_status model_load_with(const char *dir, const model_load_options *opt, model *m,
-                          ft_error *err);
+ft_status model_load_with(const char *dir, const model_load_options *opt, model *m, ft_error *err);
 void model_free(model *m);
 /* Bytes of frozen weights resident while training with this config and storage (what
  * m->weight_bytes comes to). An embedding left in the file is read a row at a time (pread)
  * and is not resident; a tied one that is also the LM head counts once. */
 size_t model_weight_bytes(const model_config *c, const model_quant *q);
-
-typedef struct batch {
-    int B, T;        /* rows and padded length of this micro-batch */
-    int32_t *ids;    /* (B,T), 0 at padding */
-    int32_t *targets;/* (B,T): the token each position predicts (labels shifted left), -100 = none */
-    int *pos;        /* (B,T) positions (restarting at 0 in each packed document) */
-    int *len;        /* (B) real length of each row */
-    int *seg;        /* (B,T) document id of each token in packed rows, or NULL (no packing):
-                        a token attends only to earlier tokens of its own document */
-} batch;
 
 /* Gradient checkpointing (acts_alloc_ckpt's ckpt): none; each layer's input kept in fp32; or
  * kept rounded to bf16 (round to nearest even), the forward continuing from the rounded value so
@@ -127,8 +119,8 @@ ft_status acts_alloc(const model *m, int maxB, int maxT, int xent_chunk, acts **
 /* The same with gradient checkpointing when ckpt != CKPT_NONE: each layer's input is kept (fp32
  * or bf16) and the rest of the layer is recomputed during backward (memory of one layer
  * instead of L). */
-ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
-                          acts **out, ft_error *err);
+ft_status acts_alloc_ckpt(const model *m, int maxB, int maxT, int xent_chunk, int ckpt, acts **out,
+                          ft_error *err);
 /* Round each layer's input to bf16 as CKPT_BF16 does, without checkpointing (every activation
  * kept): the reference the bf16 checkpoints are tested against (model_test.c). */
 void acts_round_inputs(acts *a);
@@ -137,8 +129,9 @@ void acts_round_inputs(acts *a);
 ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, int ckpt,
                           int mlp_rows, acts **out, ft_error *err);
 /* The most scratch one frozen-weight matmul of a step holds (qmatmul_scratch_bytes over the
- * linear layers with N rows and the LM head with the loss's chunk of rows), from the config and
- * the resolved formats alone. */
+ * linear layers with N rows and the LM head with the loss's chunk of rows, or all N rows for an
+ * eval's logits), from the config and the resolved formats alone. acts_alloc carves it from the
+ * activation block, so no matmul allocates. */
 size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, int N);
 
 /* Bytes acts_alloc would take (for the memory plan). */

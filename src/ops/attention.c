@@ -28,12 +28,12 @@
  * K, V, dK and dV rows stay in L1 while every query row that sees them streams past. dq, dk and dv
  * are overwritten. Parallelism is B*Hkv items; SIMD kernels are left to a later speed pass.
  */
+#include "base/cpu.h"
 #include "ops/attention_mask.h"
 #include "ops/attention_tiled.h"
 #include "ops/ops.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,61 +187,69 @@ void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, 
     }
 }
 
-/* ---- dispatch: where the CPU and shape allow, the blocked AVX2+FMA version
- * (attention_tiled_avx2.c), or with FTUNE_ATTN=avx2 the first one (attention_avx2.c), kept to
- * compare against; FTUNE_ATTN=ref forces this portable code. ---------------------------- */
-int ops_have_avx2(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-    return 0;
-#endif
+/* ---- dispatch ----------------------------------------------------------------------------
+ * A table of kernels, best first, each with the ISA level it needs (base/cpu.h) and a shape
+ * test; the first that the level allows and that accepts the shape runs. A kernel returns
+ * nonzero when it cannot run (no workspace), and the dispatcher goes on down the table to this
+ * file's portable code, which always can: the fast kernels never call back into it. */
+typedef struct att_kernels {
+    const char *name;
+    cpu_isa level;
+    int (*usable)(int H, int Hkv, int D);
+    size_t (*ws_bytes)(int maxB, int maxT, int H, int Hkv, int D);
+    int (*forward)(float *, float *, const float *, const float *, const float *, const int *,
+                   const int *, int, int, int, int, int, int, float, void *, size_t);
+    int (*backward)(float *, float *, float *, const float *, const float *, const float *,
+                    const float *, const float *, const float *, const int *, const int *, int, int,
+                    int, int, int, int, float, void *, size_t);
+} att_kernels;
+
+static int tiled_shape(int H, int Hkv, int D) { return D % 16 == 0 && D <= 256 && H / Hkv <= 32; }
+
+static const att_kernels table[] = {
+    {"avx2", CPU_AVX2, tiled_shape, attention_tiled_ws_bytes, attention_forward_tiled,
+     attention_backward_tiled},
+};
+enum { NTABLE = sizeof table / sizeof table[0] };
+
+/* The first table row the ISA level allows for this shape, or NULL (the portable code). */
+static const att_kernels *pick(int H, int Hkv, int D) {
+    for (int i = 0; i < NTABLE; i++)
+        if (table[i].level <= cpu_level() && table[i].usable(H, Hkv, D)) return &table[i];
+    return NULL;
 }
 
 int attention_avx2_usable(int H, int Hkv, int D) {
-    return D % 16 == 0 && D <= 256 && H / Hkv <= 32 && ops_have_avx2();
+    return tiled_shape(H, Hkv, D) && cpu_native_level() >= CPU_AVX2;
 }
 
-static int att_impl_choice;
-static pthread_once_t att_impl_once = PTHREAD_ONCE_INIT;
-
-static void att_impl_read(void) {
-    const char *e = getenv("FTUNE_ATTN");
-    att_impl_choice = !e                   ? ATT_IMPL_TILED
-                      : !strcmp(e, "ref")  ? ATT_IMPL_REF
-                      : !strcmp(e, "avx2") ? ATT_IMPL_AVX2
-                                           : ATT_IMPL_TILED;
+const char *attention_isa(int H, int Hkv, int D) {
+    const att_kernels *k = pick(H, Hkv, D);
+    return k ? k->name : "portable";
 }
 
-int attention_impl(void) {
-    pthread_once(&att_impl_once, att_impl_read);
-    return att_impl_choice;
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D) {
+    const att_kernels *k = pick(H, Hkv, D);
+    return k ? k->ws_bytes(maxB, maxT, H, Hkv, D) : 0;
 }
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale) {
-    int impl = attention_avx2_usable(H, Hkv, D) ? attention_impl() : ATT_IMPL_REF;
-    if (impl == ATT_IMPL_TILED)
-        attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
-    else if (impl == ATT_IMPL_AVX2)
-        attention_forward_avx2(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
-    else
-        attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
+                       int window, float scale, void *ws, size_t wsb) {
+    const att_kernels *kt = pick(H, Hkv, D);
+    if (kt && !kt->forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, wsb))
+        return;
+    attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
 }
 
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale) {
-    int impl = attention_avx2_usable(H, Hkv, D) ? attention_impl() : ATT_IMPL_REF;
-    if (impl == ATT_IMPL_TILED)
-        attention_backward_tiled(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                                 window, scale);
-    else if (impl == ATT_IMPL_AVX2)
-        attention_backward_avx2(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                                window, scale);
-    else
-        attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                               window, scale);
+                        int window, float scale, void *ws, size_t wsb) {
+    const att_kernels *kt = pick(H, Hkv, D);
+    if (kt && !kt->backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                            scale, ws, wsb))
+        return;
+    attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                           scale);
 }

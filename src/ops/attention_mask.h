@@ -1,7 +1,7 @@
 /*
  * attention_mask.h: which keys a query may see, shared by the portable (attention.c) and the
- * AVX2 (attention_avx2.c) attention kernels so that both apply one rule (ops.h): causal, the
- * sliding window, and packed documents (segment ids).
+ * tiled AVX2 (attention_tiled_avx2.c) attention kernels so that both apply one rule (ops.h):
+ * causal, the sliding window, and packed documents (segment ids).
  */
 #ifndef FT_OPS_ATTENTION_MASK_H
 #define FT_OPS_ATTENTION_MASK_H

@@ -29,20 +29,19 @@
  * a run of query blocks; when B*Hkv items would leave threads idle, each (b, g) is split into
  * `parts` runs of equal work, whose dK/dV buffers are summed into dk/dv at the end.
  *
- * Memory, in one workspace that grows to the largest call and is then reused (no allocation per
- * step): per thread 2 R NC + 3 R D floats plus the packed keys, 2 T D (forward) or 3 T D
- * (backward) floats, plus in backward 2 T D for one (b, g)'s dK, dV, and 2 (parts - 1) B Hkv T D
- * for split runs: about 1.5 MB (forward) and 3 MB (backward) per thread at T = 2048, D = 64.
- * A mutex guards it, so concurrent callers run one after another instead of sharing it.
+ * Memory, in the caller's workspace (attention_tiled_ws_bytes; the model sizes it once, so no
+ * allocation per step, and two callers with their own never share one): per thread
+ * 2 R NC + 3 R D floats plus the packed keys, 2 T D (forward) or 3 T D (backward) floats, plus in
+ * backward 2 T D for one (b, g)'s dK, dV, and 2 (parts - 1) B Hkv T D for split runs: about 1.5 MB
+ * (forward) and 3 MB (backward) per thread at T = 2048, D = 64.
  */
 #include "ops/attention_mask.h"
 #include "ops/attention_tiled.h"
 #include "ops/ops.h"
 
-#include <immintrin.h>
 #include "ops/hsum_avx2.h"
+#include <immintrin.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,29 +56,15 @@
 
 int attention_tiled_parts = 0;
 
-/* ---- workspace: grows to the largest call, reused after ------------------------------- */
+/* ---- workspace: the caller's (attention_tiled_ws_bytes), 64-byte aligned here ---------- */
 
-static pthread_mutex_t tl_lock = PTHREAD_MUTEX_INITIALIZER;
-static float *tl_ws;
-static size_t tl_cap; /* floats */
-
-/* Takes the lock and returns n floats (64-byte aligned), or NULL (lock released) when memory
- * is short. */
-static float *tl_ws_get(size_t n) {
-    pthread_mutex_lock(&tl_lock);
-    if (n > tl_cap) {
-        free(tl_ws);
-        tl_ws = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
-        tl_cap = tl_ws ? n : 0;
-        if (!tl_ws) {
-            pthread_mutex_unlock(&tl_lock);
-            return NULL;
-        }
-    }
-    return tl_ws;
+/* n floats at the first 64-byte boundary of ws (wsb bytes), or NULL when they do not fit. */
+static float *tl_ws_take(void *ws, size_t wsb, size_t n) {
+    if (!ws) return NULL;
+    uintptr_t p = ((uintptr_t)ws + 63) & ~(uintptr_t)63;
+    size_t pad = (size_t)(p - (uintptr_t)ws);
+    return wsb >= pad && (wsb - pad) / sizeof(float) >= n ? (float *)p : NULL;
 }
-
-static void tl_ws_put(void) { pthread_mutex_unlock(&tl_lock); }
 
 static int tl_threads(void) {
 #ifdef _OPENMP
@@ -297,8 +282,9 @@ static inline __m256 tl_exp2(__m256 x) {
  * sv (those keys' segment ids, for non-monotone ids) the same segment as si. NULL mask (all
  * lanes) is returned as all ones. */
 static inline __m256 tl_mask8(int j, int lo, int hi, const int *sv, int si) {
-    return attn_mask8(_mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                      lo, hi, sv, si);
+    return attn_mask8(
+        _mm256_add_epi32(_mm256_set1_epi32(j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)), lo, hi,
+        sv, si);
 }
 
 /* ---- shared block geometry ---------------------------------------------------------------- */
@@ -505,16 +491,13 @@ static size_t tl_fwd_ws(int R, int T, int D) {
     return tl_kc_floats(T, D, 0) + tl_round((size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
 }
 
-void attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
-                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                             int window, float scale) {
+int attention_forward_tiled(float *out, float *lse, const float *q, const float *k, const float *v,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale, void *wsp, size_t wsb) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
     size_t per = tl_fwd_ws(G * bq, T, D);
-    float *ws = tl_ws_get(per * nth);
-    if (!ws) { /* out of memory for the workspace: the portable code needs none */
-        attention_forward_ref(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale);
-        return;
-    }
+    float *ws = tl_ws_take(wsp, wsb, per * nth);
+    if (!ws) return -1; /* too little workspace: the dispatcher runs the portable code */
     long items = (long)B * Hkv * nqb;
 #pragma omp parallel
     {
@@ -533,7 +516,7 @@ void attention_forward_tiled(float *out, float *lse, const float *q, const float
             tl_fwd_block(out, lse, q, k, v, &c, b, g, qb * bq, bq, scale, w, &kc);
         }
     }
-    tl_ws_put();
+    return 0;
 }
 
 /* ---- backward ----------------------------------------------------------------------------- */
@@ -669,13 +652,9 @@ static void tl_split(const tl_geo *c, int bq, int nqb, int parts, int *bounds) {
         bounds[p++] = nqb;
 }
 
-void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                              const float *k, const float *v, const float *out, const float *lse,
-                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                              int window, float scale) {
-    int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
-    /* the fewest parts whose B*Hkv*parts equal items fill the threads' rounds to >= 85% */
-    long bg = (long)B * Hkv;
+/* The runs each (b, g) is split into: the fewest whose B*Hkv*parts items fill the threads'
+ * rounds to >= 85% (attention_tiled_parts, when set, instead), at most TL_MAXPART and nqb. */
+static int tl_parts(long bg, int nqb, int nth) {
     int parts = attention_tiled_parts;
     if (parts <= 0) {
         parts = 1;
@@ -689,15 +668,43 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
     }
     if (parts > TL_MAXPART) parts = TL_MAXPART;
     if (parts > nqb) parts = nqb;
+    return parts;
+}
+
+/* Floats of the backward's workspace: per thread its buffers and one run's dK, dV of (b, g);
+ * and the dK, dV of the runs after the first. */
+static size_t tl_bwd_floats(int B, int T, int H, int Hkv, int D, int nth) {
+    int bq = tl_bq(H / Hkv), nqb = (T + bq - 1) / bq;
+    long bg = (long)B * Hkv;
+    int parts = tl_parts(bg, nqb, nth);
+    size_t slab = tl_round((size_t)T * D);
+    return (tl_bwd_ws(H / Hkv * bq, T, D) + 2 * slab) * nth + (size_t)(parts - 1) * bg * 2 * slab;
+}
+
+size_t attention_tiled_ws_bytes(int maxB, int maxT, int H, int Hkv, int D) {
+    if (maxB <= 0 || maxT <= 0) return 0;
+    int nth = tl_threads(), bq = tl_bq(H / Hkv);
+    size_t most = tl_fwd_ws(H / Hkv * bq, maxT, D) * nth;
+    /* fewer rows than maxB may split into more runs: the largest over every B up to maxB (at
+     * maxT, as every size grows with T) */
+    for (int B = 1; B <= maxB; B++) {
+        size_t f = tl_bwd_floats(B, maxT, H, Hkv, D, nth);
+        if (f > most) most = f;
+    }
+    return most * sizeof(float) + 64;
+}
+
+int attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                             const float *k, const float *v, const float *out, const float *lse,
+                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                             int window, float scale, void *wsp, size_t wsb) {
+    int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
+    long bg = (long)B * Hkv;
+    int parts = tl_parts(bg, nqb, nth);
     size_t slab = tl_round((size_t)T * D); /* one run's dK (or dV) of (b, g) */
     size_t per = tl_bwd_ws(G * bq, T, D) + 2 * slab;
-    size_t extra = (size_t)(parts - 1) * bg * 2 * slab;
-    float *ws = tl_ws_get(per * nth + extra);
-    if (!ws) {
-        attention_backward_ref(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
-                               window, scale);
-        return;
-    }
+    float *ws = tl_ws_take(wsp, wsb, tl_bwd_floats(B, T, H, Hkv, D, nth));
+    if (!ws) return -1;
     float *partbuf = ws + per * nth;
     tl_bwd_io io = {dq, dout, q, k, v, out, lse, scale};
     size_t ks = (size_t)Hkv * D;
@@ -762,5 +769,5 @@ void attention_backward_tiled(float *dq, float *dk, float *dv, const float *dout
             }
         }
     }
-    tl_ws_put();
+    return 0;
 }

@@ -7,8 +7,8 @@
  * (8 x 8 significant bits fit in 24), so every implementation below computes the same sums of
  * exact products and differs from the others only in the order of the fp32 additions.
  *
- * Implementations, chosen at run time (FTUNE_ISA=portable|avx2|avx512 caps the choice, as for
- * qtensor.h; gemm_bf16_set_isa switches it for tests):
+ * Implementations, chosen by the ISA level of base/cpu.h (FTUNE_ISA=portable|avx2|avx512|avx512bf16
+ * caps it, as for every op):
  *   avx512   CPUs with AVX512_BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on):
  *            ftune's own blocked kernel over VDPBF16PS, two products per fp32 lane per
  *            instruction.
@@ -24,28 +24,28 @@
 
 /* C (M, N) = beta * C + A (M, K) . op(B), row-major with row strides lda, ldb, ldc.
  * op(B) = B^T with B (N, K) when transB (the forward X W^T), B (K, N) otherwise (backward's
- * dY W). beta 0 ignores what C held (NaN included). fp32 accumulation. */
+ * dY W). beta 0 ignores what C held (NaN included). fp32 accumulation. Allocates nothing: the
+ * kernels work in scratch (scratch_bytes >= gemm_bf16_scratch_bytes(M, N, K)); with less, the
+ * product still comes out, from the reference (slowly). */
 void gemm_bf16(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
-               int ldb, float beta, float *C, int ldc);
+               int ldb, float beta, float *C, int ldc, void *scratch, size_t scratch_bytes);
 
-/* Bytes of scratch gemm_bf16 allocates for an (M, N, K) product with the kernel that runs here
- * (the fallback: fp32 copies of B and of a block of A's rows; the AVX512_BF16 kernel: its packing
- * buffers); the same for either transB. For the memory plan. */
+/* Bytes of scratch gemm_bf16 needs for an (M, N, K) product with the kernel that runs at the
+ * current ISA level (the fallback: fp32 copies of B and of a block of A's rows; the AVX512_BF16
+ * kernel: its packing buffers); the same for either transB. For the callers and the memory plan. */
 size_t gemm_bf16_scratch_bytes(int M, int N, int K);
 
 /* The reference: same contract, plain loops, each output summed in double. Tests compare the
  * fast kernels with it; too slow for anything else. */
-void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda,
-                   const uint16_t *B, int ldb, float beta, float *C, int ldc);
+void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                   int ldb, float beta, float *C, int ldc);
 
 /* Round rows of fp32 to bf16 (nearest even; NaN stays NaN): dst (rows, cols) with stride ldd
  * from src with stride lds. Runs on all threads for large inputs. */
 void bf16_round_rows(uint16_t *dst, size_t ldd, const float *src, size_t lds, int rows, int cols);
 
-/* "avx512" when the AVX512_BF16 kernel runs, else "fallback". */
+/* "avx512" when the AVX512_BF16 kernel runs (ISA level avx512bf16, base/cpu.h), else
+ * "fallback". Tests switch it with cpu_set_level. */
 const char *gemm_bf16_isa(void);
-/* Switch ("avx512", "fallback"); 1 when switched, 0 when the CPU lacks it or the name is
- * unknown. For tests and benchmarks; not thread-safe against running products. */
-int gemm_bf16_set_isa(const char *isa);
 
 #endif

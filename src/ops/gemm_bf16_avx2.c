@@ -1,11 +1,14 @@
 /*
  * gemm_bf16_avx2.c: the conversions between fp32 and bf16 that the fallback product and
- * bf16_round_rows run, 16 values at a time (gemm_bf16.c chooses them when the CPU has AVX2; its
- * scalar versions are the definition and the tests compare the two bit for bit).
+ * bf16_round_rows run, 16 values at a time (gemm_bf16.c chooses them at ISA level avx2 and up;
+ * base/half.h's scalar conversions are the definition and half_test.c compares the two bit for
+ * bit).
  *   widen  bf16 -> fp32: the 16 bits become the upper half of the fp32 (exact).
  *   round  fp32 -> bf16, nearest even: add 0x7fff plus the lowest kept bit, keep the upper half;
  *          a NaN keeps its upper half with the quiet bit (0x40) set, so it cannot round to inf.
  */
+#include "base/half.h"
+
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,10 +26,8 @@ void bf16_widen_avx2(float *dst, const uint16_t *src, size_t n) {
         _mm256_storeu_si256((__m256i *)(dst + i), lo);
         _mm256_storeu_si256((__m256i *)(dst + i + 8), hi);
     }
-    for (; i < n; i++) {
-        uint32_t u = (uint32_t)src[i] << 16;
-        memcpy(dst + i, &u, 4);
-    }
+    for (; i < n; i++)
+        dst[i] = bf16_to_f32(src[i]);
 }
 
 /* 8 fp32 (as bits) to 8 bf16 in the low 16 bits of each lane */
@@ -50,12 +51,6 @@ void bf16_round_avx2(uint16_t *dst, const float *src, size_t n) {
         __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
         _mm256_storeu_si256((__m256i *)(dst + i), p);
     }
-    for (; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, src + i, 4);
-        if ((u & 0x7fffffff) > 0x7f800000)
-            dst[i] = (uint16_t)((u >> 16) | 0x40);
-        else
-            dst[i] = (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-    }
+    for (; i < n; i++)
+        dst[i] = f32_to_bf16(src[i]);
 }

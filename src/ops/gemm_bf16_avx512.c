@@ -8,11 +8,11 @@
 #include "ops/gemm_bf16_dp.h"
 
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
-                     int ldb, float beta, float *C, int ldc);
+                     int ldb, float beta, float *C, int ldc, void *ws, size_t wsb);
 
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
-                     int ldb, float beta, float *C, int ldc) {
-    return dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc);
+                     int ldb, float beta, float *C, int ldc, void *ws, size_t wsb) {
+    return dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, ws, wsb);
 }
 
 size_t gemm_bf16_avx512_scratch(int M, int N, int K);

@@ -208,8 +208,6 @@ static void dp_tile(int kp, const uint32_t *ap, const uint32_t *bp, float *C, in
 /* Below this many multiply-adds one thread does it all (a parallel region costs microseconds). */
 #define DP_PARALLEL_MACS 2e6
 
-/* C (M, N) = beta * C + A (M, K) . op(B) with the contract of gemm_bf16 (M, N, K > 0). Returns
- * -1, C untouched, when the packing buffers cannot be allocated. */
 /* The packing buffers' sizes in 32-bit words: op(B)'s block, and each thread's A block. */
 static int dp_sizes(int M, int N, int K, size_t *bwords, size_t *awords) {
     int kp_max = (dp_min(K, DP_KC) + 1) / 2;
@@ -221,19 +219,22 @@ static int dp_sizes(int M, int N, int K, size_t *bwords, size_t *awords) {
     return (double)M * N * K < DP_PARALLEL_MACS ? 1 : omp_get_max_threads();
 }
 
-/* Bytes dp_gemm allocates for this product. */
+/* Bytes of scratch dp_gemm needs for this product (the packing buffers, 64-byte aligned inside
+ * it). */
 static inline size_t dp_scratch_bytes(int M, int N, int K) {
     size_t bwords, awords;
     int threads = dp_sizes(M, N, K, &bwords, &awords);
-    return (bwords + awords * (size_t)threads) * sizeof(uint32_t);
+    return (bwords + awords * (size_t)threads) * sizeof(uint32_t) + 64;
 }
 
+/* C (M, N) = beta * C + A (M, K) . op(B) with the contract of gemm_bf16 (M, N, K > 0), the
+ * packing buffers in ws. Returns -1, C untouched, when ws is smaller than dp_scratch_bytes. */
 static int dp_gemm(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
-                   int ldb, float beta, float *C, int ldc) {
+                   int ldb, float beta, float *C, int ldc, void *ws, size_t wsb) {
     size_t bwords, awords;
     int threads = dp_sizes(M, N, K, &bwords, &awords);
-    uint32_t *bpack = aligned_alloc(64, (bwords + awords * threads) * sizeof(uint32_t));
-    if (!bpack) return -1;
+    if (!ws || wsb < dp_scratch_bytes(M, N, K)) return -1;
+    uint32_t *bpack = (uint32_t *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
     uint32_t *apack = bpack + bwords;
 #pragma omp parallel num_threads(threads)
     {
@@ -265,7 +266,6 @@ static int dp_gemm(int transB, int M, int N, int K, const uint16_t *A, int lda, 
             }
         }
     }
-    free(bpack);
     return 0;
 }
 

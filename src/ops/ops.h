@@ -22,11 +22,11 @@
 void matmul_forward(float *out, int ldo, const float *inp, int ldi, const float *W,
                     const float *bias, int N, int I, int O, float beta);
 /* dinp (N,I) += dout (N,O) . W (O,I) */
-void matmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const float *W,
-                           int N, int I, int O);
+void matmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const float *W, int N,
+                           int I, int O);
 /* dW (O,I) += dout^T (O,N) . inp (N,I);  dbias (O) += sum over rows of dout (either may be NULL) */
-void matmul_backward_weight(float *dW, float *dbias, const float *dout, int ldo,
-                            const float *inp, int ldi, int N, int I, int O);
+void matmul_backward_weight(float *dW, float *dbias, const float *dout, int ldo, const float *inp,
+                            int ldi, int N, int I, int O);
 /* C (M,N) = alpha * op(A) . op(B) + beta * C, row-major; the general form the above use. */
 void gemm(int transA, int transB, int M, int N, int K, float alpha, const float *A, int lda,
           const float *B, int ldb, float beta, float *C, int ldc);
@@ -37,8 +37,8 @@ void gemm(int transA, int transB, int M, int N, int K, float alpha, const float 
 void rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
                      float eps);
 /* dinp (N,C) +=; dw (C) += (NULL if frozen) */
-void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp,
-                      const float *w, const float *rstd, int N, int C);
+void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *inp, const float *w,
+                      const float *rstd, int N, int C);
 
 /* ---- rope.c ------------------------------------------------------------------------------
  * Rotary position embedding, Hugging Face convention: within each head the first rot_dim
@@ -46,15 +46,14 @@ void rmsnorm_backward(float *dinp, float *dw, const float *dout, const float *in
  * pos * inv_freq[i]; values past rot_dim pass through. cos and sin are multiplied by
  * attn_scale (transformers' attention_scaling, 1 for most rope types).
  * x (N, H, D) in place; pos (N) is each token's position; inv_freq (rot_dim/2). */
-void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D,
-                  int rot_dim, float attn_scale);
+void rope_forward(float *x, const int *pos, const float *inv_freq, int N, int H, int D, int rot_dim,
+                  float attn_scale);
 /* dx (N,H,D) in place: the gradient with respect to the input of rope_forward */
 void rope_backward(float *dx, const int *pos, const float *inv_freq, int N, int H, int D,
                    int rot_dim, float attn_scale);
 /* cs, sn (P, rot_dim/2): rope_forward's cos and sin (times attn_scale) for positions 0..P-1,
  * which attn_input_forward/backward look up by position */
-void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
-                float attn_scale);
+void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim, float attn_scale);
 
 /* ---- attn_input.c ------------------------------------------------------------------------
  * The split of the fused projection output into attention's inputs, with qk-norm and RoPE, in
@@ -67,18 +66,18 @@ void rope_table(float *cs, float *sn, int P, const float *inv_freq, int rot_dim,
  * Row n of qkv: q (H*D) | k (Hkv*D) | v (Hkv*D) at qkv + n*ld. Without q_norm, k_norm must be
  * NULL too and qn_rstd, kn_rstd are not touched (may be NULL). */
 void attn_input_forward(float *q, float *k, float *v, float *qn_rstd, float *kn_rstd,
-                        const float *qkv, int ld, const float *q_norm,
-                        const float *k_norm, float eps, const int *pos, const float *rope_cos,
-                        const float *rope_sin, int N, int H, int Hkv, int D, int rot_dim);
+                        const float *qkv, int ld, const float *q_norm, const float *k_norm,
+                        float eps, const int *pos, const float *rope_cos, const float *rope_sin,
+                        int N, int H, int Hkv, int D, int rot_dim);
 /* dqkv (N, ld; the q|k|v columns of each row): OVERWRITTEN with the gradient wrt qkv of
  * attn_input_forward, given dq, dk, dv (not modified): rope_backward of dq and dk, then (q_norm)
  * rmsnorm_backward of each head, whose inputs are read from the forward's qkv (N, ld; may be
  * NULL without q_norm) and rstd from qn_rstd, kn_rstd. */
 void attn_input_backward(float *dqkv, const float *dq, const float *dk, const float *dv,
-                         const float *qkv, int ld, const float *qn_rstd,
-                         const float *kn_rstd, const float *q_norm, const float *k_norm,
-                         const int *pos, const float *rope_cos, const float *rope_sin, int N,
-                         int H, int Hkv, int D, int rot_dim);
+                         const float *qkv, int ld, const float *qn_rstd, const float *kn_rstd,
+                         const float *q_norm, const float *k_norm, const int *pos,
+                         const float *rope_cos, const float *rope_sin, int N, int H, int Hkv, int D,
+                         int rot_dim);
 
 /* ---- attention.c -------------------------------------------------------------------------
  * Causal grouped-query attention, flash style: tiles of keys with an online softmax, never a
@@ -89,15 +88,21 @@ void attn_input_backward(float *dqkv, const float *dq, const float *dk, const fl
  * sliding_window), and (seg != NULL) seg[b*T+i] == seg[b*T+j] (packed documents).
  * len (B) may be NULL; otherwise positions t >= len[b] are padding: they attend to nothing,
  * are attended by nothing, and get out = 0 and zero gradients, and cost no work.
- * scale multiplies q.k (usually 1/sqrt(D)). */
+ * scale multiplies q.k (usually 1/sqrt(D)).
+ * ws (wsb bytes): the workspace of the fast kernel, attention_workspace_bytes for the largest
+ * B and T the caller will pass; with less (or NULL) the portable code runs, which needs none.
+ * Nothing is allocated. */
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale);
+                       int window, float scale, void *ws, size_t wsb);
 /* dq, dk, dv: OVERWRITTEN (not accumulated). */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale);
+                        int window, float scale, void *ws, size_t wsb);
+/* Bytes of workspace attention_forward / backward use for any B <= maxB, T <= maxT with the
+ * kernel the ISA level picks and the current number of OpenMP threads (0: the portable code). */
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D);
 
 /* ---- swiglu.c ----------------------------------------------------------------------------
  * out (N,I) = silu(gate) * up, silu(x) = x / (1 + exp(-x)). Row n of gate is gate + n*ld_in
@@ -118,51 +123,42 @@ double lmhead_xent(float *dh, const float *h, const float *W, const int *targets
                    int V, float grad_scale, float *scratch, int chunk);
 /* The same with the head W (V, C) as a qtensor (ops/qtensor.h) in any format: each chunk's
  * logits come from qmatmul_forward and its dh from qmatmul_backward_input (for F32, exactly the
- * two GEMMs above). lmhead_xent is this with an F32 qtensor over W. */
+ * two GEMMs above), with ws (wsb bytes, qmatmul_scratch_bytes(W, chunk)) their scratch; NaN when
+ * that is too small to run at all. lmhead_xent is this with an F32 qtensor over W (which needs
+ * no scratch). */
 struct qtensor;
 double lmhead_xent_q(float *dh, const float *h, const struct qtensor *W, const int *targets, int N,
-                     float grad_scale, float *scratch, int chunk);
+                     float grad_scale, float *scratch, int chunk, void *ws, size_t wsb);
 
-/* ---- SIMD variants -----------------------------------------------------------------------
- * The entry points above pick a version at run time; the portable versions (*_ref, the
+/* ---- kernel choice -----------------------------------------------------------------------
+ * Every entry point above runs the best kernel of its op's table that the ISA level
+ * (base/cpu.h: the CPU, capped by FTUNE_ISA) allows; the portable versions (*_ref, the
  * reference) and the AVX2+FMA ones can also be called directly, which is how the tests compare
- * them. ops_have_avx2(): the CPU has AVX2 and FMA (attention.c). */
-int ops_have_avx2(void);
+ * them (where cpu_native_level() >= CPU_AVX2). The names of the kernels the entry points run now:
+ * "avx2" or "portable" (attention: for that shape). */
+const char *swiglu_isa(void);
+const char *xent_isa(void);
+const char *attention_isa(int H, int Hkv, int D);
 void swiglu_forward_ref(float *out, const float *gate, const float *up, int N, int I, int ld_in);
 void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const float *gate,
                          const float *up, int N, int I, int ld_in);
-void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I,
-                         int ld_in);
+void swiglu_forward_avx2(float *out, const float *gate, const float *up, int N, int I, int ld_in);
 void swiglu_backward_avx2(float *dgate, float *dup, const float *dout, const float *gate,
                           const float *up, int N, int I, int ld_in);
-double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N,
-                       int C, int V, float grad_scale, float *scratch, int chunk);
+double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N, int C,
+                       int V, float grad_scale, float *scratch, int chunk);
 /* one row of logits x (V): returns logsumexp(x) - x[t]; with grad, x becomes
  * (softmax(x) - onehot(t)) * grad_scale (xent_avx2.c) */
 double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad);
 
-/* attention_forward/backward run the blocked AVX2+FMA version (attention_tiled_avx2.c; the first
- * AVX2 version, attention_avx2.c, with FTUNE_ATTN=avx2) when attention_avx2_usable()
- * (ops_have_avx2(), D % 16 == 0, D <= 256, H/Hkv <= 32), the portable one (attention.c)
- * otherwise. */
+/* The tiled AVX2+FMA attention (attention_tiled.h) can run here: the CPU has AVX2 and FMA
+ * (whatever FTUNE_ISA says), D % 16 == 0, D <= 256, H/Hkv <= 32. */
 int attention_avx2_usable(int H, int Hkv, int D);
-/* attention_backward_avx2's work split: 0 (default) picks one pass with an item per
- * (b, kv head) when those B*Hkv items keep the threads busy, two passes (finer items, 7/5 of the
- * work) otherwise; 1 or 2 forces it (for tests). */
-extern int attention_backward_passes;
-void attention_forward_ref(float *out, float *lse, const float *q, const float *k,
-                           const float *v, const int *seg, const int *len, int B, int T, int H,
-                           int Hkv, int D, int window, float scale);
-void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout,
-                            const float *q, const float *k, const float *v, const float *out,
-                            const float *lse, const int *seg, const int *len, int B, int T, int H,
-                            int Hkv, int D, int window, float scale);
-void attention_forward_avx2(float *out, float *lse, const float *q, const float *k,
-                            const float *v, const int *seg, const int *len, int B, int T, int H,
-                            int Hkv, int D, int window, float scale);
-void attention_backward_avx2(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                             const float *k, const float *v, const float *out, const float *lse,
-                             const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                             int window, float scale);
-
+void attention_forward_ref(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                           int window, float scale);
+void attention_backward_ref(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale);
 #endif

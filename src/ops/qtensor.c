@@ -4,8 +4,8 @@
  *
  * A format is a row of `traits`: sizes plus the portable kernels (dequantize rows, fused dot of
  * one row). Those portable kernels are the reference; qtensor_avx2.c and qtensor_avx512.c hold
- * faster versions of the same kernels, and `active` points at the set chosen once at start-up
- * (the best the CPU has, capped by FTUNE_ISA).
+ * faster versions of the same kernels; the set that runs is the best one the ISA level
+ * (base/cpu.h: the CPU, capped by FTUNE_ISA) allows.
  *
  * Matmuls: F32 is one GEMM over the stored matrix. Other formats go a panel of rows at a time:
  * the panel (about PANEL_BYTES of fp32) is dequantized into a buffer, by all threads, and one
@@ -16,9 +16,6 @@
  * rounded to bf16 a chunk of rows at a time, each panel is dequantized and rounded to bf16 (a
  * BF16 tensor's own rows are the panel), and gemm_bf16 multiplies them.
  */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
 #include "ops/gemm_bf16.h"
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
@@ -29,41 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* ---- scalar conversions ------------------------------------------------------------------ */
-
-/* float -> IEEE half, round to nearest even (as numpy's astype(float16) and F16C do). */
-static uint16_t f32_to_f16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
-    uint32_t a = u & 0x7fffffff;
-    if (a > 0x7f800000) return sign | 0x7e00 | (uint16_t)((a >> 13) & 0x3ff); /* NaN, quiet */
-    if (a >= 0x47800000) return sign | 0x7c00; /* >= 65536 (or inf): inf */
-    if (a < 0x38800000) {                      /* below 2^-14: a half subnormal, or zero */
-        int e = (int)(a >> 23);
-        if (e < 101) return sign; /* below 2^-26: rounds to zero */
-        uint32_t m = (a & 0x7fffff) | 0x800000;
-        int shift = 126 - e; /* value = m * 2^(e-150) = (m >> shift) half units of 2^-24 */
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return sign | (uint16_t)q;
-    }
-    /* normal: rebias the exponent (127 -> 15), round the 13 dropped bits to even; a carry
-     * moves into the exponent, up to inf for 65520 .. 65535 */
-    uint32_t r = a - 0x38000000;
-    r += 0xfff + ((r >> 13) & 1);
-    return sign | (uint16_t)(r >> 13);
-}
-
-/* float -> bfloat16, round to nearest even, NaN -> quiet NaN (as torch's .to(bfloat16)). */
-static uint16_t f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 /* ---- portable kernels (the reference) ---------------------------------------------------- */
 
@@ -83,14 +45,14 @@ static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
     for (size_t i = 0; i < n; i++)
-        out[i] = qt_bf16_to_f32(h[i]);
+        out[i] = bf16_to_f32(h[i]);
 }
 
 static float dot_bf16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
     for (int i = 0; i < t->cols; i++)
-        s += qt_bf16_to_f32(h[i]) * x[i];
+        s += bf16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -98,14 +60,14 @@ static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r0 * t->cols;
     size_t n = (size_t)nrows * t->cols;
     for (size_t i = 0; i < n; i++)
-        out[i] = qt_f16_to_f32(h[i]);
+        out[i] = f16_to_f32(h[i]);
 }
 
 static float dot_f16(const qtensor *t, int r, const float *x) {
     const uint16_t *h = (const uint16_t *)t->data + (size_t)r * t->cols;
     float s = 0;
     for (int i = 0; i < t->cols; i++)
-        s += qt_f16_to_f32(h[i]) * x[i];
+        s += f16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -116,7 +78,7 @@ static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
     for (size_t b = 0; b < nb; b++, blk += Q8_0_BYTES, out += Q8_0_VALUES) {
         uint16_t dh;
         memcpy(&dh, blk, 2);
-        float d = qt_f16_to_f32(dh);
+        float d = f16_to_f32(dh);
         const int8_t *q = (const int8_t *)(blk + 2);
         for (int j = 0; j < Q8_0_VALUES; j++)
             out[j] = d * (float)q[j];
@@ -134,7 +96,7 @@ static float dot_q8_0(const qtensor *t, int r, const float *x) {
         float bs = 0;
         for (int j = 0; j < Q8_0_VALUES; j++)
             bs += (float)q[j] * x[j];
-        s += qt_f16_to_f32(dh) * bs;
+        s += f16_to_f32(dh) * bs;
     }
     return s;
 }
@@ -190,7 +152,7 @@ static const qformat_traits traits[QF_COUNT] = {
     [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4},
 };
 
-static const qkernels kernels_portable = {"portable", {0}, {0}};
+static const qkernels kernels_portable = {"portable", CPU_PORTABLE, {0}, {0}};
 
 const qformat_traits *qformat_info(qformat f) { return (unsigned)f < QF_COUNT ? &traits[f] : NULL; }
 
@@ -203,71 +165,32 @@ int qformat_parse(const char *name) {
     return -1;
 }
 
-/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports has no "f16c". */
-static int cpu_has_f16c(void) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
-#else
-    return 0;
-#endif
-}
-
-/* The kernel sets in order of preference, and whether this CPU runs each. */
-static int cpu_has(const qkernels *k) {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (k == &qtensor_kernels_avx512)
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("fma") && cpu_has_f16c();
-    if (k == &qtensor_kernels_avx2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
-#endif
-    return k == &kernels_portable;
-}
-
+/* The kernel sets, best first; the first one the ISA level (base/cpu.h) runs is used. */
 static const qkernels *const sets[] = {&qtensor_kernels_avx512, &qtensor_kernels_avx2,
                                        &kernels_portable};
 enum { NSETS = sizeof sets / sizeof sets[0] };
 
-static const qkernels *active;
-static pthread_once_t active_once = PTHREAD_ONCE_INIT;
 static float code_nf4[16], code_fp4[16];
+static pthread_once_t codes_once = PTHREAD_ONCE_INIT;
 
-/* The best set the CPU has, no better than FTUNE_ISA names (an unknown name caps nothing). */
-static void choose_kernels(void) {
+static void init_codes(void) {
     memcpy(code_nf4, quant4_code(QUANT_NF4), sizeof code_nf4);
     memcpy(code_fp4, quant4_code(QUANT_FP4), sizeof code_fp4);
     code_fp4[8] = -0.0f;
-    const char *cap = getenv("FTUNE_ISA");
-    int first = 0;
-    for (int i = 0; cap && i < NSETS; i++)
-        if (!strcasecmp(cap, sets[i]->isa)) first = i;
-    for (int i = first; i < NSETS && !active; i++)
-        if (cpu_has(sets[i])) active = sets[i];
 }
 
 static const qkernels *kernels(void) {
-    pthread_once(&active_once, choose_kernels);
-    return active;
+    cpu_isa l = cpu_level();
+    for (int i = 0; i < NSETS - 1; i++)
+        if (sets[i]->level <= l) return sets[i];
+    return &kernels_portable;
 }
 
 const char *qtensor_isa(void) { return kernels()->isa; }
 
 const float *qt_dequant_code(qformat f) {
-    kernels();
+    pthread_once(&codes_once, init_codes);
     return f == QF_NF4 ? code_nf4 : code_fp4;
-}
-
-int qtensor_set_isa(const char *isa) {
-    kernels();
-    for (int i = 0; isa && i < NSETS; i++)
-        if (!strcasecmp(isa, sets[i]->isa)) {
-            if (!cpu_has(sets[i])) return 0;
-            active = sets[i];
-            return 1;
-        }
-    return 0;
 }
 
 static qdequant_fn dequant_kernel(qformat f) {
@@ -450,45 +373,58 @@ static int chunk_rows(int width, int N) {
     return c < N ? c : N;
 }
 
-/* Scratch of one QC_BF16 matmul: a chunk of input rows and a panel of W in bf16, and the fp32
- * panel the dequantization writes (neither panel for BF16, which is read in place; no fp32 one
- * for F32, which is rounded straight from its data). */
+/* Scratch of one QC_BF16 matmul, carved from the caller's: a chunk of input rows and a panel
+ * of W in bf16, the fp32 panel the dequantization writes (neither panel for BF16, which is read
+ * in place; no fp32 one for F32, which is rounded straight from its data), and the rest for
+ * gemm_bf16. Each part starts on a 64-byte boundary. */
 typedef struct bf16_scratch {
     int xrows, prows;
     uint16_t *x, *panel;
     float *panel32;
+    void *gemm;
+    size_t gemm_bytes;
 } bf16_scratch;
 
-/* Bytes of each part of the scratch (0: the part is not needed). */
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Bytes of each part of the scratch (0: the part is not needed), each rounded up to 64. */
 static void bf16_scratch_sizes(const qtensor *W, int xrows, int xwidth, int prows, size_t *x,
                                size_t *panel, size_t *panel32) {
     size_t I = (size_t)W->cols;
     int own_panel = W->fmt != QF_BF16, own32 = own_panel && W->fmt != QF_F32;
-    *x = (size_t)xrows * xwidth * sizeof(uint16_t);
-    *panel = own_panel ? (size_t)prows * I * sizeof(uint16_t) : 0;
-    *panel32 = own32 ? (size_t)prows * I * sizeof(float) : 0;
+    *x = up64((size_t)xrows * xwidth * sizeof(uint16_t));
+    *panel = own_panel ? up64((size_t)prows * I * sizeof(uint16_t)) : 0;
+    *panel32 = own32 ? up64((size_t)prows * I * sizeof(float)) : 0;
 }
 
-static int bf16_scratch_alloc(bf16_scratch *s, const qtensor *W, int xrows, int xwidth, int prows) {
+/* The bf16 product's scratch for xrows input rows and prows weight rows. */
+static size_t bf16_gemm_bytes(const qtensor *W, int backward, int xrows, int prows) {
+    return backward ? gemm_bf16_scratch_bytes(xrows, W->cols, prows)
+                    : gemm_bf16_scratch_bytes(xrows, prows, W->cols);
+}
+
+static int bf16_scratch_carve(bf16_scratch *s, const qtensor *W, int xrows, int xwidth, int prows,
+                              void *ws, size_t wsb) {
     size_t xb, pb, p32b;
     bf16_scratch_sizes(W, xrows, xwidth, prows, &xb, &pb, &p32b);
+    uint8_t *p = (uint8_t *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+    size_t pad = ws ? (size_t)(p - (uint8_t *)ws) : 0, need = pad + xb + pb + p32b;
+    if (!ws || wsb < need) return -1;
     s->xrows = xrows, s->prows = prows;
-    s->x = malloc(xb);
-    s->panel = pb ? malloc(pb) : NULL;
-    s->panel32 = p32b ? malloc(p32b) : NULL;
-    if (s->x && (s->panel || !pb) && (s->panel32 || !p32b)) return 0;
-    free(s->x), free(s->panel), free(s->panel32);
-    return -1;
+    s->x = (uint16_t *)p;
+    s->panel = pb ? (uint16_t *)(p + xb) : NULL;
+    s->panel32 = p32b ? (float *)(void *)(p + xb + pb) : NULL;
+    s->gemm = p + xb + pb + p32b, s->gemm_bytes = wsb - need;
+    return 0;
 }
 
-/* Full-size scratch, or when memory is short one input row and one W row at a time. */
-static void bf16_scratch_init(bf16_scratch *s, const qtensor *W, int xwidth, int N) {
-    if (!bf16_scratch_alloc(s, W, chunk_rows(xwidth, N), xwidth, panel_rows(W))) return;
-    if (!bf16_scratch_alloc(s, W, 1, xwidth, 1)) return;
-    abort(); /* not even one row of each: the process cannot go on anyway */
+/* Full-size scratch, or when the caller's is short one input row and one W row at a time
+ * (gemm_bf16 then runs whatever kernel its share allows). -1: not even that fits. */
+static int bf16_scratch_init(bf16_scratch *s, const qtensor *W, int xwidth, int N, void *ws,
+                             size_t wsb) {
+    if (!bf16_scratch_carve(s, W, chunk_rows(xwidth, N), xwidth, panel_rows(W), ws, wsb)) return 0;
+    return bf16_scratch_carve(s, W, 1, xwidth, 1, ws, wsb);
 }
-
-static void bf16_scratch_free(bf16_scratch *s) { free(s->x), free(s->panel), free(s->panel32); }
 
 /* Rows r0 .. r0+m-1 of W in bf16, row stride cols. */
 static const uint16_t *bf16_panel(const qtensor *W, qdequant_fn k, int r0, int m, bf16_scratch *s) {
@@ -504,11 +440,11 @@ static const uint16_t *bf16_panel(const qtensor *W, qdequant_fn k, int r0, int m
 }
 
 /* out (N, O) = beta*out + bf16(inp) . bf16(W)^T, then + bias in fp32. */
-static void qmatmul_forward_bf16(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
-                                 const float *bias, int N, float beta) {
+static int qmatmul_forward_bf16(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                                const float *bias, int N, float beta, void *ws, size_t wsb) {
     int O = W->rows, I = W->cols;
     bf16_scratch s;
-    bf16_scratch_init(&s, W, I, N);
+    if (bf16_scratch_init(&s, W, I, N, ws, wsb)) return -1;
     qdequant_fn k = dequant_kernel(W->fmt);
     for (int n0 = 0; n0 < N; n0 += s.xrows) {
         int n = N - n0 < s.xrows ? N - n0 : s.xrows;
@@ -516,23 +452,24 @@ static void qmatmul_forward_bf16(float *out, int ldo, const float *inp, int ldi,
         for (int r0 = 0; r0 < O; r0 += s.prows) {
             int m = O - r0 < s.prows ? O - r0 : s.prows;
             const uint16_t *w = bf16_panel(W, k, r0, m, &s);
-            gemm_bf16(1, n, m, I, s.x, I, w, I, beta, out + (size_t)n0 * ldo + r0, ldo);
+            gemm_bf16(1, n, m, I, s.x, I, w, I, beta, out + (size_t)n0 * ldo + r0, ldo, s.gemm,
+                      s.gemm_bytes);
         }
     }
-    bf16_scratch_free(&s);
     if (bias)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < O; o++)
                 out[(size_t)n * ldo + o] += bias[o];
+    return 0;
 }
 
 /* dinp (N, I) += bf16(dout) . bf16(W): a chunk of dout rows (all O columns) rounded once, each
  * panel multiplying its columns r0 .. r0+m-1 of it. */
-static void qmatmul_backward_input_bf16(float *dinp, int ldi, const float *dout, int ldo,
-                                        const qtensor *W, int N) {
+static int qmatmul_backward_input_bf16(float *dinp, int ldi, const float *dout, int ldo,
+                                       const qtensor *W, int N, void *ws, size_t wsb) {
     int O = W->rows, I = W->cols;
     bf16_scratch s;
-    bf16_scratch_init(&s, W, O, N);
+    if (bf16_scratch_init(&s, W, O, N, ws, wsb)) return -1;
     qdequant_fn k = dequant_kernel(W->fmt);
     for (int n0 = 0; n0 < N; n0 += s.xrows) {
         int n = N - n0 < s.xrows ? N - n0 : s.xrows;
@@ -540,10 +477,11 @@ static void qmatmul_backward_input_bf16(float *dinp, int ldi, const float *dout,
         for (int r0 = 0; r0 < O; r0 += s.prows) {
             int m = O - r0 < s.prows ? O - r0 : s.prows;
             const uint16_t *w = bf16_panel(W, k, r0, m, &s);
-            gemm_bf16(0, n, I, m, s.x + r0, O, w, I, 1.0f, dinp + (size_t)n0 * ldi, ldi);
+            gemm_bf16(0, n, I, m, s.x + r0, O, w, I, 1.0f, dinp + (size_t)n0 * ldi, ldi, s.gemm,
+                      s.gemm_bytes);
         }
     }
-    bf16_scratch_free(&s);
+    return 0;
 }
 
 /* ---- the matmuls ------------------------------------------------------------------------- */
@@ -557,30 +495,35 @@ size_t qmatmul_scratch_bytes(const qtensor *W, int N) {
     for (int backward = 0; backward < 2; backward++) {
         int width = backward ? O : I, xr = chunk_rows(width, N);
         bf16_scratch_sizes(W, xr, width, P, &x, &panel, &panel32);
-        size_t b = x + panel + panel32 +
-                   (backward ? gemm_bf16_scratch_bytes(xr, I, P) : gemm_bf16_scratch_bytes(xr, P, I));
+        size_t b = 64 + x + panel + panel32 + bf16_gemm_bytes(W, backward, xr, P);
         if (b > most) most = b;
     }
     return most;
 }
 
-void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
-                     const float *bias, int N, float beta) {
+/* Weight rows per fp32 panel: the usual, or what the caller's scratch holds. */
+static int fit_panel(const qtensor *W, size_t wsb) {
+    size_t fit = wsb / ((size_t)W->cols * sizeof(float));
+    int P = panel_rows(W);
+    return fit < (size_t)P ? (int)fit : P;
+}
+
+int qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                    const float *bias, int N, float beta, void *ws, size_t wsb) {
     int O = W->rows, I = W->cols;
-    if (W->compute == QC_BF16) {
-        if (N > 0) qmatmul_forward_bf16(out, ldo ? ldo : O, inp, ldi ? ldi : I, W, bias, N, beta);
-        return;
-    }
+    if (W->compute == QC_BF16)
+        return N > 0 ? qmatmul_forward_bf16(out, ldo ? ldo : O, inp, ldi ? ldi : I, W, bias, N,
+                                            beta, ws, wsb)
+                     : 0;
     if (W->fmt == QF_F32) {
         matmul_forward(out, ldo, inp, ldi, W->data, bias, N, I, O, beta);
-        return;
+        return 0;
     }
     if (!ldo) ldo = O;
     if (!ldi) ldi = I;
-    if (N <= 0) return;
-    int P = panel_rows(W);
-    float *panel = N < DOT_MAX_N ? NULL : malloc((size_t)P * I * sizeof(float));
-    if (!panel) { /* few rows, or no memory for a panel: fused dot products need none */
+    if (N <= 0) return 0;
+    int P = ws ? fit_panel(W, wsb) : 0;
+    if (N < DOT_MAX_N || P == 0) { /* few rows, or no room for a panel: fused dots need none */
         qdot_fn dot = dot_kernel(W->fmt);
 #pragma omp parallel for schedule(static)
         for (int o = 0; o < O; o++)
@@ -589,44 +532,44 @@ void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtens
                 float v = dot(W, o, inp + (size_t)n * ldi);
                 *y = (beta == 0 ? 0 : beta * *y) + v + (bias ? bias[o] : 0);
             }
-        return;
+        return 0;
     }
+    float *panel = ws;
     qdequant_fn k = dequant_kernel(W->fmt);
     for (int r0 = 0; r0 < O; r0 += P) {
         int m = O - r0 < P ? O - r0 : P;
         dequant_panel(W, k, r0, m, panel);
         gemm(0, 1, N, m, I, 1.0f, inp, ldi, panel, I, beta, out + r0, ldo);
     }
-    free(panel);
     if (bias)
         for (int n = 0; n < N; n++)
             for (int o = 0; o < O; o++)
                 out[(size_t)n * ldo + o] += bias[o];
+    return 0;
 }
 
-void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
-                            int N) {
+int qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
+                           int N, void *ws, size_t wsb) {
     int O = W->rows, I = W->cols;
-    if (W->compute == QC_BF16) {
-        if (N > 0) qmatmul_backward_input_bf16(dinp, ldi ? ldi : I, dout, ldo ? ldo : O, W, N);
-        return;
-    }
+    if (W->compute == QC_BF16)
+        return N > 0 ? qmatmul_backward_input_bf16(dinp, ldi ? ldi : I, dout, ldo ? ldo : O, W, N,
+                                                   ws, wsb)
+                     : 0;
     if (W->fmt == QF_F32) {
         matmul_backward_input(dinp, ldi, dout, ldo, W->data, N, I, O);
-        return;
+        return 0;
     }
     if (!ldo) ldo = O;
     if (!ldi) ldi = I;
-    if (N <= 0) return;
-    int P = panel_rows(W);
-    float *panel = malloc((size_t)P * I * sizeof(float));
-    if (!panel) panel = malloc((size_t)(P = 1) * I * sizeof(float)); /* low memory: row by row */
-    if (!panel) abort(); /* not even one row (cols floats): the process cannot go on anyway */
+    if (N <= 0) return 0;
+    int P = ws ? fit_panel(W, wsb) : 0;
+    if (P == 0) return -1; /* not even one row of W fits the scratch */
+    float *panel = ws;
     qdequant_fn k = dequant_kernel(W->fmt);
     for (int r0 = 0; r0 < O; r0 += P) {
         int m = O - r0 < P ? O - r0 : P;
         dequant_panel(W, k, r0, m, panel);
         gemm(0, 0, N, I, m, 1.0f, dout + r0, ldo, panel, I, 1.0f, dinp, ldi);
     }
-    free(panel);
+    return 0;
 }

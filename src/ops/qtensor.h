@@ -3,9 +3,10 @@
  * them that dequantize on the fly (a panel of rows at a time, never the whole matrix).
  *
  * One traits table (qtensor.c) has a row per format: name, values per block, bytes per block,
- * dequantize, fused dot product. The SIMD versions (qtensor_avx2.c, qtensor_avx512.c) are chosen
- * at start-up from what the CPU has; FTUNE_ISA=portable|avx2|avx512 caps the choice (tests use it
- * to run every path the machine has). The portable C in qtensor.c is the reference.
+ * dequantize, fused dot product. The SIMD versions (qtensor_avx2.c, qtensor_avx512.c) run at
+ * the ISA level of base/cpu.h (what the CPU has, capped by FTUNE_ISA=portable|avx2|avx512; tests
+ * switch it with cpu_set_level to run every path the machine has). The portable C in qtensor.c is
+ * the reference.
  *
  * Layouts (all row-major over the (rows, cols) = (out, in) matrix, flattened):
  *   F32, BF16, F16  rows*cols values.
@@ -57,9 +58,9 @@ typedef void (*qdequant_fn)(const qtensor *t, int r0, int nrows, float *out);
 typedef float (*qdot_fn)(const qtensor *t, int r, const float *x);
 
 typedef struct qformat_traits {
-    const char *name;    /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4" */
-    int block_values;    /* default values per block */
-    size_t block_bytes;  /* bytes of `data` per block (NF4/FP4: block_values / 2) */
+    const char *name;        /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4" */
+    int block_values;        /* default values per block */
+    size_t block_bytes;      /* bytes of `data` per block (NF4/FP4: block_values / 2) */
     qdequant_fn dequant_ref; /* the portable reference kernels (the SIMD ones are tested */
     qdot_fn dot_ref;         /* against these; qtensor_dequant_rows/dot_row use the fastest) */
 } qformat_traits;
@@ -85,13 +86,16 @@ float qtensor_dot_row(const qtensor *t, int r, const float *x);
 
 /* out (N, rows) = beta*out + inp (N, cols) . W^T [+ bias (rows)]; ldo/ldi row strides
  * (0 = rows / cols). For F32 this is one GEMM; for others, panels of rows are dequantized into
- * a small buffer and multiplied. W->compute QC_BF16: as the comment on qcompute says (the bias
- * is added in fp32). */
-void qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
-                     const float *bias, int N, float beta);
-/* dinp (N, cols) += dout (N, rows) . W  (QC_BF16: dout and W rounded to bf16) */
-void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
-                            int N);
+ * the caller's scratch (ws, wsb bytes; qmatmul_scratch_bytes(W, N) is enough, less makes smaller
+ * panels or fused dot products) and multiplied. W->compute QC_BF16: as the comment on qcompute
+ * says (the bias is added in fp32). Nothing is allocated. Returns 0, or -1 (out untouched) when
+ * the scratch does not hold even one row of each buffer (QC_BF16 only). */
+int qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                    const float *bias, int N, float beta, void *ws, size_t wsb);
+/* dinp (N, cols) += dout (N, rows) . W  (QC_BF16: dout and W rounded to bf16); the scratch as
+ * above. Returns 0, or -1 (dinp untouched) when the scratch does not hold one row of W. */
+int qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, const qtensor *W,
+                           int N, void *ws, size_t wsb);
 
 /* The most scratch memory qmatmul_forward or qmatmul_backward_input through W holds with N input
  * rows: the dequantized panel, and under QC_BF16 the bf16 copies of an input chunk and a panel
@@ -99,11 +103,8 @@ void qmatmul_backward_input(float *dinp, int ldi, const float *dout, int ldo, co
  * memory plan asks before any weight is loaded). */
 size_t qmatmul_scratch_bytes(const qtensor *W, int N);
 
-/* Which kernel set runs: "avx512", "avx2" or "portable". */
+/* Which kernel set runs at the current ISA level (base/cpu.h): "avx512", "avx2" or "portable".
+ * Tests switch it with cpu_set_level. */
 const char *qtensor_isa(void);
-/* Switch the kernel set ("portable", "avx2", "avx512"; for tests and benchmarks). Returns 1 when
- * switched, 0 when the CPU lacks it or the name is unknown (the current set stays). Not
- * thread-safe against running kernels. */
-int qtensor_set_isa(const char *isa);
 
 #endif

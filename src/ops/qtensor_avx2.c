@@ -14,8 +14,8 @@
  */
 #include "ops/qtensor_kernels.h"
 
-#include <immintrin.h>
 #include "ops/hsum_avx2.h"
+#include <immintrin.h>
 
 /* ---- F32, BF16, F16 ---------------------------------------------------------------------------
  */
@@ -51,7 +51,7 @@ static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, load_bf16(h + i));
     for (; i < n; i++)
-        out[i] = qt_bf16_to_f32(h[i]);
+        out[i] = bf16_to_f32(h[i]);
 }
 
 static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
@@ -60,7 +60,7 @@ static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, load_f16(h + i));
     for (; i < n; i++)
-        out[i] = qt_f16_to_f32(h[i]);
+        out[i] = f16_to_f32(h[i]);
 }
 
 static float dot_bf16(const qtensor *t, int r, const float *x) {
@@ -75,7 +75,7 @@ static float dot_bf16(const qtensor *t, int r, const float *x) {
         a0 = _mm256_fmadd_ps(load_bf16(h + i), _mm256_loadu_ps(x + i), a0);
     float s = avx2_hsum(_mm256_add_ps(a0, a1));
     for (; i < n; i++)
-        s += qt_bf16_to_f32(h[i]) * x[i];
+        s += bf16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -91,7 +91,7 @@ static float dot_f16(const qtensor *t, int r, const float *x) {
         a0 = _mm256_fmadd_ps(load_f16(h + i), _mm256_loadu_ps(x + i), a0);
     float s = avx2_hsum(_mm256_add_ps(a0, a1));
     for (; i < n; i++)
-        s += qt_f16_to_f32(h[i]) * x[i];
+        s += f16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -105,7 +105,7 @@ static inline __m256 load_q8(const uint8_t *q) {
 static inline float q8_scale(const uint8_t *blk) {
     uint16_t dh;
     memcpy(&dh, blk, 2);
-    return qt_f16_to_f32(dh);
+    return f16_to_f32(dh);
 }
 
 static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
@@ -202,6 +202,7 @@ static float dot_4bit(const qtensor *t, int r, const float *x) {
 
 const qkernels qtensor_kernels_avx2 = {
     "avx2",
+    CPU_AVX2,
     {[QF_BF16] = dequant_bf16,
      [QF_F16] = dequant_f16,
      [QF_Q8_0] = dequant_q8_0,

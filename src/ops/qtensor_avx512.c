@@ -48,7 +48,7 @@ static void dequant_bf16(const qtensor *t, int r0, int nrows, float *out) {
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, load_bf16(h + i));
     for (; i < n; i++)
-        out[i] = qt_bf16_to_f32(h[i]);
+        out[i] = bf16_to_f32(h[i]);
 }
 
 static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
@@ -57,7 +57,7 @@ static void dequant_f16(const qtensor *t, int r0, int nrows, float *out) {
     for (; i + 16 <= n; i += 16)
         _mm512_storeu_ps(out + i, load_f16(h + i));
     for (; i < n; i++)
-        out[i] = qt_f16_to_f32(h[i]);
+        out[i] = f16_to_f32(h[i]);
 }
 
 static float dot_bf16(const qtensor *t, int r, const float *x) {
@@ -72,7 +72,7 @@ static float dot_bf16(const qtensor *t, int r, const float *x) {
         a0 = _mm512_fmadd_ps(load_bf16(h + i), _mm512_loadu_ps(x + i), a0);
     float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     for (; i < n; i++)
-        s += qt_bf16_to_f32(h[i]) * x[i];
+        s += bf16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -88,7 +88,7 @@ static float dot_f16(const qtensor *t, int r, const float *x) {
         a0 = _mm512_fmadd_ps(load_f16(h + i), _mm512_loadu_ps(x + i), a0);
     float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
     for (; i < n; i++)
-        s += qt_f16_to_f32(h[i]) * x[i];
+        s += f16_to_f32(h[i]) * x[i];
     return s;
 }
 
@@ -102,7 +102,7 @@ static inline __m512 load_q8(const uint8_t *q) {
 static inline float q8_scale(const uint8_t *blk) {
     uint16_t dh;
     memcpy(&dh, blk, 2);
-    return qt_f16_to_f32(dh);
+    return f16_to_f32(dh);
 }
 
 static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
@@ -185,6 +185,7 @@ static float dot_4bit(const qtensor *t, int r, const float *x) {
 
 const qkernels qtensor_kernels_avx512 = {
     "avx512",
+    CPU_AVX512,
     {[QF_BF16] = dequant_bf16,
      [QF_F16] = dequant_f16,
      [QF_Q8_0] = dequant_q8_0,

@@ -1,11 +1,14 @@
 /*
  * qtensor_kernels.h: what qtensor.c shares with its SIMD files (qtensor_avx2.c,
  * qtensor_avx512.c) and nobody else: the kernel-set table one ISA fills, and the scalar helpers
- * every version must compute the same way (so that dequantization is bit-identical across ISAs).
+ * every version must compute the same way (so that dequantization is bit-identical across ISAs;
+ * the f16 / bf16 conversions are base/half.h's).
  */
 #ifndef FT_OPS_QTENSOR_KERNELS_H
 #define FT_OPS_QTENSOR_KERNELS_H
 
+#include "base/cpu.h"
+#include "base/half.h"
 #include "ops/qtensor.h"
 
 #include <string.h>
@@ -13,6 +16,7 @@
 /* One ISA's kernels, one entry per format; NULL means "use the portable one". */
 typedef struct qkernels {
     const char *isa;
+    cpu_isa level; /* what the CPU must run (cpu.h) */
     qdequant_fn dequant[QF_COUNT];
     qdot_fn dot[QF_COUNT];
 } qkernels;
@@ -26,30 +30,6 @@ const float *qt_dequant_code(qformat f);
 
 /* GGUF block_q8_0: { f16 d; int8 q[32] }, packed, 34 bytes. */
 enum { Q8_0_VALUES = 32, Q8_0_BYTES = 34 };
-
-/* IEEE half -> float; exact (every half is a float). NaNs come back quiet, as F16C's vcvtph2ps
- * returns them. */
-static inline float qt_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 0x3ff, u;
-    if (e == 0) { /* zero or subnormal: m * 2^-24, exact in float */
-        float v = (float)m * 0x1p-24f;
-        return sign ? -v : v;
-    }
-    if (e == 31)
-        u = sign | 0x7f800000 | (m << 13) | (m ? 0x400000 : 0);
-    else
-        u = sign | ((e + 112) << 23) | (m << 13);
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline float qt_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* The absmax of 4-bit block b: stored, or rebuilt from double quantization as bitsandbytes'
  * dequantize_blockwise + offset does it (code * nested absmax rounded to fp32, then + offset).

@@ -7,9 +7,11 @@
  * Backward with s = sigmoid(g):  d silu/dg = s * (1 + g * (1 - s)),
  *   dgate = dout * up * s * (1 + g*(1 - s)),  dup = dout * silu(g).
  * Both gradients are overwritten, in the same strided layout as the inputs.
- * swiglu_forward/backward run swiglu_avx2.c's version on CPUs with AVX2 and FMA, the portable
+ * swiglu_forward/backward run swiglu_avx2.c's version at ISA level avx2 and up (base/cpu.h), the
+ * portable
  * *_ref code here otherwise.
  */
+#include "base/cpu.h"
 #include "ops/ops.h"
 
 #include <math.h>
@@ -39,17 +41,32 @@ void swiglu_backward_ref(float *dgate, float *dup, const float *dout, const floa
     }
 }
 
+/* The kernels, best first, each with the ISA level it needs (base/cpu.h). */
+static const struct {
+    const char *name;
+    cpu_isa level;
+    void (*forward)(float *, const float *, const float *, int, int, int);
+    void (*backward)(float *, float *, const float *, const float *, const float *, int, int, int);
+} table[] = {
+    {"avx2", CPU_AVX2, swiglu_forward_avx2, swiglu_backward_avx2},
+    {"portable", CPU_PORTABLE, swiglu_forward_ref, swiglu_backward_ref},
+};
+enum { NTABLE = sizeof table / sizeof table[0] };
+
+static int pick(void) {
+    cpu_isa l = cpu_level();
+    for (int i = 0; i < NTABLE - 1; i++)
+        if (table[i].level <= l) return i;
+    return NTABLE - 1;
+}
+
+const char *swiglu_isa(void) { return table[pick()].name; }
+
 void swiglu_forward(float *out, const float *gate, const float *up, int N, int I, int ld_in) {
-    if (ops_have_avx2())
-        swiglu_forward_avx2(out, gate, up, N, I, ld_in);
-    else
-        swiglu_forward_ref(out, gate, up, N, I, ld_in);
+    table[pick()].forward(out, gate, up, N, I, ld_in);
 }
 
 void swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
                      const float *up, int N, int I, int ld_in) {
-    if (ops_have_avx2())
-        swiglu_backward_avx2(dgate, dup, dout, gate, up, N, I, ld_in);
-    else
-        swiglu_backward_ref(dgate, dup, dout, gate, up, N, I, ld_in);
+    table[pick()].backward(dgate, dup, dout, gate, up, N, I, ld_in);
 }

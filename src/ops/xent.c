@@ -12,8 +12,10 @@
  * threads; the loss is a double reduction. A target >= V cannot be scored: its row adds NaN to
  * the loss (so the caller notices) and no gradient.
  * The per-row work (max, exp, sum, gradient) is xent_row_ref here or xent_row_avx2
- * (xent_avx2.c) on CPUs with AVX2 and FMA; lmhead_xent_ref always uses the portable one.
+ * (xent_avx2.c) at ISA level avx2 and up (base/cpu.h); lmhead_xent_ref always uses the portable
+ * one.
  */
+#include "base/cpu.h"
 #include "ops/ops.h"
 #include "ops/qtensor.h"
 
@@ -66,7 +68,8 @@ static double xent_chunk(xent_row_fn row, float *l, const int *tg, int n, int V,
 }
 
 static double xent_run(xent_row_fn row, float *dh, const float *h, const qtensor *W,
-                       const int *targets, int N, float grad_scale, float *scratch, int chunk) {
+                       const int *targets, int N, float grad_scale, float *scratch, int chunk,
+                       void *ws, size_t wsb) {
     const int C = W->cols, V = W->rows;
     double loss = 0.0;
     if (chunk < 1) chunk = 1;
@@ -80,9 +83,11 @@ static double xent_run(xent_row_fn row, float *dh, const float *h, const qtensor
         while (n1 < N && n1 - n0 < chunk && targets[n1] >= 0)
             n1++;
         int n = n1 - n0;
-        qmatmul_forward(scratch, V, h + (size_t)n0 * C, C, W, NULL, n, 0.0f);
+        if (qmatmul_forward(scratch, V, h + (size_t)n0 * C, C, W, NULL, n, 0.0f, ws, wsb))
+            return NAN; /* the matmul scratch is too small (lmhead_xent_q says so) */
         loss += xent_chunk(row, scratch, targets + n0, n, V, grad_scale, dh != NULL);
-        if (dh) qmatmul_backward_input(dh + (size_t)n0 * C, C, scratch, V, W, n);
+        if (dh && qmatmul_backward_input(dh + (size_t)n0 * C, C, scratch, V, W, n, ws, wsb))
+            return NAN;
         n0 = n1;
     }
     return loss;
@@ -98,17 +103,36 @@ static qtensor f32_head(const float *W, int C, int V) {
 double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                        int V, float grad_scale, float *scratch, int chunk) {
     qtensor w = f32_head(W, C, V);
-    return xent_run(xent_row_ref, dh, h, &w, targets, N, grad_scale, scratch, chunk);
+    return xent_run(xent_row_ref, dh, h, &w, targets, N, grad_scale, scratch, chunk, NULL, 0);
 }
 
+/* The row kernels, best first, each with the ISA level it needs (base/cpu.h). */
+static const struct {
+    const char *name;
+    cpu_isa level;
+    xent_row_fn row;
+} table[] = {
+    {"avx2", CPU_AVX2, xent_row_avx2},
+    {"portable", CPU_PORTABLE, xent_row_ref},
+};
+enum { NTABLE = sizeof table / sizeof table[0] };
+
+static int pick(void) {
+    cpu_isa l = cpu_level();
+    for (int i = 0; i < NTABLE - 1; i++)
+        if (table[i].level <= l) return i;
+    return NTABLE - 1;
+}
+
+const char *xent_isa(void) { return table[pick()].name; }
+
 double lmhead_xent_q(float *dh, const float *h, const qtensor *W, const int *targets, int N,
-                     float grad_scale, float *scratch, int chunk) {
-    return xent_run(ops_have_avx2() ? xent_row_avx2 : xent_row_ref, dh, h, W, targets, N,
-                    grad_scale, scratch, chunk);
+                     float grad_scale, float *scratch, int chunk, void *ws, size_t wsb) {
+    return xent_run(table[pick()].row, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb);
 }
 
 double lmhead_xent(float *dh, const float *h, const float *W, const int *targets, int N, int C,
                    int V, float grad_scale, float *scratch, int chunk) {
     qtensor w = f32_head(W, C, V);
-    return lmhead_xent_q(dh, h, &w, targets, N, grad_scale, scratch, chunk);
+    return lmhead_xent_q(dh, h, &w, targets, N, grad_scale, scratch, chunk, NULL, 0);
 }

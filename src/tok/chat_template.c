@@ -241,7 +241,13 @@ ft_status chat_template_render(const chat_template *t, const cJSON *messages, co
     if (st) return st;
     if (ns) {
         out->spans = malloc(sizeof(chat_span) * (size_t)ns);
-        if (!out->spans) abort();
+        if (!out->spans) {
+            free(spans);
+            free(out->text);
+            out->text = NULL;
+            return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL,
+                                "out of memory after rendering the chat template");
+        }
         for (int k = 0; k < ns; k++) {
             out->spans[k].begin = spans[k].begin;
             out->spans[k].end = spans[k].end;

@@ -821,11 +821,28 @@ ft_status jinja_parse(const char *src, size_t len, const char *name, jinja_templ
     jinja_template *t = calloc(1, sizeof *t);
     if (!t) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
     snprintf(t->name, sizeof t->name, "%s", name ? name : "template");
-    jtok *toks = NULL;
+    /* out of memory in the lexer or parser jumps back here; what setjmp's caller reads after
+     * the jump (t, toks) is not changed after it */
+    jtok **toks = calloc(1, sizeof *toks);
+    jmp_buf oom;
+    if (!toks) {
+        free(t);
+        return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
+    }
+    t->arena.oom = &oom;
+    if (setjmp(oom)) {
+        free(*toks);
+        free(toks);
+        jinja_free(t);
+        return ft_error_set(err, FT_ERR_RUNTIME, name, NULL,
+                            "out of memory while reading the template");
+    }
     int nt = 0;
-    ft_status st = jlex(src, len, t->name, &t->arena, &toks, &nt, err);
-    if (!st) st = jparse(toks, nt, t->name, &t->arena, &t->body, err);
+    ft_status st = jlex(src, len, t->name, &t->arena, toks, &nt, err);
+    if (!st) st = jparse(*toks, nt, t->name, &t->arena, &t->body, err);
+    free(*toks);
     free(toks);
+    t->arena.oom = NULL; /* (the template's arena takes no more allocations) */
     if (st) {
         jinja_free(t);
         return st;
@@ -848,17 +865,27 @@ ft_status jinja_render(const jinja_template *t, const cJSON *vars, char **out, s
     if (!c) return ft_error_set(err, FT_ERR_RUNTIME, t->name, NULL, "out of memory");
     jarena *arena = calloc(1, sizeof(jarena));
     jbuf *root = calloc(1, sizeof(jbuf));
-    if (!arena || !root) abort();
+    if (!arena || !root) {
+        free(arena), free(root), free(c);
+        return ft_error_set(err, FT_ERR_RUNTIME, t->name, NULL, "out of memory");
+    }
+    arena->oom = &c->fail; /* out of memory in the arena fails the render like an error */
     c->a = arena;
     c->name = t->name;
     c->err = err;
     root->a = arena;
     c->root = root;
-    if (setjmp(c->fail)) {
+    switch (setjmp(c->fail)) {
+    case 0:
+        break;
+    case JA_OOM:
         ja_free_all(arena);
-        free(arena);
-        free(root);
-        free(c);
+        free(arena), free(root), free(c);
+        return ft_error_set(err, FT_ERR_RUNTIME, t->name, NULL,
+                            "out of memory while rendering the template");
+    default: /* jfail filled err */
+        ja_free_all(arena);
+        free(arena), free(root), free(c);
         return FT_ERR_INPUT;
     }
     jframe *g = frame_new(c, NULL);
@@ -877,7 +904,7 @@ ft_status jinja_render(const jinja_template *t, const cJSON *vars, char **out, s
     int ctl = 0;
     exec_body(c, g, root, &t->body, &ctl);
     *out = malloc(root->n + 1);
-    if (!*out) abort();
+    if (!*out) ja_oom(arena);
     if (root->n) memcpy(*out, root->p, root->n);
     (*out)[root->n] = 0;
     *len = root->n;
@@ -886,7 +913,11 @@ ft_status jinja_render(const jinja_template *t, const cJSON *vars, char **out, s
         *n_spans = c->n_spans;
         if (c->n_spans) {
             *spans = malloc(sizeof(jinja_span) * (size_t)c->n_spans);
-            if (!*spans) abort();
+            if (!*spans) {
+                free(*out);
+                *out = NULL;
+                ja_oom(arena);
+            }
             memcpy(*spans, c->spans, sizeof(jinja_span) * (size_t)c->n_spans);
         }
     }

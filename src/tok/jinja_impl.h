@@ -18,10 +18,16 @@
 
 /* ---- arena ---- */
 typedef struct ja_block ja_block;
+/* An arena's owner (jinja_parse, jinja_render) points oom at a jmp_buf it has set: when memory
+ * runs out, ja_alloc (and ja_oom) longjmp there with JA_OOM, and the owner returns
+ * FT_ERR_RUNTIME. */
+enum { JA_OOM = 2 };
 typedef struct jarena {
     ja_block *head;
+    jmp_buf *oom;
 } jarena;
-void *ja_alloc(jarena *a, size_t n); /* zeroed; never NULL (aborts on OOM) */
+void *ja_alloc(jarena *a, size_t n); /* zeroed; never NULL (longjmps to a->oom when out of memory) */
+_Noreturn void ja_oom(jarena *a);
 char *ja_strndup(jarena *a, const char *s, size_t n);
 void ja_free_all(jarena *a);
 

@@ -22,6 +22,7 @@ typedef struct lexer {
     const char *name;
     jarena *a;
     jtok *toks;
+    jtok **out; /* the caller's pointer, kept equal to toks (so an out-of-memory jump frees it) */
     int nt, cap;
     ft_error *err;
     size_t lc_pos; /* line/column cursor: positions only move forward, so counting is linear */
@@ -56,8 +57,8 @@ static jtok *emit(lexer *L, jtok_kind k, size_t pos) {
     if (L->nt == L->cap) {
         L->cap = L->cap ? L->cap * 2 : 256;
         jtok *t = realloc(L->toks, sizeof(jtok) * (size_t)L->cap);
-        if (!t) abort();
-        L->toks = t;
+        if (!t) ja_oom(L->a); /* (L->toks is still *L->out: the owner frees it) */
+        L->toks = *L->out = t;
     }
     jtok *t = &L->toks[L->nt++];
     memset(t, 0, sizeof *t);
@@ -320,7 +321,8 @@ ft_status jlex(const char *src, size_t len, const char *name, jarena *a, jtok **
     }
     if (n && s[n - 1] == '\n') n--;
     s[n] = 0;
-    lexer L = {.s = s, .n = n, .name = name, .a = a, .err = err};
+    *toks = NULL;
+    lexer L = {.s = s, .n = n, .name = name, .a = a, .out = toks, .err = err};
     int line_starting = 1;
     ft_status st = FT_OK;
     while (L.pos < L.n) {
@@ -410,6 +412,7 @@ ft_status jlex(const char *src, size_t len, const char *name, jarena *a, jtok **
 out:
     if (st) {
         free(L.toks);
+        *toks = NULL;
         return st;
     }
     *toks = L.toks;

@@ -27,7 +27,7 @@ void *ja_alloc(jarena *a, size_t n) {
     if (!b || b->used + n > b->cap) {
         size_t cap = n > 60000 ? n : 60000;
         b = malloc(sizeof(ja_block) + cap);
-        if (!b) abort(); /* out of memory while rendering: nothing sensible to return */
+        if (!b) ja_oom(a);
         b->next = a->head;
         b->used = 0;
         b->cap = cap;
@@ -38,6 +38,8 @@ void *ja_alloc(jarena *a, size_t n) {
     memset(p, 0, n);
     return p;
 }
+
+void ja_oom(jarena *a) { longjmp(*a->oom, JA_OOM); }
 
 char *ja_strndup(jarena *a, const char *s, size_t n) {
     char *p = ja_alloc(a, n + 1);
@@ -67,7 +69,10 @@ void jb_put(jbuf *b, const char *s, size_t n) {
             if (b->n) memcpy(p, b->p, b->n);
         } else {
             p = realloc(b->p, cap);
-            if (!p) abort();
+            if (!p) { /* no arena to report to: the buffer keeps what fit, and stops growing */
+                if (b->cap > b->n) b->p[b->n] = 0;
+                return;
+            }
         }
         b->p = p;
         b->cap = cap;
@@ -89,13 +94,13 @@ void jb_printf(jbuf *b, const char *fmt, ...) {
         jb_put(b, tmp, (size_t)n);
         return;
     }
-    char *big = malloc((size_t)n + 1);
-    if (!big) abort();
+    char *big = b->a ? ja_alloc(b->a, (size_t)n + 1) : malloc((size_t)n + 1);
+    if (!big) return;
     va_start(ap, fmt);
     vsnprintf(big, (size_t)n + 1, fmt, ap);
     va_end(ap);
     jb_put(b, big, (size_t)n);
-    free(big);
+    if (!b->a) free(big); /* (arena memory goes with the arena) */
 }
 
 /* ---- constructors ---- */
@@ -436,11 +441,9 @@ void jv_write_repr(jbuf *b, jv v) { write_py(b, v, 1); }
 
 jstr *jv_to_str(jarena *a, jv v) {
     if (v.k == JV_STR) return v.u.s;
-    jbuf b = {0};
+    jbuf b = {.a = a};
     jv_write_str(&b, v);
-    jv s = jv_str(a, b.p ? b.p : "", b.n);
-    free(b.p);
-    return s.u.s;
+    return jv_str(a, b.p ? b.p : "", b.n).u.s;
 }
 
 /* ---- JSON (Python's json.dumps) ---- */
@@ -502,8 +505,12 @@ static int json_val(jbuf *b, jv v, int ea, int indent, const char *isep, const c
     case JV_DICT: {
         jdict *d = v.u.d;
         if (!d->n) { jb_puts(b, "{}"); return 0; }
-        int *order = malloc(sizeof(int) * (size_t)d->n);
-        if (!order) abort();
+        int *order = b->a ? ja_alloc(b->a, sizeof(int) * (size_t)d->n)
+                          : malloc(sizeof(int) * (size_t)d->n);
+        if (!order) {
+            *why = "out of memory";
+            return -1;
+        }
         for (int i = 0; i < d->n; i++) order[i] = i;
         if (sk) /* insertion sort by key (str keys; Python would refuse mixed types) */
             for (int i = 1; i < d->n; i++)
@@ -524,17 +531,17 @@ static int json_val(jbuf *b, jv v, int ea, int indent, const char *isep, const c
                 json_val(b, k, ea, -1, isep, ksep, sk, 0, why);
                 jb_putc(b, '"');
             } else {
-                free(order);
+                if (!b->a) free(order);
                 *why = "keys must be str, int, float, bool or None";
                 return -1;
             }
             jb_puts(b, ksep);
             if (json_val(b, d->v[i], ea, indent, isep, ksep, sk, level + 1, why)) {
-                free(order);
+                if (!b->a) free(order);
                 return -1;
             }
         }
-        free(order);
+        if (!b->a) free(order);
         if (indent >= 0) json_nl(b, indent, level);
         jb_putc(b, '}');
         return 0;
