@@ -11,13 +11,14 @@
 #include "cli/args.h"
 #include "ftune.h"
 #include "model/quantize.h"
+#include "ops/quant.h"
 
 #include <stdio.h>
 #include <string.h>
 
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *out = NULL, *quant = "nf4";
-    long blocksize = 64;
+    long blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
     int double_quant = 0, overwrite = 0;
     const opt_spec specs[] = {
         {"model", OPT_STR, &model, "DIR", "Hugging Face model folder (F32, BF16 or F16)"},

@@ -16,6 +16,7 @@
 #include "io/json.h"
 #include "model/bnb.h"
 #include "model/model_internal.h"
+#include "ops/quant.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -173,7 +174,7 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
                 "%s holds bitsandbytes %s weights (config.json quantization_config), "
                 "which cannot be trained as %s",
                 dir, fmt_name(ck), qs);
-        q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1, q->blocksize = 64;
+        q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1, q->blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
     }
     if (q->linear == QF_Q8_0 && (c->C % 32 || (c->H * c->D) % 32 || c->I % 32))
         return ft_error_set(err, FT_ERR_INPUT, "option --quant",

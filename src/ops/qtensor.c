@@ -278,7 +278,7 @@ int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, 
     if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0) return -1;
     if (f == QF_Q8_0 && cols % Q8_0_VALUES) return -1;
     if (is_4bit(f)) {
-        if (!blocksize) blocksize = 64;
+        if (!blocksize) blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
         if (!valid_4bit_blocksize(blocksize)) return -1;
     } else {
         blocksize = f == QF_Q8_0 ? Q8_0_VALUES : 1;

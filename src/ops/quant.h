@@ -46,6 +46,9 @@ void quant4_double_quant(const float *absmax, size_t n, uint8_t *codes, float *n
 void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, float offset,
                            size_t n, float *absmax);
 
+/* bitsandbytes' default 4-bit block size (Linear4bit / quantize_4bit blocksize=64): the one
+ * place ftune writes it (train --quant-blocksize, quantize, a checkpoint's missing field). */
+#define FT_QUANT_BLOCKSIZE_DEFAULT 64
 /* Values per nested block of double quantization (bitsandbytes' fixed 256). */
 enum { QUANT8_BLOCK = 256 };
 /* torch's fp32 CPU sum and mean of x (n), bit for bit, for T intra-op threads (torch 2.15, any

@@ -18,11 +18,10 @@
 #define FT_TRAIN_OPTIONS_H
 
 #include "ftune.h"
+#include "ops/quant.h" /* FT_QUANT_BLOCKSIZE_DEFAULT */
 
 #include <stddef.h>
 
-/* bitsandbytes' default 4-bit block size (Linear4bit / quantize_4bit blocksize=64) */
-#define FT_QUANT_BLOCKSIZE_DEFAULT 64
 
 typedef enum { OT_STR, OT_INT, OT_LONG, OT_U64, OT_DOUBLE, OT_BOOL, OT_LIST } opt_type;
 

@@ -8,7 +8,7 @@
  * the bf16 copies of an input chunk and a weight panel and the bf16 GEMM's own); LoRA
  * parameters and their gradients; AdamW's two moments; activations saved for backward and the
  * scratch of one step (with gradient checkpointing: the layer inputs, in fp32 or bf16, one
- * layer's worth, and its MLP a chunk of rows at a time: model.c's acts_sizes); the batch buffers; and a baseline for the program, its libraries and the BLAS
+ * layer's worth, and its MLP a chunk of rows at a time: model/acts.c's acts_sizes); the batch buffers; and a baseline for the program, its libraries and the BLAS
  * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
 #include "train/plan.h"

@@ -2,7 +2,7 @@
  * fuzz_config.c: libFuzzer harness for config.json (src/model/config.c, over src/io/json.c).
  *
  * The input is written as config.json in a scratch folder and loaded with model_config_load.
- * An accepted config must keep the promises the model code builds on (what model.c indexes
+ * An accepted config must keep the promises the model code builds on (what src/model/ indexes
  * with): every size positive, Hkv divides H, rot_dim even and within the head, inv_freq finite
  * and >= 0, window per layer non-negative; a broken promise aborts (libFuzzer: crash).
  */
