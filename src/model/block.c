@@ -274,7 +274,7 @@ static const float *kept_input(acts *a, int l, int N) {
  * just the row from the page cache, into raw (the row's bytes as stored, at most 4 C). */
 static void embed_row(const model *m, int id, float *out, void *raw) {
     const qtensor *w = &m->wte;
-    size_t rb = model_qbytes(w->fmt, 1, (size_t)w->cols, 1, 0);
+    size_t rb = qtensor_size_for(w->fmt, 1, (size_t)w->cols, 1, 0);
     if (m->wte_fd && pread(m->wte_fd - 1, raw, rb,
                            (off_t)(m->wte_offset + (long long)id * (long long)rb)) == (ssize_t)rb) {
         qtensor row = *w;

@@ -72,27 +72,6 @@ static int format_of_dtype(st_dtype t) {
     return t == ST_F32 ? QF_F32 : t == ST_BF16 ? QF_BF16 : t == ST_F16 ? QF_F16 : -1;
 }
 
-/* Bytes a qtensor of this format and shape holds (as qtensor_bytes counts them). */
-size_t model_qbytes(qformat f, size_t rows, size_t cols, int blocksize, int double_quant) {
-    size_t n = rows * cols;
-    switch (f) {
-    case QF_F32:
-        return n * 4;
-    case QF_BF16:
-    case QF_F16:
-        return n * 2;
-    case QF_Q8_0:
-        return rows * (cols / 32) * 34;
-    case QF_NF4:
-    case QF_FP4: {
-        size_t nb = (n + (size_t)blocksize - 1) / (size_t)blocksize;
-        return (n + 1) / 2 + (double_quant ? nb + (nb + 255) / 256 * 4 : nb * 4);
-    }
-    default:
-        return 0;
-    }
-}
-
 /* The bitsandbytes settings of a folder that transformers saved quantized: *fmt -1 when the
  * config has no quantization_config. Other quantization methods are refused. */
 static ft_status checkpoint_quant(const char *dir, int *fmt, int *double_quant, ft_error *err) {
@@ -264,12 +243,12 @@ size_t model_weight_bytes(const model_config *c, const model_quant *q) {
         int in, out, col, bias;
         model_lin_layout(c, k, &in, &out, &col, &bias);
         if (out)
-            n += (size_t)c->L * model_qbytes(q->linear, out, in, q->blocksize, q->double_quant);
+            n += (size_t)c->L * qtensor_size_for(q->linear, out, in, q->blocksize, q->double_quant);
     }
-    n += model_qbytes(q->lm_head, c->V, c->C, 1, 0);
+    n += qtensor_size_for(q->lm_head, c->V, c->C, 1, 0);
     return n + (embed_released(q)  ? 0
                 : q->head_is_embed ? 0
-                                   : model_qbytes(q->embed, c->V, c->C, 1, 0));
+                                   : qtensor_size_for(q->embed, c->V, c->C, 1, 0));
 }
 
 static float *temp_alloc(size_t bytes) {
@@ -286,7 +265,7 @@ static void temp_free(float *p, size_t bytes) { munmap(p, bytes); }
 
 static ft_status load_rows_panelled(const st_tensor *t, const char *name, int rows, int cols,
                                     qformat f, qtensor *out, ft_error *err) {
-    size_t rb = model_qbytes(f, 1, (size_t)cols, 1, 0);
+    size_t rb = qtensor_size_for(f, 1, (size_t)cols, 1, 0);
     int prow = (int)(LOAD_PANEL_BYTES / ((size_t)cols * sizeof(float)));
     if (prow < 1) prow = 1;
     if (prow > rows) prow = rows;

@@ -15,8 +15,6 @@
  * architecture has no such layer), the first column it writes in its block's fused output
  * buffer, and whether it has a bias. */
 void model_lin_layout(const model_config *c, lin_kind k, int *in, int *out, int *col, int *bias);
-/* Bytes of a (rows, cols) tensor stored in format f (load.c). */
-size_t model_qbytes(qformat f, size_t rows, size_t cols, int blocksize, int double_quant);
 
 /* The activation block (acts.c lays it out, block.c reads and writes it). Every float part is a
  * slice of one 64-byte-aligned allocation; the matmul scratch and attention's workspace follow

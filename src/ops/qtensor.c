@@ -244,6 +244,15 @@ static size_t absmax_bytes(const qtensor *t) {
     return 0;
 }
 
+size_t qtensor_size_for(qformat f, size_t rows, size_t cols, int blocksize, int double_quant) {
+    size_t n = rows * cols, am = 0;
+    if (is_4bit(f)) {
+        size_t nb = quant4_blocks(n, blocksize);
+        am = double_quant ? nb + quant4_blocks(nb, QUANT8_BLOCK) * 4 : nb * 4;
+    }
+    return data_bytes(f, rows, cols) + am;
+}
+
 size_t qtensor_bytes(const qtensor *t) {
     return data_bytes(t->fmt, (size_t)t->rows, (size_t)t->cols) + absmax_bytes(t);
 }

@@ -71,6 +71,9 @@ int qformat_parse(const char *name);
 
 /* Bytes this tensor holds in memory (data + absmax state). */
 size_t qtensor_bytes(const qtensor *t);
+/* The bytes qtensor_bytes will count for a tensor of this format and shape, before it exists
+ * (4-bit: blocksize, and double_quant with bitsandbytes' nested blocks of 256). */
+size_t qtensor_size_for(qformat f, size_t rows, size_t cols, int blocksize, int double_quant);
 void qtensor_free(qtensor *t);
 
 /* Quantize rows*cols fp32 values into a new tensor of format f (allocates; owned).

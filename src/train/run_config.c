@@ -159,8 +159,10 @@ ft_status run_opts_init(run_opts *r, const ft_train_options *given, ft_error *er
         if (!(row->flags & OF_PATH)) continue;
         cJSON_AddItemToObject(r->as_given, opt_json_key(row), value_json(row, o));
         if (row->type == OT_STR) {
+            /* a path that does not exist stays as given, so that the error which follows names
+             * what the user typed (and a Hub id like ORG/NAME is still recognised as one) */
             const char **p = opt_ptr(row, o);
-            *p = absolute(r, *p);
+            if (*p && access(*p, F_OK) == 0) *p = absolute(r, *p);
         } else if (row->type == OT_LIST) {
             int n = *(int *)((char *)o + row->n_off);
             const char **v = list_copy(r, *(const char *const **)opt_ptr(row, o), n);
