@@ -11,10 +11,12 @@
  * Rounding: each product and difference is its own fp32 operation (gguf-py computes them as
  * separate numpy operations). GCC does not contract a*b - c into an fma under -std=c11, and this
  * file is compiled without -mfma; clang contracts within an expression by default, hence the
- * pragma. The f16 conversion keeps NaN payloads without quieting, as numpy's astype(float32)
- * does.
+ * pragma. f16 and bf16 values are widened by base/half.h, ftune's one conversion: exact for
+ * numbers; a signalling NaN comes back quiet (as F16C's vcvtph2ps does), where numpy keeps the
+ * payload as it is, so only NaN bit patterns can differ from gguf-py.
  */
 #include "ops/ggml_quants.h"
+#include "base/half.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -22,23 +24,6 @@
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #endif
-
-/* IEEE half -> fp32, exact; NaN payload kept as is (numpy's float16 -> float32). */
-static float half_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
-    if (e == 0x1F) {
-        u = sign | 0x7F800000u | (m << 13);
-    } else if (e == 0) {
-        float v = (float)m * 0x1p-24f; /* zero or subnormal: exact */
-        memcpy(&u, &v, 4);
-        u |= sign;
-    } else {
-        u = sign | ((e + 112u) << 23) | (m << 13); /* rebias 15 -> 127 */
-    }
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 static uint16_t load16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
@@ -49,22 +34,20 @@ static void dequant_f32(const void *src, float *dst, size_t n) { memcpy(dst, src
 static void dequant_f16(const void *src, float *dst, size_t n) {
     const uint8_t *p = src;
     for (size_t i = 0; i < n; i++)
-        dst[i] = half_to_f32(load16(p + 2 * i));
+        dst[i] = f16_to_f32(load16(p + 2 * i));
 }
 
 static void dequant_bf16(const void *src, float *dst, size_t n) {
     const uint8_t *p = src;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)load16(p + 2 * i) << 16;
-        memcpy(&dst[i], &u, 4);
-    }
+    for (size_t i = 0; i < n; i++)
+        dst[i] = bf16_to_f32(load16(p + 2 * i));
 }
 
 /* block_q8_0: f16 d, int8 q[32] */
 static void dequant_q8_0(const void *src, float *dst, size_t n) {
     const uint8_t *b = src;
     for (size_t i = 0; i < n; i += 32, b += 34, dst += 32) {
-        float d = half_to_f32(load16(b));
+        float d = f16_to_f32(load16(b));
         const int8_t *q = (const int8_t *)(b + 2);
         for (int j = 0; j < 32; j++)
             dst[j] = d * (float)q[j];
@@ -75,7 +58,7 @@ static void dequant_q8_0(const void *src, float *dst, size_t n) {
 static void dequant_q4_0(const void *src, float *dst, size_t n) {
     const uint8_t *b = src;
     for (size_t i = 0; i < n; i += 32, b += 18, dst += 32) {
-        float d = half_to_f32(load16(b));
+        float d = f16_to_f32(load16(b));
         const uint8_t *qs = b + 2;
         for (int j = 0; j < 16; j++) {
             dst[j] = d * (float)((qs[j] & 0x0F) - 8);
@@ -101,7 +84,7 @@ static void q4_k_scale_min(const uint8_t *sc, int s, int *scale, int *min) {
 static void dequant_q4_k(const void *src, float *dst, size_t n) {
     const uint8_t *b = src;
     for (size_t i = 0; i < n; i += GGML_QK_K, b += 144) {
-        float d = half_to_f32(load16(b)), dmin = half_to_f32(load16(b + 2));
+        float d = f16_to_f32(load16(b)), dmin = f16_to_f32(load16(b + 2));
         const uint8_t *scales = b + 4, *qs = b + 16;
         for (int g = 0; g < 4; g++, qs += 32) { /* sub-blocks 2g (low nibbles), 2g+1 (high) */
             for (int h = 0; h < 2; h++, dst += 32) {
@@ -126,7 +109,7 @@ static void dequant_q6_k(const void *src, float *dst, size_t n) {
     for (size_t i = 0; i < n; i += GGML_QK_K, b += 210) {
         const uint8_t *ql = b, *qh = b + 128;
         const int8_t *scales = (const int8_t *)(b + 192);
-        float d = half_to_f32(load16(b + 208));
+        float d = f16_to_f32(load16(b + 208));
         for (int half = 0; half < 2; half++, ql += 64, qh += 32, scales += 8, dst += 128) {
             for (int k = 0; k < 4; k++) {
                 for (int l = 0; l < 32; l++) {
