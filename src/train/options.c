@@ -54,8 +54,9 @@ const opt_row opt_rows[] = {
     STR("model", "model", model_dir, NULL, TEP | H | S | P, OG_MODEL, "DIR",
         "Hugging Face model folder (config.json, *.safetensors)"),
     LIST("data", "data", data_sources, n_data_sources, TE | H | S | P, OG_DATA, "PATH[:W]",
-         "training data: a file or folder (text, prompt/completion, messages, Alpaca, input_ids "
-         "JSONL or .txt; docs/data.md); repeat to mix, :W = share of examples", ", ", "data_sources"),
+         "training data: a file or folder (text, prompt/completion, messages, ShareGPT, Alpaca "
+         "or input_ids rows as JSONL or a .json array, or .txt; docs/data.md); repeat to mix, "
+         ":W = share of examples", ", ", "data_sources"),
     STR("adapter", "adapter", adapter_dir, NULL, TE | H | S | P, OG_LORA, "DIR",
         "start from this PEFT adapter (its r/alpha/targets win)"),
     INT("lora_r", "lora-r", lora_r, "8", 1, 65536, TP | H | S, OG_LORA, "R", "LoRA rank"),
