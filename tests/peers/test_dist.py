@@ -24,7 +24,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +195,90 @@ def test_mismatched_ranks_exit_2(work, what, other):
     assert p.stderr.count("ftune: error") == 1, p.stderr
     assert "rank 1" in p.stderr and f"{what}=" in p.stderr, p.stderr
     assert not (out / "metrics.jsonl").exists()
+
+
+def long_run(work, out, extra=(), mpi=()):
+    """A 2-rank run that would take hours, started in the background."""
+    args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", out,
+            "--grad-accum", "2", *BASE, "--steps", "10000000", *extra]
+    return subprocess.Popen([MPIRUN, *MPI, *mpi, "-np", "2", FTUNE, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def rank_pid(proc, rank, timeout=30):
+    """The pid of mpirun's child that runs the given rank."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                stat = (p / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) != proc.pid:
+                    continue
+                env = (p / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env:
+                return int(p.name)
+        time.sleep(0.1)
+    raise AssertionError(f"rank {rank} of mpirun {proc.pid} not found")
+
+
+def wait_for_checkpoint(out, n, proc, timeout=60):
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        if sum(1 for p in out.glob("checkpoint-*") if ".tmp" not in p.name) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoints in {out}")
+
+
+def newest_checkpoint(out):
+    steps = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if ".tmp" not in p.name]
+    return max(steps)
+
+
+def assert_resumes(work, out):
+    """The newest checkpoint is whole and a 3-rank resume goes on from it by one step."""
+    last = newest_checkpoint(out)
+    for f in ("adapter_model.safetensors", "optimizer.safetensors", "trainer_state.json"):
+        assert (out / f"checkpoint-{last}" / f).exists()
+    ok(ftune("train", "--resume", out, "--steps", last + 1, "--quiet", np_=3))
+    assert newest_checkpoint(out) == last + 1
+    return last
+
+
+def test_rank_killed(work):
+    """SIGKILL of rank 1: mpirun stops rank 0 within 60 s (measured: about 2 s) and names rank 1;
+    the newest checkpoint is whole and resumes with another number of ranks."""
+    out = work / "killed"
+    proc = long_run(work, out, ["--save-every", "20"])
+    wait_for_checkpoint(out, 2, proc)
+    t0 = time.time()
+    os.kill(rank_pid(proc, 1), signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    took = time.time() - t0
+    print(f"\nrank 1 killed: mpirun exited {proc.returncode} after {took:.1f} s")
+    assert proc.returncode != 0 and took < 60
+    assert "rank 1" in err, err
+    assert_resumes(work, out)
+
+
+def test_sigterm_to_mpirun_checkpoints(work):
+    """SIGTERM to mpirun: Open MPI sends SIGTERM to the ranks odls_base_sigkill_timeout seconds
+    later (3 here) and SIGKILL as long after that; the ranks agree on the signal after their step
+    and rank 0 saves a checkpoint of the last step done, which resumes."""
+    out = work / "term"
+    # Open MPI 4.1: SIGTERM to the ranks this many seconds after mpirun's, SIGKILL as long after
+    proc = long_run(work, out, ["--save-every", "100000"],
+                    mpi=["--mca", "odls_base_sigkill_timeout", "3"])
+    t0 = time.time()
+    while not (out / "metrics.jsonl").exists() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl")]
+    assert newest_checkpoint(out) == steps[-1], "the checkpoint is of the last step logged"
+    assert_resumes(work, out)
