@@ -68,7 +68,7 @@ int main(void) {
     st = dist_agree(st, &err);
     CHECK(st == FT_ERR_INPUT, "dist_agree status %d", st);
     CHECK(strstr(err.what, "failed on purpose") != NULL, "dist_agree what: %s", err.what);
-    if (N > 1) CHECK(strncmp(err.what, "rank ", 5) == 0, "names the rank: %s", err.what);
+    if (N > 1) CHECK(strncmp(err.where, "rank ", 5) == 0, "names the rank: %s", err.where);
     dist_finalize();
     CHECK(dist_size() == 1 && dist_rank() == 0, "after dist_finalize");
     return test_summary("dist_test");

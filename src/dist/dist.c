@@ -179,10 +179,11 @@ ft_status dist_agree(ft_status st, ft_error *err) {
     if (g_rank == who) snprintf(host, sizeof host, "%s", g_host);
     MPI_Bcast(host, (int)sizeof host, MPI_BYTE, who, MPI_COMM_WORLD);
     *err = rec.e;
-    if (who != 0) {
-        char what[sizeof err->what];
-        snprintf(what, sizeof what, "rank %d (%.64s): %.900s", who, host, rec.e.what);
-        memcpy(err->what, what, sizeof what);
+    if (who != 0) { /* "rank 1 (node2): model/config.json: cannot open ..." */
+        char where[sizeof err->where];
+        snprintf(where, sizeof where, "rank %d (%.64s)%s%.400s", who, host,
+                 rec.e.where[0] ? ": " : "", rec.e.where);
+        memcpy(err->where, where, sizeof where);
     }
     err->status = (ft_status)rec.status;
     return (ft_status)rec.status;

@@ -43,8 +43,8 @@ void dist_bcast(void *buf, size_t n);
  * it (integers: exact in any order). */
 long dist_max(long v, int *who);
 /* Every rank returns the status of the lowest rank whose st is not FT_OK, with that rank's
- * error in *err (its "what" prefixed with "rank K (HOST): " when K is not this rank); FT_OK when
- * all are. Every rank must call it at the same point. */
+ * error in *err (its "where" prefixed with "rank K (HOST)" when K is not 0); FT_OK when all
+ * are. Every rank must call it at the same point. */
 ft_status dist_agree(ft_status st, ft_error *err);
 
 #endif

@@ -181,22 +181,25 @@ def test_resume_with_other_ranks(work):
         assert "error" not in p.stderr
 
 
-@pytest.mark.parametrize("what,other", [("lr", ["--lr", "2e-2"]),
-                                        ("seed", ["--seed", "5"])])
-def test_mismatched_ranks_exit_2(work, what, other):
-    """Ranks started with different options: every rank exits 2, rank 0 prints the one message
-    naming the rank and the option."""
+@pytest.mark.parametrize("what", ["lr", "seed", "model"])
+def test_mismatched_ranks_exit_2(work, what):
+    """Ranks started with different options, or with a model missing on one rank: every rank
+    exits 2, and rank 0 prints the one message, naming the rank and what differs."""
     out = work / f"mismatch-{what}"
-    args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", out,
-            "--grad-accum", "3", *BASE, *CONFIGS["lora"]]
-    cmd = [MPIRUN, *MPI, "-np", "1", FTUNE, *map(str, args), ":",
-           "-np", "1", FTUNE, *map(str, args), *other]
+
+    def args(model, *other):
+        return ["train", "--model", model, "--data", work / "data.jsonl", "--out", out,
+                "--grad-accum", "3", *BASE, *CONFIGS["lora"], *other]
+    rank1 = {"lr": args(work / "model", "--lr", "2e-2"), "seed": args(work / "model", "--seed", 5),
+             "model": args(work / "no-such-model")}[what]
+    cmd = [MPIRUN, *MPI, "-np", "1", FTUNE, *map(str, args(work / "model")), ":",
+           "-np", "1", FTUNE, *map(str, rank1)]
     p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
     assert p.returncode == 2, f"exit {p.returncode}\n{p.stderr[-3000:]}"
     assert p.stderr.count("ftune: error") == 1, p.stderr
-    assert "rank 1" in p.stderr and f"{what}=" in p.stderr, p.stderr
+    assert "rank 1" in p.stderr, p.stderr
+    assert (what == "model" and "no-such-model" in p.stderr) or f"{what}=" in p.stderr, p.stderr
     assert not (out / "metrics.jsonl").exists()
-
 
 def long_run(work, out, extra=(), mpi=()):
     """A 2-rank run that would take hours, started in the background."""
