@@ -98,9 +98,7 @@ int cmd_train(int argc, char **argv) {
     ft_status st = ft_train(&o, &err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    int printer = dist_rank() == 0;
-    dist_finalize();
-    if (!printer) {
+    if (dist_rank() != 0) {
         /* rank 0 prints the error, which names the rank it came from */
     } else if (st == FT_ERR_INTERRUPTED || st == FT_ERR_TERMINATED) {
         /* not an error: the run stopped where it can go on from */
@@ -108,5 +106,9 @@ int cmd_train(int argc, char **argv) {
     } else if (st) {
         ft_error_print(&err, stderr);
     }
+    /* after the message: MPI_Finalize waits for every rank, so none exits (and makes mpirun end
+     * the job) before rank 0 has printed */
+    fflush(stderr);
+    dist_finalize();
     return st;
 }

@@ -20,9 +20,11 @@
 
 static int g_rank = 0, g_size = 1, g_mpi = 0;
 #ifdef FT_HAVE_MPI
-/* Scratch for the slices received from every rank, kept between calls (the first step sizes it). */
+/* Scratch for the slices received from every rank, kept between calls (dist_reserve sizes it
+ * before the first step), and the slice counts and offsets (4 x N ints, from dist_init). */
 static void *g_scratch;
 static size_t g_scratch_bytes;
+static int *g_counts;
 #endif
 static char g_host[256];
 
@@ -48,6 +50,8 @@ ft_status dist_init(int *argc, char ***argv, ft_error *err) {
         g_mpi = 1;
         MPI_Comm_rank(MPI_COMM_WORLD, &g_rank);
         MPI_Comm_size(MPI_COMM_WORLD, &g_size);
+        if (!(g_counts = malloc(sizeof(int) * 4 * (size_t)g_size)))
+            return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
     }
     return FT_OK;
 #else
@@ -68,7 +72,8 @@ void dist_finalize(void) {
     int done = 0;
     if (g_mpi && MPI_Finalized(&done) == MPI_SUCCESS && !done) MPI_Finalize();
     free(g_scratch);
-    g_scratch = NULL, g_scratch_bytes = 0;
+    free(g_counts);
+    g_scratch = NULL, g_scratch_bytes = 0, g_counts = NULL;
 #endif
     g_mpi = 0, g_rank = 0, g_size = 1;
 }
@@ -93,18 +98,31 @@ const char *dist_describe(void) {
 
 #ifdef FT_HAVE_MPI
 
+static int scratch_grow(size_t bytes) {
+    if (bytes <= g_scratch_bytes) return 0;
+    free(g_scratch);
+    g_scratch = malloc(bytes);
+    g_scratch_bytes = g_scratch ? bytes : 0;
+    return g_scratch ? 0 : -1;
+}
+
 static void *scratch(size_t bytes) {
-    if (bytes > g_scratch_bytes) {
-        free(g_scratch);
-        g_scratch = malloc(bytes);
-        if (!g_scratch) {
-            fprintf(stderr, "ftune: error: rank %d: out of memory for the gradient reduction\n",
-                    g_rank);
-            MPI_Abort(MPI_COMM_WORLD, 1);
-        }
-        g_scratch_bytes = bytes;
+    if (scratch_grow(bytes)) {
+        fprintf(stderr, "ftune: error: rank %d: out of memory for the gradient reduction\n",
+                g_rank);
+        MPI_Abort(MPI_COMM_WORLD, 1);
     }
     return g_scratch;
+}
+
+ft_status dist_reserve(size_t bytes, ft_error *err) {
+    if (g_size == 1) return FT_OK;
+    /* a slice of every rank: at most bytes / N rounded up, N times, plus one element */
+    size_t per = (bytes + (size_t)g_size - 1) / (size_t)g_size + sizeof(double);
+    if (scratch_grow(per * (size_t)g_size + sizeof(double)))
+        return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL,
+                            "out of memory for the gradient reduction");
+    return FT_OK;
 }
 
 /* Slice j of n elements: [n*j/N, n*(j+1)/N). Counts fit an int: LoRA vectors are far below 2^31
@@ -119,8 +137,7 @@ static void slices(size_t n, int *cnt, int *off) {
 #define DEFINE_SUM(NAME, T, MPI_T)                                                                 \
     void NAME(T *x, size_t n) {                                                                    \
         if (g_size == 1) return;                                                                   \
-        int *cnt = malloc(sizeof(int) * 4 * (size_t)g_size);                                       \
-        if (!cnt) MPI_Abort(MPI_COMM_WORLD, 1);                                                    \
+        int *cnt = g_counts;                                                                       \
         int *off = cnt + g_size, *rcnt = off + g_size, *roff = rcnt + g_size;                      \
         slices(n, cnt, off);                                                                       \
         int mine = cnt[g_rank];                                                                    \
@@ -136,7 +153,6 @@ static void slices(size_t n, int *cnt, int *off) {
             out[e] = s;                                                                            \
         }                                                                                          \
         MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_T, x, cnt, off, MPI_T, MPI_COMM_WORLD);                \
-        free(cnt);                                                                                 \
     }
 DEFINE_SUM(dist_sum_f32, float, MPI_FLOAT)
 DEFINE_SUM(dist_sum_f64, double, MPI_DOUBLE)
@@ -189,6 +205,10 @@ ft_status dist_agree(ft_status st, ft_error *err) {
     return (ft_status)rec.status;
 }
 #else
+ft_status dist_reserve(size_t bytes, ft_error *err) {
+    (void)bytes, (void)err;
+    return FT_OK;
+}
 void dist_sum_f32(float *x, size_t n) { (void)x, (void)n; }
 void dist_sum_f64(double *x, size_t n) { (void)x, (void)n; }
 void dist_bcast(void *buf, size_t n) { (void)buf, (void)n; }

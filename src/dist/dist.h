@@ -34,6 +34,8 @@ const char *dist_describe(void);
 /* This rank's host name (for messages). */
 const char *dist_host(void);
 
+/* Size the sums' scratch for vectors of up to `bytes`, so that no step allocates. */
+ft_status dist_reserve(size_t bytes, ft_error *err);
 /* In place on every rank: x = x_0 + x_1 + ... + x_{N-1}, added in rank order (see above). */
 void dist_sum_f32(float *x, size_t n);
 void dist_sum_f64(double *x, size_t n);

@@ -378,6 +378,8 @@ static ft_status allocate(run *r, ft_error *err) {
         long n = o->grad_accum < l->micro_per_epoch ? o->grad_accum : l->micro_per_epoch;
         if (!(l->mb_loss = calloc((size_t)n, sizeof(double))))
             return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+        size_t g = r->m.lora->n_params * sizeof(float), lb = (size_t)n * sizeof(double);
+        if ((st = dist_reserve(g > lb ? g : lb, err))) return st;
     }
     if (r->rank != 0) return FT_OK; /* rank 0 alone writes the run folder */
     return run_dir_preflight(o->out_dir, r->m.lora->n_params * 12 + 65536, err);
@@ -758,7 +760,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     int finished = 0;
     ft_status st = prepare_options(r, err);
     if (!st && r->o->dump_data) {
-        st = dump_data(r, err);
+        if (r->rank == 0) st = dump_data(r, err); /* one writer under mpirun */
         goto done;
     }
     if (!st && r->rank == 0 && !given->resume && !r->o->overwrite &&
