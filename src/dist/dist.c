@@ -80,6 +80,11 @@ void dist_finalize(void) {
 
 int dist_rank(void) { return g_rank; }
 int dist_size(void) { return g_size; }
+int dist_local_size(void) {
+    const char *s = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    int n = s && g_size > 1 ? atoi(s) : 1;
+    return n > 0 && n <= g_size ? n : 1;
+}
 const char *dist_host(void) { return g_host[0] ? g_host : "?"; }
 
 const char *dist_describe(void) {

@@ -29,6 +29,8 @@ void dist_finalize(void);
 
 int dist_rank(void);
 int dist_size(void);
+/* How many ranks run on this host (Open MPI's OMPI_COMM_WORLD_LOCAL_SIZE; 1 alone). */
+int dist_local_size(void);
 /* "Open MPI 4.1.4" / "not built in": for ftune --version. */
 const char *dist_describe(void);
 /* This rank's host name (for messages). */

@@ -285,6 +285,7 @@ static ft_status check_memory(run *r, ft_error *err) {
     const ft_train_options *o = r->o;
     double avail = memory_available();
     if (avail <= 0) return FT_OK;
+    avail /= dist_local_size(); /* ranks on this host share its memory, each holding the model */
     double room = 0.95 * avail, MB = 1048576.0;
     int level = ckpt_dtype_parse(o->grad_checkpoint_dtype); /* the kind to switch on */
     const model_config *cfg = &r->cfg;
@@ -295,9 +296,10 @@ static ft_status check_memory(run *r, ft_error *err) {
     if (need_ck <= room) {
         r->ckpt = level;
         notify(r, FT_EVENT_INFO,
-               "memory: the run would need %.0f MB of the %.0f MB available; using "
+               "memory: the run would need %.0f MB of the %.0f MB available%s; using "
                "gradient checkpointing (%.0f MB)",
-               need / MB, avail / MB, need_ck / MB);
+               need / MB, avail / MB, dist_local_size() > 1 ? " to each rank on this host" : "",
+               need_ck / MB);
         return FT_OK;
     }
     /* what 4-bit weights would need, when they are not 4-bit already */
