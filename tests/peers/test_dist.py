@@ -67,6 +67,13 @@ def ok(p):
     return p
 
 
+def test_version_says_mpi():
+    """With mpirun installed (tools/deps.sh installs it with libopenmpi-dev) ftune is built with
+    MPI, and says so."""
+    out = subprocess.run([FTUNE, "--version"], capture_output=True, text=True).stdout
+    assert "MPI: Open MPI" in out, f"{out!r}: rebuild after `make deps` (the Makefile finds mpicc)"
+
+
 def test_fixed_order_sum():
     """tests/dist_test.c under 3 ranks: every element of the fp32 and fp64 sums is the rank-order
     sum, bit for bit, on vectors where another order gives other bits; agreement names the rank."""
