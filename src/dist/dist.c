@@ -2,8 +2,8 @@
  * dist.c: ranks, fixed-order sums, broadcast and agreement over MPI, or one rank without it
  * (see dist.h).
  *
- * The MPI part uses MPI's data movement only (Alltoallv, Allgatherv, Bcast, Allgather) and
- * MPI_Allreduce solely on integers with MAX, where the order cannot change the result. Errors of
+ * The MPI part uses MPI's data movement only (Alltoallv, Allgatherv, Bcast) and MPI_Allreduce
+ * solely on integers with MAX / MIN, where the order cannot change the result. Errors of
  * MPI itself (a rank that died, a broken connection) are fatal under MPI's default handler: the
  * job is aborted by mpirun, which names the rank that failed.
  */
