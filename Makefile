@@ -10,6 +10,14 @@ CFLAGS  ?= $(OPT) -g
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -fopenmp -Iinclude -Isrc \
            $(shell pkg-config --cflags openblas 2>/dev/null)
 LIBS    := -fopenmp -lopenblas -lcjson -lpcre2-8 -lutf8proc -lm -lpthread
+# MPI (src/dist/, docs/distributed.md): built in when Open MPI's compiler wrapper (or pkg-config's
+# ompi-c) gives its flags, defining FT_HAVE_MPI; without it ftune builds as one process
+# (`ftune --version` says which). Only the flags are taken: the compiler stays $(CC).
+MPI_LIBS := $(shell mpicc --showme:link 2>/dev/null || pkg-config --libs ompi-c 2>/dev/null)
+ifneq ($(strip $(MPI_LIBS)),)
+BASE_CFLAGS += -DFT_HAVE_MPI $(shell mpicc --showme:compile 2>/dev/null || pkg-config --cflags ompi-c 2>/dev/null)
+LIBS    += $(MPI_LIBS)
+endif
 AVX512  := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 AVX2    := -mavx2 -mfma -mf16c
 

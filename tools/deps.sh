@@ -13,6 +13,10 @@ have_hdr /usr/include/utf8proc.h utf8proc.h || need+=(libutf8proc-dev)
   || [ -e /usr/include/openblas/cblas.h ] || need+=(libopenblas-dev)
 # tests/gemm_bf16_test.c runs the AVX512_BF16 kernel through SIMDe's emulation on CPUs without it
 have_hdr /usr/include/simde/x86/avx512.h simde/x86/avx512.h || need+=(libsimde-dev)
+# MPI for data-parallel training (mpirun -np N ftune train; docs/distributed.md)
+# (the Makefile takes MPI's flags from the mpicc wrapper, which libopenmpi-dev brings)
+command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+command -v mpirun >/dev/null || need+=(openmpi-bin)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 # the fuzz harnesses (make fuzz, make fuzz-smoke): clang's libFuzzer runtime and OpenMP
 command -v clang >/dev/null || need+=(clang)

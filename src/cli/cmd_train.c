@@ -7,8 +7,13 @@
  * the stop flag ft_train checks between steps, so an interrupted run finishes its step, saves a
  * checkpoint and exits 130 / 143 with the command that continues it; a second signal stops at
  * once (SA_RESETHAND). Progress lines come from the progress callback.
+ *
+ * Under mpirun every rank runs this command (src/dist/, docs/distributed.md); the library reports
+ * progress on rank 0 only and makes every rank return the same error (the first failing rank's,
+ * named), so only rank 0 prints it.
  */
 #include "cli/args.h"
+#include "dist/dist.h"
 #include "ftune.h"
 
 #include <signal.h>
@@ -75,6 +80,10 @@ int cmd_train(int argc, char **argv) {
         ft_error_print(&err, stderr);
         return rc;
     }
+    if ((rc = dist_init(NULL, NULL, &err))) { /* after parsing: --help needs no MPI */
+        ft_error_print(&err, stderr);
+        return rc;
+    }
     const char *changes[96];
     o.n_resume_changes = args_table_finish(specs, changes, 96);
     o.resume_changes = changes;
@@ -89,11 +98,17 @@ int cmd_train(int argc, char **argv) {
     ft_status st = ft_train(&o, &err);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    if (st == FT_ERR_INTERRUPTED || st == FT_ERR_TERMINATED) {
+    if (dist_rank() != 0) {
+        /* rank 0 prints the error, which names the rank it came from */
+    } else if (st == FT_ERR_INTERRUPTED || st == FT_ERR_TERMINATED) {
         /* not an error: the run stopped where it can go on from */
         fprintf(stderr, "ftune: stopped: %s\n  %s\n", err.what, err.hint);
     } else if (st) {
         ft_error_print(&err, stderr);
     }
+    /* after the message: MPI_Finalize waits for every rank, so none exits (and makes mpirun end
+     * the job) before rank 0 has printed */
+    fflush(stderr);
+    dist_finalize();
     return st;
 }

@@ -4,6 +4,7 @@
  * 0 done, 1 failure at run time, 2 bad input or usage, 130/143 interrupted.
  */
 #include "cli/commands.h"
+#include "dist/dist.h"
 #include "ftune.h"
 
 #include <stdio.h>
@@ -66,7 +67,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("ftune %s\n", ft_version());
+        printf("ftune %s (MPI: %s)\n", ft_version(), dist_describe());
         return 0;
     }
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

@@ -3,6 +3,7 @@
  */
 #include "train/loop.h"
 #include "base/rand.h"
+#include "dist/dist.h"
 
 #include <math.h>
 #include <string.h>
@@ -54,13 +55,29 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
     memset(ls->grads, 0, ls->n_params * sizeof(float));
     double loss_sum = 0;
     float gscale = counted > 0 ? 1.0f / (float)counted : 0.0f;
-    for (long k = 0; k < n_mb; k++) {
+    /* this rank's share of the micro-batches (all of them in one process) */
+    long N = l->nranks > 1 ? l->nranks : 1, r = N > 1 ? l->rank : 0;
+    long k0 = n_mb * r / N, k1 = n_mb * (r + 1) / N;
+    if (N > 1) memset(l->mb_loss, 0, sizeof(double) * (size_t)n_mb);
+    for (long k = k0; k < k1; k++) {
         long first = (ts->mb_in_epoch + k) * l->batch_size;
         int nb = (int)(ds->n - first < l->batch_size ? ds->n - first : l->batch_size);
         batch_fill(l->b, ds, l->order + first, nb);
         uint64_t dseed = rand_mix64(l->seed ^ rand_mix64(((uint64_t)step << 20) + (uint64_t)k));
-        loss_sum += model_forward(l->m, l->a, l->b, 1, dseed, NULL, NULL);
+        double v = model_forward(l->m, l->a, l->b, 1, dseed, NULL, NULL);
+        if (N > 1)
+            l->mb_loss[k] = v;
+        else
+            loss_sum += v;
         model_backward(l->m, l->a, l->b, gscale, dseed);
+    }
+    if (N > 1) {
+        /* the gradients summed in rank order; each loss comes from the one rank that ran its
+         * micro-batch (the others add 0), then they are added in micro-batch order as above */
+        dist_sum_f32(ls->grads, ls->n_params);
+        dist_sum_f64(l->mb_loss, (size_t)n_mb);
+        for (long k = 0; k < n_mb; k++)
+            loss_sum += l->mb_loss[k];
     }
     ts->mb_in_epoch += n_mb;
     ts->step = step + 1;

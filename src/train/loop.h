@@ -8,6 +8,13 @@
  * 1 / (counted tokens of the whole step): the loss is the same whatever the padding, the split into
  * micro-batches or the accumulation (transformers' num_items_in_batch). Then: global-norm
  * clipping, the schedule's learning rate, AdamW.
+ *
+ * With N ranks (src/dist/, docs/distributed.md) grad_accum is the step's micro-batches over all
+ * ranks: rank r runs the contiguous share [n*r/N, n*(r+1)/N) of the step's n micro-batches, with
+ * the dropout seeds of their global indices; then the LoRA gradients are summed over the ranks in
+ * rank order and the micro-batch losses gathered, so every rank clips and steps AdamW on the same
+ * numbers. Every rank reads all the data, so the step's counted tokens are known to each before
+ * the first forward pass, as in one process.
  */
 #ifndef FT_TRAIN_LOOP_H
 #define FT_TRAIN_LOOP_H
@@ -30,6 +37,9 @@ typedef struct train_loop {
     const char *schedule;
     long warmup_steps, total_steps;
     long micro_per_epoch; /* micro-batches in an epoch */
+    int rank, nranks;     /* this process's rank of nranks (1: one process) */
+    double *mb_loss;      /* nranks > 1: the step's micro-batch losses (grad_accum, capped at
+                             micro_per_epoch) */
 } train_loop;
 
 typedef struct step_result {

@@ -12,8 +12,16 @@
  * (rows when packed), so the resume position (epoch, global example index) counts those. With
  * validation data the evaluation loss is computed every --eval-every steps and at the end, as
  * metrics lines with "eval_loss".
+ *
+ * Under mpirun (src/dist/, docs/distributed.md) every rank runs these phases on the same options
+ * and data, checked against rank 0's after the inputs are read; the steps split each optimizer
+ * step's micro-batches across the ranks (loop.c), and rank 0 alone writes the run folder and
+ * talks to the caller. Wherever one rank may fail or stop alone (a bad input, a full disk on rank
+ * 0, a signal reaching the ranks between different steps) the ranks agree (dist_agree, dist_max)
+ * before going on, so all stop together with the first failing rank's error.
  */
 #include "data/dataset.h"
+#include "dist/dist.h"
 #include "ftune.h"
 #include "io/atomic.h"
 #include "io/json.h"
@@ -26,6 +34,7 @@
 #include "train/run_config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <omp.h>
 #include <signal.h>
@@ -58,6 +67,8 @@ typedef struct run {
     char shash[17], dhash[17];
     int B, Bv, T, ckpt;
     long total, saved_step;
+    int rank, nranks; /* dist_rank(), dist_size(): 0 of 1 in one process */
+    long stop_sig;    /* nranks > 1: the stop signal the ranks agreed on after the last step */
 } run;
 
 static double now_s(void) {
@@ -88,7 +99,7 @@ void train_set_threads(int n) {
 static void notify(const run *r, ft_event ev, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void notify(const run *r, ft_event ev, const char *fmt, ...) {
-    if (!r->given->progress) return;
+    if (!r->given->progress || r->rank != 0) return;
     char text[4096];
     va_list ap;
     va_start(ap, fmt);
@@ -98,7 +109,12 @@ static void notify(const run *r, ft_event ev, const char *fmt, ...) {
     r->given->progress(&p, r->given->progress_user);
 }
 
-static int stop_requested(const run *r) { return r->given->stop && *r->given->stop; }
+/* The signal that stops the run (0: none); several ranks go by the one they agreed on. */
+static int stop_signal(const run *r) {
+    if (r->nranks > 1) return (int)r->stop_sig;
+    return r->given->stop ? (int)*r->given->stop : 0;
+}
+static int stop_requested(const run *r) { return stop_signal(r) != 0; }
 
 static int dtype_is_bf16(const char *dtype) { return dtype && !strcmp(dtype, "bf16"); }
 
@@ -199,6 +215,15 @@ static ft_status prepare_options(run *r, ft_error *err) {
         r->ro.o.overwrite = 1, r->ro.o.dump_data = given->dump_data;
     } else if ((st = run_opts_init(&r->ro, given, err))) {
         return st;
+    } else if (r->nranks > 1) {
+        /* --grad-accum is per rank; the run (run_config.json, the settings hash, the steps)
+         * counts a step's micro-batches over all ranks, so that a resume with another number of
+         * ranks keeps the global batch, and one process with --grad-accum A x N is the same run */
+        if (r->ro.o.grad_accum > INT_MAX / r->nranks)
+            return ft_error_set(err, FT_ERR_INPUT, "option --grad-accum", NULL,
+                                "%d x %d ranks is too large", r->ro.o.grad_accum, r->nranks);
+        r->ro.o.grad_accum *= r->nranks;
+        r->ro.hashed.grad_accum = r->ro.o.grad_accum;
     }
     r->o = &r->ro.o;
     /* the first format accepted --eval-every without validation data (nothing was evaluated):
@@ -260,6 +285,7 @@ static ft_status check_memory(run *r, ft_error *err) {
     const ft_train_options *o = r->o;
     double avail = memory_available();
     if (avail <= 0) return FT_OK;
+    avail /= dist_local_size(); /* ranks on this host share its memory, each holding the model */
     double room = 0.95 * avail, MB = 1048576.0;
     int level = ckpt_dtype_parse(o->grad_checkpoint_dtype); /* the kind to switch on */
     const model_config *cfg = &r->cfg;
@@ -270,9 +296,10 @@ static ft_status check_memory(run *r, ft_error *err) {
     if (need_ck <= room) {
         r->ckpt = level;
         notify(r, FT_EVENT_INFO,
-               "memory: the run would need %.0f MB of the %.0f MB available; using "
+               "memory: the run would need %.0f MB of the %.0f MB available%s; using "
                "gradient checkpointing (%.0f MB)",
-               need / MB, avail / MB, need_ck / MB);
+               need / MB, avail / MB, dist_local_size() > 1 ? " to each rank on this host" : "",
+               need_ck / MB);
         return FT_OK;
     }
     /* what 4-bit weights would need, when they are not 4-bit already */
@@ -348,6 +375,15 @@ static ft_status allocate(run *r, ft_error *err) {
     r->total = o->steps > 0 ? o->steps : (long)ceil(o->epochs * steps_per_epoch);
     if (r->total < 1) r->total = 1;
     l->total_steps = r->total;
+    l->rank = r->rank, l->nranks = r->nranks;
+    if (r->nranks > 1) {
+        long n = o->grad_accum < l->micro_per_epoch ? o->grad_accum : l->micro_per_epoch;
+        if (!(l->mb_loss = calloc((size_t)n, sizeof(double))))
+            return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
+        size_t g = r->m.lora->n_params * sizeof(float), lb = (size_t)n * sizeof(double);
+        if ((st = dist_reserve(g > lb ? g : lb, err))) return st;
+    }
+    if (r->rank != 0) return FT_OK; /* rank 0 alone writes the run folder */
     return run_dir_preflight(o->out_dir, r->m.lora->n_params * 12 + 65536, err);
 }
 
@@ -385,6 +421,17 @@ static void describe_run(const run *r) {
         n += snprintf(text + n, sizeof text - n,
                       "\n  packing    %d rows of %d tokens: %.1f%% of the row tokens are examples",
                       ds->n, o->seq_len, 100.0 * ds->tokens / ((double)ds->n * o->seq_len));
+    if (r->nranks > 1 && n < (int)sizeof text) {
+        int G = o->grad_accum, N = r->nranks;
+        n += snprintf(text + n, sizeof text - n,
+                      "\n  ranks      %d (mpirun): each runs %s%d of the %d micro-batches of %d "
+                      "examples of a step",
+                      N, G % N ? "up to " : "", (G + N - 1) / N, G, o->batch_size);
+        if (G % N && n < (int)sizeof text)
+            n += snprintf(text + n, sizeof text - n,
+                          "; %d does not divide among %d ranks: the same numbers, some ranks wait",
+                          G, N);
+    }
     if (val->n && n < (int)sizeof text)
         snprintf(text + n, sizeof text - n,
                  "\n  validation %d %s, %ld tokens, %ld trained on; eval loss %s%ld%s at the end",
@@ -434,7 +481,8 @@ static ft_status start_or_resume(run *r, int *finished, ft_error *err) {
     memcpy(r->ts.data_hash, r->dhash, 17);
     snprintf(r->metrics_path, sizeof r->metrics_path, "%s/metrics.jsonl", o->out_dir);
     /* --overwrite: the earlier run's files go only now, when the new run is known to start */
-    if (!r->given->resume && o->overwrite && (st = run_dir_clear(o->out_dir, err))) return st;
+    if (!r->given->resume && o->overwrite && r->rank == 0 && (st = run_dir_clear(o->out_dir, err)))
+        return st;
     if (r->given->resume) {
         long last = checkpoint_latest(o->out_dir);
         if (last >= 0) {
@@ -471,13 +519,14 @@ static ft_status start_or_resume(run *r, int *finished, ft_error *err) {
             return FT_OK;
         }
         describe_schedule_change(r, old_total);
-        if ((st = metrics_truncate(r->metrics_path, r->ts.step, err))) return st;
+        if (r->rank == 0 && (st = metrics_truncate(r->metrics_path, r->ts.step, err))) return st;
     }
     r->saved_step = r->ts.step;
-    if ((st = run_config_write(&r->ro, &r->m, r->total, &r->ds, r->shash, r->dhash, err)))
+    if (r->rank == 0 &&
+        (st = run_config_write(&r->ro, &r->m, r->total, &r->ds, r->shash, r->dhash, err)))
         return st;
-    r->metrics = fopen(r->metrics_path, r->given->resume ? "a" : "w");
-    if (!r->metrics)
+    if (r->rank == 0) r->metrics = fopen(r->metrics_path, r->given->resume ? "a" : "w");
+    if (r->rank == 0 && !r->metrics)
         return ft_error_set(err, FT_ERR_RUNTIME, r->metrics_path,
                             "check that the run folder is writable", "cannot create: %s",
                             strerror(errno));
@@ -487,7 +536,7 @@ static ft_status start_or_resume(run *r, int *finished, ft_error *err) {
 }
 
 static void report_step(const run *r, const step_result *s, double elapsed, long first_step) {
-    if (!r->given->progress) return;
+    if (!r->given->progress || r->rank != 0) return;
     long done = r->ts.step;
     ft_train_progress p = {.event = FT_EVENT_STEP,
                            .step = done,
@@ -516,6 +565,7 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
     char loss[40], gn[40], div[64] = "";
     json_num(loss, sizeof loss, s->loss);
     json_num(gn, sizeof gn, s->grad_norm);
+    if (!r->metrics) return; /* a rank other than 0 */
     if (s->diverged) snprintf(div, sizeof div, ", \"diverged\": \"%s\"", s->diverged);
     fprintf(r->metrics,
             "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %s, \"lr\": %.17g, \"grad_norm\": %s, "
@@ -526,6 +576,7 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
 }
 
 static void evaluate(run *r) {
+    if (r->rank != 0) return; /* the others go on to the next step's reduction and wait there */
     long vc;
     double vl = eval_loss(&r->m, r->a, &r->b, r->Bv, &r->val, &vc);
     char v[40];
@@ -547,7 +598,9 @@ static void evaluate(run *r) {
 /* "ftune train --resume RUN [--threads N] [--lr LR]", for hints (a static buffer). */
 static const char *resume_command(const run *r, double lr) {
     static char cmd[4400];
-    int n = snprintf(cmd, sizeof cmd, "ftune train --resume %s", r->o->out_dir);
+    int n = 0;
+    if (r->nranks > 1) n = snprintf(cmd, sizeof cmd, "mpirun -np %d ", r->nranks);
+    n += snprintf(cmd + n, sizeof cmd - n, "ftune train --resume %s", r->o->out_dir);
     if (r->o->threads > 0 && n < (int)sizeof cmd)
         n += snprintf(cmd + n, sizeof cmd - n, " --threads %d", r->o->threads);
     if (lr > 0 && n < (int)sizeof cmd) snprintf(cmd + n, sizeof cmd - n, " --lr %.3g", lr);
@@ -578,13 +631,18 @@ static ft_status run_steps(run *r, ft_error *err) {
                                 r->ts.step, s.diverged, r->saved_step);
         }
         report_step(r, &s, elapsed, first_step);
+        if (r->nranks > 1) /* a signal may reach the ranks between different steps */
+            r->stop_sig = dist_max(r->given->stop ? *r->given->stop : 0, NULL);
         int last = r->ts.step == r->total, stop = stop_requested(r);
         if (r->val.n && ((o->eval_every > 0 && r->ts.step % o->eval_every == 0) || last))
             evaluate(r);
-        if ((o->save_every > 0 && r->ts.step % o->save_every == 0) || last || stop) {
-            if ((st = checkpoint_save(o->out_dir, r->m.lora, &r->m.cfg, o->model_dir, &r->opt,
-                                      &r->ts, o->keep_checkpoints, err)))
-                return st;
+        int save = (o->save_every > 0 && r->ts.step % o->save_every == 0) || last || stop;
+        if (r->nranks > 1) save = dist_max(r->rank == 0 && save, NULL) || stop; /* rank 0's */
+        if (save) {
+            if (r->rank == 0)
+                st = checkpoint_save(o->out_dir, r->m.lora, &r->m.cfg, o->model_dir, &r->opt,
+                                     &r->ts, o->keep_checkpoints, err);
+            if ((st = dist_agree(st, err))) return st;
             r->saved_step = r->ts.step;
         }
         if (stop) break;
@@ -602,12 +660,13 @@ static const char *model_as_given(const run *r) {
 /* Phase 6: the adapter; or, when the caller stopped the run, where it can go on from. */
 static ft_status finish(run *r, ft_error *err) {
     const ft_train_options *o = r->o;
-    ft_status st = lora_save_peft(r->m.lora, &r->m.cfg, o->out_dir, model_as_given(r), err);
-    if (st) return st;
+    ft_status st = FT_OK;
+    if (r->rank == 0) st = lora_save_peft(r->m.lora, &r->m.cfg, o->out_dir, model_as_given(r), err);
+    if ((st = dist_agree(st, err))) return st;
     notify(r, FT_EVENT_INFO,
            "saved the adapter to %s (adapter_model.safetensors, adapter_config.json)", o->out_dir);
     if (!stop_requested(r)) return FT_OK;
-    int sig = (int)*r->given->stop;
+    int sig = stop_signal(r);
     char hint[600];
     snprintf(hint, sizeof hint, "continue with: %s", resume_command(r, 0));
     return ft_error_set(err, sig == SIGTERM ? FT_ERR_TERMINATED : FT_ERR_INTERRUPTED, o->out_dir,
@@ -618,6 +677,7 @@ static ft_status finish(run *r, ft_error *err) {
 static void run_free(run *r) {
     if (r->metrics) fclose(r->metrics);
     free(r->loop.order);
+    free(r->loop.mb_loss);
     adamw_free(&r->opt);
     acts_free(r->a);
     batch_free(&r->b);
@@ -629,25 +689,94 @@ static void run_free(run *r) {
     run_opts_free(&r->ro);
 }
 
+/* Several ranks must run one training: the same ftune, effective options, model (in the settings
+ * hash: config.json and weight sizes) and data (the data hash) as rank 0. Every rank compares
+ * itself with rank 0 and dist_agree names the lowest rank that differs or failed before this
+ * point; every rank then stops with its error (exit 2 for a difference). Called by every rank,
+ * whatever st. */
+static ft_status check_same_run(run *r, ft_status st, ft_error *err) {
+    if (r->nranks == 1) return st;
+    typedef struct {
+        char version[32], shash[17], dhash[17], text[16384];
+    } fingerprint;
+    fingerprint fp[2] = {0}, *mine = &fp[0], *ref = &fp[1]; /* no allocation: all must reach the
+                                                                 collectives below */
+    snprintf(mine->version, sizeof mine->version, "%s", ft_version());
+    memcpy(mine->shash, r->shash, 17), memcpy(mine->dhash, r->dhash, 17);
+    if (r->o) opt_settings_text(r->o, 1, mine->text, sizeof mine->text);
+    *ref = *mine;
+    dist_bcast(ref, sizeof *ref);
+    const char *hint = "start every rank with the same options and files (one command line after "
+                       "mpirun; on several hosts the same paths)";
+    if (!st && r->rank != 0) {
+        if (strcmp(mine->version, ref->version)) {
+            st = ft_error_set(err, FT_ERR_INPUT, "mpirun", "install the same ftune on every host",
+                              "runs ftune %s, rank 0 runs ftune %s", mine->version, ref->version);
+        } else if (strcmp(mine->text, ref->text)) {
+            /* the first line (key=value) that differs */
+            const char *a = mine->text, *b = ref->text;
+            while (*a && *a == *b) {
+                const char *ea = strchr(a, '\n'), *eb = strchr(b, '\n');
+                if (!ea || !eb || ea - a != eb - b || strncmp(a, b, (size_t)(ea - a))) break;
+                a = ea + 1, b = eb + 1;
+            }
+            int la = (int)strcspn(a, "\n"), lb = (int)strcspn(b, "\n");
+            st = ft_error_set(err, FT_ERR_INPUT, "options", hint,
+                              "was started with other options than rank 0: %.*s (rank 0: %.*s)",
+                              la > 300 ? 300 : la, a, lb > 300 ? 300 : lb, b);
+        } else if (strcmp(mine->shash, ref->shash)) {
+            st = ft_error_set(err, FT_ERR_INPUT, r->o->model_dir, hint,
+                              "the model folder differs from rank 0's (config.json or the weight "
+                              "files; settings hash %s, rank 0 %s)",
+                              mine->shash, ref->shash);
+        } else if (strcmp(mine->dhash, ref->dhash)) {
+            st = ft_error_set(err, FT_ERR_INPUT, r->o->data_path, hint,
+                              "the data differs from rank 0's (data hash %s, rank 0 %s)",
+                              mine->dhash, ref->dhash);
+        }
+    }
+    return dist_agree(st, err);
+}
+
+/* Several ranks start from the same step: on a resume each reads the newest checkpoint of the run
+ * folder, which must be the same folder for all (shared storage on several hosts). */
+static ft_status check_same_start(run *r, ft_status st, ft_error *err) {
+    if (r->nranks == 1) return st;
+    long ref = r->ts.step;
+    dist_bcast(&ref, sizeof ref);
+    if (!st && ref != r->ts.step)
+        st = ft_error_set(err, FT_ERR_INPUT, r->o->out_dir,
+                          "--resume needs the run folder at the same path on every host (shared "
+                          "storage)",
+                          "starts at step %ld but rank 0 at step %ld: the ranks see different "
+                          "checkpoints",
+                          r->ts.step, ref);
+    return dist_agree(st, err);
+}
+
 ft_status ft_train(const ft_train_options *given, ft_error *err) {
     run *r = calloc(1, sizeof *r);
     if (!r) return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
     r->given = given;
+    r->rank = dist_rank(), r->nranks = dist_size();
     int finished = 0;
     ft_status st = prepare_options(r, err);
     if (!st && r->o->dump_data) {
-        st = dump_data(r, err);
+        if (r->rank == 0) st = dump_data(r, err); /* one writer under mpirun */
         goto done;
     }
-    if (!st && !given->resume && !r->o->overwrite && run_dir_nonempty(r->o->out_dir))
+    if (!st && r->rank == 0 && !given->resume && !r->o->overwrite &&
+        run_dir_nonempty(r->o->out_dir))
         st = ft_error_set(err, FT_ERR_INPUT, r->o->out_dir,
                           "choose a new --out folder, continue it with --resume, or pass "
                           "--overwrite to replace the run in it",
                           "the output folder exists and is not empty");
     if (!st) train_set_threads(r->o->threads);
     if (!st) st = load_inputs(r, err);
+    st = check_same_run(r, st, err);
     if (!st) st = allocate(r, err);
     if (!st) st = start_or_resume(r, &finished, err);
+    st = check_same_start(r, st, err);
     if (!st && !finished) st = run_steps(r, err);
     if (!st && !finished) st = finish(r, err);
 done:
