@@ -386,3 +386,27 @@ def test_bad_input(zoo, text_model, tmp_path):
     p = run_ftune(["generate", "--model", d, "--adapter", zoo.adapter("llama") + ":x",
                    "--prompt-ids", "1", "--json"])
     assert p.returncode == 2 and "--adapter" in p.stderr, p.stderr
+
+
+def test_readme_train_to_chat(text_model, tmp_path):
+    """The README's three commands from `ftune train` to `ftune chat --adapter RUN`, as written,
+    on the stand-in model (the chat reads one JSON turn from stdin, as a script would)."""
+    mdir, _ = text_model
+    readme = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                               "README.md")).read()
+    sec = readme.split("## From training to chat", 1)[1]
+    cmds = sec.split("```sh\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(cmds) == 3 and "chat" in cmds[2] and "--adapter run" in cmds[2]
+    work = tmp_path / "work"
+    (work / "build").mkdir(parents=True)
+    os.symlink(ftune_bin(), work / "build" / "ftune")
+    os.symlink(mdir, work / "SmolLM2-135M-Instruct")
+    (work / "chat.jsonl").write_text(
+        json.dumps({"messages": [{"role": "user", "content": "What is the capital of France?"},
+                                 {"role": "assistant", "content": "Paris."}]}) + "\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for i, c in enumerate(cmds):
+        p = subprocess.run(["bash", "-e", "-c", c], cwd=work, capture_output=True, text=True,
+                           timeout=300, env=env, input='{"content": "Hello!"}\n')
+        assert p.returncode == 0, f"{c}\n{p.stderr[-2000:]}"
+    assert json.loads(p.stdout.splitlines()[-1])["role"] == "assistant"
