@@ -410,3 +410,55 @@ def test_readme_train_to_chat(text_model, tmp_path):
                            timeout=300, env=env, input='{"content": "Hello!"}\n')
         assert p.returncode == 0, f"{c}\n{p.stderr[-2000:]}"
     assert json.loads(p.stdout.splitlines()[-1])["role"] == "assistant"
+
+
+# --- ftune eval --stride: the transformers perplexity guide ------------------------------------
+
+def guide_perplexity(model, ids, max_length, stride):
+    """The loop of transformers' "Perplexity of fixed-length models" guide, as written there."""
+    encodings = torch.tensor([ids])
+    seq_len = encodings.size(1)
+    nll_sum, n_tokens, prev_end_loc = 0.0, 0, 0
+    for begin_loc in range(0, seq_len, stride):
+        end_loc = min(begin_loc + max_length, seq_len)
+        trg_len = end_loc - prev_end_loc
+        input_ids = encodings[:, begin_loc:end_loc]
+        target_ids = input_ids.clone()
+        target_ids[:, :-trg_len] = -100
+        with torch.no_grad():
+            neg_log_likelihood = model(input_ids, labels=target_ids).loss
+        num_loss_tokens = (target_ids != -100).sum().item() - target_ids.size(0)
+        nll_sum += neg_log_likelihood * num_loss_tokens
+        n_tokens += num_loss_tokens
+        prev_end_loc = end_loc
+        if end_loc == seq_len:
+            break
+    return float(torch.exp(nll_sum / n_tokens)), n_tokens
+
+
+@pytest.mark.parametrize("seq_len,stride,adapter", [(64, 32, False), (64, 64, False),
+                                                    (48, 20, True)])
+def test_eval_stride_like_perplexity_guide(zoo, text_model, tmp_path, seq_len, stride, adapter):
+    """Perplexity within 1e-5 relative (a float32 loss per window), the token count exact."""
+    from conftest import last_json_line
+    mdir, tokdir = text_model
+    tok = hf_tokenizer(tokdir)
+    r = random.Random(8)
+    text = " ".join(r.choice(WORDS) for _ in range(150))
+    f = tmp_path / "text.txt"
+    f.write_text(text)
+    ids = tok(text)["input_ids"]
+    assert len(ids) > 2 * seq_len
+    args = ["eval", "--model", mdir, "--data", f, "--seq-len", seq_len, "--stride", stride]
+    model = models.load_model(str(mdir))
+    if adapter:
+        ad = zoo.adapter("llama")
+        args += ["--adapter", ad]
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, ad).eval()
+    res = last_json_line(run_ok(args).stdout)
+    ppl, n = guide_perplexity(model, ids, seq_len, stride)
+    assert res["tokens"] == n
+    assert abs(res["perplexity"] - ppl) <= 1e-5 * ppl, (res, ppl)
+    print(f"--seq-len {seq_len} --stride {stride}{' + adapter' if adapter else ''}: "
+          f"perplexity {res['perplexity']:.6f} vs the guide's {ppl:.6f}")
