@@ -85,9 +85,7 @@ static ft_status turn(chat *c, const char *content, ft_error *err) {
                           "the conversation has %zu tokens; the context holds %d", n, c->ctx);
     gen_result r = {0};
     if (!st) {
-        gen_options o = c->o;
-        int room = c->ctx - (int)n + 1;
-        if (o.max_new_tokens > room) o.max_new_tokens = room;
+        gen_options o = c->o; /* a full context ends the answer with stop "context" */
         o.on_text = c->json ? NULL : print_text;
         st = generate_run(&c->s.im, ids, (int)n, &o, &r, err);
     }

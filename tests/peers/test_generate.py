@@ -27,6 +27,12 @@ What is compared, and the tolerance:
   at the same positions within 1e-4; --kv-cache bf16 / q8 within 5e-2 / 1e-1 of fp32's.
 - chat: a 3-turn JSON script; each turn's prompt ids equal apply_chat_template(conversation so far,
   add_generation_prompt=True), and turns 2 and 3 reuse the cached prefix.
+- chat on a terminal (a pseudo-terminal): turns, the statistics line, /reset, /exit.
+- end-of-sequence ids: a list in generation_config.json (or config.json without it) ends at the
+  first of them.
+- `ftune eval --stride`: the perplexity of the transformers guide's loop (with and without
+  overlapping windows, with an adapter) within 1e-5 relative, the token count exact.
+- the README's three commands from `ftune train` to `ftune chat --adapter RUN`, run as written.
 - bad input: a prompt longer than the context, invalid UTF-8 in a prompt file, an adapter whose
   shapes do not match the model: exit 2, naming the file or tensor, with a hint.
 """
@@ -462,3 +468,70 @@ def test_eval_stride_like_perplexity_guide(zoo, text_model, tmp_path, seq_len, s
     assert abs(res["perplexity"] - ppl) <= 1e-5 * ppl, (res, ppl)
     print(f"--seq-len {seq_len} --stride {stride}{' + adapter' if adapter else ''}: "
           f"perplexity {res['perplexity']:.6f} vs the guide's {ppl:.6f}")
+
+
+# --- end-of-sequence ids, Ctrl-C in an interactive chat ----------------------------------------
+
+@pytest.mark.parametrize("where", ["generation_config.json", "config.json"])
+def test_eos_ids_list(zoo, tmp_path, where):
+    """A list of eos_token_id ends generation at the first of them (not printed), read from
+    generation_config.json, or from config.json when the folder has no generation_config.json."""
+    d = tmp_path / "model"
+    shutil.copytree(zoo.model("llama", "f32"), d)
+    prompt = prompt_for(8, seed=6)
+    free, _ = ftune_generate(tmp_path, d, prompt, ["--greedy", "--ignore-eos",
+                                                   "--max-new-tokens", "40"], "free")
+    ids = free["ids"]
+    k = next(i for i in range(4, 40) if ids[i] not in ids[:i])
+    other = next(t for t in range(3, V) if t not in ids)
+    if where == "config.json":
+        (d / "generation_config.json").unlink()
+    cfg = json.loads((d / where).read_text())
+    cfg["eos_token_id"] = [other, ids[k]]
+    (d / where).write_text(json.dumps(cfg))
+    out, _ = ftune_generate(tmp_path, d, prompt, ["--greedy", "--max-new-tokens", "40"])
+    assert out["stop"] == "eos" and out["ids"] == ids[:k]
+
+
+def test_chat_terminal(text_model):
+    """On a terminal: a line is a turn, the answer streams, a statistics line follows; /reset
+    forgets the cached history; /exit ends with status 0. (Ctrl-C during an answer, which ends
+    that answer and not the session, was checked by hand: a model this small answers faster
+    than a test can interrupt it.)"""
+    import pty
+    import select
+    import time
+    mdir, _ = text_model
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(ftune_bin(), ["ftune", "chat", "--model", str(mdir), "--ignore-eos", "--greedy",
+                               "--max-new-tokens", "40", "--threads", "1"])
+
+    def read(seconds, until):
+        out, end = b"", time.time() + seconds
+        while time.time() < end and until not in out:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    break
+        return out.decode("utf-8", "replace")
+
+    try:
+        assert "> " in read(30, b"> ")
+        os.write(fd, b"tell me a story\n")
+        out = read(60, b"]\r\n> ")
+        assert "40 generated" in out and "stop: length" in out and "(0 reused)" in out, out[-300:]
+        os.write(fd, b"and then?\n")
+        out = read(60, b"]\r\n> ")
+        assert "stop: length" in out and "(0 reused)" not in out, out[-300:]
+        os.write(fd, b"/reset\n")
+        read(10, b"> ")
+        os.write(fd, b"hello\n")
+        out = read(60, b"]\r\n> ")
+        assert "(0 reused)" in out, out[-300:]
+        os.write(fd, b"/exit\n")
+        read(10, b"\n")
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
