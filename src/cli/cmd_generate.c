@@ -286,6 +286,14 @@ int cmd_generate(int argc, char **argv) {
         rc =
             ft_error_set(&err, FT_ERR_INPUT, "generate", "run 'ftune generate --help'",
                          "--model and one of --prompt, --prompt-file or --prompt-ids are required");
+    if (!rc && !a.apply_template && (a.g.system || a.g.chat_template || a.g.template_args.n))
+        rc = ft_error_set(&err, FT_ERR_INPUT,
+                          a.g.system          ? "option --system"
+                          : a.g.chat_template ? "option --chat-template"
+                                              : "option --template-arg",
+                          "add --apply-chat-template",
+                          "applies to the chat template, which is not used without "
+                          "--apply-chat-template");
     if (!rc && a.prompt_ids && a.apply_template)
         rc = ft_error_set(&err, FT_ERR_INPUT, "option --apply-chat-template", NULL,
                           "renders text: give --prompt or --prompt-file, not --prompt-ids");

@@ -115,8 +115,14 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
     if (!st) st = gen_defaults_load(o->model_dir, &s->gd, err);
     char tpath[4200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", o->model_dir);
-    if (!st && (o->need_tokenizer || access(tpath, R_OK) == 0))
-        st = tok_load(o->model_dir, &s->tok, err);
+    int have_tok = access(tpath, R_OK) == 0;
+    if (!st && o->need_tokenizer && !have_tok)
+        st =
+            ft_error_set(err, FT_ERR_INPUT, tpath,
+                         "copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) "
+                         "into the folder, or give token ids: --prompt-ids with --json",
+                         "the model folder has no tokenizer.json, which text needs");
+    if (!st && have_tok) st = tok_load(o->model_dir, &s->tok, err);
     if (!st && o->need_template) {
         st = chat_template_args(o->template_args, o->n_template_args, &s->targs, err);
         if (!st) st = chat_template_load(o->model_dir, o->chat_template, &s->tpl, err);
