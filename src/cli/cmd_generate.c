@@ -218,6 +218,7 @@ static ft_status run(gen_args *a, int *interrupted, ft_error *err) {
         cJSON *j = cJSON_CreateObject();
         json_ids(j, "prompt_ids", ids, n);
         json_ids(j, "ids", r.ids, (size_t)r.n);
+        json_ids(j, "eos_ids", eos, (size_t)ne);
         if (s.tok) cJSON_AddStringToObject(j, "text", r.text ? r.text : "");
         cJSON_AddStringToObject(j, "stop", gen_stop_name(r.stop));
         char *txt = cJSON_PrintUnformatted(j);
@@ -263,9 +264,9 @@ int cmd_generate(int argc, char **argv) {
                             "render the prompt as a user turn through the chat template and stop "
                             "at its end of turn"};
     n += gen_cli_specs(&a.g, specs + n, 40);
-    specs[n++] =
-        (opt_spec){"json", OPT_FLAG, &a.json, NULL,
-                   "print one JSON object (prompt_ids, ids, text, stop) instead of the text"};
+    specs[n++] = (opt_spec){
+        "json", OPT_FLAG, &a.json, NULL,
+        "print one JSON object (prompt_ids, ids, eos_ids, text, stop) instead of the text"};
     specs[n++] = (opt_spec){"dump-probs", OPT_STR, &a.dump_probs, "FILE",
                             "write each step's logits and sampling distribution (safetensors)"};
     specs[n] = (opt_spec){0};

@@ -32,6 +32,8 @@ What is compared, and the tolerance:
   first of them.
 - `ftune eval --stride`: the perplexity of the transformers guide's loop (with and without
   overlapping windows, with an adapter) within 1e-5 relative, the token count exact.
+- real templates (Llama 3, Qwen3 from ../shared/tokenizers, skipped where absent): the prompt ids
+  of --apply-chat-template equal apply_chat_template's, and <|eot_id|> / <|im_end|> end a turn.
 - the README's three commands from `ftune train` to `ftune chat --adapter RUN`, run as written.
 - bad input: a prompt longer than the context, invalid UTF-8 in a prompt file, an adapter whose
   shapes do not match the model: exit 2, naming the file or tensor, with a hint.
@@ -535,3 +537,36 @@ def test_chat_terminal(text_model):
     finally:
         _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+# --- real chat templates (../shared/tokenizers, beside the project) ----------------------------
+
+SHARED_TOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
+                          "tokenizers")
+
+
+@pytest.mark.parametrize("name,arch,eot", [("llama3", "llama", "<|eot_id|>"),
+                                           ("qwen3", "qwen3", "<|im_end|>")])
+def test_real_template_prompt_and_end_of_turn(tmp_path, name, arch, eot):
+    """The prompt ids of a real model's template (Llama 3, Qwen3 without thinking) equal
+    apply_chat_template's, and the template's end-of-turn token ends generation."""
+    folder = os.path.join(SHARED_TOK, name)
+    if not os.path.exists(os.path.join(folder, "tokenizer.json")):
+        pytest.skip(f"{folder} is absent (real tokenizers live beside the project only)")
+    from transformers import AutoTokenizer
+    m = tmp_path / "m"
+    run_ok(["init", "--size", "tiny", "--arch", arch, "--tokenizer", folder, "--out", m])
+    extra = ["--template-arg", "enable_thinking=false"] if name == "qwen3" else []
+    p = run_ok(["generate", "--model", m, "--prompt", "Wie spät ist es? 🕰️", "--system",
+                "Be brief.", "--apply-chat-template", "--greedy", "--max-new-tokens", "4",
+                "--json"] + extra)
+    j = json.loads(p.stdout)
+    tok = AutoTokenizer.from_pretrained(folder)
+    conv = [{"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Wie spät ist es? 🕰️"}]
+    kw = {"enable_thinking": False} if name == "qwen3" else {}
+    want = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True, **kw)
+    if isinstance(want, dict) or hasattr(want, "input_ids"):
+        want = want["input_ids"]
+    assert j["prompt_ids"] == list(want)
+    assert tok.convert_tokens_to_ids(eot) in j["eos_ids"], (j["eos_ids"], eot)
