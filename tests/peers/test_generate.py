@@ -27,6 +27,8 @@ What is compared, and the tolerance:
   at the same positions within 1e-4; --kv-cache bf16 / q8 within 5e-2 / 1e-1 of fp32's.
 - chat: a 3-turn JSON script; each turn's prompt ids equal apply_chat_template(conversation so far,
   add_generation_prompt=True), and turns 2 and 3 reuse the cached prefix.
+- NF4 (with and without double quantization) against transformers + bitsandbytes with fp32
+  compute on its reference path (conftest.py pins it): 32 tokens identical, logits within 1e-4.
 - chat on a terminal (a pseudo-terminal): turns, the statistics line, /reset, /exit.
 - end-of-sequence ids: a list in generation_config.json (or config.json without it) ends at the
   first of them.
@@ -570,3 +572,28 @@ def test_real_template_prompt_and_end_of_turn(tmp_path, name, arch, eot):
         want = want["input_ids"]
     assert j["prompt_ids"] == list(want)
     assert tok.convert_tokens_to_ids(eot) in j["eos_ids"], (j["eos_ids"], eot)
+
+
+# --- NF4 against bitsandbytes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_greedy_nf4_like_bitsandbytes(zoo, tmp_path, double_quant):
+    """--quant nf4 (ftune quantizes as bitsandbytes does) against transformers + bitsandbytes
+    4-bit NF4 with fp32 compute, on its reference (not the packed AVX512_BF16) path: conftest.py
+    pins it, as for the QLoRA tests. Tokens identical, logits within 1e-4."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    d = zoo.model("qwen2", "f32")
+    prompt = prompt_for(33, seed=12)
+    extra = ["--double-quant"] if double_quant else []
+    out, dump = ftune_generate(tmp_path, d, prompt, ["--quant", "nf4", "--greedy", "--ignore-eos",
+                                                     "--max-new-tokens", "32"] + extra)
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                             bnb_4bit_compute_dtype=torch.float32,
+                             bnb_4bit_use_double_quant=double_quant)
+    ref = AutoModelForCausalLM.from_pretrained(d, device_map="cpu", dtype=torch.float32,
+                                               attn_implementation="eager",
+                                               quantization_config=cfg).eval()
+    ref_ids, ref_logits = hf_greedy(ref, prompt, 32)
+    check_greedy(out["ids"], dump["logits"], ref_ids, ref_logits,
+                 f"nf4{' double-quant' if double_quant else ''}")
