@@ -80,7 +80,8 @@ static void test_processors(void) {
     sampler_params p;
     sampler_defaults(&p);
     CHECK(p.top_k == 50 && p.top_p == 1.0 && p.min_p < 0 && !p.do_sample, "defaults");
-    uint8_t seen[8];
+    static char seen[4096]; /* >= sampling_scratch_bytes(4) */
+    CHECK(sampling_scratch_bytes(4) <= sizeof seen, "scratch");
     /* repetition penalty: each distinct id once, negative scores multiplied */
     float s[4] = {2, -2, 1, 0.5f};
     int32_t hist[3] = {0, 1, 0};
@@ -95,6 +96,29 @@ static void test_processors(void) {
     float t[4] = {1, 3, 2, 3};
     sampling_process(&p, t, 4, NULL, 0, seen);
     CHECK(t[0] == -INFINITY && t[1] == 3 && t[2] == -INFINITY && t[3] == 3, "top-k");
+    /* top-k against a sort, on random scores with many ties */
+    {
+        enum { NV = 300 };
+        static char big[NV * 16];
+        float r[NV], q[NV], srt[NV];
+        int ks[] = {1, 5, 50, NV - 1}, ok = 1;
+        CHECK(sampling_scratch_bytes(NV) <= sizeof big, "scratch");
+        for (int ki = 0; ki < 4; ki++) {
+            for (int i = 0; i < NV; i++)
+                r[i] = q[i] = (float)(int)(frand() * 20), srt[i] = r[i];
+            for (int i = 0; i < NV; i++) /* descending insertion sort */
+                for (int j = i; j > 0 && srt[j] > srt[j - 1]; j--) {
+                    float t0 = srt[j];
+                    srt[j] = srt[j - 1], srt[j - 1] = t0;
+                }
+            p.top_k = ks[ki], p.top_p = 1.0, p.min_p = -1, p.temperature = 1;
+            sampling_process(&p, q, NV, NULL, 0, big);
+            for (int i = 0; i < NV; i++)
+                ok &= (r[i] < srt[ks[ki] - 1]) == (q[i] == -INFINITY);
+        }
+        CHECK(ok, "top-k keeps exactly the scores >= the k-th largest");
+        p.top_k = 2;
+    }
     /* top-p 0.6 over (0.5, 0.3, 0.2): ascending cumulative 0.2 0.5 1.0, removed where <= 0.4 */
     p.top_k = 0, p.top_p = 0.6;
     float u[3] = {logf(0.5f), logf(0.3f), logf(0.2f)};

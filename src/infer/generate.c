@@ -165,7 +165,7 @@ ft_status generate_run(infer_model *im, const int32_t *prompt, int n, const gen_
     r->prompt_tokens = n, r->reused_tokens = p;
     size_t cap_hist = (size_t)n + (size_t)(max_new > 0 ? max_new : 0);
     float *logits = malloc(sizeof(float) * (size_t)V * 3);
-    uint8_t *seen = malloc((size_t)V);
+    void *seen = malloc(sampling_scratch_bytes(V));
     int32_t *hist = malloc(sizeof(int32_t) * cap_hist);
     text_state t = {.o = o};
     int tail = n < PROMPT_CONTEXT ? n : PROMPT_CONTEXT;

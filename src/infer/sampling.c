@@ -34,11 +34,6 @@ static void repetition_penalty(float *s, int V, const int32_t *hist, size_t n, f
     }
 }
 
-static int cmp_desc(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
 typedef struct scored {
     float s;
     int i;
@@ -50,26 +45,40 @@ static int cmp_scored_asc(const void *a, const void *b) {
     return x->i - y->i;
 }
 
-/* The k-th largest score (k <= V), by a copy sorted in descending order of the finite ones. */
-static void top_k(float *s, int V, int k) {
+/* Keep the scores >= the k-th largest (torch.topk's last value): a min-heap of the k largest
+ * seen so far, O(V log k), in heap (k floats). */
+static void top_k(float *s, int V, int k, float *heap) {
     if (k >= V) return;
-    float *c = malloc(sizeof(float) * (size_t)V);
-    if (!c) return;
     int m = 0;
-    for (int i = 0; i < V; i++)
-        if (s[i] != -INFINITY) c[m++] = s[i];
-    if (m > k) {
-        qsort(c, (size_t)m, sizeof(float), cmp_desc);
-        float thr = c[k - 1];
-        for (int i = 0; i < V; i++)
-            if (s[i] < thr) s[i] = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        float x = s[i];
+        if (m < k) { /* push, sift up */
+            int c = m++;
+            while (c > 0 && heap[(c - 1) / 2] > x) {
+                heap[c] = heap[(c - 1) / 2];
+                c = (c - 1) / 2;
+            }
+            heap[c] = x;
+        } else if (x > heap[0]) { /* replace the root, sift down */
+            int c = 0;
+            for (;;) {
+                int l = 2 * c + 1, r = l + 1, sm = -1;
+                float best = x;
+                if (l < k && heap[l] < best) sm = l, best = heap[l];
+                if (r < k && heap[r] < best) sm = r, best = heap[r];
+                if (sm < 0) break;
+                heap[c] = heap[sm];
+                c = sm;
+            }
+            heap[c] = x;
+        }
     }
-    free(c);
+    float thr = heap[0];
+    for (int i = 0; i < V; i++)
+        if (s[i] < thr) s[i] = -INFINITY;
 }
 
-static void top_p(float *s, int V, double p) {
-    scored *a = malloc(sizeof(scored) * (size_t)V);
-    if (!a) return;
+static void top_p(float *s, int V, double p, scored *a) {
     int m = 0;
     for (int i = 0; i < V; i++)
         if (s[i] != -INFINITY) a[m].s = s[i], a[m].i = i, m++;
@@ -86,7 +95,6 @@ static void top_p(float *s, int V, double p) {
             if ((float)cum <= thr) s[a[j].i] = -INFINITY;
         }
     }
-    free(a);
 }
 
 void sampling_softmax(const float *scores, int V, float *probs) {
@@ -117,8 +125,12 @@ static void min_p(float *s, int V, double mp) {
         if (i != arg && s[i] != -INFINITY && (float)(expf(s[i] - mx) / sum) < thr) s[i] = -INFINITY;
 }
 
+size_t sampling_scratch_bytes(int V) { return (size_t)V * (sizeof(scored) + 1) + 16; }
+
 void sampling_process(const sampler_params *p, float *scores, int V, const int32_t *hist, size_t n,
-                      uint8_t *seen) {
+                      void *scratch) {
+    scored *sc = scratch; /* V entries, then V bytes for the repetition penalty's marks */
+    uint8_t *seen = (uint8_t *)(sc + V);
     if (p->repetition_penalty != 1.0)
         repetition_penalty(scores, V, hist, n, (float)p->repetition_penalty, seen);
     if (!p->do_sample) return;
@@ -127,8 +139,8 @@ void sampling_process(const sampler_params *p, float *scores, int V, const int32
         for (int i = 0; i < V; i++)
             scores[i] /= t;
     }
-    if (p->top_k > 0) top_k(scores, V, p->top_k);
-    if (p->top_p < 1.0) top_p(scores, V, p->top_p);
+    if (p->top_k > 0) top_k(scores, V, p->top_k, (float *)(void *)sc);
+    if (p->top_p < 1.0) top_p(scores, V, p->top_p, sc);
     if (p->min_p >= 0) min_p(scores, V, p->min_p);
 }
 

@@ -55,10 +55,14 @@ typedef struct gen_defaults {
 void sampler_defaults(sampler_params *p);
 ft_status gen_defaults_load(const char *model_dir, gen_defaults *g, ft_error *err);
 
+/* Scratch bytes sampling_process needs for a vocabulary of V (allocated once, outside the
+ * step loop). */
+size_t sampling_scratch_bytes(int V);
 /* The processors above applied to scores (V) in place, for the sequence hist (n ids: the prompt
- * and what was generated); seen: scratch of V bytes. */
+ * and what was generated); scratch: sampling_scratch_bytes(V) bytes. top-k keeps a heap of the k
+ * largest (O(V log k)); top-p sorts only the scores still finite. */
 void sampling_process(const sampler_params *p, float *scores, int V, const int32_t *hist, size_t n,
-                      uint8_t *seen);
+                      void *scratch);
 /* The next token from processed scores (V): greedy, or a draw with u = rand_uniform01(seed,
  * step). probs (V, may be NULL when greedy) receives softmax(scores), the distribution drawn
  * from. */
