@@ -231,13 +231,15 @@ static ft_status run(gen_args *a, int *interrupted, ft_error *err) {
     fflush(stdout);
     if (a->dump_probs) st = dump_write(&d, a->dump_probs, ids, (int)n, err);
     if (!a->g.quiet) {
+        char wdesc[256];
+        model_quant_describe(&s.m.quant, wdesc, sizeof wdesc);
         int fed = r.prompt_tokens - r.reused_tokens;
         fprintf(stderr,
                 "ftune: prompt %d tokens, prefill %.1f tok/s; generated %d tokens, decode %.1f "
-                "tok/s; stop: %s; %s; KV cache %s %.1f MB; peak memory %.0f MB\n",
+                "tok/s; stop: %s; %s; weights: %s; KV cache %s %.1f MB; peak memory %.0f MB\n",
                 r.prompt_tokens, r.prefill_s > 0 ? fed / r.prefill_s : 0.0, r.n,
                 r.decode_s > 0 && r.n > 1 ? (r.n - 1) / r.decode_s : 0.0, gen_stop_name(r.stop),
-                o.sp.do_sample ? "sampled" : "greedy", kv_format_name(s.im.kv.fmt),
+                o.sp.do_sample ? "sampled" : "greedy", wdesc, kv_format_name(s.im.kv.fmt),
                 kv_cache_bytes(s.im.kv.fmt, s.im.kv.L, s.im.kv.Hkv, s.im.kv.D, s.im.kv.maxT) /
                     1048576.0,
                 gen_peak_rss_mb());

@@ -3,6 +3,7 @@
  * template's end of turn (session.h).
  */
 #include "infer/session.h"
+#include "io/safetensors.h"
 
 #include <errno.h>
 #include <math.h>
@@ -44,6 +45,20 @@ static ft_status adapter_spec(const char *spec, char *dir, size_t n, float *w, f
     snprintf(dir, n, "%.*s", (int)(colon - spec), spec);
     *w = (float)v;
     return FT_OK;
+}
+
+/* Are the checkpoint's linear weights BF16? Generation then keeps them so (the same values as
+ * an fp32 copy, in half the memory, read by the bf16 dot kernels) unless --quant says otherwise;
+ * training's default converts them to fp32. */
+static int checkpoint_is_bf16(const char *dir) {
+    st_set *s = NULL;
+    ft_error ignore;
+    if (st_open_dir(dir, &s, &ignore) != FT_OK) return 0;
+    const st_tensor *t = st_find(s, "model.layers.0.self_attn.q_proj.weight");
+    if (!t) t = st_find(s, "model.layers.0.self_attn.qkv_proj.weight");
+    int bf16 = t && t->dtype == ST_BF16;
+    st_close(s);
+    return bf16;
 }
 
 /* The template's end of turn, from a probe conversation rendered without a generation
@@ -101,7 +116,9 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
                             "at most %d adapters, got %d", INFER_MAX_ADAPTERS, o->n_adapters);
     set_threads(o->threads);
     ft_status st = model_dir_check(o->model_dir, err);
-    if (!st) st = model_load_with(o->model_dir, &o->load, &s->m, err);
+    model_load_options load = o->load;
+    if (!st && !load.quant && !load.dtype && checkpoint_is_bf16(o->model_dir)) load.quant = "bf16";
+    if (!st) st = model_load_with(o->model_dir, &load, &s->m, err);
     if (st) return st;
     for (int i = 0; i < o->n_adapters && !st; i++) {
         char dir[4096];
