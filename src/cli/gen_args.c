@@ -124,6 +124,10 @@ ft_status gen_cli_sampling(const gen_cli *g, const gen_defaults *d, sampler_para
         if ((st = num("seed", g->seed, 0, 1.8e19, &v, err))) return st;
         sp->seed = (uint64_t)strtoull(g->seed, NULL, 10);
     }
+    for (int i = 0; i < g->stops.n; i++)
+        if (!*g->stops.v[i])
+            return ft_error_set(err, FT_ERR_INPUT, "option --stop", "give the text to stop at",
+                                "an empty stop string would stop before anything");
     if (g->greedy && g->sample)
         return ft_error_set(err, FT_ERR_INPUT, "option --greedy", NULL,
                             "--greedy and --sample contradict each other");

@@ -77,6 +77,7 @@ static size_t stop_hold(const text_state *t) {
     for (int i = 0; i < t->o->n_stops; i++) {
         const char *s = t->o->stops[i];
         size_t sl = strlen(s);
+        if (!sl) continue;
         for (size_t k = sl - 1 < t->len ? sl - 1 : t->len; k > best; k--)
             if (!memcmp(t->out + t->len - k, s, k)) {
                 best = k;
