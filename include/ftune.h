@@ -137,6 +137,8 @@ typedef struct ft_train_options {
     const char *dtype; /* compute type of the frozen-weight matmuls: "fp32" (NULL) or "bf16"
                           (inputs and weights rounded to bf16, fp32 sums; LoRA and AdamW stay
                           fp32). bf16 stores the weights as bf16 unless --quant says otherwise. */
+    int stride; /* eval: perplexity of a plain text file with a sliding window moved by this many
+                   tokens (0: off) */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
@@ -158,6 +160,9 @@ typedef struct ft_eval_options {
     int double_quant, quant_blocksize;
     const char *quant_lm_head;
     const char *dtype;       /* compute type as in ft_train_options */
+    int stride; /* > 0: data_path is plain text, tokenized whole (with the tokenizer's special
+                   tokens), and scored in windows of seq_len tokens (0: max_position_embeddings)
+                   moved by stride tokens, as the transformers perplexity guide does */
 } ft_eval_options;
 typedef struct ft_eval_result {
     double loss;   /* mean token loss */

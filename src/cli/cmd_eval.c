@@ -12,6 +12,8 @@ static const char *const examples =
     "  # perplexity of the base model, then with the adapter a run wrote\n"
     "  ftune eval --model DIR --data test.jsonl\n"
     "  ftune eval --model DIR --adapter RUN --data test.jsonl\n"
+    "  # perplexity of a long text, windows of 1024 tokens moved by 512 (transformers' guide)\n"
+    "  ftune eval --model DIR --data wiki.txt --seq-len 1024 --stride 512\n"
     "  # a Qwen3 chat set without thinking blocks, 4-bit weights as in training\n"
     "  ftune eval --model DIR --adapter RUN --data chat.jsonl --template-arg enable_thinking=false "
     "--quant nf4";
@@ -71,6 +73,7 @@ int cmd_eval(int argc, char **argv) {
     o.template_args = t.template_args, o.n_template_args = t.n_template_args;
     o.quant = t.quant, o.double_quant = t.double_quant, o.quant_blocksize = t.quant_blocksize;
     o.quant_lm_head = t.quant_lm_head, o.dtype = t.dtype;
+    o.stride = t.stride;
     ft_eval_result res;
     ft_status st = ft_eval(&o, &res, &err);
     if (st) {

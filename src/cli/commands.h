@@ -11,7 +11,9 @@
     X("chat-template", cmd_chat_template, "render a conversation through a chat template")    \
     X("inspect", cmd_inspect, "list the tensors of a safetensors file or model folder")        \
     X("plan", cmd_plan, "predicted peak memory of a training run, by part")                   \
-    X("quantize", cmd_quantize, "store a model's linear layers in bitsandbytes 4-bit (NF4/FP4)")
+    X("quantize", cmd_quantize, "store a model's linear layers in bitsandbytes 4-bit (NF4/FP4)") \
+    X("generate", cmd_generate, "complete a prompt (with adapters), streaming the text")        \
+    X("chat", cmd_chat, "talk with a model (with adapters) through its chat template")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)

@@ -272,7 +272,7 @@ static const float *kept_input(acts *a, int l, int N) {
  * page-cache folio around it (ext4 caches files in large folios, up to 2 MB, and a fault maps a
  * folio whole), so a step of 2,048 tokens maps all of Llama 3's 1 GB table; pread() copies
  * just the row from the page cache, into raw (the row's bytes as stored, at most 4 C). */
-static void embed_row(const model *m, int id, float *out, void *raw) {
+void model_embed_row(const model *m, int id, float *out, void *raw) {
     const qtensor *w = &m->wte;
     size_t rb = qtensor_size_for(w->fmt, 1, (size_t)w->cols, 1, 0);
     if (m->wte_fd && pread(m->wte_fd - 1, raw, rb,
@@ -295,7 +295,7 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     float *raw = slot_at(m, a, 0).ln1;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++)
-        embed_row(m, b->ids[n], a->x + (size_t)n * C, raw + (size_t)n * C);
+        model_embed_row(m, b->ids[n], a->x + (size_t)n * C, raw + (size_t)n * C);
     /* RoPE's cos/sin for this batch's positions (all < T <= maxT: dataset.c), for every layer
      * forward and backward */
     rope_table(a->rope_cos, a->rope_sin, b->T, c->inv_freq, c->rot_dim, c->attn_scaling);

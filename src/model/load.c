@@ -199,7 +199,7 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
 }
 
 /* The embedding is borrowed from the file and not shared with the LM head: its rows are read
- * with pread (embed_row) and its pages released. */
+ * with pread (model_embed_row) and its pages released. */
 static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
 
 void model_quant_describe(const model_quant *q, char *buf, size_t n) {
@@ -211,7 +211,7 @@ void model_quant_describe(const model_quant *q, char *buf, size_t n) {
     else
         snprintf(lin, sizeof lin, "%s", fmt_name(q->linear));
     /* a borrowed embedding that is not also the LM head has its rows read from the file
-     * (embed_row), not mapped */
+     * (model_embed_row), not mapped */
     snprintf(buf, n, "linear %s; lm_head %s%s; embedding %s%s%s", lin, fmt_name(q->lm_head),
              q->head_is_embed   ? " (= embedding)"
              : q->head_borrowed ? " (mapped)"

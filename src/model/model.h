@@ -145,6 +145,10 @@ size_t acts_bytes(const acts *a);
  * train != 0 keeps what backward needs and applies LoRA dropout. */
 double model_forward(const model *m, acts *a, const batch *b, int train, uint64_t drop_seed,
                      float *logits, long *count);
+/* out (C) = row id of the embedding in fp32, read from the checkpoint with pread() when the
+ * embedding stays in the file (model_forward says why), else from wte. raw: scratch for the row
+ * as stored (at least 4 C bytes). Generation (src/infer/) looks tokens up with it too. */
+void model_embed_row(const model *m, int id, float *out, void *raw);
 /* Backward of the last model_forward(train=1): LoRA grads += grad_scale * d(loss sum). */
 void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_t drop_seed);
 

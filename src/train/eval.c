@@ -1,11 +1,15 @@
 /*
  * eval.c: ft_eval, the mean token loss of a model (with an optional adapter) on a data file, and
- * the dumps of logits and adapter gradients that the peer tests compare with PyTorch.
+ * the dumps of logits and adapter gradients that the peer tests compare with PyTorch; with
+ * --stride, the sliding-window perplexity of a plain text file (infer/perplexity.c).
  */
 #include "data/dataset.h"
 #include "ftune.h"
+#include "infer/perplexity.h"
+#include "io/json.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "tok/tokenizer.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +53,31 @@ static ft_status write_grads(const char *path, const lora_set *ls, double loss, 
     return st;
 }
 
+/* --stride: the text of data_path tokenized whole, scored with the sliding window of the
+ * transformers perplexity guide (infer/perplexity.h). */
+static ft_status eval_stride(const ft_eval_options *o, model *m, ft_eval_result *res,
+                             ft_error *err) {
+    if (o->dump_logits || o->dump_grads || o->pack)
+        return ft_error_set(err, FT_ERR_INPUT, "option --stride", "run them without --stride",
+                            "--dump-logits, --dump-grads and --pack do not apply to a sliding "
+                            "window");
+    tokenizer *tok = NULL;
+    char *text = NULL;
+    size_t len = 0, n = 0;
+    int32_t *ids = NULL;
+    ft_status st = tok_load(o->model_dir, &tok, err);
+    if (!st) st = file_read_all(o->data_path, &text, &len, err);
+    if (!st && (st = tok_encode(tok, text, len, 1, &ids, &n, err)) && !strcmp(err->where, "text"))
+        snprintf(err->where, sizeof err->where, "%s", o->data_path);
+    int max_len = o->seq_len > 0 ? o->seq_len : m->cfg.max_pos;
+    if (!st)
+        st = perplexity_sliding(m, ids, n, max_len, o->stride, &res->loss, &res->tokens, err);
+    free(ids);
+    free(text);
+    tok_free(tok);
+    return st;
+}
+
 ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) {
     if (!o->model_dir || !o->data_path)
         return ft_error_set(err, FT_ERR_INPUT, "ftune eval", NULL,
@@ -68,6 +97,12 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
                                .dtype = o->dtype};
     ft_status st = model_load_with(o->model_dir, &lopt, &m, err);
     if (st) return st;
+    if (o->stride > 0) {
+        if (o->adapter_dir) st = lora_load_peft(&m.cfg, o->adapter_dir, &m.lora, err);
+        if (!st) st = eval_stride(o, &m, res, err);
+        model_free(&m);
+        return st;
+    }
     dataset ds = {0};
     batch b = {0};
     acts *a = NULL;

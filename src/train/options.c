@@ -131,6 +131,9 @@ const opt_row opt_rows[] = {
      "bf16 and sum in fp32; LoRA weights and AdamW state stay fp32; the weights are kept as bf16 "
      "unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs)", "fp32", NULL, NULL},
     /* not hashed: the same numbers whatever their values */
+    INT("stride", "stride", stride, "0", 0, IMAX, OF_EVAL, OG_DATA, "N",
+        "perplexity of a plain text file with a sliding window of --seq-len tokens (0: the "
+        "model's context) moved by N tokens, as the transformers perplexity guide (0: off)"),
     BOOL("grad_checkpoint", "grad-checkpoint", grad_checkpoint, "0", TP | R, OG_MEMORY,
          "keep layer inputs only, recompute layers in backward (same numbers, less memory)"),
     INT("threads", "threads", threads, "0", 0, 65536, TE | S | R, OG_MEMORY, "N", "threads (0: all cores)"),
