@@ -64,8 +64,9 @@ int cmd_merge_adapters(int argc, char **argv) {
         {"out", OPT_STR, &o.out_dir, "RUN", "folder for the combined adapter (new, or empty)"},
         {"density", OPT_STR, &density_s, "D",
          "fraction of each task's values kept (ties, dare_*, magnitude_prune*); required by them"},
-        {"majority-sign-method", OPT_STR, &majority, "total|frequency",
-         "TIES' sign election: the sign of the sum, or of the count of signs"},
+        {"majority-sign-method", OPT_STR, &majority, "M",
+         "total or frequency: TIES' sign election by the sign of the sum, or of the count of "
+         "signs"},
         {"svd-rank", OPT_INT, &svd_rank, "R",
          "rank of the *svd results (0: the largest input rank)"},
         {"svd-clamp", OPT_STR, &clamp_s, "Q",

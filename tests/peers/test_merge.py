@@ -542,3 +542,20 @@ def test_merge_adapters_bad_input(zoo, tmp_path):
     (tmp_path / "x" / "f").write_text("")
     refused(["--adapter", a, "--adapter", a, "--method", "linear", *out], "--overwrite")
     refused(["--adapter", a, "--adapter", a, "--method", "linear", "--out", a], "--adapter folder")
+
+
+def test_sharded_input_and_help(zoo, tmp_path):
+    """A sharded model folder (index + shards) merges as its one-file twin does; --help works."""
+    model, ad = zoo.model("llama", "f32"), zoo.adapter("llama")
+    ad2 = adapter(zoo, "llama", "m0", seed=10)
+    run_ok(["merge", "--model", model, "--adapter", ad, "--out", tmp_path / "s1",
+            "--max-shard-size", "100KB", "--quiet"])
+    run_ok(["merge", "--model", model, "--adapter", ad, "--out", tmp_path / "u1", "--quiet"])
+    for src in ("s1", "u1"):
+        run_ok(["merge", "--model", tmp_path / src, "--adapter", ad2, "--out",
+                tmp_path / (src + "-2"), "--quiet"])
+    a, b = tensors_of(tmp_path / "s1-2"), tensors_of(tmp_path / "u1-2")
+    assert sorted(a) == sorted(b) and all(torch.equal(ordered(a[k]), ordered(b[k])) for k in a)
+    for cmd in ("merge", "merge-adapters"):
+        h = run_ok([cmd, "--help"]).stdout
+        assert h.startswith(f"usage: ftune {cmd}") and "examples:" in h
