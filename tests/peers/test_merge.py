@@ -559,3 +559,23 @@ def test_sharded_input_and_help(zoo, tmp_path):
     for cmd in ("merge", "merge-adapters"):
         h = run_ok([cmd, "--help"]).stdout
         assert h.startswith(f"usage: ftune {cmd}") and "examples:" in h
+
+
+def test_patterns_and_partial_targets_like_peft(zoo, tmp_path, monkeypatch):
+    """rank_pattern / alpha_pattern (per-module rank and alpha, matched as PEFT matches them)
+    in a merge; and adapters on different modules combined (a module some adapters lack)."""
+    model = zoo.model("llama", "f32")
+    pat = adapter(zoo, "llama", "pat", seed=21, rank_pattern={"q_proj": 4},
+                  alpha_pattern={"layers.1.self_attn.v_proj": 40, "down_proj": 3})
+    cfg = json.load(open(os.path.join(pat, "adapter_config.json")))
+    assert cfg["rank_pattern"] and cfg["alpha_pattern"]
+    theirs = peft_merge(model, pat, tmp_path / "theirs")
+    run_ok(["merge", "--model", model, "--adapter", pat, "--out", tmp_path / "ours"])
+    assert compare(tmp_path / "ours", theirs, touched_by(pat))[0] == 0
+    qv = adapter(zoo, "llama", "qv", seed=22, target_modules=["q_proj", "v_proj"])
+    full = adapter(zoo, "llama", "m0", seed=10)
+    for method in ("linear", "cat"):
+        ours, _ = ftune_combine(tmp_path, [qv, full], [0.8, -0.5], method, [], method)
+        theirs, _ = peft_combine(monkeypatch, model, [qv, full], [0.8, -0.5], method)
+        assert sorted(ours) == sorted(theirs) and len(ours) == 2 * 14
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), method
