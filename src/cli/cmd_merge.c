@@ -48,7 +48,8 @@ int cmd_merge(int argc, char **argv) {
     int quiet = 0;
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR",
-         "Hugging Face model folder the adapter was trained on (F32, BF16 or F16)"},
+         "Hugging Face model folder the adapter was trained on (F32, BF16 or F16; a "
+         "bitsandbytes 4-bit one with --out-dtype)"},
         {"adapter", OPT_STR, &o.adapter_dir, "RUN", "PEFT LoRA adapter folder (ftune train's RUN)"},
         {"out", OPT_STR, &o.out_dir, "DIR",
          "folder for the merged model (new, or empty; never --model)"},

@@ -16,6 +16,12 @@
  * (GPT-2's layers store W as (in, out)), whatever the config says; so does this file, deciding
  * Conv1D from config.json's model_type, and a Conv1D weight gets the delta transposed.
  *
+ * A bitsandbytes 4-bit folder merges with an out dtype: W is what bitsandbytes' dequantize_4bit
+ * gives (fp32 code x absmax, then the quant_state's dtype), plus the fp32 delta, which is the
+ * sum PEFT's Linear4bit.merge forms before it re-quantizes it; the quantization's own tensors
+ * are dropped and the folder is a plain float model. (PEFT's re-quantized 4-bit result is not
+ * written yet.)
+ *
  * Streaming: the output layout is known from the input shapes (shards.h), so each shard's
  * header is written first and each tensor is then read, merged and written a chunk of rows at a
  * time (CHUNK values), the source pages given back after each chunk: peak memory is the adapter
@@ -28,9 +34,11 @@
 #include "merge/merge.h"
 #include "merge/outdir.h"
 #include "merge/shards.h"
+#include "model/bnb.h"
 #include "model/config.h"
 #include "model/init.h"
 #include "ops/ops.h"
+#include "ops/qtensor.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -45,6 +53,10 @@ typedef struct fold_item {
     const adapter_module *m; /* NULL: written unchanged (or converted to the out dtype) */
     int transposed;          /* Conv1D: W is (in, out) and receives delta^T */
     st_dtype od;             /* output dtype */
+    int bnb;                 /* a bitsandbytes 4-bit weight: dequantized (rows, cols) */
+    int rows, cols;
+    st_dtype bnb_dtype; /* its quant_state dtype: bnb dequantizes to it */
+    int skip;           /* a part of a 4-bit weight (absmax, quant_map, ...): not written */
 } fold_item;
 
 static int is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
@@ -112,20 +124,51 @@ static ft_status convert_tensor(const st_tensor *t, st_dtype od, float *x, void 
     return FT_OK;
 }
 
+/* Rows [r0, r0 + n) of W as fp32: from the tensor, or dequantized from its 4-bit form as
+ * bitsandbytes' dequantize_4bit gives them (code * absmax in fp32, then its quant_state dtype). */
+static ft_status read_rows(const fold_item *it, const qtensor *q, size_t r0, size_t n, float *w,
+                           ft_error *err) {
+    size_t cols = (size_t)(it->bnb ? it->cols : it->t->shape[1]);
+    if (!it->bnb) {
+        if (st_read_range_f32(it->t, r0 * cols, n * cols, w))
+            return ft_error_set(err, FT_ERR_INPUT, it->t->name, NULL, "not F32, F16 or BF16");
+        return FT_OK;
+    }
+    qtensor_dequant_rows(q, (int)r0, (int)n, w);
+    for (size_t i = 0; i < n * cols; i++)
+        w[i] = round_to(it->bnb_dtype, w[i]);
+    return FT_OK;
+}
+
+/* A 4-bit weight that the adapter does not touch: dequantized, in the out dtype. */
+static ft_status convert_bnb(const fold_item *it, const qtensor *q, float *w, void *obuf,
+                             st_writer *wr, ft_error *err) {
+    size_t cols = (size_t)it->cols, rc = CHUNK / cols ? CHUNK / cols : 1;
+    for (size_t r0 = 0; r0 < (size_t)it->rows; r0 += rc) {
+        size_t n = (size_t)it->rows - r0 < rc ? (size_t)it->rows - r0 : rc;
+        ft_status st = read_rows(it, q, r0, n, w, err);
+        for (size_t i = 0; !st && i < n * cols; i++)
+            store(it->od, obuf, i, w[i]);
+        if (!st) st = st_writer_put(wr, it->t->name, obuf, n * cols * st_dtype_size(it->od), err);
+        if (st) return st;
+    }
+    return FT_OK;
+}
+
 /* W + delta for one weight, rows [r0, r0 + n) at a time: w holds W's rows as fp32, d the delta's
  * (B @ A), both CHUNK values. */
-static ft_status merge_tensor(const fold_item *it, int safe, float *w, float *d, void *obuf,
-                              st_writer *wr, const char *adapter_file, ft_error *err) {
+static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, float *w, float *d,
+                              void *obuf, st_writer *wr, const char *adapter_file, ft_error *err) {
     const st_tensor *t = it->t;
     const adapter_module *m = it->m;
-    size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+    size_t rows = (size_t)it->rows, cols = (size_t)it->cols;
     size_t rc = CHUNK / cols ? CHUNK / cols : 1;
     const float s = (float)m->scaling; /* tensor * Python float: the float rounded to fp32 */
     st_dtype od = it->od;
     for (size_t r0 = 0; r0 < rows; r0 += rc) {
         size_t n = rows - r0 < rc ? rows - r0 : rc;
-        if (st_read_range_f32(t, r0 * cols, n * cols, w))
-            return ft_error_set(err, FT_ERR_INPUT, t->name, NULL, "not F32, F16 or BF16");
+        ft_status st = read_rows(it, q, r0, n, w, err);
+        if (st) return st;
         if (!it->transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
             gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in,
                  0.0f, d, (int)cols);
@@ -134,9 +177,12 @@ static ft_status merge_tensor(const fold_item *it, int safe, float *w, float *d,
                  (int)cols);
         size_t k = n * cols;
         int bad = 0;
+        /* W in the dtype the model was loaded in: the out dtype, or for a 4-bit weight the
+         * dequantized values (PEFT adds the delta to those, in fp32) */
+        st_dtype wd = it->bnb ? ST_F32 : od;
         for (size_t i = 0; i < k; i++) {
             float delta = d[i] * s;
-            float v = round_to(od, w[i]) + (safe ? round_to(od, delta) : delta);
+            float v = round_to(wd, w[i]) + (safe ? round_to(wd, delta) : delta);
             store(od, obuf, i, v);
             if (safe && !isfinite(round_to(od, v))) bad = 1;
         }
@@ -145,7 +191,7 @@ static ft_status merge_tensor(const fold_item *it, int safe, float *w, float *d,
                                 "the adapter seems to be broken (PEFT's safe_merge refuses it too)",
                                 "merging module %s gives a non-finite weight in %s", m->path,
                                 t->name);
-        ft_status st = st_writer_put(wr, t->name, obuf, k * st_dtype_size(od), err);
+        st = st_writer_put(wr, t->name, obuf, k * st_dtype_size(od), err);
         if (st) return st;
     }
     return FT_OK;
@@ -184,27 +230,27 @@ static ft_status bind_modules(const adapter *a, const st_set *in, const cJSON *c
         char wname[1100];
         snprintf(wname, sizeof wname, "%s.weight", m->path);
         const st_tensor *t = st_find(in, wname);
+        fold_item *it = NULL;
+        for (int j = 0; j < nitems && !it; j++)
+            if (items[j].t == t) it = &items[j];
         snprintf(where, sizeof where, "%s: tensor \"%s.lora_A.weight\"", file, m->name);
         int64_t want0 = conv1d ? m->in : m->out, want1 = conv1d ? m->out : m->in;
-        if (t->ndim != 2 || !is_float(t->dtype))
+        if (!it->bnb && (t->ndim != 2 || !is_float(t->dtype)))
             return ft_error_set(err, FT_ERR_INPUT, where, NULL,
                                 "targets %s, which is not a 2-D F32, BF16 or F16 weight", wname);
-        if (t->shape[0] != want0 || t->shape[1] != want1) {
-            int a_side = conv1d ? t->shape[0] != want0 : t->shape[1] != want1;
+        if (it->rows != want0 || it->cols != want1) {
+            int a_side = conv1d ? it->rows != want0 : it->cols != want1;
             snprintf(where, sizeof where, "%s: tensor \"%s.lora_%c.weight\": field \"shape\"", file,
                      m->name, a_side ? 'A' : 'B');
             return ft_error_set(err, FT_ERR_INPUT, where,
                                 "the adapter belongs to another model of other dimensions",
                                 "the adapter's delta is [%d, %d] (out, in) but the model's %s is "
                                 "[%lld, %lld]%s",
-                                m->out, m->in, wname, (long long)t->shape[0],
-                                (long long)t->shape[1], conv1d ? " (Conv1D: in, out)" : "");
+                                m->out, m->in, wname, (long long)it->rows, (long long)it->cols,
+                                conv1d ? " (Conv1D: in, out)" : "");
         }
-        for (int j = 0; j < nitems; j++)
-            if (items[j].t == t) {
-                items[j].m = m;
-                items[j].transposed = conv1d;
-            }
+        it->m = m;
+        it->transposed = conv1d;
     }
     return FT_OK;
 }
@@ -222,7 +268,8 @@ static ft_status write_config(const char *model_dir, const outdir *od, const cJS
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(cfg, "dtype");
     const cJSON *tdt = cJSON_GetObjectItemCaseSensitive(cfg, "torch_dtype");
     int same = (!dt || (cJSON_IsString(dt) && !strcmp(dt->valuestring, want))) &&
-               (!tdt || (cJSON_IsString(tdt) && !strcmp(tdt->valuestring, want))) && (dt || tdt);
+               (!tdt || (cJSON_IsString(tdt) && !strcmp(tdt->valuestring, want))) && (dt || tdt) &&
+               !cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
     if (!have_out_dtype || same) {
         st = file_read_all(src, &text, &len, err);
         if (!st) st = atomic_write_file(dst, text, len, err);
@@ -232,6 +279,7 @@ static ft_status write_config(const char *model_dir, const outdir *od, const cJS
     /* as transformers 5 writes it: "dtype" (and an older "torch_dtype" kept in step) */
     cJSON *c = cJSON_Duplicate(cfg, 1);
     if (!c) return ft_error_set(err, FT_ERR_RUNTIME, src, NULL, "out of memory");
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "quantization_config"); /* dequantized */
     if (tdt) cJSON_ReplaceItemInObjectCaseSensitive(c, "torch_dtype", cJSON_CreateString(want));
     if (dt || !tdt) {
         if (dt)
@@ -248,10 +296,11 @@ static ft_status write_config(const char *model_dir, const outdir *od, const cJS
 }
 
 /* Write shard s: its header, then each of its tensors merged, converted or copied. */
-static ft_status write_shard(const outdir *od, const shard_tensor *plan, int nplan, int s,
-                             int count, const fold_item *items, const merge_fold_options *o,
-                             float *w, float *d, void *obuf, const char *adapter_file,
-                             unsigned long long *done, unsigned long long total, ft_error *err) {
+static ft_status write_shard(const outdir *od, const st_set *in, const shard_tensor *plan,
+                             int nplan, int s, int count, const fold_item *items,
+                             const merge_fold_options *o, float *w, float *d, void *obuf,
+                             const char *adapter_file, unsigned long long *done,
+                             unsigned long long total, ft_error *err) {
     char name[64], path[4400];
     shard_file_name(name, sizeof name, s, count);
     outdir_path(od, name, path, sizeof path);
@@ -267,16 +316,64 @@ static ft_status write_shard(const outdir *od, const shard_tensor *plan, int npl
         if (plan[i].shard != s) continue;
         const fold_item *it = &items[plan[i].src];
         if (o->progress) o->progress((double)*done, (double)total, it->t->name, o->user);
+        qtensor q = {0};
+        if (it->bnb) st = bnb_load_weight(in, it->t->name, it->rows, it->cols, &q, err);
+        if (st) break;
         if (it->m)
-            st = merge_tensor(it, o->safe_merge, w, d, obuf, wr, adapter_file, err);
+            st = merge_tensor(it, &q, o->safe_merge, w, d, obuf, wr, adapter_file, err);
+        else if (it->bnb)
+            st = convert_bnb(it, &q, w, obuf, wr, err);
         else if (it->od != it->t->dtype)
             st = convert_tensor(it->t, it->od, w, obuf, wr, err);
         else
             st = copy_tensor(it->t, wr, err);
+        if (it->bnb) {
+            qtensor_free(&q);
+            st_release_pages(it->t);
+        }
         *done += plan[i].nbytes;
     }
     if (!st) st = st_writer_finish(wr, err);
     st_writer_free(wr); /* after a failure: removes the temp file */
+    return st;
+}
+
+/* In a bitsandbytes 4-bit checkpoint: a packed weight becomes a dequantized (rows, cols) tensor
+ * of the out dtype, and its parts (absmax, quant_map, nested_*, quant_state) are not written. */
+static ft_status bnb_item(const st_set *in, fold_item *it, st_dtype out_dtype, ft_error *err) {
+    static const char *const parts[] = {".absmax", ".quant_map", ".nested_absmax",
+                                        ".nested_quant_map", ".quant_state.bitsandbytes__"};
+    const char *name = it->t->name;
+    for (int k = 0; k < 5; k++) {
+        const char *at = strstr(name, parts[k]);
+        if (!at || (k < 4 && at[strlen(parts[k])])) continue;
+        char owner[1024];
+        snprintf(owner, sizeof owner, "%.*s", (int)(at - name), name);
+        if (bnb_has_weight(in, owner)) {
+            it->skip = 1;
+            return FT_OK;
+        }
+    }
+    if (!bnb_has_weight(in, name)) return FT_OK;
+    it->bnb = 1;
+    it->od = out_dtype;
+    ft_status st = bnb_weight_shape(in, name, &it->rows, &it->cols, err);
+    /* the dtype bitsandbytes dequantizes to: the quant_state's "dtype" */
+    char key[1100];
+    const st_tensor *qs = NULL;
+    for (int t = 0; t < 2 && !qs; t++) {
+        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, t ? "fp4" : "nf4");
+        qs = st_find(in, key);
+    }
+    cJSON *j = NULL;
+    if (!st) st = json_parse((const char *)qs->data, qs->nbytes, key, &j, err);
+    const char *dt = NULL;
+    if (!st) st = json_get_string(j, "dtype", 1, NULL, &dt, key, err);
+    if (!st)
+        it->bnb_dtype = !strcmp(dt, "bfloat16")  ? ST_BF16
+                        : !strcmp(dt, "float16") ? ST_F16
+                                                 : ST_F32;
+    cJSON_Delete(j);
     return st;
 }
 
@@ -294,13 +391,25 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     snprintf(path, sizeof path, "%s/config.json", o->model_dir);
     cJSON *cfg = NULL;
     if ((st = json_load_file(path, &cfg, err))) return st;
-    if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
-        cJSON_Delete(cfg);
-        return ft_error_set(err, FT_ERR_INPUT, path,
-                            "merge into the full-precision model the quantized one was made from "
-                            "(then `ftune quantize` the result if you want it in 4 bits)",
-                            "the model is quantized (field \"quantization_config\"); merging into "
-                            "bitsandbytes 4-bit weights is not supported yet");
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
+    if (qc) {
+        const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        int bnb4 = cJSON_IsString(qm) && !strcmp(qm->valuestring, "bitsandbytes") &&
+                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "load_in_4bit"));
+        const char *why =
+            !bnb4 ? "the model is quantized (field \"quantization_config\") in a form ftune does "
+                    "not merge into"
+                  : "the model is bitsandbytes 4-bit (field \"quantization_config\"): writing "
+                    "PEFT's re-quantized 4-bit merge is not supported yet";
+        if (!bnb4 || !o->out_dtype) {
+            cJSON_Delete(cfg);
+            return ft_error_set(err, FT_ERR_INPUT, path,
+                                bnb4 ? "pass --out-dtype fp32|bf16|f16 for the dequantized merged "
+                                       "model, or merge into the full-precision model the 4-bit "
+                                       "one was made from"
+                                     : "merge into the full-precision model",
+                                "%s", why);
+        }
     }
     const cJSON *tie = cJSON_GetObjectItemCaseSensitive(cfg, "tie_word_embeddings");
     int tied = cJSON_IsTrue(tie);
@@ -326,10 +435,14 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
         st = ft_error_set(err, FT_ERR_RUNTIME, o->model_dir, NULL, "out of memory");
         goto done;
     }
-    for (int i = 0; i < nt; i++) {
-        items[i].t = st_at(in, i);
-        items[i].od = o->out_dtype && is_float(items[i].t->dtype) ? out_dtype : items[i].t->dtype;
+    for (int i = 0; i < nt && !st; i++) {
+        fold_item *it = &items[i];
+        it->t = st_at(in, i);
+        it->od = o->out_dtype && is_float(it->t->dtype) ? out_dtype : it->t->dtype;
+        if (it->t->ndim == 2) it->rows = (int)it->t->shape[0], it->cols = (int)it->t->shape[1];
+        if (qc) st = bnb_item(in, it, out_dtype, err);
     }
+    if (st) goto done;
     if ((st = bind_modules(a, in, cfg, items, nt, err))) goto done;
 
     /* the output tensors in save_pretrained's order (a tied lm_head is not saved), then the
@@ -338,10 +451,11 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     unsigned long long total = 0;
     for (int i = 0; i < nt; i++) {
         const st_tensor *t = items[i].t;
-        if (tied && !strcmp(t->name, "lm_head.weight")) continue;
+        if (items[i].skip || (tied && !strcmp(t->name, "lm_head.weight"))) continue;
         shard_tensor *p = &plan[np++];
         p->name = t->name, p->dtype = items[i].od, p->ndim = t->ndim, p->src = i;
         memcpy(p->shape, t->shape, sizeof p->shape);
+        if (items[i].bnb) p->shape[0] = items[i].rows, p->shape[1] = items[i].cols;
         p->nbytes = st_dtype_size(p->dtype);
         for (int k = 0; k < t->ndim; k++)
             p->nbytes *= (uint64_t)t->shape[k];
@@ -355,8 +469,8 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     if ((st = outdir_begin(&od, o->out_dir, ins, opts, 2, o->overwrite, err))) goto done;
     unsigned long long done_bytes = 0;
     for (int s = 0; s < count && !st; s++)
-        st = write_shard(&od, plan, np, s, count, items, o, w, d, obuf, adapter_file, &done_bytes,
-                         total, err);
+        st = write_shard(&od, in, plan, np, s, count, items, o, w, d, obuf, adapter_file,
+                         &done_bytes, total, err);
     if (!st && count > 1) {
         char *idx = shard_index_json(plan, np, count);
         outdir_path(&od, "model.safetensors.index.json", path, sizeof path);

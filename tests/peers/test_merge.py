@@ -579,3 +579,41 @@ def test_patterns_and_partial_targets_like_peft(zoo, tmp_path, monkeypatch):
         theirs, _ = peft_combine(monkeypatch, model, [qv, full], [0.8, -0.5], method)
         assert sorted(ours) == sorted(theirs) and len(ours) == 2 * 14
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), method
+
+
+def test_merge_from_bnb_4bit_dequantized(zoo, tmp_path):
+    """A bitsandbytes 4-bit folder (double quantization) with --out-dtype: each adapted weight is
+    bitsandbytes' dequantize_4bit(W) + PEFT's delta, as PEFT's 4-bit merge computes it before
+    re-quantizing (PEFT writes the re-quantized 4-bit model, which ftune refuses for now);
+    untouched 4-bit weights are dequantize_4bit(W); the folder is a plain float model."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    model, ad = zoo.model("llama", "f32"), zoo.adapter("llama", name="qv",
+                                                       target_modules=["q_proj", "v_proj"])
+    q = tmp_path / "q"
+    run_ok(["quantize", "--model", model, "--out", q, "--double-quant"])
+    r = run_ftune(["merge", "--model", q, "--adapter", ad, "--out", tmp_path / "x"])
+    assert r.returncode == 2 and "--out-dtype" in r.stderr and "4-bit" in r.stderr, r.stderr
+    run_ok(["merge", "--model", q, "--adapter", ad, "--out", tmp_path / "ours", "--out-dtype",
+            "fp32"])
+    ours = tensors_of(tmp_path / "ours")
+    assert "quantization_config" not in json.load(open(tmp_path / "ours" / "config.json"))
+    assert sorted(ours) == sorted(tensors_of(model))
+    pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(q, device_map="cpu"), ad)
+    merged = plain = 0
+    for name, mod in pm.named_modules():
+        w = getattr(mod, "weight", None)
+        if w is None or not hasattr(w, "quant_state") or hasattr(mod, "base_layer"):
+            continue  # (a LoRA wrapper's .weight is its base layer's)
+        key = name.replace("base_model.model.", "").replace(".base_layer", "") + ".weight"
+        ref = bnbf.dequantize_4bit(w.data, w.quant_state)
+        owner = pm.get_submodule(name.replace(".base_layer", ""))
+        if hasattr(owner, "lora_A") and "default" in owner.lora_A:
+            ref = ref + owner.get_delta_weight("default")
+            merged += 1
+        else:
+            plain += 1
+        assert torch.equal(ours[key], ref.float()), key
+    assert merged == 4 and plain == 10
