@@ -617,3 +617,21 @@ def test_merge_from_bnb_4bit_dequantized(zoo, tmp_path):
             plain += 1
         assert torch.equal(ours[key], ref.float()), key
     assert merged == 4 and plain == 10
+
+
+@pytest.mark.parametrize("arch", ["llama_rope3", "phi3"])
+def test_merge_adapters_rslora_and_fused(zoo, tmp_path, monkeypatch, arch):
+    """rsLoRA scalings (alpha / sqrt(r), a double in PEFT) and Phi-3's fused modules."""
+    ads = [adapter(zoo, arch, f"c{i}", seed=30 + i) for i in range(2)]
+    model = zoo.model(arch, "f32")
+    for method, kw in (("ties", dict(density=0.5)), ("cat", {}), ("svd", {})):
+        ours, ocfg = ftune_combine(tmp_path, ads, [0.9, -0.3], method, ftune_options(kw),
+                                   f"{arch}-{method}")
+        theirs, _ = peft_combine(monkeypatch, model, ads, [0.9, -0.3], method, **kw)
+        assert sorted(ours) == sorted(theirs)
+        if method != "svd":
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours), method
+        else:
+            po, pt = products(ours), products(theirs)
+            assert max(float((po[k] - pt[k]).abs().max() / pt[k].abs().max()) for k in po) < 1e-4
+        assert ocfg["use_rslora"] is False
