@@ -9,6 +9,8 @@
  *   index), DARE's rescale, TIES' sign election (total and frequency) and disjoint mean on values
  *   worked by hand.
  * - SVD: a random 37 x 23 matrix of rank 5 comes back from rank 5 factors within 1e-5 relative;
+ *   the factored SVD (QR of the factors, small SVD) truncates as the full one does, within 1e-5
+ *   of the product, for tall, wide and R > out shapes;
  *   the quantile equals torch.quantile's linear interpolation on small cases.
  */
 #include "merge/shards.h"
@@ -214,6 +216,49 @@ static void test_svd(void) {
     CHECK(same && hi > 0, "clamped to +-%g", hi);
 }
 
+/* The factored SVD against the full one on the product, wide and tall, rank below R. */
+static void test_svd_factored(void) {
+    static const int shapes[3][3] = {{37, 23, 5}, {13, 29, 6}, {8, 40, 12}}; /* out, in, R */
+    for (int c = 0; c < 3; c++) {
+        int out = shapes[c][0], in = shapes[c][1], R = shapes[c][2];
+        int rank = (R < out ? R : out) - 1;
+        float *Bc = malloc(sizeof(float) * out * R), *Ac = malloc(sizeof(float) * R * in);
+        float *D = malloc(sizeof(float) * out * in);
+        float *A1 = malloc(sizeof(float) * rank * in), *B1 = malloc(sizeof(float) * out * rank);
+        float *A2 = malloc(sizeof(float) * rank * in), *B2 = malloc(sizeof(float) * out * rank);
+        srand(7 + c);
+        for (int i = 0; i < out * R; i++)
+            Bc[i] = (float)rand() / RAND_MAX - 0.5f;
+        for (int i = 0; i < R * in; i++)
+            Ac[i] = (float)rand() / RAND_MAX - 0.5f;
+        for (int i = 0; i < out; i++)
+            for (int j = 0; j < in; j++) {
+                double acc = 0;
+                for (int k = 0; k < R; k++)
+                    acc += (double)Bc[i * R + k] * Ac[k * in + j];
+                D[i * in + j] = (float)acc;
+            }
+        ft_error err = {0};
+        int ok = svd_lowrank(D, out, in, rank, -1, A1, B1, "t", &err) == FT_OK &&
+                 svd_lowrank_factored(Bc, Ac, out, in, R, rank, A2, B2, "t", &err) == FT_OK;
+        CHECK(ok, "%dx%d R %d: %s", out, in, R, err.what);
+        double worst = 0, big = 0;
+        for (int i = 0; ok && i < out; i++)
+            for (int j = 0; j < in; j++) {
+                double p1 = 0, p2 = 0;
+                for (int k = 0; k < rank; k++) {
+                    p1 += (double)B1[i * rank + k] * A1[k * in + j];
+                    p2 += (double)B2[i * rank + k] * A2[k * in + j];
+                }
+                worst = fmax(worst, fabs(p1 - p2));
+                big = fmax(big, fabs(p1));
+            }
+        CHECK(ok && worst <= 1e-5 * big, "%dx%d R %d rank %d: products differ by %g (max %g)", out,
+              in, R, rank, worst, big);
+        free(Bc), free(Ac), free(D), free(A1), free(B1), free(A2), free(B2);
+    }
+}
+
 static void test_quantile(void) {
     /* torch.quantile(torch.tensor([3., 1., 4., 1., 5.]), q): sorted 1 1 3 4 5 */
     float x[5] = {3, 1, 4, 1, 5};
@@ -231,6 +276,7 @@ int main(void) {
     test_prune();
     test_combine();
     test_svd();
+    test_svd_factored();
     test_quantile();
     return test_summary("merge_test");
 }

@@ -11,7 +11,8 @@
  *   rounded to fp32), each by task_arith.h's function of that name; all ranks must be equal.
  * - the *_svd forms and svd: delta_k = (B_k @ A_k) * s_k (fp32, get_delta_weight), merged with
  *   the weights w_k by the same function (svd: task arithmetic), then refactored by svd.h to the
- *   rank --svd-rank (default: the largest input rank), clamped with --svd-clamp.
+ *   rank --svd-rank (default: the largest input rank), clamped with --svd-clamp. Plain svd
+ *   without a clamp never builds the delta: it is refactored from its factors.
  * One adapter: linear, whatever the method (as PEFT). The new adapter's config is the first
  * adapter's with r = lora_alpha = the new rank (its scale is 1: the scalings are inside A),
  * target_modules the union, and empty rank and alpha patterns; use_rslora is written false, where
@@ -219,8 +220,36 @@ static ft_status combine_factors(ctx *c, combo *m, ft_error *err) {
     return st;
 }
 
+/* svd without a clamp: delta = sum_k w_k s_k B_k A_k = [w_k s_k B_k] @ [A_k] is refactored from
+ * those factors (svd.h), never built: seconds instead of a full SVD per module on large models;
+ * B @ A equal to the full path's within the SVD's rounding. */
+static ft_status combine_svd_factored(ctx *c, combo *m, ft_error *err) {
+    int Rt = 0;
+    for (int k = 0; k < c->o->n; k++)
+        if (m->m[k]) Rt += m->m[k]->r;
+    float *Bc = malloc(sizeof(float) * (size_t)m->out * Rt);
+    float *Ac = malloc(sizeof(float) * (size_t)Rt * m->in);
+    ft_status st = FT_OK;
+    if (!Bc || !Ac) st = oom(err, m->name);
+    for (int k = 0, off = 0; !st && k < c->o->n; k++) {
+        const adapter_module *a = m->m[k];
+        if (!a) continue;
+        const float f = (float)c->o->weights[k] * (float)a->scaling;
+        for (int i = 0; i < m->out; i++)
+            for (int j = 0; j < a->r; j++)
+                Bc[(size_t)i * Rt + off + j] = a->B[(size_t)i * a->r + j] * f;
+        memcpy(Ac + (size_t)off * m->in, a->A, sizeof(float) * (size_t)a->r * m->in);
+        off += a->r;
+    }
+    if (!st) st = svd_lowrank_factored(Bc, Ac, m->out, m->in, Rt, c->R, m->A, m->B, m->name, err);
+    free(Bc);
+    free(Ac);
+    return st;
+}
+
 /* svd and the *_svd forms: full deltas merged, then refactored. */
 static ft_status combine_svd(ctx *c, combo *m, ft_error *err) {
+    if (c->method == MM_SVD && isnan(c->o->svd_clamp)) return combine_svd_factored(c, m, err);
     float *t[MERGE_MAX_ADAPTERS] = {0};
     float w[MERGE_MAX_ADAPTERS];
     int ks[MERGE_MAX_ADAPTERS], N = 0;

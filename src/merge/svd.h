@@ -26,6 +26,13 @@
 ft_status svd_lowrank(const float *delta, int out, int in, int rank, double clamp, float *A,
                       float *B, const char *where, ft_error *err);
 
+/* The same without the clamp, for delta = Bc (out, R) @ Ac (R, in) given as its factors (the
+ * plain `svd` method, whose delta is a weighted sum of LoRA products): the leading singular
+ * triplets from thin QRs of the factors and an R x R SVD, never the (out, in) matrix. Equal to
+ * svd_lowrank on Bc @ Ac within the SVD's rounding (and up to the vectors' signs). */
+ft_status svd_lowrank_factored(const float *Bc, const float *Ac, int out, int in, int R, int rank,
+                               float *A, float *B, const char *where, ft_error *err);
+
 /* torch.quantile(x, q) (linear interpolation) of n values: x is reordered. */
 float svd_quantile(float *x, size_t n, double q);
 
