@@ -635,3 +635,26 @@ def test_merge_adapters_rslora_and_fused(zoo, tmp_path, monkeypatch, arch):
             po, pt = products(ours), products(theirs)
             assert max(float((po[k] - pt[k]).abs().max() / pt[k].abs().max()) for k in po) < 1e-4
         assert ocfg["use_rslora"] is False
+
+
+def test_train_then_merge_then_transformers(zoo, tmp_path):
+    """The README's flow: ftune train writes an adapter, ftune merge folds it in, transformers
+    loads the merged folder alone and its logits equal transformers + PEFT on the adapter."""
+    from transformers import AutoModelForCausalLM
+    model = zoo.model("qwen2", "bf16")
+    rng = np.random.default_rng(1)
+    data = models.write_jsonl(tmp_path / "data.jsonl", [
+        {"input_ids": [int(t) for t in rng.integers(0, 1000, 12)]} for _ in range(8)])
+    run_ok(["train", "--model", model, "--data", data, "--out", tmp_path / "run", "--steps", "3",
+            "--batch-size", "4", "--lora-targets", "all-linear", "--lr", "1e-2", "--quiet"])
+    run_ok(["merge", "--model", model, "--adapter", tmp_path / "run", "--out", tmp_path / "m",
+            "--out-dtype", "fp32", "--quiet"])
+    x = torch.randint(0, 1000, (1, 15), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = models.load_peft(model, tmp_path / "run").eval()(input_ids=x).logits
+        got = AutoModelForCausalLM.from_pretrained(tmp_path / "m", attn_implementation="eager")(
+            input_ids=x).logits
+    assert got.dtype == torch.float32
+    err = float((got - ref).abs().max())
+    print(f"train -> merge: logits within {err:.2e} of the unmerged PeftModel")
+    assert err <= 1e-5
