@@ -299,6 +299,15 @@ def test_disk_full_leaves_nothing(zoo, tmp_path):
     assert r.returncode == 1, r.stderr
     assert "No space left" in r.stderr, r.stderr
     assert r.stdout.split() == [".", ".."], r.stdout  # nothing partial left on the full disk
+    # merge-adapters the same way (a 90 KB adapter on a 40 KB disk)
+    a = adapter(zoo, "llama", "m0", seed=10)
+    args = [ftune_bin(), "merge-adapters", "--adapter", a, "--adapter", ad, "--method", "cat",
+            "--out", out]
+    script = (f"mount -t tmpfs -o size=40k tmpfs {mnt} && "
+              + " ".join(f"'{a}'" for a in map(str, args)) + f"; rc=$?; ls -a {mnt}; exit $rc")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True)
+    assert r.returncode == 1 and "No space left" in r.stderr, r.stderr
+    assert r.stdout.split() == [".", ".."], r.stdout
 
 
 def test_peak_rss_is_small(tmp_path):
@@ -486,9 +495,9 @@ def test_merge_adapters_like_peft(zoo, tmp_path, monkeypatch, method, n, weights
     if "svd" not in method:
         for k in ours:
             assert ours[k].shape == theirs[k].shape, k
-            assert torch.equal(ours[k], theirs[k]), \
+            assert torch.equal(ours[k].view(torch.int32), theirs[k].view(torch.int32)), \
                 f"{k}: max |diff| {float((ours[k] - theirs[k]).abs().max()):.3g}"
-        print(f"{method} {kw}: {len(ours)} tensors bit-identical (value for value)")
+        print(f"{method} {kw}: {len(ours)} tensors bit-identical")
     else:
         po, pt = products(ours), products(theirs)
         # with a clamp, only where MKL and reference LAPACK pick the same singular-vector
