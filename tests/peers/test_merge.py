@@ -202,7 +202,7 @@ def test_fan_in_fan_out_as_peft(zoo, tmp_path):
     # GPT-2: Conv1D weights are (in, out)
     torch.manual_seed(0)
     g = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=300,
-                                   n_positions=64)).eval()
+                                   n_positions=64, bos_token_id=0, eos_token_id=0)).eval()
     with torch.no_grad():
         for p in g.parameters():
             p.normal_(0, 0.2)
