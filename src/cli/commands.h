@@ -13,8 +13,14 @@
     X("plan", cmd_plan, "predicted peak memory of a training run, by part")                   \
     X("quantize", cmd_quantize, "store a model's linear layers in bitsandbytes 4-bit (NF4/FP4)") \
     X("generate", cmd_generate, "complete a prompt (with adapters), streaming the text")        \
-    X("chat", cmd_chat, "talk with a model (with adapters) through its chat template")
+    X("chat", cmd_chat, "talk with a model (with adapters) through its chat template")         \
+    X("merge", cmd_merge, "fold a LoRA adapter into its base model (a new model folder)")      \
+    X("merge-adapters", cmd_merge_adapters,                                                    \
+      "combine LoRA adapters: linear, cat, svd, TIES, DARE, magnitude pruning")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)
 #undef X
+
+/* The progress line of the merge commands (cmd_merge.c), a merge_progress_fn. */
+void cmd_merge_progress(double done, double total, const char *what, void *user);

@@ -1,0 +1,499 @@
+/*
+ * fold.c: `ftune merge`: a LoRA adapter folded into its base model, as PEFT's merge_and_unload()
+ * followed by transformers' save_pretrained() writes it.
+ *
+ * PEFT 0.21 (tuners/lora/layer.py, Linear.merge and get_delta_weight) computes, per module,
+ *   delta = (B @ A) * scaling          in fp32 (the adapter is fp32: PEFT upcasts bf16/f16 adapter
+ *                                      weights when it loads them, autocast_adapter_dtype=True)
+ *   W    += delta                      in place, in W's dtype: the sum in fp32, rounded once to
+ *                                      W's dtype (a bf16 tensor += an fp32 one)
+ * and with safe_merge=True, W + delta.to(W.dtype) (delta rounded to W's dtype, then the sum
+ * rounded again) and an error if the result is not finite. W's dtype is the one the model was
+ * loaded in: the checkpoint's, or --out-dtype's (from_pretrained(dtype=...) converts W first,
+ * so W is rounded to that dtype before the delta is added). scaling is a Python float, and a
+ * tensor times a Python float multiplies by it rounded to fp32.
+ * fan_in_fan_out: PEFT sets it to False on nn.Linear modules and to True on transformers' Conv1D
+ * (GPT-2's layers store W as (in, out)), whatever the config says; so does this file, deciding
+ * Conv1D from config.json's model_type, and a Conv1D weight gets the delta transposed.
+ *
+ * A bitsandbytes 4-bit folder merges with an out dtype: W is what bitsandbytes' dequantize_4bit
+ * gives (fp32 code x absmax, then the quant_state's dtype), plus the fp32 delta, which is the
+ * sum PEFT's Linear4bit.merge forms before it re-quantizes it; the quantization's own tensors
+ * are dropped and the folder is a plain float model. (PEFT's re-quantized 4-bit result is not
+ * written yet.)
+ *
+ * Streaming: the output layout is known from the input shapes (shards.h), so each shard's
+ * header is written first and each tensor is then read, merged and written a chunk of rows at a
+ * time (CHUNK values), the source pages given back after each chunk: peak memory is the adapter
+ * plus three chunks, whatever the size of the model.
+ */
+#include "io/atomic.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "merge/adapter.h"
+#include "merge/merge.h"
+#include "merge/outdir.h"
+#include "merge/shards.h"
+#include "model/bnb.h"
+#include "model/config.h"
+#include "model/init.h"
+#include "ops/ops.h"
+#include "ops/qtensor.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Values per chunk: 4 MB of fp32. */
+#define CHUNK ((size_t)1 << 20)
+#define PEFT_PREFIX "base_model.model."
+
+typedef struct fold_item {
+    const st_tensor *t;
+    const adapter_module *m; /* NULL: written unchanged (or converted to the out dtype) */
+    int transposed;          /* Conv1D: W is (in, out) and receives delta^T */
+    st_dtype od;             /* output dtype */
+    int bnb;                 /* a bitsandbytes 4-bit weight: dequantized (rows, cols) */
+    int rows, cols;
+    st_dtype bnb_dtype; /* its quant_state dtype: bnb dequantizes to it */
+    int skip;           /* a part of a 4-bit weight (absmax, quant_map, ...): not written */
+} fold_item;
+
+static int is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
+
+static const char *torch_dtype_name(st_dtype d) {
+    return d == ST_BF16 ? "bfloat16" : d == ST_F16 ? "float16" : "float32";
+}
+
+static ft_status parse_dtype(const char *s, st_dtype *out, ft_error *err) {
+    if (!strcmp(s, "fp32") || !strcmp(s, "f32") || !strcmp(s, "float32"))
+        *out = ST_F32;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16"))
+        *out = ST_BF16;
+    else if (!strcmp(s, "f16") || !strcmp(s, "fp16") || !strcmp(s, "float16"))
+        *out = ST_F16;
+    else
+        return ft_error_set(err, FT_ERR_INPUT, "option --out-dtype", "use fp32, bf16 or f16",
+                            "unknown dtype \"%s\"", s);
+    return FT_OK;
+}
+
+/* x rounded to dtype d and back (round to nearest even, base/half.h). */
+static inline float round_to(st_dtype d, float x) {
+    if (d == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
+    if (d == ST_F16) return f16_to_f32(f32_to_f16(x));
+    return x;
+}
+
+static inline void store(st_dtype d, void *buf, size_t i, float x) {
+    if (d == ST_BF16)
+        ((uint16_t *)buf)[i] = f32_to_bf16(x);
+    else if (d == ST_F16)
+        ((uint16_t *)buf)[i] = f32_to_f16(x);
+    else
+        ((float *)buf)[i] = x;
+}
+
+/* The bytes of t unchanged, a chunk at a time, each chunk's source pages given back after. */
+static ft_status copy_tensor(const st_tensor *t, st_writer *w, ft_error *err) {
+    const size_t step = CHUNK * 4;
+    for (size_t at = 0; at < t->nbytes; at += step) {
+        st_tensor piece = *t;
+        piece.data = (const uint8_t *)t->data + at;
+        piece.nbytes = t->nbytes - at < step ? t->nbytes - at : step;
+        ft_status st = st_writer_put(w, t->name, piece.data, piece.nbytes, err);
+        if (st) return st;
+        st_release_pages(&piece);
+    }
+    return FT_OK;
+}
+
+/* t converted to dtype od, a chunk at a time. */
+static ft_status convert_tensor(const st_tensor *t, st_dtype od, float *x, void *obuf, st_writer *w,
+                                ft_error *err) {
+    size_t n = t->nbytes / st_dtype_size(t->dtype);
+    for (size_t first = 0; first < n; first += CHUNK) {
+        size_t k = n - first < CHUNK ? n - first : CHUNK;
+        if (st_read_range_f32(t, first, k, x))
+            return ft_error_set(err, FT_ERR_INPUT, t->name, NULL, "not F32, F16 or BF16");
+        for (size_t i = 0; i < k; i++)
+            store(od, obuf, i, round_to(od, x[i]));
+        ft_status st = st_writer_put(w, t->name, obuf, k * st_dtype_size(od), err);
+        if (st) return st;
+    }
+    return FT_OK;
+}
+
+/* Rows [r0, r0 + n) of W as fp32: from the tensor, or dequantized from its 4-bit form as
+ * bitsandbytes' dequantize_4bit gives them (code * absmax in fp32, then its quant_state dtype). */
+static ft_status read_rows(const fold_item *it, const qtensor *q, size_t r0, size_t n, float *w,
+                           ft_error *err) {
+    size_t cols = (size_t)(it->bnb ? it->cols : it->t->shape[1]);
+    if (!it->bnb) {
+        if (st_read_range_f32(it->t, r0 * cols, n * cols, w))
+            return ft_error_set(err, FT_ERR_INPUT, it->t->name, NULL, "not F32, F16 or BF16");
+        return FT_OK;
+    }
+    qtensor_dequant_rows(q, (int)r0, (int)n, w);
+    for (size_t i = 0; i < n * cols; i++)
+        w[i] = round_to(it->bnb_dtype, w[i]);
+    return FT_OK;
+}
+
+/* A 4-bit weight that the adapter does not touch: dequantized, in the out dtype. */
+static ft_status convert_bnb(const fold_item *it, const qtensor *q, float *w, void *obuf,
+                             st_writer *wr, ft_error *err) {
+    size_t cols = (size_t)it->cols, rc = CHUNK / cols ? CHUNK / cols : 1;
+    for (size_t r0 = 0; r0 < (size_t)it->rows; r0 += rc) {
+        size_t n = (size_t)it->rows - r0 < rc ? (size_t)it->rows - r0 : rc;
+        ft_status st = read_rows(it, q, r0, n, w, err);
+        for (size_t i = 0; !st && i < n * cols; i++)
+            store(it->od, obuf, i, w[i]);
+        if (!st) st = st_writer_put(wr, it->t->name, obuf, n * cols * st_dtype_size(it->od), err);
+        if (st) return st;
+    }
+    return FT_OK;
+}
+
+/* W + delta for one weight, rows [r0, r0 + n) at a time: w holds W's rows as fp32, d the delta's
+ * (B @ A), both CHUNK values. */
+static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, float *w, float *d,
+                              void *obuf, st_writer *wr, const char *adapter_file, ft_error *err) {
+    const st_tensor *t = it->t;
+    const adapter_module *m = it->m;
+    size_t rows = (size_t)it->rows, cols = (size_t)it->cols;
+    size_t rc = CHUNK / cols ? CHUNK / cols : 1;
+    const float s = (float)m->scaling; /* tensor * Python float: the float rounded to fp32 */
+    st_dtype od = it->od;
+    for (size_t r0 = 0; r0 < rows; r0 += rc) {
+        size_t n = rows - r0 < rc ? rows - r0 : rc;
+        ft_status st = read_rows(it, q, r0, n, w, err);
+        if (st) return st;
+        if (!it->transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
+            gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in,
+                 0.0f, d, (int)cols);
+        else /* rows r0.. of (B @ A)^T = A[:, r0:r0+n]^T (n, r) @ B^T (r, out) */
+            gemm(1, 1, (int)n, (int)cols, m->r, 1.0f, m->A + r0, m->in, m->B, m->r, 0.0f, d,
+                 (int)cols);
+        size_t k = n * cols;
+        int bad = 0;
+        /* W in the dtype the model was loaded in: the out dtype, or for a 4-bit weight the
+         * dequantized values (PEFT adds the delta to those, in fp32) */
+        st_dtype wd = it->bnb ? ST_F32 : od;
+        for (size_t i = 0; i < k; i++) {
+            float delta = d[i] * s;
+            float v = round_to(wd, w[i]) + (safe ? round_to(wd, delta) : delta);
+            store(od, obuf, i, v);
+            if (safe && !isfinite(round_to(od, v))) bad = 1;
+        }
+        if (bad)
+            return ft_error_set(err, FT_ERR_INPUT, adapter_file,
+                                "the adapter seems to be broken (PEFT's safe_merge refuses it too)",
+                                "merging module %s gives a non-finite weight in %s", m->path,
+                                t->name);
+        st = st_writer_put(wr, t->name, obuf, k * st_dtype_size(od), err);
+        if (st) return st;
+    }
+    return FT_OK;
+}
+
+/* GPT-2-style models, whose linear layers are transformers' Conv1D (W stored as (in, out)). */
+static int conv1d_model(const cJSON *cfg) {
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
+    static const char *const types[] = {"gpt2", "openai-gpt", "imagegpt"};
+    for (int i = 0; cJSON_IsString(mt) && i < 3; i++)
+        if (!strcmp(mt->valuestring, types[i])) return 1;
+    return 0;
+}
+
+/* Each adapter module against the weight it changes. */
+static ft_status bind_modules(const adapter *a, const st_set *in, const cJSON *cfg,
+                              fold_item *items, int nitems, ft_error *err) {
+    char file[4200], where[4600];
+    snprintf(file, sizeof file, "%s/adapter_model.safetensors", a->dir);
+    int conv1d = conv1d_model(cfg);
+    /* a module the model lacks says more about a wrong pairing than a shape does: first */
+    for (int i = 0; i < a->n; i++) {
+        const adapter_module *m = &a->mods[i];
+        char wname[1100];
+        snprintf(wname, sizeof wname, "%s.weight", m->path);
+        snprintf(where, sizeof where, "%s: tensor \"%s.lora_A.weight\"", file, m->name);
+        if (!st_find(in, wname))
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the adapter belongs to another model (base_model_name_or_path: "
+                                "see its adapter_config.json)",
+                                "targets module %s, but the model has no tensor %s", m->path,
+                                wname);
+    }
+    for (int i = 0; i < a->n; i++) {
+        const adapter_module *m = &a->mods[i];
+        char wname[1100];
+        snprintf(wname, sizeof wname, "%s.weight", m->path);
+        const st_tensor *t = st_find(in, wname);
+        fold_item *it = NULL;
+        for (int j = 0; j < nitems && !it; j++)
+            if (items[j].t == t) it = &items[j];
+        snprintf(where, sizeof where, "%s: tensor \"%s.lora_A.weight\"", file, m->name);
+        int64_t want0 = conv1d ? m->in : m->out, want1 = conv1d ? m->out : m->in;
+        if (!it->bnb && (t->ndim != 2 || !is_float(t->dtype)))
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                                "targets %s, which is not a 2-D F32, BF16 or F16 weight", wname);
+        if (it->rows != want0 || it->cols != want1) {
+            int a_side = conv1d ? it->rows != want0 : it->cols != want1;
+            snprintf(where, sizeof where, "%s: tensor \"%s.lora_%c.weight\": field \"shape\"", file,
+                     m->name, a_side ? 'A' : 'B');
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the adapter belongs to another model of other dimensions",
+                                "the adapter's delta is [%d, %d] (out, in) but the model's %s is "
+                                "[%lld, %lld]%s",
+                                m->out, m->in, wname, (long long)it->rows, (long long)it->cols,
+                                conv1d ? " (Conv1D: in, out)" : "");
+        }
+        it->m = m;
+        it->transposed = conv1d;
+    }
+    return FT_OK;
+}
+
+/* config.json, with its dtype field set to od when the output dtype changed. */
+static ft_status write_config(const char *model_dir, const outdir *od, const cJSON *cfg,
+                              int have_out_dtype, st_dtype out_dtype, ft_error *err) {
+    char src[4200], dst[4400];
+    snprintf(src, sizeof src, "%s/config.json", model_dir);
+    outdir_path(od, "config.json", dst, sizeof dst);
+    char *text = NULL;
+    size_t len = 0;
+    ft_status st;
+    const char *want = torch_dtype_name(out_dtype);
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(cfg, "dtype");
+    const cJSON *tdt = cJSON_GetObjectItemCaseSensitive(cfg, "torch_dtype");
+    int same = (!dt || (cJSON_IsString(dt) && !strcmp(dt->valuestring, want))) &&
+               (!tdt || (cJSON_IsString(tdt) && !strcmp(tdt->valuestring, want))) && (dt || tdt) &&
+               !cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
+    if (!have_out_dtype || same) {
+        st = file_read_all(src, &text, &len, err);
+        if (!st) st = atomic_write_file(dst, text, len, err);
+        free(text);
+        return st;
+    }
+    /* as transformers 5 writes it: "dtype" (and an older "torch_dtype" kept in step) */
+    cJSON *c = cJSON_Duplicate(cfg, 1);
+    if (!c) return ft_error_set(err, FT_ERR_RUNTIME, src, NULL, "out of memory");
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "quantization_config"); /* dequantized */
+    if (tdt) cJSON_ReplaceItemInObjectCaseSensitive(c, "torch_dtype", cJSON_CreateString(want));
+    if (dt || !tdt) {
+        if (dt)
+            cJSON_ReplaceItemInObjectCaseSensitive(c, "dtype", cJSON_CreateString(want));
+        else
+            cJSON_AddStringToObject(c, "dtype", want);
+    }
+    text = cJSON_Print(c);
+    cJSON_Delete(c);
+    if (!text) return ft_error_set(err, FT_ERR_RUNTIME, src, NULL, "out of memory");
+    st = atomic_write_file(dst, text, strlen(text), err);
+    free(text);
+    return st;
+}
+
+/* Write shard s: its header, then each of its tensors merged, converted or copied. */
+static ft_status write_shard(const outdir *od, const st_set *in, const shard_tensor *plan,
+                             int nplan, int s, int count, const fold_item *items,
+                             const merge_fold_options *o, float *w, float *d, void *obuf,
+                             const char *adapter_file, unsigned long long *done,
+                             unsigned long long total, ft_error *err) {
+    char name[64], path[4400];
+    shard_file_name(name, sizeof name, s, count);
+    outdir_path(od, name, path, sizeof path);
+    st_writer *wr = st_writer_new();
+    if (!wr) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    ft_status st = FT_OK;
+    for (int i = 0; i < nplan && !st; i++)
+        if (plan[i].shard == s)
+            st = st_writer_add(wr, plan[i].name, plan[i].dtype, plan[i].ndim, plan[i].shape, NULL,
+                               err);
+    if (!st) st = st_writer_begin(wr, path, err);
+    for (int i = 0; i < nplan && !st; i++) {
+        if (plan[i].shard != s) continue;
+        const fold_item *it = &items[plan[i].src];
+        if (o->progress) o->progress((double)*done, (double)total, it->t->name, o->user);
+        qtensor q = {0};
+        if (it->bnb) st = bnb_load_weight(in, it->t->name, it->rows, it->cols, &q, err);
+        if (st) break;
+        if (it->m)
+            st = merge_tensor(it, &q, o->safe_merge, w, d, obuf, wr, adapter_file, err);
+        else if (it->bnb)
+            st = convert_bnb(it, &q, w, obuf, wr, err);
+        else if (it->od != it->t->dtype)
+            st = convert_tensor(it->t, it->od, w, obuf, wr, err);
+        else
+            st = copy_tensor(it->t, wr, err);
+        if (it->bnb) {
+            qtensor_free(&q);
+            st_release_pages(it->t);
+        }
+        *done += plan[i].nbytes;
+    }
+    if (!st) st = st_writer_finish(wr, err);
+    st_writer_free(wr); /* after a failure: removes the temp file */
+    return st;
+}
+
+/* In a bitsandbytes 4-bit checkpoint: a packed weight becomes a dequantized (rows, cols) tensor
+ * of the out dtype, and its parts (absmax, quant_map, nested_*, quant_state) are not written. */
+static ft_status bnb_item(const st_set *in, fold_item *it, st_dtype out_dtype, ft_error *err) {
+    static const char *const parts[] = {".absmax", ".quant_map", ".nested_absmax",
+                                        ".nested_quant_map", ".quant_state.bitsandbytes__"};
+    const char *name = it->t->name;
+    for (int k = 0; k < 5; k++) {
+        const char *at = strstr(name, parts[k]);
+        if (!at || (k < 4 && at[strlen(parts[k])])) continue;
+        char owner[1024];
+        snprintf(owner, sizeof owner, "%.*s", (int)(at - name), name);
+        if (bnb_has_weight(in, owner)) {
+            it->skip = 1;
+            return FT_OK;
+        }
+    }
+    if (!bnb_has_weight(in, name)) return FT_OK;
+    it->bnb = 1;
+    it->od = out_dtype;
+    ft_status st = bnb_weight_shape(in, name, &it->rows, &it->cols, err);
+    /* the dtype bitsandbytes dequantizes to: the quant_state's "dtype" */
+    char key[1100];
+    const st_tensor *qs = NULL;
+    for (int t = 0; t < 2 && !qs; t++) {
+        snprintf(key, sizeof key, "%s.quant_state.bitsandbytes__%s", name, t ? "fp4" : "nf4");
+        qs = st_find(in, key);
+    }
+    cJSON *j = NULL;
+    if (!st) st = json_parse((const char *)qs->data, qs->nbytes, key, &j, err);
+    const char *dt = NULL;
+    if (!st) st = json_get_string(j, "dtype", 1, NULL, &dt, key, err);
+    if (!st)
+        it->bnb_dtype = !strcmp(dt, "bfloat16")  ? ST_BF16
+                        : !strcmp(dt, "float16") ? ST_F16
+                                                 : ST_F32;
+    cJSON_Delete(j);
+    return st;
+}
+
+ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_error *err) {
+    memset(res, 0, sizeof *res);
+    st_dtype out_dtype = ST_F32;
+    uint64_t max_shard = 0;
+    ft_status st = FT_OK;
+    if (o->out_dtype && (st = parse_dtype(o->out_dtype, &out_dtype, err))) return st;
+    if ((st = shard_parse_size(o->max_shard_size ? o->max_shard_size : MERGE_DEFAULT_MAX_SHARD_SIZE,
+                               &max_shard, err)))
+        return st;
+    if ((st = model_dir_check(o->model_dir, err))) return st;
+    char path[4400];
+    snprintf(path, sizeof path, "%s/config.json", o->model_dir);
+    cJSON *cfg = NULL;
+    if ((st = json_load_file(path, &cfg, err))) return st;
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config");
+    if (qc) {
+        const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        int bnb4 = cJSON_IsString(qm) && !strcmp(qm->valuestring, "bitsandbytes") &&
+                   cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(qc, "load_in_4bit"));
+        const char *why =
+            !bnb4 ? "the model is quantized (field \"quantization_config\") in a form ftune does "
+                    "not merge into"
+                  : "the model is bitsandbytes 4-bit (field \"quantization_config\"): writing "
+                    "PEFT's re-quantized 4-bit merge is not supported yet";
+        if (!bnb4 || !o->out_dtype) {
+            cJSON_Delete(cfg);
+            return ft_error_set(err, FT_ERR_INPUT, path,
+                                bnb4 ? "pass --out-dtype fp32|bf16|f16 for the dequantized merged "
+                                       "model, or merge into the full-precision model the 4-bit "
+                                       "one was made from"
+                                     : "merge into the full-precision model",
+                                "%s", why);
+        }
+    }
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(cfg, "tie_word_embeddings");
+    int tied = cJSON_IsTrue(tie);
+
+    adapter *a = NULL;
+    st_set *in = NULL;
+    fold_item *items = NULL;
+    shard_tensor *plan = NULL;
+    float *w = NULL, *d = NULL;
+    void *obuf = NULL;
+    outdir od = {0};
+    char adapter_file[4200];
+    snprintf(adapter_file, sizeof adapter_file, "%s/adapter_model.safetensors", o->adapter_dir);
+    if ((st = adapter_load(o->adapter_dir, &a, err))) goto done;
+    if ((st = st_open_dir(o->model_dir, &in, err))) goto done;
+    int nt = st_count(in);
+    items = calloc((size_t)(nt ? nt : 1), sizeof *items);
+    plan = calloc((size_t)(nt ? nt : 1), sizeof *plan);
+    w = malloc(CHUNK * sizeof(float));
+    d = malloc(CHUNK * sizeof(float));
+    obuf = malloc(CHUNK * sizeof(float));
+    if (!items || !plan || !w || !d || !obuf) {
+        st = ft_error_set(err, FT_ERR_RUNTIME, o->model_dir, NULL, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < nt && !st; i++) {
+        fold_item *it = &items[i];
+        it->t = st_at(in, i);
+        it->od = o->out_dtype && is_float(it->t->dtype) ? out_dtype : it->t->dtype;
+        if (it->t->ndim == 2) it->rows = (int)it->t->shape[0], it->cols = (int)it->t->shape[1];
+        if (qc) st = bnb_item(in, it, out_dtype, err);
+    }
+    if (st) goto done;
+    if ((st = bind_modules(a, in, cfg, items, nt, err))) goto done;
+
+    /* the output tensors in save_pretrained's order (a tied lm_head is not saved), then the
+     * shards */
+    int np = 0;
+    unsigned long long total = 0;
+    for (int i = 0; i < nt; i++) {
+        const st_tensor *t = items[i].t;
+        if (items[i].skip || (tied && !strcmp(t->name, "lm_head.weight"))) continue;
+        shard_tensor *p = &plan[np++];
+        p->name = t->name, p->dtype = items[i].od, p->ndim = t->ndim, p->src = i;
+        memcpy(p->shape, t->shape, sizeof p->shape);
+        if (items[i].bnb) p->shape[0] = items[i].rows, p->shape[1] = items[i].cols;
+        p->nbytes = st_dtype_size(p->dtype);
+        for (int k = 0; k < t->ndim; k++)
+            p->nbytes *= (uint64_t)t->shape[k];
+        total += p->nbytes;
+        if (items[i].m) res->merged++;
+    }
+    shard_sort(plan, np);
+    int count = shard_split(plan, np, max_shard);
+
+    const char *ins[2] = {o->model_dir, o->adapter_dir}, *opts[2] = {"--model", "--adapter"};
+    if ((st = outdir_begin(&od, o->out_dir, ins, opts, 2, o->overwrite, err))) goto done;
+    unsigned long long done_bytes = 0;
+    for (int s = 0; s < count && !st; s++)
+        st = write_shard(&od, in, plan, np, s, count, items, o, w, d, obuf, adapter_file,
+                         &done_bytes, total, err);
+    if (!st && count > 1) {
+        char *idx = shard_index_json(plan, np, count);
+        outdir_path(&od, "model.safetensors.index.json", path, sizeof path);
+        st = idx ? atomic_write_file(path, idx, strlen(idx), err)
+                 : ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+        free(idx);
+    }
+    if (!st) st = write_config(o->model_dir, &od, cfg, o->out_dtype != NULL, out_dtype, err);
+    if (!st) st = model_copy_tokenizer_files(o->model_dir, od.tmp, 1, NULL, err);
+    if (!st) st = outdir_commit(&od, err);
+    if (!st) {
+        res->tensors = np, res->shards = count, res->bytes = total;
+        if (o->progress) o->progress((double)total, (double)total, NULL, o->user);
+    }
+done:
+    if (st) outdir_abort(&od);
+    free(w);
+    free(d);
+    free(obuf);
+    free(items);
+    free(plan);
+    st_close(in);
+    adapter_free(a);
+    cJSON_Delete(cfg);
+    return st;
+}
