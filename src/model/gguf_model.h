@@ -8,7 +8,7 @@
 
 #include "model/model.h"
 
-/* 1 when path is a regular file that starts with the GGUF magic. */
+/* 1 when path is a regular file named *.gguf or starting with the GGUF magic. */
 int gguf_model_is(const char *path);
 /* The model_config of a GGUF file (architectures llama, qwen2, qwen3). FT_ERR_INPUT naming the
  * file and the key for an unknown architecture, a missing key or a value out of range. */
