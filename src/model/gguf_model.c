@@ -45,22 +45,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 
 #define SUPPORTED_GGUF "ftune reads GGUF architectures llama, qwen2 and qwen3"
 
-int gguf_model_is(const char *path) {
-    struct stat sb;
-    if (!path || stat(path, &sb) || !S_ISREG(sb.st_mode)) return 0;
-    size_t n = strlen(path);
-    if (n >= 5 && !strcasecmp(path + n - 5, ".gguf")) return 1; /* gguf_open says what is wrong */
-    FILE *f = fopen(path, "rb");
-    char magic[4] = {0};
-    int ok = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
-    if (f) fclose(f);
-    return ok;
-}
+int gguf_model_is(const char *path) { return gguf_is_file(path); }
 
 /* ---- config --------------------------------------------------------------------------- */
 
