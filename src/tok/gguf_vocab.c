@@ -141,7 +141,7 @@ static int gen_merges(char **str, size_t *len, size_t n, const vmap *vm, const f
                              na};
             na++;
         }
-        qsort(all + start, na - start, sizeof *all, cmp_local);
+        if (na > start) qsort(all + start, na - start, sizeof *all, cmp_local);
     }
     for (size_t i = 0; i < na; i++)
         all[i].seq = i;
