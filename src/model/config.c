@@ -590,7 +590,8 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
             }
         if (d) closedir(d);
         if (gguf[0])
-            return ft_error_set(err, FT_ERR_INPUT, path, "ftune reads GGUF files given by name",
+            return ft_error_set(err, FT_ERR_INPUT, path,
+                                "train, eval, plan and tokenize read a GGUF file given by name",
                                 "cannot open config.json; the folder holds a GGUF file (%s): "
                                 "pass the file itself, --model %s/%s",
                                 gguf, dir, gguf);
