@@ -9,7 +9,7 @@ Files:
 - HF-converted files written here from the zoo's random-weight models (models.py) with
   gguf.GGUFWriter as llama.cpp's convert_hf_to_gguf.py writes them: GGUF tensor names, llama's Q
   and K rows permuted to adjacent-pair RoPE order (LlamaModel.permute), norms and biases F32, the
-  matrices F32, F16 or Q8_0 (gguf.quants.quantize), and a byte-level BPE vocabulary (trained here
+  matrices F32, F16, BF16, Q8_0 or Q4_0 (gguf.quants.quantize), and a byte-level BPE vocabulary (trained here
   with `tokenizers`, padded to the model's 1031 tokens).
 - tokenizer-only GGUF files: the trained byte-level BPE as tokenizer.ggml.model "gpt2", with
   tokenizer.ggml.pre "qwen2" (a named split) and without one (ByteLevel's own regex).
@@ -19,7 +19,7 @@ What is compared, and the tolerance:
   a time: max |diff| <= 1e-4 * max(1, max |ref|) (fp32 sums in another order; logits are O(10));
   the mean loss within 1e-5 relative, the token count exact. References: transformers loading
   the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/qwen3 F32 files), and
-  the HF model with the file's weights (F32 as saved; F16 and Q8_0 dequantized with
+  the HF model with the file's weights (F32 as saved; F16, BF16, Q8_0 and Q4_0 dequantized with
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
 - `ftune tokenize --jsonl` ids equal transformers' AutoTokenizer(gguf_file=) ids (add_special_tokens
   true) on tok_corpus documents: exact.
@@ -172,10 +172,10 @@ def write_hf_gguf(model, arch, path, qtype, bpe):
             if qtype == "f16":
                 xf, stored = x.astype(np.float16).astype(np.float32), x.astype(np.float16)
                 raw = None
-            elif qtype == "q8_0":
-                stored = gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0)
-                xf = gguf.quants.dequantize(stored, gguf.GGMLQuantizationType.Q8_0).reshape(x.shape)
-                raw = gguf.GGMLQuantizationType.Q8_0
+            elif qtype in ("q8_0", "q4_0", "bf16"):
+                raw = gguf.GGMLQuantizationType[qtype.upper()]
+                stored = gguf.quants.quantize(x, raw)
+                xf = gguf.quants.dequantize(stored, raw).reshape(x.shape)
             else:
                 xf, stored, raw = x, x, None
         else:
@@ -319,8 +319,10 @@ def bpe():
     return train_bpe(600)
 
 
-CASES = [("llama", "f32"), ("llama", "f16"), ("llama", "q8_0"), ("qwen2", "f32"), ("qwen3", "f32"),
-         ("qwen3", "q8_0")]
+# F32, F16, BF16, Q8_0 are kept as stored; Q4_0 is dequantized to fp32 at load (gguf-py cannot
+# write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway).
+CASES = [("llama", "f32"), ("llama", "f16"), ("llama", "q8_0"), ("llama", "q4_0"), ("qwen2", "f32"),
+         ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0")]
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
@@ -348,6 +350,8 @@ def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
     model = zoo._f32("llama")
     path = str(tmp_path / "llama-q8.gguf")
     write_hf_gguf(model, "llama", path, "q8_0", bpe)
+    plan = run_ok(["plan", "--model", path, "--seq-len", "16"]).stdout
+    assert "linear q8_0; lm_head q8_0" in plan, plan  # kept as stored, not dequantized
     rng = np.random.default_rng(1)
     seqs = [[int(t) for t in rng.integers(0, 50, size=16)] for _ in range(4)]
     data = models.write_jsonl(str(tmp_path / "t.jsonl"),
