@@ -387,6 +387,74 @@ def test_gpt2_vocab_tokenize(tmp_path, bpe, pre):
         assert g == tok(d).input_ids, d[:80]
 
 
+LLAMA2_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers", "llama2", "tokenizer.json")
+
+
+def test_sentencepiece_vocab_32k(tmp_path):
+    """A 32,000-token SentencePiece-style vocabulary (../shared's Llama-2-style tokenizer.json,
+    tokens with scores -id, bytes typed 6 and specials 3, as llama.cpp writes them): the merges
+    ftune recovers from the scores tokenize the corpus as transformers' GGUF tokenizer does."""
+    if not os.path.exists(LLAMA2_TOK):
+        pytest.skip(f"{LLAMA2_TOK} is absent (../shared is beside the project only on its own machines)")
+    j = json.load(open(LLAMA2_TOK))
+    toks = [None] * len(j["model"]["vocab"])
+    for t, i in j["model"]["vocab"].items():
+        toks[i] = t
+    types = [6 if (t.startswith("<0x") and len(t) == 6) else 1 for t in toks]
+    for a in j["added_tokens"]:
+        types[a["id"]] = 3
+    path = str(tmp_path / "l2.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(toks)
+    w.add_token_scores([float(-i) for i in range(len(toks))])
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tok = tok_from_gguf(path)
+    docs = tok_corpus.corpus(total_bytes=60_000, seed=21, specials=["<s>", "</s>", "<unk>"])
+    docs = [STORY, " x", "  y  ", ""] + docs
+    dp = tmp_path / "docs.jsonl"
+    with open(dp, "w") as f:
+        for d in docs:
+            f.write(json.dumps(d) + "\n")
+    got = ids_of(run_ok(["tokenize", "--model", path, "--jsonl", dp]).stdout, len(docs))
+    for d, g in zip(docs, got):
+        assert g == tok(d).input_ids, d[:80]
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+          "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+          "{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def test_chat_template_from_metadata(tmp_path, bpe):
+    """tokenizer.chat_template: `ftune tokenize --chat` renders and encodes a conversation as
+    transformers' apply_chat_template does with the GGUF tokenizer."""
+    path = str(tmp_path / "chat.gguf")
+    w = gguf.GGUFWriter(path, "qwen2")
+    add_bpe_vocab(w, *bpe, pre="qwen2")
+    w.add_chat_template(CHATML)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there!"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Why?"}]
+    cp = tmp_path / "conv.json"
+    cp.write_text(json.dumps(conv))
+    tok = tok_from_gguf(path)
+    want = tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+    want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+    out = run_ok(["tokenize", "--model", path, "--chat", cp, "--add-generation-prompt"]).stdout
+    assert [int(x) for x in out.split()] == list(want), (out, want)
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=True, bpe=None):
