@@ -32,9 +32,10 @@
  * Storage. Linear layers stay in their stored type where qtensor has it (F32, F16, BF16, Q8_0:
  * GGUF's block_q8_0 is qtensor's Q8_0 byte for byte), rows copied in (permuted) order, so
  * training runs over them as over a folder's weights; other types (Q4_0, Q4_K, Q6_K, ...) are
- * dequantized to fp32 at load (eval only in spirit: training over them is later work). The
- * embedding is dequantized to fp32; the LM head keeps its type like the linear layers. Everything
- * is copied out of the mapping, which is closed after loading.
+ * dequantized to fp32 at load, so eval and train run over fp32 copies at fp32's memory cost
+ * (keeping them quantized, with kernels of their own, is later work). The embedding is dequantized
+ * to fp32; the LM head keeps its type like the linear layers. Everything is copied out of the
+ * mapping, which is closed after loading.
  */
 #include "model/gguf_model.h"
 
