@@ -75,11 +75,9 @@ static ft_status need_tokenizer(data_ctx *c, const char *where, ft_error *err) {
         return st;
     }
     /* eos_token from tokenizer_config.json (a string or {"content": ...}) */
-    char path[4200];
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", c->o->model_dir);
     cJSON *j = NULL;
     ft_error ignore;
-    if (json_load_file(path, &j, &ignore) == FT_OK) {
+    if (tok_config_load(c->o->model_dir, &j, &ignore) == FT_OK) { /* folder or GGUF file */
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "eos_token");
         if (cJSON_IsObject(e)) e = cJSON_GetObjectItemCaseSensitive(e, "content");
         if (cJSON_IsString(e)) c->eos = strdup(e->valuestring);

@@ -28,8 +28,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -510,6 +512,18 @@ static ft_status parse(gguf_file *g, ft_error *err) {
     g->data = (const uint8_t *)g->map + (start < g->size ? start : g->size);
     g->data_size = start < g->size ? g->size - start : 0;
     return place_tensors(g, err);
+}
+
+int gguf_is_file(const char *path) {
+    struct stat sb;
+    if (!path || stat(path, &sb) || !S_ISREG(sb.st_mode)) return 0;
+    size_t n = strlen(path);
+    if (n >= 5 && !strcasecmp(path + n - 5, ".gguf")) return 1;
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    int ok = f && fread(magic, 1, 4, f) == 4 && !memcmp(magic, "GGUF", 4);
+    if (f) fclose(f);
+    return ok;
 }
 
 ft_status gguf_open(const char *path, gguf_file **out, ft_error *err) {

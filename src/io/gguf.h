@@ -74,6 +74,9 @@ typedef struct gguf_tensor {
 
 typedef struct gguf_file gguf_file;
 
+/* 1 when path is a regular file named *.gguf (any case) or starting with the magic "GGUF": what
+ * --model and tok_load take for a GGUF file (gguf_open then says what is wrong with a bad one). */
+int gguf_is_file(const char *path);
 ft_status gguf_open(const char *path, gguf_file **out, ft_error *err);
 void gguf_close(gguf_file *g);
 

@@ -25,6 +25,7 @@
 #include "model/config.h"
 
 #include "io/json.h"
+#include "model/gguf_model.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -72,6 +73,12 @@ static const arch_defaults arch_def[] = {
     {32, 128, 1e-6, 32768, -1, -1, 4096, 1, 0}, /* Qwen3Config */
     {-1, -1, 1e-5, 4096, 1, 32000, -1, 0, 1},   /* Phi3Config */
 };
+
+const arch_info *arch_find(const char *model_type) {
+    for (int i = 0; i < N_ARCH; i++)
+        if (!strcmp(model_type, arch_table[i].model_type)) return &arch_table[i];
+    return NULL;
+}
 
 void weight_name(char *buf, size_t n, int layer, lin_kind k, const char *suffix) {
     int attn = k == LIN_Q || k == LIN_K || k == LIN_V || k == LIN_O || k == LIN_QKV;
@@ -187,7 +194,7 @@ static ft_status rope_get_double(const rope_src *r, const cJSON *top, const char
 
 /* inv_freq[i] = 1 / theta^(2i/dim), each step in fp32 as torch computes
  * `1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))`. */
-static void rope_default(float *inv, int dim, double theta) {
+void rope_inv_freq_default(float *inv, int dim, double theta) {
     for (int i = 0; i < dim / 2; i++) {
         float ex = (float)(2 * i) / (float)dim;
         inv[i] = 1.0f / powf((float)theta, ex);
@@ -270,7 +277,7 @@ static ft_status load_rope(const cJSON *j, const arch_defaults *ad, model_config
     cfg->attn_scaling = 1.0f;
     cfg->inv_freq = malloc(sizeof(float) * (size_t)(dim / 2));
     if (!cfg->inv_freq) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
-    rope_default(cfg->inv_freq, dim, theta);
+    rope_inv_freq_default(cfg->inv_freq, dim, theta);
     if (is_linear) {
         st = rope_get_double(&r, NULL, "factor", 1, 1.0, &factor, path, err);
         if (st) return st;
@@ -544,11 +551,10 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
     int exists = stat(dir, &sb) == 0;
     if (exists && !S_ISDIR(sb.st_mode) && ends_with_ci(dir, ".gguf"))
         return ft_error_set(err, FT_ERR_INPUT, dir,
-                            "give the Hugging Face model folder (config.json and *.safetensors) "
-                            "the GGUF file was made from, e.g. hf download ORG/NAME --local-dir "
-                            "NAME",
-                            "this is a GGUF file: GGUF is not read yet; --model takes a Hugging "
-                            "Face model folder");
+                            "train, eval, plan and tokenize take a GGUF file; for this command "
+                            "give the Hugging Face model folder the file was made from",
+                            "this is a GGUF file; this command takes a Hugging Face model "
+                            "folder");
     if (exists && !S_ISDIR(sb.st_mode))
         return ft_error_set(err, FT_ERR_INPUT, dir,
                             "give the folder that holds config.json and the *.safetensors files",
@@ -585,11 +591,10 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
         if (d) closedir(d);
         if (gguf[0])
             return ft_error_set(err, FT_ERR_INPUT, path,
-                                "give the Hugging Face model folder (config.json and "
-                                "*.safetensors) the GGUF file was made from",
-                                "cannot open config.json; the folder holds a GGUF file (%s), and "
-                                "GGUF is not read yet",
-                                gguf);
+                                "train, eval, plan and tokenize read a GGUF file given by name",
+                                "cannot open config.json; the folder holds a GGUF file (%s): "
+                                "pass the file itself, --model %s/%s",
+                                gguf, dir, gguf);
     }
     return ft_error_set(err, FT_ERR_INPUT, path,
                         "give a Hugging Face model folder (it holds config.json and the "
@@ -600,6 +605,7 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
 
 ft_status model_config_load(const char *dir, model_config *cfg, ft_error *err) {
     memset(cfg, 0, sizeof *cfg);
+    if (gguf_model_is(dir)) return gguf_config_load(dir, cfg, err);
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     ft_status st0 = model_dir_check(dir, err);

@@ -62,10 +62,14 @@ typedef struct model_config {
  * unsupported rope types and activations other than silu are FT_ERR_INPUT with a hint. */
 ft_status model_config_load(const char *dir, model_config *cfg, ft_error *err);
 /* FT_OK when dir/config.json can be opened; else an error that says what dir is instead: a
- * GGUF file (not read yet), a file, a Hub id ("org/name": download it first), a Hugging Face
+ * GGUF file (which model_config_load reads, but this folder-only check refuses), a file, a Hub id ("org/name": download it first), a Hugging Face
  * cache folder (models--org--name: pass a snapshots/ folder), or a folder without config.json. */
 ft_status model_dir_check(const char *dir, ft_error *err);
 void model_config_free(model_config *cfg);
+/* The architecture row of a model_type ("llama", "qwen2", ...), or NULL. */
+const arch_info *arch_find(const char *model_type);
+/* inv[i] = 1 / theta^(2i/dim) in fp32 as torch computes it (dim/2 values). */
+void rope_inv_freq_default(float *inv, int dim, double theta);
 
 /* Weight tensor names in the HF checkpoint: "model.layers.3.self_attn.q_proj.weight". */
 void weight_name(char *buf, size_t n, int layer, lin_kind k, const char *suffix /* "weight"/"bias" */);

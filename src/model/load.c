@@ -15,6 +15,7 @@
 #include "base/cpu.h"
 #include "io/json.h"
 #include "model/bnb.h"
+#include "model/gguf_model.h"
 #include "model/model_internal.h"
 #include "ops/quant.h"
 
@@ -119,6 +120,7 @@ static const char *fmt_name(qformat f) { return qformat_info(f)->name; }
 ft_status model_quant_resolve(const char *dir, const model_config *c, const model_load_options *opt,
                               model_quant *q, ft_error *err) {
     memset(q, 0, sizeof *q);
+    if (gguf_model_is(dir)) return gguf_quant_resolve(dir, c, opt, q, err);
     const char *ds = opt && opt->dtype ? opt->dtype : "fp32";
     if (strcmp(ds, "fp32") && strcmp(ds, "bf16"))
         return ft_error_set(err, FT_ERR_INPUT, "option --dtype", "use fp32 or bf16",
@@ -153,7 +155,8 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
                 "%s holds bitsandbytes %s weights (config.json quantization_config), "
                 "which cannot be trained as %s",
                 dir, fmt_name(ck), qs);
-        q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1, q->blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
+        q->linear = ck, q->double_quant = ck_dq, q->from_checkpoint = 1,
+        q->blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
     }
     if (q->linear == QF_Q8_0 && (c->C % 32 || (c->H * c->D) % 32 || c->I % 32))
         return ft_error_set(err, FT_ERR_INPUT, "option --quant",
@@ -224,7 +227,7 @@ void model_quant_describe(const model_quant *q, char *buf, size_t n) {
 }
 
 /* fp32 floats of the norms and biases (model->weights). */
-static size_t fp32_floats(const model_config *c) {
+size_t model_fp32_floats(const model_config *c) {
     size_t n = c->C;
     for (int k = 0; k < LIN_COUNT; k++) {
         int in, out, col, bias;
@@ -238,7 +241,7 @@ static size_t fp32_floats(const model_config *c) {
  * with pread() (model_forward says why), so none of it is resident. */
 
 size_t model_weight_bytes(const model_config *c, const model_quant *q) {
-    size_t n = fp32_floats(c) * sizeof(float);
+    size_t n = model_fp32_floats(c) * sizeof(float);
     for (int k = 0; k < LIN_COUNT; k++) {
         int in, out, col, bias;
         model_lin_layout(c, k, &in, &out, &col, &bias);
@@ -343,6 +346,17 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
     return FT_OK;
 }
 
+/* What is resident once training runs: as model_weight_bytes counts it. */
+void model_count_resident(model *m) {
+    const model_config *c = &m->cfg;
+    size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
+    for (int l = 0; l < c->L; l++)
+        for (int k = 0; k < LIN_COUNT; k++)
+            if (m->blocks[l].lin[k].out) wb += qtensor_bytes(&m->blocks[l].lin[k].W);
+    if (m->lm_head.data != m->wte.data && !m->wte_fd) wb += qtensor_bytes(&m->wte);
+    m->weight_bytes = wb;
+}
+
 ft_status model_load(const char *dir, model *m, ft_error *err) {
     return model_load_with(dir, NULL, m, err);
 }
@@ -351,6 +365,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     memset(m, 0, sizeof *m);
     ft_status st = cpu_check_env(err); /* FTUNE_ISA set to no level: say so before any work */
     if (st) return st;
+    if (gguf_model_is(dir)) return gguf_model_load(dir, opt, m, err);
     st = model_config_load(dir, &m->cfg, err);
     if (st) return st;
     model_config *c = &m->cfg;
@@ -358,7 +373,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     if ((st = model_quant_resolve(dir, c, opt, q, err))) goto done;
     m->QKV = (c->H + 2 * c->Hkv) * c->D;
     m->blocks = calloc((size_t)c->L, sizeof *m->blocks);
-    m->n_weights = fp32_floats(c);
+    m->n_weights = model_fp32_floats(c);
     m->weights = malloc(m->n_weights * sizeof(float));
     if (!m->blocks || !m->weights) {
         st = ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
@@ -433,13 +448,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
         for (int k = 0; k < LIN_COUNT; k++)
             m->blocks[l].lin[k].W.compute = q->compute;
     m->lm_head.compute = q->compute;
-    /* what is resident once training runs: as model_weight_bytes counts it */
-    size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
-    for (int l = 0; l < c->L; l++)
-        for (int k = 0; k < LIN_COUNT; k++)
-            if (m->blocks[l].lin[k].out) wb += qtensor_bytes(&m->blocks[l].lin[k].W);
-    if (m->lm_head.data != m->wte.data && !m->wte_fd) wb += qtensor_bytes(&m->wte);
-    m->weight_bytes = wb;
+    model_count_resident(m);
 done:
     if (st) model_free(m);
     return st;

@@ -16,6 +16,11 @@
  * buffer, and whether it has a bias. */
 void model_lin_layout(const model_config *c, lin_kind k, int *in, int *out, int *col, int *bias);
 
+/* fp32 floats of the norms and biases (model->weights) for this config (load.c). */
+size_t model_fp32_floats(const model_config *c);
+/* Set m->weight_bytes from the loaded tensors, as model_weight_bytes counts them (load.c). */
+void model_count_resident(model *m);
+
 /* The activation block (acts.c lays it out, block.c reads and writes it). Every float part is a
  * slice of one 64-byte-aligned allocation; the matmul scratch and attention's workspace follow
  * them in it. */

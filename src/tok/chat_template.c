@@ -17,6 +17,9 @@
  */
 #include "tok/chat_template.h"
 
+#include "io/gguf.h"
+#include "tok/tokenizer.h"
+
 #include "io/json.h"
 #include "tok/jinja.h"
 
@@ -68,7 +71,12 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
     cJSON *cfg = NULL, *stm = NULL;
     char *src = NULL;
     char path[4096], name[4200];
-    if (model_dir) {
+    int gguf = model_dir && gguf_is_file(model_dir);
+    if (gguf) { /* the special tokens and template in a GGUF file's metadata */
+        st = tok_config_load(model_dir, &cfg, err);
+        if (st) goto fail;
+        take_special(t->special, cfg);
+    } else if (model_dir) {
         snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
         if (file_exists(path)) {
             st = json_load_file(path, &cfg, err);
@@ -96,13 +104,16 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
         goto fail;
     }
     snprintf(path, sizeof path, "%s/chat_template.jinja", model_dir);
-    if (file_exists(path)) {
+    if (!gguf && file_exists(path)) {
         st = file_read_all(path, &src, NULL, err);
         if (st) goto fail;
         st = parse_tpl(src, path, &t->main, err);
         goto done;
     }
-    snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
+    if (gguf)
+        snprintf(path, sizeof path, "%s: key tokenizer.chat_template", model_dir);
+    else
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", model_dir);
     const cJSON *ct = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "chat_template") : NULL;
     if (cJSON_IsString(ct)) {
         snprintf(name, sizeof name, "%s[chat_template]", path);
@@ -137,8 +148,9 @@ ft_status chat_template_load(const char *model_dir, const char *template_path, c
         goto done;
     }
     st = ft_error_set(err, FT_ERR_INPUT, model_dir, "pass a template with --chat-template FILE",
-                      "no chat template: neither chat_template.jinja nor a \"chat_template\" field "
-                      "in tokenizer_config.json");
+                      gguf ? "no chat template: the GGUF file has no tokenizer.chat_template key"
+                           : "no chat template: neither chat_template.jinja nor a "
+                             "\"chat_template\" field in tokenizer_config.json");
     goto fail;
 done:
     if (st) goto fail;

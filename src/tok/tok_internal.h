@@ -213,6 +213,13 @@ int decoder_apply(const tok_decoder *d, const char *const *tok, const size_t *tl
                   tok_arena *out);
 void decoder_free(tok_decoder *d);
 
+/* ---- GGUF vocabularies (gguf_vocab.c) --------------------------------------------------- */
+/* The tokenizer.json transformers builds from a GGUF file's tokenizer.ggml.* metadata; errors
+ * name the file and the key. */
+ft_status gguf_tokenizer_json(const char *path, cJSON **out, ft_error *err);
+/* The tokenizer_config.json equivalent (tok_config_load). */
+ft_status gguf_tokenizer_config(const char *path, cJSON **out, ft_error *err);
+
 /* snprintf for the "file: json.path" of messages (truncates quietly; paths are short). */
 void tok_fmt(char *buf, size_t n, const char *fmt, ...);
 

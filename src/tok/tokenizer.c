@@ -18,6 +18,7 @@
  */
 #include "tok/tok_internal.h"
 
+#include "io/gguf.h"
 #include "io/json.h"
 
 #include <stdio.h>
@@ -410,13 +411,15 @@ ft_status tok_load(const char *path, tokenizer **out, ft_error *err) {
     tokenizer *t = calloc(1, sizeof *t);
     if (!t) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
     struct stat sb;
+    int gguf = gguf_is_file(path);
     if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode))
         snprintf(t->file, sizeof t->file, "%s/tokenizer.json", path);
     else
         snprintf(t->file, sizeof t->file, "%s", path);
     const char *file = t->file;
     cJSON *root = NULL;
-    ft_status st = json_load_file(file, &root, err);
+    /* a GGUF file: the tokenizer.json its metadata describes (gguf_vocab.c) */
+    ft_status st = gguf ? gguf_tokenizer_json(file, &root, err) : json_load_file(file, &root, err);
     if (st) goto fail;
     char where[512];
     if (!cJSON_IsObject(root)) {
@@ -616,4 +619,12 @@ oom:
     free(tl);
     free(out.p);
     return ft_error_set(err, FT_ERR_RUNTIME, t->file, NULL, "out of memory while decoding");
+}
+
+ft_status tok_config_load(const char *model, cJSON **out, ft_error *err) {
+    *out = NULL;
+    if (gguf_is_file(model)) return gguf_tokenizer_config(model, out, err);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", model);
+    return json_load_file(path, out, err);
 }

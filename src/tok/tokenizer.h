@@ -19,11 +19,18 @@
 
 #include "ftune.h"
 
+#include <cjson/cJSON.h>
+
 typedef struct tokenizer tokenizer;
 
-/* path: a tokenizer.json file, or a folder that contains one. */
+/* path: a tokenizer.json file, a folder that contains one, or a GGUF file (the vocabulary in its
+ * metadata, built as transformers' GGUF loader builds it: gguf_vocab.c). */
 ft_status tok_load(const char *path, tokenizer **out, ft_error *err);
 void tok_free(tokenizer *t);
+/* The tokenizer_config.json of a model: DIR/tokenizer_config.json, or for a GGUF file the
+ * equivalent built from its metadata (bos/eos/unk/pad tokens, add_bos_token, add_eos_token,
+ * chat_template). FT_ERR_INPUT when there is none. */
+ft_status tok_config_load(const char *model, cJSON **out, ft_error *err);
 
 /* Encode len bytes of text. add_special_tokens: let the post-processor add BOS/EOS etc.
  * *ids is malloc'ed (caller frees), *n its length. */

@@ -223,7 +223,7 @@ def test_model_path_hints(tmp_path):
     """issue 15.10: what --model was given instead of a model folder is named, where the folder is
     opened (model_dir_check), for every command that opens one: a Hub id gets the download
     command, a Hugging Face cache root the snapshot folder to pass, a .gguf file (or a folder of
-    them) is recognised as GGUF."""
+    them) is recognised as GGUF (read by train and plan since issue 16)."""
     cache = tmp_path / "hub" / "models--HuggingFaceTB--SmolLM2-135M-Instruct"
     (cache / "snapshots" / "0123abcd").mkdir(parents=True)
     (tmp_path / "model.Q8_0.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
@@ -236,8 +236,10 @@ def test_model_path_hints(tmp_path):
                                                 "hf download HuggingFaceTB/SmolLM2-135M-Instruct "
                                                 "--local-dir SmolLM2-135M-Instruct"],
         str(cache): ["Hugging Face cache folder", str(cache / "snapshots" / "0123abcd")],
-        str(tmp_path / "model.Q8_0.gguf"): ["GGUF is not read yet"],
-        str(tmp_path / "ggufs"): ["GGUF is not read yet", "m.gguf"],
+        # issue 16: train and plan read the file (this one is truncated: the reader says so),
+        # quantize says it takes a folder; a folder of GGUF files names the file to pass
+        str(tmp_path / "model.Q8_0.gguf"): ["GGUF", "model.Q8_0.gguf"],
+        str(tmp_path / "ggufs"): ["holds a GGUF file", "m.gguf"],
     }
     cwd = os.getcwd()
     try:
