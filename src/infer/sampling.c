@@ -7,6 +7,7 @@
  * sort. Cumulative sums run in double, as PyTorch's CPU cumsum accumulates float32 in double.
  */
 #include "infer/sampling.h"
+#include "io/gguf.h"
 #include "base/rand.h"
 #include "io/json.h"
 
@@ -209,9 +210,26 @@ static ft_status read_fields(const cJSON *j, const char *where, gen_defaults *g,
     return FT_OK;
 }
 
+/* A GGUF file: no generation settings, transformers' defaults (greedy), and the end of
+ * generation from tokenizer.ggml.eos_token_id (llama.cpp's EOS, as transformers' GGUF loader
+ * reads it). */
+static ft_status gguf_defaults_load(const char *path, gen_defaults *g, ft_error *err) {
+    gguf_file *f = NULL;
+    ft_status st = gguf_open(path, &f, err);
+    if (st) return st;
+    uint32_t eos;
+    snprintf(g->source, sizeof g->source, "GGUF metadata");
+    if (gguf_find_kv(f, "tokenizer.ggml.eos_token_id") &&
+        !(st = gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &eos, err)))
+        g->eos[g->n_eos++] = (int32_t)eos;
+    gguf_close(f);
+    return st;
+}
+
 ft_status gen_defaults_load(const char *dir, gen_defaults *g, ft_error *err) {
     memset(g, 0, sizeof *g);
     sampler_defaults(&g->sp);
+    if (gguf_is_file(dir)) return gguf_defaults_load(dir, g, err);
     char path[4200];
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
     int have_gc = access(path, R_OK) == 0;

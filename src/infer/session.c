@@ -3,6 +3,7 @@
  * template's end of turn (session.h).
  */
 #include "infer/session.h"
+#include "io/gguf.h"
 #include "io/safetensors.h"
 
 #include <errno.h>
@@ -115,9 +116,11 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
         return ft_error_set(err, FT_ERR_INPUT, "option --adapter", NULL,
                             "at most %d adapters, got %d", INFER_MAX_ADAPTERS, o->n_adapters);
     set_threads(o->threads);
-    ft_status st = model_dir_check(o->model_dir, err);
+    int gguf = gguf_is_file(o->model_dir); /* a GGUF file holds the model and its vocabulary */
+    ft_status st = gguf ? FT_OK : model_dir_check(o->model_dir, err);
     model_load_options load = o->load;
-    if (!st && !load.quant && !load.dtype && checkpoint_is_bf16(o->model_dir)) load.quant = "bf16";
+    if (!st && !gguf && !load.quant && !load.dtype && checkpoint_is_bf16(o->model_dir))
+        load.quant = "bf16";
     if (!st) st = model_load_with(o->model_dir, &load, &s->m, err);
     if (st) return st;
     for (int i = 0; i < o->n_adapters && !st; i++) {
@@ -132,7 +135,7 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
     if (!st) st = gen_defaults_load(o->model_dir, &s->gd, err);
     char tpath[4200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", o->model_dir);
-    int have_tok = access(tpath, R_OK) == 0;
+    int have_tok = gguf || access(tpath, R_OK) == 0;
     if (!st && o->need_tokenizer && !have_tok)
         st =
             ft_error_set(err, FT_ERR_INPUT, tpath,

@@ -551,7 +551,7 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
     int exists = stat(dir, &sb) == 0;
     if (exists && !S_ISDIR(sb.st_mode) && ends_with_ci(dir, ".gguf"))
         return ft_error_set(err, FT_ERR_INPUT, dir,
-                            "train, eval, plan and tokenize take a GGUF file; for this command "
+                            "train, eval, plan, generate, chat and tokenize take a GGUF file; for this command "
                             "give the Hugging Face model folder the file was made from",
                             "this is a GGUF file; this command takes a Hugging Face model "
                             "folder");
@@ -591,7 +591,7 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
         if (d) closedir(d);
         if (gguf[0])
             return ft_error_set(err, FT_ERR_INPUT, path,
-                                "train, eval, plan and tokenize read a GGUF file given by name",
+                                "train, eval, plan, generate, chat and tokenize read a GGUF file given by name",
                                 "cannot open config.json; the folder holds a GGUF file (%s): "
                                 "pass the file itself, --model %s/%s",
                                 gguf, dir, gguf);
