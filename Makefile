@@ -47,7 +47,7 @@ $(B)/tests/tools/%: tests/tools/%.c $(B)/libftune.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $< $(B)/libftune.a -o $@ $(LIBS)
 
-$(B)/tests/%: tests/%.c tests/test.h $(B)/libftune.a
+$(B)/tests/%: tests/%.c $(wildcard tests/*.h) $(B)/libftune.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $< $(B)/libftune.a -o $@ $(LIBS)
 # gemm_bf16_test also builds the AVX512_BF16 kernel against SIMDe's emulation; GCC notes the

@@ -18,6 +18,7 @@
  *   - ../shared/models/stories260K/stories260K.gguf when present: config, and "Once upon a time"
  *     encodes to transformers' ids (tests/peers/test_gguf_model.py compares whole corpora).
  */
+#include "gguf_bytes.h"
 #include "io/gguf.h"
 #include "model/model.h"
 #include "ops/ggml_quants.h"
@@ -28,36 +29,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-/* ---- a byte writer (as gguf_test.c) ------------------------------------------------------- */
-
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const void *d, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p) abort();
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-static void u8(buf *b, uint8_t v) { put(b, &v, 1); }
-static void u16(buf *b, uint16_t v) { put(b, &v, 2); }
-static void u32(buf *b, uint32_t v) { put(b, &v, 4); }
-static void u64(buf *b, uint64_t v) { put(b, &v, 8); }
-static void f32(buf *b, float v) { put(b, &v, 4); }
-static void str(buf *b, const char *s) {
-    u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void key(buf *b, const char *k, uint32_t type) {
-    str(b, k);
-    u32(b, type);
-}
 
 /* ---- a model file ------------------------------------------------------------------------- */
 

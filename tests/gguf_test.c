@@ -19,6 +19,7 @@
  *     names the file and the key or tensor (run under ASan by make asan);
  *   - ../shared/models/stories260K/stories260K.gguf when it is there: 48 F32 tensors, llama.
  */
+#include "gguf_bytes.h"
 #include "io/gguf.h"
 #include "ops/ggml_quants.h"
 #include "test.h"
@@ -28,34 +29,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* ---- a byte writer ------------------------------------------------------------------------- */
-
-typedef struct buf {
-    uint8_t *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const void *d, size_t n) {
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        if (!b->p) abort();
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-static void u8(buf *b, uint8_t v) { put(b, &v, 1); }
-static void u16(buf *b, uint16_t v) { put(b, &v, 2); }
-static void u32(buf *b, uint32_t v) { put(b, &v, 4); }
-static void u64(buf *b, uint64_t v) { put(b, &v, 8); }
-static void str(buf *b, const char *s) {
-    u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void key(buf *b, const char *k, uint32_t type) {
-    str(b, k);
-    u32(b, type);
-}
 static void tinfo(buf *b, const char *name, int nd, const uint64_t *ne, uint32_t type,
                   uint64_t off) {
     str(b, name);

@@ -25,15 +25,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t stop_flag;
-static void on_sigint(int sig) { stop_flag = sig; }
-
-static void print_text(void *user, const char *s, size_t n) {
-    (void)user;
-    fwrite(s, 1, n, stdout);
-    fflush(stdout);
-}
-
 static cJSON *message(const char *role, const char *content) {
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "role", role);
@@ -86,7 +77,7 @@ static ft_status turn(chat *c, const char *content, ft_error *err) {
     gen_result r = {0};
     if (!st) {
         gen_options o = c->o; /* a full context ends the answer with stop "context" */
-        o.on_text = c->json ? NULL : print_text;
+        o.on_text = c->json ? NULL : gen_print_text;
         st = generate_run(&c->s.im, ids, (int)n, &o, &r, err);
     }
     if (st) {
@@ -169,7 +160,7 @@ static ft_status session_loop(chat *c, ft_error *err) {
             printf("> ");
             fflush(stdout);
         }
-        stop_flag = 0;
+        gen_stop_flag = 0;
         errno = 0;
         if (getline(&line, &cap, stdin) < 0) {
             if (!c->json) printf("\n");
@@ -254,10 +245,10 @@ int cmd_chat(int argc, char **argv) {
             c.stops[ns++] = c.g.stops.v[i];
         if (c.s.eot < 0 && c.s.eot_text[0]) c.stops[ns++] = c.s.eot_text;
         c.o.max_new_tokens = c.max_new, c.o.eos = c.eos, c.o.n_eos = ne;
-        c.o.stops = c.stops, c.o.n_stops = ns, c.o.tok = c.s.tok, c.o.stop = &stop_flag;
+        c.o.stops = c.stops, c.o.n_stops = ns, c.o.tok = c.s.tok, c.o.stop = &gen_stop_flag;
         c.history = new_history(c.g.system);
         struct sigaction sa = {0};
-        sa.sa_handler = on_sigint; /* no SA_RESTART: Ctrl-C at the prompt ends the read */
+        sa.sa_handler = gen_on_sigint; /* no SA_RESTART: Ctrl-C at the prompt ends the read */
         sigaction(SIGINT, &sa, NULL);
         st = session_loop(&c, &err);
         signal(SIGINT, SIG_DFL);

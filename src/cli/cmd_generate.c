@@ -21,15 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static volatile sig_atomic_t stop_flag;
-static void on_sigint(int sig) { stop_flag = sig; }
-
-static void print_text(void *user, const char *s, size_t n) {
-    (void)user;
-    fwrite(s, 1, n, stdout);
-    fflush(stdout);
-}
-
 /* --dump-probs: every step's raw logits and final distribution, and the chosen ids */
 typedef struct dump {
     float *logits, *probs;
@@ -205,10 +196,10 @@ static ft_status run(gen_args *a, int *interrupted, ft_error *err) {
         stops[ns++] = a->g.stops.v[i];
     if (a->apply_template && s.eot < 0 && s.eot_text[0]) stops[ns++] = s.eot_text;
     o.max_new_tokens = max_new, o.eos = eos, o.n_eos = ne, o.stops = stops, o.n_stops = ns;
-    o.tok = s.tok, o.on_text = a->json ? NULL : print_text, o.stop = &stop_flag;
+    o.tok = s.tok, o.on_text = a->json ? NULL : gen_print_text, o.stop = &gen_stop_flag;
     if (a->dump_probs) o.on_step = on_step, o.user = &d;
     struct sigaction sa = {0};
-    sa.sa_handler = on_sigint;
+    sa.sa_handler = gen_on_sigint;
     sigaction(SIGINT, &sa, NULL);
     st = generate_run(&s.im, ids, (int)n, &o, &r, err);
     signal(SIGINT, SIG_DFL);

@@ -157,3 +157,12 @@ double gen_peak_rss_mb(void) {
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_maxrss / 1024.0;
 }
+
+volatile sig_atomic_t gen_stop_flag;
+void gen_on_sigint(int sig) { gen_stop_flag = sig; }
+
+void gen_print_text(void *user, const char *s, size_t n) {
+    (void)user;
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+}

@@ -9,6 +9,8 @@
 #include "cli/args.h"
 #include "infer/session.h"
 
+#include <signal.h>
+
 typedef struct gen_cli {
     const char *model, *system, *chat_template, *kv_cache, *quant, *quant_lm_head;
     args_list adapters, template_args, stops;
@@ -33,5 +35,10 @@ ft_status gen_cli_sampling(const gen_cli *g, const gen_defaults *d, sampler_para
 int gen_cli_context(const gen_cli *g, const infer_session *s, int cap);
 /* Peak resident memory of the process in MB. */
 double gen_peak_rss_mb(void);
+/* The stop flag that Ctrl-C sets (gen_on_sigint) and the generation loop reads between tokens;
+ * gen_print_text streams decoded text to stdout as it comes. */
+extern volatile sig_atomic_t gen_stop_flag;
+void gen_on_sigint(int sig);
+void gen_print_text(void *user, const char *s, size_t n);
 
 #endif

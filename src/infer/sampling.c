@@ -7,8 +7,8 @@
  * sort. Cumulative sums run in double, as PyTorch's CPU cumsum accumulates float32 in double.
  */
 #include "infer/sampling.h"
-#include "io/gguf.h"
 #include "base/rand.h"
+#include "io/gguf.h"
 #include "io/json.h"
 
 #include <math.h>
