@@ -123,14 +123,23 @@ ft_status bpe_load(const cJSON *model, const char *file, tok_bpe **out, ft_error
         st = ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected an object {token: id}");
         goto fail;
     }
-    long maxid = -1;
-    for (const cJSON *e = vocab->child; e; e = e->next) {
+    long maxid = -1, count = 0;
+    for (const cJSON *e = vocab->child; e; e = e->next, count++) {
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 2e9) {
             tok_fmt(where, sizeof where, "%s: model.vocab[\"%.100s\"]", file, e->string);
             st = ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected a non-negative integer id");
             goto fail;
         }
         if (e->valueint > maxid) maxid = e->valueint;
+    }
+    /* ids index a dense table: a vocabulary's ids are 0..V-1 (a few gaps are tolerated), so an id
+     * far beyond the number of entries is a damaged file, not a reason to allocate gigabytes */
+    if (maxid >= count + 65536) {
+        tok_fmt(where, sizeof where, "%s: model.vocab", file);
+        st = ft_error_set(err, FT_ERR_INPUT, where,
+                          "the ids of a vocabulary run from 0 to its size - 1",
+                          "id %ld is far beyond the %ld entries of the vocabulary", maxid, count);
+        goto fail;
     }
     m->V = (size_t)(maxid + 1);
     m->str = calloc(m->V + 1, sizeof *m->str);

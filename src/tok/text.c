@@ -234,7 +234,10 @@ static int regex_translate(const char *p, tok_arena *o) {
 ft_status regex_compile(tok_regex *re, const char *pattern, int literal, const char *where,
                         ft_error *err) {
     tok_arena o = {0};
-    uint32_t opts = PCRE2_UTF | PCRE2_NO_UTF_CHECK;
+    /* the pattern's UTF-8 is checked here (a damaged tokenizer.json can hold any bytes, and
+     * PCRE2 reads past the end of a bad sequence it was told not to check); subjects are
+     * checked once by the caller and matched with PCRE2_NO_UTF_CHECK */
+    uint32_t opts = PCRE2_UTF;
     const char *pat;
     if (literal) {
         opts |= PCRE2_LITERAL;
