@@ -275,6 +275,11 @@ ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **ou
         (st = json_get_bool(j, "use_dora", 0, 0, &dora, where, err)) ||
         (st = json_get_string(j, "bias", 0, "none", &bias, where, err)))
         goto done;
+    if (r > 16384) { /* PEFT's ranks in use are up to a few thousand; this one is a damaged file */
+        st = ft_error_set(err, FT_ERR_INPUT, where, "LoRA ranks run from 1 to 16384 here",
+                          "field \"r\" is %ld", r);
+        goto done;
+    }
     if (strcmp(ptype, "LORA")) {
         st = ft_error_set(err, FT_ERR_INPUT, where, "ftune reads LoRA adapters only",
                           "field \"peft_type\" is \"%s\", expected \"LORA\"", ptype);
