@@ -13,9 +13,12 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
+#include <omp.h>
+#include <unistd.h>
 #endif
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 
 static cpu_features feat;
@@ -110,4 +113,23 @@ int cpu_set_level(cpu_isa l) {
     if ((unsigned)l >= CPU_NLEVELS || l > native) return 0;
     capped = l;
     return 1;
+}
+
+void openblas_set_num_threads(int);
+
+void cpu_set_threads(int n) {
+    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+int cpu_pick(const void *table, size_t row_size, size_t level_offset, int n) {
+    cpu_isa l = cpu_level();
+    for (int i = 0; i < n - 1; i++) {
+        cpu_isa need;
+        memcpy(&need, (const char *)table + (size_t)i * row_size + level_offset, sizeof need);
+        if (need <= l) return i;
+    }
+    return n - 1;
 }

@@ -20,6 +20,8 @@
 
 #include "ftune.h"
 
+#include <stddef.h>
+
 typedef enum cpu_isa { CPU_PORTABLE, CPU_AVX2, CPU_AVX512, CPU_AVX512BF16, CPU_NLEVELS } cpu_isa;
 
 /* The raw CPUID / XGETBV bits behind the levels (all 0 off x86-64). */
@@ -47,5 +49,16 @@ ft_status cpu_check_env(ft_error *err);
 /* For tests and benchmarks: run at level l from now on (FTUNE_ISA no longer applies). Returns 1,
  * or 0 (nothing changes) when the CPU lacks l. Not thread-safe against running kernels. */
 int cpu_set_level(cpu_isa l);
+
+/* n threads for ftune's OpenMP loops and for OpenBLAS alike (n <= 0: every online CPU), so the
+ * two runtimes never oversubscribe the cores; train, eval and generate call it. */
+void cpu_set_threads(int n);
+
+/* The row of an op's kernel table to run: the first whose `level` field is <= cpu_level(), else
+ * the last (the table lists its kernels best first and ends with the portable one). */
+int cpu_pick(const void *table, size_t row_size, size_t level_offset, int n);
+#define CPU_PICK(table)                                                                          \
+    cpu_pick((table), sizeof(table)[0], offsetof(__typeof__((table)[0]), level),                \
+             (int)(sizeof(table) / sizeof(table)[0]))
 
 #endif

@@ -2,6 +2,7 @@
  * session.c: loading what a generation needs, the adapters with their weights, and the chat
  * template's end of turn (session.h).
  */
+#include "base/cpu.h"
 #include "infer/session.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
@@ -14,16 +15,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-void openblas_set_num_threads(int);
-
-/* The same rule as training's (train/trainer.c: train_set_threads): n threads for OpenMP and
- * OpenBLAS, all cores when n <= 0. */
-static void set_threads(int n) {
-    if (n <= 0) n = omp_get_num_procs();
-    if (n < 1) n = 1;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
-}
 
 static int is_dir(const char *p) {
     struct stat sb;
@@ -115,7 +106,7 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
     if (o->n_adapters > INFER_MAX_ADAPTERS)
         return ft_error_set(err, FT_ERR_INPUT, "option --adapter", NULL,
                             "at most %d adapters, got %d", INFER_MAX_ADAPTERS, o->n_adapters);
-    set_threads(o->threads);
+    cpu_set_threads(o->threads);
     int gguf = gguf_is_file(o->model_dir); /* a GGUF file holds the model and its vocabulary */
     ft_status st = gguf ? FT_OK : model_dir_check(o->model_dir, err);
     model_load_options load = o->load;

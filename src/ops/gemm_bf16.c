@@ -135,12 +135,7 @@ static const bf16_kernels table[] = {
 };
 enum { NTABLE = sizeof table / sizeof table[0] };
 
-static const bf16_kernels *kernels(void) {
-    cpu_isa l = cpu_level();
-    for (int i = 0; i < NTABLE - 1; i++)
-        if (table[i].level <= l) return &table[i];
-    return &table[NTABLE - 1];
-}
+static const bf16_kernels *kernels(void) { return &table[CPU_PICK(table)]; }
 
 static void widen_rows(float *dst, size_t ldd, const uint16_t *src, size_t lds, int rows,
                        int cols) {

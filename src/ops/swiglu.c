@@ -51,14 +51,7 @@ static const struct {
     {"avx2", CPU_AVX2, swiglu_forward_avx2, swiglu_backward_avx2},
     {"portable", CPU_PORTABLE, swiglu_forward_ref, swiglu_backward_ref},
 };
-enum { NTABLE = sizeof table / sizeof table[0] };
-
-static int pick(void) {
-    cpu_isa l = cpu_level();
-    for (int i = 0; i < NTABLE - 1; i++)
-        if (table[i].level <= l) return i;
-    return NTABLE - 1;
-}
+static int pick(void) { return CPU_PICK(table); }
 
 const char *swiglu_isa(void) { return table[pick()].name; }
 

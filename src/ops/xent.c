@@ -115,14 +115,7 @@ static const struct {
     {"avx2", CPU_AVX2, xent_row_avx2},
     {"portable", CPU_PORTABLE, xent_row_ref},
 };
-enum { NTABLE = sizeof table / sizeof table[0] };
-
-static int pick(void) {
-    cpu_isa l = cpu_level();
-    for (int i = 0; i < NTABLE - 1; i++)
-        if (table[i].level <= l) return i;
-    return NTABLE - 1;
-}
+static int pick(void) { return CPU_PICK(table); }
 
 const char *xent_isa(void) { return table[pick()].name; }
 

@@ -3,6 +3,7 @@
  * the dumps of logits and adapter gradients that the peer tests compare with PyTorch; with
  * --stride, the sliding-window perplexity of a plain text file (infer/perplexity.c).
  */
+#include "base/cpu.h"
 #include "data/dataset.h"
 #include "ftune.h"
 #include "infer/perplexity.h"
@@ -13,8 +14,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-void train_set_threads(int n); /* trainer.c */
 
 /* The logits of one batch holding every example, padded positions zeroed. */
 static ft_status write_logits(const char *path, float *logits, const batch *b, int V,
@@ -88,7 +87,7 @@ ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err) 
     if (o->pack && o->seq_len < 2)
         return ft_error_set(err, FT_ERR_INPUT, "option --pack", NULL,
                             "needs --seq-len (the row length)");
-    train_set_threads(o->threads);
+    cpu_set_threads(o->threads);
     model m;
     model_load_options lopt = {.quant = o->quant,
                                .double_quant = o->double_quant,

@@ -20,6 +20,7 @@
  * 0, a signal reaching the ranks between different steps) the ranks agree (dist_agree, dist_max)
  * before going on, so all stop together with the first failing rank's error.
  */
+#include "base/cpu.h"
 #include "data/dataset.h"
 #include "dist/dist.h"
 #include "ftune.h"
@@ -44,7 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-void openblas_set_num_threads(int);
 
 /* Everything a training run holds, freed by run_free. */
 typedef struct run {
@@ -85,14 +85,6 @@ static double rss_mb(void) {
         fclose(f);
     }
     return resident * (double)sysconf(_SC_PAGESIZE) / 1048576.0;
-}
-
-void train_set_threads(int n);
-void train_set_threads(int n) {
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    if (n < 1) n = 1;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
 }
 
 /* A line (or lines) of text for the caller. */
@@ -771,7 +763,7 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                           "choose a new --out folder, continue it with --resume, or pass "
                           "--overwrite to replace the run in it",
                           "the output folder exists and is not empty");
-    if (!st) train_set_threads(r->o->threads);
+    if (!st) cpu_set_threads(r->o->threads);
     if (!st) st = load_inputs(r, err);
     st = check_same_run(r, st, err);
     if (!st) st = allocate(r, err);
