@@ -57,8 +57,8 @@ void cpu_set_threads(int n);
 /* The row of an op's kernel table to run: the first whose `level` field is <= cpu_level(), else
  * the last (the table lists its kernels best first and ends with the portable one). */
 int cpu_pick(const void *table, size_t row_size, size_t level_offset, int n);
-#define CPU_PICK(table)                                                                          \
-    cpu_pick((table), sizeof(table)[0], offsetof(__typeof__((table)[0]), level),                \
+#define CPU_PICK(table)                                                                            \
+    cpu_pick((table), sizeof(table)[0], offsetof(__typeof__((table)[0]), level),                   \
              (int)(sizeof(table) / sizeof(table)[0]))
 
 #endif

@@ -2,8 +2,8 @@
  * session.c: loading what a generation needs, the adapters with their weights, and the chat
  * template's end of turn (session.h).
  */
-#include "base/cpu.h"
 #include "infer/session.h"
+#include "base/cpu.h"
 #include "io/gguf.h"
 #include "io/safetensors.h"
 
@@ -14,7 +14,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
 
 static int is_dir(const char *p) {
     struct stat sb;

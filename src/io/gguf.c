@@ -22,6 +22,7 @@
  * layout. Big-endian files (GGUF v3 allows them) are refused with a message that says so.
  */
 #include "io/gguf.h"
+#include "io/spans.h"
 
 #include "ops/ggml_quants.h"
 
@@ -345,21 +346,10 @@ static ft_status build_index(gguf_file *g, ft_error *err) {
     return FT_OK;
 }
 
-typedef struct span {
-    uint64_t begin, end;
-    int idx;
-} span;
-
-static int span_cmp(const void *a, const void *b) {
-    const span *x = a, *y = b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
 /* Place every tensor in the data section: aligned, inside it, not overlapping. */
 static ft_status place_tensors(gguf_file *g, ft_error *err) {
     char where[1200];
-    span *sp = malloc(sizeof *sp * (size_t)(g->nt + 1));
+    io_span *sp = malloc(sizeof *sp * (size_t)(g->nt + 1));
     if (!sp) return oom(err, g->path);
     int ns = 0;
     ft_status st = FT_OK;
@@ -377,20 +367,17 @@ static ft_status place_tensors(gguf_file *g, ft_error *err) {
                               t->nbytes, t->offset, g->data_size);
         else {
             t->data = g->data + t->offset;
-            if (t->nbytes) sp[ns++] = (span){t->offset, t->offset + t->nbytes, i};
+            if (t->nbytes) sp[ns++] = (io_span){t->offset, t->offset + t->nbytes, i};
         }
     }
-    if (!st) {
-        qsort(sp, (size_t)ns, sizeof *sp, span_cmp);
-        for (int i = 1; i < ns && !st; i++)
-            if (sp[i].begin < sp[i - 1].end) {
-                const gguf_tensor *a = &g->t[sp[i].idx], *b = &g->t[sp[i - 1].idx];
-                snprintf(where, sizeof where, "%s: tensor \"%.200s\"", g->path, a->name);
-                st = ft_error_set(err, FT_ERR_INPUT, where, GGUF_HINT_CORRUPT,
-                                  "its bytes [%" PRIu64 ", %" PRIu64
-                                  ") overlap tensor \"%.200s\" [%" PRIu64 ", %" PRIu64 ")",
-                                  sp[i].begin, sp[i].end, b->name, sp[i - 1].begin, sp[i - 1].end);
-            }
+    int i, p;
+    if (!st && (i = io_spans_overlap(sp, ns, &p)) >= 0) {
+        const gguf_tensor *a = &g->t[sp[i].idx], *b = &g->t[sp[p].idx];
+        snprintf(where, sizeof where, "%s: tensor \"%.200s\"", g->path, a->name);
+        st = ft_error_set(err, FT_ERR_INPUT, where, GGUF_HINT_CORRUPT,
+                          "its bytes [%" PRIu64 ", %" PRIu64 ") overlap tensor \"%.200s\" [%" PRIu64
+                          ", %" PRIu64 ")",
+                          sp[i].begin, sp[i].end, b->name, sp[p].begin, sp[p].end);
     }
     free(sp);
     return st;

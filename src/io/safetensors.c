@@ -24,6 +24,7 @@
  * Data is assumed little-endian, like the host (x86-64, aarch64).
  */
 #include "io/safetensors.h"
+#include "io/spans.h"
 
 #include "io/atomic.h"
 #include "io/json.h"
@@ -147,19 +148,8 @@ static ft_status add_meta(st_set *s, const char *k, const char *v, ft_error *err
     return FT_OK;
 }
 
-typedef struct span {
-    uint64_t begin, end;
-    int idx;
-} span;
-
-static int span_cmp(const void *a, const void *b) {
-    const span *x = a, *y = b;
-    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
 /* Parse and validate one entry of the header; append it to s. */
-static ft_status parse_entry(st_set *s, st_file *f, const cJSON *e, span *sp, ft_error *err) {
+static ft_status parse_entry(st_set *s, st_file *f, const cJSON *e, io_span *sp, ft_error *err) {
     char where[1024];
     tensor_where(where, sizeof where, f->path, e->string);
     if (!cJSON_IsObject(e))
@@ -336,7 +326,7 @@ static ft_status load_file(st_set *s, const char *path, ft_error *err) {
                             "the header is not a JSON object");
     }
     int count = cJSON_GetArraySize(j);
-    span *spans = malloc(sizeof *spans * (size_t)(count + 1));
+    io_span *spans = malloc(sizeof *spans * (size_t)(count + 1));
     if (!spans) {
         cJSON_Delete(j);
         return oom(err, path);
@@ -367,22 +357,14 @@ static ft_status load_file(st_set *s, const char *path, ft_error *err) {
     cJSON_Delete(j);
     if (!st) {
         /* Non-empty tensors must not share bytes. */
-        qsort(spans, (size_t)ns, sizeof *spans, span_cmp);
-        uint64_t end = 0;
-        int last = -1;
-        for (int i = 0; i < ns; i++) {
-            if (spans[i].begin == spans[i].end) continue;
-            if (last >= 0 && spans[i].begin < end) {
-                const st_tensor *a = &s->t[spans[i].idx], *b = &s->t[last];
-                tensor_where(where, sizeof where, path, a->name);
-                st = ft_error_set(err, FT_ERR_INPUT, where, ST_HINT_CORRUPT,
-                                  "data_offsets [%" PRIu64 ", %" PRIu64
-                                  "] overlap tensor \"%s\" (which ends at %" PRIu64 ")",
-                                  spans[i].begin, spans[i].end, b->name, end);
-                break;
-            }
-            end = spans[i].end;
-            last = spans[i].idx;
+        int p, i = io_spans_overlap(spans, ns, &p);
+        if (i >= 0) {
+            const st_tensor *a = &s->t[spans[i].idx], *b = &s->t[spans[p].idx];
+            tensor_where(where, sizeof where, path, a->name);
+            st = ft_error_set(err, FT_ERR_INPUT, where, ST_HINT_CORRUPT,
+                              "data_offsets [%" PRIu64 ", %" PRIu64
+                              "] overlap tensor \"%s\" (which ends at %" PRIu64 ")",
+                              spans[i].begin, spans[i].end, b->name, spans[p].end);
         }
     }
     free(spans);

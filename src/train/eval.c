@@ -69,8 +69,7 @@ static ft_status eval_stride(const ft_eval_options *o, model *m, ft_eval_result 
     if (!st && (st = tok_encode(tok, text, len, 1, &ids, &n, err)) && !strcmp(err->where, "text"))
         snprintf(err->where, sizeof err->where, "%s", o->data_path);
     int max_len = o->seq_len > 0 ? o->seq_len : m->cfg.max_pos;
-    if (!st)
-        st = perplexity_sliding(m, ids, n, max_len, o->stride, &res->loss, &res->tokens, err);
+    if (!st) st = perplexity_sliding(m, ids, n, max_len, o->stride, &res->loss, &res->tokens, err);
     free(ids);
     free(text);
     tok_free(tok);

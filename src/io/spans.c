@@ -1,0 +1,26 @@
+/*
+ * spans.c: the overlap check of spans.h.
+ */
+#include "io/spans.h"
+
+#include <stdlib.h>
+
+static int span_cmp(const void *a, const void *b) {
+    const io_span *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+int io_spans_overlap(io_span *sp, int n, int *prev) {
+    qsort(sp, (size_t)n, sizeof *sp, span_cmp);
+    int last = -1;
+    for (int i = 0; i < n; i++) {
+        if (sp[i].begin == sp[i].end) continue;
+        if (last >= 0 && sp[i].begin < sp[last].end) {
+            *prev = last;
+            return i;
+        }
+        last = i;
+    }
+    return -1;
+}
