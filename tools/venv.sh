@@ -15,4 +15,15 @@ if [ ! -f "$dir/.complete" ]; then
   "$dir/bin/pip" install -q --disable-pip-version-check -r "$req" >&2
   touch "$dir/.complete"
 fi
+# The extra peers (tests/peers/requirements-extra.txt): llama.cpp through llama-cpp-python, from a
+# wheel built once and cached beside the venv, and mergekit. Stamped by the file's hash.
+extra=tests/peers/requirements-extra.txt
+xkey=$(sha256sum "$extra" | cut -c1-12)
+if [ ! -f "$dir/.extra-$xkey" ]; then
+  bash tools/llama-wheel.sh "$dir" >&2
+  wheels="${FTUNE_CACHE:-$HOME/.cache/ftune}/wheels"
+  "$dir/bin/pip" install -q --disable-pip-version-check -c "$req" --find-links "$wheels" \
+    -r <(grep -v '^#' "$extra") >&2
+  touch "$dir/.extra-$xkey"
+fi
 echo "$dir"

@@ -140,3 +140,19 @@ def zoo(tmp_path_factory):
 def pytest_configure(config):
     # transformers 5 warns about its own deprecated helpers when PEFT calls them; not ours.
     config.addinivalue_line("filterwarnings", "ignore::FutureWarning")
+    # Tests that need the extra peers (tests/peers/requirements-extra.txt), so they can be run
+    # apart: `pytest -m llama_cpp`, `pytest -m mergekit` (or left out with `-m "not llama_cpp"`).
+    config.addinivalue_line("markers", "llama_cpp: compares with llama.cpp (llama-cpp-python)")
+    config.addinivalue_line("markers", "mergekit: compares with mergekit")
+
+
+def llama_cpp_scripts():
+    """The folder holding llama.cpp's convert_hf_to_gguf.py and convert_lora_to_gguf.py (with the
+    gguf-py they import), unpacked by tools/llama-wheel.sh from llama-cpp-python's sdist."""
+    import re
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    req = open(os.path.join(here, "requirements-extra.txt")).read()
+    ver = re.search(r"^llama-cpp-python==(\S+)", req, re.M).group(1)
+    cache = os.environ.get("FTUNE_CACHE", os.path.expanduser("~/.cache/ftune"))
+    return os.path.join(cache, "llama.cpp-" + ver)
