@@ -155,6 +155,15 @@ static ft_status convert_bnb(const fold_item *it, const qtensor *q, float *w, vo
     return FT_OK;
 }
 
+void merge_delta_rows(const adapter_module *m, int transposed, size_t r0, size_t n, size_t cols,
+                      float *d) {
+    if (!transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
+        gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in, 0.0f,
+             d, (int)cols);
+    else /* rows r0.. of (B @ A)^T = A[:, r0:r0+n]^T (n, r) @ B^T (r, out) */
+        gemm(1, 1, (int)n, (int)cols, m->r, 1.0f, m->A + r0, m->in, m->B, m->r, 0.0f, d, (int)cols);
+}
+
 /* W + delta for one weight, rows [r0, r0 + n) at a time: w holds W's rows as fp32, d the delta's
  * (B @ A), both CHUNK values. */
 static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, float *w, float *d,
@@ -169,12 +178,7 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
         size_t n = rows - r0 < rc ? rows - r0 : rc;
         ft_status st = read_rows(it, q, r0, n, w, err);
         if (st) return st;
-        if (!it->transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
-            gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in,
-                 0.0f, d, (int)cols);
-        else /* rows r0.. of (B @ A)^T = A[:, r0:r0+n]^T (n, r) @ B^T (r, out) */
-            gemm(1, 1, (int)n, (int)cols, m->r, 1.0f, m->A + r0, m->in, m->B, m->r, 0.0f, d,
-                 (int)cols);
+        merge_delta_rows(m, it->transposed, r0, n, cols, d);
         size_t k = n * cols;
         int bad = 0;
         /* W in the dtype the model was loaded in: the out dtype, or for a 4-bit weight the
@@ -198,7 +202,7 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
 }
 
 /* GPT-2-style models, whose linear layers are transformers' Conv1D (W stored as (in, out)). */
-static int conv1d_model(const cJSON *cfg) {
+int merge_conv1d_model(const cJSON *cfg) {
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
     static const char *const types[] = {"gpt2", "openai-gpt", "imagegpt"};
     for (int i = 0; cJSON_IsString(mt) && i < 3; i++)
@@ -211,7 +215,7 @@ static ft_status bind_modules(const adapter *a, const st_set *in, const cJSON *c
                               fold_item *items, int nitems, ft_error *err) {
     char file[4200], where[4600];
     snprintf(file, sizeof file, "%s/adapter_model.safetensors", a->dir);
-    int conv1d = conv1d_model(cfg);
+    int conv1d = merge_conv1d_model(cfg);
     /* a module the model lacks says more about a wrong pairing than a shape does: first */
     for (int i = 0; i < a->n; i++) {
         const adapter_module *m = &a->mods[i];

@@ -7,6 +7,9 @@
 #define FT_MERGE_MERGE_H
 
 #include "ftune.h"
+#include "io/json.h"
+
+#include <stddef.h>
 
 /* transformers 5.23's default max_shard_size for save_pretrained. */
 #define MERGE_DEFAULT_MAX_SHARD_SIZE "50GB"
@@ -38,6 +41,14 @@ typedef struct merge_fold_result {
  * merged model (merge_and_unload() then save_pretrained()), with config.json,
  * generation_config.json and the tokenizer files; through a temporary folder (outdir.h). */
 ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_error *err);
+
+/* Shared with merge-models (models.c): rows [r0, r0 + n) (cols values each) of module m's
+ * unscaled delta B @ A (its transpose for a Conv1D weight) into d, the product fold.c adds; and
+ * whether config.json's model_type is a GPT-2-style model with Conv1D layers. */
+struct adapter_module;
+void merge_delta_rows(const struct adapter_module *m, int transposed, size_t r0, size_t n,
+                      size_t cols, float *d);
+int merge_conv1d_model(const cJSON *cfg);
 
 /* The combination types of PEFT's add_weighted_adapter. */
 typedef enum merge_method {
@@ -83,5 +94,45 @@ typedef struct merge_adapters_result {
 
 ft_status merge_adapters(const merge_adapters_options *o, merge_adapters_result *res,
                          ft_error *err);
+
+/* `ftune merge-models`: mergekit 0.1.5's methods on whole models (models.c). */
+typedef enum models_method {
+    MK_LINEAR,
+    MK_TASK_ARITHMETIC,
+    MK_TIES,
+    MK_DARE_LINEAR,
+    MK_DARE_TIES,
+    MK_SLERP,
+    MK_COUNT
+} models_method;
+extern const char *const models_method_names[MK_COUNT];
+
+typedef struct merge_models_options {
+    const char *base_dir; /* --base: the task vectors' origin (NULL allowed for linear) */
+    int n;
+    const char *model_dirs[MERGE_MAX_ADAPTERS]; /* a model folder, or an adapter of --base */
+    double weights[MERGE_MAX_ADAPTERS];
+    models_method method;
+    double density; /* mergekit's default 1 (nothing dropped) */
+    double lambda;  /* default 1 */
+    double t;       /* slerp: 0 gives the base, 1 the model */
+    int normalize;  /* -1: the method's default */
+    int rescale;    /* -1: the method's default */
+    uint64_t seed;  /* DARE's masks */
+    const char *out_dir;
+    const char *out_dtype;      /* NULL: each tensor keeps the base's dtype */
+    const char *max_shard_size; /* NULL: transformers' default */
+    const char *dump_masks;     /* DARE's masks (U8, 1 = kept), "TENSOR.K", for the tests */
+    int overwrite;
+    merge_progress_fn progress;
+    void *user;
+} merge_models_options;
+
+typedef struct merge_models_result {
+    int tensors, merged, shards;
+    unsigned long long bytes;
+} merge_models_result;
+
+ft_status merge_models(const merge_models_options *o, merge_models_result *res, ft_error *err);
 
 #endif
