@@ -10,15 +10,16 @@
  *                    divided by the sum of their weights
  *   dare_linear      d_k * Bernoulli(density) mask, rescaled to d_k's L1 norm (rescale), summed
  *   dare_ties        the same masks, then TIES' election and disjoint sum
- *   slerp            per output row (dim 0): spherical interpolation of the base and one model
- *                    at t, linear where the rows are (anti)parallel
+ *   slerp            spherical interpolation of the base and one model at t, per tensor (its
+ *                    norms and the angle over the whole tensor), linear where they are
+ *                    (anti)parallel
  *
  * Streaming: every method but the pruning ones needs only the values at hand, so each tensor is
- * read a chunk of whole rows at a time from each model (slerp's norms are per row). TIES'
- * threshold (the k-th largest |d_k|) is found without holding the tensor: two histogram passes
- * over the bit patterns of |d_k| (monotonic for non-negative floats: top 16 bits, then the low 16
- * within the bucket that holds the k-th), and the L1 norms of rescaling take one pass more; peak
- * memory is a few chunks per model whatever the model size.
+ * read a chunk of whole rows at a time from each model (slerp's norms and angle take two passes
+ * more). TIES' threshold (the k-th largest |d_k|) is found without holding the tensor: two
+ * histogram passes over the bit patterns of |d_k| (monotonic for non-negative floats: top 16 bits,
+ * then the low 16 within the bucket that holds the k-th), and the L1 norms of rescaling take one
+ * pass more; peak memory is a few chunks per model whatever the model size.
  *
  * A model may be a LoRA adapter of --base: its tensors are then what `ftune merge` writes (fold.c:
  * W + scaling * B @ A in W's dtype), computed per chunk and never stored.
@@ -302,35 +303,45 @@ static ft_status add_mask(ctx *c, const item *it, int k, uint8_t **out, ft_error
     return FT_OK;
 }
 
-/* mergekit's slerp() for rows [0, nr) of a chunk: a = base rows (v0), b = model rows (v1). */
-static void slerp_rows(const float *a, const float *b, float *out, size_t nr, size_t cols,
-                       float t) {
+/* mergekit's slerp() coefficients for one tensor (its batch axis holds whole tensors: the norms
+ * and the dot product are over the tensor): a pass for the two L2 norms, one for the dot product
+ * of the normalized tensors (normalized before the product, as mergekit does), each summed in
+ * double and rounded once (mergekit's are fp32 sums of chunk sums: within an ulp or two). */
+static ft_status slerp_coefs(ctx *c, const item *it, float t, float *ca, float *cb, ft_error *err) {
     const double eps = 1e-8, dot_threshold = 0.9995;
-    for (size_t r = 0; r < nr; r++) {
-        const float *x = a + r * cols, *y = b + r * cols;
-        double sa = 0, sb = 0;
-        for (size_t i = 0; i < cols; i++)
-            sa += (double)x[i] * x[i], sb += (double)y[i] * y[i];
-        float na = (float)sqrt(sa), nb = (float)sqrt(sb);
-        if (!(na > eps)) na = 1.0f;
-        if (!(nb > eps)) nb = 1.0f;
-        double dd = 0; /* normalized before the product, as mergekit does */
-        for (size_t i = 0; i < cols; i++)
-            dd += (double)((x[i] / na) * (y[i] / nb));
-        float dot = (float)dd;
-        dot = dot < -1.0f ? -1.0f : dot > 1.0f ? 1.0f : dot;
-        float ca, cb;
-        if (fabsf(dot) > dot_threshold) {
-            ca = 1.0f - t, cb = t;
-        } else {
-            float theta = acosf(dot), st = sinf(theta);
-            ca = sinf((1.0f - t) * theta) / st;
-            cb = sinf(t * theta) / st;
+    size_t rc = rows_per_chunk(c, it);
+    double sa = 0, sb = 0, dd = 0;
+    float na = 1.0f, nb = 1.0f;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t r0 = 0; r0 < it->rows; r0 += rc) {
+            size_t nr = it->rows - r0 < rc ? it->rows - r0 : rc, cnt = nr * it->cols;
+            ft_status st = read_base(c, it, r0, nr, err);
+            if (!st) st = read_model(c, it, 0, r0, nr, c->b, c->x[0], err);
+            if (st) return st;
+            const float *x = c->b, *y = c->x[0];
+            if (pass == 0)
+                for (size_t i = 0; i < cnt; i++)
+                    sa += (double)x[i] * x[i], sb += (double)y[i] * y[i];
+            else
+                for (size_t i = 0; i < cnt; i++)
+                    dd += (double)((x[i] / na) * (y[i] / nb));
         }
-        float *o = out + r * cols;
-        for (size_t i = 0; i < cols; i++)
-            o[i] = ca * x[i] + cb * y[i];
+        if (pass == 0) {
+            na = (float)sqrt(sa), nb = (float)sqrt(sb);
+            if (!(na > eps)) na = 1.0f;
+            if (!(nb > eps)) nb = 1.0f;
+        }
     }
+    float dot = (float)dd;
+    dot = dot < -1.0f ? -1.0f : dot > 1.0f ? 1.0f : dot;
+    if (fabsf(dot) > dot_threshold) { /* (anti)parallel: linear interpolation */
+        *ca = 1.0f - t, *cb = t;
+    } else {
+        float theta = acosf(dot), st = sinf(theta);
+        *ca = sinf((1.0f - t) * theta) / st;
+        *cb = sinf(t * theta) / st;
+    }
+    return FT_OK;
 }
 
 /* One merged tensor, written to wr a chunk of rows at a time. */
@@ -363,19 +374,22 @@ static ft_status merge_item(ctx *c, item *it, st_writer *wr, ft_error *err) {
     for (int k = 0; k < K; k++)
         wsum += c->w[k];
     const float lambda = (float)o->lambda, t = (float)o->t;
+    float ca = 0, cb = 0;
+    if (!st && o->method == MK_SLERP) st = slerp_coefs(c, it, t, &ca, &cb, err);
     size_t rc = rows_per_chunk(c, it);
     for (size_t r0 = 0; r0 < it->rows && !st; r0 += rc) {
         size_t nr = it->rows - r0 < rc ? it->rows - r0 : rc, cnt = nr * it->cols;
         float *out = c->out;
         if (o->method == MK_LINEAR) {
-            /* result = zeros; result.addcmul_(M_k, w_k); result /= sum(w) */
+            /* result = zeros; result.addcmul_(M_k, w_k); result /= sum(w). PyTorch's CPU addcmul
+             * kernel rounds once (a fused multiply-add): fmaf */
             if (c->have_base) st = read_base(c, it, r0, nr, err);
             for (size_t i = 0; i < cnt; i++)
                 out[i] = 0.0f;
             for (int k = 0; k < K && !st; k++) {
                 st = read_model(c, it, k, r0, nr, c->b, c->x[0], err);
                 for (size_t i = 0; !st && i < cnt; i++)
-                    out[i] = out[i] + c->x[0][i] * c->w[k];
+                    out[i] = fmaf(c->x[0][i], c->w[k], out[i]); /* torch's addcmul: fused */
             }
             if (c->normalize)
                 for (size_t i = 0; i < cnt; i++)
@@ -383,7 +397,8 @@ static ft_status merge_item(ctx *c, item *it, st_writer *wr, ft_error *err) {
         } else if (o->method == MK_SLERP) {
             st = read_base(c, it, r0, nr, err);
             if (!st) st = read_model(c, it, 0, r0, nr, c->b, c->x[0], err);
-            if (!st) slerp_rows(c->b, c->x[0], out, nr, it->cols, t);
+            for (size_t i = 0; !st && i < cnt; i++)
+                out[i] = ca * c->b[i] + cb * c->x[0][i];
         } else {
             st = read_base(c, it, r0, nr, err);
             for (int k = 0; k < K && !st; k++) {
