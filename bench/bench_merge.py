@@ -51,20 +51,24 @@ def cpu_name():
 
 
 def measure(argv, env=None):
-    """Run argv; (wall seconds, peak RSS MB of that process, returncode, tail of output)."""
+    """Run argv under /usr/bin/time; (wall seconds, peak RSS MB of that process, returncode,
+    tail of output). Through a small process: Linux keeps a process's maximum RSS across
+    exec, so a child forked straight from this (large) Python would report this one's RSS."""
+    rep = tempfile.mktemp(prefix="ftune-bench-time-")
     t0 = time.time()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    out = b""
-    while True:  # read as it comes, so a chatty child never blocks
-        chunk = p.stdout.read(65536)
-        if not chunk:
-            break
-        out += chunk
-    _, status, ru = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-o", rep, "-f", "%e %M"] + argv,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     wall = time.time() - t0
-    rc = os.waitstatus_to_exitcode(status)
-    p.returncode = rc
-    return wall, ru.ru_maxrss / 1024.0, rc, out.decode(errors="replace")[-2000:]
+    try:
+        with open(rep) as f:
+            last = f.read().strip().splitlines()[-1].split()
+        wall, rss = float(last[0]), int(last[1]) / 1024.0
+    except (OSError, IndexError, ValueError):
+        rss = float("nan")
+    finally:
+        if os.path.exists(rep):
+            os.remove(rep)
+    return wall, rss, p.returncode, p.stdout.decode(errors="replace")[-2000:]
 
 
 def make_adapter(model_dir, out, seed):

@@ -37,8 +37,10 @@
 #include "model/bnb.h"
 #include "model/config.h"
 #include "model/init.h"
+#include "model/quantize.h"
 #include "ops/ops.h"
 #include "ops/qtensor.h"
+#include "ops/quant.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -57,7 +59,25 @@ typedef struct fold_item {
     int rows, cols;
     st_dtype bnb_dtype; /* its quant_state dtype: bnb dequantizes to it */
     int skip;           /* a part of a 4-bit weight (absmax, quant_map, ...): not written */
+    /* re-quantized 4-bit merge: the weight (part 0) or one of its parts (1 absmax,
+     * 2 quant_map, 3 nested_absmax, 4 nested_quant_map, 5 quant_state) of a merged 4-bit
+     * weight, regenerated; owner: the weight's item */
+    int requant, part, owner;
 } fold_item;
+
+/* One merged 4-bit weight re-quantized as PEFT's Linear4bit.merge does it:
+ * Params4bit(dequantize_4bit(W) + delta) with W's quant_type, blocksize and double quantization
+ * (bitsandbytes' quantize_4bit, ops/quant4.c, bit for bit), kept for its parts' turn. */
+typedef struct requant {
+    int owner; /* item index, -1: none */
+    quant4_type type;
+    int blocksize, dq;
+    size_t n, nb, nn;
+    uint8_t *packed, *codes;
+    float *absmax, *nested, offset;
+    char state[512];
+    int state_len;
+} requant;
 
 static int is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
 
@@ -299,12 +319,108 @@ static ft_status write_config(const char *model_dir, const outdir *od, const cJS
     return st;
 }
 
+static void requant_free(requant *r) {
+    free(r->packed);
+    free(r->codes);
+    free(r->absmax);
+    free(r->nested);
+    memset(r, 0, sizeof *r);
+    r->owner = -1;
+}
+
+/* Re-quantize weight item `owner` (which has a module) into r, a chunk of whole blocks at a time:
+ * rows of dequantize_4bit(W) (fp32 code x absmax, in the quant_state's dtype) plus the fp32
+ * delta, as PEFT forms w_data, then quantize_4bit in fp32 (w_data is fp32: so the new
+ * quant_state's dtype is "float32"). */
+static ft_status requant_compute(const st_set *in, const fold_item *items, int owner, requant *r,
+                                 float *d, ft_error *err) {
+    if (r->owner == owner) return FT_OK;
+    requant_free(r);
+    const fold_item *it = &items[owner];
+    const adapter_module *m = it->m;
+    qtensor q = {0};
+    ft_status st = bnb_load_weight(in, it->t->name, it->rows, it->cols, &q, err);
+    if (st) return st;
+    r->type = q.fmt == QF_FP4 ? QUANT_FP4 : QUANT_NF4;
+    r->blocksize = q.blocksize;
+    r->dq = q.absmax_q != NULL;
+    size_t rows = (size_t)it->rows, cols = (size_t)it->cols, bs = (size_t)r->blocksize;
+    r->n = rows * cols;
+    r->nb = quant4_blocks(r->n, r->blocksize);
+    r->nn = quant4_blocks(r->nb, QUANT8_BLOCK);
+    /* rows per chunk: a multiple of the block size, so each chunk is whole blocks */
+    size_t rc = (CHUNK / cols) / bs * bs;
+    if (!rc) rc = bs;
+    float *w = malloc(rc * cols * sizeof *w), *dd = rc * cols > CHUNK ? malloc(rc * cols * 4) : d;
+    r->packed = malloc(quant4_packed_bytes(r->n));
+    r->absmax = malloc(r->nb * sizeof(float));
+    r->codes = malloc(r->nb);
+    r->nested = malloc((r->nn ? r->nn : 1) * sizeof(float));
+    if (!w || !dd || !r->packed || !r->absmax || !r->codes || !r->nested)
+        st = ft_error_set(err, FT_ERR_RUNTIME, it->t->name, NULL, "out of memory");
+    const float s = (float)m->scaling;
+    for (size_t r0 = 0; !st && r0 < rows; r0 += rc) {
+        size_t nr = rows - r0 < rc ? rows - r0 : rc, k = nr * cols, first = r0 * cols;
+        st = read_rows(it, &q, r0, nr, w, err);
+        if (st) break;
+        merge_delta_rows(m, it->transposed, r0, nr, cols, dd);
+        for (size_t i = 0; i < k; i++)
+            w[i] = w[i] + dd[i] * s;
+        quant4_quantize(r->type, w, k, r->blocksize, r->packed + first / 2, r->absmax + first / bs);
+    }
+    if (!st && r->dq) quant4_double_quant(r->absmax, r->nb, r->codes, r->nested, &r->offset);
+    if (!st)
+        r->state_len = bnb4_state_json(r->state, sizeof r->state, r->type, r->blocksize, "float32",
+                                       (int64_t)rows, (int64_t)cols, r->dq, r->offset);
+    free(w);
+    if (dd != d) free(dd);
+    qtensor_free(&q);
+    st_release_pages(it->t);
+    if (st)
+        requant_free(r);
+    else
+        r->owner = owner;
+    return st;
+}
+
+/* The bytes of part it->part of a re-quantized weight. */
+static ft_status requant_put(const fold_item *it, const requant *r, st_writer *wr, ft_error *err) {
+    const void *data;
+    size_t n;
+    switch (it->part) {
+    case 0:
+        data = r->packed, n = quant4_packed_bytes(r->n);
+        break;
+    case 1:
+        data = r->dq ? (const void *)r->codes : (const void *)r->absmax;
+        n = r->dq ? r->nb : r->nb * sizeof(float);
+        break;
+    case 2:
+        data = quant4_code(r->type), n = 16 * sizeof(float);
+        break;
+    case 3:
+        data = r->nested, n = r->nn * sizeof(float);
+        break;
+    case 4:
+        data = quant8_dynamic_code(), n = 256 * sizeof(float);
+        break;
+    default:
+        data = r->state, n = (size_t)r->state_len;
+        break;
+    }
+    if (n != it->t->nbytes && it->part != 5)
+        return ft_error_set(err, FT_ERR_INPUT, it->t->name, NULL,
+                            "the 4-bit tensor has %zu bytes where its quant_state implies %zu",
+                            (size_t)it->t->nbytes, n);
+    return st_writer_put(wr, it->t->name, data, n, err);
+}
+
 /* Write shard s: its header, then each of its tensors merged, converted or copied. */
 static ft_status write_shard(const outdir *od, const st_set *in, const shard_tensor *plan,
                              int nplan, int s, int count, const fold_item *items,
                              const merge_fold_options *o, float *w, float *d, void *obuf,
                              const char *adapter_file, unsigned long long *done,
-                             unsigned long long total, ft_error *err) {
+                             unsigned long long total, requant *rq, ft_error *err) {
     char name[64], path[4400];
     shard_file_name(name, sizeof name, s, count);
     outdir_path(od, name, path, sizeof path);
@@ -320,6 +436,12 @@ static ft_status write_shard(const outdir *od, const st_set *in, const shard_ten
         if (plan[i].shard != s) continue;
         const fold_item *it = &items[plan[i].src];
         if (o->progress) o->progress((double)*done, (double)total, it->t->name, o->user);
+        if (it->requant) {
+            st = requant_compute(in, items, it->owner, rq, d, err);
+            if (!st) st = requant_put(it, rq, wr, err);
+            *done += plan[i].nbytes;
+            continue;
+        }
         qtensor q = {0};
         if (it->bnb) st = bnb_load_weight(in, it->t->name, it->rows, it->cols, &q, err);
         if (st) break;
@@ -405,7 +527,7 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
                     "not merge into"
                   : "the model is bitsandbytes 4-bit (field \"quantization_config\"): writing "
                     "PEFT's re-quantized 4-bit merge is not supported yet";
-        if (!bnb4 || !o->out_dtype) {
+        if (!bnb4) {
             cJSON_Delete(cfg);
             return ft_error_set(err, FT_ERR_INPUT, path,
                                 bnb4 ? "pass --out-dtype fp32|bf16|f16 for the dequantized merged "
@@ -425,6 +547,7 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     float *w = NULL, *d = NULL;
     void *obuf = NULL;
     outdir od = {0};
+    requant rq = {.owner = -1};
     char adapter_file[4200];
     snprintf(adapter_file, sizeof adapter_file, "%s/adapter_model.safetensors", o->adapter_dir);
     if ((st = adapter_load(o->adapter_dir, &a, err))) goto done;
@@ -448,6 +571,34 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     }
     if (st) goto done;
     if ((st = bind_modules(a, in, cfg, items, nt, err))) goto done;
+    /* a 4-bit folder without --out-dtype: PEFT's re-quantized merge. Weights the adapter
+     * changes are re-quantized (they and their parts regenerated); the others are copied. */
+    int requant_mode = qc && !o->out_dtype;
+    for (int i = 0; requant_mode && i < nt; i++) {
+        fold_item *it = &items[i];
+        it->od = it->t->dtype;
+        if (it->bnb) {
+            if (it->m)
+                it->requant = 1, it->part = 0, it->owner = i;
+            else
+                it->bnb = 0;
+            continue;
+        }
+        if (!it->skip) continue;
+        it->skip = 0;
+        static const char *const parts[] = {".absmax", ".quant_map", ".nested_absmax",
+                                            ".nested_quant_map", ".quant_state.bitsandbytes__"};
+        for (int k = 0; k < 5; k++) {
+            const char *at = strstr(it->t->name, parts[k]);
+            if (!at || (k < 4 && at[strlen(parts[k])])) continue;
+            size_t len = (size_t)(at - it->t->name);
+            for (int j = 0; j < nt; j++)
+                if (items[j].m && items[j].bnb && strlen(items[j].t->name) == len &&
+                    !strncmp(items[j].t->name, it->t->name, len))
+                    it->requant = 1, it->part = k + 1, it->owner = j;
+            break;
+        }
+    }
 
     /* the output tensors in save_pretrained's order (a tied lm_head is not saved), then the
      * shards */
@@ -459,10 +610,14 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
         shard_tensor *p = &plan[np++];
         p->name = t->name, p->dtype = items[i].od, p->ndim = t->ndim, p->src = i;
         memcpy(p->shape, t->shape, sizeof p->shape);
-        if (items[i].bnb) p->shape[0] = items[i].rows, p->shape[1] = items[i].cols;
+        if (items[i].bnb && !requant_mode) p->shape[0] = items[i].rows, p->shape[1] = items[i].cols;
+        if (items[i].requant && items[i].part == 5) { /* the new quant_state's JSON length */
+            if ((st = requant_compute(in, items, items[i].owner, &rq, d, err))) goto done;
+            p->shape[0] = rq.state_len;
+        }
         p->nbytes = st_dtype_size(p->dtype);
         for (int k = 0; k < t->ndim; k++)
-            p->nbytes *= (uint64_t)t->shape[k];
+            p->nbytes *= (uint64_t)p->shape[k];
         total += p->nbytes;
         if (items[i].m) res->merged++;
     }
@@ -474,7 +629,7 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     unsigned long long done_bytes = 0;
     for (int s = 0; s < count && !st; s++)
         st = write_shard(&od, in, plan, np, s, count, items, o, w, d, obuf, adapter_file,
-                         &done_bytes, total, err);
+                         &done_bytes, total, &rq, err);
     if (!st && count > 1) {
         char *idx = shard_index_json(plan, np, count);
         outdir_path(&od, "model.safetensors.index.json", path, sizeof path);
@@ -491,6 +646,7 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     }
 done:
     if (st) outdir_abort(&od);
+    requant_free(&rq);
     free(w);
     free(d);
     free(obuf);

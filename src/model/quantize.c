@@ -72,6 +72,26 @@ static void python_float(char *buf, size_t size, float f) {
     if (!strpbrk(buf, ".en")) strncat(buf, ".0", size - strlen(buf) - 1);
 }
 
+int bnb4_state_json(char *buf, size_t size, quant4_type type, int blocksize, const char *dtype,
+                    int64_t rows, int64_t cols, int double_quant, float offset) {
+    /* the JSON bitsandbytes packs into the quant_state tensor (Python's json.dumps format, keys
+     * in QuantState.as_dict order) */
+    int sl = snprintf(buf, size,
+                      "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"%s\", \"shape\": "
+                      "[%lld, %lld]",
+                      quant4_name(type), blocksize, dtype, (long long)rows, (long long)cols);
+    if (double_quant) {
+        char off[40];
+        python_float(off, sizeof off, offset);
+        sl += snprintf(buf + sl, size - (size_t)sl,
+                       ", \"nested_blocksize\": %d, \"nested_dtype\": \"float32\", "
+                       "\"nested_offset\": %s",
+                       QUANT8_BLOCK, off);
+    }
+    sl += snprintf(buf + sl, size - (size_t)sl, "}");
+    return sl;
+}
+
 /* Quantize t a chunk at a time into absmax (all its blocks); with w, write each chunk's packed
  * codes to it. x holds QCHUNK floats, packed QCHUNK / 2 bytes. */
 static ft_status quantize_chunks(const st_tensor *t, quant4_type type, int blocksize, float *x,
@@ -171,23 +191,8 @@ ft_status model_quantize_bnb4(const char *in_dir, const char *out_dir, quant4_ty
             if (st) break;
             quant4_double_quant(absmax, g->nb, codes, nested, &g->offset);
         }
-        /* the JSON bitsandbytes packs into the quant_state tensor (Python's json.dumps format,
-         * keys in QuantState.as_dict order) */
-        int sl =
-            snprintf(g->state, sizeof g->state,
-                     "{\"quant_type\": \"%s\", \"blocksize\": %d, \"dtype\": \"%s\", \"shape\": "
-                     "[%lld, %lld]",
-                     quant4_name(type), blocksize, torch_dtype(t->dtype), (long long)t->shape[0],
-                     (long long)t->shape[1]);
-        if (double_quant) {
-            char off[40];
-            python_float(off, sizeof off, g->offset);
-            sl += snprintf(g->state + sl, sizeof g->state - (size_t)sl,
-                           ", \"nested_blocksize\": %d, \"nested_dtype\": \"float32\", "
-                           "\"nested_offset\": %s",
-                           QUANT8_BLOCK, off);
-        }
-        sl += snprintf(g->state + sl, sizeof g->state - (size_t)sl, "}");
+        int sl = bnb4_state_json(g->state, sizeof g->state, type, blocksize, torch_dtype(t->dtype),
+                                 t->shape[0], t->shape[1], double_quant, g->offset);
         g->state_len = sl;
         int64_t shp[2] = {(int64_t)quant4_packed_bytes(g->n), 1}, sha = (int64_t)g->nb,
                 shn = (int64_t)g->nn, shs = sl;
