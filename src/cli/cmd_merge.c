@@ -49,13 +49,13 @@ int cmd_merge(int argc, char **argv) {
     const opt_spec specs[] = {
         {"model", OPT_STR, &o.model_dir, "DIR",
          "Hugging Face model folder the adapter was trained on (F32, BF16 or F16; a "
-         "bitsandbytes 4-bit one with --out-dtype)"},
+         "bitsandbytes 4-bit one: re-quantized as PEFT does, or dequantized with --out-dtype)"},
         {"adapter", OPT_STR, &o.adapter_dir, "RUN", "PEFT LoRA adapter folder (ftune train's RUN)"},
         {"out", OPT_STR, &o.out_dir, "DIR",
          "folder for the merged model (new, or empty; never --model)"},
         {"out-dtype", OPT_STR, &o.out_dtype, "TYPE",
          "fp32, bf16 or f16 (default: each tensor keeps the checkpoint's dtype, as PEFT's merge "
-         "keeps W's)"},
+         "keeps W's; a 4-bit model stays 4-bit)"},
         {"max-shard-size", OPT_STR, &o.max_shard_size, "SIZE",
          "largest safetensors shard, as save_pretrained's max_shard_size "
          "(default " MERGE_DEFAULT_MAX_SHARD_SIZE ")"},

@@ -19,8 +19,8 @@
  * A bitsandbytes 4-bit folder merges with an out dtype: W is what bitsandbytes' dequantize_4bit
  * gives (fp32 code x absmax, then the quant_state's dtype), plus the fp32 delta, which is the
  * sum PEFT's Linear4bit.merge forms before it re-quantizes it; the quantization's own tensors
- * are dropped and the folder is a plain float model. (PEFT's re-quantized 4-bit result is not
- * written yet.)
+ * are dropped and the folder is a plain float model. Without an out dtype the sum is re-quantized
+ * as PEFT's merge re-quantizes it (requant_compute) and the folder stays 4-bit.
  *
  * Streaming: the output layout is known from the input shapes (shards.h), so each shard's
  * header is written first and each tensor is then read, merged and written a chunk of rows at a
