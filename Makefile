@@ -29,7 +29,7 @@ TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
+.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test bench-merge deps venv clean format
 all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -129,6 +129,10 @@ bench-gemm: $(B)/bench/gemm_peak
 	@python3 bench/gemm_peaks.py --bin $(B)/bench/gemm_peak
 bench-train: all $(B)/bench/gemm_peak
 	@bash bench/run.sh $(if $(SHAPES),--shapes $(SHAPES))
+# bench-merge: ftune merge / merge-models beside PEFT and mergekit on a Qwen3-0.6B-shape model
+# (bench/bench_merge.py; results under bench/results/merge-*.json). Not part of make test.
+bench-merge: all
+	@$$(bash tools/venv.sh)/bin/python bench/bench_merge.py --python $$(bash tools/venv.sh)/bin/python
 bench-test:
 	@$$(bash tools/venv.sh)/bin/python -m pytest -q bench/test_bench_train.py
 bench-compare:

@@ -577,6 +577,14 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     for (int i = 0; requant_mode && i < nt; i++) {
         fold_item *it = &items[i];
         it->od = it->t->dtype;
+        if (it->m && !it->bnb) {
+            st = ft_error_set(err, FT_ERR_INPUT, path,
+                              "pass --out-dtype fp32|bf16|f16 for a float merged model",
+                              "field \"quantization_config\" says bitsandbytes 4-bit, but %s, "
+                              "which the adapter changes, is not a 4-bit weight",
+                              it->t->name);
+            goto done;
+        }
         if (it->bnb) {
             if (it->m)
                 it->requant = 1, it->part = 0, it->owner = i;
