@@ -4,6 +4,7 @@
  * docs/merge.md). --model DIR[:WEIGHT] is repeated; a LoRA adapter of --base may stand in for a
  * model (the model it makes when merged into --base).
  */
+#include "base/cpu.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "ftune.h"
@@ -153,6 +154,7 @@ int cmd_merge_models(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     if (!quiet) o.progress = cmd_merge_progress;
     merge_models_result res;
+    cpu_set_threads(1); /* I/O-bound, as ftune merge (cmd_merge.c) */
     if (!rc) rc = merge_models(&o, &res, &err);
     if (rc) {
         ft_error_print(&err, stderr);
