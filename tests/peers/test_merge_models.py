@@ -42,6 +42,7 @@ def tensors_of(folder):
 @pytest.fixture(scope="module")
 def fam(zoo, tmp_path_factory):
     """The base and two fine-tunes: base + 0.05 * noise, UNCHANGED tensors kept."""
+    pytest.importorskip("mergekit")
     root = tmp_path_factory.mktemp("mm")
     base = zoo.model("llama")
     out = {"base": base, "root": str(root)}
