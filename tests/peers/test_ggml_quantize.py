@@ -1,0 +1,168 @@
+"""ftune's GGUF quantizers (src/ops/ggml_quantize_k.c) against llama.cpp's llama_model_quantize.
+
+For F32 GGUF models shaped like llama, qwen2 (tied embeddings, attention biases) and qwen3
+(q/k norms, tied), plus one whose rows are not multiples of 256 (hidden 288) or even of 32
+(intermediate 272), written with gguf-py, llama-cpp-python 0.3.36's llama_model_quantize (no
+importance matrix, default parameters, 2 threads) writes Q4_K_M, Q6_K, Q8_0 and Q4_0 files, and
+tests/tools/gguf_quantize applies ftune's per-tensor type rule and quantizers to the same input.
+Every tensor's type and every byte of its data must be equal. The weights are randn * 0.02 with
+rows of zeros, of large values (1e3 .. 3e4), of tiny values (1e-8: fp16 scales underflow), a row
+with one outlier, and positive-only and negative-only rows.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ftune_bin
+
+gguf = pytest.importorskip("gguf")
+
+pytestmark = pytest.mark.llama_cpp
+
+FTYPES = {"q4_k_m": 15, "q6_k": 18, "q8_0": 7, "q4_0": 2}
+
+
+def weights(rng, rows, cols):
+    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    k = rows // 8
+    if k >= 1:
+        w[0] = 0.0
+        w[k] = rng.standard_normal(cols).astype(np.float32) * 3e3
+        w[2 * k] = rng.standard_normal(cols).astype(np.float32) * 1e-8
+        w[3 * k, 5] = 40.0
+        w[4 * k] = np.abs(w[4 * k]) + 0.01
+        w[5 * k] = -np.abs(w[5 * k])
+        w[6 * k, :cols // 2] = 0.0
+        w[7 * k] = rng.uniform(-1e3, 1e3, cols).astype(np.float32)
+    return w
+
+
+def write_model(path, arch, hidden, inter, n_layer, n_head, n_kv, vocab, tied, bias=False,
+                qk_norm=False, seed=0):
+    rng = np.random.default_rng(seed)
+    hd = hidden // n_head
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_rope_dimension_count(hd)
+    w.add_file_type(0)
+    if arch == "qwen3":
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    w.add_tensor("token_embd.weight", weights(rng, vocab, hidden))
+    w.add_tensor("output_norm.weight", (1 + rng.standard_normal(hidden) * 0.1).astype(np.float32))
+    if not tied:
+        w.add_tensor("output.weight", weights(rng, vocab, hidden))
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        w.add_tensor(p + "attn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "attn_q.weight", weights(rng, n_head * hd, hidden))
+        w.add_tensor(p + "attn_k.weight", weights(rng, n_kv * hd, hidden))
+        w.add_tensor(p + "attn_v.weight", weights(rng, n_kv * hd, hidden))
+        if bias:
+            for n, d in (("q", n_head * hd), ("k", n_kv * hd), ("v", n_kv * hd)):
+                w.add_tensor(p + f"attn_{n}.bias", rng.standard_normal(d).astype(np.float32))
+        if qk_norm:
+            w.add_tensor(p + "attn_q_norm.weight", np.ones(hd, np.float32))
+            w.add_tensor(p + "attn_k_norm.weight", np.ones(hd, np.float32))
+        w.add_tensor(p + "attn_output.weight", weights(rng, hidden, n_head * hd))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(hidden, np.float32))
+        w.add_tensor(p + "ffn_gate.weight", weights(rng, inter, hidden))
+        w.add_tensor(p + "ffn_up.weight", weights(rng, inter, hidden))
+        w.add_tensor(p + "ffn_down.weight", weights(rng, hidden, inter))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+MODELS = {
+    # 8 layers: use_more_bits picks layers 0, 3, 6, 7 for attn_v / ffn_down
+    "llama": dict(arch="llama", hidden=256, inter=512, n_layer=8, n_head=4, n_kv=2, vocab=320,
+                  tied=False),
+    "qwen2": dict(arch="qwen2", hidden=512, inter=768, n_layer=3, n_head=8, n_kv=2, vocab=256,
+                  tied=True, bias=True),
+    "qwen3": dict(arch="qwen3", hidden=256, inter=768, n_layer=12, n_head=4, n_kv=1, vocab=256,
+                  tied=True, qk_norm=True),
+    # rows of 288 (Q4_K -> Q5_0, Q6_K -> Q8_0) and 272 (-> F16)
+    "odd": dict(arch="llama", hidden=288, inter=272, n_layer=2, n_head=4, n_kv=4, vocab=64,
+                tied=False),
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ggml_quantize")
+    out = {}
+    for i, (name, kw) in enumerate(MODELS.items()):
+        path = d / f"{name}.gguf"
+        write_model(path, seed=i, **kw)
+        out[name] = path
+    return out
+
+
+def llama_quantize(src, dst, ftype):
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    assert rc == 0, f"llama_model_quantize failed ({rc}) on {src}"
+
+
+def ftune_quantize(src, ftype_name, outdir):
+    tool = Path(ftune_bin()).parent / "tests" / "tools" / "gguf_quantize"
+    assert tool.exists(), f"{tool} missing: run make all"
+    os.makedirs(outdir, exist_ok=True)
+    r = subprocess.run([str(tool), str(src), ftype_name, str(outdir)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    blob = (Path(outdir) / "tensors.bin").read_bytes()
+    res = {}
+    for line in (Path(outdir) / "index.tsv").read_text().splitlines():
+        name, typ, off, n = line.split("\t")
+        res[name] = (int(typ), blob[int(off):int(off) + int(n)])
+    return res
+
+
+@pytest.mark.parametrize("ftype", list(FTYPES))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_bytes_equal_llama_cpp(tmp_path, models, model, ftype):
+    src = models[model]
+    ref_path = tmp_path / "ref.gguf"
+    llama_quantize(src, ref_path, FTYPES[ftype])
+    ref = gguf.GGUFReader(str(ref_path))
+    ours = ftune_quantize(src, ftype, tmp_path / "ours")
+    assert set(ours) == {t.name for t in ref.tensors}
+    bad_type, bad_bytes = [], []
+    types_seen = set()
+    for t in ref.tensors:
+        typ, data = ours[t.name]
+        types_seen.add(int(t.tensor_type))
+        if typ != int(t.tensor_type):
+            bad_type.append(f"{t.name}: ftune {typ}, llama.cpp {t.tensor_type.name}")
+            continue
+        want = np.asarray(t.data).tobytes()
+        if data != want:
+            a, b = np.frombuffer(data, np.uint8), np.frombuffer(want, np.uint8)
+            diff = int(np.sum(a != b)) if a.size == b.size else -1
+            bad_bytes.append(f"{t.name} ({t.tensor_type.name}): {diff} of {b.size} bytes differ")
+    assert not bad_type, "\n".join(bad_type)
+    assert not bad_bytes, "\n".join(bad_bytes)
+    # the test must exercise what it claims: the Q4_K_M mix, and the fallbacks on the odd model
+    T = gguf.GGMLQuantizationType
+    if ftype == "q4_k_m" and model != "odd":
+        assert {T.Q4_K, T.Q6_K, T.F32} <= types_seen
+    if ftype == "q4_k_m" and model == "odd":
+        assert {T.Q5_0, T.Q8_0, T.F16} <= types_seen
