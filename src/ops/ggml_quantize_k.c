@@ -141,7 +141,8 @@ static void q6_k_block(const float *x, uint8_t *out) {
 
 void ggml_quantize_q6_k(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
-    for (size_t b = 0; b < n / QK; b++) q6_k_block(src + b * QK, o + b * 210);
+    for (size_t b = 0; b < n / QK; b++)
+        q6_k_block(src + b * QK, o + b * 210);
 }
 
 /* ---- Q4_K ------------------------------------------------------------------------------- */
@@ -218,9 +219,11 @@ static void q4_k_block(const float *x, uint8_t *out) {
     for (int s = 0; s < 8; s++) {
         const float *xs = x + 32 * s;
         float sum2 = 0;
-        for (int i = 0; i < 32; i++) sum2 += xs[i] * xs[i];
+        for (int i = 0; i < 32; i++)
+            sum2 += xs[i] * xs[i];
         float av = sqrtf(sum2 / 32);
-        for (int i = 0; i < 32; i++) w[i] = av + fabsf(xs[i]);
+        for (int i = 0; i < 32; i++)
+            w[i] = av + fabsf(xs[i]);
         scales[s] = qkx2_scale32(xs, w, L + 32 * s, &mins[s]);
         if (scales[s] > max_scale) max_scale = scales[s];
         if (mins[s] > max_min) max_min = mins[s];
@@ -261,7 +264,8 @@ static void q4_k_block(const float *x, uint8_t *out) {
 
 void ggml_quantize_q4_k(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
-    for (size_t b = 0; b < n / QK; b++) q4_k_block(src + b * QK, o + b * 144);
+    for (size_t b = 0; b < n / QK; b++)
+        q4_k_block(src + b * QK, o + b * 144);
 }
 
 /* ---- 32-value types --------------------------------------------------------------------- */
@@ -271,11 +275,13 @@ void ggml_quantize_q8_0(const float *src, void *dst, size_t n) {
     for (size_t b = 0; b < n / 32; b++, o += 34) {
         const float *x = src + b * 32;
         float amax = 0.0f;
-        for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(x[i]));
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[i]));
         float d = amax / 127;
         float id = d ? 1.0f / d : 0.0f;
         store16(o, f32_to_f16(d));
-        for (int i = 0; i < 32; i++) o[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
+        for (int i = 0; i < 32; i++)
+            o[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
     }
 }
 
@@ -305,7 +311,8 @@ void ggml_quantize_q4_0(const float *src, void *dst, size_t n) {
     for (size_t b = 0; b < n / 32; b++, o += 18) {
         q_0_block(src + b * 32, 8, lv, &dh);
         store16(o, dh);
-        for (int j = 0; j < 16; j++) o[2 + j] = (uint8_t)(lv[j] | lv[j + 16] << 4);
+        for (int j = 0; j < 16; j++)
+            o[2 + j] = (uint8_t)(lv[j] | lv[j + 16] << 4);
     }
 }
 
@@ -320,27 +327,44 @@ void ggml_quantize_q5_0(const float *src, void *dst, size_t n) {
             o[6 + j] = (uint8_t)((lv[j] & 15) | (lv[j + 16] & 15) << 4);
             qh |= (uint32_t)(lv[j] >> 4 & 1) << j | (uint32_t)(lv[j + 16] >> 4 & 1) << (j + 16);
         }
-        for (int k = 0; k < 4; k++) o[2 + k] = (uint8_t)(qh >> (8 * k));
+        for (int k = 0; k < 4; k++)
+            o[2 + k] = (uint8_t)(qh >> (8 * k));
     }
 }
 
 void ggml_quantize_f16(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
-    for (size_t i = 0; i < n; i++) store16(o + 2 * i, f32_to_f16(src[i]));
+    for (size_t i = 0; i < n; i++)
+        store16(o + 2 * i, f32_to_f16(src[i]));
 }
 
 size_t ggml_quantize(uint32_t type, const float *src, void *dst, size_t n) {
     const ggml_type_traits *t = ggml_type_info(type);
     if (!t || n % (size_t)t->block_values) return 0;
     switch (type) {
-    case GGML_TYPE_F32: memcpy(dst, src, n * 4); break;
-    case GGML_TYPE_F16: ggml_quantize_f16(src, dst, n); break;
-    case GGML_TYPE_Q8_0: ggml_quantize_q8_0(src, dst, n); break;
-    case GGML_TYPE_Q4_0: ggml_quantize_q4_0(src, dst, n); break;
-    case GGML_TYPE_Q5_0: ggml_quantize_q5_0(src, dst, n); break;
-    case GGML_TYPE_Q4_K: ggml_quantize_q4_k(src, dst, n); break;
-    case GGML_TYPE_Q6_K: ggml_quantize_q6_k(src, dst, n); break;
-    default: return 0;
+    case GGML_TYPE_F32:
+        memcpy(dst, src, n * 4);
+        break;
+    case GGML_TYPE_F16:
+        ggml_quantize_f16(src, dst, n);
+        break;
+    case GGML_TYPE_Q8_0:
+        ggml_quantize_q8_0(src, dst, n);
+        break;
+    case GGML_TYPE_Q4_0:
+        ggml_quantize_q4_0(src, dst, n);
+        break;
+    case GGML_TYPE_Q5_0:
+        ggml_quantize_q5_0(src, dst, n);
+        break;
+    case GGML_TYPE_Q4_K:
+        ggml_quantize_q4_k(src, dst, n);
+        break;
+    case GGML_TYPE_Q6_K:
+        ggml_quantize_q6_k(src, dst, n);
+        break;
+    default:
+        return 0;
     }
     return n / (size_t)t->block_values * t->block_bytes;
 }
@@ -377,8 +401,7 @@ static enum kind kind_of(const char *name) {
     if (!strcmp(name, "output.weight")) return K_OUTPUT;
     if (!strcmp(name, "token_embd.weight") || !strcmp(name, "per_layer_token_embd.weight"))
         return K_TOKEN_EMBD;
-    if (has(name, "attn_qkv.weight") || has(name, "attn_kv_b.weight") ||
-        has(name, "attn_v.weight"))
+    if (has(name, "attn_qkv.weight") || has(name, "attn_kv_b.weight") || has(name, "attn_v.weight"))
         return K_ATTN_V;
     if (has(name, "attn_k.weight") || has(name, "attn_q.weight") ||
         has(name, "attn_output.weight") || has(name, "ffn_up") || has(name, "ffn_gate"))
@@ -438,16 +461,41 @@ static int quantizable(const char *name, int n_dims) {
     if (n_dims < 2) return 0;
     size_t len = strlen(name);
     if (len < 6 || strcmp(name + len - 6, "weight")) return 0;
-    static const char *const never[] = {
-        "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel",
-        "per_layer_model_proj", "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight",
-        "indexer.q_proj.weight", "time_mix_first.weight", "time_mix_w0.weight",
-        "time_mix_w1.weight", "time_mix_w2.weight", "time_mix_v0.weight", "time_mix_v1.weight",
-        "time_mix_v2.weight", "time_mix_a0.weight", "time_mix_a1.weight", "time_mix_a2.weight",
-        "time_mix_g1.weight", "time_mix_g2.weight", "time_mix_decay_w1.weight",
-        "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight", "attn_rel_b.weight",
-        ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd",
-        ".patch_merger", "a.rvq.codebook", "mm.a.code_embd"};
+    static const char *const never[] = {"_norm.weight",
+                                        "ffn_gate_inp.weight",
+                                        "ffn_gate_tid2eid.weight",
+                                        "altup",
+                                        "laurel",
+                                        "per_layer_model_proj",
+                                        "ssm_conv1d",
+                                        "shortconv.conv.weight",
+                                        "indexer.k_proj.weight",
+                                        "indexer.q_proj.weight",
+                                        "time_mix_first.weight",
+                                        "time_mix_w0.weight",
+                                        "time_mix_w1.weight",
+                                        "time_mix_w2.weight",
+                                        "time_mix_v0.weight",
+                                        "time_mix_v1.weight",
+                                        "time_mix_v2.weight",
+                                        "time_mix_a0.weight",
+                                        "time_mix_a1.weight",
+                                        "time_mix_a2.weight",
+                                        "time_mix_g1.weight",
+                                        "time_mix_g2.weight",
+                                        "time_mix_decay_w1.weight",
+                                        "time_mix_decay_w2.weight",
+                                        "time_mix_lerp_fused.weight",
+                                        "attn_rel_b.weight",
+                                        ".position_embd",
+                                        "sam.pos_embd",
+                                        "sam.neck.",
+                                        "sam.net_",
+                                        ".rel_pos",
+                                        ".patch_embd",
+                                        ".patch_merger",
+                                        "a.rvq.codebook",
+                                        "mm.a.code_embd"};
     for (size_t i = 0; i < sizeof never / sizeof never[0]; i++)
         if (has(name, never[i])) return 0;
     if (!strcmp(name, "position_embd.weight") || !strcmp(name, "token_types.weight")) return 0;
@@ -459,9 +507,12 @@ static uint32_t fallback(uint32_t type, int64_t ncols) {
     const ggml_type_traits *t = ggml_type_info(type);
     if (ncols % t->block_values == 0) return type;
     uint32_t r = type;
-    if (type == GGML_TYPE_Q4_K) r = GGML_TYPE_Q5_0;
-    else if (type == GGML_TYPE_Q5_K) r = GGML_TYPE_Q5_1;
-    else if (type == GGML_TYPE_Q6_K) r = GGML_TYPE_Q8_0;
+    if (type == GGML_TYPE_Q4_K)
+        r = GGML_TYPE_Q5_0;
+    else if (type == GGML_TYPE_Q5_K)
+        r = GGML_TYPE_Q5_1;
+    else if (type == GGML_TYPE_Q6_K)
+        r = GGML_TYPE_Q8_0;
     if (ncols % ggml_type_info(r)->block_values) r = GGML_TYPE_F16;
     return r;
 }
@@ -478,11 +529,15 @@ uint32_t ggml_qplan_type(const ggml_qplan *p, const char *name, int n_dims, cons
     uint32_t t = def;
     enum kind k = kind_of(name);
     if (k == K_OUTPUT || (p->tied && k == K_TOKEN_EMBD)) {
-        if (ne[0] % ggml_type_info(def)->block_values) t = GGML_TYPE_Q8_0;
-        else if (def != GGML_TYPE_Q8_0) t = GGML_TYPE_Q6_K;
+        if (ne[0] % ggml_type_info(def)->block_values)
+            t = GGML_TYPE_Q8_0;
+        else if (def != GGML_TYPE_Q8_0)
+            t = GGML_TYPE_Q6_K;
     } else if (p->ftype == GGML_FTYPE_Q4_K_M && k == K_ATTN_V) {
-        if (use_more_bits(rank_of(p, name, K_ATTN_V), p->n_attn_v)) t = GGML_TYPE_Q6_K;
-        else if (p->is_70b) t = GGML_TYPE_Q5_K;
+        if (use_more_bits(rank_of(p, name, K_ATTN_V), p->n_attn_v))
+            t = GGML_TYPE_Q6_K;
+        else if (p->is_70b)
+            t = GGML_TYPE_Q5_K;
     } else if (p->ftype == GGML_FTYPE_Q4_K_M && k == K_FFN_DOWN) {
         if (use_more_bits(rank_of(p, name, K_FFN_DOWN), p->n_layer)) t = GGML_TYPE_Q6_K;
     }

@@ -40,10 +40,10 @@ size_t ggml_quantize(uint32_t type, const float *src, void *dst, size_t n);
 /* llama.cpp's llama_ftype values of the ftypes ftune writes (also the GGUF key
  * general.file_type that llama_model_quantize stores). */
 enum {
-    GGML_FTYPE_Q4_0 = 2,   /* LLAMA_FTYPE_MOSTLY_Q4_0 */
-    GGML_FTYPE_Q8_0 = 7,   /* LLAMA_FTYPE_MOSTLY_Q8_0 */
+    GGML_FTYPE_Q4_0 = 2,    /* LLAMA_FTYPE_MOSTLY_Q4_0 */
+    GGML_FTYPE_Q8_0 = 7,    /* LLAMA_FTYPE_MOSTLY_Q8_0 */
     GGML_FTYPE_Q4_K_M = 15, /* LLAMA_FTYPE_MOSTLY_Q4_K_M */
-    GGML_FTYPE_Q6_K = 18   /* LLAMA_FTYPE_MOSTLY_Q6_K */
+    GGML_FTYPE_Q6_K = 18    /* LLAMA_FTYPE_MOSTLY_Q6_K */
 };
 
 /* "q4_k_m", "q8_0", "q4_0", "q6_k" (any case) -> the ftype; -1 when unknown. */

@@ -59,7 +59,8 @@ int main(int argc, char **argv) {
     int nt = gguf_tensor_count(g);
     const char **names = calloc((size_t)nt + 1, sizeof *names);
     if (!names) return 1;
-    for (int i = 0; i < nt; i++) names[i] = gguf_tensor_at(g, i)->name;
+    for (int i = 0; i < nt; i++)
+        names[i] = gguf_tensor_at(g, i)->name;
     ggml_qplan plan;
     ggml_qplan_init(&plan, ftype, arch, n_layer, n_head, n_head_kv, names, (size_t)nt);
 
