@@ -7,7 +7,8 @@ importance matrix, default parameters, 2 threads) writes Q4_K_M, Q6_K, Q8_0 and 
 tests/tools/gguf_quantize applies ftune's per-tensor type rule and quantizers to the same input.
 Every tensor's type and every byte of its data must be equal. The weights are randn * 0.02 with
 rows of zeros, of large values (1e3 .. 3e4), of tiny values (1e-8: fp16 scales underflow), a row
-with one outlier, and positive-only and negative-only rows.
+with one outlier, positive-only and negative-only rows, a constant row and a row on a grid of
+quarters (exact rounding ties).
 """
 
 import os
@@ -38,6 +39,10 @@ def weights(rng, rows, cols):
         w[5 * k] = -np.abs(w[5 * k])
         w[6 * k, :cols // 2] = 0.0
         w[7 * k] = rng.uniform(-1e3, 1e3, cols).astype(np.float32)
+    if k >= 2:
+        # values on a grid of quarters: many exact ties for the rounding
+        w[k // 2] = (np.round(rng.standard_normal(cols) * 4) / 4).astype(np.float32)
+        w[k + 1] = np.float32(0.5)  # a constant row
     return w
 
 
