@@ -141,8 +141,11 @@ static void q6_k_block(const float *x, uint8_t *out) {
 
 void ggml_quantize_q6_k(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
-    for (size_t b = 0; b < n / QK; b++)
-        q6_k_block(src + b * QK, o + b * 210);
+    long nb = (long)(n / QK);
+    /* blocks are independent: any thread count writes the same bytes */
+#pragma omp parallel for schedule(static) if (nb >= 64)
+    for (long b = 0; b < nb; b++)
+        q6_k_block(src + (size_t)b * QK, o + (size_t)b * 210);
 }
 
 /* ---- Q4_K ------------------------------------------------------------------------------- */
@@ -264,8 +267,11 @@ static void q4_k_block(const float *x, uint8_t *out) {
 
 void ggml_quantize_q4_k(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
-    for (size_t b = 0; b < n / QK; b++)
-        q4_k_block(src + b * QK, o + b * 144);
+    long nb = (long)(n / QK);
+    /* blocks are independent: any thread count writes the same bytes */
+#pragma omp parallel for schedule(static) if (nb >= 64)
+    for (long b = 0; b < nb; b++)
+        q4_k_block(src + (size_t)b * QK, o + (size_t)b * 144);
 }
 
 /* ---- 32-value types --------------------------------------------------------------------- */

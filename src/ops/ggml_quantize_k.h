@@ -12,9 +12,11 @@
  *         weights x^2 and a 19-step search; 8-bit scales against an fp16 d).
  *   Q8_0, Q4_0, Q5_0  per 32 values: quantize_row_q8_0_ref / q4_0_ref / q5_0_ref.
  *   F16   IEEE half, round to nearest even (base/half.h).
- * Every operation is the fp32 operation of the reference, in its order (no FMA contraction: the
- * file is built without it and checks so), so the bytes equal llama.cpp's on any x86-64.
- * tests/peers/test_ggml_quantize.py compares them with llama_model_quantize.
+ * Q4_K and Q6_K split their blocks over the OpenMP threads (blocks are independent: the bytes do
+ * not depend on the thread count). Every operation is the fp32 operation of the reference, in its
+ * order (no FMA contraction: the file is built without it and checks so), so the bytes equal
+ * llama.cpp's on any x86-64. tests/peers/test_ggml_quantize.py compares them with
+ * llama_model_quantize.
  */
 #ifndef FT_OPS_GGML_QUANTIZE_K_H
 #define FT_OPS_GGML_QUANTIZE_K_H
