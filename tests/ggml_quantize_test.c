@@ -208,6 +208,10 @@ static void test_rule(void) {
     CHECK(ggml_qplan_type(&p, "output.weight", 2, mat) == GGML_TYPE_Q8_0, "Q8_0 output");
     CHECK(ggml_qplan_type(&p, "blk.0.ffn_down.weight", 2, r272) == GGML_TYPE_F16, "Q8_0 272");
     CHECK(ggml_qplan_init(&p, 3, "llama", 8, 4, 2, ptr, (size_t)n) == -1, "unknown ftype");
+    CHECK(ggml_quant_order_cmp("output.weight", "blk.0.attn_v.weight") < 0, "non-blk first");
+    CHECK(ggml_quant_order_cmp("blk.10.attn_k.weight", "blk.9.ffn_up.weight") > 0, "by layer");
+    CHECK(ggml_quant_order_cmp("blk.2.attn_v.weight", "blk.2.attn_k.weight") > 0, "then name");
+    CHECK(ggml_quant_order_cmp("output.weight", "output_norm.weight") < 0, "strcmp");
     CHECK(ggml_ftype_parse("Q4_K_M") == 15 && ggml_ftype_parse("q6_k") == 18 &&
               ggml_ftype_parse("q5_k_m") == -1,
           "ftype names");

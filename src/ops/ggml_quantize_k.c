@@ -423,11 +423,12 @@ static int layer_of(const char *name) {
     if (sscanf(name, "blk.%d.", &l) != 1) l = -1;
     return l;
 }
-static int before(const char *a, const char *b) {
+int ggml_quant_order_cmp(const char *a, const char *b) {
     int la = layer_of(a), lb = layer_of(b);
-    if (la != lb) return la < lb;
-    return strcmp(a, b) < 0;
+    if (la != lb) return la < lb ? -1 : 1;
+    return strcmp(a, b);
 }
+static int before(const char *a, const char *b) { return ggml_quant_order_cmp(a, b) < 0; }
 
 /* How many tensors of kind k come before `name` in llama.cpp's order. */
 static int rank_of(const ggml_qplan *p, const char *name, enum kind k) {

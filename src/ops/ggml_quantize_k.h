@@ -86,4 +86,12 @@ int ggml_qplan_init(ggml_qplan *p, int ftype, const char *arch, int n_layer, int
 /* The type of tensor `name` with n_dims dims ne[0..n_dims-1] (ne[0] the row), stored as F32. */
 uint32_t ggml_qplan_type(const ggml_qplan *p, const char *name, int n_dims, const int64_t *ne);
 
+/* llama.cpp's tensor order (llama_model_loader's weight_name_comparer), in which
+ * llama_model_quantize counts attn_v / ffn_down tensors and writes its output file's tensors:
+ * by the layer number N of a "blk.N." prefix (names without one first), then by name (strcmp).
+ * Returns <0, 0, >0 like strcmp. The output file's metadata is the input's in order, except that
+ * general.quantization_version (u32 2) and general.file_type (u32 ftype) are removed and
+ * appended last, in that order; each tensor's data is zero-padded to the alignment. */
+int ggml_quant_order_cmp(const char *a, const char *b);
+
 #endif

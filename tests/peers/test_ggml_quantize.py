@@ -149,7 +149,20 @@ def test_bytes_equal_llama_cpp(tmp_path, models, model, ftype):
     llama_quantize(src, ref_path, FTYPES[ftype])
     ref = gguf.GGUFReader(str(ref_path))
     ours = ftune_quantize(src, ftype, tmp_path / "ours")
-    assert set(ours) == {t.name for t in ref.tensors}
+    # the facts ftune's GGUF writer needs for whole-file identity: tensors in
+    # ggml_quant_order_cmp's order, each padded to the alignment; metadata as in the input but
+    # general.quantization_version and general.file_type moved last
+    assert list(ours) == [t.name for t in ref.tensors]
+    align = 32
+    offs = [int(t.data_offset) for t in ref.tensors]
+    for t, o, o_next in zip(ref.tensors, offs, offs[1:]):
+        assert o % align == 0 and o_next == o + -(-int(t.n_bytes) // align) * align, t.name
+    inp = gguf.GGUFReader(str(src))
+    keys_in = [k for k in inp.fields if not k.startswith("GGUF.")]
+    keys_ref = [k for k in ref.fields if not k.startswith("GGUF.")]
+    moved = ["general.quantization_version", "general.file_type"]
+    assert keys_ref == [k for k in keys_in if k not in moved] + moved
+    assert [int(ref.fields[k].parts[-1][0]) for k in moved] == [2, FTYPES[ftype]]
     bad_type, bad_bytes = [], []
     types_seen = set()
     for t in ref.tensors:

@@ -2,7 +2,8 @@
  * gguf_quantize: a driver for tests/peers/test_ggml_quantize.py. Reads an F32 GGUF model, picks
  * each tensor's type with ggml_qplan (the llama_model_quantize rule of FTYPE) and quantizes it
  * with ggml_quantize; writes OUTDIR/tensors.bin (the quantized tensors back to back) and
- * OUTDIR/index.tsv, a line per tensor in file order: name, ggml type id, byte offset in
+ * OUTDIR/index.tsv, a line per tensor in the order llama_model_quantize writes them
+ * (ggml_quant_order_cmp): name, ggml type id, byte offset in
  * tensors.bin, byte count.
  *
  *   gguf_quantize MODEL.gguf q4_k_m|q8_0|q4_0|q6_k OUTDIR
@@ -28,6 +29,10 @@ static int get_int(const gguf_file *g, const char *arch, const char *suffix, int
     if (!kv || !gguf_vtype_is_int(kv->elem)) return -1;
     *out = (int)gguf_arr_int(kv, 0);
     return 0;
+}
+
+static int by_llama_order(const void *a, const void *b) {
+    return ggml_quant_order_cmp(*(const char *const *)a, *(const char *const *)b);
 }
 
 int main(int argc, char **argv) {
@@ -70,9 +75,14 @@ int main(int argc, char **argv) {
     if (atomic_open(&data, path, &err)) return fail(&err);
     snprintf(path, sizeof path, "%s/index.tsv", argv[3]);
     if (atomic_open(&index, path, &err)) return fail(&err);
+    /* in llama_model_quantize's order (the order of its output file) */
+    const char **order = calloc((size_t)nt + 1, sizeof *order);
+    if (!order) return 1;
+    memcpy(order, names, (size_t)nt * sizeof *order);
+    qsort(order, (size_t)nt, sizeof *order, by_llama_order);
     uint64_t off = 0;
     for (int i = 0; i < nt; i++) {
-        const gguf_tensor *t = gguf_tensor_at(g, i);
+        const gguf_tensor *t = gguf_find_tensor(g, order[i]);
         if (t->type != GGML_TYPE_F32) {
             fprintf(stderr, "%s: tensor %s is %s, expected F32 (hint: export with --dtype f32)\n",
                     argv[1], t->name, ggml_type_info(t->type)->name);
@@ -98,6 +108,7 @@ int main(int argc, char **argv) {
         free(src);
     }
     if (atomic_close(&data, &err) || atomic_close(&index, &err)) return fail(&err);
+    free(order);
     free(names);
     gguf_close(g);
     return 0;
