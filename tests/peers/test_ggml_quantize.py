@@ -7,8 +7,9 @@ importance matrix, default parameters, 2 threads) writes Q4_K_M, Q6_K, Q8_0 and 
 tests/tools/gguf_quantize applies ftune's per-tensor type rule and quantizers to the same input.
 Every tensor's type and every byte of its data must be equal. The weights are randn * 0.02 with
 rows of zeros, of large values (1e3 .. 3e4), of tiny values (1e-8: fp16 scales underflow), a row
-with one outlier, positive-only and negative-only rows, a constant row and a row on a grid of
-quarters (exact rounding ties).
+with one outlier, positive-only and negative-only rows, a constant row, a row on a grid of
+quarters (exact rounding ties), rows of 1e-6, a row with one nonzero value, and a heavy-tailed
+(Student t, 2 degrees of freedom) row.
 """
 
 import os
@@ -43,6 +44,11 @@ def weights(rng, rows, cols):
         # values on a grid of quarters: many exact ties for the rounding
         w[k // 2] = (np.round(rng.standard_normal(cols) * 4) / 4).astype(np.float32)
         w[k + 1] = np.float32(0.5)  # a constant row
+    if k >= 5:
+        w[k + 2] = rng.standard_normal(cols) * 1e-6  # Q8_0 / Q4_0 scales fp16-subnormal or 0
+        w[k + 3] = 0.0
+        w[k + 3, 7] = 1.0  # one value per row
+        w[k + 4] = rng.standard_t(2, cols) * 0.02  # heavy tails
     return w
 
 
