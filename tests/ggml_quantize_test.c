@@ -14,7 +14,8 @@
  *   F16   exact for values f16 holds;
  * and all-zero blocks give zero bytes (Q6_K) or zeros back (all types), integer multiples of a
  * power of two that fit 8 bits come back exactly from Q8_0, and the ggml_quantize entry point
- * writes what the per-type functions write and refuses sizes that are not whole blocks.
+ * writes what the per-type functions write and refuses sizes that are not whole blocks; many
+ * blocks at once (split over threads) give the bytes of one block at a time.
  */
 #include "base/half.h"
 #include "ops/ggml_quantize_k.h"
@@ -149,6 +150,24 @@ static void test_entry_point(void) {
     CHECK(ggml_quantize(GGML_TYPE_Q4_K, x, c, 512) == 288 && !memcmp(a, c, 288), "Q4_K entry");
     ggml_quantize_q6_k(x, a, 512);
     CHECK(ggml_quantize(GGML_TYPE_Q6_K, x, c, 512) == 420 && !memcmp(a, c, 420), "Q6_K entry");
+    /* 128 blocks at once (split over the OpenMP threads) equal the blocks one at a time */
+    enum { NB = 128 };
+    static float big[NB * 256];
+    static uint8_t all[NB * 210], one[210];
+    for (int i = 0; i < NB * 256; i++)
+        big[i] = randn();
+    int same4 = 1, same6 = 1;
+    ggml_quantize_q4_k(big, all, NB * 256);
+    for (int b = 0; b < NB; b++) {
+        ggml_quantize_q4_k(big + b * 256, one, 256);
+        same4 &= !memcmp(one, all + b * 144, 144);
+    }
+    ggml_quantize_q6_k(big, all, NB * 256);
+    for (int b = 0; b < NB; b++) {
+        ggml_quantize_q6_k(big + b * 256, one, 256);
+        same6 &= !memcmp(one, all + b * 210, 210);
+    }
+    CHECK(same4 && same6, "threaded blocks differ: Q4_K %d, Q6_K %d", same4, same6);
     memset(c, 0x55, sizeof c);
     CHECK(ggml_quantize(GGML_TYPE_Q4_K, x, c, 288) == 0 && c[0] == 0x55, "288 is not Q4_K");
     CHECK(ggml_quantize(GGML_TYPE_Q8_0, x, c, 40) == 0, "40 is not Q8_0");
