@@ -2,8 +2,9 @@
 
 For F32 GGUF models shaped like llama, qwen2 (tied embeddings, attention biases) and qwen3
 (q/k norms, tied), plus one whose rows are not multiples of 256 (hidden 288) or even of 32
-(intermediate 272), written with gguf-py, llama-cpp-python 0.3.36's llama_model_quantize (no
-importance matrix, default parameters, 2 threads) writes Q4_K_M, Q6_K, Q8_0 and Q4_0 files, and
+(intermediate 272), written with gguf-py, and the trained stories260K (../shared; rows of 64
+and 172), llama-cpp-python 0.3.36's llama_model_quantize (no importance matrix, default
+parameters, 2 threads) writes Q4_K_M, Q6_K, Q8_0 and Q4_0 files, and
 tests/tools/gguf_quantize applies ftune's per-tensor type rule and quantizers to the same input.
 Every tensor's type and every byte of its data must be equal. The weights are randn * 0.02 with
 rows of zeros, of large values (1e3 .. 3e4), of tiny values (1e-8: fp16 scales underflow), a row
@@ -111,6 +112,11 @@ MODELS = {
 }
 
 
+# a real (trained) llama2.c model in F32: rows of 64, 172 (-> Q5_0, Q8_0, F16)
+STORIES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))), "shared", "models", "stories260K", "stories260K.gguf")
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("ggml_quantize")
@@ -119,6 +125,7 @@ def models(tmp_path_factory):
         path = d / f"{name}.gguf"
         write_model(path, seed=i, **kw)
         out[name] = path
+    out["stories260K"] = STORIES if os.path.exists(STORIES) else None
     return out
 
 
@@ -148,9 +155,11 @@ def ftune_quantize(src, ftype_name, outdir):
 
 
 @pytest.mark.parametrize("ftype", list(FTYPES))
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model", list(MODELS) + ["stories260K"])
 def test_bytes_equal_llama_cpp(tmp_path, models, model, ftype):
     src = models[model]
+    if src is None:
+        pytest.skip(f"{STORIES} is absent (../shared is beside the project only on its machines)")
     ref_path = tmp_path / "ref.gguf"
     llama_quantize(src, ref_path, FTYPES[ftype])
     ref = gguf.GGUFReader(str(ref_path))
@@ -186,7 +195,7 @@ def test_bytes_equal_llama_cpp(tmp_path, models, model, ftype):
     assert not bad_bytes, "\n".join(bad_bytes)
     # the test must exercise what it claims: the Q4_K_M mix, and the fallbacks on the odd model
     T = gguf.GGMLQuantizationType
-    if ftype == "q4_k_m" and model != "odd":
+    if ftype == "q4_k_m" and model not in ("odd", "stories260K"):
         assert {T.Q4_K, T.Q6_K, T.F32} <= types_seen
-    if ftype == "q4_k_m" and model == "odd":
+    if ftype == "q4_k_m" and model in ("odd", "stories260K"):
         assert {T.Q5_0, T.Q8_0, T.F16} <= types_seen
