@@ -199,3 +199,38 @@ def test_bytes_equal_llama_cpp(tmp_path, models, model, ftype):
         assert {T.Q4_K, T.Q6_K, T.F32} <= types_seen
     if ftype == "q4_k_m" and model in ("odd", "stories260K"):
         assert {T.Q5_0, T.Q8_0, T.F16} <= types_seen
+
+
+def test_70b_attn_v_type(tmp_path):
+    """llama.cpp's "70B" rule: a llama with grouped-query attention and 80 layers gets Q5_K for
+    the attn_v tensors use_more_bits leaves out (Q6_K for the others). ftune picks the same types
+    (it does not write Q5_K: those are listed without bytes). Only attn_v tensors, 256 x 128."""
+    src = tmp_path / "deep.gguf"
+    rng = np.random.default_rng(7)
+    w = gguf.GGUFWriter(str(src), "llama")
+    w.add_context_length(256)
+    w.add_embedding_length(256)
+    w.add_block_count(80)
+    w.add_feed_forward_length(512)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_rope_dimension_count(64)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_tensor("output.weight", weights(rng, 64, 256))
+    for i in range(80):
+        v = (rng.standard_normal((128, 256)) * 0.02).astype(np.float32)
+        w.add_tensor(f"blk.{i}.attn_v.weight", v)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llama_quantize(src, tmp_path / "ref.gguf", FTYPES["q4_k_m"])
+    ref = gguf.GGUFReader(str(tmp_path / "ref.gguf"))
+    ours = ftune_quantize(src, "q4_k_m", tmp_path / "ours")
+    T = gguf.GGMLQuantizationType
+    want = {t.name: int(t.tensor_type) for t in ref.tensors}
+    assert {n: typ for n, (typ, _) in ours.items()} == want
+    assert set(want.values()) == {T.Q5_K, T.Q6_K}
+    for t in ref.tensors:
+        if t.tensor_type == T.Q6_K:
+            assert ours[t.name][1] == np.asarray(t.data).tobytes(), t.name
