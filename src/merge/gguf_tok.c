@@ -6,7 +6,9 @@
  * gguf-py/gguf/vocab.py); the code is ftune's own. Supported: byte-level BPE tokenizer.json
  * (tokenizer.ggml.model "gpt2") whose pre-tokenizer llama.cpp knows by one of these names:
  *   "qwen2"      Split on Qwen2's regex (single digits) + ByteLevel without regex (Qwen2/2.5/3)
- *   "llama-bpe"  Split on Llama 3's regex (digits in threes) + ByteLevel without regex
+ *   "llama-bpe"  Split on Llama 3's regex (digits in threes) + ByteLevel without regex, with
+ *                the BPE model's ignore_merges ("smaug-bpe" without it: llama.cpp's two names
+ *                for that regex differ in ignore_merges alone)
  *   "smollm"     Digits(individual) + ByteLevel with GPT-2's regex (SmolLM, SmolLM2)
  *   "gpt-2"      ByteLevel with GPT-2's regex alone
  * The converter names the pre-tokenizer from a hash of the ids the tokenizer gives for a check
@@ -63,8 +65,10 @@ static int byte_level(const cJSON *o, int use_regex) {
     return is_type(o, "ByteLevel") && (r ? cJSON_IsTrue(r) : 1) == use_regex;
 }
 
-/* llama.cpp's name of the pre-tokenizer, or NULL. */
-static const char *pre_name(const cJSON *pre) {
+/* llama.cpp's name of the pre-tokenizer, or NULL. Llama 3's regex is "llama-bpe" with the BPE
+ * model's ignore_merges (llama.cpp sets ignore_merges for that name) and "smaug-bpe" (the same
+ * regex, merges always applied) without it. */
+static const char *pre_name(const cJSON *pre, int ignore_merges) {
     if (byte_level(pre, 1)) return "gpt-2";
     if (!is_type(pre, "Sequence")) return NULL;
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
@@ -79,7 +83,7 @@ static const char *pre_name(const cJSON *pre) {
     if (!re || !beh || strcmp(beh, "Isolated") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "invert")))
         return NULL;
     if (!strcmp(re, RE_QWEN2)) return "qwen2";
-    if (!strcmp(re, RE_LLAMA3)) return "llama-bpe";
+    if (!strcmp(re, RE_LLAMA3)) return ignore_merges ? "llama-bpe" : "smaug-bpe";
     return NULL;
 }
 
@@ -374,7 +378,8 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(tj, "pre_tokenizer");
-    const char *name = pre_name(pre);
+    const char *name =
+        pre_name(pre, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
     if (!is_type(model, "BPE") || !name) {
         char where[4300];
         snprintf(where, sizeof where, "%s: field \"%s\"", file,
