@@ -80,8 +80,8 @@ typedef struct quant_desc {
 } quant_desc;
 
 static const quant_desc quants[] = {
-    {"f32", GGML_TYPE_F32, 0},   {"f16", GGML_TYPE_F16, 1},   {"bf16", GGML_TYPE_BF16, 32},
-    {"q8_0", GGML_TYPE_Q8_0, 7}, {"q8", GGML_TYPE_Q8_0, 7},   {"q4_0", GGML_TYPE_Q4_0, 2},
+    {"f32", GGML_TYPE_F32, 0},   {"f16", GGML_TYPE_F16, 1}, {"bf16", GGML_TYPE_BF16, 32},
+    {"q8_0", GGML_TYPE_Q8_0, 7}, {"q8", GGML_TYPE_Q8_0, 7}, {"q4_0", GGML_TYPE_Q4_0, 2},
 };
 
 typedef struct hparams {
@@ -138,7 +138,8 @@ static ft_status read_hparams(const cJSON *cfg, const char *path, hparams *h, ft
                             "longrope scaling are not)",
                             "RoPE type \"%s\"", rt);
     }
-    const cJSON *th = cJSON_IsObject(rp) ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
+    const cJSON *th =
+        cJSON_IsObject(rp) ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
     if (!cJSON_IsNumber(th)) th = cJSON_GetObjectItemCaseSensitive(cfg, "rope_theta");
     h->rope_theta = cJSON_IsNumber(th) ? th->valuedouble : 10000.0;
     return FT_OK;
@@ -182,8 +183,8 @@ static ft_status pick_type(const quant_desc *q, ex_item *it, int tied, ft_error 
     if (it->t->ndim == 1) return it->type = GGML_TYPE_F32, FT_OK;
     uint32_t t = q->matrix_type;
     if (t == GGML_TYPE_Q4_0) {
-        int out = !strcmp(it->name, "output.weight") ||
-                  (tied && !strcmp(it->name, "token_embd.weight"));
+        int out =
+            !strcmp(it->name, "output.weight") || (tied && !strcmp(it->name, "token_embd.weight"));
         if (!ends_with(it->name, "weight") || strstr(it->name, "_norm.weight"))
             t = GGML_TYPE_F32;
         else if (out && it->cols % 256 == 0)
@@ -214,7 +215,9 @@ static ft_status read_rows(const ex_item *it, size_t r0, size_t n, float *w, flo
     st_dtype dt = it->t->dtype;
     for (size_t i = 0; i < n * cols; i++) {
         float v = w[i] + d[i];
-        w[i] = dt == ST_BF16 ? bf16_to_f32(f32_to_bf16(v)) : dt == ST_F16 ? f16_to_f32(f32_to_f16(v)) : v;
+        w[i] = dt == ST_BF16  ? bf16_to_f32(f32_to_bf16(v))
+               : dt == ST_F16 ? f16_to_f32(f32_to_f16(v))
+                              : v;
     }
     return FT_OK;
 }
@@ -439,8 +442,7 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         if (!strcmp(qn, quants[i].name)) q = &quants[i];
     /* q4_k_m: wired in once the K-quant quantizers (src/ops/ggml_quantize_k.c) are merged */
     if (!strcmp(qn, "q4_k_m"))
-        return ft_error_set(err, FT_ERR_INPUT, "option --quant",
-                            "use q4_0, q8_0, f16, bf16 or f32",
+        return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use q4_0, q8_0, f16, bf16 or f32",
                             "q4_k_m: not available in this build");
     if (!q)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant",
@@ -511,10 +513,10 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         it->permute_heads = permute_heads(a, &h, it->name);
         if (it->permute_heads &&
             (it->t->ndim == 2 ? it->rows : it->cols) != (int64_t)it->permute_heads * h.head_dim) {
-            st = ft_error_set(err, FT_ERR_INPUT, it->t->name, "config.json does not fit the weights",
-                              "expected %lld rows (%d heads of %ld)",
-                              (long long)it->permute_heads * h.head_dim, it->permute_heads,
-                              h.head_dim);
+            st = ft_error_set(
+                err, FT_ERR_INPUT, it->t->name, "config.json does not fit the weights",
+                "expected %lld rows (%d heads of %ld)", (long long)it->permute_heads * h.head_dim,
+                it->permute_heads, h.head_dim);
             goto done;
         }
         if ((st = pick_type(q, it, h.tied, err))) goto done;

@@ -44,10 +44,11 @@ enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
 
 /* The Split regexes of the named pre-tokenizers (as they appear in tokenizer.json). */
 #define RE_QWEN2                                                                                   \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|" \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "                          \
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"                                                               \
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 #define RE_LLAMA3                                                                                  \
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "                    \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "                     \
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 static const char *jstr(const cJSON *o, const char *k) {
@@ -74,13 +75,14 @@ static const char *pre_name(const cJSON *pre, int ignore_merges) {
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
     if (cJSON_GetArraySize(l) != 2) return NULL;
     const cJSON *a = cJSON_GetArrayItem(l, 0), *b = cJSON_GetArrayItem(l, 1);
-    if (is_type(a, "Digits") && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "individual_digits")) &&
-        byte_level(b, 1))
+    if (is_type(a, "Digits") &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "individual_digits")) && byte_level(b, 1))
         return "smollm";
     if (!is_type(a, "Split") || !byte_level(b, 0)) return NULL;
     const char *re = jstr(cJSON_GetObjectItemCaseSensitive(a, "pattern"), "Regex");
     const char *beh = jstr(a, "behavior");
-    if (!re || !beh || strcmp(beh, "Isolated") || cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "invert")))
+    if (!re || !beh || strcmp(beh, "Isolated") ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "invert")))
         return NULL;
     if (!strcmp(re, RE_QWEN2)) return "qwen2";
     if (!strcmp(re, RE_LLAMA3)) return ignore_merges ? "llama-bpe" : "smaug-bpe";
@@ -191,12 +193,11 @@ static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eo
         const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
         int k = cJSON_GetArraySize(single);
         if (k <= 1 || !tc) continue;
-        const char *first = jstr(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0),
-                                                                  "SpecialToken"),
-                                 "id");
-        const char *last = jstr(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, k - 1),
-                                                                 "SpecialToken"),
-                                "id");
+        const char *first = jstr(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0), "SpecialToken"), "id");
+        const char *last = jstr(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, k - 1), "SpecialToken"),
+            "id");
         if (first) {
             const char *bos = tc_token(tc, "bos");
             if (!bos) set_tc_token(tc, "bos", first), bos = tc_token(tc, "bos");
@@ -242,7 +243,8 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
     l->n = vocab;
     l->tokens = calloc((size_t)vocab, sizeof *l->tokens);
     l->types = calloc((size_t)vocab, sizeof *l->types);
-    if (!l->tokens || !l->types) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    if (!l->tokens || !l->types)
+        return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
     char where[4300];
     for (const cJSON *e = v ? v->child : NULL; e; e = e->next) {
         if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= vocab) {
@@ -266,8 +268,7 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
             return ft_error_set(err, FT_ERR_INPUT, where,
                                 "the tokenizer does not belong to this model (config.json "
                                 "vocab_size)",
-                                "an added token without content or with an id not below %d",
-                                vocab);
+                                "an added token without content or with an id not below %d", vocab);
         }
         int id = (int)idj->valuedouble;
         free(l->tokens[id]);
@@ -298,7 +299,8 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
         if (cJSON_IsString(e))
             s = strdup(e->valuestring);
         else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
-                 cJSON_IsString(cJSON_GetArrayItem(e, 0)) && cJSON_IsString(cJSON_GetArrayItem(e, 1)))
+                 cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 1)))
             s = merge_pair(cJSON_GetArrayItem(e, 0)->valuestring,
                            cJSON_GetArrayItem(e, 1)->valuestring);
         else {
@@ -333,8 +335,11 @@ static ft_status chat_template(const char *dir, const cJSON *tc, char **out, ft_
     *out = NULL;
     if (!tc) return FT_OK;
     const char *t = jstr(tc, "chat_template");
-    if (t) return (*out = strdup(t)) ? FT_OK : ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
-    if (cJSON_GetObjectItemCaseSensitive(tc, "chat_template")) return FT_OK; /* a list: not written */
+    if (t)
+        return (*out = strdup(t)) ? FT_OK
+                                  : ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
+    if (cJSON_GetObjectItemCaseSensitive(tc, "chat_template"))
+        return FT_OK; /* a list: not written */
     char path[4200];
     snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
     FILE *f = fopen(path, "rb");
@@ -349,7 +354,8 @@ static ft_status chat_template(const char *dir, const cJSON *tc, char **out, ft_
     cJSON *j = NULL;
     ft_status st = json_load_file(path, &j, err);
     const char *s = st ? NULL : jstr(j, "chat_template");
-    if (s && !(*out = strdup(s))) st = ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    if (s && !(*out = strdup(s)))
+        st = ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
     cJSON_Delete(j);
     return st;
 }
@@ -425,14 +431,17 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
 
     if (llama_arch && tc) {
         const cJSON *aps = cJSON_GetObjectItemCaseSensitive(tc, "add_prefix_space");
-        if (cJSON_IsBool(aps)) gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(aps));
+        if (cJSON_IsBool(aps))
+            gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(aps));
     }
     gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2");
     gguf_writer_kv_str(w, "tokenizer.ggml.pre", name);
-    gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)l.tokens, (size_t)vocab);
+    gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)l.tokens,
+                           (size_t)vocab);
     gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", l.types, (size_t)vocab);
     if (l.nmerges)
-        gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", (const char *const *)l.merges, l.nmerges);
+        gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", (const char *const *)l.merges,
+                               l.nmerges);
     for (int i = 0; i < s.n; i++)
         gguf_writer_kv_u32(w, sp_keys[s.order[i]], (uint32_t)s.id[s.order[i]]);
     static const char *const add_keys[3] = {"tokenizer.ggml.add_bos_token",

@@ -17,11 +17,11 @@
  * BF16 tensor's own rows are the panel), and gemm_bf16 multiplies them.
  */
 #include "ops/gemm_bf16.h"
+#include "ops/ggml_quantize.h"
+#include "ops/ggml_quants.h"
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
 #include "ops/quant.h"
-#include "ops/ggml_quantize.h"
-#include "ops/ggml_quants.h"
 
 #include <math.h>
 #include <pthread.h>
