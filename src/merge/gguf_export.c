@@ -250,8 +250,13 @@ static ft_status write_tensor(gguf_writer *gw, const ex_item *it, size_t D, floa
         for (size_t r = 0; r < n; r++)
             ggml_quantize_row(it->type, src + r * cols, (uint8_t *)obuf + r * row_bytes, cols);
         if ((st = gguf_writer_put(gw, obuf, n * row_bytes, err))) return st;
+        /* give the chunk's source pages back, so RSS does not grow with the tensor */
+        st_tensor piece = *it->t;
+        size_t esz = st_dtype_size(it->t->dtype);
+        piece.data = (const uint8_t *)it->t->data + r0 * cols * esz;
+        piece.nbytes = n * cols * esz;
+        st_release_pages(&piece);
     }
-    st_release_pages(it->t);
     return FT_OK;
 }
 
