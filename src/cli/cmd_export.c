@@ -17,9 +17,9 @@ int cmd_export(int argc, char **argv) {
         {"gguf", OPT_STR, &gguf, "OUT.gguf", "write the model (with --adapter merged in) as GGUF"},
         {"gguf-lora", OPT_STR, &gguf_lora, "OUT.gguf",
          "write --adapter as a GGUF LoRA adapter for llama.cpp's --lora"},
-        {"model", OPT_STR, &o.model, "DIR",
+        {"model", OPT_STR, &o.model, "DIR|FILE",
          "Hugging Face model folder (llama, mistral, qwen2, qwen3; F32, BF16 or F16) with its "
-         "tokenizer.json"},
+         "tokenizer.json, or a GGUF model file (re-typed, the adapter merged)"},
         {"adapter", OPT_STR, &o.adapter, "RUN", "PEFT LoRA adapter folder (ftune train's RUN)"},
         {"quant", OPT_STR, &o.quant, "TYPE",
          "f32 (default), f16, bf16, q8_0 (or q8) or q4_0 (llama.cpp's Q4_0 mixture)"},
@@ -29,8 +29,8 @@ int cmd_export(int argc, char **argv) {
     };
     const cmd_info info = {
         "export",
-        "ftune export --gguf OUT.gguf --model DIR [--adapter RUN] [--quant TYPE]\n"
-        "       ftune export --gguf-lora OUT.gguf --model DIR --adapter RUN",
+        "ftune export --gguf OUT.gguf --model DIR|FILE [--adapter RUN] [--quant TYPE]\n"
+        "       ftune export --gguf-lora OUT.gguf --model DIR|FILE --adapter RUN",
         "Write a GGUF file for llama.cpp: the model's weights (the adapter merged in as\n"
         "ftune merge merges it), its architecture metadata, tokenizer and chat template,\n"
         "with Q/K rows in llama.cpp's RoPE order; tensors as convert_hf_to_gguf.py writes them\n"

@@ -158,6 +158,21 @@ void gguf_writer_kv_arr_f32(gguf_writer *w, const char *key, const float *v, siz
     put_bytes(w, v, n * 4);
 }
 
+void gguf_writer_kv_copy(gguf_writer *w, const gguf_kv *kv) {
+    /* bytes of one fixed-size value of each type (gguf.h's order); 0: string */
+    static const size_t size[GGUF_VTYPE_COUNT] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    int arr = kv->type == GGUF_ARR;
+    if (arr)
+        put_arr_head(w, kv->key, kv->elem, kv->count);
+    else
+        put_key(w, kv->key, kv->type);
+    if (kv->elem == GGUF_STR)
+        for (uint64_t i = 0; i < kv->count; i++)
+            put_str(w, kv->strs[i].p, kv->strs[i].n);
+    else /* stored little-endian in the mapping, as written */
+        put_bytes(w, kv->data, kv->count * size[kv->elem]);
+}
+
 static uint64_t pad_to(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 ft_status gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, int ndim,

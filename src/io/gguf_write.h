@@ -39,6 +39,9 @@ void gguf_writer_kv_arr_str(gguf_writer *w, const char *key, const char *const *
 void gguf_writer_kv_arr_i32(gguf_writer *w, const char *key, const int32_t *v, size_t n);
 void gguf_writer_kv_arr_f32(gguf_writer *w, const char *key, const float *v, size_t n);
 
+/* A key read from another file (io/gguf.h), copied with its type and value(s). */
+void gguf_writer_kv_copy(gguf_writer *w, const gguf_kv *kv);
+
 /* A tensor of ggml type `type` (ops/ggml_quants.h) with ndim dims, ne[0] the row length.
  * FT_ERR_INPUT when the name repeats, the type is unknown or ne[0] is not a whole number of
  * blocks. */

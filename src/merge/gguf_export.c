@@ -41,6 +41,7 @@
  */
 #include "merge/gguf_export.h"
 #include "base/half.h"
+#include "io/gguf.h"
 #include "io/gguf_write.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -91,7 +92,11 @@ typedef struct hparams {
 } hparams;
 
 typedef struct ex_item {
-    const st_tensor *t;
+    const st_tensor *t;    /* from a model folder, or */
+    const gguf_tensor *gt; /* from a GGUF file (g) */
+    const gguf_file *g;
+    int ndim;
+    int src_permuted;        /* a GGUF source: Q/K rows already in ggml's order */
     char name[128];          /* GGUF name */
     uint32_t type;           /* output ggml type */
     int permute_heads;       /* 0, or the heads whose rows are permuted */
@@ -180,7 +185,7 @@ static int ends_with(const char *s, const char *suf) {
 
 /* The type of a tensor in the file (module comment). */
 static ft_status pick_type(const quant_desc *q, ex_item *it, int tied, ft_error *err) {
-    if (it->t->ndim == 1) return it->type = GGML_TYPE_F32, FT_OK;
+    if (it->ndim == 1) return it->type = GGML_TYPE_F32, FT_OK;
     uint32_t t = q->matrix_type;
     if (t == GGML_TYPE_Q4_0) {
         int out =
@@ -203,16 +208,25 @@ static ft_status pick_type(const quant_desc *q, ex_item *it, int tied, ft_error 
     return FT_OK;
 }
 
+static void permute_rows(const float *src, float *dst, size_t n, size_t cols, size_t D);
+
 /* Rows [r0, r0 + n) of it, merged when it has a module, as fp32 into w (d: scratch). */
-static ft_status read_rows(const ex_item *it, size_t r0, size_t n, float *w, float *d,
-                           ft_error *err) {
+static ft_status read_rows(const ex_item *it, size_t r0, size_t n, size_t D, float *w, float *d,
+                           float *p, ft_error *err) {
     size_t cols = (size_t)it->cols;
-    if (st_read_range_f32(it->t, r0 * cols, n * cols, w))
+    if (it->gt) {
+        ft_status st = gguf_read_f32(it->g, it->gt, r0 * cols, n * cols, w, err);
+        if (st) return st;
+    } else if (st_read_range_f32(it->t, r0 * cols, n * cols, w))
         return ft_error_set(err, FT_ERR_INPUT, it->t->name, "export an F32, BF16 or F16 model",
                             "not F32, F16 or BF16");
     if (!it->m) return FT_OK;
     merge_delta_rows(it->m, r0, n, d, 1);
-    st_dtype dt = it->t->dtype;
+    if (it->src_permuted && it->permute_heads) { /* the delta into the file's row order */
+        permute_rows(d, p, n, cols, D);
+        memcpy(d, p, n * cols * sizeof *d);
+    }
+    st_dtype dt = it->gt ? ST_F32 : it->t->dtype;
     for (size_t i = 0; i < n * cols; i++) {
         float v = w[i] + d[i];
         w[i] = dt == ST_BF16  ? bf16_to_f32(f32_to_bf16(v))
@@ -240,16 +254,17 @@ static ft_status write_tensor(gguf_writer *gw, const ex_item *it, size_t D, floa
     if (it->permute_heads) rc = rc / D ? rc / D * D : D;
     for (size_t r0 = 0; r0 < rows; r0 += rc) {
         size_t n = rows - r0 < rc ? rows - r0 : rc;
-        ft_status st = read_rows(it, r0, n, w, d, err);
+        ft_status st = read_rows(it, r0, n, D, w, d, p, err);
         if (st) return st;
         const float *src = w;
-        if (it->permute_heads) {
+        if (it->permute_heads && !it->src_permuted) {
             permute_rows(w, p, n, cols, D);
             src = p;
         }
         for (size_t r = 0; r < n; r++)
             ggml_quantize_row(it->type, src + r * cols, (uint8_t *)obuf + r * row_bytes, cols);
         if ((st = gguf_writer_put(gw, obuf, n * row_bytes, err))) return st;
+        if (!it->t) continue;
         /* give the chunk's source pages back, so RSS does not grow with the tensor */
         st_tensor piece = *it->t;
         size_t esz = st_dtype_size(it->t->dtype);
@@ -327,8 +342,7 @@ static int permute_heads(const arch_desc *a, const hparams *h, const char *gname
 }
 
 /* Each adapter module against the weight it changes: present, 2-D float, shape (out, in). */
-static ft_status bind_adapter(const adapter *ad, const st_set *in, ex_item *items, int n,
-                              ft_error *err) {
+static ft_status bind_adapter(const adapter *ad, ex_item *items, int n, ft_error *err) {
     char where[4600];
     for (int i = 0; i < ad->n; i++) {
         const adapter_module *m = &ad->mods[i];
@@ -337,15 +351,17 @@ static ft_status bind_adapter(const adapter *ad, const st_set *in, ex_item *item
         snprintf(where, sizeof where, "%s/adapter_model.safetensors: tensor \"%s.lora_A.weight\"",
                  ad->dir, m->name);
         ex_item *it = NULL;
-        for (int j = 0; j < n && !it; j++)
-            if (items[j].t && !strcmp(items[j].t->name, wname)) it = &items[j];
-        if (!it || !st_find(in, wname))
+        char gname[128];
+        if (gguf_name(wname, gname, sizeof gname) == 1)
+            for (int j = 0; j < n && !it; j++)
+                if (!strcmp(items[j].name, gname)) it = &items[j];
+        if (!it)
             return ft_error_set(err, FT_ERR_INPUT, where,
                                 "the adapter belongs to another model (base_model_name_or_path: "
                                 "see its adapter_config.json)",
                                 "targets module %s, but the model has no tensor %s", m->path,
                                 wname);
-        if (it->t->ndim != 2 || it->rows != m->out || it->cols != m->in)
+        if (it->ndim != 2 || it->rows != m->out || it->cols != m->in)
             return ft_error_set(err, FT_ERR_INPUT, where,
                                 "the adapter belongs to another model of other dimensions",
                                 "the adapter's delta is [%d, %d] (out, in) but the model's %s is "
@@ -375,13 +391,12 @@ static ft_status refuse_dora(const char *dir, ft_error *err) {
 }
 
 static ft_status export_lora(const gguf_export_options *o, const arch_desc *a, const hparams *h,
-                             const st_set *in, ex_item *items, int n, const adapter *ad,
-                             gguf_export_result *res, ft_error *err) {
+                             ex_item *items, int n, const adapter *ad, gguf_export_result *res,
+                             ft_error *err) {
     ft_status st = FT_OK;
     gguf_writer *gw = gguf_writer_new();
     float *buf = NULL, *p = NULL;
     if (!gw) return ft_error_set(err, FT_ERR_RUNTIME, o->out, NULL, "out of memory");
-    (void)in;
     /* one alpha for the file: lora_alpha; each module's own scaling is folded into B */
     double alpha = 0;
     cJSON *la = cJSON_GetObjectItemCaseSensitive(ad->config, "lora_alpha");
@@ -439,6 +454,78 @@ done:
     return st;
 }
 
+/* A GGUF file's keys, general.file_type replaced by the new type. */
+static void copy_kvs(gguf_writer *gw, const gguf_file *g, uint32_t file_type) {
+    int ft = 0;
+    for (int i = 0; i < gguf_kv_count(g); i++) {
+        const gguf_kv *kv = gguf_kv_at(g, i);
+        if (!strcmp(kv->key, "general.file_type")) {
+            gguf_writer_kv_u32(gw, kv->key, file_type);
+            ft = 1;
+        } else
+            gguf_writer_kv_copy(gw, kv);
+    }
+    if (!ft) gguf_writer_kv_u32(gw, "general.file_type", file_type);
+}
+
+/* A GGUF model's architecture, sizes and tensors (names kept, Q/K rows already permuted). */
+static ft_status gguf_items(const gguf_file *g, const quant_desc *q, const arch_desc **a,
+                            hparams *h, ex_item **items, int *n, ft_error *err) {
+    gguf_str as;
+    ft_status st = gguf_get_str(g, "general.architecture", &as, err);
+    if (st) return st;
+    *a = NULL;
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (strlen(archs[i].gguf) == as.n && !memcmp(archs[i].gguf, as.p, as.n)) *a = &archs[i];
+    char key[128], where[4400];
+    if (!*a) {
+        snprintf(where, sizeof where, "%s: key \"general.architecture\"", gguf_path(g));
+        return ft_error_set(err, FT_ERR_INPUT, where, "GGUF export supports llama, qwen2 and qwen3",
+                            "architecture \"%.*s\" is not exported yet", (int)as.n, as.p);
+    }
+    memset(h, 0, sizeof *h);
+    uint32_t u;
+#define U32(k, dst, req)                                                                           \
+    snprintf(key, sizeof key, "%s." k, (*a)->gguf);                                                \
+    if (req || gguf_find_kv(g, key)) {                                                             \
+        if ((st = gguf_get_u32(g, key, &u, err))) return st;                                       \
+        dst = u;                                                                                   \
+    }
+    U32("attention.head_count", h->n_head, 1);
+    h->n_head_kv = h->n_head;
+    U32("attention.head_count_kv", h->n_head_kv, 0);
+    U32("embedding_length", h->n_embd, 1);
+    h->head_dim = h->n_head ? h->n_embd / h->n_head : 0;
+    U32("attention.key_length", h->head_dim, 0);
+#undef U32
+    if (h->n_head <= 0 || h->n_head_kv <= 0 || h->head_dim <= 0 || h->head_dim % 2)
+        return ft_error_set(err, FT_ERR_INPUT, gguf_path(g), NULL,
+                            "head counts and head size must be positive (head size even)");
+    h->tied = !gguf_find_tensor(g, "output.weight");
+    int nt = gguf_tensor_count(g);
+    *items = calloc((size_t)(nt ? nt : 1), sizeof **items);
+    if (!*items) return ft_error_set(err, FT_ERR_RUNTIME, gguf_path(g), NULL, "out of memory");
+    for (int i = 0; i < nt; i++) {
+        ex_item *it = &(*items)[i];
+        it->gt = gguf_tensor_at(g, i), it->g = g, it->src_permuted = 1;
+        snprintf(it->name, sizeof it->name, "%s", it->gt->name);
+        it->ndim = it->gt->ndim;
+        if (it->ndim > 2) {
+            snprintf(where, sizeof where, "%s: tensor \"%s\"", gguf_path(g), it->gt->name);
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL, "a %d-D tensor", it->ndim);
+        }
+        it->cols = it->gt->ne[0], it->rows = it->ndim == 2 ? it->gt->ne[1] : 1;
+        it->permute_heads = permute_heads(*a, h, it->name);
+        if (it->permute_heads &&
+            (it->ndim == 2 ? it->rows : it->cols) != (int64_t)it->permute_heads * h->head_dim)
+            return ft_error_set(err, FT_ERR_INPUT, it->name, "the file's keys do not fit it",
+                                "expected %lld rows", (long long)it->permute_heads * h->head_dim);
+        if ((st = pick_type(q, it, h->tied, err))) return st;
+        (*n)++;
+    }
+    return FT_OK;
+}
+
 ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_error *err) {
     memset(res, 0, sizeof *res);
     const char *qn = o->quant ? o->quant : "f32";
@@ -456,20 +543,29 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
     if ((st = check_out(o->out, o->overwrite, err))) return st;
     if (o->lora && o->adapter && (st = refuse_dora(o->adapter, err))) return st;
     char path[4400];
-    snprintf(path, sizeof path, "%s/config.json", o->model);
     cJSON *cfg = NULL;
-    if ((st = json_load_file(path, &cfg, err))) return st;
     hparams h;
     const arch_desc *a = NULL;
-    const char *mt = jstr(cfg, "model_type");
-    for (size_t i = 0; mt && i < sizeof archs / sizeof archs[0]; i++)
-        if (!strcmp(mt, archs[i].model_type)) a = &archs[i];
     st_set *in = NULL;
+    gguf_file *g = NULL;
     adapter *ad = NULL;
     ex_item *items = NULL;
     gguf_writer *gw = NULL;
     float *w = NULL, *d = NULL, *p = NULL;
     void *obuf = NULL;
+    int n = 0;
+    int from_gguf = gguf_is_file(o->model);
+    if (o->adapter && (st = adapter_load(o->adapter, &ad, err))) goto done;
+    if (from_gguf) {
+        if ((st = gguf_open(o->model, &g, err)) || (st = gguf_items(g, q, &a, &h, &items, &n, err)))
+            goto done;
+        goto items_ready;
+    }
+    snprintf(path, sizeof path, "%s/config.json", o->model);
+    if ((st = json_load_file(path, &cfg, err))) goto done;
+    const char *mt = jstr(cfg, "model_type");
+    for (size_t i = 0; mt && i < sizeof archs / sizeof archs[0]; i++)
+        if (!strcmp(mt, archs[i].model_type)) a = &archs[i];
     if (!a) {
         char where[4500];
         snprintf(where, sizeof where, "%s: field \"model_type\"", path);
@@ -485,9 +581,8 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
                           "the model is quantized (field \"quantization_config\")");
         goto done;
     }
-    if (o->adapter && (st = adapter_load(o->adapter, &ad, err))) goto done;
     if ((st = st_open_dir(o->model, &in, err))) goto done;
-    int nt = st_count(in), n = 0;
+    int nt = st_count(in);
     items = calloc((size_t)(nt ? nt : 1), sizeof *items);
     if (!items) {
         st = ft_error_set(err, FT_ERR_RUNTIME, o->model, NULL, "out of memory");
@@ -507,6 +602,7 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
             goto done;
         }
         if (r == 0 || (h.tied && !strcmp(it->name, "output.weight"))) continue;
+        it->ndim = it->t->ndim;
         if (it->t->ndim == 1)
             it->rows = 1, it->cols = it->t->shape[0];
         else if (it->t->ndim == 2)
@@ -527,14 +623,15 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         if ((st = pick_type(q, it, h.tied, err))) goto done;
         n++;
     }
-    if (ad && (st = bind_adapter(ad, in, items, n, err))) goto done;
+items_ready:
+    if (ad && (st = bind_adapter(ad, items, n, err))) goto done;
     if (o->lora) {
         if (!ad) {
             st = ft_error_set(err, FT_ERR_INPUT, "ftune export", "pass --adapter RUN",
                               "--gguf-lora needs an adapter");
             goto done;
         }
-        st = export_lora(o, a, &h, in, items, n, ad, res, err);
+        st = export_lora(o, a, &h, items, n, ad, res, err);
         goto done;
     }
 
@@ -547,15 +644,19 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         st = ft_error_set(err, FT_ERR_RUNTIME, o->model, NULL, "out of memory");
         goto done;
     }
-    char name[256];
-    folder_name(o->model, name, sizeof name);
-    write_arch_kv(gw, a, &h, name, "model", q->file_type);
-    if ((st = gguf_tok_write(gw, o->model, cfg, (int)h.vocab, a->llama_keys, err))) goto done;
+    if (g)
+        copy_kvs(gw, g, q->file_type);
+    else {
+        char name[256];
+        folder_name(o->model, name, sizeof name);
+        write_arch_kv(gw, a, &h, name, "model", q->file_type);
+        if ((st = gguf_tok_write(gw, o->model, cfg, (int)h.vocab, a->llama_keys, err))) goto done;
+    }
     unsigned long long total = 0;
     for (int i = 0; i < n && !st; i++) {
         ex_item *it = &items[i];
         int64_t ne[2] = {it->cols, it->rows};
-        st = gguf_writer_add_tensor(gw, it->name, it->type, it->t->ndim, ne, err);
+        st = gguf_writer_add_tensor(gw, it->name, it->type, it->ndim, ne, err);
         if (!st) total += gguf_writer_tensor_bytes(gw, i);
         if (it->m) res->merged++;
     }
@@ -564,7 +665,7 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
     for (int i = 0; i < n && !st; i++) {
         ex_item *it = &items[i];
         if (o->progress) o->progress((double)done_bytes, (double)total, it->name, o->user);
-        if (it->permute_heads && it->t->ndim == 1) {
+        if (it->permute_heads && it->ndim == 1) {
             ex_item c = as_column(it);
             st = write_tensor(gw, &c, (size_t)h.head_dim, w, d, p, obuf, err);
         } else
@@ -582,6 +683,7 @@ done:
     free(obuf);
     free(items);
     st_close(in);
+    gguf_close(g);
     adapter_free(ad);
     cJSON_Delete(cfg);
     return st;

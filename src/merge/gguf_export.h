@@ -11,7 +11,7 @@
 #include "merge/merge.h"
 
 typedef struct gguf_export_options {
-    const char *model;   /* Hugging Face model folder */
+    const char *model;   /* Hugging Face model folder, or a GGUF model file */
     const char *adapter; /* NULL, or a PEFT LoRA folder merged first (full) / exported (lora) */
     const char *out;     /* the .gguf file */
     const char *quant;   /* f32 (default), f16, bf16, q8_0 (q8), q4_0, q4_k_m */

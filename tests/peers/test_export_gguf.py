@@ -14,15 +14,19 @@ What is compared, and the tolerance:
   ftune's f32 export;
 - llama.cpp running the f32 file (f32 KV cache): logits within 1e-4 * max(1, max |ref|) of
   transformers' fp32 forward (fp32 sums in another order; 4e-6 measured), the greedy tokens equal;
-  the q8_0 / q4_0 files: logits within 5% / 10% of max |ref| of transformers run on the file's own
+  the q8_0 / q4_0 files: logits within 5% of max |ref| of transformers run on the file's own
   weights dequantized by gguf-py (what is left is llama.cpp's Q8_0 rounding of the activations in
-  its quantized dot products);
+  its quantized dot products; 1.9% / 2.3% measured);
 - llama.cpp's tokenizer (Llama(vocab_only=True).tokenize, special tokens parsed) gives the ids of
   `tokenizers` on tok_corpus strings: exact;
 - with --adapter: the tensors equal those of ftune export run on `ftune merge`'s folder (which
   test_merge.py checks against PEFT), and llama.cpp's logits those of PEFT's merged model (1e-4);
-- --gguf-lora applied by llama.cpp (lora_path) on the base f32 GGUF: logits within 1e-3 of PEFT's
-  merged model, for an adapter with rsLoRA and a rank_pattern / alpha_pattern (folded into B);
+- --gguf-lora applied by llama.cpp (lora_path) on the base f32 GGUF: logits within
+  1e-4 * max(1, max |ref|) of PEFT's merged model (llama.cpp adds x A^T B^T unmerged: another
+  rounding order; 1e-5 / 5e-5 measured), for an adapter with rsLoRA and a rank_pattern /
+  alpha_pattern (folded into B);
+- --model FILE.gguf: re-typed and merged, the same tensors and keys as the export from the folder;
+- peak RSS exporting a 505 MB model with an adapter to Q8_0: under 100 MB (47 MB measured).
 - bad input: exit 2 naming the adapter / tensor / field, nothing left behind.
 """
 
@@ -196,7 +200,7 @@ def test_equals_convert_hf_to_gguf(folders, converted, name, outtype):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama", "llama_bias"])
+@pytest.mark.parametrize("name", ["llama_bias"])  # tied: token_embd takes output's Q8_0
 def test_q4_0_equals_llama_model_quantize(folders, name):
     import llama_cpp
     d = folders(name)
@@ -272,7 +276,7 @@ def test_llama_cpp_runs_f32_as_transformers(folders, name):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name,quant,tol", [("llama", "q8_0", 0.05), ("llama", "q4_0", 0.10)])
+@pytest.mark.parametrize("name,quant,tol", [("llama", "q8_0", 0.05), ("llama", "q4_0", 0.05)])
 def test_llama_cpp_runs_quantized(folders, name, quant, tol):
     d = folders(name)
     path = export(d, folders.root / f"{name}.run.{quant}.gguf", "--quant", quant)
@@ -300,7 +304,7 @@ def test_tokenizer_ids_equal_tokenizers(folders, name):
     texts = [
         "Hello world! I've been 'told' he's there, 3333 33.3", "<|im_start|>user\nhi<|im_end|>",
         "  leading spaces\n\n\ttabs", "日本語のテキスト、中文。", "emoji 🦙🚀 ✅"]
-    texts += tok_corpus.corpus(total_bytes=60000, seed=5)
+    texts += tok_corpus.corpus(total_bytes=30000, seed=5)
     # llama.cpp does not apply tokenizer.json's NFC normalizer (Qwen's): no GGUF key says it,
     # in ftune's file or the converter's; text already in NFC is what both tokenize alike
     nfc = (json.load(open(os.path.join(d, "tokenizer.json"))).get("normalizer") or {}).get(
@@ -366,7 +370,7 @@ def test_gguf_lora_applied_by_llama_cpp(folders, name):
     got = llama_logits(base, IDS, lora_path=lora)
     err = np.abs(got - ref).max()
     print(f"{name} gguf-lora: max |llama.cpp(base + lora) - PEFT merged| = {err:.3g}")
-    assert err <= 1e-3 * max(1.0, np.abs(ref).max())
+    assert err <= 1e-4 * max(1.0, np.abs(ref).max())
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -455,3 +459,22 @@ def test_peak_rss_is_small(tmp_path):
     rss = int(out.stdout.strip())
     print(f"export of a {size / 1e6:.0f} MB model: peak RSS {rss / 1e6:.1f} MB")
     assert rss < 100e6
+
+
+def test_gguf_model_in(folders):
+    """--model FILE.gguf (read with ftune's GGUF reader): re-typed, and with an adapter merged (the
+    delta's Q/K rows permuted as the file's are), it equals the export from the folder."""
+    d = folders("llama")
+    f32 = export(d, folders.root / "in.f32.gguf")
+    ad = models.make_adapter(d, "llama", str(folders.root / "ad_in"), use_rslora=True)
+    for quant, extra in (("q8_0", []), ("f32", ["--adapter", ad]), ("q4_0", ["--adapter", ad])):
+        a = export(f32, folders.root / f"in.{quant}.a.gguf", "--quant", quant, *extra)
+        b = export(d, folders.root / f"in.{quant}.b.gguf", "--quant", quant, *extra)
+        ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
+        assert tensors(ra) == tensors(rb), quant
+        assert kvs(ra) == kvs(rb), quant
+    lora = str(folders.root / "in.lora.gguf")
+    run_ok(["export", "--gguf-lora", lora, "--model", f32, "--adapter", ad, "--quiet"])
+    lora2 = str(folders.root / "in.lora2.gguf")
+    run_ok(["export", "--gguf-lora", lora2, "--model", d, "--adapter", ad, "--quiet"])
+    assert tensors(gguf.GGUFReader(lora)) == tensors(gguf.GGUFReader(lora2))
