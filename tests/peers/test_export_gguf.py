@@ -68,8 +68,8 @@ def converter():
     if not os.path.exists(script):
         pytest.skip(f"{script} is absent (make venv unpacks it)")
     if not os.path.isdir(os.path.join(d, "conversion")):
-        pytest.skip(f"{d} lacks the conversion/ package convert_hf_to_gguf.py imports (unpacked "
-                    "by tools/llama-wheel.sh since this change: remove its .complete to redo it)")
+        pytest.skip(f"{d} lacks the conversion/ package convert_hf_to_gguf.py imports: an unpack "
+                    "older than tools/llama-wheel.sh's listing of it; `make venv` redoes it")
     return script
 
 
