@@ -401,6 +401,21 @@ def test_bad_input(folders, tmp_path):
         p = run_ftune(["export", "--gguf", tmp_path / "q.gguf", "--model", d, "--quant", q])
         assert p.returncode == 2 and "--quant" in p.stderr
     assert not (tmp_path / "q.gguf").exists() and not (tmp_path / "l.gguf").exists()
+    # a full disk (a 1 MB file size limit, SIGXFSZ ignored so the write fails with EFBIG): exit 1,
+    # nothing left
+    import resource
+    import signal
+    from conftest import ftune_bin
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+    full = tmp_path / "full"
+    full.mkdir()
+    p = subprocess.run([ftune_bin(), "export", "--gguf", full / "f.gguf", "--model", d, "--quiet"],
+                       capture_output=True, text=True, preexec_fn=limit)
+    assert p.returncode == 1 and "f.gguf" in p.stderr, p.stderr
+    assert os.listdir(full) == []
     p = run_ftune(["export", "--help"])
     assert p.returncode == 0 and "--gguf-lora" in p.stdout
 
