@@ -1,10 +1,11 @@
 """`ftune export --gguf` / `--gguf-lora` (issue 17) against llama.cpp (llama-cpp-python 0.3.36 and
 its convert_hf_to_gguf.py) and transformers / PEFT.
 
-Models: the zoo's random-weight llama, qwen2 and qwen3 (models.py) with the vocabulary of a real
-tokenizer from ../shared/tokenizers (llama: SmolLM's byte-level BPE, pre-tokenizer "smollm";
-qwen2/qwen3: Qwen3's, "qwen2"), since llama.cpp's converter names a pre-tokenizer only for
-tokenizers it knows; skipped with a message where ../shared is absent.
+Models: the zoo's random-weight llama, llama_bias (q/k/v/o biases, tied embeddings) and qwen3
+(models.py) with the vocabulary of a real tokenizer from ../shared/tokenizers (llama: SmolLM's
+byte-level BPE, pre-tokenizer "smollm"; qwen3: Qwen3's, "qwen2"), since llama.cpp's converter
+names a pre-tokenizer only for tokenizers it knows; skipped with a message where ../shared is
+absent. The converter needs the conversion/ package beside it (tools/llama-wheel.sh).
 
 What is compared, and the tolerance:
 - every tensor (type, shape and bytes) and every metadata key equal to convert_hf_to_gguf.py's
@@ -27,7 +28,7 @@ What is compared, and the tolerance:
   alpha_pattern (folded into B);
 - --model FILE.gguf: re-typed and merged, the same tensors and keys as the export from the folder;
 - peak RSS exporting a 505 MB model with an adapter to Q8_0: under 100 MB (47 MB measured).
-- bad input: exit 2 naming the adapter / tensor / field, nothing left behind.
+- bad input: exit 2 naming the adapter / tensor / field, a full disk exit 1, nothing left behind.
 """
 
 import json
