@@ -16,7 +16,8 @@
     X("chat", cmd_chat, "talk with a model (with adapters) through its chat template")         \
     X("merge", cmd_merge, "fold a LoRA adapter into its base model (a new model folder)")      \
     X("merge-adapters", cmd_merge_adapters,                                                    \
-      "combine LoRA adapters: linear, cat, svd, TIES, DARE, magnitude pruning")
+      "combine LoRA adapters: linear, cat, svd, TIES, DARE, magnitude pruning")               \
+    X("export", cmd_export, "write a model (with an adapter merged) or an adapter as GGUF")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)

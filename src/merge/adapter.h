@@ -40,6 +40,10 @@ typedef struct adapter {
  * between A and B, non-float tensors. */
 ft_status adapter_load(const char *dir, adapter **out, ft_error *err);
 void adapter_free(adapter *a);
+/* Rows [r0, r0 + n) of m's delta B @ A (n x in values into d), times m->scaling when scale is
+ * set (rounded to fp32 first, as PEFT multiplies by the Python float): the fp32 delta `ftune
+ * merge` adds to W (fold.c) and `ftune export` merges before it writes GGUF. */
+void merge_delta_rows(const adapter_module *m, size_t r0, size_t n, float *d, int scale);
 /* The module named name (PEFT's path), or NULL. */
 const adapter_module *adapter_find(const adapter *a, const char *name);
 

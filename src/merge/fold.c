@@ -169,9 +169,8 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
         size_t n = rows - r0 < rc ? rows - r0 : rc;
         ft_status st = read_rows(it, q, r0, n, w, err);
         if (st) return st;
-        if (!it->transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
-            gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in,
-                 0.0f, d, (int)cols);
+        if (!it->transposed)
+            merge_delta_rows(m, r0, n, d, 0);
         else /* rows r0.. of (B @ A)^T = A[:, r0:r0+n]^T (n, r) @ B^T (r, out) */
             gemm(1, 1, (int)n, (int)cols, m->r, 1.0f, m->A + r0, m->in, m->B, m->r, 0.0f, d,
                  (int)cols);
@@ -195,6 +194,16 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
         if (st) return st;
     }
     return FT_OK;
+}
+
+void merge_delta_rows(const adapter_module *m, size_t r0, size_t n, float *d, int scale) {
+    /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
+    gemm(0, 0, (int)n, m->in, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in, 0.0f, d,
+         m->in);
+    if (!scale) return;
+    const float s = (float)m->scaling; /* tensor * Python float: the float rounded to fp32 */
+    for (size_t i = 0; i < n * (size_t)m->in; i++)
+        d[i] *= s;
 }
 
 /* GPT-2-style models, whose linear layers are transformers' Conv1D (W stored as (in, out)). */

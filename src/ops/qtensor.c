@@ -17,6 +17,8 @@
  * BF16 tensor's own rows are the panel), and gemm_bf16 multiplies them.
  */
 #include "ops/gemm_bf16.h"
+#include "ops/ggml_quantize.h"
+#include "ops/ggml_quants.h"
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
 #include "ops/quant.h"
@@ -263,22 +265,6 @@ void qtensor_free(qtensor *t) {
     memset(t, 0, sizeof *t);
 }
 
-/* GGUF Q8_0 as ggml's quantize_row_q8_0_ref (and gguf-py's Q8_0.quantize_blocks) compute it:
- * d = amax / 127, id = 1/d (0 when d == 0), q = roundf(x * id) (half away from zero), d stored
- * as f16 rounded to nearest even. */
-static void quantize_q8_0(const float *x, size_t nblocks, uint8_t *out) {
-    for (size_t b = 0; b < nblocks; b++, x += Q8_0_VALUES, out += Q8_0_BYTES) {
-        float amax = 0;
-        for (int j = 0; j < Q8_0_VALUES; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        uint16_t dh = f32_to_f16(d);
-        memcpy(out, &dh, 2);
-        for (int j = 0; j < Q8_0_VALUES; j++)
-            out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
-    }
-}
-
 static int valid_4bit_blocksize(int bs) { return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0; }
 
 int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
@@ -314,7 +300,8 @@ int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, 
         break;
     }
     case QF_Q8_0:
-        quantize_q8_0(x, n / Q8_0_VALUES, mem);
+        /* GGUF Q8_0 as llama.cpp writes it: one quantizer for train and export */
+        ggml_quantize_row(GGML_TYPE_Q8_0, x, mem, n);
         break;
     case QF_NF4:
     case QF_FP4: {
