@@ -7,8 +7,8 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
 
 - stories260K (../shared/models/stories260K, a real llama2.c model converted by llama.cpp; skipped
   with a message where ../shared is absent): `ftune generate --greedy` from "Once upon a time"
-  gives llama.cpp's 64 greedy tokens, each step's logits within 1e-4 (measured 1.9e-6; the file
-  is all F32). Tokenization of the test corpus: llama.cpp's SentencePiece tokenizer adds the
+  gives llama.cpp's 64 greedy tokens, each step's logits within 1e-4 * max(1, max |logit|)
+  (measured 1.4e-5 with logits up to 22; the file is all F32). Tokenization of the test corpus: llama.cpp's SentencePiece tokenizer adds the
   dummy-prefix space to every piece of text, the first one and each one after a special token
   (llama-vocab.cpp, `is_prev_special`), as sentencepiece's add_dummy_prefix does; transformers'
   GGUF tokenizer, which ftune reproduces (tests/peers/test_gguf_model.py), has Metaspace with
@@ -20,9 +20,11 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
   transformers' GGUF tokenizer); the difference shows only on such texts.
 - HF-converted random-weight F32 files (llama with Q/K rows permuted, qwen2 with biases and tied
   embeddings, qwen3 with head_dim 32 != hidden / heads and q/k norms), hidden 256: 40 greedy
-  tokens identical, each step's logits within 1e-4 * max(1, max |logit|) (measured 3.0e-6,
-  1.3e-5 and 1.1e-5 with logits up to 4.3, 24 and 21); the smallest top-2 gap of ftune's logits
-  is checked to be well above the tolerance, so the equal tokens are not luck.
+  tokens identical, each step's logits within 1e-4 * max(1, max |logit|) (measured 3.1e-6,
+  7.6e-6 and 7.4e-6 with logits up to 5.1, 28 and 23); the smallest top-2 gap of ftune's logits
+  (0.013, 0.31, 0.019) is checked to be over 4 times the tolerance, so the equal tokens are not
+  luck (two sets of logits within the tolerance of each other pick the same argmax when the gap
+  exceeds twice it).
 - Q8_0, Q4_0, Q4_K_M and Q6_K files made from the llama F32 file by llama.cpp's own quantizer
   (llama_model_quantize; Q4_K_M gives Q4_K tensors and Q6_K for output, one attn_v and one
   ffn_down; Q4_0 gives a Q6_K output; the test checks the types with gguf.GGUFReader). (a) every
@@ -36,7 +38,7 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
   integer products (ggml-cpu quants.c, quantize_row_q8_0 / quantize_row_q8_K_ref). The test
   shows that this is the whole difference: the same transformers forward with each linear
   layer's input rounded that way (act_q8 below) gives llama.cpp's logits within 1e-4 at most
-  positions (measured ~1e-6); where one activation lands on the other side of a rounding
+  positions (measured ~1e-6 at 37, 33, 36 and 28 of the 38); where one activation lands on the other side of a rounding
   boundary (ggml's silu and norm differ from torch's in the last bit) one quantum flips and that
   position and the later ones of the sequence move by ~0.01-0.07. So the test asks at least half
   of the positions within 1e-4 of the emulation and all within (c)'s bound.
@@ -239,14 +241,14 @@ def f32_files(tmp_path_factory, bpe):
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_f32_greedy(tmp_path, f32_files, arch):
-    prompt = [5, 77, 300, 12, 9]
+    prompt = [1, 2, 3]  # llama: smallest top-2 gap 0.013; [5, 77, 300, 12, 9] has 0.0013
     out, logits = ftune_greedy(tmp_path, f32_files[arch],
                                ["--prompt-ids", ",".join(map(str, prompt))], 40)
     assert out["prompt_ids"] == prompt
     with Llama(f32_files[arch]) as m:
         ids, ref = llama_greedy(m, prompt, 40)
     gap, bound = check_greedy(out, logits, ids, ref)
-    assert gap > 10 * bound, f"a near tie ({gap:.3g}): the model does not test greedy decoding"
+    assert gap > 4 * bound, f"a near tie ({gap:.3g}): the model does not test greedy decoding"
 
 
 # --- quantized files -----------------------------------------------------------------------------
@@ -398,9 +400,13 @@ def compare_tokenize(tmp_path, path, docs):
     return sum(len(w) for w in want)
 
 
-@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "gpt2"])
+@pytest.mark.parametrize("pre", ["qwen2", "llama-bpe", "gpt-2"])
 def test_gpt2_vocab_tokenize(tmp_path, bpe, pre):
-    path = vocab_file(tmp_path / "tok.gguf", lambda w: add_bpe_vocab(w, *bpe, pre=pre))
+    def write(w):
+        add_bpe_vocab(w, *bpe, pre=pre)
+        w.add_add_bos_token(pre == "llama-bpe")  # llama.cpp defaults it to true for llama-bpe
+
+    path = vocab_file(tmp_path / "tok.gguf", write)
     docs = tok_corpus.corpus(total_bytes=40_000, seed=11, specials=["<|endoftext|>", "<|im_end|>"])
     docs = ["Hello world, it's 2026! IT'S 12345", "   spaces  ", ""] + docs
     compare_tokenize(tmp_path, path, docs)
@@ -445,5 +451,11 @@ def test_real_tokenizer(tmp_path, family):
     path = vocab_file(tmp_path / f"{family}.gguf", lambda w: real_vocab(w, folder, pre, add_bos))
     docs = tok_corpus.corpus(total_bytes=60_000, seed=17, specials=specials)
     docs = [STORY, "Hello world, it's 2026! IT'S 12345", "   spaces  ", ""] + docs
+    # llama.cpp makes a vocabulary token spelled "</s>" a control token whatever its type
+    # (llama-vocab.cpp, its list of end-of-generation texts, "paddleocr"), so it matches "</s>" in
+    # text as one token; Qwen3's vocabulary has "</s>" as a plain token that its tokenizer.json
+    # (and ftune) never matches as a whole ("Ġ</", "s", ">"). Not compared: the corpus spells it
+    # "</S>" here.
+    docs = [d.replace("</s>", "</S>") for d in docs]
     n = compare_tokenize(tmp_path, path, docs)
     assert n > 1000, n
