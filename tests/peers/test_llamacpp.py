@@ -88,6 +88,9 @@ llama_cpp._logger.set_verbose(False)  # llama.cpp's loader and quantizer log at 
 LOGIT_RTOL = 1e-4      # fp32 against fp32: sums in another order
 LLAMA_Q_RTOL = 0.06    # quantized: llama.cpp's Q8 activations (see the docstring)
 QUANTS = ["Q8_0", "Q4_0", "Q4_K_M", "Q6_K"]
+# (architecture, file type): every type for llama; qwen2 (biases, the embedding tied to the LM
+# head, which Q4_K_M makes Q6_K) once
+QCASES = [("llama", q) for q in QUANTS] + [("qwen2", "Q4_K_M")]
 # the types llama_model_quantize gives this model's matrices (everything 1-D stays F32)
 EXPECT_TYPES = {"Q8_0": {"Q8_0"}, "Q4_0": {"Q4_0", "Q6_K"}, "Q4_K_M": {"Q4_K", "Q6_K"},
                 "Q6_K": {"Q6_K"}}
@@ -272,7 +275,7 @@ def quantize(src, dst, name):
 @pytest.fixture(scope="module")
 def quant_files(tmp_path_factory, f32_files):
     d = tmp_path_factory.mktemp("llamacpp-q")
-    return {q: quantize(f32_files["llama"], str(d / f"llama-{q}.gguf"), q) for q in QUANTS}
+    return {(a, q): quantize(f32_files[a], str(d / f"{a}-{q}.gguf"), q) for a, q in QCASES}
 
 
 def tensor_types(path):
@@ -285,23 +288,29 @@ def unpermute(w, n_head):
         w.shape)
 
 
-def dequantized_llama(path):
-    """transformers' llama over the file's weights as gguf.quants.dequantize gives them, and the
-    GGUF type of each linear layer's weight."""
-    m = build_256("llama")
+def dequantized(arch, path):
+    """transformers' model over the file's weights as gguf.quants.dequantize gives them, and the
+    GGUF type of each linear layer's weight (a tied LM head has the embedding's)."""
+    m = build_256(arch)
+    tied = m.config.tie_word_embeddings
     by_name = {t.name: t for t in gguf.GGUFReader(path).tensors}
     H, Hkv = m.config.num_attention_heads, m.config.num_key_value_heads
     sd, types = {}, {}
     for name, p in m.state_dict().items():
+        if tied and name == "lm_head.weight":
+            types[name] = by_name["token_embd.weight"].tensor_type.name
+            continue
         t = by_name[gguf_name(name)]
         x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(p.shape)
-        if ".q_proj." in name:
+        if arch == "llama" and ".q_proj." in name:
             x = unpermute(x, H)
-        elif ".k_proj." in name:
+        elif arch == "llama" and ".k_proj." in name:
             x = unpermute(x, Hkv)
         sd[name] = torch.from_numpy(np.ascontiguousarray(x))
         types[name] = t.tensor_type.name
-    m.load_state_dict(sd)
+    m.load_state_dict(sd, strict=not tied)
+    if tied:
+        m.tie_weights()
     return m.eval(), types
 
 
@@ -335,17 +344,17 @@ def act_q8(model, types):
 
 
 def test_quantized_types(quant_files):
-    for q, path in quant_files.items():
+    for (a, q), path in quant_files.items():
         types = tensor_types(path)
         mats = {t for n, t in types.items() if t != "F32"}
         assert mats == EXPECT_TYPES[q], (q, types)
         assert all(t == "F32" for n, t in types.items() if "norm" in n), (q, types)
 
 
-@pytest.mark.parametrize("q", QUANTS)
-def test_quantized_dequant_bits(quant_files, q):
+@pytest.mark.parametrize("arch,q", QCASES)
+def test_quantized_dequant_bits(quant_files, arch, q):
     """ftune's dequantization of every tensor equals gguf-py's, fp32 bit for bit."""
-    path = quant_files[q]
+    path = quant_files[arch, q]
     for t in gguf.GGUFReader(path).tensors:
         out = json.loads(run_ok(["inspect", "--gguf", path, "--tensor", t.name]).stdout)
         got = np.array(out["values"], dtype=np.float64).astype(np.float32)
@@ -356,15 +365,15 @@ def test_quantized_dequant_bits(quant_files, q):
             f"{t.name} ({t.tensor_type.name}): {int((got != want).sum())} values differ"
 
 
-@pytest.mark.parametrize("q", QUANTS)
-def test_quantized_logits(tmp_path, quant_files, q):
-    path = quant_files[q]
+@pytest.mark.parametrize("arch,q", QCASES)
+def test_quantized_logits(tmp_path, quant_files, arch, q):
+    path = quant_files[arch, q]
     ex = examples(1031)
     data = models.write_jsonl(str(tmp_path / "eval.jsonl"), ex)
     dump = tmp_path / "logits.safetensors"
     run_ok(["eval", "--model", path, "--data", data, "--batch-size", "2", "--dump-logits", dump])
     logits = models.read_safetensors(str(dump))["logits"]
-    model, types = dequantized_llama(path)
+    model, types = dequantized(arch, path)
     ref = models.reference_eval(model, ex)["logits"]
     emu = models.reference_eval(act_q8(model, types), ex)["logits"]
     scale = max(1.0, float(np.abs(ref).max()))
@@ -379,7 +388,7 @@ def test_quantized_logits(tmp_path, quant_files, q):
             ll = llama_logits(m, e["input_ids"])
             d_ll = max(d_ll, float(np.abs(logits[i, :n] - ll).max()))
             near += list(np.abs(emu[i, :n] - ll).max(axis=1) <= LOGIT_RTOL * scale)
-    print(f"{q}: ftune vs fp32 reference {d_ref:.3g}, vs llama.cpp {d_ll:.3g} (max |logit| "
+    print(f"{arch} {q}: ftune vs fp32 reference {d_ref:.3g}, vs llama.cpp {d_ll:.3g} (max |logit| "
           f"{scale:.3g}); llama.cpp equals the Q8-activation forward at {sum(near)}/{len(near)} "
           "positions")
     assert d_ll <= LLAMA_Q_RTOL * scale, f"ftune vs llama.cpp: {d_ll:.3g} (bound {LLAMA_Q_RTOL * scale:.3g})"
