@@ -57,9 +57,9 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
   NFC, which GGUF does not record). SmolLM ("smollm") needed a fix in ftune: transformers' GGUF
   loader does not know the name and splits with ByteLevel's regex alone, but SmolLM's
   tokenizer.json isolates each digit first, and llama.cpp does too; ftune now does (without it
-  the smollm cases here fail on digit runs, the trained vocabulary's and the real one's). Qwen3's vocabulary holds "</s>" as a plain token, which
-  llama.cpp turns into a control token by its spelling (llama-vocab.cpp's end-of-generation
-  texts), so it matches "</s>" in text as one token where Qwen3's tokenizer.json and ftune do
+  the smollm cases here fail on digit runs, the trained vocabulary's and the real one's).
+  Qwen3's vocabulary holds "</s>" as a plain token, which llama.cpp turns into a control token
+  by its spelling (llama-vocab.cpp's end-of-generation texts), so it matches "</s>" in text as one token where Qwen3's tokenizer.json and ftune do
   not; the corpus spells it "</S>" there. Not compared: a gpt2 vocabulary without
   tokenizer.ggml.pre (llama.cpp then uses its "default" split, which cuts punctuation runs
   apart first and warns that generation quality will be degraded; transformers and ftune use
