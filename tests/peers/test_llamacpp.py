@@ -6,64 +6,61 @@ matrix products only. Its logits are read with logits_all (every position of an 
 greedy tokens are the argmax of its logits, one token evaluated after another.
 
 - stories260K (../shared/models/stories260K, a real llama2.c model converted by llama.cpp; skipped
-  with a message where ../shared is absent): `ftune generate --greedy` from "Once upon a time"
-  gives llama.cpp's 64 greedy tokens, each step's logits within 1e-4 * max(1, max |logit|)
-  (measured 1.4e-5 with logits up to 22; the file is all F32). Tokenization of the test corpus:
-  llama.cpp's SentencePiece tokenizer adds the dummy-prefix space to every piece of text, the
-  first one and each one after a special token (llama-vocab.cpp, `is_prev_special`), as
-  sentencepiece's add_dummy_prefix does; transformers'
-  GGUF tokenizer, which ftune reproduces (tests/peers/test_gguf_model.py), has Metaspace with
-  prepend_scheme "first": a prefix on the first piece only, and none when the text already
-  starts with a space. So llama.cpp's ids of a text equal ftune's ids of the text with a space
-  put in front of every non-empty piece of plain text that begins the text or follows a special
-  token; the test checks exactly that, and that the plain corpus (no leading space, no special
-  tokens) is equal as it is. ftune keeps transformers' behaviour (its tokenizer is defined as
-  transformers' GGUF tokenizer); the difference shows only on such texts.
+  with a message where ../shared is absent): `ftune generate --greedy` from "Once upon a time" gives
+  llama.cpp's 64 greedy tokens, each step's logits within 1e-4 * max(1, max |logit|) (measured
+  1.4e-5 with logits up to 22; the file is all F32). Tokenization of the test corpus: llama.cpp's
+  SentencePiece tokenizer adds the dummy-prefix space to every piece of text, the first one and each
+  one after a special token (llama-vocab.cpp, `is_prev_special`), as sentencepiece's
+  add_dummy_prefix does; transformers' GGUF tokenizer, which ftune reproduces
+  (tests/peers/test_gguf_model.py), has Metaspace with prepend_scheme "first": a prefix on the first
+  piece only, and none when the text already starts with a space. So llama.cpp's ids of a text equal
+  ftune's ids of the text with a space put in front of every non-empty piece of plain text that
+  begins the text or follows a special token; the test checks exactly that, and that the plain
+  corpus (no leading space, no special tokens) is equal as it is. ftune keeps transformers'
+  behaviour (its tokenizer is defined as transformers' GGUF tokenizer); the difference shows only on
+  such texts.
 - HF-converted random-weight F32 files (llama with Q/K rows permuted, qwen2 with biases and tied
-  embeddings, qwen3 with head_dim 32 != hidden / heads and q/k norms), hidden 256: 40 greedy
-  tokens identical, each step's logits within 1e-4 * max(1, max |logit|) (measured 3.1e-6,
-  7.6e-6 and 7.4e-6 with logits up to 5.1, 28 and 23); the smallest top-2 gap of ftune's logits
-  (0.013, 0.31, 0.019) is checked to be over 4 times the tolerance, so the equal tokens are not
-  luck (two sets of logits within the tolerance of each other pick the same argmax when the gap
-  exceeds twice it).
-- Q8_0, Q4_0, Q4_K_M and Q6_K files made from the llama F32 file, and a Q4_K_M file from the
-  qwen2 one (biases; the tied embedding becomes Q6_K and is the LM head), by llama.cpp's own
-  quantizer (llama_model_quantize; Q4_K_M gives Q4_K tensors and Q6_K for output, one attn_v and
-  one ffn_down; Q4_0 gives a Q6_K output; the test checks the types with gguf.GGUFReader).
-  (a) every tensor read by `ftune inspect --gguf --tensor` equals gguf.quants.dequantize bit for
-  bit; (b) `ftune eval --dump-logits` within 1e-4 * max(1, max |ref|) of transformers' fp32
-  forward over the dequantized weights (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2
-  with logits up to 25); (c) within 0.06 * max(1, max |ref|) of llama.cpp's logits (measured
-  0.089, 0.086, 0.123, 0.112 with max |logit| 4.0-4.2 for llama Q8_0 / Q4_0 / Q4_K_M / Q6_K, and
-  0.51 with max |logit| 25 for qwen2 Q4_K_M: 2-3 %).
-  llama.cpp does not multiply by the dequantized weights in fp32: ggml's CPU matmul quantizes
-  the activations to the weight type's vec_dot_type first (Q8_0 blocks of 32 with an f16 scale
-  for Q8_0 / Q4_0 weights, Q8_K blocks of 256 with an f32 scale for Q4_K / Q6_K) and sums
-  integer products (ggml-cpu quants.c, quantize_row_q8_0 / quantize_row_q8_K_ref). The test
-  shows that this is the whole difference: the same transformers forward with each linear
-  layer's input rounded that way (act_q8 below) gives llama.cpp's logits within 1e-4 at most
-  positions (measured ~1e-6 at 37, 33, 36, 28 and 38 of the 38); where one activation lands on
-  the other side of a rounding boundary (ggml's silu and norm differ from torch's in the last
-  bit) one quantum flips and that position and the later ones of the sequence move by
-  ~0.01-0.07. So the test asks at least half
-  of the positions within 1e-4 of the emulation and all within (c)'s bound.
+  embeddings, qwen3 with head_dim 32 != hidden / heads and q/k norms), hidden 256: 40 greedy tokens
+  identical, each step's logits within 1e-4 * max(1, max |logit|) (measured 3.1e-6, 7.6e-6 and
+  7.4e-6 with logits up to 5.1, 28 and 23); the smallest top-2 gap of ftune's logits (0.013, 0.31,
+  0.019) is checked to be over 4 times the tolerance, so the equal tokens are not luck (two sets of
+  logits within the tolerance of each other pick the same argmax when the gap exceeds twice it).
+- Q8_0, Q4_0, Q4_K_M and Q6_K files made from the llama F32 file, and a Q4_K_M file from the qwen2
+  one (biases; the tied embedding becomes Q6_K and is the LM head), by llama.cpp's own quantizer
+  (llama_model_quantize; Q4_K_M gives Q4_K tensors and Q6_K for output, one attn_v and one ffn_down;
+  Q4_0 gives a Q6_K output; the test checks the types with gguf.GGUFReader). (a) every tensor read
+  by `ftune inspect --gguf --tensor` equals gguf.quants.dequantize bit for bit; (b) `ftune eval
+  --dump-logits` within 1e-4 * max(1, max |ref|) of transformers' fp32 forward over the dequantized
+  weights (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2 with logits up to 25); (c) within
+  0.06 * max(1, max |ref|) of llama.cpp's logits (measured 0.089, 0.086, 0.123, 0.112 with max
+  |logit| 4.0-4.2 for llama Q8_0 / Q4_0 / Q4_K_M / Q6_K, and 0.51 with max |logit| 25 for qwen2
+  Q4_K_M: 2-3 %). llama.cpp does not multiply by the dequantized weights in fp32: ggml's CPU matmul
+  quantizes the activations to the weight type's vec_dot_type first (Q8_0 blocks of 32 with an f16
+  scale for Q8_0 / Q4_0 weights, Q8_K blocks of 256 with an f32 scale for Q4_K / Q6_K) and sums
+  integer products (ggml-cpu quants.c, quantize_row_q8_0 / quantize_row_q8_K_ref). The test shows
+  that this is the whole difference: the same transformers forward with each linear layer's input
+  rounded that way (act_q8 below) gives llama.cpp's logits within 1e-4 at most positions (measured
+  ~1e-6 at 37, 33, 36, 28 and 38 of the 38); where one activation lands on the other side of a
+  rounding boundary (ggml's silu and norm differ from torch's in the last bit) one quantum flips and
+  that position and the later ones of the sequence move by ~0.01-0.07. So the test asks at least
+  half of the positions within 1e-4 of the emulation and all within (c)'s bound.
 - GGUF byte-level BPE vocabularies: the vocabulary trained here (as test_gguf_model.py writes it)
-  with tokenizer.ggml.pre "qwen2", "llama-bpe" (add_bos_token written: llama.cpp defaults it to
-  true for that name, ftune to false for gpt2 vocabularies), "gpt-2" and "smollm", and the real
-  Llama 3, Qwen3 and SmolLM tokenizer.json files of ../shared/tokenizers written as llama.cpp's
-  converter writes them (tokens, merges, added tokens CONTROL / USER_DEFINED): ftune's ids equal
-  llama.cpp's tokenize(add_special, special=True) on the test corpus with special tokens in it,
-  and for Llama 3 and SmolLM also `tokenizers` on the original tokenizer.json (Qwen3's normalizes to
-  NFC, which GGUF does not record). SmolLM ("smollm") needed a fix in ftune: transformers' GGUF
-  loader does not know the name and splits with ByteLevel's regex alone, but SmolLM's
-  tokenizer.json isolates each digit first, and llama.cpp does too; ftune now does (without it
-  the smollm cases here fail on digit runs, the trained vocabulary's and the real one's).
-  Qwen3's vocabulary holds "</s>" as a plain token, which llama.cpp turns into a control token
-  by its spelling (llama-vocab.cpp's end-of-generation texts), so it matches "</s>" in text as one token where Qwen3's tokenizer.json and ftune do
-  not; the corpus spells it "</S>" there. Not compared: a gpt2 vocabulary without
-  tokenizer.ggml.pre (llama.cpp then uses its "default" split, which cuts punctuation runs
-  apart first and warns that generation quality will be degraded; transformers and ftune use
-  GPT-2's ByteLevel regex).
+  with tokenizer.ggml.pre "qwen2", "llama-bpe" (add_bos_token written: llama.cpp defaults it to true
+  for that name, ftune to false for gpt2 vocabularies), "gpt-2" and "smollm", and the real Llama 3,
+  Qwen3 and SmolLM tokenizer.json files of ../shared/tokenizers written as llama.cpp's converter
+  writes them (tokens, merges, added tokens CONTROL / USER_DEFINED): ftune's ids equal llama.cpp's
+  tokenize(add_special, special=True) on the test corpus with special tokens in it, and for Llama 3
+  and SmolLM also `tokenizers` on the original tokenizer.json (Qwen3's normalizes to NFC, which GGUF
+  does not record). SmolLM ("smollm") needed a fix in ftune: transformers' GGUF loader does not know
+  the name and splits with ByteLevel's regex alone, but SmolLM's tokenizer.json isolates each digit
+  first, and llama.cpp does too; ftune now does (without it the smollm cases here fail on digit
+  runs, the trained vocabulary's and the real one's). Qwen3's vocabulary holds "</s>" as a plain
+  token, which llama.cpp turns into a control token by its spelling (llama-vocab.cpp's
+  end-of-generation texts), so it matches "</s>" in text as one token where Qwen3's tokenizer.json
+  and ftune do not; the corpus spells it "</S>" there. Not compared: a gpt2 vocabulary without
+  tokenizer.ggml.pre (llama.cpp then uses its "default" split, which cuts punctuation runs apart
+  first and warns that generation quality will be degraded; transformers and ftune use GPT-2's
+  ByteLevel regex).
 """
 
 import ctypes
