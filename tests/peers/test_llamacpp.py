@@ -101,7 +101,7 @@ SHARED_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers")
 
 # --- llama.cpp -----------------------------------------------------------------------------------
 
-class Llama:
+class LlamaCpp:
     """llama_cpp.Llama over a GGUF file, closed on exit (its __del__ at interpreter exit fails)."""
 
     def __init__(self, path, **kw):
@@ -167,7 +167,7 @@ def check_greedy(out, logits, ids, ref_logits):
 def test_stories_greedy(tmp_path):
     need_stories()
     out, logits = ftune_greedy(tmp_path, STORIES, ["--prompt", "Once upon a time"], 64)
-    with Llama(STORIES) as m:
+    with LlamaCpp(STORIES) as m:
         assert m.tokenize(b"Once upon a time", add_bos=True) == out["prompt_ids"]
         ids, ref = llama_greedy(m, out["prompt_ids"], 64)
     check_greedy(out, logits, ids, ref)
@@ -212,7 +212,7 @@ def test_stories_tokenize(tmp_path):
     docs = [STORY, " leading space", "", "  two spaces", "trailing \n", "</s>x<s><s> y"] + docs
     plain = [d.lstrip(" ") for d in tok_corpus.corpus(total_bytes=30_000, seed=4)]
     plain = [d for d in plain if not any(s in d for s in specials)]
-    with Llama(STORIES, vocab_only=True) as m:
+    with LlamaCpp(STORIES, vocab_only=True) as m:
         want = [m.tokenize(d.encode(), add_bos=True, special=True) for d in docs + plain]
     got = ftune_ids(tmp_path, STORIES, [spm_prefixed(d, specials) for d in docs] + plain)
     assert len(got) == len(want) and len(plain) >= 5, (len(got), len(want), len(plain))
@@ -255,7 +255,7 @@ def test_f32_greedy(tmp_path, f32_files, arch):
     out, logits = ftune_greedy(tmp_path, f32_files[arch],
                                ["--prompt-ids", ",".join(map(str, prompt))], 40)
     assert out["prompt_ids"] == prompt
-    with Llama(f32_files[arch]) as m:
+    with LlamaCpp(f32_files[arch]) as m:
         ids, ref = llama_greedy(m, prompt, 40)
     gap, bound = check_greedy(out, logits, ids, ref)
     assert gap > 4 * bound, f"a near tie ({gap:.3g}): the model does not test greedy decoding"
@@ -382,7 +382,7 @@ def test_quantized_logits(tmp_path, quant_files, arch, q):
     assert d_ref <= LOGIT_RTOL * scale, f"ftune vs transformers: {d_ref:.3g}"
     # (c) llama.cpp
     d_ll, near = 0.0, []
-    with Llama(path) as m:
+    with LlamaCpp(path) as m:
         for i, e in enumerate(ex):
             n = len(e["input_ids"])
             ll = llama_logits(m, e["input_ids"])
@@ -410,7 +410,7 @@ def vocab_file(path, write):
 
 
 def compare_tokenize(tmp_path, path, docs):
-    with Llama(path, vocab_only=True) as m:
+    with LlamaCpp(path, vocab_only=True) as m:
         want = [m.tokenize(d.encode(), add_bos=True, special=True) for d in docs]
     got = ftune_ids(tmp_path, path, docs)
     for d, g, w in zip(docs, got, want):
