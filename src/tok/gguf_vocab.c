@@ -186,15 +186,28 @@ static const char QWEN2_SPLIT[] =
     "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const struct {
     const char *pre, *split;
+    int bl_regex; /* ByteLevel keeps its own regex after the split */
 } pre_splits[] = {
-    {"llama3", LLAMA3_SPLIT},          {"llama-v3", LLAMA3_SPLIT},
-    {"llama-bpe", LLAMA3_SPLIT},       {"falcon3", LLAMA3_SPLIT},
-    {"falcon-h1", LLAMA3_SPLIT},       {"pixtral", LLAMA3_SPLIT},
-    {"midm-2.0", LLAMA3_SPLIT},        {"lfm2", LLAMA3_SPLIT},
-    {"jina-v5-nano", LLAMA3_SPLIT},    {"dbrx", LLAMA3_SPLIT},
-    {"smaug-bpe", LLAMA3_SPLIT},       {"qwen2", QWEN2_SPLIT},
-    {"deepseek-r1-qwen", QWEN2_SPLIT}, {"kormo", QWEN2_SPLIT},
-    {"f2llmv2", QWEN2_SPLIT},          {"megrez", QWEN2_SPLIT},
+    {"llama3", LLAMA3_SPLIT, 0},
+    {"llama-v3", LLAMA3_SPLIT, 0},
+    {"llama-bpe", LLAMA3_SPLIT, 0},
+    {"falcon3", LLAMA3_SPLIT, 0},
+    {"falcon-h1", LLAMA3_SPLIT, 0},
+    {"pixtral", LLAMA3_SPLIT, 0},
+    {"midm-2.0", LLAMA3_SPLIT, 0},
+    {"lfm2", LLAMA3_SPLIT, 0},
+    {"jina-v5-nano", LLAMA3_SPLIT, 0},
+    {"dbrx", LLAMA3_SPLIT, 0},
+    {"smaug-bpe", LLAMA3_SPLIT, 0},
+    {"qwen2", QWEN2_SPLIT, 0},
+    {"deepseek-r1-qwen", QWEN2_SPLIT, 0},
+    {"kormo", QWEN2_SPLIT, 0},
+    {"f2llmv2", QWEN2_SPLIT, 0},
+    {"megrez", QWEN2_SPLIT, 0},
+    /* Not in transformers' table, whose GGUF loader gives SmolLM plain ByteLevel: SmolLM's own
+     * tokenizer.json isolates every digit (Digits, individual) before ByteLevel with its regex,
+     * and so does llama.cpp's "smollm" pre-type ("\\p{N}", then GPT-2's regex; llama-vocab.cpp). */
+    {"smollm", "\\p{N}", 1},
 };
 
 typedef struct vocab_src {
@@ -395,17 +408,18 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
     /* pre-tokenizer and decoder */
     if (v->byte_level) {
         const char *split = NULL;
+        int bl_regex = 0;
         gguf_str pre = {0};
         if (gguf_find_kv(g, "tokenizer.ggml.pre") &&
             !gguf_get_str(g, "tokenizer.ggml.pre", &pre, NULL))
             for (size_t i = 0; i < sizeof pre_splits / sizeof pre_splits[0]; i++)
                 if (strlen(pre_splits[i].pre) == pre.n && !memcmp(pre_splits[i].pre, pre.p, pre.n))
-                    split = pre_splits[i].split;
+                    split = pre_splits[i].split, bl_regex = pre_splits[i].bl_regex;
         cJSON *bl = cJSON_CreateObject();
         cJSON_AddStringToObject(bl, "type", "ByteLevel");
         cJSON_AddBoolToObject(bl, "add_prefix_space", 0);
         cJSON_AddBoolToObject(bl, "trim_offsets", 1);
-        cJSON_AddBoolToObject(bl, "use_regex", split == NULL);
+        cJSON_AddBoolToObject(bl, "use_regex", split == NULL || bl_regex);
         if (split) {
             cJSON *seq = cJSON_CreateObject(), *arr = cJSON_CreateArray();
             cJSON *sp = cJSON_CreateObject(), *pat = cJSON_CreateObject();
