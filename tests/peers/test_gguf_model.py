@@ -122,7 +122,10 @@ def permute(wt, n_head):
 
 
 GG_LIN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+          # Phi-3's fused layers (gguf-py tensor_mapping.py: qkv_proj -> ATTN_QKV, gate_up_proj ->
+          # FFN_UP), written as they are: phi3 is a NeoX-rope architecture in llama.cpp
+          "qkv_proj": "attn_qkv", "gate_up_proj": "ffn_up"}
 
 
 def gguf_name(hf):
@@ -158,7 +161,16 @@ def write_hf_gguf(model, arch, path, qtype, bpe):
     w.add_head_count_kv(Hkv)
     w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_dimension_count(D)
+    if arch == "phi3":
+        # Phi3MiniModel.set_gguf_parameters: rope dims int(partial * hidden) // heads, the
+        # original context length and the sliding window (0 for none)
+        rp = c.rope_parameters
+        w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // H)
+        w.add_rope_scaling_orig_ctx_len(rp.get("original_max_position_embeddings",
+                                               c.original_max_position_embeddings))
+        w.add_sliding_window(c.sliding_window or 0)
+    else:
+        w.add_rope_dimension_count(D)
     if D != c.hidden_size // H:
         w.add_key_length(D)
         w.add_value_length(D)
@@ -340,7 +352,7 @@ def bpe():
 # F32, F16, BF16, Q8_0 are kept as stored; Q4_0 is dequantized to fp32 at load (gguf-py cannot
 # write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway).
 CASES = [("llama", "f32"), ("llama", "f16"), ("llama", "q8_0"), ("llama", "q4_0"), ("qwen2", "f32"),
-         ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0")]
+         ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0"), ("phi3", "f32"), ("phi3", "q8_0")]
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
@@ -356,7 +368,19 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
     ref = models.reference_eval(ref_model.eval(), ex)
     res, logits = eval_ftune(tmp_path, path, ex)
     check(res, logits, ref)
-    if qtype == "f32" and arch != "qwen3":
+    if qtype == "f32" and arch == "phi3":
+        # transformers 5.23 has no phi3 GGUF loader: the model's own HF folder instead, and
+        # greedy generation over the file equal to transformers' over the folder
+        check(res, logits, models.reference_eval(model.eval(), ex))
+        prompt = [int(t) for t in np.random.default_rng(4).integers(0, 500, size=6)]
+        p = run_ok(["generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
+                    "--greedy", "--max-new-tokens", 12, "--ignore-eos", "--json"])
+        out = last_json_line(p.stdout)
+        with torch.no_grad():
+            want = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                  min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
+        assert out["ids"] == want, (out["ids"], want)
+    elif qtype == "f32" and arch != "qwen3":
         # transformers' own GGUF loading of the same file. Not qwen3 here: transformers 5.23
         # reads no qwen3.attention.key_length, so this model's head_dim 32 becomes Qwen3Config's
         # default 128 and its q_norm does not load (real Qwen3 models have head_dim 128).
