@@ -26,8 +26,11 @@ What is compared, and the tolerance:
 - `ftune train` over stories260K: 30 steps of LoRA on real text, the loss falls by more than half;
   the adapter applied by PEFT to transformers' GGUF model gives ftune's own `eval --adapter` logits
   (so the adapter is in Hugging Face row order, Q/K un-permuted).
-- bad input: unknown architecture, a missing key, no tokenizer, a wrong tensor shape: exit 2,
-  message naming the file and the key / tensor.
+- bad input, each with build/ftune and, when it exists, the ASan/UBSan build (no sanitizer report):
+  unknown architecture, a missing key, no tokenizer, a wrong tensor shape, a file cut inside its
+  tensor data, an unknown tensor type, an adapter made for other shapes, a prompt longer than the
+  file's context, invalid UTF-8 in a prompt file, Phi-3 longrope factors: exit 2, a message
+  naming the file and the key / tensor, and a hint.
 """
 
 import json
@@ -39,7 +42,7 @@ import torch
 
 import models
 import tok_corpus
-from conftest import REPO, last_json_line, run_ftune, run_ok
+from conftest import REPO, asan_bin, last_json_line, run_ftune, run_ok
 
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "models", "stories260K", "stories260K.gguf")
 LOGIT_RTOL = 1e-4
@@ -499,7 +502,8 @@ def test_chat_template_from_metadata(tmp_path, bpe):
 
 # --- bad input -------------------------------------------------------------------------------
 
-def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=True, bpe=None):
+def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=True, bpe=None,
+               longrope=False):
     w = gguf.GGUFWriter(path, arch)
     C, I, H = 32, 48, 4
     keys = dict(context_length=64, embedding_length=C, block_count=1, feed_forward_length=I,
@@ -517,6 +521,9 @@ def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=Tru
     w.add_tensor("output_norm.weight", f(C))
     w.add_tensor("blk.0.attn_norm.weight", f(C))
     w.add_tensor("blk.0.ffn_norm.weight", f(C))
+    if longrope:  # Phi3MiniModel.generate_extra_tensors: head_dim / 2 factors each
+        w.add_tensor("rope_factors_long.weight", np.ones(C // H // 2, np.float32))
+        w.add_tensor("rope_factors_short.weight", np.ones(C // H // 2, np.float32))
     w.add_tensor("blk.0.attn_q.weight", f(C, C + (8 if bad_shape else 0)))
     w.add_tensor("blk.0.attn_k.weight", f(C, C))
     w.add_tensor("blk.0.attn_v.weight", f(C, C))
@@ -546,10 +553,65 @@ def test_bad_input(tmp_path, bpe, case, expect):
     data = tmp_path / "d.jsonl"
     with open(data, "w") as f:
         f.write(json.dumps({"text": "hello there"}) + "\n")
-    p = run_ftune(["eval", "--model", path, "--data", data])
     if expect is None:
-        assert p.returncode == 0, p.stderr
+        assert run_ftune(["eval", "--model", path, "--data", data]).returncode == 0
         return
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    assert path in p.stderr and expect in p.stderr, p.stderr
-    assert "hint" in p.stderr, p.stderr
+    exit_2(["eval", "--model", path, "--data", data], [path, expect])
+
+
+def exit_2(args, words):
+    """args exit 2 with every word of words and a hint in the message, under build/ftune and the
+    ASan/UBSan build when present (which must report nothing)."""
+    for b in [None] + ([asan_bin()] if asan_bin() else []):
+        label = "asan build" if b else "ftune"
+        p = run_ftune(args, binary=b, env={"ASAN_OPTIONS": "detect_leaks=1"} if b else None)
+        assert p.returncode == 2, f"{label}: exit {p.returncode}\n{p.stderr[-3000:]}"
+        for w in words:
+            assert str(w) in p.stderr, f"{label}: {w!r} not in: {p.stderr[-3000:]}"
+        assert "hint" in p.stderr, f"{label}: no hint: {p.stderr[-3000:]}"
+        for s in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+            assert s not in p.stderr, f"{label}: {p.stderr[-5000:]}"
+
+
+def tensor_type_at(data, name):
+    """The byte offset of tensor name's type in the tensor infos (name, n_dims, dims, type)."""
+    i = data.index(name.encode()) + len(name)
+    nd = int.from_bytes(data[i:i + 4], "little")
+    return i + 4 + 8 * nd
+
+
+@pytest.mark.parametrize("case", ["truncated", "unknown_type", "adapter_shapes", "long_prompt",
+                                  "utf8_prompt", "phi3_longrope"])
+def test_bad_input_model(tmp_path, zoo, bpe, case):
+    """Bad input with a GGUF model, for eval and generate, both binaries."""
+    path = str(tmp_path / "m.gguf")
+    small_gguf(path, arch="phi3" if case == "phi3_longrope" else "llama", bpe=bpe,
+               longrope=case == "phi3_longrope")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "hello there"}) + "\n")
+    ev = ["eval", "--model", path, "--data", data]
+    raw = open(path, "rb").read()
+    if case == "truncated":  # cut inside the last tensor's data
+        open(path, "wb").write(raw[:len(raw) - 1000])
+        exit_2(ev, [path, "blk.0.ffn_down.weight"])
+        exit_2(["generate", "--model", path, "--prompt", "hi"], [path])
+    elif case == "unknown_type":
+        b = bytearray(raw)
+        t = tensor_type_at(raw, "blk.0.attn_k.weight")
+        b[t:t + 4] = (99).to_bytes(4, "little")
+        open(path, "wb").write(bytes(b))
+        exit_2(ev, [path, "blk.0.attn_k.weight", "99"])
+    elif case == "adapter_shapes":  # the zoo's llama adapter (hidden 64) on this hidden-32 file
+        exit_2(ev + ["--adapter", zoo.adapter("llama")], ["adapter_model.safetensors",
+                                                          "expected shape"])
+        exit_2(["generate", "--model", path, "--adapter", zoo.adapter("llama"), "--prompt", "hi"],
+               ["adapter_model.safetensors"])
+    elif case == "long_prompt":  # context_length 64
+        exit_2(["generate", "--model", path, "--prompt-ids", ",".join(["5"] * 100), "--json"],
+               ["100 tokens"])
+    elif case == "utf8_prompt":
+        f = tmp_path / "bad.txt"
+        f.write_bytes(b"hello \xff world")
+        exit_2(["generate", "--model", path, "--prompt-file", f], [f, "offset 6"])
+    elif case == "phi3_longrope":
+        exit_2(ev, [path, "rope_factors_long.weight"])
