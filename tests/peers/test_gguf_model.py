@@ -18,9 +18,11 @@ What is compared, and the tolerance:
 - logits of `ftune eval --dump-logits` against transformers' float32 eager forward, one example at
   a time: max |diff| <= 1e-4 * max(1, max |ref|) (fp32 sums in another order; logits are O(10));
   the mean loss within 1e-5 relative, the token count exact. References: transformers loading
-  the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/qwen3 F32 files), and
+  the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/phi3 F32 files), and
   the HF model with the file's weights (F32 as saved; F16, BF16, Q8_0 and Q4_0 dequantized with
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
+- Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above, and
+  greedy `ftune generate` over the file equals transformers' generate over the HF model.
 - `ftune tokenize --jsonl` ids equal transformers' AutoTokenizer(gguf_file=) ids (add_special_tokens
   true) on tok_corpus documents: exact.
 - `ftune train` over stories260K: 30 steps of LoRA on real text, the loss falls by more than half;
@@ -172,6 +174,9 @@ def write_hf_gguf(model, arch, path, qtype, bpe):
         w.add_rope_scaling_orig_ctx_len(rp.get("original_max_position_embeddings",
                                                c.original_max_position_embeddings))
         w.add_sliding_window(c.sliding_window or 0)
+        # a padding id inside the vocabulary (real Phi-3 files carry one; without it transformers'
+        # GGUF loader keeps Phi3Config's default 32000, past this vocabulary)
+        w.add_pad_token_id(0)
     else:
         w.add_rope_dimension_count(D)
     if D != c.hidden_size // H:
@@ -372,8 +377,9 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
     res, logits = eval_ftune(tmp_path, path, ex)
     check(res, logits, ref)
     if qtype == "f32" and arch == "phi3":
-        # transformers 5.23 has no phi3 GGUF loader: the model's own HF folder instead, and
-        # greedy generation over the file equal to transformers' over the folder
+        # transformers' own GGUF loading of the file, the model's HF weights, and greedy
+        # generation over the file equal to transformers' over the HF model
+        check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
         check(res, logits, models.reference_eval(model.eval(), ex))
         prompt = [int(t) for t in np.random.default_rng(4).integers(0, 500, size=6)]
         p = run_ok(["generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
