@@ -31,8 +31,9 @@ What is compared, and the tolerance:
 - bad input, each with build/ftune and, when it exists, the ASan/UBSan build (no sanitizer report):
   unknown architecture, a missing key, no tokenizer, a wrong tensor shape, a file cut inside its
   tensor data, an unknown tensor type, an adapter made for other shapes, a prompt longer than the
-  file's context, invalid UTF-8 in a prompt file, Phi-3 longrope factors: exit 2, a message
-  naming the file and the key / tensor, and a hint.
+  file's context, invalid UTF-8 in a prompt file, Phi-3 longrope factors, text for a file without
+  a vocabulary (whose --prompt-ids work): exit 2, a message naming the file and the key / tensor,
+  and a hint.
 """
 
 import json
@@ -590,12 +591,12 @@ def tensor_type_at(data, name):
 
 
 @pytest.mark.parametrize("case", ["truncated", "unknown_type", "adapter_shapes", "long_prompt",
-                                  "utf8_prompt", "phi3_longrope"])
+                                  "utf8_prompt", "phi3_longrope", "no_vocab"])
 def test_bad_input_model(tmp_path, zoo, bpe, case):
     """Bad input with a GGUF model, for eval and generate, both binaries."""
     path = str(tmp_path / "m.gguf")
     small_gguf(path, arch="phi3" if case == "phi3_longrope" else "llama", bpe=bpe,
-               longrope=case == "phi3_longrope")
+               longrope=case == "phi3_longrope", tokenizer=case != "no_vocab")
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"text": "hello there"}) + "\n")
     ev = ["eval", "--model", path, "--data", data]
@@ -624,3 +625,8 @@ def test_bad_input_model(tmp_path, zoo, bpe, case):
         exit_2(["generate", "--model", path, "--prompt-file", f], [f, "offset 6"])
     elif case == "phi3_longrope":
         exit_2(ev, [path, "rope_factors_long.weight"])
+    elif case == "no_vocab":  # token ids work without a vocabulary; text does not
+        out = last_json_line(run_ok(["generate", "--model", path, "--prompt-ids", "1,2,3",
+                                     "--json", "--max-new-tokens", 3]).stdout)
+        assert out["prompt_ids"] == [1, 2, 3] and len(out["ids"]) == 3, out
+        exit_2(["generate", "--model", path, "--prompt", "hi"], [path, "tokenizer.ggml.model"])
