@@ -23,6 +23,8 @@ What is compared, and the tolerance:
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
 - Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above, and
   greedy `ftune generate` over the file equals transformers' generate over the HF model.
+  llama.cpp (llama-cpp-python, marker llama_cpp) runs the same F32 file: its logits with an fp32
+  KV cache equal ftune's within 1e-4 relative.
 - `ftune tokenize --jsonl` ids equal transformers' AutoTokenizer(gguf_file=) ids (add_special_tokens
   true) on tok_corpus documents: exact.
 - `ftune train` over stories260K: 30 steps of LoRA on real text, the loss falls by more than half;
@@ -395,6 +397,27 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
         # reads no qwen3.attention.key_length, so this model's head_dim 32 becomes Qwen3Config's
         # default 128 and its q_norm does not load (real Qwen3 models have head_dim 128).
         check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
+
+
+@pytest.mark.llama_cpp
+def test_phi3_like_llama_cpp(tmp_path, zoo, bpe):
+    """The Phi-3 file this test module writes is what llama.cpp itself runs as phi3: its logits
+    (llama-cpp-python, fp32 KV cache, one thread) equal ftune's over the same ids within
+    LOGIT_RTOL (so the fused attn_qkv / ffn_up layout, the rope and the window are read alike)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = zoo._f32("phi3")
+    path = str(tmp_path / "phi3.gguf")
+    write_hf_gguf(model, "phi3", path, "f32", bpe)
+    ids = [int(t) for t in np.random.default_rng(8).integers(0, 1000, size=24)]
+    llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=64, n_threads=1, verbose=False,
+                          type_k=0, type_v=0)  # GGML_TYPE_F32 caches (the default is F16)
+    llm.eval(ids)
+    ref = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    res, logits = eval_ftune(tmp_path, path, [dict(input_ids=ids, labels=ids)])
+    diff = np.abs(logits[0].astype(np.float64) - ref).max()
+    bound = LOGIT_RTOL * max(1.0, float(np.abs(ref).max()))
+    assert diff <= bound, f"logits differ from llama.cpp's by {diff:.3g} (bound {bound:.3g})"
+    print(f"phi3 vs llama.cpp: logits max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
 
 
 def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
