@@ -380,25 +380,40 @@ def test_chat_three_turns(text_model):
 # --- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input(zoo, text_model, tmp_path):
+    """Each case under build/ftune and, when it exists, the ASan/UBSan build (no report)."""
+    from conftest import asan_bin
     d = zoo.model("llama", "f32")
-    # a prompt longer than the context (max_position_embeddings 512)
-    p = run_ftune(["generate", "--model", d, "--prompt-ids", ",".join(["5"] * 600), "--json"])
-    assert p.returncode == 2 and "600 tokens" in p.stderr and "hint:" in p.stderr, p.stderr
-    # invalid UTF-8 in a prompt file: the file and the byte offset
     mdir, _ = text_model
     f = tmp_path / "bad.txt"
     f.write_bytes(b"hello \xff world")
-    p = run_ftune(["generate", "--model", mdir, "--prompt-file", f])
-    assert p.returncode == 2 and str(f) in p.stderr and "offset 6" in p.stderr, p.stderr
-    # an adapter of another model: the tensor and the shapes
-    p = run_ftune(["generate", "--model", d, "--adapter", zoo.adapter("qwen3"), "--prompt-ids",
-                   "1,2,3", "--json"])
-    assert p.returncode == 2 and "adapter_model.safetensors" in p.stderr, p.stderr
-    assert "expected shape" in p.stderr and "hint:" in p.stderr, p.stderr
-    # an adapter weight that is not a number
-    p = run_ftune(["generate", "--model", d, "--adapter", zoo.adapter("llama") + ":x",
-                   "--prompt-ids", "1", "--json"])
-    assert p.returncode == 2 and "--adapter" in p.stderr, p.stderr
+    good = tmp_path / "good.txt"
+    good.write_text("the cat sat on the mat and ran far away")
+    cases = [
+        # a prompt longer than the context (max_position_embeddings 512)
+        (["generate", "--model", d, "--prompt-ids", ",".join(["5"] * 600), "--json"],
+         ["600 tokens", "hint:"]),
+        # invalid UTF-8 in a prompt file: the file and the byte offset
+        (["generate", "--model", mdir, "--prompt-file", f], [str(f), "offset 6"]),
+        # an adapter of another model: the tensor and the shapes
+        (["generate", "--model", d, "--adapter", zoo.adapter("qwen3"), "--prompt-ids", "1,2,3",
+          "--json"], ["adapter_model.safetensors", "expected shape", "hint:"]),
+        # an adapter weight that is not a number
+        (["generate", "--model", d, "--adapter", zoo.adapter("llama") + ":x", "--prompt-ids", "1",
+          "--json"], ["--adapter"]),
+        # the same adapter of another model under eval --compare-adapter
+        (["eval", "--model", mdir, "--data", good, "--stride", 4, "--adapter",
+          zoo.adapter("qwen3"), "--compare-adapter"], ["adapter_model.safetensors",
+                                                       "expected shape"]),
+    ]
+    for b in [None] + ([asan_bin()] if asan_bin() else []):
+        for args, words in cases:
+            p = run_ftune(args, binary=b, env={"ASAN_OPTIONS": "detect_leaks=1"} if b else None)
+            what = f"{' '.join(map(str, args[:3]))} ({'asan' if b else 'ftune'})"
+            assert p.returncode == 2, f"{what}: exit {p.returncode}\n{p.stderr[-3000:]}"
+            for w in words:
+                assert w in p.stderr, f"{what}: {w!r} not in {p.stderr[-3000:]}"
+            for s in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                assert s not in p.stderr, f"{what}: {p.stderr[-5000:]}"
 
 
 def test_readme_train_to_chat(text_model, tmp_path):
