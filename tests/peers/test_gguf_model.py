@@ -22,7 +22,9 @@ What is compared, and the tolerance:
   the HF model with the file's weights (F32 as saved; F16, BF16, Q8_0 and Q4_0 dequantized with
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
 - Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above, and
-  greedy `ftune generate` over the file equals transformers' generate over the HF model.
+  greedy `ftune generate` over the file equals transformers' generate over the HF model. A Phi-3
+  rotating half of each head (partial_rotary_factor 0.5, rope.dimension_count 16 of 32): logits
+  as transformers' over the HF model.
   llama.cpp (llama-cpp-python, marker llama_cpp) runs the same F32 file: its logits with an fp32
   KV cache equal ftune's within 1e-4 relative.
 - `ftune tokenize --jsonl` ids equal transformers' AutoTokenizer(gguf_file=) ids (add_special_tokens
@@ -397,6 +399,28 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
         # reads no qwen3.attention.key_length, so this model's head_dim 32 becomes Qwen3Config's
         # default 128 and its q_norm does not load (real Qwen3 models have head_dim 128).
         check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
+
+
+def test_phi3_partial_rotary(tmp_path, bpe):
+    """A Phi-3 that rotates half of each head (partial_rotary_factor 0.5: the converter writes
+    rope.dimension_count 16 of head_dim 32): logits as transformers' over the HF model. (Not
+    transformers' GGUF loader, which ignores phi3.rope.dimension_count.)"""
+    kw = dict(models.ARCHS["phi3"][2], partial_rotary_factor=0.5)
+    torch.manual_seed(3)
+    model = transformers.Phi3ForCausalLM(transformers.Phi3Config(**kw)).to(torch.float32)
+    models.randomize_(model, 3)
+    assert model.config.rope_parameters["partial_rotary_factor"] == 0.5
+    path = str(tmp_path / "phi3-partial.gguf")
+    write_hf_gguf(model, "phi3", path, "f32", bpe)
+    ex = examples(model.config.vocab_size)
+    res, logits = eval_ftune(tmp_path, path, ex)
+    check(res, logits, models.reference_eval(model.eval(), ex))
+    # the rotation matters: the same weights with full rotation give other logits
+    kw["partial_rotary_factor"] = 1.0
+    full = transformers.Phi3ForCausalLM(transformers.Phi3Config(**kw)).to(torch.float32)
+    full.load_state_dict(model.state_dict())
+    other = models.reference_eval(full.eval(), ex)["logits"]
+    assert np.abs(other - logits).max() > 1e-2
 
 
 @pytest.mark.llama_cpp
