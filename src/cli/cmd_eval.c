@@ -113,7 +113,8 @@ int cmd_eval(int argc, char **argv) {
     const cmd_info info = {
         "eval", "ftune eval --model DIR [--adapter DIR] --data FILE.jsonl [options]",
         "Mean token loss (labels unshifted as in transformers, -100 not counted)\n"
-        "and perplexity, printed as one JSON line.",
+        "and perplexity, printed as one JSON line; with --compare-adapter, the base model\n"
+        "and each adapter side by side on the same data.",
         examples};
     ft_error err = {0};
     int rc = args_parse(argc, argv, &info, specs, &err);
