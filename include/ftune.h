@@ -169,6 +169,11 @@ typedef struct ft_eval_result {
     long tokens;   /* counted tokens */
 } ft_eval_result;
 ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err);
+/* `ftune eval --compare-adapter`: the base model (res[0]) and the model with each of the n
+ * adapters (res[1..n]) on the same data (o->adapter_dir unused; no dumps), the model, the data or
+ * the --stride text loaded once. */
+ft_status ft_eval_compare(const ft_eval_options *o, const char *const *adapters, int n,
+                          ft_eval_result *res, ft_error *err);
 
 /* Library version string, e.g. "0.1.0". */
 const char *ft_version(void);

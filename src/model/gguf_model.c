@@ -3,7 +3,7 @@
  *
  * Config, from the metadata (llama.cpp's gguf-py constants.py Keys.LLM / Keys.Attention, as
  * transformers' integrations/ggml.py maps them to config.json fields), with ARCH the value of
- * general.architecture (llama, qwen2, qwen3):
+ * general.architecture (llama, qwen2, qwen3, phi3):
  *   ARCH.embedding_length -> hidden_size        ARCH.feed_forward_length -> intermediate_size
  *   ARCH.block_count -> num_hidden_layers       ARCH.attention.head_count -> num_attention_heads
  *   ARCH.attention.head_count_kv -> num_key_value_heads (default: head_count)
@@ -17,7 +17,10 @@
  *
  * Tensors (gguf-py tensor_mapping.py): token_embd, output_norm, output, and per layer N
  * blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down,
- * attn_q_norm, attn_k_norm}.weight and attn_{q,k,v,output}.bias. GGUF lists dims ne0 first, so a
+ * attn_q_norm, attn_k_norm}.weight and attn_{q,k,v,output}.bias. Phi-3 (convert_hf_to_gguf.py's
+ * Phi3MiniModel, gguf-py MODEL_TENSORS[PHI3]) keeps Hugging Face's fused layers: blk.N.attn_qkv
+ * is qkv_proj and blk.N.ffn_up is gate_up_proj (gate rows, then up rows), in HF row order (phi3 is
+ * a NeoX-rope architecture in llama.cpp: no permutation). GGUF lists dims ne0 first, so a
  * matrix HF stores as [out, in] is [in, out] in the file with the same bytes: rows are rows.
  *
  * RoPE rows. GGUF's llama architecture rotates adjacent pairs (x[2i], x[2i+1]) of each head;
@@ -47,7 +50,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SUPPORTED_GGUF "ftune reads GGUF architectures llama, qwen2 and qwen3"
+#define SUPPORTED_GGUF "ftune reads GGUF architectures llama, qwen2, qwen3 and phi3"
 
 int gguf_model_is(const char *path) { return gguf_is_file(path); }
 
@@ -102,7 +105,7 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
     snprintf(arch, sizeof arch, "%.*s", (int)(as.n < 63 ? as.n : 63), as.p);
     const arch_info *ai = strlen(arch) == as.n ? arch_find(arch) : NULL;
     if (ai && !strcmp(ai->model_type, "mistral")) ai = NULL; /* GGUF writes Mistral as llama */
-    if (!ai || ai->fused_qkv) {
+    if (!ai || (ai->fused_qkv && strcmp(ai->model_type, "phi3"))) {
         snprintf(w, sizeof w, "%s: key \"general.architecture\"", path);
         return ft_error_set(err, FT_ERR_INPUT, w, SUPPORTED_GGUF, "unsupported architecture \"%s\"",
                             arch);
@@ -176,12 +179,37 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
         cfg->bos_token_id = gguf_arr_int(gguf_find_kv(g, "tokenizer.ggml.bos_token_id"), 0);
     if (gguf_find_kv(g, "tokenizer.ggml.eos_token_id"))
         cfg->eos_token_id = gguf_arr_int(gguf_find_kv(g, "tokenizer.ggml.eos_token_id"), 0);
-    /* sliding windows are not in GGUF metadata: full attention everywhere */
+    /* sliding windows: full attention everywhere, except Phi-3, whose converter writes
+     * config.json's sliding_window as phi3.attention.sliding_window (0 for none) and whose
+     * every layer uses it (as the HF path, config.c load_windows) */
     cfg->window = calloc((size_t)cfg->L, sizeof(int));
-    /* RoPE */
+    int phi3 = !strcmp(ai->model_type, "phi3");
+    kname(k, sizeof k, arch, "attention.sliding_window");
+    if (phi3 && cfg->window && gguf_find_kv(g, k)) {
+        uint64_t sw;
+        if ((st = gguf_get_u64(g, k, &sw, err))) return st;
+        if (sw > 0x7fffffffULL) {
+            snprintf(w, sizeof w, "%s: key \"%s\"", path, k);
+            return ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                                "expected a window of at most 2^31-1 tokens, found %llu",
+                                (unsigned long long)sw);
+        }
+        for (int l = 0; l < cfg->L; l++)
+            cfg->window[l] = (int)sw;
+    }
+    /* RoPE: Phi-3 may rotate the first rope.dimension_count dims of each head (its
+     * partial_rotary_factor; the converter writes int(factor * hidden) / heads) */
     int rd;
     if ((st = size_key(g, arch, "rope.dimension_count", cfg->D, 1L << 14, &rd, err))) return st;
-    if (rd != cfg->D) {
+    if (phi3 && (rd > cfg->D || rd < 2 || rd % 2)) {
+        snprintf(w, sizeof w, "%s: key \"%s\"", path,
+                 kname(k, sizeof k, arch, "rope.dimension_count"));
+        return ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                            "expected an even number of rotated dims from 2 to head_dim (%d), "
+                            "found %d",
+                            cfg->D, rd);
+    }
+    if (rd != cfg->D && !phi3) {
         snprintf(w, sizeof w, "%s: key \"%s\"", path,
                  kname(k, sizeof k, arch, "rope.dimension_count"));
         return ft_error_set(err, FT_ERR_INPUT, w, "ftune rotates whole heads for this architecture",
@@ -220,13 +248,21 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
         return ft_error_set(err, FT_ERR_INPUT, w, "this is Llama 3.1-style rope scaling",
                             "per-frequency rope factors are not supported yet");
     }
-    cfg->rot_dim = cfg->D;
+    /* Phi-3's longrope (the 128k models): the converter writes the long and short factors as
+     * tensors; ftune's HF path supports Phi-3's default rope only, and so does this one */
+    if (gguf_find_tensor(g, "rope_factors_long.weight")) {
+        snprintf(w, sizeof w, "%s: tensor \"rope_factors_long.weight\"", path);
+        return ft_error_set(err, FT_ERR_INPUT, w,
+                            "this is Phi-3's longrope scaling (a 128k-context model); use a 4k one",
+                            "long/short rope factors are not supported yet");
+    }
+    cfg->rot_dim = rd;
     cfg->attn_scaling = 1.0f;
-    cfg->inv_freq = malloc(sizeof(float) * (size_t)(cfg->D / 2));
+    cfg->inv_freq = malloc(sizeof(float) * (size_t)(rd / 2));
     if (!cfg->window || !cfg->inv_freq)
         return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
-    rope_inv_freq_default(cfg->inv_freq, cfg->D, theta);
-    for (int i = 0; i < cfg->D / 2; i++)
+    rope_inv_freq_default(cfg->inv_freq, rd, theta);
+    for (int i = 0; i < rd / 2; i++)
         cfg->inv_freq[i] /= factor;
     return FT_OK;
 }
@@ -247,7 +283,8 @@ ft_status gguf_config_load(const char *path, model_config *cfg, ft_error *err) {
 /* The GGUF name of linear layer k of layer l ("blk.3.attn_q"). */
 static void gguf_lin_name(char *buf, size_t n, int l, lin_kind k, const char *suffix) {
     static const char *const names[LIN_COUNT] = {
-        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "", ""};
+        "attn_q", "attn_k",   "attn_v",   "attn_output", "ffn_gate",
+        "ffn_up", "ffn_down", "attn_qkv", "ffn_up"}; /* Phi-3: fused qkv; gate|up as ffn_up */
     snprintf(buf, n, "blk.%d.%s.%s", l, names[k], suffix);
 }
 

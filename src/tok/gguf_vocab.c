@@ -9,7 +9,9 @@
  *   split into two pieces both in the vocabulary (split at characters, sorted by the pieces'
  *   ids), then all of them stably sorted by (score, len(left), len(right)) descending. Model BPE
  *   with byte_fallback and fuse_unk, no unk token; pre-tokenizer Metaspace ("first", no split);
- *   decoder Replace(U+2581 -> " "), ByteFallback, Fuse, Strip(1 leading space).
+ *   decoder Replace(U+2581 -> " "), ByteFallback, Fuse, Strip(1 leading space). For
+ *   general.architecture phi3 (transformers' phi3_tokenizer): no pre-tokenizer but the normalizer
+ *   Sequence[Prepend(U+2581), Replace(" " -> U+2581)].
  * tokenizer.ggml.model "gpt2" (byte-level BPE): transformers' GPT2Tokenizer over the tokens
  *   (respelled in the GPT-2 byte alphabet where they are not already) and tokenizer.ggml.merges
  *   (or merges recovered by generate_merges by index); pre-tokenizer ByteLevel, or, when
@@ -176,6 +178,14 @@ done:
 }
 
 /* ---- the documents ------------------------------------------------------------------------ */
+
+/* Is general.architecture arch? */
+static int is_arch(const gguf_file *g, const char *arch) {
+    gguf_str a = {0};
+    return gguf_find_kv(g, "general.architecture") &&
+           !gguf_get_str(g, "general.architecture", &a, NULL) && a.n == strlen(arch) &&
+           !memcmp(a.p, arch, a.n);
+}
 
 /* The regexes of transformers' GGUF_PRE_TOKENIZER_SPLITS, by tokenizer.ggml.pre. */
 static const char LLAMA3_SPLIT[] =
@@ -442,6 +452,23 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
         cJSON_AddBoolToObject(dec, "trim_offsets", 1);
         cJSON_AddBoolToObject(dec, "use_regex", 1);
         cJSON_AddItemToObject(root, "decoder", dec);
+    } else if (is_arch(g, "phi3")) {
+        /* transformers' phi3_tokenizer: the prefix space from a normalizer (Prepend U+2581, then
+         * every space -> U+2581), no pre-tokenizer; it differs from Metaspace on text that starts
+         * with a space */
+        cJSON *seq = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+        cJSON *pre = cJSON_CreateObject(), *rp = cJSON_CreateObject(), *pat = cJSON_CreateObject();
+        cJSON_AddStringToObject(seq, "type", "Sequence");
+        cJSON_AddItemToObject(seq, "normalizers", arr);
+        cJSON_AddStringToObject(pre, "type", "Prepend");
+        cJSON_AddStringToObject(pre, "prepend", "\xe2\x96\x81");
+        cJSON_AddItemToArray(arr, pre);
+        cJSON_AddStringToObject(rp, "type", "Replace");
+        cJSON_AddStringToObject(pat, "String", " ");
+        cJSON_AddItemToObject(rp, "pattern", pat);
+        cJSON_AddStringToObject(rp, "content", "\xe2\x96\x81");
+        cJSON_AddItemToArray(arr, rp);
+        cJSON_AddItemToObject(root, "normalizer", seq);
     } else {
         cJSON *ms = cJSON_CreateObject();
         cJSON_AddStringToObject(ms, "type", "Metaspace");
@@ -449,6 +476,8 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
         cJSON_AddStringToObject(ms, "prepend_scheme", "first");
         cJSON_AddBoolToObject(ms, "split", 0);
         cJSON_AddItemToObject(root, "pre_tokenizer", ms);
+    }
+    if (!v->byte_level) {
         cJSON *dec = cJSON_CreateObject(), *arr = cJSON_CreateArray();
         cJSON_AddStringToObject(dec, "type", "Sequence");
         cJSON_AddItemToObject(dec, "decoders", arr);
