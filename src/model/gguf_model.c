@@ -44,6 +44,7 @@
 #include "model/gguf_model.h"
 
 #include "io/gguf.h"
+#include "io/spans.h"
 #include "model/model_internal.h"
 #include "ops/ggml_quants.h"
 
@@ -354,6 +355,7 @@ static ft_status read_mat(const gguf_file *g, const char *name, int rows, int co
         if (!mem) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
         for (int r = 0; r < rows; r++)
             memcpy(mem + (size_t)r * rb, (const uint8_t *)t->data + (size_t)src_row(r, D) * rb, rb);
+        io_release_pages(t->data, t->nbytes); /* copied: the peak is one copy, not two */
         out->fmt = f, out->rows = rows, out->cols = cols, out->data = mem, out->owned = mem;
         out->blocksize = qformat_info(f)->block_values;
         return FT_OK;
@@ -364,6 +366,7 @@ static ft_status read_mat(const gguf_file *g, const char *name, int rows, int co
     for (int r = 0; r < rows && !st; r++)
         st = gguf_read_f32(g, t, (uint64_t)src_row(r, D) * cols, (uint64_t)cols,
                            x + (size_t)r * cols, err);
+    io_release_pages(t->data, t->nbytes);
     if (st) {
         free(x);
         return st;
