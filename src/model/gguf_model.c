@@ -340,6 +340,8 @@ static ft_status read_vec(const gguf_file *g, const char *name, int n, int D, fl
     return st;
 }
 
+enum { RELEASE_BYTES = 8 << 20 };
+
 /* Matrix name, [cols, rows] in the file, into out as format f: rows copied as stored when the
  * file's type is f, else dequantized to fp32 (and quantized to f when f is not fp32). */
 static ft_status read_mat(const gguf_file *g, const char *name, int rows, int cols, int D,
@@ -353,9 +355,16 @@ static ft_status read_mat(const gguf_file *g, const char *name, int rows, int co
         size_t rb = (size_t)cols / (size_t)tt->block_values * tt->block_bytes;
         uint8_t *mem = malloc(rb * (size_t)rows);
         if (!mem) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
-        for (int r = 0; r < rows; r++)
-            memcpy(mem + (size_t)r * rb, (const uint8_t *)t->data + (size_t)src_row(r, D) * rb, rb);
-        io_release_pages(t->data, t->nbytes); /* copied: the peak is one copy, not two */
+        /* the source pages given back as they are copied (every RELEASE_BYTES of rows read in
+         * order), so that the peak is one copy of the weights, not one plus the largest tensor */
+        const uint8_t *src = t->data;
+        size_t done = 0;
+        for (int r = 0; r < rows; r++) {
+            memcpy(mem + (size_t)r * rb, src + (size_t)src_row(r, D) * rb, rb);
+            if (!D && (size_t)(r + 1) * rb - done >= RELEASE_BYTES)
+                io_release_pages(src + done, (size_t)(r + 1) * rb - done), done = (r + 1) * rb;
+        }
+        io_release_pages(t->data, t->nbytes);
         out->fmt = f, out->rows = rows, out->cols = cols, out->data = mem, out->owned = mem;
         out->blocksize = qformat_info(f)->block_values;
         return FT_OK;
@@ -363,9 +372,14 @@ static ft_status read_mat(const gguf_file *g, const char *name, int rows, int co
     size_t n = (size_t)rows * cols;
     float *x = malloc(n * sizeof(float));
     if (!x) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
-    for (int r = 0; r < rows && !st; r++)
+    size_t done = 0, rb = t->nbytes / (size_t)rows; /* the file's bytes per row */
+    for (int r = 0; r < rows && !st; r++) {
         st = gguf_read_f32(g, t, (uint64_t)src_row(r, D) * cols, (uint64_t)cols,
                            x + (size_t)r * cols, err);
+        if (!D && (size_t)(r + 1) * rb - done >= RELEASE_BYTES)
+            io_release_pages((const uint8_t *)t->data + done, (size_t)(r + 1) * rb - done),
+                done = (r + 1) * rb;
+    }
     io_release_pages(t->data, t->nbytes);
     if (st) {
         free(x);
