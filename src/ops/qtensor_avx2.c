@@ -106,11 +106,7 @@ static inline __m256 load_q8(const uint8_t *q) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
 }
 
-static inline float q8_scale(const uint8_t *blk) {
-    uint16_t dh;
-    memcpy(&dh, blk, 2);
-    return f16_to_f32(dh);
-}
+static inline float q8_scale(const uint8_t *blk) { return f16c_at(blk); }
 
 static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / Q8_0_VALUES);
@@ -222,7 +218,7 @@ static void dequant_q4_0(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / Q4_0_VALUES);
     const uint8_t *blk = qt_row(t, r0);
     for (size_t b = 0; b < nb; b++, blk += Q4_0_BYTES, out += Q4_0_VALUES) {
-        __m256 d = _mm256_set1_ps(qt_f16_at(blk));
+        __m256 d = _mm256_set1_ps(f16c_at(blk));
         __m128i lo, hi;
         q4_0_bytes(blk, &lo, &hi);
         _mm256_storeu_ps(out, _mm256_mul_ps(d, i8_ps(lo)));
@@ -243,14 +239,14 @@ static float dot_q4_0(const qtensor *t, int r, const float *x) {
         __m256 s1 = _mm256_mul_ps(i8_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x + 8));
         s0 = _mm256_fmadd_ps(i8_ps(hi), _mm256_loadu_ps(x + 16), s0);
         s1 = _mm256_fmadd_ps(i8_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x + 24), s1);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(qt_f16_at(blk)), _mm256_add_ps(s0, s1), acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16c_at(blk)), _mm256_add_ps(s0, s1), acc);
     }
     return avx2_hsum(acc);
 }
 
 /* A Q4_K block's 8 sub-block scales d * sc and mins dmin * m, rounded as the reference does. */
 static inline void q4_k_scales(const uint8_t *blk, float ds[8], float dm[8]) {
-    float d = qt_f16_at(blk), dmin = qt_f16_at(blk + 2);
+    float d = f16c_at(blk), dmin = f16c_at(blk + 2);
     for (int s = 0; s < 8; s++) {
         int sc, m;
         ggml_q4_k_scale_min(blk + 4, s, &sc, &m);
@@ -309,7 +305,7 @@ static void dequant_q6_k(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / GGML_QK_K);
     const uint8_t *blk = qt_row(t, r0);
     for (size_t b = 0; b < nb; b++, blk += Q6_K_BYTES) {
-        float d = qt_f16_at(blk + 208);
+        float d = f16c_at(blk + 208);
         const int8_t *sc = (const int8_t *)(blk + 192);
         for (int half = 0; half < 2; half++, sc += 8) {
             __m256i q[4];
@@ -331,7 +327,7 @@ static float dot_q6_k(const qtensor *t, int r, const float *x) {
     const uint8_t *blk = qt_row(t, r);
     __m256 acc = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, blk += Q6_K_BYTES) {
-        float d = qt_f16_at(blk + 208);
+        float d = f16c_at(blk + 208);
         const int8_t *sc = (const int8_t *)(blk + 192);
         for (int half = 0; half < 2; half++, sc += 8) {
             __m256i q[4];

@@ -103,11 +103,7 @@ static inline __m512 load_q8(const uint8_t *q) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
 }
 
-static inline float q8_scale(const uint8_t *blk) {
-    uint16_t dh;
-    memcpy(&dh, blk, 2);
-    return f16_to_f32(dh);
-}
+static inline float q8_scale(const uint8_t *blk) { return f16c_at(blk); }
 
 static void dequant_q8_0(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / Q8_0_VALUES);
@@ -197,7 +193,7 @@ static void dequant_q4_0(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / Q4_0_VALUES);
     const uint8_t *blk = qt_row(t, r0);
     for (size_t b = 0; b < nb; b++, blk += Q4_0_BYTES, out += Q4_0_VALUES) {
-        __m512 d = _mm512_set1_ps(qt_f16_at(blk));
+        __m512 d = _mm512_set1_ps(f16c_at(blk));
         __m128i lo, hi;
         q4_0_bytes(blk, &lo, &hi);
         _mm512_storeu_ps(out, _mm512_mul_ps(d, i8x16_ps(lo)));
@@ -205,28 +201,32 @@ static void dequant_q4_0(const qtensor *t, int r0, int nrows, float *out) {
     }
 }
 
-/* Two blocks per step into two accumulators (the per-block chain of a convert, an fma and a
- * scale fma is short; two independent ones keep both FMA ports busy). */
+/* sum over the block of (nibble - 8) * x, unscaled */
+static inline __m512 q4_0_block_dot(const uint8_t *blk, const float *x) {
+    __m128i lo, hi;
+    q4_0_bytes(blk, &lo, &hi);
+    return _mm512_fmadd_ps(i8x16_ps(hi), _mm512_loadu_ps(x + 16),
+                           _mm512_mul_ps(i8x16_ps(lo), _mm512_loadu_ps(x)));
+}
+
+/* Two blocks per step into two accumulators (one block's chain of a convert, an fma and a scale
+ * fma is short; two independent ones keep both FMA ports busy). */
 static float dot_q4_0(const qtensor *t, int r, const float *x) {
     int nb = t->cols / Q4_0_VALUES, b = 0;
     const uint8_t *blk = qt_row(t, r);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-    for (; b < nb; b++, blk += Q4_0_BYTES, x += Q4_0_VALUES) {
-        __m128i lo, hi;
-        q4_0_bytes(blk, &lo, &hi);
-        __m512 s = _mm512_fmadd_ps(i8x16_ps(hi), _mm512_loadu_ps(x + 16),
-                                   _mm512_mul_ps(i8x16_ps(lo), _mm512_loadu_ps(x)));
-        if (b & 1)
-            acc1 = _mm512_fmadd_ps(_mm512_set1_ps(qt_f16_at(blk)), s, acc1);
-        else
-            acc0 = _mm512_fmadd_ps(_mm512_set1_ps(qt_f16_at(blk)), s, acc0);
+    for (; b + 2 <= nb; b += 2, blk += 2 * Q4_0_BYTES, x += 2 * Q4_0_VALUES) {
+        acc0 = _mm512_fmadd_ps(_mm512_set1_ps(f16c_at(blk)), q4_0_block_dot(blk, x), acc0);
+        acc1 = _mm512_fmadd_ps(_mm512_set1_ps(f16c_at(blk + Q4_0_BYTES)),
+                               q4_0_block_dot(blk + Q4_0_BYTES, x + Q4_0_VALUES), acc1);
     }
+    if (b < nb) acc0 = _mm512_fmadd_ps(_mm512_set1_ps(f16c_at(blk)), q4_0_block_dot(blk, x), acc0);
     return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 /* A Q4_K block's 8 sub-block scales d * sc and mins dmin * m, rounded as the reference does. */
 static inline void q4_k_scales(const uint8_t *blk, float ds[8], float dm[8]) {
-    float d = qt_f16_at(blk), dmin = qt_f16_at(blk + 2);
+    float d = f16c_at(blk), dmin = f16c_at(blk + 2);
     for (int s = 0; s < 8; s++) {
         int sc, m;
         ggml_q4_k_scale_min(blk + 4, s, &sc, &m);
@@ -283,7 +283,7 @@ static void dequant_q6_k(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / GGML_QK_K);
     const uint8_t *blk = qt_row(t, r0);
     for (size_t b = 0; b < nb; b++, blk += Q6_K_BYTES) {
-        float d = qt_f16_at(blk + 208);
+        float d = f16c_at(blk + 208);
         const int8_t *sc = (const int8_t *)(blk + 192);
         for (int half = 0; half < 2; half++, sc += 8) {
             __m256i q[4];
@@ -304,7 +304,7 @@ static float dot_q6_k(const qtensor *t, int r, const float *x) {
     const uint8_t *blk = qt_row(t, r);
     __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
     for (int b = 0; b < nb; b++, blk += Q6_K_BYTES) {
-        float d = qt_f16_at(blk + 208);
+        float d = f16c_at(blk + 208);
         const int8_t *sc = (const int8_t *)(blk + 192);
         for (int half = 0; half < 2; half++, sc += 8) {
             __m256i q[4];

@@ -20,6 +20,16 @@
 
 #include <immintrin.h>
 #include <stdint.h>
+#include <string.h>
+
+/* The f16 at p (little-endian, unaligned) widened by F16C's vcvtph2ps: the same value as
+ * base/half.h's f16_to_f32 (exact for numbers; a NaN comes back quiet in both), in one
+ * instruction instead of a dozen. */
+static inline float f16c_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
 
 /* Q4_0: the block's 32 values nibble - 8 as int8: lo holds values 0..15, hi 16..31. */
 static inline void q4_0_bytes(const uint8_t *blk, __m128i *lo, __m128i *hi) {
