@@ -27,7 +27,8 @@ int main(int argc, char **argv) {
     if (threads < 1) threads = 1;
     omp_set_num_threads(threads);
     const long n = 64L << 20; /* 64 Mi floats = 256 MB per array */
-    float *a = aligned_alloc(64, n * 4), *b = aligned_alloc(64, n * 4), *c = aligned_alloc(64, n * 4);
+    float *a = aligned_alloc(64, n * 4), *b = aligned_alloc(64, n * 4),
+          *c = aligned_alloc(64, n * 4);
     if (!a || !b || !c) {
         fprintf(stderr, "membw: out of memory\n");
         return 1;
