@@ -29,7 +29,7 @@ TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test deps venv clean format
+.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test bench-generate deps venv clean format
 all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -129,6 +129,12 @@ bench-gemm: $(B)/bench/gemm_peak
 	@python3 bench/gemm_peaks.py --bin $(B)/bench/gemm_peak
 bench-train: all $(B)/bench/gemm_peak
 	@bash bench/run.sh $(if $(SHAPES),--shapes $(SHAPES))
+# bench-generate: ftune generate against llama.cpp on the same GGUF files (bench/bench_generate.py)
+$(B)/bench/membw: bench/membw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $< -o $@
+bench-generate: all $(B)/bench/membw
+	@bash bench/run.sh --generate --membw $(B)/bench/membw $(if $(SHAPES),--shapes $(SHAPES))
 bench-test:
 	@$$(bash tools/venv.sh)/bin/python -m pytest -q bench/test_bench_train.py
 bench-compare:

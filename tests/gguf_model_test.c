@@ -9,8 +9,7 @@
  *   - the RoPE rows: in a llama file, Q row r of the model is file row h*D + 2i + s for
  *     r = h*D + s*D/2 + i (llama.cpp's permute undone), for Q and K (Hkv heads) and their biases;
  *     a qwen2 file is read as it is. Rows hold their own file index, so the check is exact;
- *   - storage: F32 and Q8_0 layers kept in that format (Q8_0 rows copied byte for byte), Q4_0
- *     dequantized to fp32;
+ *   - storage: F32, Q8_0 and Q4_0 layers kept in that format (rows copied byte for byte);
  *   - phi3: attn_qkv and ffn_up onto the fused qkv_proj / gate_up_proj as stored, the rotated
  *     dims of rope.dimension_count, attention.sliding_window on every layer; longrope factor
  *     tensors refused;
@@ -396,7 +395,7 @@ int main(void) {
     mkdir(dir, 0700);
     test_llama(GGML_TYPE_F32, QF_F32, "llama_f32.gguf");
     test_llama(GGML_TYPE_Q8_0, QF_Q8_0, "llama_q8.gguf");
-    test_llama(GGML_TYPE_Q4_0, QF_F32, "llama_q4.gguf");
+    test_llama(GGML_TYPE_Q4_0, QF_Q4_0, "llama_q4.gguf");
     test_qwen2();
     test_phi3(GGML_TYPE_F32, QF_F32, "phi3_f32.gguf");
     test_phi3(GGML_TYPE_Q8_0, QF_Q8_0, "phi3_q8.gguf");

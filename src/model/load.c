@@ -129,7 +129,7 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
     /* bf16 compute rounds the weights to bf16 anyway: keep them so, unless told otherwise */
     const char *qs = opt && opt->quant ? opt->quant : q->compute == QC_BF16 ? "bf16" : "none";
     int lin = qformat_parse(qs);
-    if (lin < 0 || lin == QF_F16)
+    if (lin < 0 || lin == QF_F16 || qformat_info(lin)->stored_only)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4, q8, bf16 or none",
                             "unknown weight format \"%s\"", qs);
     q->linear = lin;
@@ -205,9 +205,23 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
  * with pread (model_embed_row) and its pages released. */
 static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
 
+int model_quant_stored_only(const model_quant *q) {
+    for (int f = 0; f < QF_COUNT; f++)
+        if (qformat_info(f)->stored_only &&
+            (q->linear == (qformat)f || q->lm_head == (qformat)f || (q->linear_mix >> f & 1)))
+            return f;
+    return -1;
+}
+
 void model_quant_describe(const model_quant *q, char *buf, size_t n) {
     char lin[96];
-    if (is_4bit(q->linear))
+    if (q->linear_mix) { /* "q4_k+q6_k" */
+        size_t k = 0;
+        lin[0] = 0;
+        for (int f = 0; f < QF_COUNT && k < sizeof lin; f++)
+            if (q->linear_mix >> f & 1)
+                k += (size_t)snprintf(lin + k, sizeof lin - k, "%s%s", k ? "+" : "", fmt_name(f));
+    } else if (is_4bit(q->linear))
         snprintf(lin, sizeof lin, "%s%s, blocksize %d%s", fmt_name(q->linear),
                  q->double_quant ? " double-quant" : "", q->blocksize,
                  q->from_checkpoint ? " (bitsandbytes checkpoint)" : "");
@@ -241,8 +255,8 @@ size_t model_fp32_floats(const model_config *c) {
  * with pread() (model_forward says why), so none of it is resident. */
 
 size_t model_weight_bytes(const model_config *c, const model_quant *q) {
-    size_t n = model_fp32_floats(c) * sizeof(float);
-    for (int k = 0; k < LIN_COUNT; k++) {
+    size_t n = model_fp32_floats(c) * sizeof(float) + q->linear_bytes;
+    for (int k = 0; k < LIN_COUNT && !q->linear_bytes; k++) {
         int in, out, col, bias;
         model_lin_layout(c, k, &in, &out, &col, &bias);
         if (out)

@@ -66,12 +66,18 @@ typedef struct model_quant {
     int double_quant, blocksize;
     int from_checkpoint; /* the linear layers come quantized by bitsandbytes in the folder */
     qcompute compute;    /* QC_BF16 under dtype "bf16": set on the linear layers and LM head */
+    unsigned linear_mix; /* GGUF kept as stored, types mixed: bit f set for each qformat f the
+                            linear layers have (linear is then the one needing most scratch) */
+    size_t linear_bytes; /* nonzero: the linear layers' bytes (mixed types), else from linear */
 } model_quant;
 
 /* Resolve opt (NULL: fp32) for the model in DIR (config.json, and the safetensors header for
  * the dtypes, when there are weight files). Errors name the option and what it accepts. */
 ft_status model_quant_resolve(const char *dir, const model_config *cfg,
                               const model_load_options *opt, model_quant *q, ft_error *err);
+/* The first stored-only format (qtensor.h: GGUF Q4_0, Q4_K, Q6_K) the linear layers or the LM
+ * head are kept in, or -1: training refuses those (their backward is not supported yet). */
+int model_quant_stored_only(const model_quant *q);
 /* "nf4, double quant, blocksize 64; lm_head bf16; embedding bf16 (mapped)" for messages. */
 void model_quant_describe(const model_quant *q, char *buf, size_t n);
 

@@ -1,6 +1,7 @@
 /*
- * qtensor.c: frozen weight matrices in F32 / BF16 / F16 / Q8_0 / NF4 / FP4 (see qtensor.h for
- * the layouts), their quantization, and the matmuls that dequantize them on the fly.
+ * qtensor.c: frozen weight matrices in F32 / BF16 / F16 / Q8_0 / NF4 / FP4 / Q4_0 / Q4_K / Q6_K
+ * (see qtensor.h for the layouts), their quantization, and the matmuls that dequantize them on
+ * the fly.
  *
  * A format is a row of `traits`: sizes plus the portable kernels (dequantize rows, fused dot of
  * one row). Those portable kernels are the reference; qtensor_avx2.c and qtensor_avx512.c hold
@@ -143,6 +144,29 @@ static float dot_fp4(const qtensor *t, int r, const float *x) {
     return dot_4bit(t, qt_dequant_code(QF_FP4), r, x);
 }
 
+/* GGUF Q4_0, Q4_K, Q6_K: rows of whole blocks; the values are ggml_dequant_row's (the
+ * reference that gguf-py's dequantize agrees with bit for bit). The dot product dequantizes a
+ * block at a time and sums its products before adding the block's sum to the row's. */
+static void dequant_gguf(const qtensor *t, int r0, int nrows, float *out) {
+    ggml_dequant_row(qt_ggml_type(t->fmt), qt_row(t, r0), out, (size_t)nrows * t->cols);
+}
+
+static float dot_gguf(const qtensor *t, int r, const float *x) {
+    uint32_t type = qt_ggml_type(t->fmt);
+    const ggml_type_traits *tt = ggml_type_info(type);
+    const uint8_t *blk = qt_row(t, r);
+    int bv = tt->block_values;
+    float v[GGML_QK_K], s = 0;
+    for (int i = 0; i < t->cols; i += bv, blk += tt->block_bytes) {
+        ggml_dequant_row(type, blk, v, (size_t)bv);
+        float bs = 0;
+        for (int j = 0; j < bv; j++)
+            bs += v[j] * x[i + j];
+        s += bs;
+    }
+    return s;
+}
+
 /* ---- the traits table and kernel sets ---------------------------------------------------- */
 
 static const qformat_traits traits[QF_COUNT] = {
@@ -152,6 +176,9 @@ static const qformat_traits traits[QF_COUNT] = {
     [QF_Q8_0] = {"q8_0", Q8_0_VALUES, Q8_0_BYTES, dequant_q8_0, dot_q8_0},
     [QF_NF4] = {"nf4", 64, 32, dequant_nf4, dot_nf4},
     [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4},
+    [QF_Q4_0] = {"q4_0", Q4_0_VALUES, Q4_0_BYTES, dequant_gguf, dot_gguf, 1},
+    [QF_Q4_K] = {"q4_k", GGML_QK_K, Q4_K_BYTES, dequant_gguf, dot_gguf, 1},
+    [QF_Q6_K] = {"q6_k", GGML_QK_K, Q6_K_BYTES, dequant_gguf, dot_gguf, 1},
 };
 
 static const qkernels kernels_portable = {"portable", CPU_PORTABLE, {0}, {0}};
@@ -230,6 +257,10 @@ static size_t data_bytes(qformat f, size_t rows, size_t cols) {
     case QF_NF4:
     case QF_FP4:
         return quant4_packed_bytes(n);
+    case QF_Q4_0:
+    case QF_Q4_K:
+    case QF_Q6_K:
+        return rows * (cols / (size_t)traits[f].block_values) * traits[f].block_bytes;
     default:
         return 0;
     }
@@ -270,7 +301,7 @@ static int valid_4bit_blocksize(int bs) { return bs >= 32 && bs <= 4096 && (bs &
 int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
                      int double_quant) {
     memset(t, 0, sizeof *t);
-    if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0) return -1;
+    if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0 || traits[f].stored_only) return -1;
     if (f == QF_Q8_0 && cols % Q8_0_VALUES) return -1;
     if (is_4bit(f)) {
         if (!blocksize) blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;

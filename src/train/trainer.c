@@ -45,7 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 /* Everything a training run holds, freed by run_free. */
 typedef struct run {
     run_opts ro;
@@ -248,6 +247,14 @@ static ft_status load_inputs(run *r, ft_error *err) {
             "past it were never trained",
             o->seq_len, r->cfg.max_pos);
     if ((st = model_quant_resolve(o->model_dir, &r->cfg, &lopt, &r->q, err))) return st;
+    int so = model_quant_stored_only(&r->q);
+    if (so >= 0) /* forward-only kernels: their backward through the base is untested */
+        return ft_error_set(err, FT_ERR_INPUT, o->model_dir,
+                            "add --quant none (an fp32 copy), q8, nf4 or bf16 to train over the "
+                            "weights converted to that format",
+                            "training over a Q4_0/Q4_K/Q6_K base is not supported yet (this file "
+                            "keeps %s weights)",
+                            qformat_info(so)->name);
     data_options dopt;
     data_opts(o, r->cfg.V, &dopt);
     if ((st = data_load(&dopt, &r->ds, &r->val, r->dhash, err))) return st;

@@ -362,8 +362,9 @@ def bpe():
     return train_bpe(600)
 
 
-# F32, F16, BF16, Q8_0 are kept as stored; Q4_0 is dequantized to fp32 at load (gguf-py cannot
-# write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway).
+# Every type here is kept as stored, Q4_0 included (its decode runs the fused Q4_0 kernels; gguf-py
+# cannot write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway:
+# tests/gguf_quant_kernels_test.c checks the Q4_K / Q6_K kernels against the same dequantization).
 CASES = [("llama", "f32"), ("llama", "f16"), ("llama", "q8_0"), ("llama", "q4_0"), ("qwen2", "f32"),
          ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0"), ("phi3", "f32"), ("phi3", "q8_0")]
 
@@ -460,6 +461,24 @@ def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
             "--batch-size", "4", "--lora-targets", "all-linear"])
     steps = [json.loads(x) for x in open(run / "metrics.jsonl") if '"step"' in x]
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+
+
+def test_hf_converted_q4_0_kept_and_train_refused(tmp_path, zoo, bpe):
+    """Q4_0 weights are kept as stored (plan), and training over them is refused, exit 2 with a
+    hint, until their backward is supported; --quant none trains over an fp32 copy."""
+    model = zoo._f32("llama")
+    path = str(tmp_path / "llama-q4.gguf")
+    write_hf_gguf(model, "llama", path, "q4_0", bpe)
+    plan = run_ok(["plan", "--model", path, "--seq-len", "16"]).stdout
+    assert "linear q4_0; lm_head q4_0" in plan, plan
+    seqs = [[int(t) for t in np.random.default_rng(1).integers(0, 50, size=16)] for _ in range(4)]
+    data = models.write_jsonl(str(tmp_path / "t.jsonl"), [dict(input_ids=s, labels=s) for s in seqs])
+    args = ["train", "--model", path, "--data", data, "--steps", "2", "--batch-size", "4"]
+    p = run_ftune(args + ["--out", tmp_path / "run"])
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "training over a Q4_0/Q4_K/Q6_K base is not supported yet" in p.stderr, p.stderr
+    assert path in p.stderr and "--quant none" in p.stderr, p.stderr
+    run_ok(args + ["--out", tmp_path / "run2", "--quant", "none"])
 
 
 # --- byte-level BPE vocabularies ---------------------------------------------------------------
