@@ -71,6 +71,12 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
             loss_sum += v;
         model_backward(l->m, l->a, l->b, gscale, dseed);
     }
+    /* --shard-base: every rank takes part in every all-gather, so one with fewer micro-batches
+     * than the most any rank has walks the remaining forward and backward passes without
+     * computing (shard.c) */
+    if (l->m->shard)
+        for (long k = k1 - k0; k < (n_mb + N - 1) / N; k++)
+            model_shard_walk(l->m, 1);
     if (N > 1) {
         /* the gradients summed in rank order; each loss comes from the one rank that ran its
          * micro-batch (the others add 0), then they are added in micro-batch order as above */

@@ -49,6 +49,26 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
     return FT_OK;
 }
 
+double memory_plan_shard_weights(const model_config *cfg, const model_quant *q, int N) {
+    double w = (double)model_fp32_bytes(cfg), biggest = 0;
+    for (int l = 0; l <= cfg->L; l++) {
+        size_t u = model_shard_unit_bytes(cfg, q, l), units = u / 64;
+        w += (double)((units + (size_t)N - 1) / (size_t)N) * 64.0;
+        if ((double)u > biggest) biggest = (double)u;
+    }
+    /* an embedding that is neither read from the file nor the head's pages stays whole */
+    if (!q->embed_borrowed) w += (double)qtensor_size_for(q->embed, cfg->V, cfg->C, 1, 0);
+    return w + 2.0 * biggest;
+}
+
+void memory_plan_ranks(memory_plan *p, const model_config *cfg, const model_quant *q, int N,
+                       int shard) {
+    if (N <= 1 || !shard) return;
+    p->total -= p->weights;
+    p->weights = memory_plan_shard_weights(cfg, q, N);
+    p->total += p->weights;
+}
+
 double memory_available(void) {
     /* FTUNE_MEMORY_MB: a budget smaller than the machine's (a shared host; the tests) */
     const char *cap = getenv("FTUNE_MEMORY_MB");

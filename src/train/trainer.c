@@ -265,8 +265,10 @@ static ft_status load_inputs(run *r, ft_error *err) {
 /* Bytes the run needs (frozen weights, dequantization panel, LoRA values + gradients + AdamW
  * moments, activations) with storage q and checkpointing ckpt. */
 static double run_bytes(const model_config *cfg, const model_quant *q, const lora_set *ls, int B,
-                        int T, int ckpt) {
-    return (double)model_weight_bytes(cfg, q) + memory_plan_panel(cfg, q, B, T) +
+                        int T, int ckpt, int shard_ranks) {
+    double w = shard_ranks > 1 ? memory_plan_shard_weights(cfg, q, shard_ranks)
+                               : (double)model_weight_bytes(cfg, q);
+    return w + memory_plan_panel(cfg, q, B, T) +
            4.0 * ls->n_params * sizeof(float) +
            (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
 }
@@ -282,8 +284,9 @@ static ft_status check_memory(run *r, ft_error *err) {
     int level = ckpt_dtype_parse(o->grad_checkpoint_dtype); /* the kind to switch on */
     const model_config *cfg = &r->cfg;
     int B = r->B, T = r->T;
-    double need = run_bytes(cfg, &r->q, r->ls, B, T, r->ckpt);
-    double need_ck = run_bytes(cfg, &r->q, r->ls, B, T, level);
+    int sr = o->shard_base ? r->nranks : 1;
+    double need = run_bytes(cfg, &r->q, r->ls, B, T, r->ckpt, sr);
+    double need_ck = run_bytes(cfg, &r->q, r->ls, B, T, level, sr);
     if (need <= room) return FT_OK;
     if (need_ck <= room) {
         r->ckpt = level;
@@ -301,8 +304,8 @@ static ft_status check_memory(run *r, ft_error *err) {
     if (try4) {
         q4.linear = QF_NF4, q4.blocksize = FT_QUANT_BLOCKSIZE_DEFAULT, q4.double_quant = 0;
         if (q4.lm_head == QF_F32 && !q4.head_borrowed) q4.lm_head = QF_BF16;
-        need4 = run_bytes(cfg, &q4, r->ls, B, T, 0);
-        need4_ck = run_bytes(cfg, &q4, r->ls, B, T, level);
+        need4 = run_bytes(cfg, &q4, r->ls, B, T, 0, sr);
+        need4_ck = run_bytes(cfg, &q4, r->ls, B, T, level, sr);
     }
     char hint[300];
     if (try4 && need4 <= room)
@@ -337,8 +340,13 @@ static ft_status allocate(run *r, ft_error *err) {
                                .double_quant = o->double_quant,
                                .blocksize = o->quant_blocksize,
                                .lm_head = o->quant_lm_head,
-                               .dtype = o->dtype};
+                               .dtype = o->dtype,
+                               .shard = o->shard_base && r->nranks > 1};
     if ((st = model_load_with(o->model_dir, &lopt, &r->m, err))) return st;
+    if (lopt.shard && !r->m.shard)
+        return ft_error_set(err, FT_ERR_INPUT, o->model_dir, "leave --shard-base out for it",
+                            "--shard-base shards Hugging Face (safetensors) model folders; this "
+                            "is a GGUF model");
     r->m.lora = r->ls, r->ls = NULL;
     if ((st = batch_alloc(&r->b, r->B, r->T, err))) return st;
     if ((st = acts_alloc_ckpt(&r->m, r->B, r->T, 0, r->ckpt, &r->a, err))) return st;
@@ -568,9 +576,12 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
 }
 
 static void evaluate(run *r) {
-    if (r->rank != 0) return; /* the others go on to the next step's reduction and wait there */
+    /* the others go on to the next step's reduction and wait there; with --shard-base every
+     * rank evaluates (each layer's weights are all-gathered), rank 0 alone writes */
+    if (r->rank != 0 && !r->m.shard) return;
     long vc;
     double vl = eval_loss(&r->m, r->a, &r->b, r->Bv, &r->val, &vc);
+    if (r->rank != 0) return;
     char v[40];
     json_num(v, sizeof v, vl);
     fprintf(r->metrics,
@@ -764,6 +775,10 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                           "--overwrite to replace the run in it",
                           "the output folder exists and is not empty");
     if (!st) cpu_set_threads(r->o->threads);
+    if (!st && r->nranks > 1) {
+        dist_set_timeout(r->o->dist_timeout);
+        dist_set_resume_hint(resume_command(r, 0));
+    }
     if (!st) st = load_inputs(r, err);
     st = check_same_run(r, st, err);
     if (!st) st = allocate(r, err);
