@@ -36,6 +36,25 @@ static char (*g_hosts)[64];            /* every rank's host name */
 static MPI_Request g_gather[DIST_MAX_GATHERS];
 static MPI_Datatype g_unit = MPI_DATATYPE_NULL;
 static int *g_gcounts; /* per gather: counts and displacements in units (2 x N ints) */
+/* the overlapped sums (dist_sum_f32_start) */
+typedef struct osum {
+    float *x, *recv;
+    int phase; /* 1: slices moving to their summers; 3: they arrived, the second half waits for
+                  the earlier segments' to start; 2: sums moving back; 0: done */
+    MPI_Request rq;
+    int *cnt; /* cnt, off, rcnt, roff: 4 x N ints */
+} osum;
+/* Nonblocking collectives must start in the same order on every rank, per communicator: the
+ * first halves start in backward's layer order, the second halves as the first ones complete,
+ * which interleaves with them differently on each rank; so each half has a communicator of its
+ * own, and the second halves start in segment order (g_os_next2). */
+static MPI_Comm g_red = MPI_COMM_NULL, g_red2 = MPI_COMM_NULL;
+static int g_os_next2;
+static osum *g_os;
+static int g_os_cap, g_os_n;
+static float *g_os_arena;
+static size_t g_os_arena_n, g_os_used;
+static double g_os_t0, g_os_t1;
 #endif
 
 static double now_s(void) {
@@ -119,6 +138,10 @@ void dist_finalize(void) {
     free(g_counts);
     free(g_gcounts);
     free(g_hosts);
+    if (g_os) free(g_os[0].cnt);
+    free(g_os);
+    free(g_os_arena);
+    g_os = NULL, g_os_arena = NULL, g_os_cap = g_os_n = 0;
     g_scratch = NULL, g_scratch_bytes = 0, g_counts = NULL, g_gcounts = NULL, g_hosts = NULL;
 #endif
     g_mpi = 0, g_rank = 0, g_size = 1;
@@ -259,8 +282,107 @@ static void wait_req(MPI_Request *r) {
     g_answered = NULL;
 }
 
+static void slices(size_t n, int *cnt, int *off);
+
+/* ---- overlapped sums (dist.h) ---- */
+
+ft_status dist_reserve_overlap(int segments, size_t floats, ft_error *err) {
+    if (g_size == 1) return FT_OK;
+    if (g_red == MPI_COMM_NULL) MPI_Comm_dup(MPI_COMM_WORLD, &g_red);
+    if (g_red2 == MPI_COMM_NULL) MPI_Comm_dup(MPI_COMM_WORLD, &g_red2);
+    size_t need = floats + (size_t)(segments + 1) * ((size_t)g_size + 1);
+    free(g_os), free(g_os_arena);
+    g_os = calloc((size_t)segments, sizeof *g_os);
+    int *ints = malloc(sizeof(int) * 4 * (size_t)g_size * (size_t)segments);
+    g_os_arena = malloc(need * sizeof(float));
+    if (!g_os || !ints || !g_os_arena) {
+        free(ints);
+        return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL,
+                            "out of memory for the gradient reduction");
+    }
+    for (int i = 0; i < segments; i++)
+        g_os[i].cnt = ints + (size_t)i * 4 * g_size;
+    g_os_cap = segments, g_os_arena_n = need, g_os_n = 0, g_os_used = 0;
+    return FT_OK;
+}
+
+/* Phase 1 done: add the received slices in rank order, start phase 2. */
+static void osum_second(osum *o) {
+    int *cnt = o->cnt, *off = cnt + g_size;
+    int mine = cnt[g_rank];
+    float *out = o->x + off[g_rank];
+    for (int e = 0; e < mine; e++) {
+        float s = o->recv[e];
+        for (int i = 1; i < g_size; i++)
+            s += o->recv[(size_t)i * mine + e];
+        out[e] = s;
+    }
+    MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_FLOAT, o->x, cnt, off, MPI_FLOAT, g_red2, &o->rq);
+    o->phase = 2;
+    g_os_next2++;
+}
+
+static void osum_test(void) {
+    for (int i = 0; i < g_os_n; i++) {
+        osum *o = &g_os[i];
+        if (o->phase == 3 && i == g_os_next2) { /* first half done earlier: its turn now */
+            osum_second(o);
+            continue;
+        }
+        if (o->phase != 1 && o->phase != 2) continue;
+        int done = 0;
+        MPI_Test(&o->rq, &done, MPI_STATUS_IGNORE);
+        if (!done) continue;
+        if (o->phase == 1) {
+            if (i == g_os_next2)
+                osum_second(o);
+            else
+                o->phase = 3; /* complete; its second half waits for the earlier segments' */
+        } else {
+            o->phase = 0, g_os_t1 = now_s();
+        }
+    }
+}
+
+void dist_sum_f32_start(float *x, size_t n) {
+    if (g_size == 1) return;
+    if (g_os_n == g_os_cap) { /* a bug: more segments than reserved */
+        fprintf(stderr, "ftune: error: rank %d: too many gradient segments\n", g_rank);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    if (g_os_n == 0) g_os_t0 = now_s(), g_os_used = 0, g_os_next2 = 0;
+    osum *o = &g_os[g_os_n++];
+    int *cnt = o->cnt, *off = cnt + g_size, *rcnt = off + g_size, *roff = rcnt + g_size;
+    slices(n, cnt, off);
+    int mine = cnt[g_rank];
+    for (int i = 0; i < g_size; i++)
+        rcnt[i] = mine, roff[i] = i * mine;
+    o->x = x, o->recv = g_os_arena + g_os_used;
+    g_os_used += (size_t)mine * g_size + 1;
+    MPI_Ialltoallv(x, cnt, off, MPI_FLOAT, o->recv, rcnt, roff, MPI_FLOAT, g_red, &o->rq);
+    o->phase = 1;
+}
+
+void dist_sum_f32_finish(double *wait_s, double *comm_s) {
+    double t = now_s();
+    if (g_size > 1) {
+        for (int i = g_os_next2; i < g_os_n; i++) {
+            osum *o = &g_os[i];
+            if (o->phase == 1) wait_req(&o->rq);
+            osum_second(o);
+        }
+        for (int i = 0; i < g_os_n; i++)
+            if (g_os[i].phase == 2) wait_req(&g_os[i].rq), g_os[i].phase = 0;
+        g_os_t1 = g_os_n ? now_s() : t;
+    }
+    if (wait_s) *wait_s = now_s() - t;
+    if (comm_s) *comm_s = g_size > 1 && g_os_n ? g_os_t1 - g_os_t0 : 0;
+    g_os_n = 0;
+}
+
 void dist_progress(void) {
     if (g_size == 1) return;
+    if (g_os_n) osum_test();
     for (int i = 0; i < DIST_MAX_GATHERS; i++)
         if (g_gather[i] != MPI_REQUEST_NULL) {
             int done;
@@ -413,6 +535,15 @@ ft_status dist_agree(ft_status st, ft_error *err) {
     return (ft_status)rec.status;
 }
 #else
+ft_status dist_reserve_overlap(int segments, size_t floats, ft_error *err) {
+    (void)segments, (void)floats, (void)err;
+    return FT_OK;
+}
+void dist_sum_f32_start(float *x, size_t n) { (void)x, (void)n; }
+void dist_sum_f32_finish(double *wait_s, double *comm_s) {
+    if (wait_s) *wait_s = 0;
+    if (comm_s) *comm_s = 0;
+}
 void dist_poll(void) {}
 void dist_progress(void) {}
 int dist_gather_start(void *buf, size_t bytes, const void *mine) {

@@ -79,6 +79,21 @@ size_t dist_slice_begin(size_t bytes, int j);
 int dist_gather_start(void *buf, size_t bytes, const void *mine);
 /* Wait for it (polled with the watchdog); adds the seconds waited to *waited when not NULL. */
 void dist_gather_wait(int handle, double *waited);
+/* ---- gradient sums overlapped with backward -------------------------------------------
+ * dist_sum_f32_start starts the same fixed-order sum as dist_sum_f32 on one segment (a layer's
+ * LoRA gradients) without waiting: its slices move while backward goes on to the layer below
+ * (dist_progress adds each received slice in rank order as soon as it is complete and starts
+ * the second half), and dist_sum_f32_finish waits for all started segments. Every element is
+ * the same rank-order sum as dist_sum_f32 gives, bit for bit. Every rank must start the same
+ * segments in the same order (a communicator of their own: other collectives may come in
+ * between in another order). dist_reserve_overlap sizes the state for up to `segments` segments
+ * of `floats` floats in all. */
+ft_status dist_reserve_overlap(int segments, size_t floats, ft_error *err);
+void dist_sum_f32_start(float *x, size_t n);
+/* *wait_s: seconds blocked here; *comm_s: seconds from the first start to the last completion
+ * (the communication's span, hidden behind backward except for wait_s). */
+void dist_sum_f32_finish(double *wait_s, double *comm_s);
+
 /* Drive the transfers in flight (Open MPI progresses them only inside MPI calls): a layer's
  * computation calls it between its matmuls. */
 void dist_progress(void);

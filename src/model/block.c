@@ -47,7 +47,7 @@ static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, 
     const lin_weights *lw = &m->blocks[l].lin[k];
     if (qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta, a->mm, a->mm_bytes))
         a->failed = 1;
-    if (m->shard) dist_progress(); /* the next layer's all-gather moves on (shard.c) */
+    dist_progress(); /* all-gathers (shard.c) and gradient sums in flight move on */
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -64,7 +64,7 @@ static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const 
     if (dx &&
         qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N, a->mm, a->mm_bytes))
         a->failed = 1;
-    if (m->shard) dist_progress();
+    dist_progress();
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -360,5 +360,6 @@ void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_
         if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed, 0); /* recompute */
         /* the embedding is frozen: no gradient is needed below layer 0's input */
         layer_backward(m, a, b, l, &s, x, seed, l > 0);
+        if (m->grads_ready) m->grads_ready(m->grads_ctx, l);
     }
 }

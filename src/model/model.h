@@ -94,6 +94,10 @@ typedef struct model {
     lora_set *lora;       /* NULL: no adapter */
     int QKV;              /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
     struct model_shard *shard; /* --shard-base: this rank's slices (NULL: whole weights) */
+    /* when set, model_backward calls it once layer l's LoRA gradients are complete (train_step:
+     * the reduction of a data-parallel run starts there, overlapped with the layers below) */
+    void (*grads_ready)(void *ctx, int layer);
+    void *grads_ctx;
 } model;
 
 /* ---- --shard-base (shard.c; docs/distributed.md) ----------------------------------------

@@ -382,6 +382,12 @@ static ft_status allocate(run *r, ft_error *err) {
             return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
         size_t g = r->m.lora->n_params * sizeof(float), lb = (size_t)n * sizeof(double);
         if ((st = dist_reserve(g > lb ? g : lb, err))) return st;
+        /* FTUNE_DIST_OVERLAP=0: one reduction after the backward passes (tests compare) */
+        const char *ov = getenv("FTUNE_DIST_OVERLAP");
+        if (!(ov && !strcmp(ov, "0")) &&
+            (l->seg = train_grad_segments(r->m.lora, r->m.cfg.L)) &&
+            (st = dist_reserve_overlap(r->m.cfg.L, r->m.lora->n_params, err)))
+            return st;
     }
     if (r->rank != 0) return FT_OK; /* rank 0 alone writes the run folder */
     return run_dir_preflight(o->out_dir, r->m.lora->n_params * 12 + 65536, err);
@@ -569,9 +575,15 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
     if (s->diverged) snprintf(div, sizeof div, ", \"diverged\": \"%s\"", s->diverged);
     fprintf(r->metrics,
             "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %s, \"lr\": %.17g, \"grad_norm\": %s, "
-            "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f%s}\n",
+            "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f%s",
             r->ts.step, train_epoch(&r->loop, &r->ts), loss, s->lr, gn, s->tokens,
             s->tokens / s->seconds, elapsed, div);
+    /* several ranks: the gradient sum's span and the part of it not hidden behind backward;
+     * --shard-base: the time waited for all-gathers (rank 0's) */
+    if (r->nranks > 1)
+        fprintf(r->metrics, ", \"comm_s\": %.6f, \"comm_wait_s\": %.6f", s->comm_s, s->comm_wait_s);
+    if (r->m.shard) fprintf(r->metrics, ", \"gather_wait_s\": %.6f", s->gather_wait_s);
+    fprintf(r->metrics, "}\n");
     fflush(r->metrics);
 }
 
@@ -681,6 +693,7 @@ static void run_free(run *r) {
     if (r->metrics) fclose(r->metrics);
     free(r->loop.order);
     free(r->loop.mb_loss);
+    free(r->loop.seg);
     adamw_free(&r->opt);
     acts_free(r->a);
     batch_free(&r->b);

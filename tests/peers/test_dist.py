@@ -426,3 +426,23 @@ def test_hung_rank_detected(work):
     assert f"ftune train --resume {out}" in err, err
     assert err.count("has not answered") == 1, err
     assert_resumes(work, out)
+
+
+def test_overlapped_reduction_same_bits(work):
+    """Each layer's gradient sum starts when its backward is done and moves while backward goes
+    on below it; every element is still the rank-order sum, so the run's bits equal those of one
+    reduction after the backward passes (FTUNE_DIST_OVERLAP=0). metrics.jsonl says how long the
+    sum took and how much of it was waited for."""
+    out, plain = work / "overlap-on", work / "overlap-off"
+    train(work, out, "lora", n=3, accum=2)
+    env = dict(ENV, FTUNE_DIST_OVERLAP="0")
+    args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", plain,
+            "--grad-accum", 2, *BASE, *CONFIGS["lora"]]
+    p = subprocess.run([MPIRUN, *MPI, "-x", "FTUNE_DIST_OVERLAP", "-np", "3", FTUNE,
+                        *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    ok(p)
+    assert [repr(x) for x in losses(out)] == [repr(x) for x in losses(plain)]
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (plain / "adapter_model.safetensors").read_bytes()
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert all(0 <= r["comm_wait_s"] <= r["comm_s"] + 1e-3 for r in rows), rows
