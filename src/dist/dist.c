@@ -32,7 +32,7 @@ static double g_timeout = 0;
 static char g_resume[1024];
 #ifdef FT_HAVE_MPI
 static MPI_Comm g_wd = MPI_COMM_NULL; /* the watchdog's questions and answers */
-static char (*g_hosts)[64];            /* every rank's host name */
+static char (*g_hosts)[64];           /* every rank's host name */
 static MPI_Request g_gather[DIST_MAX_GATHERS];
 static MPI_Datatype g_unit = MPI_DATATYPE_NULL;
 static int *g_gcounts; /* per gather: counts and displacements in units (2 x N ints) */
@@ -180,7 +180,7 @@ const char *dist_describe(void) {
 
 enum { TAG_ASK = 1, TAG_ANSWER = 2 };
 static char *g_answered; /* during a question: which ranks answered it */
-static int g_ask_seq; /* the number of this rank's latest question */
+static int g_ask_seq;    /* the number of this rank's latest question */
 
 void dist_poll(void) {
     if (g_size == 1 || g_wd == MPI_COMM_NULL) return;

@@ -59,10 +59,16 @@ static void piece_sizes(const qtensor *t, size_t len[P_COUNT]) {
     size_t n = (size_t)t->rows * (size_t)t->cols;
     memset(len, 0, sizeof(size_t) * P_COUNT);
     switch (t->fmt) {
-    case QF_F32: len[P_DATA] = n * 4; break;
+    case QF_F32:
+        len[P_DATA] = n * 4;
+        break;
     case QF_BF16:
-    case QF_F16: len[P_DATA] = n * 2; break;
-    case QF_Q8_0: len[P_DATA] = (size_t)t->rows * ((size_t)t->cols / 32) * 34; break;
+    case QF_F16:
+        len[P_DATA] = n * 2;
+        break;
+    case QF_Q8_0:
+        len[P_DATA] = (size_t)t->rows * ((size_t)t->cols / 32) * 34;
+        break;
     case QF_NF4:
     case QF_FP4: {
         len[P_DATA] = quant4_packed_bytes(n);
@@ -71,23 +77,28 @@ static void piece_sizes(const qtensor *t, size_t len[P_COUNT]) {
         if (t->absmax_q) {
             len[P_ABSMAX_Q] = nb;
             len[P_NESTED_ABSMAX] =
-                quant4_blocks(nb, t->nested_blocksize > 0 ? t->nested_blocksize : QUANT8_BLOCK) *
-                4;
+                quant4_blocks(nb, t->nested_blocksize > 0 ? t->nested_blocksize : QUANT8_BLOCK) * 4;
         }
         if (t->nested_code) len[P_NESTED_CODE] = 256 * 4;
         break;
     }
-    default: break;
+    default:
+        break;
     }
 }
 
 static const void *piece_ptr(const qtensor *t, int p) {
     switch (p) {
-    case P_DATA: return t->data;
-    case P_ABSMAX: return t->absmax;
-    case P_ABSMAX_Q: return t->absmax_q;
-    case P_NESTED_ABSMAX: return t->nested_absmax;
-    default: return t->nested_code;
+    case P_DATA:
+        return t->data;
+    case P_ABSMAX:
+        return t->absmax;
+    case P_ABSMAX_Q:
+        return t->absmax_q;
+    case P_NESTED_ABSMAX:
+        return t->nested_absmax;
+    default:
+        return t->nested_code;
     }
 }
 
@@ -141,12 +152,13 @@ ft_status model_shard_unit(model *m, int l, ft_error *err) {
     shard_unit *u = &s->u[l];
     u->nt = unit_tensors(m, l, u->t);
     u->bytes = layout(u->t, u->nt, u->off);
-    size_t a = dist_slice_begin(u->bytes, dist_rank()), b = dist_slice_begin(u->bytes, dist_rank() + 1);
+    size_t a = dist_slice_begin(u->bytes, dist_rank()),
+           b = dist_slice_begin(u->bytes, dist_rank() + 1);
     u->mine = malloc(b > a ? b - a : 1);
     if (!u->mine)
         return ft_error_set(err, FT_ERR_RUNTIME, l == m->cfg.L ? "lm_head" : "--shard-base", NULL,
-                            "out of memory for this rank's %.1f MB of layer %d", (b - a) / 1048576.0,
-                            l);
+                            "out of memory for this rank's %.1f MB of layer %d",
+                            (b - a) / 1048576.0, l);
     /* copy the part of each piece that falls into [a, b) */
     for (int i = 0; i < u->nt; i++) {
         qtensor *t = u->t[i];
@@ -156,7 +168,8 @@ ft_status model_shard_unit(model *m, int l, ft_error *err) {
             if (u->off[i][p] == NONE) continue;
             size_t p0 = u->off[i][p], p1 = p0 + len[p];
             size_t c0 = p0 > a ? p0 : a, c1 = p1 < b ? p1 : b;
-            if (c1 > c0) memcpy(u->mine + (c0 - a), (const uint8_t *)piece_ptr(t, p) + (c0 - p0), c1 - c0);
+            if (c1 > c0)
+                memcpy(u->mine + (c0 - a), (const uint8_t *)piece_ptr(t, p) + (c0 - p0), c1 - c0);
             /* borrowed bytes (the checkpoint's mapping) go back; owned ones are freed below, and
              * the static nested code is left alone */
             if (!t->owned && p != P_NESTED_CODE) release_mapped(piece_ptr(t, p), len[p]);
@@ -177,7 +190,8 @@ ft_status model_shard_end(model *m, ft_error *err) {
         s->buf[i] = aligned_alloc(64, s->buf_bytes);
         if (!s->buf[i])
             return ft_error_set(err, FT_ERR_RUNTIME, "--shard-base", NULL,
-                                "out of memory for the %.1f MB gather buffers", 2 * s->buf_bytes / 1048576.0);
+                                "out of memory for the %.1f MB gather buffers",
+                                2 * s->buf_bytes / 1048576.0);
         memset(s->buf[i], 0, s->buf_bytes); /* resident from the start, as the plan counts it */
     }
     s->resident += 2 * s->buf_bytes;
@@ -260,7 +274,8 @@ void model_shard_walk(model *m, int train) {
 
 void model_shard_stats(const model *m, double *wait_s, double *gathered_bytes, long *gathers) {
     const model_shard *s = m->shard;
-    *wait_s = s ? s->wait_s : 0, *gathered_bytes = s ? s->gathered : 0, *gathers = s ? s->gathers : 0;
+    *wait_s = s ? s->wait_s : 0, *gathered_bytes = s ? s->gathered : 0,
+    *gathers = s ? s->gathers : 0;
 }
 
 size_t model_fp32_bytes(const model_config *c) { return model_fp32_floats(c) * sizeof(float); }

@@ -8,8 +8,9 @@
  * the bf16 copies of an input chunk and a weight panel and the bf16 GEMM's own); LoRA
  * parameters and their gradients; AdamW's two moments; activations saved for backward and the
  * scratch of one step (with gradient checkpointing: the layer inputs, in fp32 or bf16, one
- * layer's worth, and its MLP a chunk of rows at a time: model/acts.c's acts_sizes); the batch buffers; and a baseline for the program, its libraries and the BLAS
- * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
+ * layer's worth, and its MLP a chunk of rows at a time: model/acts.c's acts_sizes); the batch
+ * buffers; and a baseline for the program, its libraries and the BLAS buffers, measured at about 10
+ * MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
 #include "train/plan.h"
 #include "model/lora.h"
@@ -45,8 +46,8 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
     p->activations = (double)acts_plan_bytes(cfg, R, p->lora_modules, B, T, grad_checkpoint);
     p->batch = 4.0 * B * T * sizeof(int32_t);
     p->baseline = BASELINE_BYTES;
-    p->total = p->weights + p->lora + p->optimizer + p->activations + p->panel + p->batch +
-               p->baseline;
+    p->total =
+        p->weights + p->lora + p->optimizer + p->activations + p->panel + p->batch + p->baseline;
     return FT_OK;
 }
 

@@ -20,8 +20,7 @@ typedef struct memory_plan {
 /* targets as for --lora-targets; T is the longest sequence (--seq-len); q: how the frozen
  * weights are stored (model_quant_resolve). */
 ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B, int T, int R,
-                           const char *targets, int grad_checkpoint, memory_plan *p,
-                           ft_error *err);
+                           const char *targets, int grad_checkpoint, memory_plan *p, ft_error *err);
 /* The scratch of one frozen-weight matmul: the buffer a quantized matmul dequantizes a panel
  * of rows into (0 when all is fp32), or under bf16 compute the bf16 copies of a chunk of the
  * input rows and of a weight panel (B x T rows at most). */

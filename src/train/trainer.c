@@ -45,7 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 /* Everything a training run holds, freed by run_free. */
 typedef struct run {
     run_opts ro;
@@ -268,8 +267,7 @@ static double run_bytes(const model_config *cfg, const model_quant *q, const lor
                         int T, int ckpt, int shard_ranks) {
     double w = shard_ranks > 1 ? memory_plan_shard_weights(cfg, q, shard_ranks)
                                : (double)model_weight_bytes(cfg, q);
-    return w + memory_plan_panel(cfg, q, B, T) +
-           4.0 * ls->n_params * sizeof(float) +
+    return w + memory_plan_panel(cfg, q, B, T) + 4.0 * ls->n_params * sizeof(float) +
            (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
 }
 
@@ -384,8 +382,7 @@ static ft_status allocate(run *r, ft_error *err) {
         if ((st = dist_reserve(g > lb ? g : lb, err))) return st;
         /* FTUNE_DIST_OVERLAP=0: one reduction after the backward passes (tests compare) */
         const char *ov = getenv("FTUNE_DIST_OVERLAP");
-        if (!(ov && !strcmp(ov, "0")) &&
-            (l->seg = train_grad_segments(r->m.lora, r->m.cfg.L)) &&
+        if (!(ov && !strcmp(ov, "0")) && (l->seg = train_grad_segments(r->m.lora, r->m.cfg.L)) &&
             (st = dist_reserve_overlap(r->m.cfg.L, r->m.lora->n_params, err)))
             return st;
     }
