@@ -90,9 +90,9 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
             tokens += ds->ex[l->order[i]].n;
         }
     }
-    double tstart = now_s(), gw0 = 0, gw1 = 0, gb;
+    double tstart = now_s(), gw0 = 0, gw1 = 0, gb0 = 0, gb;
     long gn;
-    model_shard_stats(l->m, &gw0, &gb, &gn);
+    model_shard_stats(l->m, &gw0, &gb0, &gn);
     res->comm_wait_s = res->comm_s = 0;
     lora_set *ls = l->m->lora;
     memset(ls->grads, 0, ls->n_params * sizeof(float));
@@ -159,7 +159,7 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
     res->tokens = tokens, res->counted = counted;
     res->seconds = now_s() - tstart;
     model_shard_stats(l->m, &gw1, &gb, &gn);
-    res->gather_wait_s = gw1 - gw0;
+    res->gather_wait_s = gw1 - gw0, res->gathered_bytes = gb - gb0;
 }
 
 double eval_loss(const model *m, acts *a, batch *b, int B, const dataset *val, long *count) {

@@ -56,7 +56,7 @@ typedef struct step_result {
     /* several ranks: seconds blocked waiting for the gradient sum, the sum's span from its
      * first layer's start to its end (mostly behind backward), and seconds waiting for
      * --shard-base all-gathers */
-    double comm_wait_s, comm_s, gather_wait_s;
+    double comm_wait_s, comm_s, gather_wait_s, gathered_bytes;
     const char *diverged; /* NULL, or "loss is nan", "gradient norm is inf", ...: the step's
                              AdamW update was not made */
 } step_result;

@@ -579,7 +579,9 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
      * --shard-base: the time waited for all-gathers (rank 0's) */
     if (r->nranks > 1)
         fprintf(r->metrics, ", \"comm_s\": %.6f, \"comm_wait_s\": %.6f", s->comm_s, s->comm_wait_s);
-    if (r->m.shard) fprintf(r->metrics, ", \"gather_wait_s\": %.6f", s->gather_wait_s);
+    if (r->m.shard)
+        fprintf(r->metrics, ", \"gather_wait_s\": %.6f, \"gathered_bytes\": %.0f", s->gather_wait_s,
+                s->gathered_bytes);
     fprintf(r->metrics, "}\n");
     fflush(r->metrics);
 }

@@ -391,6 +391,12 @@ def test_shard_base_memory_and_plan(work):
           f"{[r / MB for r in rss['shard']]} MB; bound {bound / MB:.1f} MB "
           f"(weights {weights / MB:.1f} MB, a layer {layer / MB:.1f} MB)")
     assert max(rss["shard"]) < bound, (rss, bound)
+    # the gathers of a micro-batch after the first: the forward's layers 2 .. L-1 and the head,
+    # the backward's L-2 .. 0 (layer L-1 stays from the forward, layers 0 and 1 from the
+    # previous backward); step 2 runs 2 micro-batches per rank
+    head = 4 * s["V"] * C
+    rows = [json.loads(l) for l in open(work / "wide-shard" / "metrics.jsonl") if '"loss"' in l]
+    assert rows[1]["gathered_bytes"] == 2 * ((2 * s["L"] - 3) * layer + head), rows[1]
     plan = subprocess.run([FTUNE, "plan", "--model", model, "--batch-size", "1", "--seq-len", "32",
                            "--lora-targets", "all-linear", "--ranks", "2", "--shard-base"],
                           capture_output=True, text=True, env=ENV)
