@@ -318,6 +318,23 @@ def test_shard_base_same_bits(work, config):
         assert_close(out, ref, f"{config}, {n} ranks, --shard-base")
 
 
+def test_shard_base_double_quant_and_head(work):
+    """The pieces of a double-quantized NF4 layer (codes, 8-bit absmax, nested absmax and code)
+    and a bf16 LM head, sharded across 3 ranks and gathered: the same bits as without
+    --shard-base."""
+    extra = ["--quant", "nf4", "--double-quant", "--quant-lm-head", "bf16", "--steps", "2"]
+    runs = []
+    for tag, sb in (("plain", []), ("shard", ["--shard-base"])):
+        out = work / f"dq-{tag}"
+        args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", out,
+                "--grad-accum", 2, *BASE, *extra, *sb]
+        ok(ftune(*args, np_=3))
+        runs.append(out)
+    assert losses(runs[0]) == losses(runs[1])
+    assert (runs[0] / "adapter_model.safetensors").read_bytes() == \
+        (runs[1] / "adapter_model.safetensors").read_bytes()
+
+
 PEAK = """import os, resource, subprocess, sys
 p = subprocess.run(sys.argv[2:])
 r = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
