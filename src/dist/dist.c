@@ -33,6 +33,7 @@ static char g_resume[1024];
 #ifdef FT_HAVE_MPI
 static MPI_Comm g_wd = MPI_COMM_NULL; /* the watchdog's questions and answers */
 static char (*g_hosts)[64];           /* every rank's host name */
+static char *g_ans;                   /* the watchdog's question: who answered (N) */
 static MPI_Request g_gather[DIST_MAX_GATHERS];
 static MPI_Datatype g_unit = MPI_DATATYPE_NULL;
 static int *g_gcounts; /* per gather: counts and displacements in units (2 x N ints) */
@@ -55,6 +56,10 @@ static int g_os_cap, g_os_n;
 static float *g_os_arena;
 static size_t g_os_arena_n, g_os_used;
 static double g_os_t0, g_os_t1;
+#endif
+
+#ifdef FT_HAVE_MPI
+static void wait_req(MPI_Request *r);
 #endif
 
 static double now_s(void) {
@@ -98,7 +103,8 @@ ft_status dist_init(int *argc, char ***argv, ft_error *err) {
         g_counts = malloc(sizeof(int) * 4 * (size_t)g_size);
         g_gcounts = malloc(sizeof(int) * 2 * DIST_MAX_GATHERS * (size_t)g_size);
         g_hosts = calloc((size_t)g_size, sizeof *g_hosts);
-        if (!g_counts || !g_gcounts || !g_hosts)
+        g_ans = calloc((size_t)g_size, 1);
+        if (!g_counts || !g_gcounts || !g_hosts || !g_ans)
             return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
         for (int i = 0; i < DIST_MAX_GATHERS; i++)
             g_gather[i] = MPI_REQUEST_NULL;
@@ -130,7 +136,9 @@ void dist_finalize(void) {
         for (int i = 0; i < DIST_MAX_GATHERS; i++)
             if (g_gather[i] != MPI_REQUEST_NULL) MPI_Wait(&g_gather[i], MPI_STATUS_IGNORE);
         /* every rank here: no question can come any more; answer those that came late */
-        MPI_Barrier(MPI_COMM_WORLD);
+        MPI_Request rq;
+        MPI_Ibarrier(MPI_COMM_WORLD, &rq);
+        wait_req(&rq);
         dist_poll();
         MPI_Finalize();
     }
@@ -138,6 +146,8 @@ void dist_finalize(void) {
     free(g_counts);
     free(g_gcounts);
     free(g_hosts);
+    free(g_ans);
+    g_ans = NULL;
     if (g_os) free(g_os[0].cnt);
     free(g_os);
     free(g_os_arena);
@@ -245,7 +255,7 @@ static void wait_req(MPI_Request *r) {
     if (*r == MPI_REQUEST_NULL) return;
     double t0 = now_s(), deadline = t0 + (g_timeout > 0 ? g_timeout : 1e30);
     int asked = 0, polls = 0;
-    char answered[1024];
+    char *answered = g_ans;
     for (;;) {
         int done = 0;
         MPI_Test(r, &done, MPI_STATUS_IGNORE);
@@ -254,7 +264,7 @@ static void wait_req(MPI_Request *r) {
         double t = now_s();
         if (asked) {
             int all = 1;
-            for (int j = 0; j < g_size && j < 1024; j++)
+            for (int j = 0; j < g_size; j++)
                 all &= answered[j];
             if (all) { /* everyone is alive, only slow: wait on */
                 asked = 0, g_answered = NULL;
@@ -264,7 +274,7 @@ static void wait_req(MPI_Request *r) {
                 hung(answered, t - t0);
             }
         } else if (t > deadline) {
-            memset(answered, 0, sizeof answered);
+            memset(answered, 0, (size_t)g_size);
             answered[g_rank] = 1;
             g_answered = answered;
             static int q;
