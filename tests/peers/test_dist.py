@@ -320,9 +320,10 @@ def test_shard_base_same_bits(work, config):
 
 def test_shard_base_double_quant_and_head(work):
     """The pieces of a double-quantized NF4 layer (codes, 8-bit absmax, nested absmax and code)
-    and a bf16 LM head, sharded across 3 ranks and gathered: the same bits as without
-    --shard-base."""
-    extra = ["--quant", "nf4", "--double-quant", "--quant-lm-head", "bf16", "--steps", "2"]
+    and a bf16 LM head, sharded across 3 ranks and gathered, with gradient checkpointing (the
+    recompute in backward uses the gathered layer): the same bits as without --shard-base."""
+    extra = ["--quant", "nf4", "--double-quant", "--quant-lm-head", "bf16", "--steps", "2",
+             "--grad-checkpoint"]
     runs = []
     for tag, sb in (("plain", []), ("shard", ["--shard-base"])):
         out = work / f"dq-{tag}"
