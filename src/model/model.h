@@ -86,14 +86,15 @@ typedef struct model {
     block_weights *blocks;
     float *weights; /* one allocation holding the fp32 norms, biases and fp32 linear weights */
     size_t n_weights;
-    size_t weight_bytes;       /* frozen weights resident while training (model_weight_bytes) */
-    st_set *src;               /* the mapped checkpoint borrowed tensors point into */
-    int wte_fd;                /* fd + 1 of the embedding's file, whose rows are read with pread()
-                                  (0: none; rows come from wte) */
-    long long wte_offset;      /* at this offset (see model_forward) */
-    lora_set *lora;            /* NULL: no adapter */
-    int QKV;                   /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
-    struct model_shard *shard; /* --shard-base: this rank's slices (NULL: whole weights) */
+    size_t weight_bytes;  /* frozen weights resident while training (model_weight_bytes) */
+    st_set *src;          /* the mapped checkpoint borrowed tensors point into */
+    int wte_fd;           /* fd + 1 of the embedding's file, whose rows are read with pread()
+                             (0: none; rows come from wte) */
+    long long wte_offset; /* at this offset (see model_forward) */
+    lora_set *lora;       /* NULL: no adapter */
+    int QKV;              /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
+    /* --shard-base: this rank's slices (NULL: whole weights) */
+    struct model_shard *shard;
     /* when set, model_backward calls it once layer l's LoRA gradients are complete (train_step:
      * the reduction of a data-parallel run starts there, overlapped with the layers below) */
     void (*grads_ready)(void *ctx, int layer);
