@@ -140,8 +140,8 @@ const opt_row opt_rows[] = {
          "under mpirun: each rank keeps 1/N of every layer's frozen weights and of the LM head, "
          "all-gathered before the layer runs (the next one prefetched); the same numbers"),
     DBL("dist_timeout", "dist-timeout", dist_timeout, "25", 0, 1e9, T_ | R, OG_MEMORY, "S",
-        "under mpirun: a rank that has not answered for 2 x S seconds (stopped, hung, network "
-        "down) is named and every rank stops (0: wait forever)"),
+        "under mpirun, from the first step: a rank that has not answered for 2 x S seconds "
+        "(stopped, hung, network down) is named and every rank stops (0: wait forever)"),
     INT("ranks", "ranks", ranks, "1", 1, 1 << 20, OF_PLAN, OG_MEMORY, "N",
         "plan for N ranks (mpirun -np N): the per-rank peak, with --shard-base 1/N of the weights"),
     INT("threads", "threads", threads, "0", 0, 65536, TE | S | R, OG_MEMORY, "N", "threads (0: all cores)"),

@@ -787,15 +787,17 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
                           "--overwrite to replace the run in it",
                           "the output folder exists and is not empty");
     if (!st) cpu_set_threads(r->o->threads);
-    if (!st && r->nranks > 1) {
-        dist_set_timeout(r->o->dist_timeout);
-        dist_set_resume_hint(resume_command(r, 0));
-    }
     if (!st) st = load_inputs(r, err);
     st = check_same_run(r, st, err);
     if (!st) st = allocate(r, err);
     if (!st) st = start_or_resume(r, &finished, err);
     st = check_same_start(r, st, err);
+    /* the watchdog from the first step on: loading (minutes for a large model, at a different
+     * pace on each host) makes no calls that would answer its questions */
+    if (!st && r->nranks > 1) {
+        dist_set_timeout(r->o->dist_timeout);
+        dist_set_resume_hint(resume_command(r, 0));
+    }
     if (!st && !finished) st = run_steps(r, err);
     if (!st && !finished) st = finish(r, err);
 done:
