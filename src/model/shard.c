@@ -252,11 +252,11 @@ void model_shard_use(const model *mc, int l, int next) {
         const size_t *o = u->off[i];
         uint8_t *base = s->buf[b];
         t->data = o[P_DATA] != NONE ? base + o[P_DATA] : NULL;
-        t->absmax = o[P_ABSMAX] != NONE ? (const float *)(base + o[P_ABSMAX]) : NULL;
+        t->absmax = o[P_ABSMAX] != NONE ? (const void *)(base + o[P_ABSMAX]) : NULL;
         t->absmax_q = o[P_ABSMAX_Q] != NONE ? base + o[P_ABSMAX_Q] : NULL;
         t->nested_absmax =
-            o[P_NESTED_ABSMAX] != NONE ? (const float *)(base + o[P_NESTED_ABSMAX]) : NULL;
-        t->nested_code = o[P_NESTED_CODE] != NONE ? (const float *)(base + o[P_NESTED_CODE]) : NULL;
+            o[P_NESTED_ABSMAX] != NONE ? (const void *)(base + o[P_NESTED_ABSMAX]) : NULL;
+        t->nested_code = o[P_NESTED_CODE] != NONE ? (const void *)(base + o[P_NESTED_CODE]) : NULL;
     }
     if (next >= 0 && next != l && s->held[1 - b] != next) start(s, 1 - b, next);
 }
@@ -281,29 +281,32 @@ void model_shard_stats(const model *m, double *wait_s, double *gathered_bytes, l
 size_t model_fp32_bytes(const model_config *c) { return model_fp32_floats(c) * sizeof(float); }
 
 size_t model_shard_unit_bytes(const model_config *c, const model_quant *q, int l) {
+    /* the unit's tensors as the loader makes them, without data: piece_sizes reads only the
+     * format, shape and which absmax state exists */
     qtensor tt[LIN_COUNT], *t[LIN_COUNT];
     int nt = 0;
-    static const float dummy;
-    for (int k = 0; k < LIN_COUNT && (l < c->L ? 1 : nt < 1); k++) {
-        int in, out, col, bias;
-        qformat f = q->linear;
+    static const float present;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        int in = c->C, out = c->V, col, bias;
+        qformat f = q->lm_head;
         if (l < c->L) {
             model_lin_layout(c, k, &in, &out, &col, &bias);
-            if (!out) continue;
-        } else {
-            in = c->C, out = c->V, f = q->lm_head;
+            f = q->linear;
+        } else if (k > 0) {
+            break; /* the head: one tensor */
         }
+        if (!out) continue;
         qtensor *x = &tt[nt];
         memset(x, 0, sizeof *x);
         x->fmt = f, x->rows = out, x->cols = in, x->blocksize = q->blocksize;
         x->nested_blocksize = QUANT8_BLOCK;
         if (f == QF_NF4 || f == QF_FP4) {
             if (q->double_quant)
-                x->absmax_q = (const uint8_t *)&dummy, x->nested_code = &dummy;
+                x->absmax_q = (const uint8_t *)&present, x->nested_code = &present;
             else
-                x->absmax = &dummy;
+                x->absmax = &present;
         }
-        t[nt] = x, nt++;
+        t[nt++] = x;
     }
     size_t off[LIN_COUNT][P_COUNT];
     return layout(t, nt, off);
