@@ -5,8 +5,10 @@
  * A unit is one layer's linear weights (every piece of its qtensors: the values or packed codes,
  * absmax, the double-quantization state), or the LM head. Its pieces are laid end to end, each
  * at a 64-byte boundary, into the unit's packed form; rank j keeps the bytes
- * [dist_slice_begin(P, j), dist_slice_begin(P, j + 1)) of it (whole 64-byte units, the last
- * ranks' slices one unit shorter when N does not divide). Before a unit runs, the ranks'
+ * [dist_slice_begin(P, j), dist_slice_begin(P, j + 1)) of it (whole 64-byte units; when N does
+ * not divide their number the slices differ by one unit). No rank computes on its slice, so
+ * where the cuts fall (inside a quantization block, between a block's codes and its absmax)
+ * does not matter: only the gathered whole is used. Before a unit runs, the ranks'
  * slices are all-gathered into one of two buffers and the unit's qtensors pointed into it: the
  * bytes are those the unsharded model holds, so every matmul gives the same bits. While one
  * buffer is used the next unit is gathered into the other (MPI_Iallgatherv, driven by
