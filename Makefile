@@ -29,7 +29,7 @@ TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test bench-generate deps venv clean format
+.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-dist bench-generate bench-test deps venv clean format
 all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -140,6 +140,9 @@ bench-test:
 bench-compare:
 	@bash bench/run.sh --compare $(A) $(if $(A),$(B))
 bench: bench-train
+# data-parallel: tokens/s at 1 and 2 ranks, communication, per-rank peak RSS with --shard-base
+bench-dist: all
+	@python3 bench/bench_dist.py
 
 format:
 	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)

@@ -139,6 +139,12 @@ typedef struct ft_train_options {
                           fp32). bf16 stores the weights as bf16 unless --quant says otherwise. */
     int stride; /* eval: perplexity of a plain text file with a sliding window moved by this many
                    tokens (0: off) */
+    /* several ranks (mpirun; docs/distributed.md) */
+    int shard_base;      /* each rank keeps 1/N of the frozen weights, all-gathered per layer */
+    double dist_timeout; /* seconds a rank waits in a collective before asking whether the
+                            others are alive; one that has not answered as long after is named
+                            and the job stopped (0: no limit) */
+    int ranks;           /* plan: the number of ranks the plan is for */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
