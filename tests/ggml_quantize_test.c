@@ -1,7 +1,7 @@
 /*
- * ggml_quantize_test.c: round trips of src/ops/ggml_quantize_k.c through ggml_dequant_row
+ * ggml_quantize_test.c: round trips of src/ops/ggml_quantize.c through ggml_dequant_row
  * (Q5_0, which ftune does not dequantize elsewhere, through a decoder written here from the
- * layout in ggml_quantize_k.h), and the per-tensor type rule on a model's names.
+ * layout in ggml_quantize.h), and the per-tensor type rule on a model's names.
  *
  * Byte identity with llama.cpp is tests/peers/test_ggml_quantize.py's job; here, the error
  * bounds each type must meet whatever its search picks:
@@ -18,7 +18,7 @@
  * blocks at once (split over threads) give the bytes of one block at a time.
  */
 #include "base/half.h"
-#include "ops/ggml_quantize_k.h"
+#include "ops/ggml_quantize.h"
 #include "ops/ggml_quants.h"
 #include "test.h"
 

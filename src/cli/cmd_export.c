@@ -22,7 +22,7 @@ int cmd_export(int argc, char **argv) {
          "tokenizer.json, or a GGUF model file (re-typed, the adapter merged)"},
         {"adapter", OPT_STR, &o.adapter, "RUN", "PEFT LoRA adapter folder (ftune train's RUN)"},
         {"quant", OPT_STR, &o.quant, "TYPE",
-         "f32 (default), f16, bf16, q8_0 (or q8) or q4_0 (llama.cpp's Q4_0 mixture)"},
+         "f32 (default), f16, bf16, q8_0 (or q8), q4_0 or q4_k_m (llama.cpp's mixtures)"},
         {"overwrite", OPT_FLAG, &o.overwrite, NULL, "replace an existing output file"},
         {"quiet", OPT_FLAG, &quiet, NULL, "no progress line"},
         {0},
@@ -34,7 +34,8 @@ int cmd_export(int argc, char **argv) {
         "Write a GGUF file for llama.cpp: the model's weights (the adapter merged in as\n"
         "ftune merge merges it), its architecture metadata, tokenizer and chat template,\n"
         "with Q/K rows in llama.cpp's RoPE order; tensors as convert_hf_to_gguf.py writes them\n"
-        "(f32, f16, bf16, q8_0) or as llama_model_quantize's Q4_0 mixture (q4_0). Or, with\n"
+        "(f32, f16, bf16, q8_0) or as llama_model_quantize's Q4_0 / Q4_K_M mixtures (q4_0,\n"
+        "q4_k_m). Or, with\n"
         "--gguf-lora, the adapter alone as convert_lora_to_gguf.py writes it, each module's\n"
         "scaling (rsLoRA, rank and alpha patterns) folded into B. Tensors are streamed a few\n"
         "MB at a time; the file appears only once complete.",

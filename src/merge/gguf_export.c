@@ -19,12 +19,12 @@
  *     D rows, row h*D + 2i + j comes from row h*D + j*D/2 + i (k_proj with the kv heads).
  *     Qwen2/Qwen3 use ggml's NEOX rope and are written as they are.
  *   - types: 1-D tensors F32; matrices F32, F16, BF16 or Q8_0 (a row that is not whole Q8_0
- *     blocks: F16) as --outtype f32/f16/bf16/q8_0 gives them. Q4_0 (which the converter does not
- *     write) follows llama.cpp's llama_model_quantize for ftype MOSTLY_Q4_0 (src/llama-quant.cpp):
- *     output.weight (token_embd.weight when tied) Q6_K when its rows are whole 256-blocks, else
- *     Q8_0; every other matrix whose name ends in "weight" and is not a norm Q4_0, F16 when its
- *     rows are not whole blocks.
- * The file_type numbers are llama.cpp's LLAMA_FTYPE: f32 0, f16 1, q4_0 2, q8_0 7, bf16 32.
+ *     blocks: F16) as --outtype f32/f16/bf16/q8_0 gives them. q4_0 and q4_k_m (which the
+ *     converter does not write) take llama_model_quantize's per-tensor types for ftypes
+ *     MOSTLY_Q4_0 / MOSTLY_Q4_K_M (ggml_qplan in ops/ggml_quantize.h) and its quantizers, so
+ *     they equal what it makes of ftune's f32 export.
+ * The file_type numbers are llama.cpp's LLAMA_FTYPE: f32 0, f16 1, q4_0 2, q8_0 7, q4_k_m 15,
+ * bf16 32.
  *
  * With an adapter each changed weight is W + (B @ A) * scaling in fp32 (merge_delta_rows, the
  * code of `ftune merge`), rounded to the checkpoint's dtype: the merged folder `ftune merge`
@@ -81,8 +81,9 @@ typedef struct quant_desc {
 } quant_desc;
 
 static const quant_desc quants[] = {
-    {"f32", GGML_TYPE_F32, 0},   {"f16", GGML_TYPE_F16, 1}, {"bf16", GGML_TYPE_BF16, 32},
-    {"q8_0", GGML_TYPE_Q8_0, 7}, {"q8", GGML_TYPE_Q8_0, 7}, {"q4_0", GGML_TYPE_Q4_0, 2},
+    {"f32", GGML_TYPE_F32, 0},      {"f16", GGML_TYPE_F16, 1}, {"bf16", GGML_TYPE_BF16, 32},
+    {"q8_0", GGML_TYPE_Q8_0, 7},    {"q8", GGML_TYPE_Q8_0, 7}, {"q4_0", GGML_TYPE_Q4_0, 2},
+    {"q4_k_m", GGML_TYPE_Q4_K, 15},
 };
 
 typedef struct hparams {
@@ -178,34 +179,12 @@ static int gguf_name(const char *hf, char *out, size_t n) {
     return -1;
 }
 
-static int ends_with(const char *s, const char *suf) {
-    size_t n = strlen(s), k = strlen(suf);
-    return n >= k && !strcmp(s + n - k, suf);
-}
-
-/* The type of a tensor in the file (module comment). */
-static ft_status pick_type(const quant_desc *q, ex_item *it, int tied, ft_error *err) {
-    if (it->ndim == 1) return it->type = GGML_TYPE_F32, FT_OK;
-    uint32_t t = q->matrix_type;
-    if (t == GGML_TYPE_Q4_0) {
-        int out =
-            !strcmp(it->name, "output.weight") || (tied && !strcmp(it->name, "token_embd.weight"));
-        if (!ends_with(it->name, "weight") || strstr(it->name, "_norm.weight"))
-            t = GGML_TYPE_F32;
-        else if (out && it->cols % 256 == 0)
-            /* q4_k_m / Q6_K: the kquant quantizers are not in this build */
-            return ft_error_set(err, FT_ERR_INPUT, it->name,
-                                "export --quant q8_0 (or f16) instead, or use a build with the "
-                                "K-quant quantizers",
-                                "llama.cpp's Q4_0 rule stores this tensor as Q6_K, which is not "
-                                "available in this build");
-        else if (out)
-            t = GGML_TYPE_Q8_0;
-    }
-    const ggml_type_traits *tr = ggml_type_info(t);
-    if (it->cols % tr->block_values) t = GGML_TYPE_F16;
+/* The type of a tensor in the file (module comment); q4_0 and q4_k_m are then decided by
+ * apply_quant_plan. */
+static void pick_type(const quant_desc *q, ex_item *it) {
+    uint32_t t = it->ndim == 1 ? GGML_TYPE_F32 : q->matrix_type;
+    if (it->cols % ggml_type_info(t)->block_values) t = GGML_TYPE_F16;
     it->type = t;
-    return FT_OK;
 }
 
 static void permute_rows(const float *src, float *dst, size_t n, size_t cols, size_t D);
@@ -520,10 +499,38 @@ static ft_status gguf_items(const gguf_file *g, const quant_desc *q, const arch_
             (it->ndim == 2 ? it->rows : it->cols) != (int64_t)it->permute_heads * h->head_dim)
             return ft_error_set(err, FT_ERR_INPUT, it->name, "the file's keys do not fit it",
                                 "expected %lld rows", (long long)it->permute_heads * h->head_dim);
-        if ((st = pick_type(q, it, h->tied, err))) return st;
+        pick_type(q, it);
         (*n)++;
     }
     return FT_OK;
+}
+
+/* q4_0 and q4_k_m are what llama_model_quantize makes of the f32 export: its per-tensor types
+ * (ops/ggml_quantize.h, ggml_qplan: output and tied embeddings Q6_K, Q4_K_M's attn_v / ffn_down
+ * layers Q6_K, fallbacks for rows that are not whole blocks), so the tensors equal its output. */
+static ft_status apply_quant_plan(const quant_desc *q, const arch_desc *a, const hparams *h,
+                                  ex_item *items, int n, ft_error *err) {
+    if (q->file_type != GGML_FTYPE_Q4_0 && q->file_type != GGML_FTYPE_Q4_K_M) return FT_OK;
+    const char **names = malloc((size_t)(n ? n : 1) * sizeof *names);
+    if (!names) return ft_error_set(err, FT_ERR_RUNTIME, "export", NULL, "out of memory");
+    for (int i = 0; i < n; i++)
+        names[i] = items[i].name;
+    ggml_qplan plan;
+    ft_status st = FT_OK;
+    if (ggml_qplan_init(&plan, (int)q->file_type, a->gguf, (int)h->n_layer, (int)h->n_head,
+                        (int)h->n_head_kv, names, (size_t)n))
+        st = ft_error_set(err, FT_ERR_INPUT, "option --quant", NULL, "no plan for %s", q->name);
+    for (int i = 0; i < n && !st; i++) {
+        ex_item *it = &items[i];
+        int64_t ne[2] = {it->cols, it->rows};
+        it->type = ggml_qplan_type(&plan, it->name, it->ndim, ne);
+        if (it->type == GGML_TYPE_Q5_K)
+            st = ft_error_set(err, FT_ERR_INPUT, it->name, "export --quant q8_0 or q4_0",
+                              "llama.cpp's Q4_K_M rule makes this tensor Q5_K on a 70B-shape "
+                              "model, which ftune does not write yet");
+    }
+    free(names);
+    return st;
 }
 
 ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_error *err) {
@@ -532,13 +539,10 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
     const quant_desc *q = NULL;
     for (size_t i = 0; i < sizeof quants / sizeof quants[0]; i++)
         if (!strcmp(qn, quants[i].name)) q = &quants[i];
-    /* q4_k_m: wired in once the K-quant quantizers (src/ops/ggml_quantize_k.c) are merged */
-    if (!strcmp(qn, "q4_k_m"))
-        return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use q4_0, q8_0, f16, bf16 or f32",
-                            "q4_k_m: not available in this build");
     if (!q)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant",
-                            "use f32, f16, bf16, q8_0 (q8) or q4_0", "unknown type \"%s\"", qn);
+                            "use f32, f16, bf16, q8_0 (q8), q4_0 or q4_k_m", "unknown type \"%s\"",
+                            qn);
     ft_status st;
     if ((st = check_out(o->out, o->overwrite, err))) return st;
     if (o->lora && o->adapter && (st = refuse_dora(o->adapter, err))) return st;
@@ -620,11 +624,12 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
                 it->permute_heads, h.head_dim);
             goto done;
         }
-        if ((st = pick_type(q, it, h.tied, err))) goto done;
+        pick_type(q, it);
         n++;
     }
 items_ready:
     if (ad && (st = bind_adapter(ad, items, n, err))) goto done;
+    if (!o->lora && (st = apply_quant_plan(q, a, &h, items, n, err))) goto done;
     if (o->lora) {
         if (!ad) {
             st = ft_error_set(err, FT_ERR_INPUT, "ftune export", "pass --adapter RUN",

@@ -11,7 +11,8 @@ What is compared, and the tolerance:
 - every tensor (type, shape and bytes) and every metadata key equal to convert_hf_to_gguf.py's
   file on the same folder for f32, f16, bf16 and q8_0, except general.name (ftune: the folder's
   name) and general.size_label (not written);
-- the q4_0 file's tensors byte for byte equal to llama_cpp.llama_model_quantize(ftype Q4_0) run on
+- the q4_0 and q4_k_m files' tensors (their types included) byte for byte equal to
+  llama_cpp.llama_model_quantize(ftype Q4_0 / Q4_K_M) run on
   ftune's f32 export;
 - llama.cpp running the f32 file (f32 KV cache): logits within 1e-4 * max(1, max |ref|) of
   transformers' fp32 forward (fp32 sums in another order; 4e-6 measured), the greedy tokens equal;
@@ -53,7 +54,9 @@ SHARED_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers")
 SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           "llama_bias": ("llama_bias", "smollm-135m", 49153),  # q/k biases, tied embeddings
           "qwen2": ("qwen2", "qwen3", 151669),
-          "qwen3": ("qwen3", "qwen3", 151669)}
+          "qwen3": ("qwen3", "qwen3", 151669),
+          # rows of 256 and 512 values: Q4_K_M's Q4_K and Q6_K tensors without fallbacks
+          "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
 
 
@@ -74,9 +77,9 @@ def converter():
     return script
 
 
-def build(arch, tok, vocab, out, dtype="f32", seed=0):
+def build(arch, tok, vocab, out, dtype="f32", seed=0, over=None):
     cfg_cls, model_cls, kw, *_ = models.ARCHS[arch]
-    cfg = getattr(transformers, cfg_cls)(**dict(kw, vocab_size=vocab))
+    cfg = getattr(transformers, cfg_cls)(**dict(kw, vocab_size=vocab, **(over or {})))
     torch.manual_seed(seed)
     m = getattr(transformers, model_cls)(cfg).to(torch.float32)
     models.randomize_(m, seed)
@@ -96,8 +99,8 @@ def folders(tmp_path_factory):
 
     def get(name):
         if name not in cache:
-            arch, tok, vocab = SETUPS[name]
-            cache[name] = build(arch, tok, vocab, root / name)
+            arch, tok, vocab, *over = SETUPS[name]
+            cache[name] = build(arch, tok, vocab, root / name, over=over[0] if over else None)
         return cache[name]
     get.root = root
     return get
@@ -201,15 +204,22 @@ def test_equals_convert_hf_to_gguf(folders, converted, name, outtype):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama_bias"])  # tied: token_embd takes output's Q8_0
-def test_q4_0_equals_llama_model_quantize(folders, name):
+@pytest.mark.parametrize("name,quant,kind", [
+    ("llama_bias", "q4_0", "Q4_0"),  # tied: token_embd takes output's Q8_0
+    ("llama256", "q4_0", "Q4_0"),  # output.weight Q6_K
+    ("llama256", "q4_k_m", "Q4_K"),  # Q4_K, and Q6_K for output, attn_v / ffn_down of some layers
+    ("llama_bias", "q4_k_m", "Q5_0")])  # rows of 64: Q4_K falls back to Q5_0, Q6_K to Q8_0
+def test_quantized_equals_llama_model_quantize(folders, name, quant, kind):
     import llama_cpp
     d = folders(name)
-    f32 = export(d, folders.root / f"{name}.q4src.gguf")
-    ours = export(d, folders.root / f"{name}.q4_0.gguf", "--quant", "q4_0")
-    ref = str(folders.root / f"{name}.q4_0.ref.gguf")
+    f32 = str(folders.root / f"{name}.q4src.gguf")
+    if not os.path.exists(f32):
+        export(d, f32)
+    ours = export(d, folders.root / f"{name}.{quant}.gguf", "--quant", quant)
+    ref = str(folders.root / f"{name}.{quant}.ref.gguf")
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.ftype = {"q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+                    "q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M}[quant]
     params.nthread = 2
     assert llama_cpp.llama_model_quantize(f32.encode(), ref.encode(), params) == 0
     ta, tb = tensors(gguf.GGUFReader(ours)), tensors(gguf.GGUFReader(ref))
@@ -219,7 +229,9 @@ def test_q4_0_equals_llama_model_quantize(folders, name):
         assert ta[n][:2] == tb[n][:2], n
         assert ta[n][2] == tb[n][2], n
         kinds.add(ta[n][0].name)
-    assert "Q4_0" in kinds
+    assert kind in kinds
+    if name == "llama256":
+        assert "Q6_K" in kinds
 
 
 # --- llama.cpp running the files -----------------------------------------------------------------
@@ -397,8 +409,8 @@ def test_bad_input(folders, tmp_path):
     dora = models.make_adapter(d, "llama", str(tmp_path / "dora"), use_dora=True)
     p = run_ftune(["export", "--gguf-lora", tmp_path / "l.gguf", "--model", d, "--adapter", dora])
     assert p.returncode == 2 and "use_dora" in p.stderr and "--gguf" in p.stderr
-    # q4_k_m is not in this build yet; an unknown type
-    for q in ("q4_k_m", "q3"):
+    # an unknown type
+    for q in ("q3",):
         p = run_ftune(["export", "--gguf", tmp_path / "q.gguf", "--model", d, "--quant", q])
         assert p.returncode == 2 and "--quant" in p.stderr
     assert not (tmp_path / "q.gguf").exists() and not (tmp_path / "l.gguf").exists()

@@ -1,4 +1,4 @@
-"""ftune's GGUF quantizers (src/ops/ggml_quantize_k.c) against llama.cpp's llama_model_quantize.
+"""ftune's GGUF quantizers (src/ops/ggml_quantize.c) against llama.cpp's llama_model_quantize.
 
 For F32 GGUF models shaped like llama, qwen2 (tied embeddings, attention biases) and qwen3
 (q/k norms, tied), plus one whose rows are not multiples of 256 (hidden 288) or even of 32

@@ -10,7 +10,7 @@
  */
 #include "io/atomic.h"
 #include "io/gguf.h"
-#include "ops/ggml_quantize_k.h"
+#include "ops/ggml_quantize.h"
 #include "ops/ggml_quants.h"
 
 #include <stdio.h>
