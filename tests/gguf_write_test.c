@@ -148,7 +148,7 @@ static void test_quantizers(void) {
               (int8_t)q8[4] == -3 && (int8_t)q8[5] == -127 && q8[6] == 0,
           "Q8_0 block");
     CHECK(ggml_quantize_row(GGML_TYPE_Q8_0, v, q8, 31) == -1 &&
-              ggml_quantize_row(GGML_TYPE_Q4_K, v, q8, 256) == -1,
+              ggml_quantize_row(GGML_TYPE_Q5_K, v, q8, 256) == -1,
           "not whole blocks / not a type quantized here");
 }
 
