@@ -29,7 +29,7 @@ TESTS   := $(patsubst tests/%.c,$(B)/tests/%,$(wildcard tests/*_test.c))
 TOOLS   := $(patsubst tests/tools/%.c,$(B)/tests/tools/%,$(wildcard tests/tools/*.c))
 HDRS    := $(wildcard include/*.h src/*/*.h)
 
-.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-test bench-merge deps venv clean format
+.PHONY: all test ctest ctest-avx2 peertest peertest-avx2 asan demo bench bench-train bench-gemm bench-compare bench-dist bench-generate bench-merge bench-test deps venv clean format
 all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
@@ -133,11 +133,20 @@ bench-train: all $(B)/bench/gemm_peak
 # (bench/bench_merge.py; results under bench/results/merge-*.json). Not part of make test.
 bench-merge: all
 	@$$(bash tools/venv.sh)/bin/python bench/bench_merge.py --python $$(bash tools/venv.sh)/bin/python
+# bench-generate: ftune generate against llama.cpp on the same GGUF files (bench/bench_generate.py)
+$(B)/bench/membw: bench/membw.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $< -o $@
+bench-generate: all $(B)/bench/membw
+	@bash bench/run.sh --generate --membw $(B)/bench/membw $(if $(SHAPES),--shapes $(SHAPES))
 bench-test:
 	@$$(bash tools/venv.sh)/bin/python -m pytest -q bench/test_bench_train.py
 bench-compare:
 	@bash bench/run.sh --compare $(A) $(if $(A),$(B))
 bench: bench-train
+# data-parallel: tokens/s at 1 and 2 ranks, communication, per-rank peak RSS with --shard-base
+bench-dist: all
+	@python3 bench/bench_dist.py
 
 format:
 	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)

@@ -4,7 +4,8 @@
 # bench/results/. BENCH_QUICK=1: SmolLM-135M at 4x512 only. Extra arguments go to bench_train.py
 # (e.g. --configs ftune-fp32,torch-fp32 or --shapes qwen3-0.6b; --estimate: how long, from earlier
 # results); `run.sh --merge A B ...` joins per-shape results files into one, `run.sh --show A`
-# prints a stored file's table, `run.sh --compare [A B]` compares two results files.
+# prints a stored file's table, `run.sh --compare [A B]` compares two results files;
+# `run.sh --generate ...`: the generation benchmark (bench/bench_generate.py, make bench-generate).
 # The Python side uses the test venv (tools/venv.sh creates it once under ~/.cache/ftune/); the
 # models are made on first use.
 set -euo pipefail
@@ -14,4 +15,8 @@ if [ "${1:-}" = "--compare" ]; then
   exec python3 bench/bench_train.py --compare "$@"
 fi
 venv=$(bash tools/venv.sh)
+if [ "${1:-}" = "--generate" ]; then
+  shift
+  exec "$venv/bin/python" bench/bench_generate.py --ftune "${FTUNE_BIN:-$PWD/build/ftune}" "$@"
+fi
 exec "$venv/bin/python" bench/bench_train.py --ftune "${FTUNE_BIN:-$PWD/build/ftune}" "$@"

@@ -139,6 +139,12 @@ typedef struct ft_train_options {
                           fp32). bf16 stores the weights as bf16 unless --quant says otherwise. */
     int stride; /* eval: perplexity of a plain text file with a sliding window moved by this many
                    tokens (0: off) */
+    /* several ranks (mpirun; docs/distributed.md) */
+    int shard_base;      /* each rank keeps 1/N of the frozen weights, all-gathered per layer */
+    double dist_timeout; /* seconds a rank waits in a collective before asking whether the
+                            others are alive; one that has not answered as long after is named
+                            and the job stopped (0: no limit) */
+    int ranks;           /* plan: the number of ranks the plan is for */
 } ft_train_options;
 
 void ft_train_defaults(ft_train_options *o);
@@ -169,6 +175,11 @@ typedef struct ft_eval_result {
     long tokens;   /* counted tokens */
 } ft_eval_result;
 ft_status ft_eval(const ft_eval_options *o, ft_eval_result *res, ft_error *err);
+/* `ftune eval --compare-adapter`: the base model (res[0]) and the model with each of the n
+ * adapters (res[1..n]) on the same data (o->adapter_dir unused; no dumps), the model, the data or
+ * the --stride text loaded once. */
+ft_status ft_eval_compare(const ft_eval_options *o, const char *const *adapters, int n,
+                          ft_eval_result *res, ft_error *err);
 
 /* Library version string, e.g. "0.1.0". */
 const char *ft_version(void);

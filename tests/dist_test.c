@@ -52,6 +52,37 @@ int main(void) {
     CHECK(bad_d == 0, "%d of %d fp64 sums differ from the rank-order sum (rank %d of %d)", bad_d, n,
           rank, N);
 
+    /* the overlapped sum: segments of uneven sizes started in a row (the last one empty), then
+     * finished; every element the same rank-order sum */
+    CHECK(dist_reserve_overlap(4, n, &err) == FT_OK, "dist_reserve_overlap");
+    static float yf[n];
+    for (size_t e = 0; e < n; e++)
+        yf[e] = (float)value(rank, e);
+    const size_t cut[5] = {0, 700, 701, 1001, 1001};
+    for (int i = 3; i >= 0; i--) { /* backward's order: the last segment first */
+        dist_sum_f32_start(yf + cut[i], cut[i + 1] - cut[i]);
+        dist_progress();
+    }
+    double wait_s = -1, comm_s = -1;
+    dist_sum_f32_finish(&wait_s, &comm_s);
+    CHECK(memcmp(yf, xf, sizeof yf) == 0, "overlapped sums differ from dist_sum_f32 (rank %d)",
+          rank);
+    CHECK(wait_s >= 0 && comm_s >= 0, "wait %g comm %g", wait_s, comm_s);
+
+    /* an all-gather of 64-byte units: every rank's slice arrives whole (N need not divide) */
+    enum { GB = 64 * 37 };
+    static unsigned char gbuf[GB], mine[GB];
+    size_t a0 = dist_slice_begin(GB, rank), a1 = dist_slice_begin(GB, rank + 1);
+    for (size_t i = a0; i < a1; i++)
+        mine[i - a0] = (unsigned char)(i * 31 + 7);
+    int h = dist_gather_start(gbuf, GB, mine);
+    dist_gather_wait(h, NULL);
+    int bad_g = 0;
+    for (size_t i = 0; i < GB; i++)
+        bad_g += gbuf[i] != (unsigned char)(i * 31 + 7);
+    CHECK(bad_g == 0, "all-gather: %d of %d bytes wrong (rank %d of %d)", bad_g, GB, rank, N);
+    CHECK(dist_slice_begin(GB, 0) == 0 && dist_slice_begin(GB, N) == GB, "slices cover the buffer");
+
     long v = dist_max(10 + (rank == N - 1 ? 5 : rank % 2), NULL);
     CHECK(v == 15, "dist_max %ld", v);
     int who = -1;

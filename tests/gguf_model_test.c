@@ -9,8 +9,10 @@
  *   - the RoPE rows: in a llama file, Q row r of the model is file row h*D + 2i + s for
  *     r = h*D + s*D/2 + i (llama.cpp's permute undone), for Q and K (Hkv heads) and their biases;
  *     a qwen2 file is read as it is. Rows hold their own file index, so the check is exact;
- *   - storage: F32 and Q8_0 layers kept in that format (Q8_0 rows copied byte for byte), Q4_0
- *     dequantized to fp32;
+ *   - storage: F32, Q8_0 and Q4_0 layers kept in that format (rows copied byte for byte);
+ *   - phi3: attn_qkv and ffn_up onto the fused qkv_proj / gate_up_proj as stored, the rotated
+ *     dims of rope.dimension_count, attention.sliding_window on every layer; longrope factor
+ *     tensors refused;
  *   - a SentencePiece ("llama") vocabulary with scores: the merges recovered from the scores give
  *     the expected ids (worked out by hand from generate_merges' order), BOS added;
  *   - bad input: unknown architecture, a missing key, a tensor of the wrong shape, no tokenizer:
@@ -42,6 +44,7 @@ typedef struct spec {
     int tokenizer;     /* write the vocabulary */
     int untied;        /* write output.weight */
     int qkv_bias;      /* write attn_q/k/v biases */
+    int longrope;      /* phi3: write rope_factors_long/short.weight */
 } spec;
 
 typedef struct tensors {
@@ -116,6 +119,11 @@ static const char *write_model(const char *name, const spec *s) {
     key(&kv, k, GGUF_F32), f32(&kv, 1e-5f), nkv++;
     snprintf(k, sizeof k, "%s.rope.freq_base", s->arch);
     key(&kv, k, GGUF_F32), f32(&kv, 500.0f), nkv++;
+    int phi3 = !strcmp(s->arch, "phi3");
+    if (phi3) { /* half of each head rotated, a window of 16 (Phi3MiniModel's keys) */
+        KEY_U32("rope.dimension_count", D / 2);
+        KEY_U32("attention.sliding_window", 16);
+    }
 #undef KEY_U32
     if (s->tokenizer) {
         /* SentencePiece-style: generate_merges over these scores gives, best first,
@@ -153,17 +161,29 @@ static const char *write_model(const char *name, const spec *s) {
     if (s->untied) mat(&t, "output.weight", V, C, GGML_TYPE_F32);
     vec(&t, "blk.0.attn_norm.weight", C, 1.0f);
     vec(&t, "blk.0.ffn_norm.weight", C, 1.0f);
-    mat(&t, "blk.0.attn_q.weight", H * D + (s->bad_shape ? 1 : 0), C, s->lin_type);
-    mat(&t, "blk.0.attn_k.weight", HKV * D, C, s->lin_type);
-    mat(&t, "blk.0.attn_v.weight", HKV * D, C, s->lin_type);
+    if (s->longrope) {
+        vec(&t, "rope_factors_long.weight", D / 4, 1.0f);
+        vec(&t, "rope_factors_short.weight", D / 4, 1.0f);
+    }
+    if (phi3) { /* fused as Hugging Face's qkv_proj and gate_up_proj */
+        mat(&t, "blk.0.attn_qkv.weight", (H + 2 * HKV) * D, C, s->lin_type);
+    } else {
+        mat(&t, "blk.0.attn_q.weight", H * D + (s->bad_shape ? 1 : 0), C, s->lin_type);
+        mat(&t, "blk.0.attn_k.weight", HKV * D, C, s->lin_type);
+        mat(&t, "blk.0.attn_v.weight", HKV * D, C, s->lin_type);
+    }
     if (s->qkv_bias) {
         vec(&t, "blk.0.attn_q.bias", H * D, 0.0f);
         vec(&t, "blk.0.attn_k.bias", HKV * D, 0.0f);
         vec(&t, "blk.0.attn_v.bias", HKV * D, 0.0f);
     }
     mat(&t, "blk.0.attn_output.weight", C, H * D, s->lin_type);
-    mat(&t, "blk.0.ffn_gate.weight", I, C, s->lin_type);
-    mat(&t, "blk.0.ffn_up.weight", I, C, s->lin_type);
+    if (phi3) {
+        mat(&t, "blk.0.ffn_up.weight", 2 * I, C, s->lin_type);
+    } else {
+        mat(&t, "blk.0.ffn_gate.weight", I, C, s->lin_type);
+        mat(&t, "blk.0.ffn_up.weight", I, C, s->lin_type);
+    }
     mat(&t, "blk.0.ffn_down.weight", C, I, s->lin_type);
     buf f = {0};
     put(&f, "GGUF", 4);
@@ -205,7 +225,7 @@ static void check_rows(const qtensor *w, int permuted, const char *what) {
 }
 
 static void test_llama(uint32_t type, qformat want_fmt, const char *name) {
-    spec s = {"llama", type, NULL, 0, 1, 0, 0};
+    spec s = {"llama", type, NULL, 0, 1, 0, 0, 0};
     const char *path = write_model(name, &s);
     model m;
     ft_error err = {0};
@@ -235,7 +255,7 @@ static void test_llama(uint32_t type, qformat want_fmt, const char *name) {
 }
 
 static void test_qwen2(void) {
-    spec s = {"qwen2", GGML_TYPE_F32, NULL, 0, 0, 1, 1};
+    spec s = {"qwen2", GGML_TYPE_F32, NULL, 0, 0, 1, 1, 0};
     const char *path = write_model("qwen2.gguf", &s);
     model m;
     ft_error err = {0};
@@ -246,8 +266,34 @@ static void test_qwen2(void) {
     model_free(&m);
 }
 
+/* phi3: attn_qkv and ffn_up (gate|up) onto the fused layers, rows as stored; half-head rope;
+ * the sliding window on every layer */
+static void test_phi3(uint32_t type, qformat want_fmt, const char *name) {
+    spec s = {"phi3", type, NULL, 0, 0, 1, 0, 0};
+    const char *path = write_model(name, &s);
+    model m;
+    ft_error err = {0};
+    REQUIRE(model_load_with(path, NULL, &m, &err) == FT_OK, "%s: %s: %s", name, err.where,
+            err.what);
+    const model_config *c = &m.cfg;
+    CHECK(c->arch->fused_qkv && c->arch->fused_gate_up, "%s: fused architecture", name);
+    CHECK(c->rot_dim == D / 2 && c->window[0] == 16, "%s: rot_dim %d window %d", name, c->rot_dim,
+          c->window[0]);
+    CHECK_NEAR(c->inv_freq[1], 1.0f / powf(500.0f, 2.0f / (D / 2)), 1e-7,
+               "phi3 inv_freq[1] over the rotated dims");
+    const block_weights *b = &m.blocks[0];
+    CHECK(b->lin[LIN_QKV].W.rows == (H + 2 * HKV) * D && b->lin[LIN_GATE_UP].W.rows == 2 * I &&
+              !b->lin[LIN_Q].out && !b->lin[LIN_UP].out,
+          "%s: fused shapes", name);
+    CHECK(b->lin[LIN_QKV].W.fmt == want_fmt, "%s: stored as %s", name,
+          qformat_info(b->lin[LIN_QKV].W.fmt)->name);
+    check_rows(&b->lin[LIN_QKV].W, 0, "phi3 qkv (NeoX rope: as stored)");
+    check_rows(&b->lin[LIN_GATE_UP].W, 0, "phi3 gate_up (gate rows, then up rows)");
+    model_free(&m);
+}
+
 static void test_vocab(void) {
-    spec s = {"llama", GGML_TYPE_F32, NULL, 0, 1, 0, 0};
+    spec s = {"llama", GGML_TYPE_F32, NULL, 0, 1, 0, 0, 0};
     const char *path = write_model("vocab.gguf", &s);
     tokenizer *t = NULL;
     ft_error err = {0};
@@ -309,14 +355,16 @@ static void expect_error(const spec *s, const char *name, const char *needle, in
 }
 
 static void test_errors(void) {
-    spec arch = {"gptx", GGML_TYPE_F32, NULL, 0, 1, 0, 0};
+    spec arch = {"gptx", GGML_TYPE_F32, NULL, 0, 1, 0, 0, 0};
     expect_error(&arch, "arch.gguf", "general.architecture", 0);
-    spec miss = {"llama", GGML_TYPE_F32, "llama.attention.head_count", 0, 1, 0, 0};
+    spec miss = {"llama", GGML_TYPE_F32, "llama.attention.head_count", 0, 1, 0, 0, 0};
     expect_error(&miss, "miss.gguf", "llama.attention.head_count", 0);
-    spec shape = {"llama", GGML_TYPE_F32, NULL, 1, 1, 0, 0};
+    spec shape = {"llama", GGML_TYPE_F32, NULL, 1, 1, 0, 0, 0};
     expect_error(&shape, "shape.gguf", "blk.0.attn_q.weight", 0);
-    spec notok = {"llama", GGML_TYPE_F32, NULL, 0, 0, 0, 0};
+    spec notok = {"llama", GGML_TYPE_F32, NULL, 0, 0, 0, 0, 0};
     expect_error(&notok, "notok.gguf", "tokenizer.ggml.model", 1);
+    spec longrope = {"phi3", GGML_TYPE_F32, NULL, 0, 1, 1, 0, 1};
+    expect_error(&longrope, "longrope.gguf", "rope_factors_long.weight", 0);
 }
 
 static void test_stories(void) {
@@ -347,8 +395,10 @@ int main(void) {
     mkdir(dir, 0700);
     test_llama(GGML_TYPE_F32, QF_F32, "llama_f32.gguf");
     test_llama(GGML_TYPE_Q8_0, QF_Q8_0, "llama_q8.gguf");
-    test_llama(GGML_TYPE_Q4_0, QF_F32, "llama_q4.gguf");
+    test_llama(GGML_TYPE_Q4_0, QF_Q4_0, "llama_q4.gguf");
     test_qwen2();
+    test_phi3(GGML_TYPE_F32, QF_F32, "phi3_f32.gguf");
+    test_phi3(GGML_TYPE_Q8_0, QF_Q8_0, "phi3_q8.gguf");
     test_vocab();
     test_errors();
     test_stories();

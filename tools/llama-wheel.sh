@@ -25,7 +25,9 @@ if ! ls "$wheels"/llama_cpp_python-"$ver"-*.whl >/dev/null 2>&1; then
   mv "$tmp"/out/llama_cpp_python-"$ver"-*.whl "$wheels/"
   rm -rf "$tmp"
 fi
-if [ ! -f "$src/.complete" ]; then
+# (conversion/ is the package convert_hf_to_gguf.py imports since llama.cpp split it up; an
+# unpack made before it was listed here lacks it and is redone)
+if [ ! -f "$src/.complete" ] || [ ! -d "$src/conversion" ]; then
   tmp=$(mktemp -d)
   "$venv/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
     "llama-cpp-python==$ver" -d "$tmp"
@@ -33,6 +35,7 @@ if [ ! -f "$src/.complete" ]; then
   tar xzf "$tmp"/llama_cpp_python-"$ver".tar.gz -C "$src" --strip-components=3 \
     "llama_cpp_python-$ver/vendor/llama.cpp/convert_hf_to_gguf.py" \
     "llama_cpp_python-$ver/vendor/llama.cpp/convert_lora_to_gguf.py" \
+    "llama_cpp_python-$ver/vendor/llama.cpp/conversion" \
     "llama_cpp_python-$ver/vendor/llama.cpp/gguf-py"
   rm -rf "$tmp"
   touch "$src/.complete"

@@ -18,7 +18,7 @@ fi
 # The extra peers (tests/peers/requirements-extra.txt): llama.cpp through llama-cpp-python, from a
 # wheel built once and cached beside the venv, and mergekit. Stamped by the file's hash.
 extra=tests/peers/requirements-extra.txt
-xkey=$(sha256sum "$extra" | cut -c1-12)
+xkey=$(cat "$extra" tools/llama-wheel.sh | sha256sum | cut -c1-12)
 if [ ! -f "$dir/.extra-$xkey" ]; then
   bash tools/llama-wheel.sh "$dir" >&2
   wheels="${FTUNE_CACHE:-$HOME/.cache/ftune}/wheels"

@@ -66,7 +66,8 @@ static void print_spec(const opt_spec *s, FILE *f) {
 }
 
 static int spec_group(const opt_spec *s) {
-    return s->kind == OPT_ROW ? (int)((const opt_bind *)s->dst)->row->group : -1;
+    if (s->kind == OPT_ROW) return (int)((const opt_bind *)s->dst)->row->group;
+    return s->group - 1;
 }
 
 /* The options without a group first (a command's own), then the table's by group. */

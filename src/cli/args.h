@@ -32,6 +32,8 @@ typedef struct opt_spec {
     void *dst;           /* const char **, long *, double *, int *, or args_list * */
     const char *metavar; /* shown in help, e.g. "DIR"; NULL for flags */
     const char *help;    /* one line; the default is printed after it */
+    int group; /* a spec not from the table: 1 + an OG_ value puts it in that --help group; 0:
+                * with the command's own options */
 } opt_spec;
 
 /* An option of the options table: its row, the options it is parsed into, the list that

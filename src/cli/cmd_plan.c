@@ -18,11 +18,17 @@ static const char *const examples =
     "  # the same with QLoRA and gradient checkpointing\n"
     "  ftune plan --model DIR --quant nf4 --grad-checkpoint --lora-targets all-linear --lora-r 16\n"
     "  # bf16 compute and bf16 checkpoints, 4 x 4096\n"
-    "  ftune plan --model DIR --dtype bf16 --grad-checkpoint --batch-size 4 --seq-len 4096";
+    "  ftune plan --model DIR --dtype bf16 --grad-checkpoint --batch-size 4 --seq-len 4096\n"
+    "  # each of 4 ranks of mpirun -np 4 ftune train --shard-base\n"
+    "  ftune plan --model DIR --quant nf4 --ranks 4 --shard-base";
 
 static void print_plan(const memory_plan *p, const model_quant *q, const ft_train_options *o,
                        int ckpt) {
     const double MB = 1048576.0;
+    if (o->ranks > 1)
+        printf("memory plan of each of %d ranks%s\n", o->ranks,
+               o->shard_base ? " (--shard-base: 1/N of the frozen weights, two layers gathered)"
+                             : " (each holds the whole model)");
     printf("memory plan (B %d, T %d, LoRA r %d on %d modules, %zu parameters%s)\n", o->batch_size,
            o->seq_len, o->lora_r, p->lora_modules, p->lora_params,
            ckpt == CKPT_BF16 ? ", gradient checkpointing in bf16"
@@ -91,6 +97,7 @@ int cmd_plan(int argc, char **argv) {
     if (!rc)
         rc = memory_plan_make(&cfg, &q, o.batch_size, o.seq_len, o.lora_r, o.lora_targets, ckpt, &p,
                               &err);
+    if (!rc) memory_plan_ranks(&p, &cfg, &q, o.ranks, o.shard_base);
     if (have_cfg) model_config_free(&cfg);
     if (rc) {
         ft_error_print(&err, stderr);

@@ -18,7 +18,8 @@
     X("merge-adapters", cmd_merge_adapters,                                                        \
       "combine LoRA adapters: linear, cat, svd, TIES, DARE, magnitude pruning")                    \
     X("merge-models", cmd_merge_models,                                                            \
-      "combine fine-tuned models as mergekit: linear, task arithmetic, TIES, DARE, slerp")
+      "combine fine-tuned models as mergekit: linear, task arithmetic, TIES, DARE, slerp") \
+    X("export", cmd_export, "write a model (with an adapter merged) or an adapter as GGUF")
 
 #define X(name, fn, summary) int fn(int argc, char **argv);
 FT_COMMANDS(X)

@@ -96,6 +96,16 @@ static void find_end_of_turn(infer_session *s) {
     cJSON_Delete(msgs);
 }
 
+/* Does the GGUF file at path carry a vocabulary (tokenizer.ggml.model)? */
+static int gguf_has_vocab(const char *path) {
+    gguf_file *g;
+    ft_error e;
+    if (gguf_open(path, &g, &e)) return 1; /* let tok_load report the file */
+    int has = gguf_find_kv(g, "tokenizer.ggml.model") != NULL;
+    gguf_close(g);
+    return has;
+}
+
 ft_status infer_session_open(const infer_session_options *o, infer_session *s, ft_error *err) {
     memset(s, 0, sizeof *s);
     s->eot = -1;
@@ -125,13 +135,20 @@ ft_status infer_session_open(const infer_session_options *o, infer_session *s, f
     if (!st) st = gen_defaults_load(o->model_dir, &s->gd, err);
     char tpath[4200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", o->model_dir);
-    int have_tok = gguf || access(tpath, R_OK) == 0;
-    if (!st && o->need_tokenizer && !have_tok)
+    /* a GGUF file's vocabulary is its tokenizer.ggml.* keys, which a file may lack */
+    int have_tok = gguf ? gguf_has_vocab(o->model_dir) : access(tpath, R_OK) == 0;
+    if (!st && o->need_tokenizer && !have_tok && gguf) {
+        char w[4400];
+        snprintf(w, sizeof w, "%s: key \"tokenizer.ggml.model\"", o->model_dir);
+        st = ft_error_set(err, FT_ERR_INPUT, w, "give token ids: --prompt-ids with --json",
+                          "the file carries no vocabulary, which text needs");
+    } else if (!st && o->need_tokenizer && !have_tok) {
         st =
             ft_error_set(err, FT_ERR_INPUT, tpath,
                          "copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) "
                          "into the folder, or give token ids: --prompt-ids with --json",
                          "the model folder has no tokenizer.json, which text needs");
+    }
     if (!st && have_tok) st = tok_load(o->model_dir, &s->tok, err);
     if (!st && o->need_template) {
         st = chat_template_args(o->template_args, o->n_template_args, &s->targs, err);

@@ -569,11 +569,7 @@ ft_status st_find_shaped(const st_set *s, const char *name, int ndim, const int6
 /* Pages are dropped whole: the range is widened to page boundaries. That may drop a page shared
  * with a neighbouring tensor, which only costs reading it again from the file if it is used. */
 void st_release_pages(const st_tensor *t) {
-    if (!t || !t->nbytes) return;
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = (uintptr_t)t->data & ~(page - 1);
-    uintptr_t hi = ((uintptr_t)t->data + t->nbytes + page - 1) & ~(page - 1);
-    madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    if (t) io_release_pages(t->data, t->nbytes);
 }
 
 int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset) {

@@ -40,6 +40,12 @@ typedef struct adapter {
  * between A and B, non-float tensors. */
 ft_status adapter_load(const char *dir, adapter **out, ft_error *err);
 void adapter_free(adapter *a);
+/* Rows [r0, r0 + n) (cols values each) of m's delta B @ A (its transpose for a Conv1D weight,
+ * transposed set) into d, times m->scaling when scale is set (rounded to fp32 first, as PEFT
+ * multiplies by the Python float): the fp32 delta `ftune merge` adds to W (fold.c), merge-models
+ * (models.c) and `ftune export` (gguf_export.c). */
+void merge_delta_rows(const adapter_module *m, int transposed, size_t r0, size_t n, size_t cols,
+                      float *d, int scale);
 /* The module named name (PEFT's path), or NULL. */
 const adapter_module *adapter_find(const adapter *a, const char *name);
 

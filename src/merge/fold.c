@@ -176,12 +176,16 @@ static ft_status convert_bnb(const fold_item *it, const qtensor *q, float *w, vo
 }
 
 void merge_delta_rows(const adapter_module *m, int transposed, size_t r0, size_t n, size_t cols,
-                      float *d) {
+                      float *d, int scale) {
     if (!transposed) /* rows r0.. of B @ A: B[r0:r0+n] (n, r) @ A (r, in) */
         gemm(0, 0, (int)n, (int)cols, m->r, 1.0f, m->B + r0 * (size_t)m->r, m->r, m->A, m->in, 0.0f,
              d, (int)cols);
     else /* rows r0.. of (B @ A)^T = A[:, r0:r0+n]^T (n, r) @ B^T (r, out) */
         gemm(1, 1, (int)n, (int)cols, m->r, 1.0f, m->A + r0, m->in, m->B, m->r, 0.0f, d, (int)cols);
+    if (!scale) return;
+    const float s = (float)m->scaling; /* tensor * Python float: the float rounded to fp32 */
+    for (size_t i = 0; i < n * cols; i++)
+        d[i] *= s;
 }
 
 /* W + delta for one weight, rows [r0, r0 + n) at a time: w holds W's rows as fp32, d the delta's
@@ -198,7 +202,7 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
         size_t n = rows - r0 < rc ? rows - r0 : rc;
         ft_status st = read_rows(it, q, r0, n, w, err);
         if (st) return st;
-        merge_delta_rows(m, it->transposed, r0, n, cols, d);
+        merge_delta_rows(m, it->transposed, r0, n, cols, d, 0);
         size_t k = n * cols;
         int bad = 0;
         /* W in the dtype the model was loaded in: the out dtype, or for a 4-bit weight the
@@ -363,7 +367,7 @@ static ft_status requant_compute(const st_set *in, const fold_item *items, int o
         size_t nr = rows - r0 < rc ? rows - r0 : rc, k = nr * cols, first = r0 * cols;
         st = read_rows(it, &q, r0, nr, w, err);
         if (st) break;
-        merge_delta_rows(m, it->transposed, r0, nr, cols, dd);
+        merge_delta_rows(m, it->transposed, r0, nr, cols, dd, 0);
         for (size_t i = 0; i < k; i++)
             w[i] = w[i] + dd[i] * s;
         quant4_quantize(r->type, w, k, r->blocksize, r->packed + first / 2, r->absmax + first / bs);

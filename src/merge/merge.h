@@ -42,12 +42,8 @@ typedef struct merge_fold_result {
  * generation_config.json and the tokenizer files; through a temporary folder (outdir.h). */
 ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_error *err);
 
-/* Shared with merge-models (models.c): rows [r0, r0 + n) (cols values each) of module m's
- * unscaled delta B @ A (its transpose for a Conv1D weight) into d, the product fold.c adds; and
- * whether config.json's model_type is a GPT-2-style model with Conv1D layers. */
-struct adapter_module;
-void merge_delta_rows(const struct adapter_module *m, int transposed, size_t r0, size_t n,
-                      size_t cols, float *d);
+/* Shared with merge-models (models.c): whether config.json's model_type is a GPT-2-style model
+ * with Conv1D layers. */
 int merge_conv1d_model(const cJSON *cfg);
 
 /* The combination types of PEFT's add_weighted_adapter. */

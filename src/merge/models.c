@@ -136,7 +136,7 @@ static ft_status read_model(ctx *c, const item *it, int k, size_t r0, size_t nr,
     memcpy(dst, base_rows, cnt * sizeof *dst);
     const adapter_module *m = it->mod[k];
     if (!m) return FT_OK;
-    merge_delta_rows(m, c->conv1d, r0, nr, it->cols, c->tmp);
+    merge_delta_rows(m, c->conv1d, r0, nr, it->cols, c->tmp, 0);
     const float s = (float)m->scaling;
     st_dtype wd = it->t->dtype;
     for (size_t i = 0; i < cnt; i++)

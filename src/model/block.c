@@ -16,6 +16,7 @@
  * all tokens never exist at once. Backward runs the same list in reverse; frozen weights get no
  * gradient, LoRA's accumulate. Where the activations live is acts.c's business.
  */
+#include "dist/dist.h"
 #include "model/model_internal.h"
 #include "ops/ops.h"
 
@@ -46,6 +47,7 @@ static void lin_forward(const model *m, acts *a, int l, lin_kind k, float *out, 
     const lin_weights *lw = &m->blocks[l].lin[k];
     if (qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, N, beta, a->mm, a->mm_bytes))
         a->failed = 1;
+    dist_progress(); /* all-gathers (shard.c) and gradient sums in flight move on */
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -62,6 +64,7 @@ static void lin_backward(model *m, acts *a, int l, lin_kind k, float *dx, const 
     if (dx &&
         qmatmul_backward_input(dx, lw->in, dout + lw->col, ldo, &lw->W, N, a->mm, a->mm_bytes))
         a->failed = 1;
+    dist_progress();
     const lora_module *mod = m->lora ? lora_get(m->lora, l, k) : NULL;
     if (mod) {
         size_t R = m->lora->R;
@@ -305,12 +308,15 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     for (int l = 0; l < c->L; l++) {
         float *x = layer_input(a, l, train), *xnext = layer_input(a, l + 1, train);
         slot s = slot_at(m, a, train && !a->ckpt ? (size_t)l : 0);
+        model_shard_use(m, l, l + 1); /* --shard-base: layer l whole, l + 1 (or the head) next */
+        dist_poll();
         layer_forward(m, a, b, l, &s, x, xnext, seed, 1);
         if (keep16) keep_bf16(a, l + 1, xnext, N);
     }
     /* hf (N, C) = rmsnorm(x after the last layer) */
     float *xL = layer_input(a, c->L, train);
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
+    if (logits) model_shard_use(m, c->L, train ? c->L - 1 : 0);
     /* logits (N, V) = hf Wlm^T, only when asked for (eval dumps) */
     if (logits &&
         qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0, a->mm, a->mm_bytes))
@@ -318,6 +324,8 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     /* loss = sum over counted targets of -log softmax(hf Wlm^T)[target], a chunk of rows at a
      * time; with train, dhf (N, C) = d(loss)/d(hf) from the same pass */
     if (train) zero_floats(a->dhf, (size_t)N * C);
+    /* the head whole; next comes the backward's last layer, or the next forward's first */
+    model_shard_use(m, c->L, train ? c->L - 1 : 0);
     double loss = lmhead_xent_q(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
                                 a->xent, a->chunk, a->mm, a->mm_bytes);
     /* a matmul of this or an earlier step found its scratch too small: sized by the same
@@ -347,8 +355,11 @@ void model_backward(model *m, acts *a, const batch *b, float grad_scale, uint64_
     for (int l = c->L - 1; l >= 0; l--) {
         const float *x = kept_input(a, l, N);
         slot s = slot_at(m, a, a->ckpt ? 0 : (size_t)l);
+        model_shard_use(m, l, l > 0 ? l - 1 : 0); /* the next micro-batch starts at layer 0 */
+        dist_poll();
         if (a->ckpt) layer_forward(m, a, b, l, &s, x, a->xtmp, seed, 0); /* recompute */
         /* the embedding is frozen: no gradient is needed below layer 0's input */
         layer_backward(m, a, b, l, &s, x, seed, l > 0);
+        if (m->grads_ready) m->grads_ready(m->grads_ctx, l);
     }
 }

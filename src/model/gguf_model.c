@@ -3,7 +3,7 @@
  *
  * Config, from the metadata (llama.cpp's gguf-py constants.py Keys.LLM / Keys.Attention, as
  * transformers' integrations/ggml.py maps them to config.json fields), with ARCH the value of
- * general.architecture (llama, qwen2, qwen3):
+ * general.architecture (llama, qwen2, qwen3, phi3):
  *   ARCH.embedding_length -> hidden_size        ARCH.feed_forward_length -> intermediate_size
  *   ARCH.block_count -> num_hidden_layers       ARCH.attention.head_count -> num_attention_heads
  *   ARCH.attention.head_count_kv -> num_key_value_heads (default: head_count)
@@ -17,7 +17,10 @@
  *
  * Tensors (gguf-py tensor_mapping.py): token_embd, output_norm, output, and per layer N
  * blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down,
- * attn_q_norm, attn_k_norm}.weight and attn_{q,k,v,output}.bias. GGUF lists dims ne0 first, so a
+ * attn_q_norm, attn_k_norm}.weight and attn_{q,k,v,output}.bias. Phi-3 (convert_hf_to_gguf.py's
+ * Phi3MiniModel, gguf-py MODEL_TENSORS[PHI3]) keeps Hugging Face's fused layers: blk.N.attn_qkv
+ * is qkv_proj and blk.N.ffn_up is gate_up_proj (gate rows, then up rows), in HF row order (phi3 is
+ * a NeoX-rope architecture in llama.cpp: no permutation). GGUF lists dims ne0 first, so a
  * matrix HF stores as [out, in] is [in, out] in the file with the same bytes: rows are rows.
  *
  * RoPE rows. GGUF's llama architecture rotates adjacent pairs (x[2i], x[2i+1]) of each head;
@@ -29,17 +32,22 @@
  * (weights and biases), as transformers' GGUF loader (reverse_permute) does; qwen2/qwen3 files
  * use the NeoX rotation (HF's own) and are read as they are.
  *
- * Storage. Linear layers stay in their stored type where qtensor has it (F32, F16, BF16, Q8_0:
- * GGUF's block_q8_0 is qtensor's Q8_0 byte for byte), rows copied in (permuted) order, so
- * training runs over them as over a folder's weights; other types (Q4_0, Q4_K, Q6_K, ...) are
- * dequantized to fp32 at load, so eval and train run over fp32 copies at fp32's memory cost
- * (keeping them quantized, with kernels of their own, is later work). The embedding is dequantized
- * to fp32; the LM head keeps its type like the linear layers. Everything is copied out of the
- * mapping, which is closed after loading.
+ * Storage. Every matrix stays in its stored type where qtensor has it (F32, F16, BF16, Q8_0,
+ * Q4_0, Q4_K, Q6_K: GGUF's blocks are qtensor's byte for byte), rows copied in (permuted) order;
+ * a file that mixes types (llama.cpp's Q4_K_M: Q4_K and Q6_K, with Q8_0 or Q5_0 where a row is
+ * not whole 256-value blocks) keeps each linear layer in its own. Other types (Q5_0, Q4_1, ...)
+ * are dequantized to fp32 at load. Decode then reads each weight once per token in its stored
+ * format (qtensor's fused dequantize-dot kernels), prefill through dequantized panels. --quant
+ * converts every linear layer to one format instead (dequantized, then quantized). The
+ * embedding keeps its type too, a row dequantized per lookup (model_embed_row); a tied LM head
+ * is the embedding's own tensor. Training refuses Q4_0 / Q4_K / Q6_K weights kept as stored
+ * (trainer.c; --quant converts them). Everything is copied out of the mapping, which is closed
+ * after loading.
  */
 #include "model/gguf_model.h"
 
 #include "io/gguf.h"
+#include "io/spans.h"
 #include "model/model_internal.h"
 #include "ops/ggml_quants.h"
 
@@ -47,7 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SUPPORTED_GGUF "ftune reads GGUF architectures llama, qwen2 and qwen3"
+#define SUPPORTED_GGUF "ftune reads GGUF architectures llama, qwen2, qwen3 and phi3"
 
 int gguf_model_is(const char *path) { return gguf_is_file(path); }
 
@@ -102,7 +110,7 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
     snprintf(arch, sizeof arch, "%.*s", (int)(as.n < 63 ? as.n : 63), as.p);
     const arch_info *ai = strlen(arch) == as.n ? arch_find(arch) : NULL;
     if (ai && !strcmp(ai->model_type, "mistral")) ai = NULL; /* GGUF writes Mistral as llama */
-    if (!ai || ai->fused_qkv) {
+    if (!ai || (ai->fused_qkv && strcmp(ai->model_type, "phi3"))) {
         snprintf(w, sizeof w, "%s: key \"general.architecture\"", path);
         return ft_error_set(err, FT_ERR_INPUT, w, SUPPORTED_GGUF, "unsupported architecture \"%s\"",
                             arch);
@@ -176,12 +184,37 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
         cfg->bos_token_id = gguf_arr_int(gguf_find_kv(g, "tokenizer.ggml.bos_token_id"), 0);
     if (gguf_find_kv(g, "tokenizer.ggml.eos_token_id"))
         cfg->eos_token_id = gguf_arr_int(gguf_find_kv(g, "tokenizer.ggml.eos_token_id"), 0);
-    /* sliding windows are not in GGUF metadata: full attention everywhere */
+    /* sliding windows: full attention everywhere, except Phi-3, whose converter writes
+     * config.json's sliding_window as phi3.attention.sliding_window (0 for none) and whose
+     * every layer uses it (as the HF path, config.c load_windows) */
     cfg->window = calloc((size_t)cfg->L, sizeof(int));
-    /* RoPE */
+    int phi3 = !strcmp(ai->model_type, "phi3");
+    kname(k, sizeof k, arch, "attention.sliding_window");
+    if (phi3 && cfg->window && gguf_find_kv(g, k)) {
+        uint64_t sw;
+        if ((st = gguf_get_u64(g, k, &sw, err))) return st;
+        if (sw > 0x7fffffffULL) {
+            snprintf(w, sizeof w, "%s: key \"%s\"", path, k);
+            return ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                                "expected a window of at most 2^31-1 tokens, found %llu",
+                                (unsigned long long)sw);
+        }
+        for (int l = 0; l < cfg->L; l++)
+            cfg->window[l] = (int)sw;
+    }
+    /* RoPE: Phi-3 may rotate the first rope.dimension_count dims of each head (its
+     * partial_rotary_factor; the converter writes int(factor * hidden) / heads) */
     int rd;
     if ((st = size_key(g, arch, "rope.dimension_count", cfg->D, 1L << 14, &rd, err))) return st;
-    if (rd != cfg->D) {
+    if (phi3 && (rd > cfg->D || rd < 2 || rd % 2)) {
+        snprintf(w, sizeof w, "%s: key \"%s\"", path,
+                 kname(k, sizeof k, arch, "rope.dimension_count"));
+        return ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                            "expected an even number of rotated dims from 2 to head_dim (%d), "
+                            "found %d",
+                            cfg->D, rd);
+    }
+    if (rd != cfg->D && !phi3) {
         snprintf(w, sizeof w, "%s: key \"%s\"", path,
                  kname(k, sizeof k, arch, "rope.dimension_count"));
         return ft_error_set(err, FT_ERR_INPUT, w, "ftune rotates whole heads for this architecture",
@@ -220,13 +253,21 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
         return ft_error_set(err, FT_ERR_INPUT, w, "this is Llama 3.1-style rope scaling",
                             "per-frequency rope factors are not supported yet");
     }
-    cfg->rot_dim = cfg->D;
+    /* Phi-3's longrope (the 128k models): the converter writes the long and short factors as
+     * tensors; ftune's HF path supports Phi-3's default rope only, and so does this one */
+    if (gguf_find_tensor(g, "rope_factors_long.weight")) {
+        snprintf(w, sizeof w, "%s: tensor \"rope_factors_long.weight\"", path);
+        return ft_error_set(err, FT_ERR_INPUT, w,
+                            "this is Phi-3's longrope scaling (a 128k-context model); use a 4k one",
+                            "long/short rope factors are not supported yet");
+    }
+    cfg->rot_dim = rd;
     cfg->attn_scaling = 1.0f;
-    cfg->inv_freq = malloc(sizeof(float) * (size_t)(cfg->D / 2));
+    cfg->inv_freq = malloc(sizeof(float) * (size_t)(rd / 2));
     if (!cfg->window || !cfg->inv_freq)
         return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
-    rope_inv_freq_default(cfg->inv_freq, cfg->D, theta);
-    for (int i = 0; i < cfg->D / 2; i++)
+    rope_inv_freq_default(cfg->inv_freq, rd, theta);
+    for (int i = 0; i < rd / 2; i++)
         cfg->inv_freq[i] /= factor;
     return FT_OK;
 }
@@ -247,7 +288,8 @@ ft_status gguf_config_load(const char *path, model_config *cfg, ft_error *err) {
 /* The GGUF name of linear layer k of layer l ("blk.3.attn_q"). */
 static void gguf_lin_name(char *buf, size_t n, int l, lin_kind k, const char *suffix) {
     static const char *const names[LIN_COUNT] = {
-        "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "", ""};
+        "attn_q", "attn_k",   "attn_v",   "attn_output", "ffn_gate",
+        "ffn_up", "ffn_down", "attn_qkv", "ffn_up"}; /* Phi-3: fused qkv; gate|up as ffn_up */
     snprintf(buf, n, "blk.%d.%s.%s", l, names[k], suffix);
 }
 
@@ -262,9 +304,23 @@ static int kept_format(uint32_t type) {
         return QF_BF16;
     case GGML_TYPE_Q8_0:
         return QF_Q8_0;
+    case GGML_TYPE_Q4_0:
+        return QF_Q4_0;
+    case GGML_TYPE_Q4_K:
+        return QF_Q4_K;
+    case GGML_TYPE_Q6_K:
+        return QF_Q6_K;
     default:
         return -1;
     }
+}
+
+/* The format tensor `name` is kept in as stored: its own, or fp32 for the types ftune
+ * dequantizes at load (and for a missing tensor, which loading then reports). */
+static qformat stored_format(const gguf_file *g, const char *name) {
+    const gguf_tensor *t = gguf_find_tensor(g, name);
+    int f = t ? kept_format(t->type) : -1;
+    return f >= 0 ? (qformat)f : QF_F32;
 }
 
 /* Find name with shape ne = {n0, n1} (n1 = 1 for a vector). */
@@ -321,6 +377,8 @@ static ft_status read_vec(const gguf_file *g, const char *name, int n, int D, fl
     return st;
 }
 
+enum { RELEASE_BYTES = 8 << 20 };
+
 /* Matrix name, [cols, rows] in the file, into out as format f: rows copied as stored when the
  * file's type is f, else dequantized to fp32 (and quantized to f when f is not fp32). */
 static ft_status read_mat(const gguf_file *g, const char *name, int rows, int cols, int D,
@@ -334,18 +392,32 @@ static ft_status read_mat(const gguf_file *g, const char *name, int rows, int co
         size_t rb = (size_t)cols / (size_t)tt->block_values * tt->block_bytes;
         uint8_t *mem = malloc(rb * (size_t)rows);
         if (!mem) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
-        for (int r = 0; r < rows; r++)
-            memcpy(mem + (size_t)r * rb, (const uint8_t *)t->data + (size_t)src_row(r, D) * rb, rb);
+        /* the source pages given back as they are copied (every RELEASE_BYTES of rows read in
+         * order), so that the peak is one copy of the weights, not one plus the largest tensor */
+        const uint8_t *src = t->data;
+        size_t done = 0;
+        for (int r = 0; r < rows; r++) {
+            memcpy(mem + (size_t)r * rb, src + (size_t)src_row(r, D) * rb, rb);
+            if (!D && (size_t)(r + 1) * rb - done >= RELEASE_BYTES)
+                io_release_pages(src + done, (size_t)(r + 1) * rb - done), done = (r + 1) * rb;
+        }
+        io_release_pages(t->data, t->nbytes);
         out->fmt = f, out->rows = rows, out->cols = cols, out->data = mem, out->owned = mem;
-        out->blocksize = f == QF_Q8_0 ? 32 : 1;
+        out->blocksize = qformat_info(f)->block_values;
         return FT_OK;
     }
     size_t n = (size_t)rows * cols;
     float *x = malloc(n * sizeof(float));
     if (!x) return ft_error_set(err, FT_ERR_RUNTIME, name, NULL, "out of memory");
-    for (int r = 0; r < rows && !st; r++)
+    size_t done = 0, rb = t->nbytes / (size_t)rows; /* the file's bytes per row */
+    for (int r = 0; r < rows && !st; r++) {
         st = gguf_read_f32(g, t, (uint64_t)src_row(r, D) * cols, (uint64_t)cols,
                            x + (size_t)r * cols, err);
+        if (!D && (size_t)(r + 1) * rb - done >= RELEASE_BYTES)
+            io_release_pages((const uint8_t *)t->data + done, (size_t)(r + 1) * rb - done),
+                done = (r + 1) * rb;
+    }
+    io_release_pages(t->data, t->nbytes);
     if (st) {
         free(x);
         return st;
@@ -377,8 +449,9 @@ static ft_status resolve(const gguf_file *g, const model_config *c, const model_
     q->compute = strcmp(ds, "bf16") ? QC_F32 : QC_BF16;
     q->blocksize = opt && opt->blocksize ? opt->blocksize : 64;
     q->double_quant = opt ? opt->double_quant : 0;
-    /* the stored type of the linear layers, if one qtensor format holds them all */
-    int stored = -2;
+    /* the stored types of the linear layers, and their bytes kept so */
+    unsigned mix = 0;
+    size_t lin_bytes = 0;
     char name[256];
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++) {
@@ -386,20 +459,28 @@ static ft_status resolve(const gguf_file *g, const model_config *c, const model_
             model_lin_layout(c, k, &in, &out, &col, &bias);
             if (!out) continue;
             gguf_lin_name(name, sizeof name, l, k, "weight");
-            const gguf_tensor *t = gguf_find_tensor(g, name);
-            int f = t ? kept_format(t->type) : -1;
-            stored = stored == -2 || stored == f ? f : -1;
+            qformat f = stored_format(g, name);
+            mix |= 1u << f;
+            lin_bytes += qtensor_size_for(f, (size_t)out, (size_t)in, 1, 0);
         }
     const char *qs = opt && opt->quant ? opt->quant : q->compute == QC_BF16 ? "bf16" : NULL;
     if (qs) {
         int lin = qformat_parse(qs);
-        if (lin < 0 || lin == QF_F16)
+        if (lin < 0 || lin == QF_F16 || qformat_info(lin)->stored_only)
             return ft_error_set(err, FT_ERR_INPUT, "option --quant",
                                 "use nf4, fp4, q8, bf16 or none", "unknown weight format \"%s\"",
                                 qs);
         q->linear = lin;
-    } else {
-        q->linear = stored >= 0 ? stored : QF_F32;
+    } else if (!(mix & (mix - 1))) { /* one format holds them all */
+        q->linear = QF_F32;
+        while (mix >> q->linear > 1)
+            q->linear++;
+    } else { /* each kept as stored; the scratch of the largest kind (a dequantized panel) */
+        q->linear_mix = mix, q->linear_bytes = lin_bytes;
+        unsigned deq = mix & ~(1u << QF_F32 | 1u << QF_BF16);
+        q->linear = deq ? QF_Q8_0 : q->compute == QC_BF16 ? QF_F32 : QF_BF16;
+        for (int f = 0; deq && f < QF_COUNT; f++)
+            if (deq >> f & 1) q->linear = f;
     }
     if (q->double_quant && q->linear != QF_NF4 && q->linear != QF_FP4)
         return ft_error_set(err, FT_ERR_INPUT, "option --double-quant", "add --quant nf4 (or fp4)",
@@ -408,7 +489,7 @@ static ft_status resolve(const gguf_file *g, const model_config *c, const model_
         return ft_error_set(err, FT_ERR_INPUT, "option --quant",
                             "use nf4, fp4 or bf16 for this model",
                             "q8 needs every layer's input size to be a multiple of 32");
-    q->embed = QF_F32; /* dequantized at load */
+    q->embed = stored_format(g, "token_embd.weight"); /* a row dequantized per lookup */
     const char *hs = opt ? opt->lm_head : NULL;
     if (!hs && q->compute == QC_BF16 && !(opt && opt->quant)) hs = "bf16";
     if (hs) {
@@ -418,14 +499,14 @@ static ft_status resolve(const gguf_file *g, const model_config *c, const model_
                                 "unknown or unsupported LM head format \"%s\"", hs);
         q->lm_head = head;
     } else {
-        const gguf_tensor *th = gguf_find_tensor(g, "output.weight");
-        int f = th ? kept_format(th->type) : QF_F32;
-        q->lm_head = f >= 0 ? f : QF_F32;
+        q->lm_head = stored_format(g, c->tie_embeddings ? "token_embd.weight" : "output.weight");
+        /* --quant converts the weights for training: a head kept only for decoding goes fp32 */
+        if (qs && qformat_info(q->lm_head)->stored_only) q->lm_head = QF_F32;
     }
     if (q->lm_head == QF_Q8_0 && c->C % 32)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant-lm-head", "use bf16 or none",
                             "q8 needs hidden_size to be a multiple of 32 (it is %d)", c->C);
-    q->head_is_embed = c->tie_embeddings && q->lm_head == QF_F32;
+    q->head_is_embed = c->tie_embeddings && q->lm_head == q->embed;
     return FT_OK;
 }
 
@@ -486,11 +567,13 @@ static ft_status load(const gguf_file *g, const model_load_options *opt, model *
                 lw->b = cur, cur += out;
             }
             gguf_lin_name(name, sizeof name, l, k, "weight");
-            if ((st = read_mat(g, name, out, in, D, q->linear, q, &lw->W, err))) return st;
+            qformat f = q->linear_mix ? stored_format(g, name) : q->linear;
+            if ((st = read_mat(g, name, out, in, D, f, q, &lw->W, err))) return st;
             lw->W.compute = q->compute;
         }
     }
-    if ((st = read_mat(g, "token_embd.weight", c->V, c->C, 0, QF_F32, q, &m->wte, err))) return st;
+    if ((st = read_mat(g, "token_embd.weight", c->V, c->C, 0, q->embed, q, &m->wte, err)))
+        return st;
     if (q->head_is_embed) {
         m->lm_head = m->wte;
         m->lm_head.owned = NULL;

@@ -129,7 +129,7 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
     /* bf16 compute rounds the weights to bf16 anyway: keep them so, unless told otherwise */
     const char *qs = opt && opt->quant ? opt->quant : q->compute == QC_BF16 ? "bf16" : "none";
     int lin = qformat_parse(qs);
-    if (lin < 0 || lin == QF_F16)
+    if (lin < 0 || lin == QF_F16 || qformat_info(lin)->stored_only)
         return ft_error_set(err, FT_ERR_INPUT, "option --quant", "use nf4, fp4, q8, bf16 or none",
                             "unknown weight format \"%s\"", qs);
     q->linear = lin;
@@ -205,9 +205,23 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
  * with pread (model_embed_row) and its pages released. */
 static int embed_released(const model_quant *q) { return q->embed_borrowed && !q->head_is_embed; }
 
+int model_quant_stored_only(const model_quant *q) {
+    for (int f = 0; f < QF_COUNT; f++)
+        if (qformat_info(f)->stored_only &&
+            (q->linear == (qformat)f || q->lm_head == (qformat)f || (q->linear_mix >> f & 1)))
+            return f;
+    return -1;
+}
+
 void model_quant_describe(const model_quant *q, char *buf, size_t n) {
     char lin[96];
-    if (is_4bit(q->linear))
+    if (q->linear_mix) { /* "q4_k+q6_k" */
+        size_t k = 0;
+        lin[0] = 0;
+        for (int f = 0; f < QF_COUNT && k < sizeof lin; f++)
+            if (q->linear_mix >> f & 1)
+                k += (size_t)snprintf(lin + k, sizeof lin - k, "%s%s", k ? "+" : "", fmt_name(f));
+    } else if (is_4bit(q->linear))
         snprintf(lin, sizeof lin, "%s%s, blocksize %d%s", fmt_name(q->linear),
                  q->double_quant ? " double-quant" : "", q->blocksize,
                  q->from_checkpoint ? " (bitsandbytes checkpoint)" : "");
@@ -241,8 +255,8 @@ size_t model_fp32_floats(const model_config *c) {
  * with pread() (model_forward says why), so none of it is resident. */
 
 size_t model_weight_bytes(const model_config *c, const model_quant *q) {
-    size_t n = model_fp32_floats(c) * sizeof(float);
-    for (int k = 0; k < LIN_COUNT; k++) {
+    size_t n = model_fp32_floats(c) * sizeof(float) + q->linear_bytes;
+    for (int k = 0; k < LIN_COUNT && !q->linear_bytes; k++) {
         int in, out, col, bias;
         model_lin_layout(c, k, &in, &out, &col, &bias);
         if (out)
@@ -349,6 +363,11 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
 /* What is resident once training runs: as model_weight_bytes counts it. */
 void model_count_resident(model *m) {
     const model_config *c = &m->cfg;
+    if (m->shard) { /* the slices and gather buffers; a borrowed embedding is read from the file */
+        m->weight_bytes = m->n_weights * sizeof(float) + model_shard_resident(m) +
+                          (m->wte.owned ? qtensor_bytes(&m->wte) : 0);
+        return;
+    }
     size_t wb = m->n_weights * sizeof(float) + qtensor_bytes(&m->lm_head);
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
@@ -380,6 +399,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
         goto done;
     }
     if ((st = st_open_dir(dir, &m->src, err))) goto done;
+    int shard = opt && opt->shard;
+    if (shard && (st = model_shard_begin(m, err))) goto done;
     float *cur = m->weights;
     char name[256];
     /* one fp32 vector (a norm or a bias) into the fp32 allocation */
@@ -425,6 +446,9 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                 goto done;
             }
         }
+        /* --shard-base: this rank keeps its slice of the layer, the rest is freed now, so the
+         * whole model is never resident */
+        if (shard && (st = model_shard_unit(m, l, err))) goto done;
     }
 #undef VEC
     if ((st = load_tensor(m->src, "model.embed_tokens.weight", c->V, c->C, q->embed,
@@ -444,6 +468,22 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                                  c->V, c->C, q->lm_head, q->head_borrowed, q, &m->lm_head, err))) {
         goto done;
     }
+    if (shard) {
+        /* the head's pages are sharded below: a tied embedding that shares them is read from
+         * the file a row at a time instead (model_embed_row) */
+        if (m->lm_head.data == m->wte.data && !m->wte_fd) {
+            const st_tensor *t = st_find(m->src, "model.embed_tokens.weight");
+            int fd = t ? st_open_tensor_file(m->src, t, &m->wte_offset) : -1;
+            if (fd < 0) {
+                st = ft_error_set(err, FT_ERR_INPUT, "model.embed_tokens.weight",
+                                  "leave --shard-base out for this model",
+                                  "--shard-base needs the tied embedding readable from its file");
+                goto done;
+            }
+            m->wte_fd = fd + 1;
+        }
+        if ((st = model_shard_unit(m, c->L, err)) || (st = model_shard_end(m, err))) goto done;
+    }
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
             m->blocks[l].lin[k].W.compute = q->compute;
@@ -455,6 +495,7 @@ done:
 }
 
 void model_free(model *m) {
+    model_shard_free(m);
     if (m->blocks)
         for (int l = 0; l < m->cfg.L; l++)
             for (int k = 0; k < LIN_COUNT; k++)

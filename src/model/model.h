@@ -53,6 +53,8 @@ typedef struct model_load_options {
     const char *dtype;   /* compute type of the frozen-weight matmuls (linear layers and LM
                             head): "fp32" (NULL) or "bf16" (qtensor.h, QC_BF16). bf16 without
                             quant / lm_head stores those weights as bf16 too. */
+    int shard;           /* --shard-base: keep this rank's slice of each layer and of the LM head
+                            (shard.c); only under mpirun with several ranks */
 } model_load_options;
 
 /* The options resolved against a model folder: formats of every kind of frozen weight. */
@@ -66,12 +68,18 @@ typedef struct model_quant {
     int double_quant, blocksize;
     int from_checkpoint; /* the linear layers come quantized by bitsandbytes in the folder */
     qcompute compute;    /* QC_BF16 under dtype "bf16": set on the linear layers and LM head */
+    unsigned linear_mix; /* GGUF kept as stored, types mixed: bit f set for each qformat f the
+                            linear layers have (linear is then the one needing most scratch) */
+    size_t linear_bytes; /* nonzero: the linear layers' bytes (mixed types), else from linear */
 } model_quant;
 
 /* Resolve opt (NULL: fp32) for the model in DIR (config.json, and the safetensors header for
  * the dtypes, when there are weight files). Errors name the option and what it accepts. */
 ft_status model_quant_resolve(const char *dir, const model_config *cfg,
                               const model_load_options *opt, model_quant *q, ft_error *err);
+/* The first stored-only format (qtensor.h: GGUF Q4_0, Q4_K, Q6_K) the linear layers or the LM
+ * head are kept in, or -1: training refuses those (their backward is not supported yet). */
+int model_quant_stored_only(const model_quant *q);
 /* "nf4, double quant, blocksize 64; lm_head bf16; embedding bf16 (mapped)" for messages. */
 void model_quant_describe(const model_quant *q, char *buf, size_t n);
 
@@ -91,7 +99,40 @@ typedef struct model {
     long long wte_offset; /* at this offset (see model_forward) */
     lora_set *lora;       /* NULL: no adapter */
     int QKV;              /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
+    /* --shard-base: this rank's slices (NULL: whole weights) */
+    struct model_shard *shard;
+    /* when set, model_backward calls it once layer l's LoRA gradients are complete (train_step:
+     * the reduction of a data-parallel run starts there, overlapped with the layers below) */
+    void (*grads_ready)(void *ctx, int layer);
+    void *grads_ctx;
 } model;
+
+/* ---- --shard-base (shard.c; docs/distributed.md) ----------------------------------------
+ * Units are the L layers' linear weights (0 .. L-1) and the LM head (L). Loading calls begin,
+ * unit for each unit once loaded (the rank keeps its slice, the rest is freed), and end (the two
+ * gather buffers). model_shard_use(l, next) makes unit l's weights whole (waiting for its
+ * all-gather, started now if it was not prefetched) and starts gathering `next` (-1: none) into
+ * the other buffer; every rank must make the same calls in the same order. All are no-ops when
+ * m->shard is NULL. */
+typedef struct model_shard model_shard;
+ft_status model_shard_begin(model *m, ft_error *err);
+ft_status model_shard_unit(model *m, int l, ft_error *err);
+ft_status model_shard_end(model *m, ft_error *err);
+void model_shard_use(const model *m, int l, int next);
+/* The sequence of one micro-batch's forward (and backward when train) without computing: a rank
+ * with no micro-batch left in a step takes part in the others' gathers. */
+void model_shard_walk(model *m, int train);
+/* Wait for gathers in flight (before the program leaves MPI). */
+void model_shard_drain(model *m);
+void model_shard_free(model *m);
+/* This rank's resident bytes of linear weights and LM head: its slices and the two buffers. */
+size_t model_shard_resident(const model *m);
+/* Seconds waited for gathers, bytes gathered, and gathers started, so far. */
+void model_shard_stats(const model *m, double *wait_s, double *gathered_bytes, long *gathers);
+/* The fp32 norms and biases (model->weights) in bytes. */
+size_t model_fp32_bytes(const model_config *c);
+/* The packed bytes of unit l (L: the LM head) for this config and storage: the plan's numbers. */
+size_t model_shard_unit_bytes(const model_config *c, const model_quant *q, int l);
 
 /* Load DIR (config.json + safetensors) with fp32 weights. */
 ft_status model_load(const char *dir, model *m, ft_error *err);

@@ -67,19 +67,6 @@ static void dequant_q4_0(const void *src, float *dst, size_t n) {
     }
 }
 
-/* The 6-bit scale and min of Q4_K sub-block s (0..7) from the 12 packed bytes: bytes 0-3 hold
- * the low 6 bits of scales 0-3 (their top 2 bits: the high bits of scales 4-7), bytes 4-7 the
- * same for mins, bytes 8-11 the low 4 bits of scale (low nibble) and min (high nibble) 4-7. */
-static void q4_k_scale_min(const uint8_t *sc, int s, int *scale, int *min) {
-    if (s < 4) {
-        *scale = sc[s] & 63;
-        *min = sc[s + 4] & 63;
-    } else {
-        *scale = (sc[s + 4] & 0x0F) | ((sc[s - 4] >> 6) << 4);
-        *min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
-    }
-}
-
 /* block_q4_K: f16 d, f16 dmin, uint8 scales[12], uint8 qs[128] */
 static void dequant_q4_k(const void *src, float *dst, size_t n) {
     const uint8_t *b = src;
@@ -89,7 +76,7 @@ static void dequant_q4_k(const void *src, float *dst, size_t n) {
         for (int g = 0; g < 4; g++, qs += 32) { /* sub-blocks 2g (low nibbles), 2g+1 (high) */
             for (int h = 0; h < 2; h++, dst += 32) {
                 int sc, m;
-                q4_k_scale_min(scales, 2 * g + h, &sc, &m);
+                ggml_q4_k_scale_min(scales, 2 * g + h, &sc, &m);
                 float ds = d * (float)sc, dm = dmin * (float)m;
                 for (int l = 0; l < 32; l++) {
                     float q = (float)((qs[l] >> (4 * h)) & 0x0F);

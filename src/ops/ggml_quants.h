@@ -63,6 +63,20 @@ typedef struct ggml_type_traits {
     ggml_dequant_fn dequant_row; /* NULL: ftune cannot dequantize this type */
 } ggml_type_traits;
 
+/* The 6-bit scale and min of Q4_K sub-block s (0..7) from the block's 12 packed scale bytes:
+ * bytes 0-3 hold the low 6 bits of scales 0-3 (their top 2 bits: the high bits of scales 4-7),
+ * bytes 4-7 the same for mins, bytes 8-11 the low 4 bits of scale (low nibble) and min (high
+ * nibble) 4-7 (ggml-common.h's block_q4_K, get_scale_min_k4 in ggml-quants.c). */
+static inline void ggml_q4_k_scale_min(const uint8_t *sc, int s, int *scale, int *min) {
+    if (s < 4) {
+        *scale = sc[s] & 63;
+        *min = sc[s + 4] & 63;
+    } else {
+        *scale = (sc[s + 4] & 0x0F) | ((sc[s - 4] >> 6) << 4);
+        *min = (sc[s + 4] >> 4) | ((sc[s] >> 6) << 4);
+    }
+}
+
 /* The traits of type id `type`, or NULL for an id no ggml version has used. */
 const ggml_type_traits *ggml_type_info(uint32_t type);
 

@@ -1,6 +1,7 @@
 /*
- * qtensor.c: frozen weight matrices in F32 / BF16 / F16 / Q8_0 / NF4 / FP4 (see qtensor.h for
- * the layouts), their quantization, and the matmuls that dequantize them on the fly.
+ * qtensor.c: frozen weight matrices in F32 / BF16 / F16 / Q8_0 / NF4 / FP4 / Q4_0 / Q4_K / Q6_K
+ * (see qtensor.h for the layouts), their quantization, and the matmuls that dequantize them on
+ * the fly.
  *
  * A format is a row of `traits`: sizes plus the portable kernels (dequantize rows, fused dot of
  * one row). Those portable kernels are the reference; qtensor_avx2.c and qtensor_avx512.c hold
@@ -17,6 +18,8 @@
  * BF16 tensor's own rows are the panel), and gemm_bf16 multiplies them.
  */
 #include "ops/gemm_bf16.h"
+#include "ops/ggml_quantize.h"
+#include "ops/ggml_quants.h"
 #include "ops/ops.h"
 #include "ops/qtensor_kernels.h"
 #include "ops/quant.h"
@@ -141,6 +144,29 @@ static float dot_fp4(const qtensor *t, int r, const float *x) {
     return dot_4bit(t, qt_dequant_code(QF_FP4), r, x);
 }
 
+/* GGUF Q4_0, Q4_K, Q6_K: rows of whole blocks; the values are ggml_dequant_row's (the
+ * reference that gguf-py's dequantize agrees with bit for bit). The dot product dequantizes a
+ * block at a time and sums its products before adding the block's sum to the row's. */
+static void dequant_gguf(const qtensor *t, int r0, int nrows, float *out) {
+    ggml_dequant_row(qt_ggml_type(t->fmt), qt_row(t, r0), out, (size_t)nrows * t->cols);
+}
+
+static float dot_gguf(const qtensor *t, int r, const float *x) {
+    uint32_t type = qt_ggml_type(t->fmt);
+    const ggml_type_traits *tt = ggml_type_info(type);
+    const uint8_t *blk = qt_row(t, r);
+    int bv = tt->block_values;
+    float v[GGML_QK_K], s = 0;
+    for (int i = 0; i < t->cols; i += bv, blk += tt->block_bytes) {
+        ggml_dequant_row(type, blk, v, (size_t)bv);
+        float bs = 0;
+        for (int j = 0; j < bv; j++)
+            bs += v[j] * x[i + j];
+        s += bs;
+    }
+    return s;
+}
+
 /* ---- the traits table and kernel sets ---------------------------------------------------- */
 
 static const qformat_traits traits[QF_COUNT] = {
@@ -150,6 +176,9 @@ static const qformat_traits traits[QF_COUNT] = {
     [QF_Q8_0] = {"q8_0", Q8_0_VALUES, Q8_0_BYTES, dequant_q8_0, dot_q8_0},
     [QF_NF4] = {"nf4", 64, 32, dequant_nf4, dot_nf4},
     [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4},
+    [QF_Q4_0] = {"q4_0", Q4_0_VALUES, Q4_0_BYTES, dequant_gguf, dot_gguf, 1},
+    [QF_Q4_K] = {"q4_k", GGML_QK_K, Q4_K_BYTES, dequant_gguf, dot_gguf, 1},
+    [QF_Q6_K] = {"q6_k", GGML_QK_K, Q6_K_BYTES, dequant_gguf, dot_gguf, 1},
 };
 
 static const qkernels kernels_portable = {"portable", CPU_PORTABLE, {0}, {0}};
@@ -228,6 +257,10 @@ static size_t data_bytes(qformat f, size_t rows, size_t cols) {
     case QF_NF4:
     case QF_FP4:
         return quant4_packed_bytes(n);
+    case QF_Q4_0:
+    case QF_Q4_K:
+    case QF_Q6_K:
+        return rows * (cols / (size_t)traits[f].block_values) * traits[f].block_bytes;
     default:
         return 0;
     }
@@ -263,28 +296,12 @@ void qtensor_free(qtensor *t) {
     memset(t, 0, sizeof *t);
 }
 
-/* GGUF Q8_0 as ggml's quantize_row_q8_0_ref (and gguf-py's Q8_0.quantize_blocks) compute it:
- * d = amax / 127, id = 1/d (0 when d == 0), q = roundf(x * id) (half away from zero), d stored
- * as f16 rounded to nearest even. */
-static void quantize_q8_0(const float *x, size_t nblocks, uint8_t *out) {
-    for (size_t b = 0; b < nblocks; b++, x += Q8_0_VALUES, out += Q8_0_BYTES) {
-        float amax = 0;
-        for (int j = 0; j < Q8_0_VALUES; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
-        float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-        uint16_t dh = f32_to_f16(d);
-        memcpy(out, &dh, 2);
-        for (int j = 0; j < Q8_0_VALUES; j++)
-            out[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
-    }
-}
-
 static int valid_4bit_blocksize(int bs) { return bs >= 32 && bs <= 4096 && (bs & (bs - 1)) == 0; }
 
 int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,
                      int double_quant) {
     memset(t, 0, sizeof *t);
-    if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0) return -1;
+    if ((unsigned)f >= QF_COUNT || rows <= 0 || cols <= 0 || traits[f].stored_only) return -1;
     if (f == QF_Q8_0 && cols % Q8_0_VALUES) return -1;
     if (is_4bit(f)) {
         if (!blocksize) blocksize = FT_QUANT_BLOCKSIZE_DEFAULT;
@@ -314,7 +331,8 @@ int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, 
         break;
     }
     case QF_Q8_0:
-        quantize_q8_0(x, n / Q8_0_VALUES, mem);
+        /* GGUF Q8_0 as llama.cpp writes it: one quantizer for train and export */
+        ggml_quantize_row(GGML_TYPE_Q8_0, x, mem, n);
         break;
     case QF_NF4:
     case QF_FP4: {

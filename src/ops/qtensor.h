@@ -20,6 +20,11 @@
  *                   absmax is either fp32 per block, or double-quantized as bitsandbytes does
  *                   (compress_statistics=True): absmax[b] = nested_code[absmax_q[b]] *
  *                   nested_absmax[b / nested_blocksize] + offset.
+ *   Q4_0, Q4_K, Q6_K GGUF's block_q4_0 (32 values, 18 bytes), block_q4_K and block_q6_K (256
+ *                   values, 144 and 210 bytes), byte for byte as in the file (ops/ggml_quants.h
+ *                   has the layouts); each row is cols / block_values whole blocks. Read as
+ *                   stored only: ftune does not quantize to them (qtensor_quantize refuses), and
+ *                   a value is exactly what ggml_dequant_row gives it.
  */
 #ifndef FT_OPS_QTENSOR_H
 #define FT_OPS_QTENSOR_H
@@ -27,7 +32,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum qformat { QF_F32, QF_BF16, QF_F16, QF_Q8_0, QF_NF4, QF_FP4, QF_COUNT } qformat;
+typedef enum qformat {
+    QF_F32,
+    QF_BF16,
+    QF_F16,
+    QF_Q8_0,
+    QF_NF4,
+    QF_FP4,
+    QF_Q4_0,
+    QF_Q4_K,
+    QF_Q6_K,
+    QF_COUNT
+} qformat;
 
 /* The compute type of the matmuls through a tensor (`ftune train --dtype`).
  *   QC_F32   the input and the dequantized weights in fp32 (the default, and the reference).
@@ -41,7 +57,8 @@ typedef enum qcompute { QC_F32, QC_BF16 } qcompute;
 typedef struct qtensor {
     qformat fmt;
     int rows, cols;
-    int blocksize;              /* NF4/FP4: bitsandbytes block size; Q8_0: 32; others 1 */
+    int blocksize;              /* NF4/FP4: bitsandbytes block size; GGUF types: values per
+                                   block (Q8_0, Q4_0: 32; Q4_K, Q6_K: 256); others 1 */
     const void *data;           /* values, blocks or packed codes as above */
     const float *absmax;        /* NF4/FP4 without double quantization: one per block */
     const uint8_t *absmax_q;    /* NF4/FP4 double-quantized: one 8-bit code per block */
@@ -58,11 +75,12 @@ typedef void (*qdequant_fn)(const qtensor *t, int r0, int nrows, float *out);
 typedef float (*qdot_fn)(const qtensor *t, int r, const float *x);
 
 typedef struct qformat_traits {
-    const char *name;        /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4" */
+    const char *name;        /* "f32", "bf16", "f16", "q8_0", "nf4", "fp4", "q4_0", ... */
     int block_values;        /* default values per block */
     size_t block_bytes;      /* bytes of `data` per block (NF4/FP4: block_values / 2) */
     qdequant_fn dequant_ref; /* the portable reference kernels (the SIMD ones are tested */
     qdot_fn dot_ref;         /* against these; qtensor_dequant_rows/dot_row use the fastest) */
+    int stored_only;         /* read from a GGUF file only; qtensor_quantize cannot make it */
 } qformat_traits;
 
 const qformat_traits *qformat_info(qformat f);
@@ -76,7 +94,8 @@ size_t qtensor_bytes(const qtensor *t);
 size_t qtensor_size_for(qformat f, size_t rows, size_t cols, int blocksize, int double_quant);
 void qtensor_free(qtensor *t);
 
-/* Quantize rows*cols fp32 values into a new tensor of format f (allocates; owned).
+/* Quantize rows*cols fp32 values into a new tensor of format f (allocates; owned); not for
+ * the stored_only formats.
  * blocksize: NF4/FP4 block size (0 = 64); double_quant: NF4/FP4 only. Returns 0 on success,
  * -1 when out of memory or the shape does not suit the format (Q8_0 needs cols % 32 == 0). */
 int qtensor_quantize(qtensor *t, qformat f, const float *x, int rows, int cols, int blocksize,

@@ -9,6 +9,7 @@
 
 #include "base/cpu.h"
 #include "base/half.h"
+#include "ops/ggml_quants.h"
 #include "ops/qtensor.h"
 
 #include <string.h>
@@ -28,8 +29,35 @@ extern const qkernels qtensor_kernels_avx512; /* qtensor_avx512.c */
  * -0.0, as quant4_dequantize (and bitsandbytes' CPU kernel) gives it. */
 const float *qt_dequant_code(qformat f);
 
-/* GGUF block_q8_0: { f16 d; int8 q[32] }, packed, 34 bytes. */
-enum { Q8_0_VALUES = 32, Q8_0_BYTES = 34 };
+/* GGUF block_q8_0: { f16 d; int8 q[32] }, packed, 34 bytes; block_q4_0 (32 values, 18 bytes),
+ * block_q4_K and block_q6_K (256 values, 144 and 210 bytes): layouts in ops/ggml_quants.h. */
+enum { Q8_0_VALUES = 32, Q8_0_BYTES = 34, Q4_0_VALUES = 32, Q4_0_BYTES = 18 };
+enum { Q4_K_BYTES = 144, Q6_K_BYTES = 210 };
+
+/* The GGUF type id of a GGUF block format (ggml_quants.h's GGML_TYPE_*). */
+static inline uint32_t qt_ggml_type(qformat f) {
+    return f == QF_Q4_0   ? GGML_TYPE_Q4_0
+           : f == QF_Q4_K ? GGML_TYPE_Q4_K
+           : f == QF_Q6_K ? GGML_TYPE_Q6_K
+                          : GGML_TYPE_Q8_0;
+}
+
+/* The first block of row r of a tensor in a GGUF block format (Q8_0, Q4_0, Q4_K, Q6_K). */
+static inline const uint8_t *qt_row(const qtensor *t, int r) {
+    size_t bv = t->fmt == QF_Q4_K || t->fmt == QF_Q6_K ? 256 : 32;
+    size_t bb = t->fmt == QF_Q4_0   ? Q4_0_BYTES
+                : t->fmt == QF_Q4_K ? Q4_K_BYTES
+                : t->fmt == QF_Q6_K ? Q6_K_BYTES
+                                    : Q8_0_BYTES;
+    return (const uint8_t *)t->data + (size_t)r * ((size_t)t->cols / bv) * bb;
+}
+
+/* An f16 stored (little-endian, unaligned) at p, widened. */
+static inline float qt_f16_at(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return f16_to_f32(h);
+}
 
 /* The absmax of 4-bit block b: stored, or rebuilt from double quantization as bitsandbytes'
  * dequantize_blockwise + offset does it (code * nested absmax rounded to fp32, then + offset).

@@ -9,7 +9,9 @@
  *   split into two pieces both in the vocabulary (split at characters, sorted by the pieces'
  *   ids), then all of them stably sorted by (score, len(left), len(right)) descending. Model BPE
  *   with byte_fallback and fuse_unk, no unk token; pre-tokenizer Metaspace ("first", no split);
- *   decoder Replace(U+2581 -> " "), ByteFallback, Fuse, Strip(1 leading space).
+ *   decoder Replace(U+2581 -> " "), ByteFallback, Fuse, Strip(1 leading space). For
+ *   general.architecture phi3 (transformers' phi3_tokenizer): no pre-tokenizer but the normalizer
+ *   Sequence[Prepend(U+2581), Replace(" " -> U+2581)].
  * tokenizer.ggml.model "gpt2" (byte-level BPE): transformers' GPT2Tokenizer over the tokens
  *   (respelled in the GPT-2 byte alphabet where they are not already) and tokenizer.ggml.merges
  *   (or merges recovered by generate_merges by index); pre-tokenizer ByteLevel, or, when
@@ -177,6 +179,14 @@ done:
 
 /* ---- the documents ------------------------------------------------------------------------ */
 
+/* Is general.architecture arch? */
+static int is_arch(const gguf_file *g, const char *arch) {
+    gguf_str a = {0};
+    return gguf_find_kv(g, "general.architecture") &&
+           !gguf_get_str(g, "general.architecture", &a, NULL) && a.n == strlen(arch) &&
+           !memcmp(a.p, arch, a.n);
+}
+
 /* The regexes of transformers' GGUF_PRE_TOKENIZER_SPLITS, by tokenizer.ggml.pre. */
 static const char LLAMA3_SPLIT[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
@@ -186,15 +196,28 @@ static const char QWEN2_SPLIT[] =
     "| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 static const struct {
     const char *pre, *split;
+    int bl_regex; /* ByteLevel keeps its own regex after the split */
 } pre_splits[] = {
-    {"llama3", LLAMA3_SPLIT},          {"llama-v3", LLAMA3_SPLIT},
-    {"llama-bpe", LLAMA3_SPLIT},       {"falcon3", LLAMA3_SPLIT},
-    {"falcon-h1", LLAMA3_SPLIT},       {"pixtral", LLAMA3_SPLIT},
-    {"midm-2.0", LLAMA3_SPLIT},        {"lfm2", LLAMA3_SPLIT},
-    {"jina-v5-nano", LLAMA3_SPLIT},    {"dbrx", LLAMA3_SPLIT},
-    {"smaug-bpe", LLAMA3_SPLIT},       {"qwen2", QWEN2_SPLIT},
-    {"deepseek-r1-qwen", QWEN2_SPLIT}, {"kormo", QWEN2_SPLIT},
-    {"f2llmv2", QWEN2_SPLIT},          {"megrez", QWEN2_SPLIT},
+    {"llama3", LLAMA3_SPLIT, 0},
+    {"llama-v3", LLAMA3_SPLIT, 0},
+    {"llama-bpe", LLAMA3_SPLIT, 0},
+    {"falcon3", LLAMA3_SPLIT, 0},
+    {"falcon-h1", LLAMA3_SPLIT, 0},
+    {"pixtral", LLAMA3_SPLIT, 0},
+    {"midm-2.0", LLAMA3_SPLIT, 0},
+    {"lfm2", LLAMA3_SPLIT, 0},
+    {"jina-v5-nano", LLAMA3_SPLIT, 0},
+    {"dbrx", LLAMA3_SPLIT, 0},
+    {"smaug-bpe", LLAMA3_SPLIT, 0},
+    {"qwen2", QWEN2_SPLIT, 0},
+    {"deepseek-r1-qwen", QWEN2_SPLIT, 0},
+    {"kormo", QWEN2_SPLIT, 0},
+    {"f2llmv2", QWEN2_SPLIT, 0},
+    {"megrez", QWEN2_SPLIT, 0},
+    /* Not in transformers' table, whose GGUF loader gives SmolLM plain ByteLevel: SmolLM's own
+     * tokenizer.json isolates every digit (Digits, individual) before ByteLevel with its regex,
+     * and so does llama.cpp's "smollm" pre-type ("\\p{N}", then GPT-2's regex; llama-vocab.cpp). */
+    {"smollm", "\\p{N}", 1},
 };
 
 typedef struct vocab_src {
@@ -395,17 +418,18 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
     /* pre-tokenizer and decoder */
     if (v->byte_level) {
         const char *split = NULL;
+        int bl_regex = 0;
         gguf_str pre = {0};
         if (gguf_find_kv(g, "tokenizer.ggml.pre") &&
             !gguf_get_str(g, "tokenizer.ggml.pre", &pre, NULL))
             for (size_t i = 0; i < sizeof pre_splits / sizeof pre_splits[0]; i++)
                 if (strlen(pre_splits[i].pre) == pre.n && !memcmp(pre_splits[i].pre, pre.p, pre.n))
-                    split = pre_splits[i].split;
+                    split = pre_splits[i].split, bl_regex = pre_splits[i].bl_regex;
         cJSON *bl = cJSON_CreateObject();
         cJSON_AddStringToObject(bl, "type", "ByteLevel");
         cJSON_AddBoolToObject(bl, "add_prefix_space", 0);
         cJSON_AddBoolToObject(bl, "trim_offsets", 1);
-        cJSON_AddBoolToObject(bl, "use_regex", split == NULL);
+        cJSON_AddBoolToObject(bl, "use_regex", split == NULL || bl_regex);
         if (split) {
             cJSON *seq = cJSON_CreateObject(), *arr = cJSON_CreateArray();
             cJSON *sp = cJSON_CreateObject(), *pat = cJSON_CreateObject();
@@ -428,6 +452,23 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
         cJSON_AddBoolToObject(dec, "trim_offsets", 1);
         cJSON_AddBoolToObject(dec, "use_regex", 1);
         cJSON_AddItemToObject(root, "decoder", dec);
+    } else if (is_arch(g, "phi3")) {
+        /* transformers' phi3_tokenizer: the prefix space from a normalizer (Prepend U+2581, then
+         * every space -> U+2581), no pre-tokenizer; it differs from Metaspace on text that starts
+         * with a space */
+        cJSON *seq = cJSON_CreateObject(), *arr = cJSON_CreateArray();
+        cJSON *pre = cJSON_CreateObject(), *rp = cJSON_CreateObject(), *pat = cJSON_CreateObject();
+        cJSON_AddStringToObject(seq, "type", "Sequence");
+        cJSON_AddItemToObject(seq, "normalizers", arr);
+        cJSON_AddStringToObject(pre, "type", "Prepend");
+        cJSON_AddStringToObject(pre, "prepend", "\xe2\x96\x81");
+        cJSON_AddItemToArray(arr, pre);
+        cJSON_AddStringToObject(rp, "type", "Replace");
+        cJSON_AddStringToObject(pat, "String", " ");
+        cJSON_AddItemToObject(rp, "pattern", pat);
+        cJSON_AddStringToObject(rp, "content", "\xe2\x96\x81");
+        cJSON_AddItemToArray(arr, rp);
+        cJSON_AddItemToObject(root, "normalizer", seq);
     } else {
         cJSON *ms = cJSON_CreateObject();
         cJSON_AddStringToObject(ms, "type", "Metaspace");
@@ -435,6 +476,8 @@ static cJSON *build(const vocab_src *v, const vmap *vm, const float *scores, ft_
         cJSON_AddStringToObject(ms, "prepend_scheme", "first");
         cJSON_AddBoolToObject(ms, "split", 0);
         cJSON_AddItemToObject(root, "pre_tokenizer", ms);
+    }
+    if (!v->byte_level) {
         cJSON *dec = cJSON_CreateObject(), *arr = cJSON_CreateArray();
         cJSON_AddStringToObject(dec, "type", "Sequence");
         cJSON_AddItemToObject(dec, "decoders", arr);

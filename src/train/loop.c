@@ -6,6 +6,7 @@
 #include "dist/dist.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -32,6 +33,45 @@ double train_epoch(const train_loop *l, const train_state *ts) {
     return ts->epoch + (double)ts->mb_in_epoch / l->micro_per_epoch;
 }
 
+size_t *train_grad_segments(const lora_set *ls, int L) {
+    size_t *seg = calloc((size_t)L + 1, sizeof *seg);
+    if (!seg) return NULL;
+    size_t at = 0, R = (size_t)ls->R;
+    for (int layer = 0; layer < L; layer++) {
+        size_t lo = (size_t)-1, hi = 0, size = 0;
+        for (int i = 0; i < ls->n; i++) {
+            const lora_module *md = &ls->mods[i];
+            if (md->layer != layer) continue;
+            size_t ea = md->offA + R * (size_t)md->in, eb = md->offB + (size_t)md->out * R;
+            if (md->offA < lo) lo = md->offA;
+            if (md->offB < lo) lo = md->offB;
+            if (ea > hi) hi = ea;
+            if (eb > hi) hi = eb;
+            size += ea - md->offA + eb - md->offB;
+        }
+        seg[layer] = at;
+        if (!size) continue;
+        if (lo != at || hi - lo != size) { /* not laid out layer after layer */
+            free(seg);
+            return NULL;
+        }
+        at = hi;
+    }
+    seg[L] = at;
+    if (at != ls->n_params) {
+        free(seg);
+        return NULL;
+    }
+    return seg;
+}
+
+/* called by model_backward in the rank's last micro-batch: layer l's gradients are final */
+static void layer_grads_ready(void *ctx, int layer) {
+    train_loop *l = ctx;
+    float *g = l->m->lora->grads;
+    dist_sum_f32_start(g + l->seg[layer], l->seg[layer + 1] - l->seg[layer]);
+}
+
 void train_step(train_loop *l, train_state *ts, step_result *res) {
     const dataset *ds = l->ds;
     long step = ts->step;
@@ -50,7 +90,10 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
             tokens += ds->ex[l->order[i]].n;
         }
     }
-    double tstart = now_s();
+    double tstart = now_s(), gw0 = 0, gw1 = 0, gb0 = 0, gb;
+    long gn;
+    model_shard_stats(l->m, &gw0, &gb0, &gn);
+    res->comm_wait_s = res->comm_s = 0;
     lora_set *ls = l->m->lora;
     memset(ls->grads, 0, ls->n_params * sizeof(float));
     double loss_sum = 0;
@@ -69,12 +112,33 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
             l->mb_loss[k] = v;
         else
             loss_sum += v;
+        /* the rank's last micro-batch: each layer's gradient sum starts as soon as its backward
+         * is done, and moves while backward goes on below it */
+        int overlap = N > 1 && l->seg && k == k1 - 1;
+        if (overlap) l->m->grads_ready = layer_grads_ready, l->m->grads_ctx = l;
         model_backward(l->m, l->a, l->b, gscale, dseed);
+        l->m->grads_ready = NULL;
     }
+    /* a rank without a micro-batch in this step starts the same sums, in the same order */
+    if (N > 1 && l->seg && k1 == k0)
+        for (int layer = l->m->cfg.L - 1; layer >= 0; layer--)
+            layer_grads_ready(l, layer);
+    /* --shard-base: every rank takes part in every all-gather, so one with fewer micro-batches
+     * than the most any rank has walks the remaining forward and backward passes without
+     * computing (shard.c) */
+    if (l->m->shard)
+        for (long k = k1 - k0; k < (n_mb + N - 1) / N; k++)
+            model_shard_walk(l->m, 1);
     if (N > 1) {
         /* the gradients summed in rank order; each loss comes from the one rank that ran its
          * micro-batch (the others add 0), then they are added in micro-batch order as above */
-        dist_sum_f32(ls->grads, ls->n_params);
+        if (l->seg)
+            dist_sum_f32_finish(&res->comm_wait_s, &res->comm_s);
+        else {
+            double t0 = now_s();
+            dist_sum_f32(ls->grads, ls->n_params);
+            res->comm_wait_s = res->comm_s = now_s() - t0;
+        }
         dist_sum_f64(l->mb_loss, (size_t)n_mb);
         for (long k = 0; k < n_mb; k++)
             loss_sum += l->mb_loss[k];
@@ -94,6 +158,8 @@ void train_step(train_loop *l, train_state *ts, step_result *res) {
     if (!res->diverged) adamw_step(l->opt, ls->params, ls->grads, res->lr);
     res->tokens = tokens, res->counted = counted;
     res->seconds = now_s() - tstart;
+    model_shard_stats(l->m, &gw1, &gb, &gn);
+    res->gather_wait_s = gw1 - gw0, res->gathered_bytes = gb - gb0;
 }
 
 double eval_loss(const model *m, acts *a, batch *b, int B, const dataset *val, long *count) {

@@ -40,12 +40,23 @@ typedef struct train_loop {
     int rank, nranks;     /* this process's rank of nranks (1: one process) */
     double *mb_loss;      /* nranks > 1: the step's micro-batch losses (grad_accum, capped at
                              micro_per_epoch) */
+    size_t *seg;          /* nranks > 1: layer l's LoRA gradients are grads[seg[l], seg[l+1])
+                             (L + 1 entries), reduced while backward goes on below it; NULL:
+                             one reduction after the step's backward passes */
 } train_loop;
+
+/* The layer segments of the LoRA gradients when the modules lie layer after layer in them (as
+ * lora_create lays them out); NULL when they do not (or out of memory). */
+size_t *train_grad_segments(const lora_set *ls, int L);
 
 typedef struct step_result {
     double loss, lr, grad_norm;
     long tokens, counted; /* tokens of the step, and those with a loss */
     double seconds;
+    /* several ranks: seconds blocked waiting for the gradient sum, the sum's span from its
+     * first layer's start to its end (mostly behind backward), and seconds waiting for
+     * --shard-base all-gathers */
+    double comm_wait_s, comm_s, gather_wait_s, gathered_bytes;
     const char *diverged; /* NULL, or "loss is nan", "gradient norm is inf", ...: the step's
                              AdamW update was not made */
 } step_result;

@@ -136,6 +136,14 @@ const opt_row opt_rows[] = {
         "model's context) moved by N tokens, as the transformers perplexity guide (0: off)"),
     BOOL("grad_checkpoint", "grad-checkpoint", grad_checkpoint, "0", TP | R, OG_MEMORY,
          "keep layer inputs only, recompute layers in backward (same numbers, less memory)"),
+    BOOL("shard_base", "shard-base", shard_base, "0", TP | R, OG_MEMORY,
+         "under mpirun: each rank keeps 1/N of every layer's frozen weights and of the LM head, "
+         "all-gathered before the layer runs (the next one prefetched); the same numbers"),
+    DBL("dist_timeout", "dist-timeout", dist_timeout, "25", 0, 1e9, T_ | R, OG_MEMORY, "S",
+        "under mpirun, from the first step: a rank that has not answered for 2 x S seconds "
+        "(stopped, hung, network down) is named and every rank stops (0: wait forever)"),
+    INT("ranks", "ranks", ranks, "1", 1, 1 << 20, OF_PLAN, OG_MEMORY, "N",
+        "plan for N ranks (mpirun -np N): the per-rank peak, with --shard-base 1/N of the weights"),
     INT("threads", "threads", threads, "0", 0, 65536, TE | S | R, OG_MEMORY, "N", "threads (0: all cores)"),
     LONG("eval_every", "eval-every", eval_every, "0", 0, LMAX, T_ | S | R, OG_DATA, "N",
          "evaluation loss every N steps into metrics.jsonl (0: only at the end; needs --val-data or "

@@ -8,8 +8,9 @@
  * the bf16 copies of an input chunk and a weight panel and the bf16 GEMM's own); LoRA
  * parameters and their gradients; AdamW's two moments; activations saved for backward and the
  * scratch of one step (with gradient checkpointing: the layer inputs, in fp32 or bf16, one
- * layer's worth, and its MLP a chunk of rows at a time: model/acts.c's acts_sizes); the batch buffers; and a baseline for the program, its libraries and the BLAS
- * buffers, measured at about 10 MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
+ * layer's worth, and its MLP a chunk of rows at a time: model/acts.c's acts_sizes); the batch
+ * buffers; and a baseline for the program, its libraries and the BLAS buffers, measured at about 10
+ * MB on Debian 12 / OpenBLAS 0.3.21 (peak RSS of a tiny eval).
  */
 #include "train/plan.h"
 #include "model/lora.h"
@@ -20,6 +21,7 @@
 #include <string.h>
 
 #define BASELINE_BYTES (12.0 * 1048576.0)
+#define MPI_BASELINE_BYTES (13.5 * 1048576.0)
 
 double memory_plan_panel(const model_config *cfg, const model_quant *q, int B, int T) {
     return (double)model_matmul_scratch_bytes(cfg, q, B * T);
@@ -44,9 +46,33 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
     p->activations = (double)acts_plan_bytes(cfg, R, p->lora_modules, B, T, grad_checkpoint);
     p->batch = 4.0 * B * T * sizeof(int32_t);
     p->baseline = BASELINE_BYTES;
-    p->total = p->weights + p->lora + p->optimizer + p->activations + p->panel + p->batch +
-               p->baseline;
+    p->total =
+        p->weights + p->lora + p->optimizer + p->activations + p->panel + p->batch + p->baseline;
     return FT_OK;
+}
+
+double memory_plan_shard_weights(const model_config *cfg, const model_quant *q, int N) {
+    double w = (double)model_fp32_bytes(cfg), biggest = 0;
+    for (int l = 0; l <= cfg->L; l++) {
+        size_t u = model_shard_unit_bytes(cfg, q, l), units = u / 64;
+        w += (double)((units + (size_t)N - 1) / (size_t)N) * 64.0;
+        if ((double)u > biggest) biggest = (double)u;
+    }
+    /* an embedding that is neither read from the file nor the head's pages stays whole */
+    if (!q->embed_borrowed) w += (double)qtensor_size_for(q->embed, cfg->V, cfg->C, 1, 0);
+    return w + 2.0 * biggest;
+}
+
+void memory_plan_ranks(memory_plan *p, const model_config *cfg, const model_quant *q, int N,
+                       int shard) {
+    if (N <= 1) return;
+    /* Open MPI's libraries and TCP buffers in each rank: measured 13.6 MB of peak RSS (a 2-rank
+     * run against one process, Open MPI 4.1.4 over TCP, Debian 12) */
+    p->baseline += MPI_BASELINE_BYTES, p->total += MPI_BASELINE_BYTES;
+    if (!shard) return;
+    p->total -= p->weights;
+    p->weights = memory_plan_shard_weights(cfg, q, N);
+    p->total += p->weights;
 }
 
 double memory_available(void) {

@@ -45,7 +45,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 /* Everything a training run holds, freed by run_free. */
 typedef struct run {
     run_opts ro;
@@ -248,6 +247,14 @@ static ft_status load_inputs(run *r, ft_error *err) {
             "past it were never trained",
             o->seq_len, r->cfg.max_pos);
     if ((st = model_quant_resolve(o->model_dir, &r->cfg, &lopt, &r->q, err))) return st;
+    int so = model_quant_stored_only(&r->q);
+    if (so >= 0) /* forward-only kernels: their backward through the base is untested */
+        return ft_error_set(err, FT_ERR_INPUT, o->model_dir,
+                            "add --quant none (an fp32 copy), q8, nf4 or bf16 to train over the "
+                            "weights converted to that format",
+                            "training over a Q4_0/Q4_K/Q6_K base is not supported yet (this file "
+                            "keeps %s weights)",
+                            qformat_info(so)->name);
     data_options dopt;
     data_opts(o, r->cfg.V, &dopt);
     if ((st = data_load(&dopt, &r->ds, &r->val, r->dhash, err))) return st;
@@ -265,9 +272,10 @@ static ft_status load_inputs(run *r, ft_error *err) {
 /* Bytes the run needs (frozen weights, dequantization panel, LoRA values + gradients + AdamW
  * moments, activations) with storage q and checkpointing ckpt. */
 static double run_bytes(const model_config *cfg, const model_quant *q, const lora_set *ls, int B,
-                        int T, int ckpt) {
-    return (double)model_weight_bytes(cfg, q) + memory_plan_panel(cfg, q, B, T) +
-           4.0 * ls->n_params * sizeof(float) +
+                        int T, int ckpt, int shard_ranks) {
+    double w = shard_ranks > 1 ? memory_plan_shard_weights(cfg, q, shard_ranks)
+                               : (double)model_weight_bytes(cfg, q);
+    return w + memory_plan_panel(cfg, q, B, T) + 4.0 * ls->n_params * sizeof(float) +
            (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
 }
 
@@ -282,8 +290,9 @@ static ft_status check_memory(run *r, ft_error *err) {
     int level = ckpt_dtype_parse(o->grad_checkpoint_dtype); /* the kind to switch on */
     const model_config *cfg = &r->cfg;
     int B = r->B, T = r->T;
-    double need = run_bytes(cfg, &r->q, r->ls, B, T, r->ckpt);
-    double need_ck = run_bytes(cfg, &r->q, r->ls, B, T, level);
+    int sr = o->shard_base ? r->nranks : 1;
+    double need = run_bytes(cfg, &r->q, r->ls, B, T, r->ckpt, sr);
+    double need_ck = run_bytes(cfg, &r->q, r->ls, B, T, level, sr);
     if (need <= room) return FT_OK;
     if (need_ck <= room) {
         r->ckpt = level;
@@ -301,8 +310,8 @@ static ft_status check_memory(run *r, ft_error *err) {
     if (try4) {
         q4.linear = QF_NF4, q4.blocksize = FT_QUANT_BLOCKSIZE_DEFAULT, q4.double_quant = 0;
         if (q4.lm_head == QF_F32 && !q4.head_borrowed) q4.lm_head = QF_BF16;
-        need4 = run_bytes(cfg, &q4, r->ls, B, T, 0);
-        need4_ck = run_bytes(cfg, &q4, r->ls, B, T, level);
+        need4 = run_bytes(cfg, &q4, r->ls, B, T, 0, sr);
+        need4_ck = run_bytes(cfg, &q4, r->ls, B, T, level, sr);
     }
     char hint[300];
     if (try4 && need4 <= room)
@@ -337,8 +346,13 @@ static ft_status allocate(run *r, ft_error *err) {
                                .double_quant = o->double_quant,
                                .blocksize = o->quant_blocksize,
                                .lm_head = o->quant_lm_head,
-                               .dtype = o->dtype};
+                               .dtype = o->dtype,
+                               .shard = o->shard_base && r->nranks > 1};
     if ((st = model_load_with(o->model_dir, &lopt, &r->m, err))) return st;
+    if (lopt.shard && !r->m.shard)
+        return ft_error_set(err, FT_ERR_INPUT, o->model_dir, "leave --shard-base out for it",
+                            "--shard-base shards Hugging Face (safetensors) model folders; this "
+                            "is a GGUF model");
     r->m.lora = r->ls, r->ls = NULL;
     if ((st = batch_alloc(&r->b, r->B, r->T, err))) return st;
     if ((st = acts_alloc_ckpt(&r->m, r->B, r->T, 0, r->ckpt, &r->a, err))) return st;
@@ -374,6 +388,11 @@ static ft_status allocate(run *r, ft_error *err) {
             return ft_error_set(err, FT_ERR_RUNTIME, NULL, NULL, "out of memory");
         size_t g = r->m.lora->n_params * sizeof(float), lb = (size_t)n * sizeof(double);
         if ((st = dist_reserve(g > lb ? g : lb, err))) return st;
+        /* FTUNE_DIST_OVERLAP=0: one reduction after the backward passes (tests compare) */
+        const char *ov = getenv("FTUNE_DIST_OVERLAP");
+        if (!(ov && !strcmp(ov, "0")) && (l->seg = train_grad_segments(r->m.lora, r->m.cfg.L)) &&
+            (st = dist_reserve_overlap(r->m.cfg.L, r->m.lora->n_params, err)))
+            return st;
     }
     if (r->rank != 0) return FT_OK; /* rank 0 alone writes the run folder */
     return run_dir_preflight(o->out_dir, r->m.lora->n_params * 12 + 65536, err);
@@ -561,16 +580,27 @@ static void write_step_metrics(run *r, const step_result *s, double elapsed) {
     if (s->diverged) snprintf(div, sizeof div, ", \"diverged\": \"%s\"", s->diverged);
     fprintf(r->metrics,
             "{\"step\": %ld, \"epoch\": %.4f, \"loss\": %s, \"lr\": %.17g, \"grad_norm\": %s, "
-            "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f%s}\n",
+            "\"tokens\": %ld, \"tokens_per_s\": %.2f, \"elapsed_s\": %.3f%s",
             r->ts.step, train_epoch(&r->loop, &r->ts), loss, s->lr, gn, s->tokens,
             s->tokens / s->seconds, elapsed, div);
+    /* several ranks: the gradient sum's span and the part of it not hidden behind backward;
+     * --shard-base: the time waited for all-gathers (rank 0's) */
+    if (r->nranks > 1)
+        fprintf(r->metrics, ", \"comm_s\": %.6f, \"comm_wait_s\": %.6f", s->comm_s, s->comm_wait_s);
+    if (r->m.shard)
+        fprintf(r->metrics, ", \"gather_wait_s\": %.6f, \"gathered_bytes\": %.0f", s->gather_wait_s,
+                s->gathered_bytes);
+    fprintf(r->metrics, "}\n");
     fflush(r->metrics);
 }
 
 static void evaluate(run *r) {
-    if (r->rank != 0) return; /* the others go on to the next step's reduction and wait there */
+    /* the others go on to the next step's reduction and wait there; with --shard-base every
+     * rank evaluates (each layer's weights are all-gathered), rank 0 alone writes */
+    if (r->rank != 0 && !r->m.shard) return;
     long vc;
     double vl = eval_loss(&r->m, r->a, &r->b, r->Bv, &r->val, &vc);
+    if (r->rank != 0) return;
     char v[40];
     json_num(v, sizeof v, vl);
     fprintf(r->metrics,
@@ -670,6 +700,7 @@ static void run_free(run *r) {
     if (r->metrics) fclose(r->metrics);
     free(r->loop.order);
     free(r->loop.mb_loss);
+    free(r->loop.seg);
     adamw_free(&r->opt);
     acts_free(r->a);
     batch_free(&r->b);
@@ -769,6 +800,12 @@ ft_status ft_train(const ft_train_options *given, ft_error *err) {
     if (!st) st = allocate(r, err);
     if (!st) st = start_or_resume(r, &finished, err);
     st = check_same_start(r, st, err);
+    /* the watchdog from the first step on: loading (minutes for a large model, at a different
+     * pace on each host) makes no calls that would answer its questions */
+    if (!st && r->nranks > 1) {
+        dist_set_timeout(r->o->dist_timeout);
+        dist_set_resume_hint(resume_command(r, 0));
+    }
     if (!st && !finished) st = run_steps(r, err);
     if (!st && !finished) st = finish(r, err);
 done:

@@ -9,12 +9,19 @@
  * byte of every string is touched), every tensor has at most GGUF_MAX_DIMS dims, an element
  * count equal to the product of its dims and a byte size that fits the file, is found by name,
  * and has every byte of its data read; tensors of a type ftune dequantizes are dequantized
- * whole, and a range that is not whole blocks must be refused. A broken promise aborts, which
- * libFuzzer reports as a crash; reading outside the mapping faults.
+ * whole, and a range that is not whole blocks must be refused. Then the file is read as a model
+ * (`--model FILE.gguf`, model/gguf_model.c): its config (every size positive, Hkv divides H,
+ * rot_dim even and within the head, inv_freq finite and >= 0, windows >= 0, as fuzz_config), and
+ * the whole model with the default options (every block's norms and linear layers present). A
+ * broken promise aborts, which libFuzzer reports as a crash; reading outside the mapping faults.
  */
 #include "fuzz_common.h"
 #include "io/gguf.h"
+#include "model/gguf_model.h"
+#include "model/model.h"
 #include "ops/ggml_quants.h"
+
+#include <math.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -86,6 +93,40 @@ static void check_tensor(const gguf_file *g, const gguf_tensor *t, size_t size) 
     free(v);
 }
 
+/* The file as a model: refused cleanly, or a config and weights the model code can use. */
+static void check_model(const char *path) {
+    ft_error err;
+    model_config cfg;
+    if (gguf_config_load(path, &cfg, &err)) {
+        if (err.status != FT_ERR_INPUT && err.status != FT_ERR_RUNTIME) abort();
+        return;
+    }
+    if (!cfg.arch || cfg.C < 1 || cfg.I < 1 || cfg.L < 1 || cfg.H < 1 || cfg.Hkv < 1 || cfg.D < 1 ||
+        cfg.V < 1 || cfg.H % cfg.Hkv || cfg.rot_dim < 2 || cfg.rot_dim % 2 || cfg.rot_dim > cfg.D ||
+        !cfg.window || !cfg.inv_freq || !(cfg.eps > 0))
+        abort();
+    for (int i = 0; i < cfg.rot_dim / 2; i++)
+        if (!isfinite(cfg.inv_freq[i]) || !(cfg.inv_freq[i] >= 0)) abort();
+    for (int l = 0; l < cfg.L; l++)
+        if (cfg.window[l] < 0) abort();
+    model_config_free(&cfg);
+    model m;
+    if (gguf_model_load(path, NULL, &m, &err)) {
+        if (err.status != FT_ERR_INPUT && err.status != FT_ERR_RUNTIME) abort();
+        return;
+    }
+    if (!m.blocks || !m.weights || !m.norm_f || !m.wte.data || !m.lm_head.data) abort();
+    for (int l = 0; l < m.cfg.L; l++) {
+        const block_weights *b = &m.blocks[l];
+        if (!b->ln1 || !b->ln2) abort();
+        for (int k = 0; k < LIN_COUNT; k++)
+            if (b->lin[k].out && (!b->lin[k].W.data || b->lin[k].W.rows != b->lin[k].out ||
+                                  b->lin[k].W.cols != b->lin[k].in))
+                abort();
+    }
+    model_free(&m);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fz_write("model.gguf", data, size);
     gguf_file *g = NULL;
@@ -103,5 +144,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_tensor(g, gguf_tensor_at(g, i), size);
     if (gguf_kv_at(g, gguf_kv_count(g)) || gguf_tensor_at(g, -1)) abort();
     gguf_close(g);
+    check_model(path);
     return 0;
 }

@@ -293,3 +293,180 @@ def test_sigterm_to_mpirun_checkpoints(work):
     steps = [json.loads(l)["step"] for l in open(out / "metrics.jsonl")]
     assert newest_checkpoint(out) == steps[-1], "the checkpoint is of the last step logged"
     assert_resumes(work, out)
+
+
+# ---- --shard-base: sharded frozen weights (docs/distributed.md, "Sharded base weights") ------
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_shard_base_same_bits(work, config):
+    """--shard-base with 2 and 3 ranks gives the same losses and adapter bytes as the same ranks
+    without it (every layer's weights are all-gathered to the same bytes before they are used),
+    so also the same numbers as one process within the bounds above. 13 micro-batches an epoch:
+    the last step's single micro-batch leaves ranks with none, which walk the gathers."""
+    ref = work / f"{config}-ref"
+    if not ref.exists():
+        train(work, ref, config)
+    for n in (2, 3):
+        plain = work / f"{config}-np{n}"
+        if not plain.exists():
+            train(work, plain, config, n=n, accum=G // n)
+        out = work / f"{config}-np{n}-shard"
+        train(work, out, config, n=n, accum=G // n, extra=["--shard-base"])
+        assert [repr(x) for x in losses(out)] == [repr(x) for x in losses(plain)], config
+        assert (out / "adapter_model.safetensors").read_bytes() == \
+            (plain / "adapter_model.safetensors").read_bytes(), f"{config}, {n} ranks"
+        assert_close(out, ref, f"{config}, {n} ranks, --shard-base")
+
+
+def test_shard_base_double_quant_and_head(work):
+    """The pieces of a double-quantized NF4 layer (codes, 8-bit absmax, nested absmax and code)
+    and a bf16 LM head, sharded across 3 ranks and gathered, with gradient checkpointing (the
+    recompute in backward uses the gathered layer): the same bits as without --shard-base."""
+    extra = ["--quant", "nf4", "--double-quant", "--quant-lm-head", "bf16", "--steps", "2",
+             "--grad-checkpoint"]
+    runs = []
+    for tag, sb in (("plain", []), ("shard", ["--shard-base"])):
+        out = work / f"dq-{tag}"
+        args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", out,
+                "--grad-accum", 2, *BASE, *extra, *sb]
+        ok(ftune(*args, np_=3))
+        runs.append(out)
+    assert losses(runs[0]) == losses(runs[1])
+    assert (runs[0] / "adapter_model.safetensors").read_bytes() == \
+        (runs[1] / "adapter_model.safetensors").read_bytes()
+
+
+PEAK = """import os, resource, subprocess, sys
+p = subprocess.run(sys.argv[2:])
+r = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
+open(sys.argv[1] + "." + r, "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
+sys.exit(p.returncode)
+"""
+WIDE = dict(C=512, L=8, I=1536, H=8, KV=4, D=64, V=97)  # 101 MB of fp32 weights: they dominate
+
+
+def wide_model(work):
+    """A model whose fp32 weights dominate its training memory (B 1, T 32)."""
+    d = work / "wide"
+    if d.exists():
+        return d
+    d.mkdir()
+    s = WIDE
+    cfg = json.load(open(work / "model" / "config.json"))
+    cfg.update(hidden_size=s["C"], intermediate_size=s["I"], num_hidden_layers=s["L"],
+               num_attention_heads=s["H"], num_key_value_heads=s["KV"], head_dim=s["D"],
+               vocab_size=s["V"])
+    json.dump(cfg, open(d / "config.json", "w"), indent=1)
+    rng = np.random.default_rng(0)
+    w = lambda *shape: rng.standard_normal(shape, dtype=np.float32) * 0.02
+    C, I, HD, KD = s["C"], s["I"], s["H"] * s["D"], s["KV"] * s["D"]
+    t = {"model.embed_tokens.weight": w(s["V"], C), "lm_head.weight": w(s["V"], C),
+         "model.norm.weight": np.ones(C, np.float32)}
+    for l in range(s["L"]):
+        p = f"model.layers.{l}."
+        t[p + "input_layernorm.weight"] = np.ones(C, np.float32)
+        t[p + "post_attention_layernorm.weight"] = np.ones(C, np.float32)
+        for name, shape in (("self_attn.q_proj", (HD, C)), ("self_attn.k_proj", (KD, C)),
+                            ("self_attn.v_proj", (KD, C)), ("self_attn.o_proj", (C, HD)),
+                            ("mlp.gate_proj", (I, C)), ("mlp.up_proj", (I, C)),
+                            ("mlp.down_proj", (C, I))):
+            t[p + name + ".weight"] = w(*shape)
+    from safetensors.numpy import save_file
+    save_file(t, str(d / "model.safetensors"))
+    return d
+
+
+def test_shard_base_memory_and_plan(work):
+    """Per-rank peak RSS with --shard-base at N = 2, on a model whose weights dominate: below the
+    peak of a rank without it, minus the weights, plus half the weights, plus two layers (the
+    gather buffers), plus 10%; and `ftune plan --ranks 2 --shard-base` within 10% of it. The
+    reference is a 2-rank run without --shard-base rather than one process, since each rank
+    also holds Open MPI (measured: 13.6 MB more than one process). The adapters match bit for
+    bit."""
+    model = wide_model(work)
+    peak = work / "peak.py"
+    peak.write_text(PEAK)
+    import sys
+    args = ["train", "--model", model, "--data", work / "data.jsonl", "--batch-size", "1",
+            "--seq-len", "32", "--grad-accum", "2", "--steps", "2", "--threads", "1", "--quiet",
+            "--lora-targets", "all-linear"]
+    rss = {}
+    for tag, extra in (("plain", []), ("shard", ["--shard-base"])):
+        cmd = [MPIRUN, *MPI, "-np", "2", sys.executable, str(peak), str(work / f"rss-{tag}"),
+               FTUNE, *map(str, args), "--out", str(work / f"wide-{tag}"), *extra]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=120)
+        assert p.returncode == 0, p.stderr[-3000:]
+        rss[tag] = [int((work / f"rss-{tag}.{r}").read_text()) for r in (0, 1)]
+    assert (work / "wide-plain" / "adapter_model.safetensors").read_bytes() == \
+        (work / "wide-shard" / "adapter_model.safetensors").read_bytes()
+    s = WIDE
+    C, I, HD, KD = s["C"], s["I"], s["H"] * s["D"], s["KV"] * s["D"]
+    layer = 4 * (2 * HD * C + 2 * KD * C + 3 * I * C)
+    weights = s["L"] * layer + 4 * s["V"] * C + 4 * (2 * s["L"] + 1) * C  # + head + norms
+    bound = (max(rss["plain"]) - weights + weights / 2 + 2 * layer) * 1.10
+    MB = 1048576
+    print(f"\npeak RSS per rank: without --shard-base {[r / MB for r in rss['plain']]} MB, with "
+          f"{[r / MB for r in rss['shard']]} MB; bound {bound / MB:.1f} MB "
+          f"(weights {weights / MB:.1f} MB, a layer {layer / MB:.1f} MB)")
+    assert max(rss["shard"]) < bound, (rss, bound)
+    # the gathers of a micro-batch after the first: the forward's layers 2 .. L-1 and the head,
+    # the backward's L-2 .. 0 (layer L-1 stays from the forward, layers 0 and 1 from the
+    # previous backward); step 2 runs 2 micro-batches per rank
+    head = 4 * s["V"] * C
+    rows = [json.loads(l) for l in open(work / "wide-shard" / "metrics.jsonl") if '"loss"' in l]
+    assert rows[1]["gathered_bytes"] == 2 * ((2 * s["L"] - 3) * layer + head), rows[1]
+    plan = subprocess.run([FTUNE, "plan", "--model", model, "--batch-size", "1", "--seq-len", "32",
+                           "--lora-targets", "all-linear", "--ranks", "2", "--shard-base"],
+                          capture_output=True, text=True, env=ENV)
+    assert plan.returncode == 0, plan.stderr
+    total = json.loads(plan.stdout.strip().splitlines()[-1])["total_bytes"]
+    got = max(rss["shard"])
+    print(f"plan --ranks 2 --shard-base: {total / MB:.1f} MB, measured {got / MB:.1f} MB "
+          f"({100 * (total - got) / got:+.1f}%)")
+    assert abs(total - got) <= 0.10 * got
+
+
+def test_hung_rank_detected(work):
+    """SIGSTOP of rank 1 (a hung rank, or a dropped network): with --dist-timeout 2 rank 0 asks
+    after 2 s whether the others are alive, names rank 1 2 s later with the resume command, and
+    the job stops; the newest checkpoint is whole and resumes with 3 ranks."""
+    out = work / "hung"
+    proc = long_run(work, out, ["--save-every", "20", "--dist-timeout", "2"])
+    wait_for_checkpoint(out, 2, proc)
+    pid = rank_pid(proc, 1)
+    t0 = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    took = time.time() - t0
+    print(f"\nrank 1 stopped: mpirun exited {proc.returncode} after {took:.1f} s")
+    assert proc.returncode != 0 and took < 20, (proc.returncode, took)
+    assert "rank 1 (" in err and "has not answered" in err, err
+    assert f"ftune train --resume {out}" in err, err
+    assert err.count("has not answered") == 1, err
+    assert_resumes(work, out)
+
+
+def test_overlapped_reduction_same_bits(work):
+    """Each layer's gradient sum starts when its backward is done and moves while backward goes
+    on below it; every element is still the rank-order sum, so the run's bits equal those of one
+    reduction after the backward passes (FTUNE_DIST_OVERLAP=0). metrics.jsonl says how long the
+    sum took and how much of it was waited for."""
+    out, plain = work / "overlap-on", work / "overlap-off"
+    train(work, out, "lora", n=3, accum=2)
+    env = dict(ENV, FTUNE_DIST_OVERLAP="0")
+    args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", plain,
+            "--grad-accum", 2, *BASE, *CONFIGS["lora"]]
+    p = subprocess.run([MPIRUN, *MPI, "-x", "FTUNE_DIST_OVERLAP", "-np", "3", FTUNE,
+                        *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    ok(p)
+    assert [repr(x) for x in losses(out)] == [repr(x) for x in losses(plain)]
+    assert (out / "adapter_model.safetensors").read_bytes() == \
+        (plain / "adapter_model.safetensors").read_bytes()
+    rows = [json.loads(l) for l in open(out / "metrics.jsonl") if '"loss"' in l]
+    assert all(0 <= r["comm_wait_s"] <= r["comm_s"] + 1e-3 for r in rows), rows

@@ -34,6 +34,9 @@ What is compared, and the tolerance:
   first of them.
 - `ftune eval --stride`: the perplexity of the transformers guide's loop (with and without
   overlapping windows, with an adapter) within 1e-5 relative, the token count exact.
+- `ftune eval --compare-adapter`: the base row is transformers' loss and each adapter row
+  PeftModel's (JSONL eval and --stride; 1e-5 relative, tokens exact); the base row equals a plain
+  `ftune eval` and each adapter row `ftune eval --adapter` alone, to the printed digit.
 - real templates (Llama 3, Qwen3 from ../shared/tokenizers, skipped where absent): the prompt ids
   of --apply-chat-template equal apply_chat_template's, and <|eot_id|> / <|im_end|> end a turn.
 - the README's three commands from `ftune train` to `ftune chat --adapter RUN`, run as written.
@@ -377,25 +380,40 @@ def test_chat_three_turns(text_model):
 # --- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input(zoo, text_model, tmp_path):
+    """Each case under build/ftune and, when it exists, the ASan/UBSan build (no report)."""
+    from conftest import asan_bin
     d = zoo.model("llama", "f32")
-    # a prompt longer than the context (max_position_embeddings 512)
-    p = run_ftune(["generate", "--model", d, "--prompt-ids", ",".join(["5"] * 600), "--json"])
-    assert p.returncode == 2 and "600 tokens" in p.stderr and "hint:" in p.stderr, p.stderr
-    # invalid UTF-8 in a prompt file: the file and the byte offset
     mdir, _ = text_model
     f = tmp_path / "bad.txt"
     f.write_bytes(b"hello \xff world")
-    p = run_ftune(["generate", "--model", mdir, "--prompt-file", f])
-    assert p.returncode == 2 and str(f) in p.stderr and "offset 6" in p.stderr, p.stderr
-    # an adapter of another model: the tensor and the shapes
-    p = run_ftune(["generate", "--model", d, "--adapter", zoo.adapter("qwen3"), "--prompt-ids",
-                   "1,2,3", "--json"])
-    assert p.returncode == 2 and "adapter_model.safetensors" in p.stderr, p.stderr
-    assert "expected shape" in p.stderr and "hint:" in p.stderr, p.stderr
-    # an adapter weight that is not a number
-    p = run_ftune(["generate", "--model", d, "--adapter", zoo.adapter("llama") + ":x",
-                   "--prompt-ids", "1", "--json"])
-    assert p.returncode == 2 and "--adapter" in p.stderr, p.stderr
+    good = tmp_path / "good.txt"
+    good.write_text("the cat sat on the mat and ran far away")
+    cases = [
+        # a prompt longer than the context (max_position_embeddings 512)
+        (["generate", "--model", d, "--prompt-ids", ",".join(["5"] * 600), "--json"],
+         ["600 tokens", "hint:"]),
+        # invalid UTF-8 in a prompt file: the file and the byte offset
+        (["generate", "--model", mdir, "--prompt-file", f], [str(f), "offset 6"]),
+        # an adapter of another model: the tensor and the shapes
+        (["generate", "--model", d, "--adapter", zoo.adapter("qwen3"), "--prompt-ids", "1,2,3",
+          "--json"], ["adapter_model.safetensors", "expected shape", "hint:"]),
+        # an adapter weight that is not a number
+        (["generate", "--model", d, "--adapter", zoo.adapter("llama") + ":x", "--prompt-ids", "1",
+          "--json"], ["--adapter"]),
+        # the same adapter of another model under eval --compare-adapter
+        (["eval", "--model", mdir, "--data", good, "--stride", 4, "--adapter",
+          zoo.adapter("qwen3"), "--compare-adapter"], ["adapter_model.safetensors",
+                                                       "expected shape"]),
+    ]
+    for b in [None] + ([asan_bin()] if asan_bin() else []):
+        for args, words in cases:
+            p = run_ftune(args, binary=b, env={"ASAN_OPTIONS": "detect_leaks=1"} if b else None)
+            what = f"{' '.join(map(str, args[:3]))} ({'asan' if b else 'ftune'})"
+            assert p.returncode == 2, f"{what}: exit {p.returncode}\n{p.stderr[-3000:]}"
+            for w in words:
+                assert w in p.stderr, f"{what}: {w!r} not in {p.stderr[-3000:]}"
+            for s in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+                assert s not in p.stderr, f"{what}: {p.stderr[-5000:]}"
 
 
 def test_readme_train_to_chat(text_model, tmp_path):
@@ -472,6 +490,91 @@ def test_eval_stride_like_perplexity_guide(zoo, text_model, tmp_path, seq_len, s
     assert abs(res["perplexity"] - ppl) <= 1e-5 * ppl, (res, ppl)
     print(f"--seq-len {seq_len} --stride {stride}{' + adapter' if adapter else ''}: "
           f"perplexity {res['perplexity']:.6f} vs the guide's {ppl:.6f}")
+
+
+# --- ftune eval --compare-adapter: base and adapters side by side ------------------------------
+
+def second_adapter(zoo, d):
+    b = os.path.join(zoo.root, "llama-wb")
+    if not os.path.exists(os.path.join(b, "adapter_config.json")):
+        models.make_adapter(d, "llama", b, seed=7, r=4, lora_alpha=12,
+                            target_modules=["q_proj", "v_proj", "down_proj"])
+    return b
+
+
+def close(got, want, rtol=1e-5):
+    return abs(got - want) <= rtol * abs(want)
+
+
+def test_eval_compare_adapter_like_peft(zoo, tmp_path):
+    """JSONL eval: the base row is transformers' loss (1e-5 relative, tokens exact) and equals a
+    plain `ftune eval` to the printed digit; each adapter row is PeftModel's loss and equals
+    `ftune eval --adapter` alone; the table shows the same rows."""
+    from peft import PeftModel
+    from conftest import last_json_line
+    d = zoo.model("llama", "f32")
+    a, b = zoo.adapter("llama"), second_adapter(zoo, d)
+    rng = np.random.default_rng(31)
+    ex = []
+    for i, T in enumerate((21, 9, 14)):
+        ids = [int(t) for t in rng.integers(0, 500, size=T)]
+        ex.append(dict(input_ids=ids, labels=[-100] * 3 + ids[3:] if i == 1 else ids))
+    data = models.write_jsonl(str(tmp_path / "eval.jsonl"), ex)
+    base_args = ["eval", "--model", d, "--data", data, "--batch-size", "2"]
+    j = last_json_line(run_ok(base_args + ["--adapter", a, "--adapter", b, "--compare-adapter",
+                                           "--json"]).stdout)
+    assert [x["adapter"] for x in j["adapters"]] == [a, b]
+    assert j["base"] == last_json_line(run_ok(base_args).stdout)
+    for x, ad in zip(j["adapters"], (a, b)):
+        alone = last_json_line(run_ok(base_args + ["--adapter", ad]).stdout)
+        assert {k: x[k] for k in alone} == alone, (x, alone)
+    ref = models.reference_eval(models.load_model(d), ex)
+    assert j["base"]["tokens"] == ref["tokens"] and close(j["base"]["loss"], ref["loss"]), (j, ref)
+    for x, ad in zip(j["adapters"], (a, b)):
+        r = models.reference_eval(PeftModel.from_pretrained(models.load_model(d), ad).eval(), ex)
+        assert x["tokens"] == r["tokens"] and close(x["loss"], r["loss"]), (x, r["loss"])
+        assert abs(x["loss"] - ref["loss"]) > 1e-3  # the adapter changes the loss
+        assert close(x["loss_diff"], x["loss"] - j["base"]["loss"], 1e-6)
+        print(f"{os.path.basename(ad)}: loss {x['loss']:.7f} vs PEFT {r['loss']:.7f}, "
+              f"base {j['base']['loss']:.7f} vs transformers {ref['loss']:.7f}")
+    # the table: a header, the base row, one row per adapter, the same numbers
+    rows = run_ok(base_args + ["--adapter", a, "--adapter", b, "--compare-adapter"]).stdout
+    rows = [r.split() for r in rows.strip().splitlines()]
+    assert rows[0][:4] == ["model", "loss", "perplexity", "tokens"] and len(rows) == 4, rows
+    assert rows[1][0] == "base" and rows[2][0] == a and rows[3][0] == b, rows
+    assert close(float(rows[1][1]), j["base"]["loss"], 1e-6) and int(rows[3][3]) == ref["tokens"]
+    # bad use: two adapters without --compare-adapter; --compare-adapter without an adapter
+    p = run_ftune(base_args + ["--adapter", a, "--adapter", b])
+    assert p.returncode == 2 and "--compare-adapter" in p.stderr and "hint" in p.stderr, p.stderr
+    p = run_ftune(base_args + ["--compare-adapter"])
+    assert p.returncode == 2 and "--adapter" in p.stderr and "hint" in p.stderr, p.stderr
+
+
+def test_eval_compare_adapter_stride(zoo, text_model, tmp_path):
+    """--stride text perplexity, base and adapter: the guide's loop over transformers' model and
+    over PeftModel (1e-5 relative, tokens exact); the base equals plain `ftune eval --stride`."""
+    from peft import PeftModel
+    from conftest import last_json_line
+    mdir, tokdir = text_model
+    r = random.Random(12)
+    text = " ".join(r.choice(WORDS) for _ in range(120))
+    f = tmp_path / "text.txt"
+    f.write_text(text)
+    ids = hf_tokenizer(tokdir)(text)["input_ids"]
+    ad = zoo.adapter("llama")
+    args = ["eval", "--model", mdir, "--data", f, "--seq-len", 48, "--stride", 24]
+    j = last_json_line(run_ok(args + ["--adapter", ad, "--compare-adapter", "--json"]).stdout)
+    assert j["base"] == last_json_line(run_ok(args).stdout)
+    base_ppl, n = guide_perplexity(models.load_model(str(mdir)), ids, 48, 24)
+    ad_ppl, n2 = guide_perplexity(PeftModel.from_pretrained(models.load_model(str(mdir)), ad).eval(),
+                                  ids, 48, 24)
+    x = j["adapters"][0]
+    assert j["base"]["tokens"] == n and x["tokens"] == n2 == n
+    assert close(j["base"]["perplexity"], base_ppl) and close(x["perplexity"], ad_ppl), (j, base_ppl,
+                                                                                        ad_ppl)
+    assert abs(x["perplexity"] - j["base"]["perplexity"]) > 1e-3 * base_ppl
+    print(f"stride: base {j['base']['perplexity']:.6f} vs {base_ppl:.6f}, "
+          f"adapter {x['perplexity']:.6f} vs {ad_ppl:.6f}")
 
 
 # --- end-of-sequence ids, Ctrl-C in an interactive chat ----------------------------------------

@@ -338,8 +338,8 @@ CORPUS = os.path.join(REPO, "tests", "corpus", "gguf")
 
 def make_seeds(folder):
     """The seed files of tests/corpus/gguf/ (each under 4 KB): every dequantized type, every value
-    type, version 2 with alignment 64, a llama-shaped file with a small vocabulary, and a Q5_K
-    tensor (listed, not dequantized). `python tests/peers/test_gguf.py --make-seeds DIR`."""
+    type, version 2 with alignment 64, a llama-shaped file with a small vocabulary, a Q5_K
+    tensor (listed, not dequantized), and two whole tiny models (llama, phi3). `python tests/peers/test_gguf.py --make-seeds DIR`."""
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
     p = lambda name: os.path.join(folder, name)  # noqa: E731
@@ -376,6 +376,40 @@ def make_seeds(folder):
         ("add_uint32", "tokenizer.ggml.bos_token_id", 1)])
     write_gguf(p("seed-q5k.gguf"), [("q5_k", rng.integers(0, 256, (1, 176), dtype=np.uint16)
                                      .astype(np.uint8), T.Q5_K)])
+    # whole models ftune loads with --model FILE.gguf (fuzz_gguf reads them as models too): a
+    # llama (GQA 2:1, F16 linear layers) and a phi3 (fused attn_qkv and ffn_up, 4 of 8 head
+    # dims rotated, a sliding window)
+    model_seed(p("seed-model-llama.gguf"), "llama", rng)
+    model_seed(p("seed-model-phi3.gguf"), "phi3", rng)
+
+
+def model_seed(path, arch, rng):
+    C, H, Hkv, I, V = 8, 2, 1, 8, 8
+    D = C // H
+    w = gguf.GGUFWriter(path, arch=arch)
+    w.add_context_length(32), w.add_embedding_length(C), w.add_block_count(1)
+    w.add_feed_forward_length(I), w.add_head_count(H), w.add_head_count_kv(Hkv)
+    w.add_layer_norm_rms_eps(1e-5)
+    if arch == "phi3":
+        w.add_rope_dimension_count(D // 2), w.add_sliding_window(8)
+    f = lambda *sh: rng.standard_normal(sh).astype(np.float32)  # noqa: E731
+    h = lambda *sh: f(*sh).astype(np.float16)  # noqa: E731
+    w.add_tensor("token_embd.weight", f(V, C))
+    w.add_tensor("output_norm.weight", np.ones(C, np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(C, np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(C, np.float32))
+    if arch == "phi3":
+        w.add_tensor("blk.0.attn_qkv.weight", h((H + 2 * Hkv) * D, C))
+        w.add_tensor("blk.0.ffn_up.weight", h(2 * I, C))
+    else:
+        w.add_tensor("blk.0.attn_q.weight", h(H * D, C))
+        w.add_tensor("blk.0.attn_k.weight", h(Hkv * D, C))
+        w.add_tensor("blk.0.attn_v.weight", h(Hkv * D, C))
+        w.add_tensor("blk.0.ffn_gate.weight", h(I, C))
+        w.add_tensor("blk.0.ffn_up.weight", h(I, C))
+    w.add_tensor("blk.0.attn_output.weight", h(C, H * D))
+    w.add_tensor("blk.0.ffn_down.weight", h(C, I))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
 
 
 def test_fuzz_seeds_read_like_reader(tmp_path):

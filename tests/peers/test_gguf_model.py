@@ -18,16 +18,26 @@ What is compared, and the tolerance:
 - logits of `ftune eval --dump-logits` against transformers' float32 eager forward, one example at
   a time: max |diff| <= 1e-4 * max(1, max |ref|) (fp32 sums in another order; logits are O(10));
   the mean loss within 1e-5 relative, the token count exact. References: transformers loading
-  the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/qwen3 F32 files), and
+  the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/phi3 F32 files), and
   the HF model with the file's weights (F32 as saved; F16, BF16, Q8_0 and Q4_0 dequantized with
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
+- Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above, and
+  greedy `ftune generate` over the file equals transformers' generate over the HF model. A Phi-3
+  rotating half of each head (partial_rotary_factor 0.5, rope.dimension_count 16 of 32): logits
+  as transformers' over the HF model.
+  llama.cpp (llama-cpp-python, marker llama_cpp) runs the same F32 file: its logits with an fp32
+  KV cache equal ftune's within 1e-4 relative.
 - `ftune tokenize --jsonl` ids equal transformers' AutoTokenizer(gguf_file=) ids (add_special_tokens
   true) on tok_corpus documents: exact.
 - `ftune train` over stories260K: 30 steps of LoRA on real text, the loss falls by more than half;
   the adapter applied by PEFT to transformers' GGUF model gives ftune's own `eval --adapter` logits
   (so the adapter is in Hugging Face row order, Q/K un-permuted).
-- bad input: unknown architecture, a missing key, no tokenizer, a wrong tensor shape: exit 2,
-  message naming the file and the key / tensor.
+- bad input, each with build/ftune and, when it exists, the ASan/UBSan build (no sanitizer report):
+  unknown architecture, a missing key, no tokenizer, a wrong tensor shape, a file cut inside its
+  tensor data, an unknown tensor type, an adapter made for other shapes, a prompt longer than the
+  file's context, invalid UTF-8 in a prompt file, Phi-3 longrope factors, text for a file without
+  a vocabulary (whose --prompt-ids work): exit 2, a message naming the file and the key / tensor,
+  and a hint.
 """
 
 import json
@@ -39,7 +49,7 @@ import torch
 
 import models
 import tok_corpus
-from conftest import REPO, last_json_line, run_ftune, run_ok
+from conftest import REPO, asan_bin, last_json_line, run_ftune, run_ok
 
 STORIES = os.path.join(os.path.dirname(REPO), "shared", "models", "stories260K", "stories260K.gguf")
 LOGIT_RTOL = 1e-4
@@ -122,7 +132,10 @@ def permute(wt, n_head):
 
 
 GG_LIN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down",
+          # Phi-3's fused layers (gguf-py tensor_mapping.py: qkv_proj -> ATTN_QKV, gate_up_proj ->
+          # FFN_UP), written as they are: phi3 is a NeoX-rope architecture in llama.cpp
+          "qkv_proj": "attn_qkv", "gate_up_proj": "ffn_up"}
 
 
 def gguf_name(hf):
@@ -158,7 +171,19 @@ def write_hf_gguf(model, arch, path, qtype, bpe):
     w.add_head_count_kv(Hkv)
     w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_dimension_count(D)
+    if arch == "phi3":
+        # Phi3MiniModel.set_gguf_parameters: rope dims int(partial * hidden) // heads, the
+        # original context length and the sliding window (0 for none)
+        rp = c.rope_parameters
+        w.add_rope_dimension_count(int(rp.get("partial_rotary_factor", 1.0) * c.hidden_size) // H)
+        w.add_rope_scaling_orig_ctx_len(rp.get("original_max_position_embeddings",
+                                               c.original_max_position_embeddings))
+        w.add_sliding_window(c.sliding_window or 0)
+        # a padding id inside the vocabulary (real Phi-3 files carry one; without it transformers'
+        # GGUF loader keeps Phi3Config's default 32000, past this vocabulary)
+        w.add_pad_token_id(0)
+    else:
+        w.add_rope_dimension_count(D)
     if D != c.hidden_size // H:
         w.add_key_length(D)
         w.add_value_length(D)
@@ -337,10 +362,11 @@ def bpe():
     return train_bpe(600)
 
 
-# F32, F16, BF16, Q8_0 are kept as stored; Q4_0 is dequantized to fp32 at load (gguf-py cannot
-# write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway).
+# Every type here is kept as stored, Q4_0 included (its decode runs the fused Q4_0 kernels; gguf-py
+# cannot write K-quants, and the zoo's rows of 64 and 128 are not whole 256-value K blocks anyway:
+# tests/gguf_quant_kernels_test.c checks the Q4_K / Q6_K kernels against the same dequantization).
 CASES = [("llama", "f32"), ("llama", "f16"), ("llama", "q8_0"), ("llama", "q4_0"), ("qwen2", "f32"),
-         ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0")]
+         ("qwen2", "bf16"), ("qwen3", "f32"), ("qwen3", "q8_0"), ("phi3", "f32"), ("phi3", "q8_0")]
 
 
 @pytest.mark.parametrize("arch,qtype", CASES)
@@ -356,11 +382,67 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
     ref = models.reference_eval(ref_model.eval(), ex)
     res, logits = eval_ftune(tmp_path, path, ex)
     check(res, logits, ref)
-    if qtype == "f32" and arch != "qwen3":
+    if qtype == "f32" and arch == "phi3":
+        # transformers' own GGUF loading of the file, and greedy generation over the file equal
+        # to transformers' over the HF model (ref_model, built fresh: the zoo's shared object may
+        # have been changed by other tests)
+        check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
+        prompt = [int(t) for t in np.random.default_rng(4).integers(0, 500, size=6)]
+        p = run_ok(["generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
+                    "--greedy", "--max-new-tokens", 12, "--ignore-eos", "--json"])
+        out = last_json_line(p.stdout)
+        with torch.no_grad():
+            want = ref_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                                  min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
+        assert out["ids"] == want, (out["ids"], want)
+    elif qtype == "f32" and arch != "qwen3":
         # transformers' own GGUF loading of the same file. Not qwen3 here: transformers 5.23
         # reads no qwen3.attention.key_length, so this model's head_dim 32 becomes Qwen3Config's
         # default 128 and its q_norm does not load (real Qwen3 models have head_dim 128).
         check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
+
+
+def test_phi3_partial_rotary(tmp_path, bpe):
+    """A Phi-3 that rotates half of each head (partial_rotary_factor 0.5: the converter writes
+    rope.dimension_count 16 of head_dim 32): logits as transformers' over the HF model. (Not
+    transformers' GGUF loader, which ignores phi3.rope.dimension_count.)"""
+    kw = dict(models.ARCHS["phi3"][2], partial_rotary_factor=0.5)
+    torch.manual_seed(3)
+    model = transformers.Phi3ForCausalLM(transformers.Phi3Config(**kw)).to(torch.float32)
+    models.randomize_(model, 3)
+    assert model.config.rope_parameters["partial_rotary_factor"] == 0.5
+    path = str(tmp_path / "phi3-partial.gguf")
+    write_hf_gguf(model, "phi3", path, "f32", bpe)
+    ex = examples(model.config.vocab_size)
+    res, logits = eval_ftune(tmp_path, path, ex)
+    check(res, logits, models.reference_eval(model.eval(), ex))
+    # the rotation matters: the same weights with full rotation give other logits
+    kw["partial_rotary_factor"] = 1.0
+    full = transformers.Phi3ForCausalLM(transformers.Phi3Config(**kw)).to(torch.float32)
+    full.load_state_dict(model.state_dict())
+    other = models.reference_eval(full.eval(), ex)["logits"]
+    assert np.abs(other - logits).max() > 1e-2
+
+
+@pytest.mark.llama_cpp
+def test_phi3_like_llama_cpp(tmp_path, zoo, bpe):
+    """The Phi-3 file this test module writes is what llama.cpp itself runs as phi3: its logits
+    (llama-cpp-python, fp32 KV cache, one thread) equal ftune's over the same ids within
+    LOGIT_RTOL (so the fused attn_qkv / ffn_up layout, the rope and the window are read alike)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = zoo._f32("phi3")
+    path = str(tmp_path / "phi3.gguf")
+    write_hf_gguf(model, "phi3", path, "f32", bpe)
+    ids = [int(t) for t in np.random.default_rng(8).integers(0, 1000, size=24)]
+    llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=64, n_threads=1, verbose=False,
+                          type_k=0, type_v=0)  # GGML_TYPE_F32 caches (the default is F16)
+    llm.eval(ids)
+    ref = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    res, logits = eval_ftune(tmp_path, path, [dict(input_ids=ids, labels=ids)])
+    diff = np.abs(logits[0].astype(np.float64) - ref).max()
+    bound = LOGIT_RTOL * max(1.0, float(np.abs(ref).max()))
+    assert diff <= bound, f"logits differ from llama.cpp's by {diff:.3g} (bound {bound:.3g})"
+    print(f"phi3 vs llama.cpp: logits max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
 
 
 def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
@@ -379,6 +461,24 @@ def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
             "--batch-size", "4", "--lora-targets", "all-linear"])
     steps = [json.loads(x) for x in open(run / "metrics.jsonl") if '"step"' in x]
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+
+
+def test_hf_converted_q4_0_kept_and_train_refused(tmp_path, zoo, bpe):
+    """Q4_0 weights are kept as stored (plan), and training over them is refused, exit 2 with a
+    hint, until their backward is supported; --quant none trains over an fp32 copy."""
+    model = zoo._f32("llama")
+    path = str(tmp_path / "llama-q4.gguf")
+    write_hf_gguf(model, "llama", path, "q4_0", bpe)
+    plan = run_ok(["plan", "--model", path, "--seq-len", "16"]).stdout
+    assert "linear q4_0; lm_head q4_0" in plan, plan
+    seqs = [[int(t) for t in np.random.default_rng(1).integers(0, 50, size=16)] for _ in range(4)]
+    data = models.write_jsonl(str(tmp_path / "t.jsonl"), [dict(input_ids=s, labels=s) for s in seqs])
+    args = ["train", "--model", path, "--data", data, "--steps", "2", "--batch-size", "4"]
+    p = run_ftune(args + ["--out", tmp_path / "run"])
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "training over a Q4_0/Q4_K/Q6_K base is not supported yet" in p.stderr, p.stderr
+    assert path in p.stderr and "--quant none" in p.stderr, p.stderr
+    run_ok(args + ["--out", tmp_path / "run2", "--quant", "none"])
 
 
 # --- byte-level BPE vocabularies ---------------------------------------------------------------
@@ -408,10 +508,13 @@ def test_gpt2_vocab_tokenize(tmp_path, bpe, pre):
 LLAMA2_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers", "llama2", "tokenizer.json")
 
 
-def test_sentencepiece_vocab_32k(tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_sentencepiece_vocab_32k(tmp_path, arch):
     """A 32,000-token SentencePiece-style vocabulary (../shared's Llama-2-style tokenizer.json,
     tokens with scores -id, bytes typed 6 and specials 3, as llama.cpp writes them): the merges
-    ftune recovers from the scores tokenize the corpus as transformers' GGUF tokenizer does."""
+    ftune recovers from the scores tokenize the corpus as transformers' GGUF tokenizer does. Under
+    phi3 (Phi-3-mini's own vocabulary is this kind) transformers swaps Metaspace for a
+    Prepend + Replace normalizer, which differs on text that starts with spaces."""
     if not os.path.exists(LLAMA2_TOK):
         pytest.skip(f"{LLAMA2_TOK} is absent (../shared is beside the project only on its own machines)")
     j = json.load(open(LLAMA2_TOK))
@@ -422,7 +525,7 @@ def test_sentencepiece_vocab_32k(tmp_path):
     for a in j["added_tokens"]:
         types[a["id"]] = 3
     path = str(tmp_path / "l2.gguf")
-    w = gguf.GGUFWriter(path, "llama")
+    w = gguf.GGUFWriter(path, arch)
     w.add_tokenizer_model("llama")
     w.add_token_list(toks)
     w.add_token_scores([float(-i) for i in range(len(toks))])
@@ -436,7 +539,7 @@ def test_sentencepiece_vocab_32k(tmp_path):
     w.close()
     tok = tok_from_gguf(path)
     docs = tok_corpus.corpus(total_bytes=60_000, seed=21, specials=["<s>", "</s>", "<unk>"])
-    docs = [STORY, " x", "  y  ", ""] + docs
+    docs = [STORY, " x", "  y  ", "", "   three", " \n  lines\n "] + docs
     dp = tmp_path / "docs.jsonl"
     with open(dp, "w") as f:
         for d in docs:
@@ -475,7 +578,8 @@ def test_chat_template_from_metadata(tmp_path, bpe):
 
 # --- bad input -------------------------------------------------------------------------------
 
-def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=True, bpe=None):
+def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=True, bpe=None,
+               longrope=False):
     w = gguf.GGUFWriter(path, arch)
     C, I, H = 32, 48, 4
     keys = dict(context_length=64, embedding_length=C, block_count=1, feed_forward_length=I,
@@ -493,6 +597,9 @@ def small_gguf(path, arch="llama", drop_key=None, bad_shape=False, tokenizer=Tru
     w.add_tensor("output_norm.weight", f(C))
     w.add_tensor("blk.0.attn_norm.weight", f(C))
     w.add_tensor("blk.0.ffn_norm.weight", f(C))
+    if longrope:  # Phi3MiniModel.generate_extra_tensors: head_dim / 2 factors each
+        w.add_tensor("rope_factors_long.weight", np.ones(C // H // 2, np.float32))
+        w.add_tensor("rope_factors_short.weight", np.ones(C // H // 2, np.float32))
     w.add_tensor("blk.0.attn_q.weight", f(C, C + (8 if bad_shape else 0)))
     w.add_tensor("blk.0.attn_k.weight", f(C, C))
     w.add_tensor("blk.0.attn_v.weight", f(C, C))
@@ -522,10 +629,70 @@ def test_bad_input(tmp_path, bpe, case, expect):
     data = tmp_path / "d.jsonl"
     with open(data, "w") as f:
         f.write(json.dumps({"text": "hello there"}) + "\n")
-    p = run_ftune(["eval", "--model", path, "--data", data])
     if expect is None:
-        assert p.returncode == 0, p.stderr
+        assert run_ftune(["eval", "--model", path, "--data", data]).returncode == 0
         return
-    assert p.returncode == 2, (p.returncode, p.stderr)
-    assert path in p.stderr and expect in p.stderr, p.stderr
-    assert "hint" in p.stderr, p.stderr
+    exit_2(["eval", "--model", path, "--data", data], [path, expect])
+
+
+def exit_2(args, words):
+    """args exit 2 with every word of words and a hint in the message, under build/ftune and the
+    ASan/UBSan build when present (which must report nothing)."""
+    for b in [None] + ([asan_bin()] if asan_bin() else []):
+        label = "asan build" if b else "ftune"
+        p = run_ftune(args, binary=b, env={"ASAN_OPTIONS": "detect_leaks=1"} if b else None)
+        assert p.returncode == 2, f"{label}: exit {p.returncode}\n{p.stderr[-3000:]}"
+        for w in words:
+            assert str(w) in p.stderr, f"{label}: {w!r} not in: {p.stderr[-3000:]}"
+        assert "hint" in p.stderr, f"{label}: no hint: {p.stderr[-3000:]}"
+        for s in ("AddressSanitizer", "LeakSanitizer", "runtime error"):
+            assert s not in p.stderr, f"{label}: {p.stderr[-5000:]}"
+
+
+def tensor_type_at(data, name):
+    """The byte offset of tensor name's type in the tensor infos (name, n_dims, dims, type)."""
+    i = data.index(name.encode()) + len(name)
+    nd = int.from_bytes(data[i:i + 4], "little")
+    return i + 4 + 8 * nd
+
+
+@pytest.mark.parametrize("case", ["truncated", "unknown_type", "adapter_shapes", "long_prompt",
+                                  "utf8_prompt", "phi3_longrope", "no_vocab"])
+def test_bad_input_model(tmp_path, zoo, bpe, case):
+    """Bad input with a GGUF model, for eval and generate, both binaries."""
+    path = str(tmp_path / "m.gguf")
+    small_gguf(path, arch="phi3" if case == "phi3_longrope" else "llama", bpe=bpe,
+               longrope=case == "phi3_longrope", tokenizer=case != "no_vocab")
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "hello there"}) + "\n")
+    ev = ["eval", "--model", path, "--data", data]
+    raw = open(path, "rb").read()
+    if case == "truncated":  # cut inside the last tensor's data
+        open(path, "wb").write(raw[:len(raw) - 1000])
+        exit_2(ev, [path, "blk.0.ffn_down.weight"])
+        exit_2(["generate", "--model", path, "--prompt", "hi"], [path])
+    elif case == "unknown_type":
+        b = bytearray(raw)
+        t = tensor_type_at(raw, "blk.0.attn_k.weight")
+        b[t:t + 4] = (99).to_bytes(4, "little")
+        open(path, "wb").write(bytes(b))
+        exit_2(ev, [path, "blk.0.attn_k.weight", "99"])
+    elif case == "adapter_shapes":  # the zoo's llama adapter (hidden 64) on this hidden-32 file
+        exit_2(ev + ["--adapter", zoo.adapter("llama")], ["adapter_model.safetensors",
+                                                          "expected shape"])
+        exit_2(["generate", "--model", path, "--adapter", zoo.adapter("llama"), "--prompt", "hi"],
+               ["adapter_model.safetensors"])
+    elif case == "long_prompt":  # context_length 64
+        exit_2(["generate", "--model", path, "--prompt-ids", ",".join(["5"] * 100), "--json"],
+               ["100 tokens"])
+    elif case == "utf8_prompt":
+        f = tmp_path / "bad.txt"
+        f.write_bytes(b"hello \xff world")
+        exit_2(["generate", "--model", path, "--prompt-file", f], [f, "offset 6"])
+    elif case == "phi3_longrope":
+        exit_2(ev, [path, "rope_factors_long.weight"])
+    elif case == "no_vocab":  # token ids work without a vocabulary; text does not
+        out = last_json_line(run_ok(["generate", "--model", path, "--prompt-ids", "1,2,3",
+                                     "--json", "--max-new-tokens", 3]).stdout)
+        assert out["prompt_ids"] == [1, 2, 3] and len(out["ids"]) == 3, out
+        exit_2(["generate", "--model", path, "--prompt", "hi"], [path, "tokenizer.ggml.model"])

@@ -1,0 +1,462 @@
+/*
+ * gguf_tok.c: the tokenizer keys of an exported GGUF file (gguf_tok.h).
+ *
+ * The facts are those of llama.cpp's convert_hf_to_gguf.py and gguf-py's SpecialVocab as
+ * vendored in llama-cpp-python 0.3.36 (conversion/base.py get_vocab_base, _set_vocab_gpt2,
+ * gguf-py/gguf/vocab.py); the code is ftune's own. Supported: byte-level BPE tokenizer.json
+ * (tokenizer.ggml.model "gpt2") whose pre-tokenizer llama.cpp knows by one of these names:
+ *   "qwen2"      Split on Qwen2's regex (single digits) + ByteLevel without regex (Qwen2/2.5/3)
+ *   "llama-bpe"  Split on Llama 3's regex (digits in threes) + ByteLevel without regex, with
+ *                the BPE model's ignore_merges ("smaug-bpe" without it: llama.cpp's two names
+ *                for that regex differ in ignore_merges alone)
+ *   "smollm"     Digits(individual) + ByteLevel with GPT-2's regex (SmolLM, SmolLM2)
+ *   "gpt-2"      ByteLevel with GPT-2's regex alone
+ * The converter names the pre-tokenizer from a hash of the ids the tokenizer gives for a check
+ * text; ftune reads the pre-tokenizer's own description instead, which identifies these four
+ * exactly. SentencePiece-style tokenizer.json (Metaspace, byte fallback: tokenizer.ggml.model
+ * "llama") is refused for now.
+ *
+ *   tokens      the vocabulary by id, padded to the model's vocab_size with "[PAD<id>]"
+ *   token_type  1 normal; added tokens 3 (control) when special or when they look special
+ *               ("<|...|>", "<pad>", "<mask>", ...), else 4 (user-defined, U+2581 -> space);
+ *               5 for the padding
+ *   merges      "a b"; the pair form of newer tokenizer.json with a space inside a part written
+ *               as U+0120, as SpecialVocab does
+ *   special ids tokenizer_config.json's bos/eos/unk/sep/pad/mask_token looked up among the added
+ *               tokens, then config.json's *_token_id for the ones still unset; the
+ *               post-processor sets add_bos/add_eos (ByteLevel: both false; TemplateProcessing:
+ *               its first/last special token, a last one other than eos becoming eos with the
+ *               old eos as eot), tokenizer_config's add_*_token the ones it left unset
+ *   chat        tokenizer_config.json's chat_template, else chat_template.jinja, else
+ *               chat_template.json
+ * Not done (the converter does): re-normalizing added tokens marked normalized=false through
+ * the tokenizer (an identity for the byte-level tokenizers above), the separator rules of
+ * TemplateProcessing's pair template, RobertaProcessing.
+ */
+#include "merge/gguf_tok.h"
+#include "io/json.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+
+/* The Split regexes of the named pre-tokenizers (as they appear in tokenizer.json). */
+#define RE_QWEN2                                                                                   \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "                          \
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"                                                               \
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define RE_LLAMA3                                                                                  \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "                     \
+    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+
+static const char *jstr(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static int is_type(const cJSON *o, const char *type) {
+    const char *t = jstr(o, "type");
+    return t && !strcmp(t, type);
+}
+
+static int byte_level(const cJSON *o, int use_regex) {
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(o, "use_regex");
+    return is_type(o, "ByteLevel") && (r ? cJSON_IsTrue(r) : 1) == use_regex;
+}
+
+/* llama.cpp's name of the pre-tokenizer, or NULL. Llama 3's regex is "llama-bpe" with the BPE
+ * model's ignore_merges (llama.cpp sets ignore_merges for that name) and "smaug-bpe" (the same
+ * regex, merges always applied) without it. */
+static const char *pre_name(const cJSON *pre, int ignore_merges) {
+    if (byte_level(pre, 1)) return "gpt-2";
+    if (!is_type(pre, "Sequence")) return NULL;
+    const cJSON *l = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
+    if (cJSON_GetArraySize(l) != 2) return NULL;
+    const cJSON *a = cJSON_GetArrayItem(l, 0), *b = cJSON_GetArrayItem(l, 1);
+    if (is_type(a, "Digits") &&
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "individual_digits")) && byte_level(b, 1))
+        return "smollm";
+    if (!is_type(a, "Split") || !byte_level(b, 0)) return NULL;
+    const char *re = jstr(cJSON_GetObjectItemCaseSensitive(a, "pattern"), "Regex");
+    const char *beh = jstr(a, "behavior");
+    if (!re || !beh || strcmp(beh, "Isolated") ||
+        cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "invert")))
+        return NULL;
+    if (!strcmp(re, RE_QWEN2)) return "qwen2";
+    if (!strcmp(re, RE_LLAMA3)) return ignore_merges ? "llama-bpe" : "smaug-bpe";
+    return NULL;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && !strcmp(s + n - k, suf);
+}
+
+/* convert_hf_to_gguf's does_token_look_special. */
+static int looks_special(const char *t) {
+    if (!strcmp(t, "<pad>") || !strcmp(t, "<mask>") || !strcmp(t, "<2mass>") ||
+        !strcmp(t, "[@BOS@]"))
+        return 1;
+    if (!strncmp(t, "<|", 2) && ends_with(t, "|>")) return 1;
+    if (!strncmp(t, "<\xef\xbd\x9c", 4) && ends_with(t, "\xef\xbd\x9c>")) return 1; /* <｜ ｜> */
+    return !strncmp(t, "<unused", 7) && ends_with(t, ">");
+}
+
+/* s with every U+2581 replaced by a space (malloc'ed). */
+static char *spaces_for_2581(const char *s) {
+    char *o = malloc(strlen(s) + 1), *p = o;
+    if (!o) return NULL;
+    while (*s)
+        if (!strncmp(s, "\xe2\x96\x81", 3))
+            *p++ = ' ', s += 3;
+        else
+            *p++ = *s++;
+    *p = 0;
+    return o;
+}
+
+/* A merge pair [a, b] as "a b", spaces inside a part as U+0120 (malloc'ed). */
+static char *merge_pair(const char *a, const char *b) {
+    size_t n = 2 * (strlen(a) + strlen(b)) + 2;
+    char *o = malloc(n), *p = o;
+    if (!o) return NULL;
+    for (int k = 0; k < 2; k++) {
+        for (const char *s = k ? b : a; *s; s++)
+            if (*s == ' ')
+                *p++ = (char)0xc4, *p++ = (char)0xa0;
+            else
+                *p++ = *s;
+        if (!k) *p++ = ' ';
+    }
+    *p = 0;
+    return o;
+}
+
+/* The special token types SpecialVocab handles that the GGUF writer has keys for. */
+enum { SP_BOS, SP_EOS, SP_UNK, SP_SEP, SP_PAD, SP_MASK, SP_EOT, SP_COUNT };
+static const char *const sp_names[SP_COUNT] = {"bos", "eos", "unk", "sep", "pad", "mask", "eot"};
+static const char *const sp_keys[SP_COUNT] = {
+    "tokenizer.ggml.bos_token_id",     "tokenizer.ggml.eos_token_id",
+    "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.seperator_token_id",
+    "tokenizer.ggml.padding_token_id", "tokenizer.ggml.mask_token_id",
+    "tokenizer.ggml.eot_token_id"};
+
+typedef struct specials {
+    long id[SP_COUNT]; /* -1: unset */
+    int order[SP_COUNT], n;
+    int add[3]; /* add_bos, add_eos, add_sep: -1 unset */
+    int add_order[3], nadd;
+} specials;
+
+static void set_id(specials *s, int typ, long id, int vocab) {
+    if (id < 0 || id >= vocab || s->id[typ] >= 0) return;
+    s->id[typ] = id;
+    s->order[s->n++] = typ;
+}
+
+static void set_add(specials *s, int typ, int v, int force) {
+    if (s->add[typ] < 0) s->add_order[s->nadd++] = typ;
+    if (s->add[typ] < 0 || force) s->add[typ] = v;
+}
+
+/* tokenizer_config's "X_token": a string or {"content": ...}. */
+static const char *tc_token(const cJSON *tc, const char *typ) {
+    char key[32];
+    snprintf(key, sizeof key, "%s_token", typ);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(tc, key);
+    if (cJSON_IsString(e)) return e->valuestring;
+    if (cJSON_IsObject(e)) return jstr(e, "content");
+    return NULL;
+}
+
+static void set_tc_token(cJSON *tc, const char *typ, const char *content) {
+    char key[32];
+    snprintf(key, sizeof key, "%s_token", typ);
+    cJSON_DeleteItemFromObjectCaseSensitive(tc, key);
+    cJSON_AddStringToObject(tc, key, content);
+}
+
+/* The post-processor's add_bos / add_eos (and the eos / eot it implies). */
+static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eot) {
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(pp, "processors");
+    int n = list ? cJSON_GetArraySize(list) : 1;
+    for (int i = 0; i < n; i++) {
+        const cJSON *p = list ? cJSON_GetArrayItem(list, i) : pp;
+        if (is_type(p, "ByteLevel")) {
+            if (s->add[SP_BOS] < 0) set_add(s, SP_BOS, 0, 0);
+            if (s->add[SP_EOS - 0] < 0) set_add(s, SP_EOS, 0, 0);
+            continue;
+        }
+        if (!is_type(p, "TemplateProcessing")) continue;
+        const cJSON *single = cJSON_GetObjectItemCaseSensitive(p, "single");
+        int k = cJSON_GetArraySize(single);
+        if (k <= 1 || !tc) continue;
+        const char *first = jstr(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, 0), "SpecialToken"), "id");
+        const char *last = jstr(
+            cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(single, k - 1), "SpecialToken"),
+            "id");
+        if (first) {
+            const char *bos = tc_token(tc, "bos");
+            if (!bos) set_tc_token(tc, "bos", first), bos = tc_token(tc, "bos");
+            set_add(s, SP_BOS, !strcmp(first, bos), 1);
+        }
+        if (last) {
+            const char *eos = tc_token(tc, "eos");
+            if (!eos || strcmp(last, eos)) {
+                if (eos) {
+                    set_tc_token(tc, "eot", eos);
+                    *want_eot = 1;
+                }
+                set_tc_token(tc, "eos", last);
+            }
+            set_add(s, SP_EOS, 1, 1);
+        }
+    }
+}
+
+typedef struct tok_lists {
+    char **tokens; /* vocab entries (malloc'ed) */
+    int32_t *types;
+    char **merges;
+    size_t nmerges;
+    int n;
+} tok_lists;
+
+static void lists_free(tok_lists *l) {
+    for (int i = 0; l->tokens && i < l->n; i++)
+        free(l->tokens[i]);
+    for (size_t i = 0; l->merges && i < l->nmerges; i++)
+        free(l->merges[i]);
+    free(l->tokens);
+    free(l->types);
+    free(l->merges);
+}
+
+static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_lists *l,
+                             ft_error *err) {
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
+    l->n = vocab;
+    l->tokens = calloc((size_t)vocab, sizeof *l->tokens);
+    l->types = calloc((size_t)vocab, sizeof *l->types);
+    if (!l->tokens || !l->types)
+        return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    char where[4300];
+    for (const cJSON *e = v ? v->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= vocab) {
+            snprintf(where, sizeof where, "%s: field \"model.vocab\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the tokenizer does not belong to this model (config.json "
+                                "vocab_size)",
+                                "token \"%.40s\" has id %g, not below the model's vocab_size %d",
+                                e->string, e->valuedouble, vocab);
+        }
+        int id = (int)e->valuedouble;
+        free(l->tokens[id]);
+        l->tokens[id] = strdup(e->string);
+        l->types[id] = TT_NORMAL;
+    }
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
+        const char *c = jstr(a, "content");
+        if (!cJSON_IsNumber(idj) || !c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
+            snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the tokenizer does not belong to this model (config.json "
+                                "vocab_size)",
+                                "an added token without content or with an id not below %d", vocab);
+        }
+        int id = (int)idj->valuedouble;
+        free(l->tokens[id]);
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special")) || looks_special(c)) {
+            l->tokens[id] = strdup(c);
+            l->types[id] = TT_CONTROL;
+        } else {
+            l->tokens[id] = spaces_for_2581(c);
+            l->types[id] = TT_USER;
+        }
+    }
+    for (int i = 0; i < vocab; i++)
+        if (!l->types[i]) {
+            char pad[32];
+            snprintf(pad, sizeof pad, "[PAD%d]", i);
+            free(l->tokens[i]);
+            l->tokens[i] = strdup(pad);
+            l->types[i] = TT_UNUSED;
+        }
+    for (int i = 0; i < vocab; i++)
+        if (!l->tokens[i]) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    int nm = cJSON_GetArraySize(m);
+    l->merges = calloc((size_t)(nm ? nm : 1), sizeof *l->merges);
+    if (!l->merges) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    for (const cJSON *e = m ? m->child : NULL; e; e = e->next) {
+        char *s = NULL;
+        if (cJSON_IsString(e))
+            s = strdup(e->valuestring);
+        else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 1)))
+            s = merge_pair(cJSON_GetArrayItem(e, 0)->valuestring,
+                           cJSON_GetArrayItem(e, 1)->valuestring);
+        else {
+            snprintf(where, sizeof where, "%s: field \"model.merges\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                                "entry %zu is neither \"a b\" nor [\"a\", \"b\"]", l->nmerges);
+        }
+        if (!s) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+        l->merges[l->nmerges++] = s;
+    }
+    return FT_OK;
+}
+
+/* The added token with this content, or -1. */
+static long added_id(const cJSON *tj, const char *content) {
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const char *c = jstr(a, "content");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+        if (c && !strcmp(c, content) && cJSON_IsNumber(id)) return (long)id->valuedouble;
+    }
+    return -1;
+}
+
+static ft_status read_text(const char *path, char **out, ft_error *err) {
+    size_t len;
+    return file_read_all(path, out, &len, err);
+}
+
+/* The chat template (malloc'ed), or NULL. */
+static ft_status chat_template(const char *dir, const cJSON *tc, char **out, ft_error *err) {
+    *out = NULL;
+    if (!tc) return FT_OK;
+    const char *t = jstr(tc, "chat_template");
+    if (t)
+        return (*out = strdup(t)) ? FT_OK
+                                  : ft_error_set(err, FT_ERR_RUNTIME, dir, NULL, "out of memory");
+    if (cJSON_GetObjectItemCaseSensitive(tc, "chat_template"))
+        return FT_OK; /* a list: not written */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        fclose(f);
+        return read_text(path, out, err);
+    }
+    snprintf(path, sizeof path, "%s/chat_template.json", dir);
+    f = fopen(path, "rb");
+    if (!f) return FT_OK;
+    fclose(f);
+    cJSON *j = NULL;
+    ft_status st = json_load_file(path, &j, err);
+    const char *s = st ? NULL : jstr(j, "chat_template");
+    if (s && !(*out = strdup(s)))
+        st = ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    cJSON_Delete(j);
+    return st;
+}
+
+ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg, int vocab,
+                         int llama_arch, ft_error *err) {
+    char file[4200], tcfile[4200];
+    snprintf(file, sizeof file, "%s/tokenizer.json", model_dir);
+    snprintf(tcfile, sizeof tcfile, "%s/tokenizer_config.json", model_dir);
+    cJSON *tj = NULL, *tc = NULL;
+    tok_lists l = {0};
+    char *tmpl = NULL;
+    ft_status st = json_load_file(file, &tj, err);
+    if (st) {
+        char what[1024];
+        snprintf(what, sizeof what, "%s", err->what);
+        return ft_error_set(err, st, file,
+                            "the GGUF file needs the model's tokenizer: put its tokenizer.json "
+                            "beside config.json",
+                            "cannot read the tokenizer (%s)", what);
+    }
+    FILE *f = fopen(tcfile, "rb");
+    if (f) {
+        fclose(f);
+        if ((st = json_load_file(tcfile, &tc, err))) goto done;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
+    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(tj, "pre_tokenizer");
+    const char *name =
+        pre_name(pre, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
+    if (!is_type(model, "BPE") || !name) {
+        char where[4300];
+        snprintf(where, sizeof where, "%s: field \"%s\"", file,
+                 !is_type(model, "BPE") ? "model.type" : "pre_tokenizer");
+        st = ft_error_set(err, FT_ERR_INPUT, where,
+                          "supported: byte-level BPE with the pre-tokenizer of Qwen2/Qwen3 "
+                          "(\"qwen2\"), Llama 3 (\"llama-bpe\"), SmolLM (\"smollm\") or GPT-2 "
+                          "(\"gpt-2\"); see docs/merge.md, Export to GGUF",
+                          "a tokenizer ftune cannot describe to llama.cpp yet");
+        goto done;
+    }
+    if ((st = build_lists(tj, vocab, file, &l, err))) goto done;
+
+    specials s;
+    memset(&s, 0, sizeof s);
+    for (int i = 0; i < SP_COUNT; i++)
+        s.id[i] = -1;
+    for (int i = 0; i < 3; i++)
+        s.add[i] = -1;
+    int want_eot = 0;
+    const cJSON *pp = cJSON_GetObjectItemCaseSensitive(tj, "post_processor");
+    if (pp && !cJSON_IsNull(pp)) post_processor(pp, tc, &s, &want_eot);
+    if (tc) {
+        for (int typ = 0; typ < SP_COUNT; typ++) {
+            if (typ == SP_EOT && !want_eot) continue;
+            char key[32];
+            snprintf(key, sizeof key, "add_%s_token", sp_names[typ]);
+            const cJSON *a = cJSON_GetObjectItemCaseSensitive(tc, key);
+            if (typ <= SP_EOS && cJSON_IsBool(a)) set_add(&s, typ, cJSON_IsTrue(a), 0);
+            if (typ == SP_SEP && cJSON_IsBool(a)) set_add(&s, 2, cJSON_IsTrue(a), 0);
+            const char *c = tc_token(tc, sp_names[typ]);
+            if (c) set_id(&s, typ, added_id(tj, c), vocab);
+        }
+        if ((st = chat_template(model_dir, tc, &tmpl, err))) goto done;
+    }
+    for (int typ = 0; typ < SP_COUNT; typ++) {
+        char key[32];
+        snprintf(key, sizeof key, "%s_token_id", sp_names[typ]);
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, key);
+        if (cJSON_IsNumber(v) && v->valuedouble == (double)(long)v->valuedouble)
+            set_id(&s, typ, (long)v->valuedouble, vocab);
+    }
+
+    if (llama_arch && tc) {
+        const cJSON *aps = cJSON_GetObjectItemCaseSensitive(tc, "add_prefix_space");
+        if (cJSON_IsBool(aps))
+            gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(aps));
+    }
+    gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_kv_str(w, "tokenizer.ggml.pre", name);
+    gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)l.tokens,
+                           (size_t)vocab);
+    gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", l.types, (size_t)vocab);
+    if (l.nmerges)
+        gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", (const char *const *)l.merges,
+                               l.nmerges);
+    for (int i = 0; i < s.n; i++)
+        gguf_writer_kv_u32(w, sp_keys[s.order[i]], (uint32_t)s.id[s.order[i]]);
+    static const char *const add_keys[3] = {"tokenizer.ggml.add_bos_token",
+                                            "tokenizer.ggml.add_eos_token",
+                                            "tokenizer.ggml.add_sep_token"};
+    for (int i = 0; i < s.nadd; i++)
+        gguf_writer_kv_bool(w, add_keys[s.add_order[i]], s.add[s.add_order[i]]);
+    /* convert_hf_to_gguf's LlamaModel: the small Granite models (vocab 49152) add no BOS */
+    if (llama_arch && vocab == 49152 && s.add[SP_BOS] < 0)
+        gguf_writer_kv_bool(w, "tokenizer.ggml.add_bos_token", 0);
+    if (tmpl) gguf_writer_kv_str(w, "tokenizer.chat_template", tmpl);
+done:
+    free(tmpl);
+    lists_free(&l);
+    cJSON_Delete(tj);
+    cJSON_Delete(tc);
+    return st;
+}
