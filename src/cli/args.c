@@ -66,8 +66,7 @@ static void print_spec(const opt_spec *s, FILE *f) {
 }
 
 static int spec_group(const opt_spec *s) {
-    if (s->kind == OPT_ROW) return (int)((const opt_bind *)s->dst)->row->group;
-    return s->group - 1;
+    return s->kind == OPT_ROW ? (int)((const opt_bind *)s->dst)->row->group : -1;
 }
 
 /* The options without a group first (a command's own), then the table's by group. */
@@ -112,10 +111,11 @@ int args_table_finish(const opt_spec *specs, const char **keys, int max_keys) {
         if (s->kind != OPT_ROW) continue;
         const opt_bind *b = s->dst;
         if (!b->seen) continue;
-        if (b->list) {
+        if (b->list && b->row->type == OT_LIST) {
             *(const char *const **)opt_ptr(b->row, b->o) = b->list->v;
             *(int *)((char *)b->o + b->row->n_off) = b->list->n;
-        }
+        } else if (b->list) /* a one-value row a command collects (eval's --adapter): the first */
+            *(const char **)opt_ptr(b->row, b->o) = b->list->v[0];
         if (nk < max_keys) keys[nk++] = b->row->key;
     }
     return nk;

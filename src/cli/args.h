@@ -32,13 +32,12 @@ typedef struct opt_spec {
     void *dst;           /* const char **, long *, double *, int *, or args_list * */
     const char *metavar; /* shown in help, e.g. "DIR"; NULL for flags */
     const char *help;    /* one line; the default is printed after it */
-    int group; /* a spec not from the table: 1 + an OG_ value puts it in that --help group; 0:
-                * with the command's own options */
 } opt_spec;
 
 /* An option of the options table: its row, the options it is parsed into, the list that
- * collects a repeatable one (--data, --template-arg), and whether it was given. --help shows it
- * under its row's group. */
+ * collects a repeatable one (--data, --template-arg; or a one-value row a command lets repeat,
+ * as eval's --adapter, whose first value the row gets), and whether it was given. --help shows
+ * it under its row's group. */
 typedef struct opt_bind {
     const opt_row *row;
     ft_train_options *o;

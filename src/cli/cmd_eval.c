@@ -90,14 +90,15 @@ int cmd_eval(int argc, char **argv) {
     int compare = 0, json = 0;
     specs[n++] = (opt_spec){"compare-adapter", OPT_FLAG, &compare, NULL,
                             "score the base model and each --adapter on the same data, side by "
-                            "side", 1 + OG_LORA};
+                            "side"};
     specs[n++] = (opt_spec){"json", OPT_FLAG, &json, NULL,
                             "with --compare-adapter: one JSON line with every result, not a table"};
     specs[n] = (opt_spec){0};
-    /* --adapter: repeatable (with --compare-adapter), so a list rather than the table's row */
+    /* --adapter: repeatable (with --compare-adapter): the table's row, its values collected */
     args_list adapters = {0};
     opt_spec *ad = args_find(specs, "adapter");
-    ad->kind = OPT_LIST, ad->dst = &adapters, ad->metavar = "RUN", ad->group = 1 + OG_LORA;
+    ((opt_bind *)ad->dst)->list = &adapters;
+    ad->metavar = "RUN";
     ad->help = "a PEFT LoRA adapter folder (or a run folder); repeat with --compare-adapter";
     args_find(specs, "data")->help =
         "data file or folder in any format of ftune train (docs/data.md)";
