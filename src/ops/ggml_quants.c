@@ -67,6 +67,94 @@ static void dequant_q4_0(const void *src, float *dst, size_t n) {
     }
 }
 
+/* The 32 values of a Q4_1 / Q5_0 / Q5_1 block: value j < 16 from the low nibble of qs[j], value
+ * j + 16 from its high nibble; the 5-bit types add bit j of the little-endian u32 qh as bit 4.
+ * x = d * (q - off) for Q5_0 (off 16); x = d * q + m for Q4_1 and Q5_1 (m: the block's f16 min). */
+static void dequant_32(const uint8_t *qs, uint32_t qh, int bits5, float d, int off, float *dst) {
+    for (int j = 0; j < 16; j++) {
+        int lo = qs[j] & 0x0F, hi = qs[j] >> 4;
+        if (bits5) lo |= (int)(qh >> j & 1) << 4, hi |= (int)(qh >> (j + 16) & 1) << 4;
+        dst[j] = d * (float)(lo - off);
+        dst[j + 16] = d * (float)(hi - off);
+    }
+}
+
+static uint32_t load32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* block_q4_1: f16 d, f16 m, uint8 qs[16] */
+static void dequant_q4_1(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += 32, b += 20, dst += 32) {
+        float m = f16_to_f32(load16(b + 2));
+        dequant_32(b + 4, 0, 0, f16_to_f32(load16(b)), 0, dst);
+        for (int j = 0; j < 32; j++)
+            dst[j] = dst[j] + m;
+    }
+}
+
+/* block_q5_0: f16 d, uint8 qh[4], uint8 qs[16] */
+static void dequant_q5_0(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += 32, b += 22, dst += 32)
+        dequant_32(b + 6, load32(b + 2), 1, f16_to_f32(load16(b)), 16, dst);
+}
+
+/* block_q5_1: f16 d, f16 m, uint8 qh[4], uint8 qs[16] */
+static void dequant_q5_1(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += 32, b += 24, dst += 32) {
+        float m = f16_to_f32(load16(b + 2));
+        dequant_32(b + 8, load32(b + 4), 1, f16_to_f32(load16(b)), 0, dst);
+        for (int j = 0; j < 32; j++)
+            dst[j] = dst[j] + m;
+    }
+}
+
+/* block_q2_K: uint8 scales[16], uint8 qs[64], f16 d, f16 dmin. 16 sub-blocks of 16; scales[s]
+ * holds sub-block s's 4-bit scale (low nibble) and 4-bit min (high). Two halves of 128 values,
+ * each from 32 bytes of qs: value l (0..31) of quarter k is bits 2k..2k+1 of qs[l];
+ * x = (d * scale) * q - (dmin * min). */
+static void dequant_q2_k(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += GGML_QK_K, b += 84) {
+        const uint8_t *sc = b, *qs = b + 16;
+        float d = f16_to_f32(load16(b + 80)), dmin = f16_to_f32(load16(b + 82));
+        for (int half = 0; half < 2; half++, qs += 32)
+            for (int k = 0; k < 4; k++, dst += 32)
+                for (int l = 0; l < 32; l++) {
+                    int s = sc[half * 8 + k * 2 + l / 16];
+                    float dl = d * (float)(s & 0x0F), ml = dmin * (float)(s >> 4);
+                    float dq = dl * (float)(qs[l] >> (2 * k) & 3);
+                    dst[l] = dq - ml;
+                }
+    }
+}
+
+/* block_q3_K: uint8 hmask[32], uint8 qs[64], uint8 scales[12], f16 d. 16 sub-blocks of 16 with
+ * 6-bit scales (minus 32): the low 4 bits of scale s are the low (s < 8) or high (s >= 8) nibble
+ * of scales[s % 8], its top 2 bits bits 2(s/4)..2(s/4)+1 of scales[8 + s % 4]. Value l (0..31) of
+ * quarter k of half h: 2 low bits as Q2_K's (bits 2k.. of qs[32h + l]); minus 4 where bit 4h+k of
+ * hmask[l] is clear. x = (d * scale) * q. */
+static void dequant_q3_k(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += GGML_QK_K, b += 110) {
+        const uint8_t *hm = b, *qs = b + 32, *sc = b + 96;
+        float d = f16_to_f32(load16(b + 108));
+        for (int half = 0; half < 2; half++, qs += 32)
+            for (int k = 0; k < 4; k++, dst += 32)
+                for (int l = 0; l < 32; l++) {
+                    int s = half * 8 + k * 2 + l / 16;
+                    int lo = (sc[s % 8] >> (4 * (s / 8))) & 0x0F;
+                    int hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+                    float dl = d * (float)((lo | hi << 4) - 32);
+                    int q = (qs[l] >> (2 * k) & 3) - ((hm[l] >> (4 * half + k) & 1) ? 0 : 4);
+                    dst[l] = dl * (float)q;
+                }
+    }
+}
+
 /* block_q4_K: f16 d, f16 dmin, uint8 scales[12], uint8 qs[128] */
 static void dequant_q4_k(const void *src, float *dst, size_t n) {
     const uint8_t *b = src;
@@ -83,6 +171,27 @@ static void dequant_q4_k(const void *src, float *dst, size_t n) {
                     float dq = ds * q;
                     dst[l] = dq - dm;
                 }
+            }
+        }
+    }
+}
+
+/* block_q5_K: f16 d, f16 dmin, uint8 scales[12] (as Q4_K's), uint8 qh[32], uint8 qs[128]: Q4_K
+ * with a fifth bit, bit s of qh[l] for value l of sub-block s */
+static void dequant_q5_k(const void *src, float *dst, size_t n) {
+    const uint8_t *b = src;
+    for (size_t i = 0; i < n; i += GGML_QK_K, b += 176) {
+        float d = f16_to_f32(load16(b)), dmin = f16_to_f32(load16(b + 2));
+        const uint8_t *scales = b + 4, *qh = b + 16, *qs = b + 48;
+        for (int s = 0; s < 8; s++, dst += 32) {
+            int sc, m;
+            ggml_q4_k_scale_min(scales, s, &sc, &m);
+            float ds = d * (float)sc, dm = dmin * (float)m;
+            const uint8_t *q = qs + 32 * (s / 2);
+            for (int l = 0; l < 32; l++) {
+                int v = (q[l] >> (4 * (s & 1)) & 0x0F) | (qh[l] >> s & 1) << 4;
+                float dq = ds * (float)v;
+                dst[l] = dq - dm;
             }
         }
     }
@@ -117,15 +226,15 @@ static const ggml_type_traits types[GGML_TYPE_ID_LIMIT] = {
     [0] = {"F32", 1, 4, dequant_f32},
     [1] = {"F16", 1, 2, dequant_f16},
     [2] = {"Q4_0", 32, 2 + 16, dequant_q4_0},
-    [3] = {"Q4_1", 32, 2 + 2 + 16, NULL},
-    [6] = {"Q5_0", 32, 2 + 4 + 16, NULL},
-    [7] = {"Q5_1", 32, 2 + 2 + 4 + 16, NULL},
+    [3] = {"Q4_1", 32, 2 + 2 + 16, dequant_q4_1},
+    [6] = {"Q5_0", 32, 2 + 4 + 16, dequant_q5_0},
+    [7] = {"Q5_1", 32, 2 + 2 + 4 + 16, dequant_q5_1},
     [8] = {"Q8_0", 32, 2 + 32, dequant_q8_0},
     [9] = {"Q8_1", 32, 4 + 4 + 32, NULL},
-    [10] = {"Q2_K", K, 2 + 2 + K / 16 + K / 4, NULL},
-    [11] = {"Q3_K", K, 2 + K / 4 + K / 8 + 12, NULL},
+    [10] = {"Q2_K", K, 2 + 2 + K / 16 + K / 4, dequant_q2_k},
+    [11] = {"Q3_K", K, 2 + K / 4 + K / 8 + 12, dequant_q3_k},
     [12] = {"Q4_K", K, 2 + 2 + K / 2 + 12, dequant_q4_k},
-    [13] = {"Q5_K", K, 2 + 2 + K / 2 + K / 8 + 12, NULL},
+    [13] = {"Q5_K", K, 2 + 2 + K / 2 + K / 8 + 12, dequant_q5_k},
     [14] = {"Q6_K", K, 2 + K / 2 + K / 4 + K / 16, dequant_q6_k},
     [15] = {"Q8_K", K, 4 + K + K / 8, NULL},
     [16] = {"IQ2_XXS", K, 2 + K / 4, NULL},

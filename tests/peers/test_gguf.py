@@ -37,6 +37,9 @@ T = gguf.GGMLQuantizationType
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 STORIES = os.path.join(REPO, "..", "shared", "models", "stories260K", "stories260K.gguf")
+# the types real Q4_K_M / Q5_K_M / Q3_K_M / Q2_K downloads hold besides Q8_0, Q4_0, Q4_K, Q6_K
+# (llama.cpp's fallbacks for rows that are not whole 256-value blocks: Q5_0, Q5_1, Q4_0)
+NEW_TYPES = (T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q5_K)
 
 
 def inspect(path, *args):
@@ -79,7 +82,9 @@ def raw_blocks(rng, qtype, rows, cols):
     nb = rows * cols // bs
     b = rng.integers(0, 256, (nb, ts), dtype=np.uint16).astype(np.uint8)
     # where each block keeps its f16 scale(s): (byte offset, count)
-    halves = {T.Q8_0: [0], T.Q4_0: [0], T.Q4_K: [0, 2], T.Q6_K: [208]}[qtype]
+    halves = {T.Q8_0: [0], T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2],
+              T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2],
+              T.Q6_K: [208]}[qtype]
     for off in halves:
         b[:, off:off + 2] = finite_f16_bits(rng, nb).view(np.uint8).reshape(nb, 2)
     return b.reshape(rows, cols // bs * ts)
@@ -127,9 +132,9 @@ def typed_file(tmp_path_factory):
     bfraw = rng.integers(0, 1 << 16, (3, 64), dtype=np.uint32).astype(np.uint16)
     bfraw[(bfraw >> 7) & 0xFF == 0xFF] &= ~np.uint16(0x4000)  # no NaN / inf patterns
     tensors.append(("bf16.raw", bfraw.view(np.uint8).reshape(3, 128), T.BF16))
-    for q in (T.Q8_0, T.Q4_0):
+    for q in (T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1):
         tensors.append((f"{q.name.lower()}", gguf.quants.quantize(scaled_rows(rng, 5, 128), q), q))
-    for q in (T.Q8_0, T.Q4_0, T.Q4_K, T.Q6_K):
+    for q in NEW_TYPES + (T.Q8_0, T.Q4_0, T.Q4_K, T.Q6_K):
         tensors.append((f"{q.name.lower()}.raw", raw_blocks(rng, q, 8, 2048), q))
     path = str(tmp_path_factory.mktemp("gguf") / "typed.gguf")
     write_gguf(path, tensors)
@@ -151,7 +156,8 @@ def test_every_type_dequantizes_bit_identically(typed_file):
         assert_bits_equal(got, want, f"{name} ({rt.tensor_type.name})")
         compared[rt.tensor_type.name] = compared.get(rt.tensor_type.name, 0) + got.size
     print(f"values compared bit for bit: {compared}")
-    assert set(compared) == {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"}, compared
+    assert set(compared) == {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q6_K"} | {
+        q.name for q in NEW_TYPES}, compared
 
 
 def test_tensor_list_equals_reader(typed_file):
@@ -316,15 +322,16 @@ def test_good_small_file_reads(tmp_path, small_file):
 
 
 def test_unsupported_type_named(tmp_path):
-    """A type ggml has but ftune does not dequantize (Q5_K) lists, and reading it says so."""
+    """A type ggml has but ftune does not dequantize (IQ4_NL) lists, and reading it says so."""
     rng = np.random.default_rng(1)
-    path = str(tmp_path / "q5k.gguf")
-    write_gguf(path, [("w.q5k", rng.integers(0, 256, (1, 176), dtype=np.uint16)
-                       .astype(np.uint8), T.Q5_K)])
+    path = str(tmp_path / "iq4nl.gguf")
+    write_gguf(path, [("w.iq4", rng.integers(0, 256, (1, 18), dtype=np.uint16)
+                       .astype(np.uint8), T.IQ4_NL)])
     out = inspect(path)
-    assert out["tensors"][0]["type"] == "Q5_K"
-    p = run_ftune(["inspect", "--gguf", path, "--tensor", "w.q5k"])
-    assert p.returncode == 2 and "w.q5k" in p.stderr and "Q5_K" in p.stderr, p.stderr
+    assert out["tensors"][0]["type"] == "IQ4_NL"
+    p = run_ftune(["inspect", "--gguf", path, "--tensor", "w.iq4"])
+    assert p.returncode == 2 and "w.iq4" in p.stderr and "IQ4_NL" in p.stderr, p.stderr
+    assert "Q5_K" in p.stderr, p.stderr  # the list of types ftune does read
     p = run_ftune(["inspect", "--gguf", path, "--tensor", "nope"])
     assert p.returncode == 2 and "nope" in p.stderr and "not found" in p.stderr, p.stderr
     p = run_ftune(["inspect", "--gguf", path, "--key", "no.key"])
@@ -339,7 +346,7 @@ CORPUS = os.path.join(REPO, "tests", "corpus", "gguf")
 def make_seeds(folder):
     """The seed files of tests/corpus/gguf/ (each under 4 KB): every dequantized type, every value
     type, version 2 with alignment 64, a llama-shaped file with a small vocabulary, a Q5_K
-    tensor (listed, not dequantized), and two whole tiny models (llama, phi3). `python tests/peers/test_gguf.py --make-seeds DIR`."""
+    tensor of random bytes, a block of each of NEW_TYPES, and two whole tiny models (llama, phi3). `python tests/peers/test_gguf.py --make-seeds DIR`."""
     rng = np.random.default_rng(0)
     os.makedirs(folder, exist_ok=True)
     p = lambda name: os.path.join(folder, name)  # noqa: E731
@@ -381,6 +388,11 @@ def make_seeds(folder):
     # dims rotated, a sliding window)
     model_seed(p("seed-model-llama.gguf"), "llama", rng)
     model_seed(p("seed-model-phi3.gguf"), "phi3", rng)
+    # one raw block of each type added after the first seeds (its own generator, so the files
+    # above stay as they were)
+    rk = np.random.default_rng(7)
+    write_gguf(p("seed-ktypes.gguf"), [
+        (q.name.lower(), raw_blocks(rk, q, 1, gguf.GGML_QUANT_SIZES[q][0]), q) for q in NEW_TYPES])
 
 
 def model_seed(path, arch, rng):
@@ -425,8 +437,6 @@ def test_fuzz_seeds_read_like_reader(tmp_path):
         assert len(fresh) < 4096, name
         reader = gguf.GGUFReader(str(tmp_path / name))
         for rt in reader.tensors:
-            if rt.tensor_type == T.Q5_K:
-                continue
             _, got = ftune_values(str(tmp_path / name), rt.name)
             assert_bits_equal(got, reference_values(rt), f"{name}: {rt.name}")
 
