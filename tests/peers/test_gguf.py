@@ -314,6 +314,28 @@ def test_bad_input_exit_2(tmp_path, small_file, case):
         assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("qtype", [q.name for q in NEW_TYPES])
+def test_truncated_block_of_new_type(tmp_path, qtype):
+    """A file whose last tensor (of a newly read type) loses the end of its last block: exit 2
+    naming the tensor, for the listing and for reading the values (and under ASan/UBSan)."""
+    q = T[qtype]
+    rng = np.random.default_rng(5)
+    path = tmp_path / f"{qtype}.gguf"
+    write_gguf(str(path), [("blk.0.a", np.ones((2, 32), np.float32), None),
+                           ("blk.0.last", raw_blocks(rng, q, 2, 256), q)])
+    data = path.read_bytes()
+    _, ts = gguf.GGML_QUANT_SIZES[q]
+    path.write_bytes(data[:len(data) - ts // 2])  # GGUFWriter pads nothing after the last tensor
+    for b in [None] + ([asan_bin()] if asan_bin() else []):
+        for args in (["inspect", "--gguf", path], ["inspect", "--gguf", path, "--tensor",
+                                                    "blk.0.last"]):
+            p = run_ftune(args, binary=b)
+            assert p.returncode == 2, f"{qtype}: exit {p.returncode}\n{p.stderr}"
+            assert "blk.0.last" in p.stderr and str(path) in p.stderr, p.stderr
+            assert "end past the end of the file" in p.stderr, p.stderr
+            assert "Sanitizer" not in p.stderr and "runtime error" not in p.stderr, p.stderr
+
+
 def test_good_small_file_reads(tmp_path, small_file):
     path = tmp_path / "good.gguf"
     path.write_bytes(small_file)

@@ -25,22 +25,29 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
   7.4e-6 with logits up to 5.1, 28 and 23); the smallest top-2 gap of ftune's logits (0.013, 0.31,
   0.019) is checked to be over 4 times the tolerance, so the equal tokens are not luck (two sets of
   logits within the tolerance of each other pick the same argmax when the gap exceeds twice it).
-- Q8_0, Q4_0, Q4_K_M and Q6_K files made from the llama F32 file, and a Q4_K_M file from the qwen2
-  one (biases; the tied embedding becomes Q6_K and is the LM head), by llama.cpp's own quantizer
-  (llama_model_quantize; Q4_K_M gives Q4_K tensors and Q6_K for output, one attn_v and one ffn_down;
-  Q4_0 gives a Q6_K output; the test checks the types with gguf.GGUFReader). (a) every tensor read
+- Q8_0, Q4_0, Q4_K_M, Q6_K and Q2_K files made from the llama F32 file, a Q4_K_M file from the
+  qwen2 one (biases; the tied embedding becomes Q6_K and is the LM head), and Q4_K_M, Q5_K_M and
+  Q3_K_M files from the qwen3 one, by llama.cpp's own quantizer (llama_model_quantize; Q4_K_M gives
+  Q4_K tensors and Q6_K for output, one attn_v and one ffn_down; Q4_0 gives a Q6_K output; Q2_K
+  gives Q2_K, Q3_K for attn_v / attn_output / ffn_down; qwen3's attn_output rows are 128 values,
+  so its Q4_K_M and Q3_K_M files hold Q5_0 and its Q5_K_M file Q5_1 there, as real downloads do
+  for rows like Qwen2-0.5B's 896; the test checks the types with gguf.GGUFReader). (a) every tensor read
   by `ftune inspect --gguf --tensor` equals gguf.quants.dequantize bit for bit; (b) `ftune eval
   --dump-logits` within 1e-4 * max(1, max |ref|) of transformers' fp32 forward over the dequantized
-  weights (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2 with logits up to 25); (c) within
-  0.06 * max(1, max |ref|) of llama.cpp's logits (measured 0.089, 0.086, 0.123, 0.112 with max
-  |logit| 4.0-4.2 for llama Q8_0 / Q4_0 / Q4_K_M / Q6_K, and 0.51 with max |logit| 25 for qwen2
-  Q4_K_M: 2-3 %). llama.cpp does not multiply by the dequantized weights in fp32: ggml's CPU matmul
+  weights (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2 with logits up to 25, 1.8e-5 to
+  2.1e-5 for qwen3 with logits up to 23); (c) within 0.06 * max(1, max |ref|) of llama.cpp's
+  logits (measured 0.089, 0.086, 0.123, 0.112, 0.118 with max |logit| 4.0-4.3 for llama Q8_0 /
+  Q4_0 / Q4_K_M / Q6_K / Q2_K, 0.51 with max |logit| 25 for qwen2 Q4_K_M, 0.47-0.48 with max
+  |logit| 22-23 for qwen3 Q4_K_M / Q5_K_M / Q3_K_M: 2-3 %). llama.cpp does not multiply by the dequantized weights in fp32: ggml's CPU matmul
   quantizes the activations to the weight type's vec_dot_type first (Q8_0 blocks of 32 with an f16
-  scale for Q8_0 / Q4_0 weights, Q8_K blocks of 256 with an f32 scale for Q4_K / Q6_K) and sums
-  integer products (ggml-cpu quants.c, quantize_row_q8_0 / quantize_row_q8_K_ref). The test shows
+  scale for Q8_0 / Q4_0 / Q5_0 weights, Q8_K blocks of 256 with an f32 scale for the K types,
+  Q8_1 for Q4_1 / Q5_1: Q8_0's values plus an f16 block sum that multiplies the weight block's
+  min) and sums integer products (ggml-cpu quants.c, quantize_row_q8_0 / q8_1 /
+  quantize_row_q8_K_ref). The test shows
   that this is the whole difference: the same transformers forward with each linear layer's input
   rounded that way (act_q8 below) gives llama.cpp's logits within 1e-4 at most positions (measured
-  ~1e-6 at 37, 33, 36, 28 and 38 of the 38); where one activation lands on the other side of a
+  ~1e-6 at 37, 33, 36, 28, 37 and 38 of the 38; 29, 29 and 28 for qwen3; Q5_1 needs the Q8_1 block
+  sum: with Q8_0's values alone only 1 of 38 is within); where one activation lands on the other side of a
   rounding boundary (ggml's silu and norm differ from torch's in the last bit) one quantum flips and
   that position and the later ones of the sequence move by ~0.01-0.07. So the test asks at least
   half of the positions within 1e-4 of the emulation and all within (c)'s bound.
@@ -90,12 +97,19 @@ llama_cpp._logger.set_verbose(False)  # llama.cpp's loader and quantizer log at 
 LOGIT_RTOL = 1e-4      # fp32 against fp32: sums in another order
 LLAMA_Q_RTOL = 0.06    # quantized: llama.cpp's Q8 activations (see the docstring)
 QUANTS = ["Q8_0", "Q4_0", "Q4_K_M", "Q6_K"]
-# (architecture, file type): every type for llama; qwen2 (biases, the embedding tied to the LM
-# head, which Q4_K_M makes Q6_K) once
-QCASES = [("llama", q) for q in QUANTS] + [("qwen2", "Q4_K_M")]
-# the types llama_model_quantize gives this model's matrices (everything 1-D stays F32)
+# (architecture, file type): every type for llama; qwen2 (biases, the
+# embedding tied to the LM head, which Q4_K_M makes Q6_K) once; qwen3, whose attn_output rows
+# are 4 heads x 32 = 128 values (not whole 256-value blocks, so llama.cpp falls back to Q5_0 for
+# Q4_K and Q3_K, Q5_1 for Q5_K), as Q4_K_M, Q5_K_M and Q3_K_M; llama as Q2_K
+QCASES = [("llama", q) for q in QUANTS] + [("qwen2", "Q4_K_M"), ("qwen3", "Q4_K_M"),
+                                           ("qwen3", "Q5_K_M"), ("qwen3", "Q3_K_M"),
+                                           ("llama", "Q2_K")]
+# the types llama_model_quantize gives these models' matrices (everything 1-D stays F32)
 EXPECT_TYPES = {"Q8_0": {"Q8_0"}, "Q4_0": {"Q4_0", "Q6_K"}, "Q4_K_M": {"Q4_K", "Q6_K"},
-                "Q6_K": {"Q6_K"}}
+                "Q6_K": {"Q6_K"}, ("qwen3", "Q4_K_M"): {"Q4_K", "Q6_K", "Q5_0"},
+                ("qwen3", "Q5_K_M"): {"Q5_K", "Q6_K", "Q5_1"},
+                ("qwen3", "Q3_K_M"): {"Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q5_0"},
+                ("llama", "Q2_K"): {"Q2_K", "Q3_K", "Q6_K"}}
 SHARED_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers")
 
 
@@ -314,6 +328,11 @@ def dequantized(arch, path):
     return m.eval(), types
 
 
+# the weight types whose ggml vec_dot_type is Q8_0 (blocks of 32); Q4_1 / Q5_1 have Q8_1
+# (q8_1_linear), the K types Q8_K
+Q8_0_ACT = ("Q8_0", "Q4_0", "Q5_0")
+
+
 def q8_0_act(x):
     """ggml's quantize_row_q8_0 (x86): blocks of 32, q = round_even(x * 127 / amax), value
     q * fp16(amax / 127)."""
@@ -334,12 +353,44 @@ def q8_k_act(x):
     return (torch.clamp(torch.round(b * iscale), max=127.0) * d).reshape(x.shape)
 
 
-def act_q8(model, types):
+def min_parts(path, gname, shape):
+    """A Q4_1 / Q5_1 weight as its d * q part and its per-block min m (broadcast over the block):
+    gguf.quants.dequantize of the blocks with m zeroed, and m."""
+    t = next(t for t in gguf.GGUFReader(path).tensors if t.name == gname)
+    blocks = np.array(t.data, dtype=np.uint8).reshape(-1, gguf.GGML_QUANT_SIZES[t.tensor_type][1])
+    m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+    blocks[:, 2:4] = 0
+    dq = gguf.quants.dequantize(blocks, t.tensor_type).astype(np.float32)
+    return (torch.from_numpy(dq.reshape(shape)),
+            torch.from_numpy(np.repeat(m, 32, axis=1).reshape(shape)))
+
+
+def q8_1_linear(x, dq, m, bias):
+    """ggml's Q4_1 / Q5_1 dot with Q8_1 activations (ggml-cpu quants.c vec_dot_q5_1_q8_1): per
+    block, fp16(d_a) * d_w * sum(q_w q_a) + m * s_a, where q_a is Q8_0's rounding and
+    s_a = fp16(fp32 d_a * sum(q_a)) (quantize_row_q8_1), not sum(q_a) * fp16(d_a)."""
+    b = x.reshape(-1, 32)
+    amax = b.abs().amax(1, keepdim=True)
+    d = amax / 127.0
+    q = torch.round(b * torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax)))
+    s = (d * q.sum(1, keepdim=True)).half().float()
+    y = torch.nn.functional.linear((q * d.half().float()).reshape(x.shape), dq, bias)
+    return y + torch.nn.functional.linear((s / 32).expand(-1, 32).reshape(x.shape), m)
+
+
+def act_q8(model, types, path):
     """Round each linear layer's input as ggml's CPU matmul does for the weight's type."""
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            f = q8_0_act if types[name + ".weight"] in ("Q8_0", "Q4_0") else q8_k_act
-            mod.register_forward_pre_hook(lambda mod, a, f=f: (f(a[0]),))
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        t = types[name + ".weight"]
+        if t in ("Q4_1", "Q5_1"):
+            dq, m = min_parts(path, gguf_name(name + ".weight"), mod.weight.shape)
+            mod.register_forward_hook(
+                lambda mod, a, y, dq=dq, m=m: q8_1_linear(a[0], dq, m, mod.bias))
+            continue
+        f = q8_0_act if t in Q8_0_ACT else q8_k_act
+        mod.register_forward_pre_hook(lambda mod, a, f=f: (f(a[0]),))
     return model
 
 
@@ -347,7 +398,7 @@ def test_quantized_types(quant_files):
     for (a, q), path in quant_files.items():
         types = tensor_types(path)
         mats = {t for n, t in types.items() if t != "F32"}
-        assert mats == EXPECT_TYPES[q], (q, types)
+        assert mats == EXPECT_TYPES.get((a, q), EXPECT_TYPES.get(q)), (a, q, types)
         assert all(t == "F32" for n, t in types.items() if "norm" in n), (q, types)
 
 
@@ -375,7 +426,7 @@ def test_quantized_logits(tmp_path, quant_files, arch, q):
     logits = models.read_safetensors(str(dump))["logits"]
     model, types = dequantized(arch, path)
     ref = models.reference_eval(model, ex)["logits"]
-    emu = models.reference_eval(act_q8(model, types), ex)["logits"]
+    emu = models.reference_eval(act_q8(model, types, path), ex)["logits"]
     scale = max(1.0, float(np.abs(ref).max()))
     # (b) the fp32 forward over the dequantized weights
     d_ref = float(np.abs(logits - ref).max())
