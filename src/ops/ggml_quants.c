@@ -1,9 +1,9 @@
 /*
  * ggml_quants.c: the GGUF tensor type table and the portable dequantization of F32, F16, BF16,
- * Q8_0, Q4_0, Q4_K and Q6_K (layouts in ggml_quants.h).
+ * Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (layouts in ggml_quants.h).
  *
  * Sources (facts taken, code written fresh): the block structs of ggml's ggml-common.h
- * (block_q4_0, block_q8_0, block_q4_K, block_q6_K), the sizes of gguf-py 0.19.0's
+ * (block_q4_0 ... block_q6_K), the sizes of gguf-py 0.19.0's
  * GGML_QUANT_SIZES, and the dequantize_blocks methods of gguf-py's gguf/quants.py, which are the
  * definition the peer tests compare with bit for bit. These functions are the reference that any
  * faster kernel for these types is to be tested against.

@@ -20,6 +20,19 @@
  *   Q6_K   256 values in 16 sub-blocks of 16: { uint8 ql[128]; uint8 qh[64]; int8 scales[16];
  *          f16 d } (210 bytes); q = (4 low bits from ql) | (2 high bits from qh) << 4, minus 32;
  *          x = (d * scales[i / 16]) * q.
+ *   Q4_1   32 values: { f16 d; f16 m; uint8 qs[16] } (20 bytes); nibbles as Q4_0; x = d * q + m.
+ *   Q5_0   32 values: { f16 d; uint8 qh[4]; uint8 qs[16] } (22 bytes); nibbles as Q4_0, bit j of
+ *          the little-endian u32 qh the 5th bit of value j; x = d * (q - 16).
+ *   Q5_1   32 values: { f16 d; f16 m; uint8 qh[4]; uint8 qs[16] } (24 bytes); x = d * q + m.
+ *   Q2_K   256 values in 16 sub-blocks of 16: { uint8 scales[16]; uint8 qs[64]; f16 d;
+ *          f16 dmin } (84 bytes); scales[s]: 4-bit scale (low nibble), 4-bit min (high); value
+ *          128h + 32k + l is bits 2k..2k+1 of qs[32h + l]; x = (d * sc) * q - (dmin * m).
+ *   Q3_K   256 values in 16 sub-blocks of 16: { uint8 hmask[32]; uint8 qs[64]; uint8
+ *          scales[12]; f16 d } (110 bytes); 6-bit scales minus 32 (low 4 bits: nibble s / 8 of
+ *          byte s % 8; high 2: bits 2(s / 4) of byte 8 + s % 4); q = Q2_K's 2 bits, minus 4 where
+ *          bit 4h + k of hmask[l] is clear; x = (d * sc) * q.
+ *   Q5_K   256 values: { f16 d; f16 dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128] } (176
+ *          bytes): Q4_K with a 5th bit, bit s of qh[l] for value l of sub-block s.
  * Every product and difference is rounded to fp32 separately, as gguf-py's numpy code and ggml's
  * dequantize_row_* reference functions compute them, so the results are bit-identical to
  * gguf.quants.dequantize (tests/peers/test_gguf.py checks this).
