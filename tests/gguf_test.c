@@ -477,22 +477,22 @@ static void test_bad(void) {
     /* a type the reader knows but ftune does not dequantize: opens, read fails naming it */
     uint64_t ne256[] = {256};
     buf qdata = {0};
-    for (int i = 0; i < 176; i++)
+    for (int i = 0; i < 8 * 18; i++)
         u8(&qdata, 0);
-    tinfo(&ti, "w.q5_k", 1, ne256, GGML_TYPE_Q5_K, 0);
+    tinfo(&ti, "w.iq4_nl", 1, ne256, GGML_TYPE_IQ4_NL, 0);
     f = with_tensors(1, &ti, &qdata, 0);
-    const char *path = write_tmp("q5k.gguf", &f);
+    const char *path = write_tmp("iq4nl.gguf", &f);
     gguf_file *g = NULL;
     ft_error err = {0};
-    CHECK(!gguf_open(path, &g, &err), "Q5_K file opens: %s", err.what);
+    CHECK(!gguf_open(path, &g, &err), "IQ4_NL file opens: %s", err.what);
     if (g) {
         float v[256];
-        const gguf_tensor *t = gguf_find_tensor(g, "w.q5_k");
-        CHECK(t && t->nbytes == 176, "Q5_K size");
-        CHECK(t && gguf_read_f32(g, t, 0, 256, v, &err) == FT_ERR_INPUT &&
-                  strstr(err.where, "w.q5_k") && strstr(err.what, "Q5_K") &&
-                  strstr(err.what, "Q4_K"),
-              "Q5_K read refused: %s: %s", err.where, err.what);
+        const gguf_tensor *t = gguf_find_tensor(g, "w.iq4_nl");
+        CHECK(t && t->nbytes == 8 * 18, "IQ4_NL size");
+        ft_status st = t ? gguf_read_f32(g, t, 0, 256, v, &err) : FT_OK;
+        CHECK(st == FT_ERR_INPUT && strstr(err.where, "w.iq4_nl") && strstr(err.what, "IQ4_NL") &&
+                  strstr(err.what, "Q5_K"),
+              "IQ4_NL read refused: %s: %s", err.where, err.what);
         gguf_close(g);
     }
     free(f.p), ti.n = 0;
@@ -553,17 +553,23 @@ int main(void) {
     CHECK(ggml_type_info(GGML_TYPE_Q4_K)->block_bytes == 144 &&
               ggml_type_info(GGML_TYPE_Q6_K)->block_bytes == 210 &&
               ggml_type_info(GGML_TYPE_Q4_0)->block_bytes == 18 &&
-              ggml_type_info(GGML_TYPE_Q8_0)->block_bytes == 34 && !ggml_type_info(4) &&
+              ggml_type_info(GGML_TYPE_Q8_0)->block_bytes == 34 &&
+              ggml_type_info(GGML_TYPE_Q4_1)->block_bytes == 20 &&
+              ggml_type_info(GGML_TYPE_Q5_0)->block_bytes == 22 &&
+              ggml_type_info(GGML_TYPE_Q5_1)->block_bytes == 24 &&
+              ggml_type_info(GGML_TYPE_Q2_K)->block_bytes == 84 &&
+              ggml_type_info(GGML_TYPE_Q3_K)->block_bytes == 110 &&
+              ggml_type_info(GGML_TYPE_Q5_K)->block_bytes == 176 && !ggml_type_info(4) &&
               !ggml_type_info(GGML_TYPE_ID_LIMIT),
           "block sizes (ggml-common.h static_asserts)");
     float v[32];
-    CHECK(ggml_dequant_row(GGML_TYPE_Q5_K, NULL, v, 256) == -1 &&
+    CHECK(ggml_dequant_row(GGML_TYPE_IQ4_NL, NULL, v, 32) == -1 &&
               ggml_dequant_row(GGML_TYPE_Q8_0, NULL, v, 16) == -1,
           "dequant_row refuses unknown types and partial blocks");
     test_valid();
     test_bad();
     test_stories260k();
-    const char *names[] = {"valid.gguf", "bad.gguf", "cut.gguf", "q5k.gguf", "v2.gguf"};
+    const char *names[] = {"valid.gguf", "bad.gguf", "cut.gguf", "iq4nl.gguf", "v2.gguf"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         char p[600];
         snprintf(p, sizeof p, "%s/%s", dir, names[i]);

@@ -60,6 +60,7 @@ enum {
     GGML_TYPE_Q5_K = 13,
     GGML_TYPE_Q6_K = 14,
     GGML_TYPE_Q8_K = 15,
+    GGML_TYPE_IQ4_NL = 20,
     GGML_TYPE_BF16 = 30,
     GGML_TYPE_ID_LIMIT = 42 /* every known id is below this */
 };
