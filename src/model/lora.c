@@ -83,6 +83,19 @@ ft_status lora_parse_targets(const model_config *cfg, const char *targets, unsig
             char hint[400];
             snprintf(hint, sizeof hint, "this model (%s) has: %s; or use all-linear",
                      cfg->arch->hf_class, names);
+            /* --lora-targets' default is PEFT's default target_modules for llama, mistral, qwen2
+             * and qwen3 (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING in peft 0.21.2's
+             * utils/constants.py); that table has no entry for phi3, and PEFT refuses a
+             * LoraConfig without target_modules there, so ftune asks for them too
+             * (tests/peers/test_lora_defaults.py) */
+            if (!strcmp(targets, LORA_DEFAULT_TARGETS) && cfg->arch->fused_qkv)
+                return ft_error_set(
+                    err, FT_ERR_INPUT, "option --lora-targets",
+                    "give --lora-targets: qkv_proj (q, k and v in one layer), or all-linear",
+                    "model_type %s has no q_proj or v_proj (the default targets, PEFT's default "
+                    "for llama, mistral, qwen2 and qwen3), and PEFT has no default target "
+                    "modules for it",
+                    cfg->arch->model_type);
             return ft_error_set(err, FT_ERR_INPUT, "option --lora-targets", hint,
                                 "no linear layer named \"%.*s\"", (int)m, p);
         }

@@ -40,6 +40,10 @@ typedef struct lora_options {
     const char *targets; /* "q_proj,v_proj", "all-linear", ... */
 } lora_options;
 
+/* --lora-targets' default: PEFT's default target_modules for every model_type ftune supports
+ * that has one (llama, mistral, qwen2, qwen3; phi3 has none: the user names them). */
+#define LORA_DEFAULT_TARGETS "q_proj,v_proj"
+
 /* Which lin_kinds a target list names, for this architecture. Errors name the option. */
 ft_status lora_parse_targets(const model_config *cfg, const char *targets, unsigned *mask,
                              ft_error *err);
@@ -68,7 +72,8 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
 ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **out, ft_error *err);
 ft_status lora_save_peft(const lora_set *ls, const model_config *cfg, const char *dir,
                          const char *base_model, ft_error *err);
-/* PEFT's tensor name of a module's A or B: base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight */
+/* PEFT's tensor name of a module's A or B:
+ * base_model.model.model.layers.L.self_attn.q_proj.lora_A.weight */
 void lora_tensor_name(char *buf, size_t n, const lora_module *m, int is_B);
 
 #endif

@@ -9,6 +9,7 @@
  * (OF_HASH_IF_SET). tests/options_test.c holds the text of a run of the first format.
  */
 #include "train/options.h"
+#include "model/lora.h"
 
 #include <errno.h>
 #include <float.h>
@@ -64,8 +65,9 @@ const opt_row opt_rows[] = {
         "LoRA alpha (scale = alpha / r)"),
     DBL("lora_dropout", "lora-dropout", lora_dropout, "0", 0, 1, T_ | H | S, OG_LORA, "P",
         "dropout on the LoRA input"),
-    STR("lora_targets", "lora-targets", lora_targets, "q_proj,v_proj", TP | H | S, OG_LORA, "LIST",
-        "comma list of q_proj,k_proj,... or all-linear"),
+    STR("lora_targets", "lora-targets", lora_targets, LORA_DEFAULT_TARGETS, TP | H | S, OG_LORA,
+        "LIST", "comma list of q_proj,k_proj,... or all-linear (default: PEFT's, q_proj,v_proj; "
+        "phi3 has none: give qkv_proj or all-linear)"),
     BOOL("rslora", "rslora", rslora, "0", T_ | H | S, OG_LORA,
          "rank-stabilised LoRA (scale = alpha / sqrt(r))"),
     LONG("steps", "steps", steps, "0", 0, LMAX, T_ | H | S | R, OG_OPTIM, "N",
