@@ -67,7 +67,7 @@ def test_help_grouped_with_examples():
                    ("checkpoints:", "--save-every N"), ("output:", "--overwrite")]:
         assert opt in sect[g], (g, opt)
     assert text.count("\n  ftune train") >= 2, "examples"
-    for cmd in ("eval", "plan", "tokenize", "detokenize", "inspect"):
+    for cmd in ("eval", "plan", "tokenize", "detokenize", "inspect", "generate", "chat"):
         h = run("help", cmd)
         assert h.returncode == 0 and h.stdout == run(cmd, "--help").stdout, cmd
         ex = h.stdout.split("\nexamples:\n")
