@@ -377,6 +377,35 @@ def test_chat_three_turns(text_model):
         conv.append({"role": "assistant", "content": a["content"]})
 
 
+def test_chat_template_file_and_args(text_model, tmp_path):
+    """--chat-template FILE and --template-arg for generate and chat, as train has them: the
+    prompt ids equal apply_chat_template(chat_template=FILE's text, **args)."""
+    mdir, tokdir = text_model
+    tok = hf_tokenizer(tokdir)
+    tpl = ("{% for m in messages %}<|im_start|>{{ m['role'] | upper }}{% if tag %} [{{ tag }}]"
+           "{% endif %}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+           "{% if add_generation_prompt %}<|im_start|>ASSISTANT\n{% endif %}")
+    f = tmp_path / "t.jinja"
+    f.write_text(tpl)
+    conv = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello cat"}]
+    want = tok.apply_chat_template(conv, chat_template=tpl, add_generation_prompt=True,
+                                   tokenize=True, tag="x1")
+    if isinstance(want, dict) or hasattr(want, "input_ids"):
+        want = want["input_ids"]
+    j = json.loads(run_ok(["generate", "--model", mdir, "--prompt", "hello cat", "--system",
+                           "be brief", "--apply-chat-template", "--chat-template", f,
+                           "--template-arg", 'tag="x1"', "--greedy", "--max-new-tokens", "2",
+                           "--json", "--threads", "1"]).stdout)
+    assert j["prompt_ids"] == list(want)
+    p = subprocess.run([ftune_bin(), "chat", "--model", str(mdir), "--system", "be brief",
+                        "--chat-template", str(f), "--template-arg", 'tag="x1"', "--greedy",
+                        "--max-new-tokens", "2", "--echo-ids", "--threads", "1"],
+                       input=json.dumps({"content": "hello cat"}) + "\n", capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[0])["prompt_ids"] == list(want)
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 def test_bad_input(zoo, text_model, tmp_path):
