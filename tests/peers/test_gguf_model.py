@@ -445,6 +445,26 @@ def test_phi3_like_llama_cpp(tmp_path, zoo, bpe):
     print(f"phi3 vs llama.cpp: logits max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
 
 
+def test_eos_from_metadata(tmp_path, zoo, bpe):
+    """tokenizer.ggml.eos_token_id ends greedy generation over a GGUF file at its first
+    occurrence (not printed), as generation_config.json's does for a folder."""
+    path = str(tmp_path / "llama.gguf")
+    write_hf_gguf(zoo._f32("llama"), "llama", path, "f32", bpe)
+    prompt = ["--prompt-ids", "5,77,300,12", "--greedy", "--max-new-tokens", 30, "--json"]
+    ids = last_json_line(run_ok(["generate", "--model", path, "--ignore-eos", *prompt]).stdout)[
+        "ids"]
+    k = next(i for i in range(3, 30) if ids[i] not in ids[:i] and ids[i] != 1)
+    raw = bytearray(open(path, "rb").read())
+    key = b"tokenizer.ggml.eos_token_id"
+    at = raw.index(key) + len(key)
+    assert int.from_bytes(raw[at:at + 4], "little") == 4  # a u32 value follows
+    assert int.from_bytes(raw[at + 4:at + 8], "little") == 1
+    raw[at + 4:at + 8] = ids[k].to_bytes(4, "little")
+    open(path, "wb").write(bytes(raw))
+    out = last_json_line(run_ok(["generate", "--model", path, *prompt]).stdout)
+    assert out["stop"] == "eos" and out["ids"] == ids[:k], (out, ids, k)
+
+
 def test_hf_converted_q8_trains(tmp_path, zoo, bpe):
     """Training runs over Q8_0 weights as stored (no --quant): loss falls."""
     model = zoo._f32("llama")
