@@ -430,7 +430,8 @@ def test_phi3_partial_rotary(tmp_path, bpe):
 def test_phi3_like_llama_cpp(tmp_path, zoo, bpe):
     """The Phi-3 file this test module writes is what llama.cpp itself runs as phi3: its logits
     (llama-cpp-python, fp32 KV cache, one thread) equal ftune's over the same ids within
-    LOGIT_RTOL (so the fused attn_qkv / ffn_up layout, the rope and the window are read alike)."""
+    LOGIT_RTOL (so the fused attn_qkv / ffn_up layout, the rope and the window are read alike),
+    and its 24 greedy tokens from 6 prompt ids are ftune's."""
     llama_cpp = pytest.importorskip("llama_cpp")
     model = zoo._f32("phi3")
     path = str(tmp_path / "phi3.gguf")
@@ -438,13 +439,27 @@ def test_phi3_like_llama_cpp(tmp_path, zoo, bpe):
     ids = [int(t) for t in np.random.default_rng(8).integers(0, 1000, size=24)]
     llm = llama_cpp.Llama(model_path=path, logits_all=True, n_ctx=64, n_threads=1, verbose=False,
                           type_k=0, type_v=0)  # GGML_TYPE_F32 caches (the default is F16)
-    llm.eval(ids)
-    ref = np.array(llm.scores[:len(ids)], dtype=np.float64)
+    try:
+        llm.eval(ids)
+        ref = np.array(llm.scores[:len(ids)], dtype=np.float64)
+        # llama.cpp's greedy tokens (the argmax of its logits, one token evaluated after another)
+        prompt, greedy = ids[:6], []
+        llm.reset()
+        llm.eval(prompt)
+        for _ in range(24):
+            greedy.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+            llm.eval([greedy[-1]])
+    finally:
+        llm.close()
     res, logits = eval_ftune(tmp_path, path, [dict(input_ids=ids, labels=ids)])
     diff = np.abs(logits[0].astype(np.float64) - ref).max()
     bound = LOGIT_RTOL * max(1.0, float(np.abs(ref).max()))
     assert diff <= bound, f"logits differ from llama.cpp's by {diff:.3g} (bound {bound:.3g})"
     print(f"phi3 vs llama.cpp: logits max |diff| {diff:.3g} (max |ref| {np.abs(ref).max():.3g})")
+    out = last_json_line(run_ok(["generate", "--model", path, "--prompt-ids",
+                                 ",".join(map(str, prompt)), "--greedy", "--max-new-tokens", 24,
+                                 "--ignore-eos", "--json"]).stdout)
+    assert out["ids"] == greedy, (out["ids"], greedy)
 
 
 def test_eos_from_metadata(tmp_path, zoo, bpe):
