@@ -29,7 +29,9 @@ What is compared, and the tolerance:
   add_generation_prompt=True), and turns 2 and 3 reuse the cached prefix.
 - NF4 (with and without double quantization) against transformers + bitsandbytes with fp32
   compute on its reference path (conftest.py pins it): 32 tokens identical, logits within 1e-4.
-- chat on a terminal (a pseudo-terminal): turns, the statistics line, /reset, /exit.
+- chat on a terminal (a pseudo-terminal): turns, the statistics line, /reset, /exit; Ctrl-C
+  while an answer streams ends the answer (stop: interrupted), and the session goes on.
+- --chat-template FILE and --template-arg for generate and chat: apply_chat_template's ids.
 - end-of-sequence ids: a list in generation_config.json (or config.json without it) ends at the
   first of them.
 - `ftune eval --stride`: the perplexity of the transformers guide's loop (with and without
@@ -631,9 +633,7 @@ def test_eos_ids_list(zoo, tmp_path, where):
 
 def test_chat_terminal(text_model):
     """On a terminal: a line is a turn, the answer streams, a statistics line follows; /reset
-    forgets the cached history; /exit ends with status 0. (Ctrl-C during an answer, which ends
-    that answer and not the session, was checked by hand: a model this small answers faster
-    than a test can interrupt it.)"""
+    forgets the cached history; /exit ends with status 0. (Ctrl-C: test_chat_terminal_ctrl_c.)"""
     import pty
     import select
     import time
@@ -666,6 +666,54 @@ def test_chat_terminal(text_model):
         os.write(fd, b"hello\n")
         out = read(60, b"]\r\n> ")
         assert "(0 reused)" in out, out[-300:]
+        os.write(fd, b"/exit\n")
+        read(10, b"\n")
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_chat_terminal_ctrl_c(text_model):
+    """Ctrl-C (the terminal's ^C, a SIGINT) while an answer streams ends that answer (stop:
+    interrupted, fewer tokens than asked) and not the session: the next turn answers, reusing
+    the cache, and /exit ends with status 0."""
+    import pty
+    import select
+    import time
+    mdir, _ = text_model
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(ftune_bin(), ["ftune", "chat", "--model", str(mdir), "--ignore-eos", "--greedy",
+                               "--max-new-tokens", "450", "--threads", "1"])
+
+    def read(seconds, until):
+        out, end = b"", time.time() + seconds
+        while time.time() < end and until not in out:
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    out += os.read(fd, 65536)
+                except OSError:
+                    break
+        return out.decode("utf-8", "replace")
+
+    try:
+        assert "> " in read(30, b"> ")
+        os.write(fd, b"tell me a story\n")
+        read(30, b"story\r\n")  # the echoed line
+        # the first piece of the answer: it is streaming now
+        end = time.time() + 30
+        while time.time() < end and not select.select([fd], [], [], 0.001)[0]:
+            pass
+        os.write(fd, b"\x03")
+        out = read(60, b"]\r\n> ")
+        assert "stop: interrupted" in out, out[-400:]
+        n = int(out.rsplit(" generated", 1)[0].rsplit(" ", 1)[1])
+        assert n < 450, out[-300:]
+        print(f"Ctrl-C stopped the answer after {n} of 450 tokens")
+        os.write(fd, b"and then?\n")
+        out = read(60, b"]\r\n> ")
+        assert "450 generated" in out or "stop: context" in out, out[-300:]
+        assert "(0 reused)" not in out, out[-300:]
         os.write(fd, b"/exit\n")
         read(10, b"\n")
     finally:
