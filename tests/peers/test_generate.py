@@ -234,6 +234,13 @@ def test_generation_config_defaults(zoo, tmp_path):
     check_distribution(model, prompt, dump, out, {}, "generation_config.json defaults")
     # and the filter is on: top-k 50 keeps at most 50 tokens
     assert ((dump["probs"] > 0).sum(1) <= 50).all()
+    # --temperature 0 (and --greedy) override the file's sampling: greedy decoding, as
+    # transformers' generate(do_sample=False)
+    ref, _ = hf_greedy(model, prompt, 16)
+    for opt in (["--temperature", "0"], ["--greedy"]):
+        g, _ = ftune_generate(tmp_path, d, prompt, opt + ["--max-new-tokens", "16",
+                                                          "--ignore-eos"], "greedy")
+        assert g["ids"] == ref, opt
 
 
 # --- stored weight formats and the KV cache ----------------------------------------------------
