@@ -21,8 +21,10 @@ What is compared, and the tolerance:
   the GGUF itself (gguf_file=, stories260K and the HF-converted llama/qwen2/phi3 F32 files), and
   the HF model with the file's weights (F32 as saved; F16, BF16, Q8_0 and Q4_0 dequantized with
   gguf.quants.dequantize, which equals the row-wise quantization of the HF-order rows).
-- Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above, and
-  greedy `ftune generate` over the file equals transformers' generate over the HF model. A Phi-3
+- Phi-3 (fused attn_qkv / ffn_up as Phi3MiniModel writes them, F32 and Q8_0): as above.
+- every HF-converted file (each architecture and stored type): greedy `ftune generate` over the
+  file (12 tokens) equals transformers' generate over the HF model with the file's weights,
+  tokens identical and each step's logits within the tolerance above. A Phi-3
   rotating half of each head (partial_rotary_factor 0.5, rope.dimension_count 16 of 32): logits
   as transformers' over the HF model.
   llama.cpp (llama-cpp-python, marker llama_cpp) runs the same F32 file: its logits with an fp32
@@ -384,19 +386,25 @@ def test_hf_converted(tmp_path, zoo, bpe, arch, qtype):
     ref = models.reference_eval(ref_model.eval(), ex)
     res, logits = eval_ftune(tmp_path, path, ex)
     check(res, logits, ref)
+    # greedy generation over the file (decode reads each weight in its stored type) equals
+    # transformers' over the HF model with the file's weights (ref_model, built fresh: the zoo's
+    # shared object may have been changed by other tests): tokens, and each step's logits
+    prompt = [int(t) for t in np.random.default_rng(4).integers(0, 500, size=6)]
+    dump = tmp_path / "gen.safetensors"
+    p = run_ok(["generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
+                "--greedy", "--max-new-tokens", 12, "--ignore-eos", "--json", "--dump-probs", dump])
+    out = last_json_line(p.stdout)
+    with torch.no_grad():
+        g = ref_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
+                               min_new_tokens=12, pad_token_id=0, output_logits=True,
+                               return_dict_in_generate=True)
+    assert out["ids"] == g.sequences[0, len(prompt):].tolist(), out["ids"]
+    want = torch.stack(g.logits, 1)[0].float().numpy()
+    got = models.read_safetensors(str(dump))["logits"]
+    assert np.abs(got - want).max() <= LOGIT_RTOL * max(1.0, float(np.abs(want).max()))
     if qtype == "f32" and arch == "phi3":
-        # transformers' own GGUF loading of the file, and greedy generation over the file equal
-        # to transformers' over the HF model (ref_model, built fresh: the zoo's shared object may
-        # have been changed by other tests)
+        # transformers' own GGUF loading of the file
         check(res, logits, models.reference_eval(hf_from_gguf(path), ex))
-        prompt = [int(t) for t in np.random.default_rng(4).integers(0, 500, size=6)]
-        p = run_ok(["generate", "--model", path, "--prompt-ids", ",".join(map(str, prompt)),
-                    "--greedy", "--max-new-tokens", 12, "--ignore-eos", "--json"])
-        out = last_json_line(p.stdout)
-        with torch.no_grad():
-            want = ref_model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12,
-                                  min_new_tokens=12, pad_token_id=0)[0, len(prompt):].tolist()
-        assert out["ids"] == want, (out["ids"], want)
     elif qtype == "f32" and arch != "qwen3":
         # transformers' own GGUF loading of the same file. Not qwen3 here: transformers 5.23
         # reads no qwen3.attention.key_length, so this model's head_dim 32 becomes Qwen3Config's
