@@ -34,7 +34,8 @@ greedy tokens are the argmax of its logits, one token evaluated after another.
   for rows like Qwen2-0.5B's 896; the test checks the types with gguf.GGUFReader). (a) every tensor read
   by `ftune inspect --gguf --tensor` equals gguf.quants.dequantize bit for bit; (b) `ftune eval
   --dump-logits` within 1e-4 * max(1, max |ref|) of transformers' fp32 forward over the dequantized
-  weights (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2 with logits up to 25, 1.8e-5 to
+  weights, for `eval` (the prefill path) and for 8 greedy `generate` steps (decode, each
+  weight read in its stored type) (measured 4.5e-6 to 6.1e-6 for llama, 2.5e-5 for qwen2 with logits up to 25, 1.8e-5 to
   2.1e-5 for qwen3 with logits up to 23); (c) within 0.06 * max(1, max |ref|) of llama.cpp's
   logits (measured 0.089, 0.086, 0.123, 0.112, 0.118 with max |logit| 4.0-4.3 for llama Q8_0 /
   Q4_0 / Q4_K_M / Q6_K / Q2_K, 0.51 with max |logit| 25 for qwen2 Q4_K_M, 0.47-0.48 with max
@@ -426,6 +427,15 @@ def test_quantized_logits(tmp_path, quant_files, arch, q):
     logits = models.read_safetensors(str(dump))["logits"]
     model, types = dequantized(arch, path)
     ref = models.reference_eval(model, ex)["logits"]
+    # decode (each weight read in its stored type, Q4_K / Q6_K / Q4_0 / Q8_0 by fused kernels,
+    # the others widened at load): 8 greedy steps' logits equal the fp32 forward over the
+    # prompt and the tokens ftune chose
+    prompt = ex[0]["input_ids"][:6]
+    out, glog = ftune_greedy(tmp_path, path, ["--prompt-ids", ",".join(map(str, prompt))], 8)
+    with torch.no_grad():
+        full = model(torch.tensor([prompt + out["ids"]])).logits[0].numpy()
+    d_gen = float(np.abs(glog - full[len(prompt) - 1:len(prompt) + 7]).max())
+    assert d_gen <= LOGIT_RTOL * max(1.0, float(np.abs(full).max())), f"decode: {d_gen:.3g}"
     emu = models.reference_eval(act_q8(model, types, path), ex)["logits"]
     scale = max(1.0, float(np.abs(ref).max()))
     # (b) the fp32 forward over the dequantized weights
@@ -439,7 +449,8 @@ def test_quantized_logits(tmp_path, quant_files, arch, q):
             ll = llama_logits(m, e["input_ids"])
             d_ll = max(d_ll, float(np.abs(logits[i, :n] - ll).max()))
             near += list(np.abs(emu[i, :n] - ll).max(axis=1) <= LOGIT_RTOL * scale)
-    print(f"{arch} {q}: ftune vs fp32 reference {d_ref:.3g}, vs llama.cpp {d_ll:.3g} (max |logit| "
+    print(f"{arch} {q}: ftune vs fp32 reference {d_ref:.3g} (decode {d_gen:.3g}), vs llama.cpp "
+          f"{d_ll:.3g} (max |logit| "
           f"{scale:.3g}); llama.cpp equals the Q8-activation forward at {sum(near)}/{len(near)} "
           "positions")
     bound = LLAMA_Q_RTOL * scale
