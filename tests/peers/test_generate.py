@@ -332,6 +332,11 @@ def test_text_prompt_streamed(text_model, tmp_path):
     ref_ids, _ = hf_greedy(models.load_model(str(mdir)), want, 48)
     assert j["ids"] == ref_ids
     assert j["text"] == tok.decode(ref_ids, skip_special_tokens=True)
+    pf = tmp_path / "prompt.txt"  # --prompt-file: the file's bytes are the prompt
+    pf.write_text(prompt, encoding="utf-8")
+    fargs = [a if a != prompt else str(pf) for a in args]
+    fargs[fargs.index("--prompt")] = "--prompt-file"
+    assert json.loads(run_ok(fargs + ["--json"]).stdout)["prompt_ids"] == want
     p = run_ok(args)  # streamed: the same text, then a newline; the statistics on stderr
     assert p.stdout == j["text"] + ("" if j["text"].endswith("\n") else "\n")
     assert "prefill" in p.stderr and "decode" in p.stderr and "peak memory" in p.stderr
