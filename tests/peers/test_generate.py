@@ -19,7 +19,7 @@ What is compared, and the tolerance:
   (GenerationMixin._get_logits_processor with the generation config generate() would build) run
   on the same logits and the same sequence so far, softmaxed: 1e-5 absolute. The tokens ftune
   drew must have non-zero probability there, and the same seed must give the same ids.
-- adapters: a PEFT adapter per architecture (unmerged), and two adapters with weights 0.7 and 0.3
+- adapters: a PEFT adapter per architecture (unmerged; F32 checkpoints, and BF16 for three), and two adapters with weights 0.7 and 0.3
   against PEFT's add_weighted_adapter(combination_type="cat") (whose output is the sum of the
   adapters' outputs, each scaled by its weight): greedy tokens and logits as above.
 - the KV cache and stored weight formats: the logits of every generation step under --quant nf4,
@@ -131,15 +131,16 @@ def test_greedy_like_transformers(zoo, tmp_path, arch, dtype):
     assert list(dump["ids"]) == out["ids"]
 
 
-@pytest.mark.parametrize("arch", list(models.ARCHS))
-def test_greedy_with_adapter_like_peft(zoo, tmp_path, arch):
-    d, ad = zoo.model(arch, "f32"), zoo.adapter(arch)
+@pytest.mark.parametrize("arch,dtype", [(a, "f32") for a in models.ARCHS] +
+                         [(a, "bf16") for a in ("llama_bias", "qwen3", "phi3")])
+def test_greedy_with_adapter_like_peft(zoo, tmp_path, arch, dtype):
+    d, ad = zoo.model(arch, dtype), zoo.adapter(arch)
     prompt = prompt_for(LENGTHS[(arch, "bf16")] + 20, seed=1)
     out, dump = ftune_generate(tmp_path, d, prompt, ["--adapter", ad, "--greedy",
                                                      "--ignore-eos", "--max-new-tokens", NEW])
     _, base_logits = hf_greedy(models.load_model(d), prompt, 1)
     ref_ids, ref_logits = hf_greedy(models.load_peft(d, ad), prompt)
-    check_greedy(out["ids"], dump["logits"], ref_ids, ref_logits, f"{arch}+adapter")
+    check_greedy(out["ids"], dump["logits"], ref_ids, ref_logits, f"{arch}/{dtype}+adapter")
     # the adapter is live: PEFT's logits are not the base model's
     assert np.abs(ref_logits[0] - base_logits[0]).max() > 1e-2
 
