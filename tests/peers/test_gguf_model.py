@@ -44,6 +44,7 @@ What is compared, and the tolerance:
   and a hint.
 """
 
+import copy
 import json
 import os
 
@@ -508,6 +509,44 @@ def test_hf_converted_trains(tmp_path, zoo, bpe, qtype):
             "--batch-size", "4", "--lora-targets", "all-linear"])
     steps = [json.loads(x) for x in open(run / "metrics.jsonl") if '"step"' in x]
     assert steps[-1]["loss"] < 0.7 * steps[0]["loss"], (steps[0]["loss"], steps[-1]["loss"])
+
+
+@pytest.mark.parametrize("qtype,quant", [("f32", "none"), ("q8_0", "q8")])
+def test_gguf_training_equals_folder_training(tmp_path, zoo, bpe, qtype, quant):
+    """Training over a GGUF file is training over the Hugging Face folder it was converted from
+    (whose steps test_train_parity.py checks against PyTorch + PEFT): the same losses and grad
+    norms at every step and the same adapter bytes, for F32 (Q/K rows un-permuted at load) and
+    Q8_0 (the folder of the file's dequantized weights, quantized by --quant q8 at load, gives the
+    blocks the file stores)."""
+    model = zoo._f32("llama")
+    path = str(tmp_path / f"llama-{qtype}.gguf")
+    ref = write_hf_gguf(model, "llama", path, qtype, bpe)
+    # the folder holds the file's weights dequantized (the Q8_0 embedding's values included);
+    # Q8_0 of Q8_0-dequantized rows gives the same blocks back, so --quant q8 rebuilds the file's
+    folder = str(tmp_path / "hf")
+    m2 = copy.deepcopy(model)
+    m2.load_state_dict(ref, strict=False)
+    models.save_model(m2, folder, "f32")
+    rng = np.random.default_rng(2)
+    seqs = [[int(t) for t in rng.integers(0, 50, size=16)] for _ in range(4)]
+    data = models.write_jsonl(str(tmp_path / "t.jsonl"), [dict(input_ids=s, labels=s) for s in seqs])
+    common = ["--data", data, "--steps", "4", "--lr", "1e-2", "--batch-size", "2",
+              "--lora-targets", "all-linear", "--seed", "3", "--quant", quant]
+    if quant == "q8":
+        common += ["--quant-lm-head", "q8"]
+    runs = {}
+    for name, m in (("gguf", path), ("folder", folder)):
+        runs[name] = tmp_path / ("run-" + name)
+        run_ok(["train", "--model", m, "--out", runs[name]] + common)
+    metrics = {k: [json.loads(x) for x in open(r / "metrics.jsonl") if '"step"' in x]
+               for k, r in runs.items()}
+    assert len(metrics["gguf"]) == 4
+    for a, b in zip(metrics["gguf"], metrics["folder"]):
+        assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"]), (a, b)
+    ga, fa = (models.read_safetensors(str(r / "adapter_model.safetensors")) for r in runs.values())
+    assert sorted(ga) == sorted(fa)
+    for k in ga:
+        assert np.array_equal(ga[k], fa[k]), k
 
 
 def test_hf_converted_q4_0_kept_and_train_refused(tmp_path, zoo, bpe):
