@@ -7,8 +7,8 @@
  *   vload_bf16(h) vload_f16(h)   VW bf16 / f16 values widened;
  *   vbytes32(v, sgn, f)    the 32 bytes of a __m256i as 32 / VW float vectors f[], signed or not.
  * It gets: dequant_{bf16,f16,q8_0,q4_0,q4_k,q6_k}, dot_{f32,bf16,f16,q8_0,q4_0,q4_k,q6_k} (one
- * row) and dot4_{...} (four consecutive rows), and SIMD_BODY_DEQUANT / _DOT / _DOT4, the entries
- * of its qkernels table for these formats.
+ * row) and dot4_{q8_0,q4_0,q4_k} (four consecutive rows), and SB_DEQUANT_ENTRIES / _DOT_ / _DOT4_,
+ * the entries of its qkernels table for these formats.
  *
  * Dequantization computes each value exactly as the portable reference does (one conversion, at
  * most one multiply, Q4_K's product rounded before the min is subtracted), so it is
@@ -19,8 +19,8 @@
  * constant after inlining, so the per-row arrays live in registers). The rows share the loads
  * of x (and Q4_K's sums of x); each row keeps its own accumulators and does exactly the
  * operations the one-row kernel does, so dot4 gives bit for bit what four dot calls give.
- * Reading four rows' streams at once also keeps more memory requests in flight per core, which
- * is what a bandwidth-bound decode needs.
+ * Four rows are four short interleaved streams, which the hardware prefetchers miss, so a
+ * four-row call prefetches the next four rows itself (sb_prefetch_next).
  *
  * GGUF blocks are unpacked to bytes by qtensor_gguf_simd.h (layouts there).
  */
@@ -31,7 +31,21 @@
 #include "ops/qtensor_kernels.h"
 
 #define SB_INLINE static inline __attribute__((always_inline))
+/* Loops over the rows of a call and the vectors of a block: unrolled whole, so that their arrays
+ * are registers (GCC's -O2 does not unroll bodies this large on its own). */
+#define SB_UNROLL _Pragma("GCC unroll 8")
 enum { SB_NV = 32 / VW }; /* vectors per 32 values */
+
+/* The four rows of a call are one contiguous span of memory, read as four interleaved streams
+ * that are short at decode's widths (a few hundred bytes to a few KB each), too short for the
+ * hardware prefetchers to pick up. So a four-row call prefetches the next four rows' span, in
+ * step with its own progress: after `done` of its `span` bytes, the next span's bytes
+ * [done, done + step) (at most 8 lines a step). Prefetches never fault, past the matrix too. */
+SB_INLINE void sb_prefetch_next(const void *start, size_t span, size_t done, size_t step) {
+    const char *p = (const char *)start + span + done;
+    for (size_t o = 0; o < step && o < 8 * 64; o += 64)
+        _mm_prefetch(p + o, _MM_HINT_T0);
+}
 
 /* ---- F32, BF16, F16 ---------------------------------------------------------------------- */
 
@@ -55,13 +69,17 @@ SB_INLINE void sb_dot_dense(const qtensor *t, int r, const float *x, float *out,
     const size_t esz = kind == SB_F32 ? 4 : 2;
     const void *w[4];
     vf a0[4], a1[4];
+    SB_UNROLL
     for (int k = 0; k < NR; k++) {
         w[k] = (const char *)t->data + (size_t)(r + k) * n * esz;
         a0[k] = vzero(), a1[k] = vzero();
     }
     int i = 0;
     for (; i + 2 * VW <= n; i += 2 * VW) {
+        if (NR > 1)
+            sb_prefetch_next(w[0], (size_t)NR * n * esz, (size_t)NR * i * esz, NR * 2 * VW * esz);
         vf x0 = vload(x + i), x1 = vload(x + i + VW);
+        SB_UNROLL
         for (int k = 0; k < NR; k++) {
             a0[k] = vfma(sb_wload(w[k], i, kind), x0, a0[k]);
             a1[k] = vfma(sb_wload(w[k], i + VW, kind), x1, a1[k]);
@@ -69,11 +87,14 @@ SB_INLINE void sb_dot_dense(const qtensor *t, int r, const float *x, float *out,
     }
     for (; i + VW <= n; i += VW) {
         vf x0 = vload(x + i);
+        SB_UNROLL
         for (int k = 0; k < NR; k++)
             a0[k] = vfma(sb_wload(w[k], i, kind), x0, a0[k]);
     }
+    SB_UNROLL
     for (int k = 0; k < NR; k++) {
         float s = vhsum(vadd(a0[k], a1[k]));
+        SB_UNROLL
         for (int j = i; j < n; j++)
             s += sb_wscalar(w[k], j, kind) * x[j];
         out[k] = s;
@@ -112,6 +133,7 @@ static void sb_dequant_block32(const qtensor *t, int r0, int nrows, float *out, 
     for (size_t b = 0; b < nb; b++, blk += bb, out += 32) {
         vf d = vset1(f16c_at(blk)), f[SB_NV];
         vbytes32(sb_block32_bytes(blk, q4), 1, f);
+        SB_UNROLL
         for (int j = 0; j < SB_NV; j++)
             vstore(out + VW * j, vmul(d, f[j]));
     }
@@ -124,22 +146,28 @@ SB_INLINE void sb_dot_block32(const qtensor *t, int r, const float *x, float *ou
     const size_t bb = q4 ? Q4_0_BYTES : Q8_0_BYTES, row = (size_t)nb * bb;
     const uint8_t *blk = qt_row(t, r);
     vf acc[4];
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         acc[k] = vzero();
     for (int b = 0; b < nb; b++, blk += bb, x += 32) {
+        if (NR > 1) sb_prefetch_next(qt_row(t, r), NR * row, (size_t)NR * b * bb, NR * bb);
         vf xv[SB_NV];
+        SB_UNROLL
         for (int j = 0; j < SB_NV; j++)
             xv[j] = vload(x + VW * j);
+        SB_UNROLL
         for (int k = 0; k < NR; k++) {
             const uint8_t *p = blk + k * row;
             vf f[SB_NV];
             vbytes32(sb_block32_bytes(p, q4), 1, f);
             vf s = vmul(f[0], xv[0]);
+            SB_UNROLL
             for (int j = 1; j < SB_NV; j++)
                 s = vfma(f[j], xv[j], s);
             acc[k] = vfma(vset1(f16c_at(p)), s, acc[k]);
         }
     }
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         out[k] = vhsum(acc[k]);
 }
@@ -176,6 +204,7 @@ static void dequant_q4_k(const qtensor *t, int r0, int nrows, float *out) {
             for (int h = 0; h < 2; h++, out += 32) {
                 vf f[SB_NV], vs = vset1(ds[2 * g + h]), vm = vset1(dm[2 * g + h]);
                 vbytes32(q[h], 0, f);
+                SB_UNROLL
                 for (int j = 0; j < SB_NV; j++)
                     vstore(out + VW * j, vsub(vmul(vs, f[j]), vm));
             }
@@ -189,26 +218,34 @@ SB_INLINE void sb_dot_q4_k(const qtensor *t, int r, const float *x, float *out, 
     const size_t row = (size_t)nb * Q4_K_BYTES;
     const uint8_t *blk = qt_row(t, r);
     vf accq[4], accm[4];
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         accq[k] = vzero(), accm[k] = vzero();
     for (int b = 0; b < nb; b++, blk += Q4_K_BYTES) {
+        if (NR > 1)
+            sb_prefetch_next(qt_row(t, r), NR * row, (size_t)NR * b * Q4_K_BYTES, NR * Q4_K_BYTES);
         float ds[4][8], dm[4][8];
+        SB_UNROLL
         for (int k = 0; k < NR; k++)
             sb_q4_k_scales(blk + k * row, ds[k], dm[k]);
         for (int g = 0; g < 4; g++)
             for (int h = 0; h < 2; h++, x += 32) {
                 vf xv[SB_NV];
+                SB_UNROLL
                 for (int j = 0; j < SB_NV; j++)
                     xv[j] = vload(x + VW * j);
                 vf xs = xv[0];
+                SB_UNROLL
                 for (int j = 1; j < SB_NV; j++)
                     xs = vadd(xs, xv[j]);
+                SB_UNROLL
                 for (int k = 0; k < NR; k++) {
                     __m256i q[2];
                     q4_k_bytes(blk + k * row + 16 + 32 * g, &q[0], &q[1]);
                     vf f[SB_NV];
                     vbytes32(q[h], 0, f);
                     vf s = vmul(f[0], xv[0]);
+                    SB_UNROLL
                     for (int j = 1; j < SB_NV; j++)
                         s = vfma(f[j], xv[j], s);
                     accq[k] = vfma(vset1(ds[k][2 * g + h]), s, accq[k]);
@@ -216,6 +253,7 @@ SB_INLINE void sb_dot_q4_k(const qtensor *t, int r, const float *x, float *out, 
                 }
             }
     }
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         out[k] = vhsum(vsub(accq[k], accm[k]));
 }
@@ -233,9 +271,11 @@ static void dequant_q6_k(const qtensor *t, int r0, int nrows, float *out) {
         for (int half = 0; half < 2; half++, sc += 8) {
             __m256i q[4];
             q6_k_bytes(blk + 64 * half, blk + 128 + 32 * half, q);
+            SB_UNROLL
             for (int k = 0; k < 4; k++, out += 32) {
                 vf f[SB_NV];
                 vbytes32(q[k], 1, f);
+                SB_UNROLL
                 for (int j = 0; j < SB_NV; j++)
                     vstore(out + VW * j, vmul(vset1(d * (float)sc[2 * k + j * VW / 16]), f[j]));
             }
@@ -251,9 +291,13 @@ SB_INLINE void sb_dot_q6_k(const qtensor *t, int r, const float *x, float *out, 
     const uint8_t *blk = qt_row(t, r);
     enum { PER16 = VW >= 16 ? 1 : 16 / VW }; /* vectors per 16 values */
     vf acc[4];
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         acc[k] = vzero();
-    for (int b = 0; b < nb; b++, blk += Q6_K_BYTES, x += GGML_QK_K)
+    for (int b = 0; b < nb; b++, blk += Q6_K_BYTES, x += GGML_QK_K) {
+        if (NR > 1)
+            sb_prefetch_next(qt_row(t, r), NR * row, (size_t)NR * b * Q6_K_BYTES, NR * Q6_K_BYTES);
+        SB_UNROLL
         for (int k = 0; k < NR; k++) {
             const uint8_t *p = blk + k * row;
             float d = f16c_at(p + 208);
@@ -262,11 +306,14 @@ SB_INLINE void sb_dot_q6_k(const qtensor *t, int r, const float *x, float *out, 
             for (int half = 0; half < 2; half++, sc += 8) {
                 __m256i q[4];
                 q6_k_bytes(p + 64 * half, p + 128 + 32 * half, q);
+                SB_UNROLL
                 for (int qi = 0; qi < 4; qi++, xx += 32) {
                     vf f[SB_NV];
                     vbytes32(q[qi], 1, f);
+                    SB_UNROLL
                     for (int j0 = 0; j0 < SB_NV; j0 += PER16) {
                         vf s = vmul(f[j0], vload(xx + VW * j0));
+                        SB_UNROLL
                         for (int j = j0 + 1; j < j0 + PER16; j++)
                             s = vfma(f[j], vload(xx + VW * j), s);
                         float scale = d * (float)sc[2 * qi + j0 * VW / 16];
@@ -275,18 +322,21 @@ SB_INLINE void sb_dot_q6_k(const qtensor *t, int r, const float *x, float *out, 
                 }
             }
         }
+    }
+    SB_UNROLL
     for (int k = 0; k < NR; k++)
         out[k] = vhsum(acc[k]);
 }
 
 /* ---- one-row and four-row entry points --------------------------------------------------- */
 
-#define SB_DOTS(name, body)                                                                        \
+#define SB_DOT(name, body)                                                                         \
     static float dot_##name(const qtensor *t, int r, const float *x) {                             \
         float s;                                                                                   \
         body(t, r, x, &s, 1);                                                                      \
         return s;                                                                                  \
-    }                                                                                              \
+    }
+#define SB_DOT4(name, body)                                                                        \
     static void dot4_##name(const qtensor *t, int r, const float *x, float out[4]) {               \
         body(t, r, x, out, 4);                                                                     \
     }
@@ -307,13 +357,19 @@ SB_INLINE void sb_q4_0(const qtensor *t, int r, const float *x, float *out, cons
     sb_dot_block32(t, r, x, out, NR, 1);
 }
 
-SB_DOTS(f32, sb_f32)
-SB_DOTS(bf16, sb_bf16)
-SB_DOTS(f16, sb_f16)
-SB_DOTS(q8_0, sb_q8_0)
-SB_DOTS(q4_0, sb_q4_0)
-SB_DOTS(q4_k, sb_dot_q4_k)
-SB_DOTS(q6_k, sb_dot_q6_k)
+SB_DOT(f32, sb_f32)
+SB_DOT(bf16, sb_bf16)
+SB_DOT(f16, sb_f16)
+SB_DOT(q8_0, sb_q8_0)
+SB_DOT(q4_0, sb_q4_0)
+SB_DOT(q4_k, sb_dot_q4_k)
+SB_DOT(q6_k, sb_dot_q6_k)
+/* Four-row calls only where they measured faster (bench/matvec.c, README "Speed and memory"):
+ * the one-row F32 / F16 / BF16 loop is already one long sequential stream the hardware
+ * prefetches well, and four-row Q6_K (unpacked a row at a time) was no faster. */
+SB_DOT4(q8_0, sb_q8_0)
+SB_DOT4(q4_0, sb_q4_0)
+SB_DOT4(q4_k, sb_dot_q4_k)
 
 #define SB_DEQUANT_ENTRIES                                                                         \
     [QF_BF16] = dequant_bf16, [QF_F16] = dequant_f16, [QF_Q8_0] = dequant_q8_0,                    \
@@ -321,8 +377,6 @@ SB_DOTS(q6_k, sb_dot_q6_k)
 #define SB_DOT_ENTRIES                                                                             \
     [QF_F32] = dot_f32, [QF_BF16] = dot_bf16, [QF_F16] = dot_f16, [QF_Q8_0] = dot_q8_0,            \
     [QF_Q4_0] = dot_q4_0, [QF_Q4_K] = dot_q4_k, [QF_Q6_K] = dot_q6_k
-#define SB_DOT4_ENTRIES                                                                            \
-    [QF_F32] = dot4_f32, [QF_BF16] = dot4_bf16, [QF_F16] = dot4_f16, [QF_Q8_0] = dot4_q8_0,        \
-    [QF_Q4_0] = dot4_q4_0, [QF_Q4_K] = dot4_q4_k, [QF_Q6_K] = dot4_q6_k
+#define SB_DOT4_ENTRIES [QF_Q8_0] = dot4_q8_0, [QF_Q4_0] = dot4_q4_0, [QF_Q4_K] = dot4_q4_k
 
 #endif
