@@ -63,42 +63,22 @@ SB_INLINE float sb_wscalar(const void *w, int i, int kind) {
     return f16_to_f32(((const uint16_t *)w)[i]);
 }
 
-SB_INLINE void sb_dot_dense(const qtensor *t, int r, const float *x, float *out, const int NR,
-                            const int kind) {
+/* one row: two accumulators over 2 * VW values a step, then VW, then a scalar tail */
+SB_INLINE float sb_dot_dense(const qtensor *t, int r, const float *x, const int kind) {
     const int n = t->cols;
-    const size_t esz = kind == SB_F32 ? 4 : 2;
-    const void *w[4];
-    vf a0[4], a1[4];
-    SB_UNROLL
-    for (int k = 0; k < NR; k++) {
-        w[k] = (const char *)t->data + (size_t)(r + k) * n * esz;
-        a0[k] = vzero(), a1[k] = vzero();
-    }
+    const void *w = (const char *)t->data + (size_t)r * n * (kind == SB_F32 ? 4 : 2);
+    vf a0 = vzero(), a1 = vzero();
     int i = 0;
     for (; i + 2 * VW <= n; i += 2 * VW) {
-        if (NR > 1)
-            sb_prefetch_next(w[0], (size_t)NR * n * esz, (size_t)NR * i * esz, NR * 2 * VW * esz);
-        vf x0 = vload(x + i), x1 = vload(x + i + VW);
-        SB_UNROLL
-        for (int k = 0; k < NR; k++) {
-            a0[k] = vfma(sb_wload(w[k], i, kind), x0, a0[k]);
-            a1[k] = vfma(sb_wload(w[k], i + VW, kind), x1, a1[k]);
-        }
+        a0 = vfma(sb_wload(w, i, kind), vload(x + i), a0);
+        a1 = vfma(sb_wload(w, i + VW, kind), vload(x + i + VW), a1);
     }
-    for (; i + VW <= n; i += VW) {
-        vf x0 = vload(x + i);
-        SB_UNROLL
-        for (int k = 0; k < NR; k++)
-            a0[k] = vfma(sb_wload(w[k], i, kind), x0, a0[k]);
-    }
-    SB_UNROLL
-    for (int k = 0; k < NR; k++) {
-        float s = vhsum(vadd(a0[k], a1[k]));
-        SB_UNROLL
-        for (int j = i; j < n; j++)
-            s += sb_wscalar(w[k], j, kind) * x[j];
-        out[k] = s;
-    }
+    for (; i + VW <= n; i += VW)
+        a0 = vfma(sb_wload(w, i, kind), vload(x + i), a0);
+    float s = vhsum(vadd(a0, a1));
+    for (; i < n; i++)
+        s += sb_wscalar(w, i, kind) * x[i];
+    return s;
 }
 
 static void sb_dequant_half(const qtensor *t, int r0, int nrows, float *out, int kind) {
@@ -260,72 +240,60 @@ SB_INLINE void sb_dot_q4_k(const qtensor *t, int r, const float *x, float *out, 
 
 /* ---- Q6_K -------------------------------------------------------------------------------- */
 
-/* Quarter k's 32 values have scale sc[2k] for values 0-15 and sc[2k + 1] for 16-31: vector j
- * (VW values) takes sc[2k + j * VW / 16]. */
+/* Half `half` of a Q6_K block (128 values) as floats, f[k] its quarter k (32 values), and the
+ * 8 scales d * sc of its 16-value groups: quarter k's values 0-15 take scale[2k], 16-31
+ * scale[2k + 1], so vector j of a quarter (VW values) takes scale[2k + j * VW / 16]. */
+SB_INLINE void sb_q6_k_half(const uint8_t *blk, int half, vf f[4][SB_NV], float scale[8]) {
+    float d = f16c_at(blk + 208);
+    const int8_t *sc = (const int8_t *)(blk + 192) + 8 * half;
+    for (int i = 0; i < 8; i++)
+        scale[i] = d * (float)sc[i];
+    __m256i q[4];
+    q6_k_bytes(blk + 64 * half, blk + 128 + 32 * half, q);
+    SB_UNROLL
+    for (int k = 0; k < 4; k++)
+        vbytes32(q[k], 1, f[k]);
+}
+
 static void dequant_q6_k(const qtensor *t, int r0, int nrows, float *out) {
     size_t nb = (size_t)nrows * (t->cols / GGML_QK_K);
     const uint8_t *blk = qt_row(t, r0);
-    for (size_t b = 0; b < nb; b++, blk += Q6_K_BYTES) {
-        float d = f16c_at(blk + 208);
-        const int8_t *sc = (const int8_t *)(blk + 192);
-        for (int half = 0; half < 2; half++, sc += 8) {
-            __m256i q[4];
-            q6_k_bytes(blk + 64 * half, blk + 128 + 32 * half, q);
+    for (size_t b = 0; b < nb; b++, blk += Q6_K_BYTES)
+        for (int half = 0; half < 2; half++) {
+            vf f[4][SB_NV];
+            float scale[8];
+            sb_q6_k_half(blk, half, f, scale);
             SB_UNROLL
-            for (int k = 0; k < 4; k++, out += 32) {
-                vf f[SB_NV];
-                vbytes32(q[k], 1, f);
+            for (int k = 0; k < 4; k++, out += 32)
                 SB_UNROLL
-                for (int j = 0; j < SB_NV; j++)
-                    vstore(out + VW * j, vmul(vset1(d * (float)sc[2 * k + j * VW / 16]), f[j]));
-            }
+            for (int j = 0; j < SB_NV; j++)
+                vstore(out + VW * j, vmul(vset1(scale[2 * k + j * VW / 16]), f[k][j]));
         }
-    }
 }
 
-/* per row: sum over 16-value groups of (d * sc) * (q . x); a row's half is unpacked once and
- * x (in L1) is read again for each row. */
-SB_INLINE void sb_dot_q6_k(const qtensor *t, int r, const float *x, float *out, const int NR) {
+/* sum over 16-value groups of (d * sc) * (q . x) */
+static float dot_q6_k(const qtensor *t, int r, const float *x) {
     const int nb = t->cols / GGML_QK_K;
-    const size_t row = (size_t)nb * Q6_K_BYTES;
     const uint8_t *blk = qt_row(t, r);
     enum { PER16 = VW >= 16 ? 1 : 16 / VW }; /* vectors per 16 values */
-    vf acc[4];
-    SB_UNROLL
-    for (int k = 0; k < NR; k++)
-        acc[k] = vzero();
-    for (int b = 0; b < nb; b++, blk += Q6_K_BYTES, x += GGML_QK_K) {
-        if (NR > 1)
-            sb_prefetch_next(qt_row(t, r), NR * row, (size_t)NR * b * Q6_K_BYTES, NR * Q6_K_BYTES);
-        SB_UNROLL
-        for (int k = 0; k < NR; k++) {
-            const uint8_t *p = blk + k * row;
-            float d = f16c_at(p + 208);
-            const int8_t *sc = (const int8_t *)(p + 192);
-            const float *xx = x;
-            for (int half = 0; half < 2; half++, sc += 8) {
-                __m256i q[4];
-                q6_k_bytes(p + 64 * half, p + 128 + 32 * half, q);
+    vf acc = vzero();
+    for (int b = 0; b < nb; b++, blk += Q6_K_BYTES)
+        for (int half = 0; half < 2; half++) {
+            vf f[4][SB_NV];
+            float scale[8];
+            sb_q6_k_half(blk, half, f, scale);
+            SB_UNROLL
+            for (int k = 0; k < 4; k++, x += 32)
                 SB_UNROLL
-                for (int qi = 0; qi < 4; qi++, xx += 32) {
-                    vf f[SB_NV];
-                    vbytes32(q[qi], 1, f);
-                    SB_UNROLL
-                    for (int j0 = 0; j0 < SB_NV; j0 += PER16) {
-                        vf s = vmul(f[j0], vload(xx + VW * j0));
-                        SB_UNROLL
-                        for (int j = j0 + 1; j < j0 + PER16; j++)
-                            s = vfma(f[j], vload(xx + VW * j), s);
-                        float scale = d * (float)sc[2 * qi + j0 * VW / 16];
-                        acc[k] = vfma(vset1(scale), s, acc[k]);
-                    }
-                }
+            for (int j0 = 0; j0 < SB_NV; j0 += PER16) {
+                vf s = vmul(f[k][j0], vload(x + VW * j0));
+                SB_UNROLL
+                for (int j = j0 + 1; j < j0 + PER16; j++)
+                    s = vfma(f[k][j], vload(x + VW * j), s);
+                acc = vfma(vset1(scale[2 * k + j0 * VW / 16]), s, acc);
             }
         }
-    }
-    SB_UNROLL
-    for (int k = 0; k < NR; k++)
-        out[k] = vhsum(acc[k]);
+    return vhsum(acc);
 }
 
 /* ---- one-row and four-row entry points --------------------------------------------------- */
@@ -341,15 +309,6 @@ SB_INLINE void sb_dot_q6_k(const qtensor *t, int r, const float *x, float *out, 
         body(t, r, x, out, 4);                                                                     \
     }
 
-SB_INLINE void sb_f32(const qtensor *t, int r, const float *x, float *out, const int NR) {
-    sb_dot_dense(t, r, x, out, NR, SB_F32);
-}
-SB_INLINE void sb_bf16(const qtensor *t, int r, const float *x, float *out, const int NR) {
-    sb_dot_dense(t, r, x, out, NR, SB_BF16);
-}
-SB_INLINE void sb_f16(const qtensor *t, int r, const float *x, float *out, const int NR) {
-    sb_dot_dense(t, r, x, out, NR, SB_F16);
-}
 SB_INLINE void sb_q8_0(const qtensor *t, int r, const float *x, float *out, const int NR) {
     sb_dot_block32(t, r, x, out, NR, 0);
 }
@@ -357,16 +316,21 @@ SB_INLINE void sb_q4_0(const qtensor *t, int r, const float *x, float *out, cons
     sb_dot_block32(t, r, x, out, NR, 1);
 }
 
-SB_DOT(f32, sb_f32)
-SB_DOT(bf16, sb_bf16)
-SB_DOT(f16, sb_f16)
+static float dot_f32(const qtensor *t, int r, const float *x) {
+    return sb_dot_dense(t, r, x, SB_F32);
+}
+static float dot_bf16(const qtensor *t, int r, const float *x) {
+    return sb_dot_dense(t, r, x, SB_BF16);
+}
+static float dot_f16(const qtensor *t, int r, const float *x) {
+    return sb_dot_dense(t, r, x, SB_F16);
+}
 SB_DOT(q8_0, sb_q8_0)
 SB_DOT(q4_0, sb_q4_0)
 SB_DOT(q4_k, sb_dot_q4_k)
-SB_DOT(q6_k, sb_dot_q6_k)
 /* Four-row calls only where they measured faster (bench/matvec.c, README "Speed and memory"):
  * the one-row F32 / F16 / BF16 loop is already one long sequential stream the hardware
- * prefetches well, and four-row Q6_K (unpacked a row at a time) was no faster. */
+ * prefetches well, and four-row Q6_K was no faster. */
 SB_DOT4(q8_0, sb_q8_0)
 SB_DOT4(q4_0, sb_q4_0)
 SB_DOT4(q4_k, sb_dot_q4_k)
