@@ -255,20 +255,21 @@ SB_INLINE void sb_q6_k_half(const uint8_t *blk, int half, vf f[4][SB_NV], float 
         vbytes32(q[k], 1, f[k]);
 }
 
+/* the rows' halves in order: half h is half h % 2 of block h / 2 */
 static void dequant_q6_k(const qtensor *t, int r0, int nrows, float *out) {
-    size_t nb = (size_t)nrows * (t->cols / GGML_QK_K);
-    const uint8_t *blk = qt_row(t, r0);
-    for (size_t b = 0; b < nb; b++, blk += Q6_K_BYTES)
-        for (int half = 0; half < 2; half++) {
-            vf f[4][SB_NV];
-            float scale[8];
-            sb_q6_k_half(blk, half, f, scale);
+    size_t halves = 2 * (size_t)nrows * (t->cols / GGML_QK_K);
+    const uint8_t *blk0 = qt_row(t, r0);
+    for (size_t h = 0; h < halves; h++) {
+        vf f[4][SB_NV];
+        float scale[8];
+        sb_q6_k_half(blk0 + h / 2 * Q6_K_BYTES, (int)(h % 2), f, scale);
+        SB_UNROLL
+        for (int k = 0; k < 4; k++, out += 32) {
             SB_UNROLL
-            for (int k = 0; k < 4; k++, out += 32)
-                SB_UNROLL
             for (int j = 0; j < SB_NV; j++)
                 vstore(out + VW * j, vmul(vset1(scale[2 * k + j * VW / 16]), f[k][j]));
         }
+    }
 }
 
 /* sum over 16-value groups of (d * sc) * (q . x) */
@@ -283,14 +284,15 @@ static float dot_q6_k(const qtensor *t, int r, const float *x) {
             float scale[8];
             sb_q6_k_half(blk, half, f, scale);
             SB_UNROLL
-            for (int k = 0; k < 4; k++, x += 32)
+            for (int k = 0; k < 4; k++, x += 32) {
                 SB_UNROLL
-            for (int j0 = 0; j0 < SB_NV; j0 += PER16) {
-                vf s = vmul(f[k][j0], vload(x + VW * j0));
-                SB_UNROLL
-                for (int j = j0 + 1; j < j0 + PER16; j++)
-                    s = vfma(f[k][j], vload(x + VW * j), s);
-                acc = vfma(vset1(scale[2 * k + j0 * VW / 16]), s, acc);
+                for (int j0 = 0; j0 < SB_NV; j0 += PER16) {
+                    vf s = vmul(f[k][j0], vload(x + VW * j0));
+                    SB_UNROLL
+                    for (int j = j0 + 1; j < j0 + PER16; j++)
+                        s = vfma(f[k][j], vload(x + VW * j), s);
+                    acc = vfma(vset1(scale[2 * k + j0 * VW / 16]), s, acc);
+                }
             }
         }
     return vhsum(acc);
