@@ -6,7 +6,8 @@
  * past the caches, as a model's layers are), each pass going through all copies:
  *   rows  one qtensor_dot_row per weight row, rows split across the threads (decode before
  *         qmatvec: forward.c's loop of one-row kernel calls);
- *   qmatvec  four rows per kernel call, the next four rows prefetched.
+ *   qmatvec  four rows per kernel call, the next four rows prefetched, where the ISA has such
+ *         a kernel (Q8_0, Q4_0, Q4_K); one row per call otherwise, so those ratios read ~1.
  * The two alternate for ROUNDS rounds; each reports its best round as weight GB/s (GB = 1e9
  * bytes of weights as stored per second), and the ratio qmatvec / rows.
  * Usage: matvec [THREADS] (default 1). Output: a line per case, then one JSON line.
