@@ -137,6 +137,10 @@ bench-merge: all
 $(B)/bench/membw: bench/membw.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) $< -o $@
+# matvec: decode's matrix-vector product alone, one-row kernel calls against qmatvec (bench/matvec.c)
+$(B)/bench/matvec: bench/matvec.c $(B)/libftune.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(LDFLAGS) $< $(B)/libftune.a -o $@ $(LIBS)
 bench-generate: all $(B)/bench/membw
 	@bash bench/run.sh --generate --membw $(B)/bench/membw $(if $(SHAPES),--shapes $(SHAPES))
 bench-test:

@@ -14,6 +14,7 @@
  *    fp32 in another order (and Q4_K's fused form multiplies the scale and the min separately),
  *    which moves a result by a few fp32 roundings of partial sums, O(1e-7) of that sum; a wrong
  *    nibble, scale or block is off by O(1e-2) or more.
+ *  - qmatvec (four rows per kernel call) gives qtensor_dot_row's values bit for bit;
  *  - qtensor_quantize refuses the three formats (stored only); qtensor_bytes counts the blocks.
  */
 #include "base/cpu.h"
@@ -105,6 +106,7 @@ static void check_shape(int i, int rows, int nblk) {
         }
     }
     CHECK(worst_ok, "%s %dx%d: dot products", name, rows, cols);
+    test_qmatvec_exact(&t, x, name);
     const int Ns[] = {1, 3, 37};
     size_t wsb = qmatmul_scratch_bytes(&t, 37);
     void *ws = malloc(wsb ? wsb : 1);
@@ -153,16 +155,6 @@ static void check_all(void) {
 
 int main(void) {
     CHECK(qformat_parse("q4_k") == QF_Q4_K && qformat_info(QF_Q6_K)->stored_only, "format table");
-    const char *isas[] = {"portable", "avx2", "avx512"};
-    for (int i = 0; i < 3; i++) {
-        if (!cpu_set_level((cpu_isa)cpu_isa_parse(isas[i]))) {
-            printf("isa %s: skipped (this CPU lacks it)\n", isas[i]);
-            continue;
-        }
-        int failed = test_failed_;
-        check_all();
-        printf("isa %s (%s): ran (%s)\n", isas[i], qtensor_isa(),
-               test_failed_ == failed ? "ok" : "FAILURES");
-    }
+    test_each_isa(check_all);
     return test_summary("gguf_quant_kernels");
 }

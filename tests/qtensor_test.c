@@ -12,6 +12,7 @@
  *    qmatmul_backward_input equal "dequantize the whole matrix, multiply in double" within 1e-5
  *    of the largest |value| of the output (fp32 sums of at most a few hundred terms, in another
  *    order, differ by far less; a wrong block, row or scale is off by O(1)).
+ *  - qmatvec (decode's four-rows-per-call product) equals qtensor_dot_row bit for bit.
  *  - under QC_BF16 (--dtype bf16), qmatmul_forward and qmatmul_backward_input, on every gemm_bf16
  *    kernel this CPU runs, equal gemm_bf16_ref over (bf16(input), bf16(dequantized W)) within
  *    1e-6 of the largest |value| of the output: both sum the same exact products in fp32, in
@@ -264,6 +265,7 @@ static void check_tensor(qformat f, int rows, int cols, int bs, int dq) {
     }
     double e = rel_err(got, 1, want, rows, 1);
     CHECK(e <= 1e-5, "%s: dot_row relative error %.3g", what, e);
+    test_qmatvec_exact(&t, xin, what);
     free(xin), free(want), free(got);
 
     /* qmatmul_forward / backward_input with strides past the width */
@@ -444,16 +446,7 @@ int main(int argc, char **argv) {
     CHECK(!strcmp(qtensor_isa(), "portable"), "FTUNE_ISA=portable gave %s", qtensor_isa());
     check_bad_input();
 
-    const char *isas[] = {"portable", "avx2", "avx512"};
-    for (int i = 0; i < 3; i++) {
-        if (!cpu_set_level((cpu_isa)cpu_isa_parse(isas[i]))) {
-            printf("isa %s: skipped (this CPU lacks it)\n", isas[i]);
-            continue;
-        }
-        int failed = test_failed_;
-        check_all_formats();
-        printf("isa %s: ran (%s)\n", isas[i], test_failed_ == failed ? "ok" : "FAILURES");
-    }
+    test_each_isa(check_all_formats);
     check_bf16_chunks();
     return test_summary("qtensor");
 }

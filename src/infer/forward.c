@@ -122,22 +122,14 @@ void infer_truncate(infer_model *im, int len) {
     if (len >= 0 && len < im->kv.len) im->kv.len = len;
 }
 
-/* out (rows) = beta * out + W x + b for one fp32 row x: the fused dot kernel per weight row
- * (qtensor_dot_row, the ISA's fastest), rows split across the threads. A GEMM call with one row
- * (what qmatmul_forward makes of fp32) packs the weight panels it reads, touching each weight
- * twice per token. */
-static void matvec_f32(float *out, const float *x, const qtensor *W, const float *b, float beta) {
-#pragma omp parallel for schedule(static)
-    for (int o = 0; o < W->rows; o++)
-        out[o] = (beta == 0 ? 0 : beta * out[o]) + qtensor_dot_row(W, o, x) + (b ? b[o] : 0);
-}
-
 /* out (n, ldo)[col ..] = x W^T + b + the adapters' LoRA terms; beta 1 adds to out. */
 static void lin(infer_model *im, int l, lin_kind k, float *out, int ldo, const float *x, int n,
                 float beta) {
     const lin_weights *lw = &im->m->blocks[l].lin[k];
-    if (n == 1 && lw->W.fmt == QF_F32 && lw->W.compute == QC_F32)
-        matvec_f32(out + lw->col, x, &lw->W, lw->b, beta);
+    /* one row: fused dot products, each weight read once as stored (a one-row GEMM through
+     * fp32 weights would pack the panels it reads, touching each weight twice) */
+    if (n == 1 && lw->W.compute == QC_F32)
+        qmatvec(out + lw->col, x, &lw->W, lw->b, beta);
     else if (qmatmul_forward(out + lw->col, ldo, x, lw->in, &lw->W, lw->b, n, beta, im->mm,
                              im->mm_bytes))
         im->failed = 1;
@@ -202,8 +194,8 @@ static void step(infer_model *im, const int32_t *ids, int n, float *logits, int 
     int rows = all ? n : 1;
     const float *xr = im->x + (size_t)(n - rows) * C;
     rmsnorm_forward(im->ln, im->lse, xr, m->norm_f, rows, C, c->eps);
-    if (rows == 1 && m->lm_head.fmt == QF_F32 && m->lm_head.compute == QC_F32)
-        matvec_f32(logits, im->ln, &m->lm_head, NULL, 0);
+    if (rows == 1 && m->lm_head.compute == QC_F32)
+        qmatvec(logits, im->ln, &m->lm_head, NULL, 0);
     else if (qmatmul_forward(logits, c->V, im->ln, C, &m->lm_head, NULL, rows, 0, im->mm,
                              im->mm_bytes))
         im->failed = 1;

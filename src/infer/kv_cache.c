@@ -163,10 +163,14 @@ void kv_attention(const kv_cache *c, int l, float *out, const float *q, int n, i
             float p = expf(s[j] - mx);
             sum += p;
             const float *vj = head_f32(c, 1, l, j, g, vb);
+            /* lanes over e: each oi[e] still sums over j in order (the same values), but -O2
+             * left this loop scalar: 40% of a SmolLM Q8_0 decode step at 600 positions */
+#pragma omp simd
             for (int e = 0; e < D; e++)
                 oi[e] += p * vj[e];
         }
         float inv = 1.0f / sum;
+#pragma omp simd
         for (int e = 0; e < D; e++)
             oi[e] *= inv;
     }

@@ -181,7 +181,7 @@ static const qformat_traits traits[QF_COUNT] = {
     [QF_Q6_K] = {"q6_k", GGML_QK_K, Q6_K_BYTES, dequant_gguf, dot_gguf, 1},
 };
 
-static const qkernels kernels_portable = {"portable", CPU_PORTABLE, {0}, {0}};
+static const qkernels kernels_portable = {"portable", CPU_PORTABLE, {0}, {0}, {0}};
 
 const qformat_traits *qformat_info(qformat f) { return (unsigned)f < QF_COUNT ? &traits[f] : NULL; }
 
@@ -387,6 +387,39 @@ static void dequant_panel(const qtensor *W, qdequant_fn k, int r0, int nrows, fl
     }
 }
 
+/* ---- fused dot products: the matrix-vector product of decode ------------------------------ */
+
+/* out (N, ldo) = beta*out + inp (N, ldi) . W^T [+ bias] by fused dot products, four weight rows
+ * per kernel call (they share the loads of each input row), groups of four split statically
+ * across the threads; a group stays in cache while it meets the N input rows. */
+static void matvec_rows(float *out, int ldo, const float *inp, int ldi, const qtensor *W,
+                        const float *bias, int N, float beta) {
+    const qkernels *ks = kernels();
+    qdot_fn dot = dot_kernel(W->fmt);
+    qdot4_fn dot4 = ks->dot4[W->fmt];
+    const int O = W->rows, G = (O + 3) / 4;
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < G; g++) {
+        const int o = 4 * g, m = O - o < 4 ? O - o : 4;
+        for (int n = 0; n < N; n++) {
+            const float *x = inp + (size_t)n * ldi;
+            float v[4];
+            if (m == 4 && dot4)
+                dot4(W, o, x, v);
+            else
+                for (int j = 0; j < m; j++)
+                    v[j] = dot(W, o + j, x);
+            float *y = out + (size_t)n * ldo + o;
+            for (int j = 0; j < m; j++)
+                y[j] = (beta == 0 ? 0 : beta * y[j]) + v[j] + (bias ? bias[o + j] : 0);
+        }
+    }
+}
+
+void qmatvec(float *out, const float *x, const qtensor *W, const float *bias, float beta) {
+    matvec_rows(out, W->rows, x, W->cols, W, bias, 1, beta);
+}
+
 /* ---- QC_BF16: the same panels, rounded to bf16 and multiplied by gemm_bf16 ---------------- */
 
 /* Input rows rounded per chunk: about XCHUNK_BYTES of bf16 but at least XCHUNK_MIN_ROWS, since
@@ -551,14 +584,7 @@ int qmatmul_forward(float *out, int ldo, const float *inp, int ldi, const qtenso
     if (N <= 0) return 0;
     int P = ws ? fit_panel(W, wsb) : 0;
     if (N < DOT_MAX_N || P == 0) { /* few rows, or no room for a panel: fused dots need none */
-        qdot_fn dot = dot_kernel(W->fmt);
-#pragma omp parallel for schedule(static)
-        for (int o = 0; o < O; o++)
-            for (int n = 0; n < N; n++) {
-                float *y = &out[(size_t)n * ldo + o];
-                float v = dot(W, o, inp + (size_t)n * ldi);
-                *y = (beta == 0 ? 0 : beta * *y) + v + (bias ? bias[o] : 0);
-            }
+        matvec_rows(out, ldo, inp, ldi, W, bias, N, beta);
         return 0;
     }
     float *panel = ws;

@@ -106,6 +106,13 @@ void qtensor_dequant_rows(const qtensor *t, int r0, int nrows, float *out);
 /* dot product of row r with x (cols values), dequantizing on the fly. */
 float qtensor_dot_row(const qtensor *t, int r, const float *x);
 
+/* out (rows) = beta*out + W x [+ bias (rows)] for one fp32 vector x (cols), whatever W->compute
+ * says: the fused dot kernels (qtensor_dot_row's values, bit for bit), four weight rows per call
+ * sharing the loads of x where the ISA has such a kernel (Q8_0, Q4_0, Q4_K), groups of four rows
+ * split statically across the threads. Decode's matrix-vector product: each weight is read
+ * once, in its stored format. */
+void qmatvec(float *out, const float *x, const qtensor *W, const float *bias, float beta);
+
 /* out (N, rows) = beta*out + inp (N, cols) . W^T [+ bias (rows)]; ldo/ldi row strides
  * (0 = rows / cols). For F32 this is one GEMM; for others, panels of rows are dequantized into
  * the caller's scratch (ws, wsb bytes; qmatmul_scratch_bytes(W, N) is enough, less makes smaller

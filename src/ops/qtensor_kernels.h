@@ -14,12 +14,18 @@
 
 #include <string.h>
 
-/* One ISA's kernels, one entry per format; NULL means "use the portable one". */
+/* Dot products of rows r .. r+3 with x into out[0..3]: bit for bit what four qdot_fn calls of
+ * the same ISA give (the rows only share the loads of x). */
+typedef void (*qdot4_fn)(const qtensor *t, int r, const float *x, float out[4]);
+
+/* One ISA's kernels, one entry per format; NULL means "use the portable one" (for dot4: four
+ * calls of this set's dot). */
 typedef struct qkernels {
     const char *isa;
     cpu_isa level; /* what the CPU must run (cpu.h) */
     qdequant_fn dequant[QF_COUNT];
     qdot_fn dot[QF_COUNT];
+    qdot4_fn dot4[QF_COUNT];
 } qkernels;
 
 extern const qkernels qtensor_kernels_avx2;   /* qtensor_avx2.c */
