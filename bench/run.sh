@@ -17,6 +17,7 @@ fi
 venv=$(bash tools/venv.sh)
 if [ "${1:-}" = "--generate" ]; then
   shift
+  make -s build/ftune build/bench/membw # run directly, not through make bench-generate
   exec "$venv/bin/python" bench/bench_generate.py --ftune "${FTUNE_BIN:-$PWD/build/ftune}" "$@"
 fi
 exec "$venv/bin/python" bench/bench_train.py --ftune "${FTUNE_BIN:-$PWD/build/ftune}" "$@"
