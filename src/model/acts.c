@@ -97,6 +97,16 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
     size_t chunk = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N)),
            all = qmatmul_scratch_bytes(&h, N);
     size_t b = chunk > all ? chunk : all;
+    /* and the head's chunks of rows the loss takes (model_head_chunk_rows): a narrower matrix
+     * can take longer runs of rows at once under --dtype bf16 */
+    int R = model_head_chunk_rows(c, q);
+    for (int last = 0; last < 2 && R < c->V; last++) {
+        h.rows = last ? c->V - (model_head_chunks(c, q) - 1) * R : R;
+        size_t hc = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N)),
+               ha = qmatmul_scratch_bytes(&h, N);
+        if (hc > b) b = hc;
+        if (ha > b) b = ha;
+    }
     return b > most ? b : most;
 }
 

@@ -363,6 +363,7 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
 /* What is resident once training runs: as model_weight_bytes counts it. */
 void model_count_resident(model *m) {
     const model_config *c = &m->cfg;
+    m->head_rows = model_head_chunk_rows(c, &m->quant); /* and the loss's chunks of the head */
     if (m->shard) { /* the slices and gather buffers; a borrowed embedding is read from the file */
         m->weight_bytes = m->n_weights * sizeof(float) + model_shard_resident(m) +
                           (m->wte.owned ? qtensor_bytes(&m->wte) : 0);
@@ -482,7 +483,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
             }
             m->wte_fd = fd + 1;
         }
-        if ((st = model_shard_unit(m, c->L, err)) || (st = model_shard_end(m, err))) goto done;
+        if ((st = model_shard_head(m, err)) || (st = model_shard_end(m, err))) goto done;
     }
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
