@@ -134,6 +134,11 @@ void model_shard_drain(model *m);
 void model_shard_free(model *m);
 /* This rank's resident bytes of linear weights and LM head: its slices and the two buffers. */
 size_t model_shard_resident(const model *m);
+/* Bytes of the checkpoint read while loading under --shard-base: the loader counts what it reads
+ * whole (norms, tensors converted or quantized, a bitsandbytes weight's small parts), shard.c
+ * its slices; FTUNE_DEBUG_READ=1 makes each rank print its count to stderr once loaded. */
+void model_shard_count_read(model *m, size_t bytes);
+void model_shard_report_read(const model *m);
 /* Seconds waited for gathers, bytes gathered, and gathers started, so far. */
 void model_shard_stats(const model *m, double *wait_s, double *gathered_bytes, long *gathers);
 /* The fp32 norms and biases (model->weights) in bytes. */

@@ -21,6 +21,7 @@
  * every rank.
  */
 #include "dist/dist.h"
+#include "io/safetensors.h"
 #include "model/model_internal.h"
 #include "ops/ops.h"
 #include "ops/quant.h"
@@ -53,6 +54,7 @@ struct model_shard {
     int held[2];   /* the unit in each buffer (-1: none) */
     int handle[2]; /* its all-gather in flight (-1: complete) */
     size_t resident;
+    size_t read; /* bytes of the checkpoint this rank read while loading (FTUNE_DEBUG_READ) */
     double wait_s, gathered;
     long gathers;
 };
@@ -182,8 +184,17 @@ static ft_status take_slice(model *m, int l, int release, ft_error *err) {
             if (u->off[i][p] == NONE) continue;
             size_t p0 = u->off[i][p], p1 = p0 + len[p];
             size_t c0 = p0 > a ? p0 : a, c1 = p1 < b ? p1 : b;
-            if (c1 > c0)
-                memcpy(u->mine + (c0 - a), (const uint8_t *)piece_ptr(t, p) + (c0 - p0), c1 - c0);
+            /* a piece borrowed from the checkpoint's mapping (a bitsandbytes checkpoint's codes
+             * and absmax, weights stored as the file holds them): only the slice is read, with
+             * pread; one in memory (converted or quantized while loading: st_pread finds it in
+             * no file) is copied */
+            const uint8_t *src = (const uint8_t *)piece_ptr(t, p) + (c0 - p0);
+            if (c1 > c0) {
+                if (m->src && !st_pread(m->src, src, c1 - c0, u->mine + (c0 - a)))
+                    s->read += c1 - c0;
+                else
+                    memcpy(u->mine + (c0 - a), src, c1 - c0);
+            }
             /* borrowed bytes (the checkpoint's mapping) go back; owned ones are freed below, and
              * the static nested code is left alone */
             if (release && !t->owned && p != P_NESTED_CODE) release_mapped(piece_ptr(t, p), len[p]);
@@ -245,6 +256,17 @@ ft_status model_shard_end(model *m, ft_error *err) {
 }
 
 size_t model_shard_resident(const model *m) { return m->shard ? m->shard->resident : 0; }
+
+void model_shard_count_read(model *m, size_t bytes) {
+    if (m->shard) m->shard->read += bytes;
+}
+
+void model_shard_report_read(const model *m) {
+    const char *e = getenv("FTUNE_DEBUG_READ");
+    if (m->shard && e && *e && strcmp(e, "0"))
+        fprintf(stderr, "ftune: rank %d read %zu bytes of the checkpoint while loading\n",
+                dist_rank(), m->shard->read);
+}
 
 void model_shard_free(model *m) {
     model_shard *s = m->shard;
