@@ -364,18 +364,18 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
  * absmax, and F32 parts it copied because they were unaligned); the codes and 8-bit absmax are
  * read a slice at a time (shard.c). */
 static void count_bnb_read(model *m, const char *name) {
-    static const char *const parts[] = {".quant_map", ".nested_absmax", ".nested_quant_map",
+    /* read whole: compared, checked, parsed; copied (then read whole) when unaligned */
+    static const char *const whole[] = {".quant_map", ".nested_absmax",
                                         ".quant_state.bitsandbytes__nf4",
-                                        ".quant_state.bitsandbytes__fp4"};
+                                        ".quant_state.bitsandbytes__fp4"},
+                             *const if_copied[] = {".absmax", ".nested_quant_map"};
     char full[512];
-    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
-        snprintf(full, sizeof full, "%s%s", name, parts[i]);
+    for (size_t i = 0; i < 6; i++) {
+        snprintf(full, sizeof full, "%s%s", name, i < 4 ? whole[i] : if_copied[i - 4]);
         const st_tensor *t = st_find(m->src, full);
-        if (t) model_shard_count_read(m, t->nbytes);
+        if (t && (i < 4 || (t->dtype == ST_F32 && ((uintptr_t)t->data & 3))))
+            model_shard_count_read(m, t->nbytes);
     }
-    snprintf(full, sizeof full, "%s.absmax", name);
-    const st_tensor *t = st_find(m->src, full);
-    if (t && t->dtype == ST_F32 && ((uintptr_t)t->data & 3)) model_shard_count_read(m, t->nbytes);
 }
 
 /* What is resident once training runs: as model_weight_bytes counts it. */
@@ -463,8 +463,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                 if ((st = bnb_load_weight(m->src, name, out, in, &lw->W, err))) goto done;
                 q->blocksize = lw->W.blocksize;
                 if (shard) count_bnb_read(m, name);
-            } else if ((st = load_tensor(m->src, name, out, in, q->linear, shard, q, &lw->W,
-                                         err))) {
+            } else if ((st =
+                            load_tensor(m->src, name, out, in, q->linear, shard, q, &lw->W, err))) {
                 goto done;
             } else if (shard && lw->W.owned) { /* converted or quantized: read whole */
                 model_shard_count_read(m, st_find(m->src, name)->nbytes);

@@ -21,6 +21,7 @@ Ranks talk over TCP on loopback, which exercises the code a multi-host run does.
 `ftune init`; --threads 1 per rank.
 """
 import json
+import re
 import os
 import random
 import shutil
@@ -436,6 +437,63 @@ def test_shard_base_memory_and_plan(work):
     print(f"plan --ranks 2 --shard-base: {total / MB:.1f} MB, measured {got / MB:.1f} MB "
           f"({100 * (total - got) / got:+.1f}%)")
     assert abs(total - got) <= 0.10 * got
+
+
+def read_counts(stderr):
+    got = {}
+    for line in stderr.splitlines():
+        m = re.match(r"ftune: rank (\d+) read (\d+) bytes of the checkpoint while loading", line)
+        if m:
+            got[int(m.group(1))] = int(m.group(2))
+    return got
+
+
+@pytest.mark.parametrize("checkpoint", ["f32", "nf4-bnb"])
+def test_shard_base_reads_its_slice(work, checkpoint):
+    """--shard-base: each rank reads only its slice of the layers and the LM head from the
+    checkpoint (pread of its byte range), plus the norms (and a bitsandbytes weight's small
+    parts); the embedding is read a row at a time as tokens look it up. FTUNE_DEBUG_READ=1 makes
+    each rank print the bytes it read while loading: about 1/N of the sharded tensors' bytes at
+    N = 2 and 3, for fp32 weights kept as stored and for a bitsandbytes NF4 checkpoint (ftune
+    quantize --double-quant) with its fp32 head."""
+    import sys
+    from safetensors import safe_open
+    model = wide_model(work)
+    if checkpoint == "nf4-bnb":
+        q = work / "wide-nf4"
+        if not q.exists():
+            ok(ftune("quantize", "--model", model, "--out", q, "--quant", "nf4",
+                     "--double-quant"))
+        model = q
+    sharded = small = 0  # the bytes of the sliced tensors, and of what every rank reads whole
+    with safe_open(str(model / "model.safetensors"), "np") as f:
+        for k in f.keys():
+            n = f.get_tensor(k).nbytes
+            if "embed_tokens" in k:
+                continue
+            whole = k.endswith("norm.weight") or any(
+                p in k for p in (".quant_map", ".nested_absmax", ".nested_quant_map", "quant_state"))
+            if whole:
+                small += n
+            else:
+                sharded += n
+    for n in (2, 3):
+        cmd = [MPIRUN, *MPI, "-np", str(n), FTUNE, "train", "--model", str(model), "--data",
+               str(work / "data.jsonl"), "--out", str(work / f"read-{checkpoint}-{n}"),
+               "--batch-size", "1", "--seq-len", "32", "--steps", "1", "--threads", "1",
+               "--quiet", "--lora-targets", "all-linear", "--shard-base"]
+        p = subprocess.run(cmd, capture_output=True, text=True,
+                           env=dict(ENV, FTUNE_DEBUG_READ="1"), timeout=120)
+        assert p.returncode == 0, p.stderr[-3000:]
+        got = read_counts(p.stderr)
+        assert sorted(got) == list(range(n)), p.stderr[-3000:]
+        print(f"\n{checkpoint}, {n} ranks: read {got} bytes; sliced tensors {sharded}, "
+              f"read whole {small}")
+        for r, b in got.items():
+            # each unit's slice is whole 64-byte units: within 64 bytes a unit of 1/N
+            # (a bitsandbytes weight's nested absmax is read whole, to check it, and a slice)
+            assert sharded / n - 64 * 20 <= b <= sharded / n + 2 * small + 64 * 20, (r, b)
+            assert b < 1.02 * sharded / n + small, (r, b)
 
 
 def test_hung_rank_detected(work):
