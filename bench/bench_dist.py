@@ -13,7 +13,8 @@ talks over TCP on loopback, as tests/peers/test_dist.py does. The global batch i
 every run (2 x N... : --grad-accum 6 / N micro-batches of 1 x --seq tokens per rank).
 `--8b` runs the issue's memory check on the Llama-3.1-8B shape instead: the NF4 (double quant)
 checkpoint bench/qlora_8b.py makes (~/.cache/ftune/llama8b-nf4, from tools/make_llama8b.py's
-random BF16 weights), T 512, one step of one sequence per rank (--grad-accum 1, so the global
+random BF16 weights), T 512, gradient checkpointing in every run (left to the memory check
+before loading it would differ between runs), one step of one sequence per rank (--grad-accum 1, so the global
 batch is N sequences: the memory per rank does not depend on it), one process at --threads 2
 then --shard-base at 2 and 3 ranks of one thread; each shard run's peak is checked against
 (one process's peak - weights) + weights / N + two layers + 10%, and `ftune plan --ranks N
@@ -69,7 +70,8 @@ def run(args, tmp, tag, n, extra):
     cmd = [sys.executable, peak, rss, args.ftune, "train", "--model", args.model_dir,
            "--data", os.path.join(tmp, "data.jsonl"), "--out", out, "--batch-size", "1",
            "--seq-len", str(args.seq), "--grad-accum", str(accum), "--steps", str(args.steps),
-           "--threads", str(threads), "--quiet", "--lora-targets", "all-linear", *extra]
+           "--threads", str(threads), "--quiet", "--lora-targets", "all-linear", *args.ckpt,
+           *extra]
     if args.quant != "none" and not args.prequantized:
         cmd += ["--quant", args.quant]
     if n > 1:
@@ -90,7 +92,7 @@ def run(args, tmp, tag, n, extra):
             res[k] = round(statistics.median(r[k] for r in later), 4)
     plan = subprocess.run([args.ftune, "plan", "--model", args.model_dir,
                            "--batch-size", "1", "--seq-len", str(args.seq), "--lora-targets",
-                           "all-linear", "--ranks", str(n), *extra] +
+                           "all-linear", "--ranks", str(n), *args.ckpt, *extra] +
                           (["--quant", args.quant]
                            if args.quant != "none" and not args.prequantized else []),
                           capture_output=True, text=True)
@@ -150,8 +152,9 @@ def main():
     ap.add_argument("--8b", dest="eight_b", action="store_true",
                     help="the Llama-3.1-8B-shape NF4 memory check (see above)")
     args = ap.parse_args()
-    args.prequantized = False
+    args.prequantized, args.ckpt = False, []
     if args.eight_b:
+        args.ckpt = ["--grad-checkpoint"]  # in every run (else memory decides it per run)
         sys.path.insert(0, HERE)
         import qlora_8b
         a8 = argparse.Namespace(layers=32, ftune=args.ftune)
@@ -199,7 +202,7 @@ def main():
               "seq": args.seq, "global_batch": global_batch,
               "threads_per_rank": 1, "threads_single": args.threads_single,
               "note": "shared machine: noisy", "runs": runs, "shard_base_same_losses": same,
-              "sizes": sizes}
+              "sizes": sizes, "grad_checkpoint": bool(args.ckpt)}
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     path = os.path.join(HERE, "results",
                         time.strftime("dist-%Y%m%dT%H%M%SZ.json", time.gmtime()))
