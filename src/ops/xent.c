@@ -180,81 +180,90 @@ static double xent_whole(const xent_kernel *kn, float *dh, const float *h, const
     return loss;
 }
 
+/* The state of a chunked pass (xent_chunked): per counted row its pieces pm/ps (K each), its
+ * target's logit, max and sum. */
+typedef struct chunk_pass {
+    const xent_kernel *kn;
+    float *dh;
+    const float *h;
+    const int *targets;
+    int N, V, C, K, R, chunk;
+    float grad_scale, *scratch, *xt, *M;
+    double *S, *ps;
+    float *pm;
+    void *ws;
+    size_t wsb;
+} chunk_pass;
+
+/* Chunk k (rows Wk) against every run of tokens: its logits, then with grad the rows' gradient
+ * and dh's part, else the rows' pieces. Nonzero: a matmul's scratch is too small. */
+static int run_chunk(const chunk_pass *p, const qtensor *Wk, int k, int grad) {
+    const int w = chunk_width(p->V, p->R, k), v0 = k * p->R, C = p->C, K = p->K;
+    const int *tg = p->targets;
+    int n0 = 0, n;
+    while ((n = next_run(tg, p->N, p->chunk, &n0)) > 0) {
+        float *sc = p->scratch;
+        if (qmatmul_forward(sc, w, p->h + (size_t)n0 * C, C, Wk, NULL, n, 0.0f, p->ws, p->wsb))
+            return -1;
+#pragma omp parallel for schedule(static)
+        for (int r = n0; r < n0 + n; r++) {
+            float *x = sc + (size_t)(r - n0) * w;
+            int in = tg[r] >= v0 && tg[r] < v0 + w;
+            if (!grad) {
+                p->kn->stats(x, w, &p->pm[(size_t)r * K + k], &p->ps[(size_t)r * K + k]);
+                if (in) p->xt[r] = x[tg[r] - v0];
+            } else if (tg[r] >= p->V) {
+                for (int j = 0; j < w; j++)
+                    x[j] = 0.0f;
+            } else {
+                p->kn->grad(x, w, p->M[r], (float)(p->grad_scale / p->S[r]));
+                if (in) x[tg[r] - v0] -= p->grad_scale;
+            }
+        }
+        if (grad && qmatmul_backward_input(p->dh + (size_t)n0 * C, C, sc, w, Wk, n, p->ws, p->wsb))
+            return -1;
+        n0 += n;
+    }
+    return 0;
+}
+
 /* The chunks one at a time from get (sharded): the forward pass over chunks 0 .. K-1 scores
  * every run's rows against each, the backward pass over K-1 .. 0 recomputes a chunk's logits
  * and adds its part of dh. Every GEMM and row piece is the same call on the same values as in
- * xent_whole, and dh's parts are added in the same order, so the bits are those. */
+ * xent_whole, and dh's parts are added in the same order, so the bits are those. Every chunk
+ * is asked for even after a failure: under --shard-base each request is a collective. */
 static double xent_chunked(const xent_kernel *kn, float *dh, const float *h, const qtensor *W,
                            const int *targets, int N, float grad_scale, float *scratch, int chunk,
-                           void *ws, size_t wsb, int R, xent_chunk_fn get, void *ctx, double *lrow,
-                           float *pm, double *ps) {
-    const int C = W->cols, V = W->rows, K = chunk_count(V, R);
-    float *xt = malloc((size_t)N * sizeof(float) * 2), *M = xt + N;
-    double *S = malloc((size_t)N * sizeof(double));
-    if (!xt || !S) {
-        free(xt);
-        free(S);
-        return NAN;
+                           void *ws, size_t wsb, int R, xent_chunk_fn get, void *ctx, float *pm,
+                           double *ps) {
+    const int K = chunk_count(W->rows, R);
+    /* positional: the fields in their order, up to scratch */
+    chunk_pass p = {kn, dh, h, targets, N, W->rows, W->cols, K, R, chunk, grad_scale, scratch};
+    p.ps = ps, p.pm = pm, p.ws = ws, p.wsb = wsb;
+    p.xt = malloc((size_t)N * sizeof(float) * 2);
+    p.S = malloc((size_t)N * sizeof(double));
+    int failed = !p.xt || !p.S;
+    if (p.xt) p.M = p.xt + N;
+    for (int k = 0; k < K; k++) {
+        const qtensor *Wk = get(ctx, k, k + 1 < K ? k + 1 : dh && K > 1 ? K - 2 : -1);
+        if (!failed) failed = run_chunk(&p, Wk, k, 0);
     }
     double loss = 0.0;
-    int failed = 0;
-    for (int k = 0; k < K; k++) {
-        const int w = chunk_width(V, R, k), v0 = k * R;
-        const qtensor *Wk = get(ctx, k, k + 1 < K ? k + 1 : dh && K > 1 ? K - 2 : -1);
-        int n0 = 0, n;
-        while (!failed && (n = next_run(targets, N, chunk, &n0)) > 0) {
-            if (qmatmul_forward(scratch, w, h + (size_t)n0 * C, C, Wk, NULL, n, 0.0f, ws, wsb)) {
-                failed = 1;
-                break;
-            }
-#pragma omp parallel for schedule(static)
-            for (int r = n0; r < n0 + n; r++) {
-                const float *x = scratch + (size_t)(r - n0) * w;
-                kn->stats(x, w, &pm[(size_t)r * K + k], &ps[(size_t)r * K + k]);
-                if (targets[r] >= v0 && targets[r] < v0 + w) xt[r] = x[targets[r] - v0];
-            }
-            n0 += n;
-        }
-    }
-    for (int r = 0; r < N; r++) {
+    for (int r = 0; !failed && r < N; r++) {
         if (targets[r] < 0) continue;
-        if (targets[r] >= V) {
+        if (targets[r] >= p.V) {
             loss += NAN;
             continue;
         }
-        combine(pm + (size_t)r * K, ps + (size_t)r * K, K, &M[r], &S[r]);
-        lrow[0] = log(S[r]) + (double)M[r] - (double)xt[r];
-        loss += lrow[0];
+        combine(pm + (size_t)r * K, ps + (size_t)r * K, K, &p.M[r], &p.S[r]);
+        loss += log(p.S[r]) + (double)p.M[r] - (double)p.xt[r];
     }
     for (int k = K - 1; dh && k >= 0; k--) {
-        const int w = chunk_width(V, R, k), v0 = k * R;
         const qtensor *Wk = get(ctx, k, k > 0 ? k - 1 : -1);
-        int n0 = 0, n;
-        while (!failed && (n = next_run(targets, N, chunk, &n0)) > 0) {
-            if (qmatmul_forward(scratch, w, h + (size_t)n0 * C, C, Wk, NULL, n, 0.0f, ws, wsb)) {
-                failed = 1;
-                break;
-            }
-#pragma omp parallel for schedule(static)
-            for (int r = n0; r < n0 + n; r++) {
-                float *x = scratch + (size_t)(r - n0) * w;
-                if (targets[r] >= V) {
-                    for (int j = 0; j < w; j++)
-                        x[j] = 0.0f;
-                    continue;
-                }
-                kn->grad(x, w, M[r], (float)(grad_scale / S[r]));
-                if (targets[r] >= v0 && targets[r] < v0 + w) x[targets[r] - v0] -= grad_scale;
-            }
-            if (qmatmul_backward_input(dh + (size_t)n0 * C, C, scratch, w, Wk, n, ws, wsb)) {
-                failed = 1;
-                break;
-            }
-            n0 += n;
-        }
+        if (!failed) failed = run_chunk(&p, Wk, k, 1);
     }
-    free(xt);
-    free(S);
+    free(p.xt);
+    free(p.S);
     return failed ? NAN : loss;
 }
 
@@ -273,7 +282,7 @@ static double xent_run(const xent_kernel *kn, float *dh, const float *h, const q
     double loss = NAN;
     if (ps && pm)
         loss = get ? xent_chunked(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb, R,
-                                  get, ctx, ps + rows * K, pm, ps)
+                                  get, ctx, pm, ps)
                    : xent_whole(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb, R,
                                 ps + rows * K, pm, ps);
     free(ps);
