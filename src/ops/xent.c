@@ -237,9 +237,9 @@ static double xent_chunked(const xent_kernel *kn, float *dh, const float *h, con
                            void *ws, size_t wsb, int R, xent_chunk_fn get, void *ctx, float *pm,
                            double *ps) {
     const int K = chunk_count(W->rows, R);
-    /* positional: the fields in their order, up to scratch */
-    chunk_pass p = {kn, dh, h, targets, N, W->rows, W->cols, K, R, chunk, grad_scale, scratch};
-    p.ps = ps, p.pm = pm, p.ws = ws, p.wsb = wsb;
+    /* positional, in the fields' order; xt, M and S are allocated below */
+    chunk_pass p = {kn,         dh,      h,    targets, N,    W->rows, W->cols, K,  R,  chunk,
+                    grad_scale, scratch, NULL, NULL,    NULL, ps,      pm,      ws, wsb};
     p.xt = malloc((size_t)N * sizeof(float) * 2);
     p.S = malloc((size_t)N * sizeof(double));
     int failed = !p.xt || !p.S;
