@@ -157,8 +157,10 @@ def main():
         args.ckpt = ["--grad-checkpoint"]  # in every run (else memory decides it per run)
         sys.path.insert(0, HERE)
         import qlora_8b
-        a8 = argparse.Namespace(layers=32, ftune=args.ftune)
-        args.model = qlora_8b.ensure_models(a8)[1]
+        args.model = os.path.join(qlora_8b.CACHE, "llama8b-nf4")
+        if not os.path.exists(os.path.join(args.model, "config.json")):  # make it (and the bf16)
+            a8 = argparse.Namespace(layers=32, ftune=args.ftune)
+            args.model = qlora_8b.ensure_models(a8)[1]
         args.size, args.seq, args.steps = "llama-3.1-8b shape", 512, 1
         args.accum_per_rank, args.threads_single = 1, 2
         args.runs = "np1,np2-shard,np3-shard"
