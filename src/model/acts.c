@@ -107,7 +107,10 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
         if (hc > b) b = hc;
         if (ha > b) b = ha;
     }
-    return b > most ? b : most;
+    b = b > most ? b : most;
+    /* and, at its end, the loss's per-row state (lmhead_xent_rows takes it from there) */
+    return ((b + 63) & ~(size_t)63) +
+           lmhead_xent_state_bytes(N, xent_chunk_for(c, 0, (size_t)N), c->V, R, 1);
 }
 
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
@@ -157,6 +160,9 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     /* the matmul scratch and attention's workspace after the float parts, so that nothing
      * allocates during a step */
     size_t mmb = (model_matmul_scratch_bytes(c, &m->quant, (int)N) + 63) & ~(size_t)63;
+    if (xent_chunk != xent_chunk_for(c, 0, N)) /* the loss's state for a chunk of the caller's */
+        mmb += lmhead_xent_state_bytes((int)N, xent_chunk, c->V,
+                                       model_head_chunk_rows(c, &m->quant), 1);
     size_t awb = (attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63;
     float *buf = aligned_alloc(64, total * sizeof(float) + mmb + awb);
     if (!buf) {

@@ -140,6 +140,11 @@ typedef const struct qtensor *(*xent_chunk_fn)(void *ctx, int k, int next);
 double lmhead_xent_rows(float *dh, const float *h, const struct qtensor *W, const int *targets,
                         int N, float grad_scale, float *scratch, int chunk, void *ws, size_t wsb,
                         int R, xent_chunk_fn get, void *ctx);
+/* The bytes of per-row state lmhead_xent_q / _rows need (chunked: get given) for N tokens,
+ * chunks of `chunk` tokens, V rows in chunks of R; taken from the end of ws when wsb leaves room
+ * for it and the matmuls (the model sizes its scratch so: no allocation in a step), else
+ * allocated. */
+size_t lmhead_xent_state_bytes(int N, int chunk, int V, int R, int chunked);
 /* logits (N, V) = h W^T, the head's chunks of R rows in order (get as above; after the last
  * chunk `next` is 0). Nonzero: the scratch ws is too small. */
 int lmhead_logits(float *logits, const float *h, const struct qtensor *W, int N, int R,

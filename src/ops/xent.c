@@ -235,15 +235,13 @@ static int run_chunk(const chunk_pass *p, const qtensor *Wk, int k, int grad) {
 static double xent_chunked(const xent_kernel *kn, float *dh, const float *h, const qtensor *W,
                            const int *targets, int N, float grad_scale, float *scratch, int chunk,
                            void *ws, size_t wsb, int R, xent_chunk_fn get, void *ctx, float *pm,
-                           double *ps) {
+                           double *ps, float *xtm, double *S) {
     const int K = chunk_count(W->rows, R);
     /* positional, in the fields' order; xt, M and S are allocated below */
     chunk_pass p = {kn,         dh,      h,    targets, N,    W->rows, W->cols, K,  R,  chunk,
                     grad_scale, scratch, NULL, NULL,    NULL, ps,      pm,      ws, wsb};
-    p.xt = malloc((size_t)N * sizeof(float) * 2);
-    p.S = malloc((size_t)N * sizeof(double));
-    int failed = !p.xt || !p.S;
-    if (p.xt) p.M = p.xt + N;
+    p.xt = xtm, p.M = xtm + N, p.S = S;
+    int failed = 0;
     for (int k = 0; k < K; k++) {
         const qtensor *Wk = get(ctx, k, k + 1 < K ? k + 1 : dh && K > 1 ? K - 2 : -1);
         if (!failed) failed = run_chunk(&p, Wk, k, 0);
@@ -262,9 +260,16 @@ static double xent_chunked(const xent_kernel *kn, float *dh, const float *h, con
         const qtensor *Wk = get(ctx, k, k > 0 ? k - 1 : -1);
         if (!failed) failed = run_chunk(&p, Wk, k, 1);
     }
-    free(p.xt);
-    free(p.S);
     return failed ? NAN : loss;
+}
+
+size_t lmhead_xent_state_bytes(int N, int chunk, int V, int R, int chunked) {
+    if (chunk < 1) chunk = 1;
+    if (R < 1 || R >= V) R = V;
+    size_t K = (size_t)chunk_count(V, R), rows = chunked ? (size_t)N : (size_t)chunk;
+    size_t b = rows * K * (sizeof(double) + sizeof(float)) + (size_t)chunk * sizeof(double);
+    if (chunked) b += (size_t)N * (sizeof(double) + 2 * sizeof(float));
+    return (b + 63) & ~(size_t)63;
 }
 
 static double xent_run(const xent_kernel *kn, float *dh, const float *h, const qtensor *W,
@@ -274,19 +279,26 @@ static double xent_run(const xent_kernel *kn, float *dh, const float *h, const q
     if (chunk < 1) chunk = 1;
     if (R < 1 || R >= V || !xent_rows_splittable(W)) R = V;
     const int K = chunk_count(V, R);
-    /* each row's pieces (the runs' rows; all N when chunked) and per-row losses, added in row
-     * order whatever the threads */
+    /* each row's pieces (the runs' rows; all N when chunked), per-row losses (added in row
+     * order whatever the threads) and, chunked, each row's target logit, max and sum: the tail
+     * of the matmul scratch ws (sized for it by the model: nothing allocated in a step), else
+     * (a caller without that room, as the tests) allocated here */
     size_t rows = get ? (size_t)N : (size_t)chunk;
-    double *ps = malloc(rows * K * sizeof(double) + (size_t)chunk * sizeof(double));
-    float *pm = malloc(rows * K * sizeof(float));
-    double loss = NAN;
-    if (ps && pm)
-        loss = get ? xent_chunked(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb, R,
-                                  get, ctx, pm, ps)
-                   : xent_whole(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb, R,
-                                ps + rows * K, pm, ps);
-    free(ps);
-    free(pm);
+    size_t need = lmhead_xent_state_bytes(N, chunk, V, R, get != NULL);
+    void *own = NULL;
+    char *st;
+    if (ws && wsb >= need) {
+        wsb = (wsb - need) & ~(size_t)63;
+        st = (char *)ws + wsb;
+    } else if (!(st = own = malloc(need)))
+        return NAN;
+    double *ps = (double *)st, *lrow = ps + rows * K, *S = lrow + chunk;
+    float *pm = (float *)(S + (get ? N : 0)), *xtm = pm + rows * K;
+    double loss = get ? xent_chunked(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb,
+                                     R, get, ctx, pm, ps, xtm, S)
+                      : xent_whole(kn, dh, h, W, targets, N, grad_scale, scratch, chunk, ws, wsb, R,
+                                   lrow, pm, ps);
+    free(own);
     return loss;
 }
 
