@@ -150,7 +150,7 @@ bench-compare:
 bench: bench-train
 # data-parallel: tokens/s at 1 and 2 ranks, communication, per-rank peak RSS with --shard-base
 bench-dist: all
-	@python3 bench/bench_dist.py
+	@python3 bench/bench_dist.py $(BENCH_DIST_ARGS)
 
 format:
 	clang-format -i $(wildcard include/*.h src/*/*.c src/*/*.h tests/*.c tests/*.h bench/*.c)

@@ -19,6 +19,7 @@
  */
 #include "base/cpu.h"
 #include "ops/ops.h"
+#include "ops/qtensor.h"
 #include "test.h"
 
 #include <string.h>
@@ -488,6 +489,84 @@ static void test_xent(xent_fn xent, const char *vname) {
     free(h), free(W), free(scratch), free(pre), free(g), free(c.h), free(c.W);
 }
 
+/* ---- lmhead_xent_rows: the head in chunks of rows ---------------------------------------- */
+typedef struct {
+    const float *W;
+    int C, V, R, calls, seq[64], next[64];
+    qtensor t;
+    float *copy;
+} rows_ctx;
+
+/* Chunk k as --shard-base hands it over: its rows copied into a buffer of their own. */
+static const qtensor *rows_get(void *p, int k, int next) {
+    rows_ctx *c = p;
+    int r0 = k * c->R, m = c->V - r0 < c->R ? c->V - r0 : c->R;
+    if (c->calls < 64) c->seq[c->calls] = k, c->next[c->calls] = next;
+    c->calls++;
+    free(c->copy);
+    c->copy = malloc(4 * (size_t)m * c->C);
+    memcpy(c->copy, c->W + (size_t)r0 * c->C, 4 * (size_t)m * c->C);
+    c->t = (qtensor){.fmt = QF_F32, .rows = m, .cols = c->C, .blocksize = 1, .data = c->copy};
+    return &c->t;
+}
+
+static void test_xent_rows(void) {
+    enum { N = 12, C = 16, V = 203 }; /* V not a multiple of 8: a tail in the last chunk */
+    int tg[N] = {3, -100, 7, 202, 49, 0, -100, -100, 120, 30, 199, -100};
+    float *h = frand(N * C, 1.5), *W = frand(V * C, 1.5), *scratch = malloc(4 * N * V);
+    float *pre = frand(N * C, 1), gs = 0.25f;
+    qtensor w = {.fmt = QF_F32, .rows = V, .cols = C, .blocksize = 1, .data = W};
+    float *dq = malloc(4 * N * C), *d1 = malloc(4 * N * C), *d2 = malloc(4 * N * C);
+    memcpy(dq, pre, 4 * N * C);
+    double lq = lmhead_xent_q(dq, h, &w, tg, N, gs, scratch, 5, NULL, 0);
+    int Rs[4] = {V, 64, 24, 8};
+    for (int i = 0; i < 4; i++) {
+        int R = Rs[i], K = (V + R - 1) / R;
+        memcpy(d1, pre, 4 * N * C), memcpy(d2, pre, 4 * N * C);
+        double l1 = lmhead_xent_rows(d1, h, &w, tg, N, gs, scratch, 5, NULL, 0, R, NULL, NULL);
+        rows_ctx c = {.W = W, .C = C, .V = V, .R = R};
+        qtensor shape = w;
+        shape.data = NULL; /* sharded: the head's bytes are only in the chunks */
+        double l2 =
+            lmhead_xent_rows(d2, h, &shape, tg, N, gs, scratch, 5, NULL, 0, R, rows_get, &c);
+        /* one chunk: lmhead_xent_q's bits; more: the same to rounding */
+        if (R == V)
+            CHECK(l1 == lq && memcmp(d1, dq, 4 * N * C) == 0,
+                  "xent rows R = V: %.17g vs lmhead_xent_q %.17g", l1, lq);
+        int far = 0;
+        for (int j = 0; j < N * C; j++)
+            far += fabsf(d1[j] - dq[j]) > 1e-6f;
+        CHECK(fabs(l1 - lq) <= 1e-6 * fabs(lq) && far == 0,
+              "xent rows R %d: loss %.9g vs %.9g, %d dh values apart", R, l1, lq, far);
+        /* chunks handed over one at a time: the same bits as the whole head */
+        CHECK(l1 == l2 && memcmp(d1, d2, 4 * N * C) == 0,
+              "xent rows R %d: chunks from get give %.17g, the whole head %.17g", R, l2, l1);
+        /* asked for 0 .. K-1 then K-1 .. 0, each naming the next */
+        int order = c.calls == 2 * K;
+        for (int j = 0; order && j < 2 * K; j++) {
+            int k = j < K ? j : 2 * K - 1 - j;
+            int nx = j < K - 1 ? j + 1 : j == K - 1 ? (K > 1 ? K - 2 : -1) : k > 0 ? k - 1 : -1;
+            order = c.seq[j] == k && c.next[j] == nx;
+        }
+        CHECK(order, "xent rows R %d: %d chunk requests, not 0 .. K-1, K-1 .. 0", R, c.calls);
+        /* without dh: one pass */
+        c.calls = 0;
+        double l3 =
+            lmhead_xent_rows(NULL, h, &shape, tg, N, gs, scratch, 5, NULL, 0, R, rows_get, &c);
+        CHECK(l3 == l1 && c.calls == K && c.next[K - 1 < 63 ? K - 1 : 63] == -1,
+              "xent rows R %d without dh: %.17g vs %.17g, %d requests", R, l3, l1, c.calls);
+        /* the logits in chunks: the whole matmul's values */
+        float *lg = malloc(4 * N * V), *lw = malloc(4 * N * V);
+        c.calls = 0;
+        int bad = lmhead_logits(lg, h, &shape, N, R, rows_get, &c, NULL, 0);
+        qmatmul_forward(lw, V, h, C, &w, NULL, N, 0.0f, NULL, 0);
+        CHECK(!bad && memcmp(lg, lw, 4 * N * V) == 0 && c.calls == K,
+              "xent rows R %d: logits in chunks differ from the whole head's", R);
+        free(lg), free(lw), free(c.copy);
+    }
+    free(h), free(W), free(scratch), free(pre), free(dq), free(d1), free(d2);
+}
+
 int main(void) {
     test_rmsnorm(5, 37);
     test_rmsnorm(3, 300);      /* more than one 256-column dw slice */
@@ -515,5 +594,6 @@ int main(void) {
     }
     test_swiglu(1, swiglu_forward, swiglu_backward, "dispatch");
     test_xent(lmhead_xent, "dispatch (avx2 rows where the CPU has AVX2)");
+    test_xent_rows();
     return test_summary("ops");
 }

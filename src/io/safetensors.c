@@ -59,6 +59,7 @@ typedef struct st_file {
     size_t size;
     const uint8_t *data; /* start of the data buffer */
     size_t data_size;
+    int fd; /* fd + 1 for st_pread (0: not opened yet) */
 } st_file;
 
 struct st_set {
@@ -88,6 +89,7 @@ void st_close(st_set *s) {
     for (int i = 0; i < s->nfiles; i++) {
         st_file *f = s->files[i];
         if (f->map && f->size) munmap(f->map, f->size);
+        if (f->fd) close(f->fd - 1);
         free(f->path);
         free(f);
     }
@@ -579,6 +581,31 @@ int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset) 
         if (p < base || p + t->nbytes > base + f->size) continue;
         *offset = (long long)(p - base);
         return open(f->path, O_RDONLY | O_CLOEXEC);
+    }
+    return -1;
+}
+
+int st_pread(const st_set *s, const void *p, size_t n, void *dst) {
+    const uint8_t *q = p;
+    for (int i = 0; i < s->nfiles; i++) {
+        st_file *f = s->files[i];
+        const uint8_t *base = f->map;
+        if (!base || q < base || q + n > base + f->size) continue;
+        if (!f->fd) {
+            int fd = open(f->path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) return -1;
+            f->fd = fd + 1;
+        }
+        size_t done = 0;
+        while (done < n) {
+            ssize_t r = pread(f->fd - 1, (uint8_t *)dst + done, n - done, (off_t)(q - base + done));
+            if (r <= 0) {
+                if (r < 0 && errno == EINTR) continue;
+                return -1;
+            }
+            done += (size_t)r;
+        }
+        return 0;
     }
     return -1;
 }

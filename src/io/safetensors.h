@@ -82,6 +82,11 @@ void st_release_pages(const st_tensor *t);
  * of a large table with pread(): served by the page cache without mapping pages into the
  * process (a fault on the mapping maps the whole large folio around the row, up to 2 MB). */
 int st_open_tensor_file(const st_set *s, const st_tensor *t, long long *offset);
+/* Bytes [p, p + n) of a mapped file of the set read into dst with pread(), not through the
+ * mapping: only those bytes are read (no fault brings in the pages around them) and none is
+ * mapped into the process (--shard-base: a rank reads its slice of each layer). -1: p is not
+ * inside one of the set's files, or the read failed. */
+int st_pread(const st_set *s, const void *p, size_t n, void *dst);
 
 /* Writer: collect tensors (the data is referenced, not copied, until st_writer_save), then
  * write them atomically (io/atomic.h), with __metadata__ {"format": "pt"} plus any added. */

@@ -97,7 +97,20 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
     size_t chunk = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N)),
            all = qmatmul_scratch_bytes(&h, N);
     size_t b = chunk > all ? chunk : all;
-    return b > most ? b : most;
+    /* and the head's chunks of rows the loss takes (model_head_chunk_rows): a narrower matrix
+     * can take longer runs of rows at once under --dtype bf16 */
+    int R = model_head_chunk_rows(c, q);
+    for (int last = 0; last < 2 && R < c->V; last++) {
+        h.rows = last ? c->V - (model_head_chunks(c, q) - 1) * R : R;
+        size_t hc = qmatmul_scratch_bytes(&h, xent_chunk_for(c, 0, (size_t)N)),
+               ha = qmatmul_scratch_bytes(&h, N);
+        if (hc > b) b = hc;
+        if (ha > b) b = ha;
+    }
+    b = b > most ? b : most;
+    /* and, at its end, the loss's per-row state (lmhead_xent_rows takes it from there) */
+    return ((b + 63) & ~(size_t)63) +
+           lmhead_xent_state_bytes(N, xent_chunk_for(c, 0, (size_t)N), c->V, R, 1);
 }
 
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
@@ -147,6 +160,9 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     /* the matmul scratch and attention's workspace after the float parts, so that nothing
      * allocates during a step */
     size_t mmb = (model_matmul_scratch_bytes(c, &m->quant, (int)N) + 63) & ~(size_t)63;
+    if (xent_chunk != xent_chunk_for(c, 0, N)) /* the loss's state for a chunk of the caller's */
+        mmb += lmhead_xent_state_bytes((int)N, xent_chunk, c->V,
+                                       model_head_chunk_rows(c, &m->quant), 1);
     size_t awb = (attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63;
     float *buf = aligned_alloc(64, total * sizeof(float) + mmb + awb);
     if (!buf) {

@@ -288,6 +288,17 @@ void model_embed_row(const model *m, int id, float *out, void *raw) {
     qtensor_dequant_rows(w, id, 1, out);
 }
 
+/* --shard-base: the head's chunk k gathered (lmhead_xent_rows' get) */
+typedef struct head_ctx {
+    const model *m;
+    int train;
+} head_ctx;
+
+static const qtensor *head_chunk(void *ctx, int k, int next) {
+    const head_ctx *h = ctx;
+    return model_shard_head_use(h->m, k, next, h->train);
+}
+
 double model_forward(const model *mc, acts *a, const batch *b, int train, uint64_t seed,
                      float *logits, long *count) {
     model *m = (model *)mc;
@@ -316,18 +327,19 @@ double model_forward(const model *mc, acts *a, const batch *b, int train, uint64
     /* hf (N, C) = rmsnorm(x after the last layer) */
     float *xL = layer_input(a, c->L, train);
     rmsnorm_forward(a->hf, a->rstdf, xL, m->norm_f, N, C, c->eps);
-    if (logits) model_shard_use(m, c->L, train ? c->L - 1 : 0);
+    /* the head in chunks of m->head_rows rows; under --shard-base each is gathered when used */
+    head_ctx hc = {m, train};
+    xent_chunk_fn get = m->shard ? head_chunk : NULL;
     /* logits (N, V) = hf Wlm^T, only when asked for (eval dumps) */
     if (logits &&
-        qmatmul_forward(logits, c->V, a->hf, C, &m->lm_head, NULL, N, 0, a->mm, a->mm_bytes))
+        lmhead_logits(logits, a->hf, &m->lm_head, N, m->head_rows, get, &hc, a->mm, a->mm_bytes))
         a->failed = 1;
     /* loss = sum over counted targets of -log softmax(hf Wlm^T)[target], a chunk of rows at a
      * time; with train, dhf (N, C) = d(loss)/d(hf) from the same pass */
     if (train) zero_floats(a->dhf, (size_t)N * C);
-    /* the head whole; next comes the backward's last layer, or the next forward's first */
-    model_shard_use(m, c->L, train ? c->L - 1 : 0);
-    double loss = lmhead_xent_q(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
-                                a->xent, a->chunk, a->mm, a->mm_bytes);
+    /* after the head comes the backward's last layer, or the next forward's first */
+    double loss = lmhead_xent_rows(train ? a->dhf : NULL, a->hf, &m->lm_head, b->targets, N, 1.0f,
+                                   a->xent, a->chunk, a->mm, a->mm_bytes, m->head_rows, get, &hc);
     /* a matmul of this or an earlier step found its scratch too small: sized by the same
      * functions, so a bug; NaN makes the trainer stop with an error instead of going on wrong */
     if (a->failed) loss = NAN;

@@ -360,9 +360,28 @@ static ft_status load_tensor(st_set *s, const char *name, int rows, int cols, qf
     return FT_OK;
 }
 
+/* --shard-base: what bnb_load_weight read of NAME whole (its quant_state, code tables and nested
+ * absmax, and F32 parts it copied because they were unaligned); the codes and 8-bit absmax are
+ * read a slice at a time (shard.c). */
+static void count_bnb_read(model *m, const char *name) {
+    /* read whole: compared, checked, parsed; copied (then read whole) when unaligned */
+    static const char *const whole[] = {".quant_map", ".nested_absmax",
+                                        ".quant_state.bitsandbytes__nf4",
+                                        ".quant_state.bitsandbytes__fp4"},
+                             *const if_copied[] = {".absmax", ".nested_quant_map"};
+    char full[512];
+    for (size_t i = 0; i < 6; i++) {
+        snprintf(full, sizeof full, "%s%s", name, i < 4 ? whole[i] : if_copied[i - 4]);
+        const st_tensor *t = st_find(m->src, full);
+        if (t && (i < 4 || (t->dtype == ST_F32 && ((uintptr_t)t->data & 3))))
+            model_shard_count_read(m, t->nbytes);
+    }
+}
+
 /* What is resident once training runs: as model_weight_bytes counts it. */
 void model_count_resident(model *m) {
     const model_config *c = &m->cfg;
+    m->head_rows = model_head_chunk_rows(c, &m->quant); /* and the loss's chunks of the head */
     if (m->shard) { /* the slices and gather buffers; a borrowed embedding is read from the file */
         m->weight_bytes = m->n_weights * sizeof(float) + model_shard_resident(m) +
                           (m->wte.owned ? qtensor_bytes(&m->wte) : 0);
@@ -410,6 +429,7 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
         const st_tensor *t_;                                                                       \
         if ((st = st_find_shaped(m->src, name, 1, sh_, &t_, err))) goto done;                      \
         if ((st = st_read_f32(m->src, name, 1, sh_, cur, err))) goto done;                         \
+        model_shard_count_read(m, t_->nbytes);                                                     \
         st_release_pages(t_);                                                                      \
         *(dstp) = cur;                                                                             \
         cur += (n);                                                                                \
@@ -442,8 +462,12 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
             if (q->from_checkpoint) {
                 if ((st = bnb_load_weight(m->src, name, out, in, &lw->W, err))) goto done;
                 q->blocksize = lw->W.blocksize;
-            } else if ((st = load_tensor(m->src, name, out, in, q->linear, 0, q, &lw->W, err))) {
+                if (shard) count_bnb_read(m, name);
+            } else if ((st =
+                            load_tensor(m->src, name, out, in, q->linear, shard, q, &lw->W, err))) {
                 goto done;
+            } else if (shard && lw->W.owned) { /* converted or quantized: read whole */
+                model_shard_count_read(m, st_find(m->src, name)->nbytes);
             }
         }
         /* --shard-base: this rank keeps its slice of the layer, the rest is freed now, so the
@@ -454,6 +478,8 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
     if ((st = load_tensor(m->src, "model.embed_tokens.weight", c->V, c->C, q->embed,
                           q->embed_borrowed, q, &m->wte, err)))
         goto done;
+    if (shard && m->wte.owned) /* a converted embedding is read whole; a borrowed one by rows */
+        model_shard_count_read(m, st_find(m->src, "model.embed_tokens.weight")->nbytes);
     if (!m->wte.owned && embed_released(q)) {
         const st_tensor *t = st_find(m->src, "model.embed_tokens.weight");
         int fd = st_open_tensor_file(m->src, t, &m->wte_offset);
@@ -467,6 +493,10 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
                                  c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight",
                                  c->V, c->C, q->lm_head, q->head_borrowed, q, &m->lm_head, err))) {
         goto done;
+    } else if (shard && m->lm_head.owned) {
+        model_shard_count_read(
+            m, st_find(m->src, c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight")
+                   ->nbytes);
     }
     if (shard) {
         /* the head's pages are sharded below: a tied embedding that shares them is read from
@@ -482,13 +512,14 @@ ft_status model_load_with(const char *dir, const model_load_options *opt, model 
             }
             m->wte_fd = fd + 1;
         }
-        if ((st = model_shard_unit(m, c->L, err)) || (st = model_shard_end(m, err))) goto done;
+        if ((st = model_shard_head(m, err)) || (st = model_shard_end(m, err))) goto done;
     }
     for (int l = 0; l < c->L; l++)
         for (int k = 0; k < LIN_COUNT; k++)
             m->blocks[l].lin[k].W.compute = q->compute;
     m->lm_head.compute = q->compute;
     model_count_resident(m);
+    model_shard_report_read(m);
 done:
     if (st) model_free(m);
     return st;

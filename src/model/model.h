@@ -101,6 +101,7 @@ typedef struct model {
     int QKV;              /* (H + 2 Hkv) D: width of the fused q|k|v buffer */
     /* --shard-base: this rank's slices (NULL: whole weights) */
     struct model_shard *shard;
+    int head_rows; /* the LM head's rows per chunk of the loss (model_head_chunk_rows) */
     /* when set, model_backward calls it once layer l's LoRA gradients are complete (train_step:
      * the reduction of a data-parallel run starts there, overlapped with the layers below) */
     void (*grads_ready)(void *ctx, int layer);
@@ -108,7 +109,8 @@ typedef struct model {
 } model;
 
 /* ---- --shard-base (shard.c; docs/distributed.md) ----------------------------------------
- * Units are the L layers' linear weights (0 .. L-1) and the LM head (L). Loading calls begin,
+ * Units are the L layers' linear weights (0 .. L-1) and the LM head's chunks of rows (L ..
+ * L + model_head_chunks - 1; model_shard_head_use). Loading calls begin,
  * unit for each unit once loaded (the rank keeps its slice, the rest is freed), and end (the two
  * gather buffers). model_shard_use(l, next) makes unit l's weights whole (waiting for its
  * all-gather, started now if it was not prefetched) and starts gathering `next` (-1: none) into
@@ -117,8 +119,13 @@ typedef struct model {
 typedef struct model_shard model_shard;
 ft_status model_shard_begin(model *m, ft_error *err);
 ft_status model_shard_unit(model *m, int l, ft_error *err);
+/* The LM head once loaded: this rank's slice of each chunk, then the head freed. */
+ft_status model_shard_head(model *m, ft_error *err);
 ft_status model_shard_end(model *m, ft_error *err);
 void model_shard_use(const model *m, int l, int next);
+/* The head's chunk k whole (as model_shard_use(L + k)), gathering chunk `next` next (-1: the
+ * layer after the head: L - 1 when train, else 0); returns its rows as a qtensor. */
+const struct qtensor *model_shard_head_use(const model *m, int k, int next, int train);
 /* The sequence of one micro-batch's forward (and backward when train) without computing: a rank
  * with no micro-batch left in a step takes part in the others' gathers. */
 void model_shard_walk(model *m, int train);
@@ -127,12 +134,24 @@ void model_shard_drain(model *m);
 void model_shard_free(model *m);
 /* This rank's resident bytes of linear weights and LM head: its slices and the two buffers. */
 size_t model_shard_resident(const model *m);
+/* Bytes of the checkpoint read while loading under --shard-base: the loader counts what it reads
+ * whole (norms, tensors converted or quantized, a bitsandbytes weight's small parts), shard.c
+ * its slices; FTUNE_DEBUG_READ=1 makes each rank print its count to stderr once loaded. */
+void model_shard_count_read(model *m, size_t bytes);
+void model_shard_report_read(const model *m);
 /* Seconds waited for gathers, bytes gathered, and gathers started, so far. */
 void model_shard_stats(const model *m, double *wait_s, double *gathered_bytes, long *gathers);
 /* The fp32 norms and biases (model->weights) in bytes. */
 size_t model_fp32_bytes(const model_config *c);
-/* The packed bytes of unit l (L: the LM head) for this config and storage: the plan's numbers. */
+/* The packed bytes of unit l (L .. L + model_head_chunks - 1: the LM head's chunks) for this
+ * config and storage: the plan's numbers. */
 size_t model_shard_unit_bytes(const model_config *c, const model_quant *q, int l);
+/* The LM head's rows per chunk: as many as make about one layer's bytes (a multiple of 64), or
+ * V (one chunk) for a head whose rows are not stored one after another (4-bit, GGUF K-quants).
+ * The loss takes the head in these chunks with or without --shard-base (the same bits); with
+ * it each chunk is a unit of its own, so the gather buffers are those of two layers. */
+int model_head_chunk_rows(const model_config *c, const model_quant *q);
+int model_head_chunks(const model_config *c, const model_quant *q);
 
 /* Load DIR (config.json + safetensors) with fp32 weights. */
 ft_status model_load(const char *dir, model *m, ft_error *err);

@@ -21,7 +21,9 @@
  * every rank.
  */
 #include "dist/dist.h"
+#include "io/safetensors.h"
 #include "model/model_internal.h"
+#include "ops/ops.h"
 #include "ops/quant.h"
 
 #include <stdint.h>
@@ -43,13 +45,16 @@ typedef struct shard_unit {
 } shard_unit;
 
 struct model_shard {
-    int n; /* units: L layers and the head */
+    int n; /* units: L layers and the head's K chunks */
+    int K, R;
     shard_unit *u;
+    qtensor *head; /* the head's chunks of R rows, each a unit (data: in a gather buffer) */
     uint8_t *buf[2];
     size_t buf_bytes;
     int held[2];   /* the unit in each buffer (-1: none) */
     int handle[2]; /* its all-gather in flight (-1: complete) */
     size_t resident;
+    size_t read; /* bytes of the checkpoint this rank read while loading (FTUNE_DEBUG_READ) */
     double wait_s, gathered;
     long gathers;
 };
@@ -118,10 +123,10 @@ static size_t layout(qtensor *const *t, int nt, size_t off[][P_COUNT]) {
     return at ? at : DIST_UNIT;
 }
 
-/* The unit's tensors: layer l's linear weights, or the head (l == L). */
+/* The unit's tensors: layer l's linear weights, or the head's chunk l - L. */
 static int unit_tensors(model *m, int l, qtensor **t) {
-    if (l == m->cfg.L) {
-        t[0] = &m->lm_head;
+    if (l >= m->cfg.L) {
+        t[0] = &m->shard->head[l - m->cfg.L];
         return 1;
     }
     int nt = 0;
@@ -139,8 +144,15 @@ static void release_mapped(const void *p, size_t len) {
 
 ft_status model_shard_begin(model *m, ft_error *err) {
     model_shard *s = calloc(1, sizeof *s);
-    if (s) s->n = m->cfg.L + 1, s->u = calloc((size_t)s->n, sizeof *s->u);
-    if (!s || !s->u) {
+    if (s) {
+        s->R = model_head_chunk_rows(&m->cfg, &m->quant);
+        s->K = model_head_chunks(&m->cfg, &m->quant);
+        s->n = m->cfg.L + s->K;
+        s->u = calloc((size_t)s->n, sizeof *s->u);
+        s->head = calloc((size_t)s->K, sizeof *s->head);
+    }
+    if (!s || !s->u || !s->head) {
+        if (s) free(s->u), free(s->head);
         free(s);
         return ft_error_set(err, FT_ERR_RUNTIME, "--shard-base", NULL, "out of memory");
     }
@@ -149,7 +161,9 @@ ft_status model_shard_begin(model *m, ft_error *err) {
     return FT_OK;
 }
 
-ft_status model_shard_unit(model *m, int l, ft_error *err) {
+/* This rank's slice of unit l into u->mine; with release, the unit's tensors are freed (owned)
+ * or their pages returned (borrowed) as each is copied. */
+static ft_status take_slice(model *m, int l, int release, ft_error *err) {
     model_shard *s = m->shard;
     shard_unit *u = &s->u[l];
     u->nt = unit_tensors(m, l, u->t);
@@ -170,11 +184,20 @@ ft_status model_shard_unit(model *m, int l, ft_error *err) {
             if (u->off[i][p] == NONE) continue;
             size_t p0 = u->off[i][p], p1 = p0 + len[p];
             size_t c0 = p0 > a ? p0 : a, c1 = p1 < b ? p1 : b;
-            if (c1 > c0)
-                memcpy(u->mine + (c0 - a), (const uint8_t *)piece_ptr(t, p) + (c0 - p0), c1 - c0);
+            /* a piece borrowed from the checkpoint's mapping (a bitsandbytes checkpoint's codes
+             * and absmax, weights stored as the file holds them): only the slice is read, with
+             * pread; one in memory (converted or quantized while loading: st_pread finds it in
+             * no file) is copied */
+            const uint8_t *src = (const uint8_t *)piece_ptr(t, p) + (c0 - p0);
+            if (c1 > c0) {
+                if (m->src && !st_pread(m->src, src, c1 - c0, u->mine + (c0 - a)))
+                    s->read += c1 - c0;
+                else
+                    memcpy(u->mine + (c0 - a), src, c1 - c0);
+            }
             /* borrowed bytes (the checkpoint's mapping) go back; owned ones are freed below, and
              * the static nested code is left alone */
-            if (!t->owned && p != P_NESTED_CODE) release_mapped(piece_ptr(t, p), len[p]);
+            if (release && !t->owned && p != P_NESTED_CODE) release_mapped(piece_ptr(t, p), len[p]);
         }
         free(t->owned);
         t->owned = NULL;
@@ -183,6 +206,38 @@ ft_status model_shard_unit(model *m, int l, ft_error *err) {
     }
     if (u->bytes > s->buf_bytes) s->buf_bytes = u->bytes;
     s->resident += b - a;
+    return FT_OK;
+}
+
+ft_status model_shard_unit(model *m, int l, ft_error *err) { return take_slice(m, l, 1, err); }
+
+ft_status model_shard_head(model *m, ft_error *err) {
+    model_shard *s = m->shard;
+    qtensor *h = &m->lm_head;
+    size_t len[P_COUNT];
+    piece_sizes(h, len);
+    /* the chunks: rows [k R, k R + width) of the head, each a qtensor of its own over the
+     * head's bytes (formats with whole rows in turn: model_head_chunk_rows) */
+    size_t row = s->K > 1 ? len[P_DATA] / (size_t)h->rows : 0;
+    for (int k = 0; k < s->K; k++) {
+        qtensor *v = &s->head[k];
+        *v = *h;
+        v->owned = NULL;
+        if (s->K > 1) {
+            v->rows = h->rows - k * s->R < s->R ? h->rows - k * s->R : s->R;
+            v->data = (const uint8_t *)h->data + (size_t)k * s->R * row;
+        }
+        ft_status st = take_slice(m, m->cfg.L + k, 0, err);
+        if (st) return st;
+    }
+    /* then the whole head goes: freed, or its pages back to the page cache */
+    if (!h->owned)
+        for (int p = 0; p < P_NESTED_CODE; p++)
+            if (len[p]) release_mapped(piece_ptr(h, p), len[p]);
+    free(h->owned);
+    h->owned = NULL;
+    h->data = NULL, h->absmax = NULL, h->absmax_q = NULL, h->nested_absmax = NULL,
+    h->nested_code = NULL;
     return FT_OK;
 }
 
@@ -202,6 +257,17 @@ ft_status model_shard_end(model *m, ft_error *err) {
 
 size_t model_shard_resident(const model *m) { return m->shard ? m->shard->resident : 0; }
 
+void model_shard_count_read(model *m, size_t bytes) {
+    if (m->shard) m->shard->read += bytes;
+}
+
+void model_shard_report_read(const model *m) {
+    const char *e = getenv("FTUNE_DEBUG_READ");
+    if (m->shard && e && *e && strcmp(e, "0"))
+        fprintf(stderr, "ftune: rank %d read %zu bytes of the checkpoint while loading\n",
+                dist_rank(), m->shard->read);
+}
+
 void model_shard_free(model *m) {
     model_shard *s = m->shard;
     if (!s) return;
@@ -212,6 +278,7 @@ void model_shard_free(model *m) {
             s->u[l].t[i]->data = NULL;
     }
     free(s->u);
+    free(s->head);
     free(s->buf[0]);
     free(s->buf[1]);
     free(s);
@@ -263,13 +330,23 @@ void model_shard_use(const model *mc, int l, int next) {
     if (next >= 0 && next != l && s->held[1 - b] != next) start(s, 1 - b, next);
 }
 
+const qtensor *model_shard_head_use(const model *m, int k, int next, int train) {
+    const int L = m->cfg.L;
+    model_shard_use(m, L + k, next >= 0 ? L + next : train ? L - 1 : 0);
+    return m->shard ? &m->shard->head[k] : NULL;
+}
+
 void model_shard_walk(model *m, int train) {
     if (!m->shard) return;
-    const int L = m->cfg.L;
+    const int L = m->cfg.L, K = m->shard->K;
     for (int l = 0; l < L; l++)
         model_shard_use(m, l, l + 1);
-    model_shard_use(m, L, train ? L - 1 : 0);
+    /* the loss's order (lmhead_xent_rows): chunks 0 .. K-1, and K-1 .. 0 again with a gradient */
+    for (int k = 0; k < K; k++)
+        model_shard_head_use(m, k, k + 1 < K ? k + 1 : train && K > 1 ? K - 2 : -1, train);
     if (!train) return;
+    for (int k = K - 1; k >= 0; k--)
+        model_shard_head_use(m, k, k > 0 ? k - 1 : -1, train);
     for (int l = L - 1; l >= 0; l--)
         model_shard_use(m, l, l > 0 ? l - 1 : 0);
 }
@@ -291,6 +368,10 @@ size_t model_shard_unit_bytes(const model_config *c, const model_quant *q, int l
     for (int k = 0; k < LIN_COUNT; k++) {
         int in = c->C, out = c->V, col, bias;
         qformat f = q->lm_head;
+        if (l >= c->L) { /* the head's chunk l - L */
+            int R = model_head_chunk_rows(c, q), r0 = (l - c->L) * R;
+            out = c->V - r0 < R ? c->V - r0 : R;
+        }
         if (l < c->L) {
             model_lin_layout(c, k, &in, &out, &col, &bias);
             f = q->linear;
@@ -312,4 +393,19 @@ size_t model_shard_unit_bytes(const model_config *c, const model_quant *q, int l
     }
     size_t off[LIN_COUNT][P_COUNT];
     return layout(t, nt, off);
+}
+
+int model_head_chunk_rows(const model_config *c, const model_quant *q) {
+    qtensor h = {.fmt = q->lm_head, .rows = 1, .cols = c->C, .blocksize = 1};
+    if (!xent_rows_splittable(&h)) return c->V;
+    size_t len[P_COUNT];
+    piece_sizes(&h, len); /* one row */
+    size_t rows = model_shard_unit_bytes(c, q, 0) / len[P_DATA] / 64 * 64;
+    if (rows < 64) rows = 64;
+    return rows < (size_t)c->V ? (int)rows : c->V;
+}
+
+int model_head_chunks(const model_config *c, const model_quant *q) {
+    int R = model_head_chunk_rows(c, q);
+    return (c->V + R - 1) / R;
 }

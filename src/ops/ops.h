@@ -129,6 +129,28 @@ double lmhead_xent(float *dh, const float *h, const float *W, const int *targets
 struct qtensor;
 double lmhead_xent_q(float *dh, const float *h, const struct qtensor *W, const int *targets, int N,
                      float grad_scale, float *scratch, int chunk, void *ws, size_t wsb);
+/* The same over the head's rows in chunks of R (R >= V or a head whose rows are not stored one
+ * after another: one chunk, lmhead_xent_q's bits): each row's max and sum of exponentials are
+ * taken per chunk and combined (rescaled to the row's max, added in chunk order), and dh gets the
+ * chunks' parts from the last chunk to the first. With get NULL, W holds every row; otherwise
+ * get(ctx, k, next) returns chunk k whole (W gives the shape only) and `next` is the chunk asked
+ * for after it (-1: none, the head is done): the chunks are asked for 0 .. K-1 and, with dh,
+ * K-1 .. 0 again (the logits recomputed), and the bits are those of get NULL (--shard-base). */
+typedef const struct qtensor *(*xent_chunk_fn)(void *ctx, int k, int next);
+double lmhead_xent_rows(float *dh, const float *h, const struct qtensor *W, const int *targets,
+                        int N, float grad_scale, float *scratch, int chunk, void *ws, size_t wsb,
+                        int R, xent_chunk_fn get, void *ctx);
+/* The bytes of per-row state lmhead_xent_q / _rows need (chunked: get given) for N tokens,
+ * chunks of `chunk` tokens, V rows in chunks of R; taken from the end of ws when wsb leaves room
+ * for it and the matmuls (the model sizes its scratch so: no allocation in a step), else
+ * allocated. */
+size_t lmhead_xent_state_bytes(int N, int chunk, int V, int R, int chunked);
+/* logits (N, V) = h W^T, the head's chunks of R rows in order (get as above; after the last
+ * chunk `next` is 0). Nonzero: the scratch ws is too small. */
+int lmhead_logits(float *logits, const float *h, const struct qtensor *W, int N, int R,
+                  xent_chunk_fn get, void *ctx, void *ws, size_t wsb);
+/* Whether the head's rows can be taken in chunks (F32, BF16, F16, Q8_0: rows stored in turn). */
+int xent_rows_splittable(const struct qtensor *W);
 
 /* ---- kernel choice -----------------------------------------------------------------------
  * Every entry point above runs the best kernel of its op's table that the ISA level
@@ -150,6 +172,9 @@ double lmhead_xent_ref(float *dh, const float *h, const float *W, const int *tar
 /* one row of logits x (V): returns logsumexp(x) - x[t]; with grad, x becomes
  * (softmax(x) - onehot(t)) * grad_scale (xent_avx2.c) */
 double xent_row_avx2(float *x, int V, int t, float grad_scale, int grad);
+/* its pieces: the max and sum of exp(x - max) of x[0 .. w), and x[0 .. w) = exp(x - mx) * k */
+void xent_stats_avx2(const float *x, int w, float *m, double *s);
+void xent_grad_avx2(float *x, int w, float mx, float k);
 
 /* The tiled AVX2+FMA attention (attention_tiled.h) can run here: the CPU has AVX2 and FMA
  * (whatever FTUNE_ISA says), D % 16 == 0, D <= 256, H/Hkv <= 32. */

@@ -53,7 +53,7 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
 
 double memory_plan_shard_weights(const model_config *cfg, const model_quant *q, int N) {
     double w = (double)model_fp32_bytes(cfg), biggest = 0;
-    for (int l = 0; l <= cfg->L; l++) {
+    for (int l = 0, n = cfg->L + model_head_chunks(cfg, q); l < n; l++) {
         size_t u = model_shard_unit_bytes(cfg, q, l), units = u / 64;
         w += (double)((units + (size_t)N - 1) / (size_t)N) * 64.0;
         if ((double)u > biggest) biggest = (double)u;

@@ -21,6 +21,7 @@ Ranks talk over TCP on loopback, which exercises the code a multi-host run does.
 `ftune init`; --threads 1 per rank.
 """
 import json
+import re
 import os
 import random
 import shutil
@@ -321,13 +322,18 @@ def test_shard_base_same_bits(work, config):
 def test_shard_base_double_quant_and_head(work):
     """The pieces of a double-quantized NF4 layer (codes, 8-bit absmax, nested absmax and code)
     and a bf16 LM head, sharded across 3 ranks and gathered, with gradient checkpointing (the
-    recompute in backward uses the gathered layer): the same bits as without --shard-base."""
+    recompute in backward uses the gathered layer): the same bits as without --shard-base. The
+    vocabulary of 1000 makes the head 8 chunks of rows (128 rows, about one NF4 layer's bytes,
+    the last 104), each gathered on its own, twice per micro-batch but the two last."""
+    model = work / "model-v1000"
+    if not model.exists():
+        ok(ftune("init", "--arch", "llama", "--size", "tiny", "--vocab", "1000", "--out", model))
     extra = ["--quant", "nf4", "--double-quant", "--quant-lm-head", "bf16", "--steps", "2",
              "--grad-checkpoint"]
     runs = []
     for tag, sb in (("plain", []), ("shard", ["--shard-base"])):
         out = work / f"dq-{tag}"
-        args = ["train", "--model", work / "model", "--data", work / "data.jsonl", "--out", out,
+        args = ["train", "--model", model, "--data", work / "data.jsonl", "--out", out,
                 "--grad-accum", 2, *BASE, *extra, *sb]
         ok(ftune(*args, np_=3))
         runs.append(out)
@@ -342,7 +348,8 @@ r = os.environ.get("OMPI_COMM_WORLD_RANK", "0")
 open(sys.argv[1] + "." + r, "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024))
 sys.exit(p.returncode)
 """
-WIDE = dict(C=512, L=8, I=1536, H=8, KV=4, D=64, V=97)  # 101 MB of fp32 weights: they dominate
+# 134 MB of fp32 weights: they dominate; the head (32 MB) is larger than a layer (12 MB)
+WIDE = dict(C=512, L=8, I=1536, H=8, KV=4, D=64, V=16384)
 
 
 def wide_model(work):
@@ -379,7 +386,8 @@ def wide_model(work):
 def test_shard_base_memory_and_plan(work):
     """Per-rank peak RSS with --shard-base at N = 2, on a model whose weights dominate: below the
     peak of a rank without it, minus the weights, plus half the weights, plus two layers (the
-    gather buffers), plus 10%; and `ftune plan --ranks 2 --shard-base` within 10% of it. The
+    gather buffers, also for the LM head, which is gathered in chunks of about a layer's size),
+    plus 10%; and `ftune plan --ranks 2 --shard-base` within 10% of it. The
     reference is a 2-rank run without --shard-base rather than one process, since each rank
     also holds Open MPI (measured: 13.6 MB more than one process). The adapters match bit for
     bit."""
@@ -409,12 +417,17 @@ def test_shard_base_memory_and_plan(work):
           f"{[r / MB for r in rss['shard']]} MB; bound {bound / MB:.1f} MB "
           f"(weights {weights / MB:.1f} MB, a layer {layer / MB:.1f} MB)")
     assert max(rss["shard"]) < bound, (rss, bound)
-    # the gathers of a micro-batch after the first: the forward's layers 2 .. L-1 and the head,
-    # the backward's L-2 .. 0 (layer L-1 stays from the forward, layers 0 and 1 from the
-    # previous backward); step 2 runs 2 micro-batches per rank
+    # the gathers of a micro-batch after the first: the forward's layers 2 .. L-1, the head's
+    # chunks of R rows (about a layer's bytes) 0 .. K-1 for the loss and K-3 .. 0 again for its
+    # gradient (the last two stay), the backward's L-1 .. 0 (layers 0 and 1 stay for the next
+    # forward); step 2 runs 2 micro-batches per rank
     head = 4 * s["V"] * C
+    R = layer // (4 * C) // 64 * 64
+    K = -(-s["V"] // R)
+    assert K == 3
+    again = 4 * C * R * (K - 2)
     rows = [json.loads(l) for l in open(work / "wide-shard" / "metrics.jsonl") if '"loss"' in l]
-    assert rows[1]["gathered_bytes"] == 2 * ((2 * s["L"] - 3) * layer + head), rows[1]
+    assert rows[1]["gathered_bytes"] == 2 * ((2 * s["L"] - 2) * layer + head + again), rows[1]
     plan = subprocess.run([FTUNE, "plan", "--model", model, "--batch-size", "1", "--seq-len", "32",
                            "--lora-targets", "all-linear", "--ranks", "2", "--shard-base"],
                           capture_output=True, text=True, env=ENV)
@@ -424,6 +437,63 @@ def test_shard_base_memory_and_plan(work):
     print(f"plan --ranks 2 --shard-base: {total / MB:.1f} MB, measured {got / MB:.1f} MB "
           f"({100 * (total - got) / got:+.1f}%)")
     assert abs(total - got) <= 0.10 * got
+
+
+def read_counts(stderr):
+    got = {}
+    for line in stderr.splitlines():
+        m = re.match(r"ftune: rank (\d+) read (\d+) bytes of the checkpoint while loading", line)
+        if m:
+            got[int(m.group(1))] = int(m.group(2))
+    return got
+
+
+@pytest.mark.parametrize("checkpoint", ["f32", "nf4-bnb"])
+def test_shard_base_reads_its_slice(work, checkpoint):
+    """--shard-base: each rank reads only its slice of the layers and the LM head from the
+    checkpoint (pread of its byte range), plus the norms (and a bitsandbytes weight's small
+    parts); the embedding is read a row at a time as tokens look it up. FTUNE_DEBUG_READ=1 makes
+    each rank print the bytes it read while loading: about 1/N of the sharded tensors' bytes at
+    N = 2 and 3, for fp32 weights kept as stored and for a bitsandbytes NF4 checkpoint (ftune
+    quantize --double-quant) with its fp32 head."""
+    import sys
+    from safetensors import safe_open
+    model = wide_model(work)
+    if checkpoint == "nf4-bnb":
+        q = work / "wide-nf4"
+        if not q.exists():
+            ok(ftune("quantize", "--model", model, "--out", q, "--quant", "nf4",
+                     "--double-quant"))
+        model = q
+    sharded = small = 0  # the bytes of the sliced tensors, and of what every rank reads whole
+    with safe_open(str(model / "model.safetensors"), "np") as f:
+        for k in f.keys():
+            n = f.get_tensor(k).nbytes
+            if "embed_tokens" in k:
+                continue
+            whole = k.endswith("norm.weight") or any(
+                p in k for p in (".quant_map", ".nested_absmax", ".nested_quant_map", "quant_state"))
+            if whole:
+                small += n
+            else:
+                sharded += n
+    for n in (2, 3):
+        cmd = [MPIRUN, *MPI, "-np", str(n), FTUNE, "train", "--model", str(model), "--data",
+               str(work / "data.jsonl"), "--out", str(work / f"read-{checkpoint}-{n}"),
+               "--batch-size", "1", "--seq-len", "32", "--steps", "1", "--threads", "1",
+               "--quiet", "--lora-targets", "all-linear", "--shard-base"]
+        p = subprocess.run(cmd, capture_output=True, text=True,
+                           env=dict(ENV, FTUNE_DEBUG_READ="1"), timeout=120)
+        assert p.returncode == 0, p.stderr[-3000:]
+        got = read_counts(p.stderr)
+        assert sorted(got) == list(range(n)), p.stderr[-3000:]
+        print(f"\n{checkpoint}, {n} ranks: read {got} bytes; sliced tensors {sharded}, "
+              f"read whole {small}")
+        for r, b in got.items():
+            # each unit's slice is whole 64-byte units: within 64 bytes a unit of 1/N
+            # (a bitsandbytes weight's nested absmax is read whole, to check it, and a slice)
+            assert sharded / n - 64 * 20 <= b <= sharded / n + 2 * small + 64 * 20, (r, b)
+            assert b < 1.02 * sharded / n + small, (r, b)
 
 
 def test_hung_rank_detected(work):
