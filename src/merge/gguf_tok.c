@@ -13,8 +13,11 @@
  *   "gpt-2"      ByteLevel with GPT-2's regex alone
  * The converter names the pre-tokenizer from a hash of the ids the tokenizer gives for a check
  * text; ftune reads the pre-tokenizer's own description instead, which identifies these four
- * exactly. SentencePiece-style tokenizer.json (Metaspace, byte fallback: tokenizer.ggml.model
- * "llama") is refused for now.
+ * exactly. SentencePiece-style tokenizer.json (BPE with byte_fallback and a Sequence decoder:
+ * Llama 2, Mistral, TinyLlama) on a llama-architecture model is written as the converter's
+ * LlamaModel does when only tokenizer.json is present (gguf-py's LlamaHfVocab):
+ * tokenizer.ggml.model "llama", pre "default", scores, BYTE / CONTROL / USER_DEFINED types
+ * (build_sp_lists), no merges; the special ids and flags as below.
  *
  *   tokens      the vocabulary by id, padded to the model's vocab_size with "[PAD<id>]"
  *   token_type  1 normal; added tokens 3 (control) when special or when they look special
@@ -36,11 +39,12 @@
 #include "merge/gguf_tok.h"
 #include "io/json.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
 /* The Split regexes of the named pre-tokenizers (as they appear in tokenizer.json). */
 #define RE_QWEN2                                                                                   \
@@ -314,6 +318,107 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
     return FT_OK;
 }
 
+/* SentencePiece-style tokenizer.json (Llama 2, Mistral, TinyLlama): a BPE model with byte
+ * fallback and a Sequence decoder, the test of gguf-py's LlamaHfVocab, which the converter's
+ * LlamaModel uses when only tokenizer.json is present (no tokenizer.model). */
+static int sp_style(const cJSON *tj) {
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
+    return is_type(model, "BPE") &&
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback")) &&
+           is_type(cJSON_GetObjectItemCaseSensitive(tj, "decoder"), "Sequence");
+}
+
+/* "<0xXX>": a byte token */
+static int byte_token(const char *t) {
+    return strlen(t) == 6 && !strncmp(t, "<0x", 3) && t[5] == '>' &&
+           isxdigit((unsigned char)t[3]) && isxdigit((unsigned char)t[4]);
+}
+
+/* Is c one of transformers' special tokens (all_special_tokens: the named ones of
+ * tokenizer_config.json and its additional_special_tokens)? */
+static int named_special(const cJSON *tc, const char *c) {
+    static const char *const named[] = {"bos", "eos", "unk", "sep", "pad", "cls", "mask"};
+    for (size_t i = 0; tc && i < sizeof named / sizeof named[0]; i++) {
+        const char *t = tc_token(tc, named[i]);
+        if (t && !strcmp(t, c)) return 1;
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(tc, "additional_special_tokens");
+    for (const cJSON *e = extra ? extra->child : NULL; e; e = e->next) {
+        const char *t = cJSON_IsString(e) ? e->valuestring : jstr(e, "content");
+        if (t && !strcmp(t, c)) return 1;
+    }
+    return 0;
+}
+
+/* LlamaHfVocab's lists (gguf-py vocab.py): the model's vocabulary by id (an added token's content
+ * where it takes an id of the model's range), BYTE for "<0xXX>", CONTROL for transformers'
+ * special tokens, else NORMAL; then the added tokens past the model's range by id, CONTROL when
+ * special, else USER_DEFINED, their text as written. Every score -1000. The converter stops at
+ * the tokenizer's size; ftune pads to config.json's vocab_size as the byte-level path does
+ * (llama.cpp needs a token per embedding row). */
+static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, const char *file,
+                                tok_lists *l, float **scores, ft_error *err) {
+    const cJSON *v =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tj, "model"), "vocab");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
+    l->n = vocab;
+    l->tokens = calloc((size_t)vocab, sizeof *l->tokens);
+    l->types = calloc((size_t)vocab, sizeof *l->types);
+    *scores = malloc((size_t)vocab * sizeof **scores);
+    if (!l->tokens || !l->types || !*scores)
+        return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    char where[4300];
+    int base = cJSON_GetArraySize(v);
+    for (const cJSON *e = v ? v->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= vocab ||
+            e->valuedouble >= base) {
+            snprintf(where, sizeof where, "%s: field \"model.vocab\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the tokenizer does not belong to this model (config.json "
+                                "vocab_size)",
+                                "token \"%.40s\" has id %g, not below the vocabulary's size %d "
+                                "and the model's vocab_size %d",
+                                e->string, e->valuedouble, base, vocab);
+        }
+        int id = (int)e->valuedouble;
+        free(l->tokens[id]);
+        l->tokens[id] = strdup(e->string);
+        l->types[id] = byte_token(e->string)          ? TT_BYTE
+                       : named_special(tc, e->string) ? TT_CONTROL
+                                                      : TT_NORMAL;
+    }
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
+        const char *c = jstr(a, "content");
+        if (!cJSON_IsNumber(idj) || !c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
+            snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the tokenizer does not belong to this model (config.json "
+                                "vocab_size)",
+                                "an added token without content or with an id not below %d", vocab);
+        }
+        int id = (int)idj->valuedouble;
+        free(l->tokens[id]);
+        l->tokens[id] = strdup(c);
+        if (id < base)
+            l->types[id] = byte_token(c) ? TT_BYTE : named_special(tc, c) ? TT_CONTROL : TT_NORMAL;
+        else
+            l->types[id] = named_special(tc, c) ? TT_CONTROL : TT_USER;
+    }
+    for (int i = 0; i < vocab; i++) {
+        (*scores)[i] = -1000.0f;
+        if (!l->types[i]) {
+            char pad[32];
+            snprintf(pad, sizeof pad, "[PAD%d]", i);
+            free(l->tokens[i]);
+            l->tokens[i] = strdup(pad);
+            l->types[i] = TT_UNUSED;
+        }
+        if (!l->tokens[i]) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    }
+    return FT_OK;
+}
+
 /* The added token with this content, or -1. */
 static long added_id(const cJSON *tj, const char *content) {
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
@@ -368,6 +473,7 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     cJSON *tj = NULL, *tc = NULL;
     tok_lists l = {0};
     char *tmpl = NULL;
+    float *scores = NULL;
     ft_status st = json_load_file(file, &tj, err);
     if (st) {
         char what[1024];
@@ -386,6 +492,8 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(tj, "pre_tokenizer");
     const char *name =
         pre_name(pre, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
+    int sp = llama_arch && sp_style(tj);
+    if (sp) name = "default";
     if (!is_type(model, "BPE") || !name) {
         char where[4300];
         snprintf(where, sizeof where, "%s: field \"%s\"", file,
@@ -393,11 +501,14 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
         st = ft_error_set(err, FT_ERR_INPUT, where,
                           "supported: byte-level BPE with the pre-tokenizer of Qwen2/Qwen3 "
                           "(\"qwen2\"), Llama 3 (\"llama-bpe\"), SmolLM (\"smollm\") or GPT-2 "
-                          "(\"gpt-2\"); see docs/merge.md, Export to GGUF",
+                          "(\"gpt-2\"), and for Llama/Mistral models SentencePiece-style BPE "
+                          "with byte_fallback; see docs/merge.md, Export to GGUF",
                           "a tokenizer ftune cannot describe to llama.cpp yet");
         goto done;
     }
-    if ((st = build_lists(tj, vocab, file, &l, err))) goto done;
+    if ((st = sp ? build_sp_lists(tj, tc, vocab, file, &l, &scores, err)
+                 : build_lists(tj, vocab, file, &l, err)))
+        goto done;
 
     specials s;
     memset(&s, 0, sizeof s);
@@ -434,10 +545,11 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
         if (cJSON_IsBool(aps))
             gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(aps));
     }
-    gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_kv_str(w, "tokenizer.ggml.model", sp ? "llama" : "gpt2");
     gguf_writer_kv_str(w, "tokenizer.ggml.pre", name);
     gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)l.tokens,
                            (size_t)vocab);
+    if (scores) gguf_writer_kv_arr_f32(w, "tokenizer.ggml.scores", scores, (size_t)vocab);
     gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", l.types, (size_t)vocab);
     if (l.nmerges)
         gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", (const char *const *)l.merges,
@@ -455,6 +567,7 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     if (tmpl) gguf_writer_kv_str(w, "tokenizer.chat_template", tmpl);
 done:
     free(tmpl);
+    free(scores);
     lists_free(&l);
     cJSON_Delete(tj);
     cJSON_Delete(tc);

@@ -44,7 +44,7 @@ import pytest
 import torch
 
 import models
-from conftest import REPO, llama_cpp_scripts, run_ftune, run_ok
+from conftest import REPO, llama_cpp_scripts, peak_rss, run_ftune, run_ok
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -438,53 +438,12 @@ def test_peak_rss_is_small(tmp_path):
     projection, exported merged to Q8_0: the export streams, so its peak RSS stays far below the
     model's size (the tokenizer's 49k strings and the adapter are all it holds)."""
     need_shared()
-    from peft import LoraConfig
-    from safetensors.numpy import save_file
-    from transformers import LlamaConfig
-    C, I, L, V, R = 1024, 2816, 2, 49153, 16
-    cfg = LlamaConfig(hidden_size=C, intermediate_size=I, num_hidden_layers=L, vocab_size=V,
-                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
-    model = tmp_path / "big"
-    model.mkdir()
-    cfg.save_pretrained(model)
+    model, ad = tmp_path / "big", tmp_path / "ad"
+    size = models.big_lora_llama(model, ad, L=2, V=49153)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(SHARED_TOK, "smollm-135m", f), model)
-    rng = np.random.default_rng(0)
-    t = {"model.embed_tokens.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "lm_head.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "model.norm.weight": np.ones(C, np.float32)}
-    ad_t = {}
-    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (C, C), "self_attn.v_proj": (C, C),
-              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C),
-              "mlp.down_proj": (C, I)}
-    for layer in range(L):
-        for k, (o, i) in shapes.items():
-            name = f"model.layers.{layer}.{k}"
-            t[name + ".weight"] = rng.standard_normal((o, i), dtype=np.float32) * 0.03
-            ad_t[f"base_model.model.{name}.lora_A.weight"] = rng.standard_normal(
-                (R, i), dtype=np.float32) * 0.01
-            ad_t[f"base_model.model.{name}.lora_B.weight"] = rng.standard_normal(
-                (o, R), dtype=np.float32) * 0.01
-        for k in ("input_layernorm", "post_attention_layernorm"):
-            t[f"model.layers.{layer}.{k}.weight"] = np.ones(C, np.float32)
-    save_file(t, str(model / "model.safetensors"), metadata={"format": "pt"})
-    size = sum(v.nbytes for v in t.values())
-    del t
-    ad = tmp_path / "ad"
-    ad.mkdir()
-    LoraConfig(r=R, lora_alpha=32, target_modules=list({k.split(".")[1] for k in shapes})
-               ).save_pretrained(ad)
-    save_file(ad_t, str(ad / "adapter_model.safetensors"), metadata={"format": "pt"})
-    code = ("import resource, subprocess, sys\n"
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-            "assert r.returncode == 0, r.stderr\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
-    from conftest import ftune_bin
-    out = subprocess.run([sys.executable, "-c", code, ftune_bin(), "export", "--gguf",
-                          tmp_path / "big.gguf", "--model", model, "--adapter", ad, "--quant",
-                          "q8_0", "--quiet"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    rss = int(out.stdout.strip())
+    rss = peak_rss(["export", "--gguf", tmp_path / "big.gguf", "--model", model, "--adapter", ad,
+                    "--quant", "q8_0", "--quiet"])
     print(f"export of a {size / 1e6:.0f} MB model: peak RSS {rss / 1e6:.1f} MB")
     assert rss < 100e6
 
