@@ -33,8 +33,7 @@
  *   chat        tokenizer_config.json's chat_template, else chat_template.jinja, else
  *               chat_template.json
  * Not done (the converter does): re-normalizing added tokens marked normalized=false through
- * the tokenizer (an identity for the byte-level tokenizers above), the separator rules of
- * TemplateProcessing's pair template, RobertaProcessing.
+ * the tokenizer (an identity for the byte-level tokenizers above), RobertaProcessing.
  */
 #include "merge/gguf_tok.h"
 #include "io/json.h"
@@ -182,6 +181,43 @@ static void set_tc_token(cJSON *tc, const char *typ, const char *content) {
     cJSON_AddStringToObject(tc, key, content);
 }
 
+static const char *special_id(const cJSON *item) {
+    return jstr(cJSON_GetObjectItemCaseSensitive(item, "SpecialToken"), "id");
+}
+
+static const char *sequence_id(const cJSON *item) {
+    return jstr(cJSON_GetObjectItemCaseSensitive(item, "Sequence"), "id");
+}
+
+static int is_str(const char *a, const char *b) { return a && b && !strcmp(a, b); }
+
+/* SpecialVocab's reading of TemplateProcessing's pair template (gguf-py vocab.py): without the
+ * single template's first / last special token at its ends, "A [x] [y] B" sets add_sep, true
+ * when x (with no trailing special token in single) or y is the sep or eos token; a sep then
+ * defaults to eos. */
+static void pair_separator(const cJSON *pair, const char *first, const char *last, cJSON *tc,
+                           specials *s) {
+    int n = cJSON_GetArraySize(pair);
+    int a = first && is_str(special_id(cJSON_GetArrayItem(pair, 0)), first) ? 1 : 0;
+    int b = last && n && is_str(special_id(cJSON_GetArrayItem(pair, n - 1)), last) ? n - 1 : n;
+    if (b - a < 3 || !is_str(sequence_id(cJSON_GetArrayItem(pair, a)), "A") ||
+        !is_str(sequence_id(cJSON_GetArrayItem(pair, b - 1)), "B"))
+        return;
+    const char *sep = tc_token(tc, "sep"), *eos = tc_token(tc, "eos");
+    const char *x = special_id(cJSON_GetArrayItem(pair, a + 1));
+    int add = (is_str(x, sep) || is_str(x, eos)) && !last;
+    if (b - a - 2 == 2) {
+        const char *y = special_id(cJSON_GetArrayItem(pair, a + 2));
+        if (is_str(y, sep) || is_str(y, eos)) add = 1;
+    }
+    set_add(s, 2, add, 1);
+    if (add && !sep && eos) {
+        char *e = strdup(eos);
+        if (e) set_tc_token(tc, "sep", e);
+        free(e);
+    }
+}
+
 /* The post-processor's add_bos / add_eos (and the eos / eot it implies). */
 static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eot) {
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(pp, "processors");
@@ -218,6 +254,7 @@ static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eo
             }
             set_add(s, SP_EOS, 1, 1);
         }
+        pair_separator(cJSON_GetObjectItemCaseSensitive(p, "pair"), first, last, tc, s);
     }
 }
 
@@ -318,6 +355,70 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
     return FT_OK;
 }
 
+typedef struct tok_id {
+    const char *s;
+    int id;
+} tok_id;
+
+static int tok_id_cmp(const void *a, const void *b) {
+    return strcmp(((const tok_id *)a)->s, ((const tok_id *)b)->s);
+}
+
+/* Scores llama.cpp's SentencePiece tokenizer reproduces the BPE merges with: it merges the
+ * adjacent pair whose concatenation is the token of highest score (leftmost on a tie), and
+ * `tokenizers` the pair of lowest merge rank, so a token scores -(rank of the first merge that
+ * makes it), and a token no merge makes scores below all of them. (The converter writes -1000
+ * for every token, with which llama.cpp merges in text order and its ids differ from
+ * tokenizers'.) */
+static ft_status merge_scores(const cJSON *model, const tok_lists *l, float *scores,
+                              const char *file, ft_error *err) {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    int nm = cJSON_GetArraySize(m);
+    tok_id *ix = malloc((size_t)l->n * sizeof *ix);
+    char *buf = NULL;
+    size_t cap = 0;
+    if (!ix) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    for (int i = 0; i < l->n; i++)
+        ix[i] = (tok_id){l->tokens[i], i}, scores[i] = -(float)nm - 1.0f;
+    qsort(ix, (size_t)l->n, sizeof *ix, tok_id_cmp);
+    int rank = 0;
+    for (const cJSON *e = m ? m->child : NULL; e; e = e->next, rank++) {
+        const char *a = NULL, *b = NULL, *sp = NULL;
+        size_t na = 0;
+        if (cJSON_IsString(e) && (sp = strchr(e->valuestring, ' ')))
+            a = e->valuestring, na = (size_t)(sp - a), b = sp + 1;
+        else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 1)))
+            a = cJSON_GetArrayItem(e, 0)->valuestring, na = strlen(a),
+            b = cJSON_GetArrayItem(e, 1)->valuestring;
+        if (!a) {
+            free(ix), free(buf);
+            char where[4300];
+            snprintf(where, sizeof where, "%s: field \"model.merges\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                                "entry %d is neither \"a b\" nor [\"a\", \"b\"]", rank);
+        }
+        size_t n = na + strlen(b) + 1;
+        if (n > cap) {
+            char *nb = realloc(buf, n * 2);
+            if (!nb) {
+                free(ix), free(buf);
+                return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+            }
+            buf = nb, cap = n * 2;
+        }
+        memcpy(buf, a, na);
+        strcpy(buf + na, b);
+        tok_id key = {buf, 0};
+        const tok_id *hit = bsearch(&key, ix, (size_t)l->n, sizeof *ix, tok_id_cmp);
+        if (hit && scores[hit->id] < -(float)rank) scores[hit->id] = -(float)rank;
+    }
+    free(ix);
+    free(buf);
+    return FT_OK;
+}
+
 /* SentencePiece-style tokenizer.json (Llama 2, Mistral, TinyLlama): a BPE model with byte
  * fallback and a Sequence decoder, the test of gguf-py's LlamaHfVocab, which the converter's
  * LlamaModel uses when only tokenizer.json is present (no tokenizer.model). */
@@ -353,7 +454,8 @@ static int named_special(const cJSON *tc, const char *c) {
 /* LlamaHfVocab's lists (gguf-py vocab.py): the model's vocabulary by id (an added token's content
  * where it takes an id of the model's range), BYTE for "<0xXX>", CONTROL for transformers'
  * special tokens, else NORMAL; then the added tokens past the model's range by id, CONTROL when
- * special, else USER_DEFINED, their text as written. Every score -1000. The converter stops at
+ * special, else USER_DEFINED, their text as written; scores from the merges (merge_scores, where
+ * the converter writes -1000). The converter stops at
  * the tokenizer's size; ftune pads to config.json's vocab_size as the byte-level path does
  * (llama.cpp needs a token per embedding row). */
 static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, const char *file,
@@ -406,7 +508,6 @@ static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, con
             l->types[id] = named_special(tc, c) ? TT_CONTROL : TT_USER;
     }
     for (int i = 0; i < vocab; i++) {
-        (*scores)[i] = -1000.0f;
         if (!l->types[i]) {
             char pad[32];
             snprintf(pad, sizeof pad, "[PAD%d]", i);
@@ -416,7 +517,7 @@ static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, con
         }
         if (!l->tokens[i]) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
     }
-    return FT_OK;
+    return merge_scores(cJSON_GetObjectItemCaseSensitive(tj, "model"), l, *scores, file, err);
 }
 
 /* The added token with this content, or -1. */

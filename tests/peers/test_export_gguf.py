@@ -3,7 +3,8 @@ its convert_hf_to_gguf.py) and transformers / PEFT.
 
 Models: the zoo's random-weight llama, llama_bias (q/k/v/o biases, tied embeddings) and qwen3
 (models.py) with the vocabulary of a real tokenizer from ../shared/tokenizers (llama: SmolLM's
-byte-level BPE, pre-tokenizer "smollm"; qwen3: Qwen3's, "qwen2"), since llama.cpp's converter
+byte-level BPE, pre-tokenizer "smollm"; qwen3: Qwen3's, "qwen2"; llama_sp: Llama 2's
+SentencePiece-style BPE with byte fallback, tokenizer.ggml.model "llama"), since llama.cpp's converter
 names a pre-tokenizer only for tokenizers it knows; skipped with a message where ../shared is
 absent. The converter needs the conversion/ package beside it (tools/llama-wheel.sh).
 
@@ -55,6 +56,9 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           "llama_bias": ("llama_bias", "smollm-135m", 49153),  # q/k biases, tied embeddings
           "qwen2": ("qwen2", "qwen3", 151669),
           "qwen3": ("qwen3", "qwen3", 151669),
+          # Llama 2's SentencePiece-style tokenizer.json (byte fallback): tokenizer.ggml.model
+          # "llama" with scores and BYTE / CONTROL types, as gguf-py's LlamaHfVocab writes it
+          "llama_sp": ("llama", "llama2", 32000),
           # rows of 256 and 512 values: Q4_K_M's Q4_K and Q6_K tensors without fallbacks
           "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
@@ -131,7 +135,8 @@ def convert(model, jobs):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"]}
+CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"],
+             "llama_sp": ["f32"]}
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +198,9 @@ def test_equals_convert_hf_to_gguf(folders, converted, name, outtype):
     ka, kb = kvs(ours), kvs(ref)
     for k in ("general.name", "general.size_label"):  # documented differences
         ka.pop(k, None), kb.pop(k, None)
+    if name == "llama_sp":  # the merges' ranks, where the converter writes -1000 (docs/merge.md)
+        assert set(kb.pop("tokenizer.ggml.scores")) == {-1000.0}
+        ka.pop("tokenizer.ggml.scores")
     assert sorted(ka) == sorted(kb)
     for k in ka:
         assert ka[k] == kb[k], k
@@ -301,7 +309,7 @@ def test_llama_cpp_runs_quantized(folders, name, quant, tol):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "llama_sp"])
 def test_tokenizer_ids_equal_tokenizers(folders, name):
     from tokenizers import Tokenizer
 
