@@ -276,6 +276,23 @@ static void lists_free(tok_lists *l) {
     free(l->merges);
 }
 
+/* An entry of tokenizer.json's added_tokens: its id (below vocab) and content. */
+static ft_status added_entry(const cJSON *a, int vocab, const char *file, int *id, const char **c,
+                             ft_error *err) {
+    const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
+    *c = jstr(a, "content");
+    if (!cJSON_IsNumber(idj) || !*c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
+        char where[4300];
+        snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "the tokenizer does not belong to this model (config.json "
+                            "vocab_size)",
+                            "an added token without content or with an id not below %d", vocab);
+    }
+    *id = (int)idj->valuedouble;
+    return FT_OK;
+}
+
 static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_lists *l,
                              ft_error *err) {
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
@@ -302,16 +319,10 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
         l->types[id] = TT_NORMAL;
     }
     for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
-        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
-        const char *c = jstr(a, "content");
-        if (!cJSON_IsNumber(idj) || !c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
-            snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
-            return ft_error_set(err, FT_ERR_INPUT, where,
-                                "the tokenizer does not belong to this model (config.json "
-                                "vocab_size)",
-                                "an added token without content or with an id not below %d", vocab);
-        }
-        int id = (int)idj->valuedouble;
+        const char *c;
+        int id;
+        ft_status st = added_entry(a, vocab, file, &id, &c, err);
+        if (st) return st;
         free(l->tokens[id]);
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special")) || looks_special(c)) {
             l->tokens[id] = strdup(c);
@@ -490,16 +501,10 @@ static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, con
                                                       : TT_NORMAL;
     }
     for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
-        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
-        const char *c = jstr(a, "content");
-        if (!cJSON_IsNumber(idj) || !c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
-            snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
-            return ft_error_set(err, FT_ERR_INPUT, where,
-                                "the tokenizer does not belong to this model (config.json "
-                                "vocab_size)",
-                                "an added token without content or with an id not below %d", vocab);
-        }
-        int id = (int)idj->valuedouble;
+        const char *c;
+        int id;
+        ft_status st = added_entry(a, vocab, file, &id, &c, err);
+        if (st) return st;
         free(l->tokens[id]);
         l->tokens[id] = strdup(c);
         if (id < base)
