@@ -14,8 +14,14 @@ merge-models combines the two models `ftune merge` wrote from the two adapters (
 is combined, as with two full fine-tunes). The ratios are measured in one run; the machine is
 shared, so seconds are noisy: compare ratios. Results: bench/results/merge-<UTC>.json.
 
-Hook: EXPORT_RUNS below is where the export-to-GGUF row (ftune export vs llama.cpp's
-convert_hf_to_gguf.py) goes: a list of (name, ftune argv, peer argv) run the same way.
+  export-f32       ftune export --gguf f32      vs  llama.cpp's convert_hf_to_gguf.py --outtype f32
+  export-q8_0      ftune export --gguf q8_0     vs  convert_hf_to_gguf.py --outtype q8_0
+  export-q4_k_m    ftune export --gguf q4_k_m   vs  convert_hf_to_gguf.py --outtype f32 (the
+                   converter has no Q4_K_M; llama_model_quantize on top would only add time)
+
+The export rows read the model folder with Qwen3's tokenizer files beside it
+(../shared/tokenizers/qwen3, symlinked with the weights into the work folder), so that both
+sides write the whole file, tokenizer included.
 """
 import argparse
 import json
@@ -34,9 +40,41 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-# (name, ftune argv after the binary, peer argv): filled by the export work (GGUF), run and
-# reported like the rows below.
-EXPORT_RUNS = []
+SHARED_TOK = os.path.join(os.path.dirname(REPO), "shared", "tokenizers", "qwen3")
+
+
+def llama_cpp_scripts():
+    """llama.cpp's converter scripts as tools/llama-wheel.sh unpacks them (tests/peers/conftest.py
+    names the same folder)."""
+    import re
+    req = open(os.path.join(REPO, "tests", "peers", "requirements-extra.txt")).read()
+    ver = re.search(r"^llama-cpp-python==(\S+)", req, re.M).group(1)
+    cache = os.environ.get("FTUNE_CACHE", os.path.expanduser("~/.cache/ftune"))
+    return os.path.join(cache, "llama.cpp-" + ver)
+
+
+def export_runs(a, model, work):
+    """The export rows (name, ftune argv, peer argv, peer): ftune export --gguf beside
+    convert_hf_to_gguf.py on the model folder with a tokenizer; [] without the converter or the
+    tokenizer."""
+    conv = os.path.join(llama_cpp_scripts(), "convert_hf_to_gguf.py")
+    if not os.path.exists(conv) or not os.path.isdir(SHARED_TOK):
+        print("export rows skipped: no convert_hf_to_gguf.py or ../shared/tokenizers/qwen3")
+        return []
+    d = os.path.join(work, "export-model")
+    os.makedirs(d)
+    for f in os.listdir(model):
+        os.symlink(os.path.join(model, f), os.path.join(d, f))
+    for f in os.listdir(SHARED_TOK):
+        os.symlink(os.path.join(SHARED_TOK, f), os.path.join(d, f))
+    rows = []
+    for q, outtype in (("f32", "f32"), ("q8_0", "q8_0"), ("q4_k_m", "f32")):
+        rows.append((f"export-{q}",
+                     [a.ftune, "export", "--gguf", "{out}.gguf", "--model", d, "--quant", q,
+                      "--quiet"],
+                     [a.python, conv, d, "--outfile", "{out}.gguf", "--outtype", outtype],
+                     f"convert_hf_to_gguf.py --outtype {outtype}"))
+    return rows
 
 
 def cpu_name():
@@ -187,8 +225,10 @@ def main():
              [a.python, "-c", MERGEKIT.format(threads=a.threads),
               mk_cfg("ties", {"density": 0.5}), "{out}"],
              "mergekit 0.1.5 run_merge"),
-        ] + [(n, f, p, "export peer") for n, f, p in EXPORT_RUNS]
+        ]
         only = set(filter(None, a.only.split(",")))
+        if not only or any(x.startswith("export") for x in only):
+            rows += export_runs(a, model, work)
         results = {"cpu": cpu_name(), "nproc": os.cpu_count(), "threads": a.threads,
                    "model": "qwen3-0.6b shape, fp32, random", "adapter": "r16 alpha 32, 7 modules",
                    "utc": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), "rows": []}
@@ -207,6 +247,8 @@ def main():
                     print(f"{name} {who} failed ({rc}):\n{tail}", flush=True)
                 r[who] = {"seconds": round(wall, 2), "peak_rss_mb": round(rss, 1), "rc": rc}
                 shutil.rmtree(out, ignore_errors=True)
+                if os.path.exists(out + ".gguf"):
+                    os.remove(out + ".gguf")
             f, p = r["ftune"], r["peer"]
             r["speedup"] = round(p["seconds"] / f["seconds"], 2)
             r["rss_ratio"] = round(p["peak_rss_mb"] / f["peak_rss_mb"], 2)

@@ -13,8 +13,11 @@
  *   "gpt-2"      ByteLevel with GPT-2's regex alone
  * The converter names the pre-tokenizer from a hash of the ids the tokenizer gives for a check
  * text; ftune reads the pre-tokenizer's own description instead, which identifies these four
- * exactly. SentencePiece-style tokenizer.json (Metaspace, byte fallback: tokenizer.ggml.model
- * "llama") is refused for now.
+ * exactly. SentencePiece-style tokenizer.json (BPE with byte_fallback and a Sequence decoder:
+ * Llama 2, Mistral, TinyLlama) on a llama-architecture model is written as the converter's
+ * LlamaModel does when only tokenizer.json is present (gguf-py's LlamaHfVocab):
+ * tokenizer.ggml.model "llama", pre "default", scores, BYTE / CONTROL / USER_DEFINED types
+ * (build_sp_lists), no merges; the special ids and flags as below.
  *
  *   tokens      the vocabulary by id, padded to the model's vocab_size with "[PAD<id>]"
  *   token_type  1 normal; added tokens 3 (control) when special or when they look special
@@ -30,17 +33,17 @@
  *   chat        tokenizer_config.json's chat_template, else chat_template.jinja, else
  *               chat_template.json
  * Not done (the converter does): re-normalizing added tokens marked normalized=false through
- * the tokenizer (an identity for the byte-level tokenizers above), the separator rules of
- * TemplateProcessing's pair template, RobertaProcessing.
+ * the tokenizer (an identity for the byte-level tokenizers above), RobertaProcessing.
  */
 #include "merge/gguf_tok.h"
 #include "io/json.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5, TT_BYTE = 6 };
 
 /* The Split regexes of the named pre-tokenizers (as they appear in tokenizer.json). */
 #define RE_QWEN2                                                                                   \
@@ -178,6 +181,43 @@ static void set_tc_token(cJSON *tc, const char *typ, const char *content) {
     cJSON_AddStringToObject(tc, key, content);
 }
 
+static const char *special_id(const cJSON *item) {
+    return jstr(cJSON_GetObjectItemCaseSensitive(item, "SpecialToken"), "id");
+}
+
+static const char *sequence_id(const cJSON *item) {
+    return jstr(cJSON_GetObjectItemCaseSensitive(item, "Sequence"), "id");
+}
+
+static int is_str(const char *a, const char *b) { return a && b && !strcmp(a, b); }
+
+/* SpecialVocab's reading of TemplateProcessing's pair template (gguf-py vocab.py): without the
+ * single template's first / last special token at its ends, "A [x] [y] B" sets add_sep, true
+ * when x (with no trailing special token in single) or y is the sep or eos token; a sep then
+ * defaults to eos. */
+static void pair_separator(const cJSON *pair, const char *first, const char *last, cJSON *tc,
+                           specials *s) {
+    int n = cJSON_GetArraySize(pair);
+    int a = first && is_str(special_id(cJSON_GetArrayItem(pair, 0)), first) ? 1 : 0;
+    int b = last && n && is_str(special_id(cJSON_GetArrayItem(pair, n - 1)), last) ? n - 1 : n;
+    if (b - a < 3 || !is_str(sequence_id(cJSON_GetArrayItem(pair, a)), "A") ||
+        !is_str(sequence_id(cJSON_GetArrayItem(pair, b - 1)), "B"))
+        return;
+    const char *sep = tc_token(tc, "sep"), *eos = tc_token(tc, "eos");
+    const char *x = special_id(cJSON_GetArrayItem(pair, a + 1));
+    int add = (is_str(x, sep) || is_str(x, eos)) && !last;
+    if (b - a - 2 == 2) {
+        const char *y = special_id(cJSON_GetArrayItem(pair, a + 2));
+        if (is_str(y, sep) || is_str(y, eos)) add = 1;
+    }
+    set_add(s, 2, add, 1);
+    if (add && !sep && eos) {
+        char *e = strdup(eos);
+        if (e) set_tc_token(tc, "sep", e);
+        free(e);
+    }
+}
+
 /* The post-processor's add_bos / add_eos (and the eos / eot it implies). */
 static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eot) {
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(pp, "processors");
@@ -214,6 +254,7 @@ static void post_processor(const cJSON *pp, cJSON *tc, specials *s, int *want_eo
             }
             set_add(s, SP_EOS, 1, 1);
         }
+        pair_separator(cJSON_GetObjectItemCaseSensitive(p, "pair"), first, last, tc, s);
     }
 }
 
@@ -233,6 +274,23 @@ static void lists_free(tok_lists *l) {
     free(l->tokens);
     free(l->types);
     free(l->merges);
+}
+
+/* An entry of tokenizer.json's added_tokens: its id (below vocab) and content. */
+static ft_status added_entry(const cJSON *a, int vocab, const char *file, int *id, const char **c,
+                             ft_error *err) {
+    const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
+    *c = jstr(a, "content");
+    if (!cJSON_IsNumber(idj) || !*c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
+        char where[4300];
+        snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "the tokenizer does not belong to this model (config.json "
+                            "vocab_size)",
+                            "an added token without content or with an id not below %d", vocab);
+    }
+    *id = (int)idj->valuedouble;
+    return FT_OK;
 }
 
 static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_lists *l,
@@ -261,16 +319,10 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
         l->types[id] = TT_NORMAL;
     }
     for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
-        const cJSON *idj = cJSON_GetObjectItemCaseSensitive(a, "id");
-        const char *c = jstr(a, "content");
-        if (!cJSON_IsNumber(idj) || !c || idj->valuedouble < 0 || idj->valuedouble >= vocab) {
-            snprintf(where, sizeof where, "%s: field \"added_tokens\"", file);
-            return ft_error_set(err, FT_ERR_INPUT, where,
-                                "the tokenizer does not belong to this model (config.json "
-                                "vocab_size)",
-                                "an added token without content or with an id not below %d", vocab);
-        }
-        int id = (int)idj->valuedouble;
+        const char *c;
+        int id;
+        ft_status st = added_entry(a, vocab, file, &id, &c, err);
+        if (st) return st;
         free(l->tokens[id]);
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special")) || looks_special(c)) {
             l->tokens[id] = strdup(c);
@@ -312,6 +364,165 @@ static ft_status build_lists(const cJSON *tj, int vocab, const char *file, tok_l
         l->merges[l->nmerges++] = s;
     }
     return FT_OK;
+}
+
+typedef struct tok_id {
+    const char *s;
+    int id;
+} tok_id;
+
+static int tok_id_cmp(const void *a, const void *b) {
+    return strcmp(((const tok_id *)a)->s, ((const tok_id *)b)->s);
+}
+
+/* Scores llama.cpp's SentencePiece tokenizer reproduces the BPE merges with: it merges the
+ * adjacent pair whose concatenation is the token of highest score (leftmost on a tie), and
+ * `tokenizers` the pair of lowest merge rank, so a token scores -(rank of the first merge that
+ * makes it), and a token no merge makes scores below all of them. (The converter writes -1000
+ * for every token, with which llama.cpp merges in text order and its ids differ from
+ * tokenizers'.) */
+static ft_status merge_scores(const cJSON *model, const tok_lists *l, float *scores,
+                              const char *file, ft_error *err) {
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    int nm = cJSON_GetArraySize(m);
+    tok_id *ix = malloc((size_t)l->n * sizeof *ix);
+    char *buf = NULL;
+    size_t cap = 0;
+    if (!ix) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    for (int i = 0; i < l->n; i++)
+        ix[i] = (tok_id){l->tokens[i], i}, scores[i] = -(float)nm - 1.0f;
+    qsort(ix, (size_t)l->n, sizeof *ix, tok_id_cmp);
+    int rank = 0;
+    for (const cJSON *e = m ? m->child : NULL; e; e = e->next, rank++) {
+        const char *a = NULL, *b = NULL, *sp = NULL;
+        size_t na = 0;
+        if (cJSON_IsString(e) && (sp = strchr(e->valuestring, ' ')))
+            a = e->valuestring, na = (size_t)(sp - a), b = sp + 1;
+        else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                 cJSON_IsString(cJSON_GetArrayItem(e, 1)))
+            a = cJSON_GetArrayItem(e, 0)->valuestring, na = strlen(a),
+            b = cJSON_GetArrayItem(e, 1)->valuestring;
+        if (!a) {
+            free(ix), free(buf);
+            char where[4300];
+            snprintf(where, sizeof where, "%s: field \"model.merges\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                                "entry %d is neither \"a b\" nor [\"a\", \"b\"]", rank);
+        }
+        size_t n = na + strlen(b) + 1;
+        if (n > cap) {
+            char *nb = realloc(buf, n * 2);
+            if (!nb) {
+                free(ix), free(buf);
+                return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+            }
+            buf = nb, cap = n * 2;
+        }
+        memcpy(buf, a, na);
+        strcpy(buf + na, b);
+        tok_id key = {buf, 0};
+        const tok_id *hit = bsearch(&key, ix, (size_t)l->n, sizeof *ix, tok_id_cmp);
+        if (hit && scores[hit->id] < -(float)rank) scores[hit->id] = -(float)rank;
+    }
+    free(ix);
+    free(buf);
+    return FT_OK;
+}
+
+/* SentencePiece-style tokenizer.json (Llama 2, Mistral, TinyLlama): a BPE model with byte
+ * fallback and a Sequence decoder, the test of gguf-py's LlamaHfVocab, which the converter's
+ * LlamaModel uses when only tokenizer.json is present (no tokenizer.model). */
+static int sp_style(const cJSON *tj) {
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(tj, "model");
+    return is_type(model, "BPE") &&
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "byte_fallback")) &&
+           is_type(cJSON_GetObjectItemCaseSensitive(tj, "decoder"), "Sequence");
+}
+
+/* "<0xXX>": a byte token */
+static int byte_token(const char *t) {
+    return strlen(t) == 6 && !strncmp(t, "<0x", 3) && t[5] == '>' &&
+           isxdigit((unsigned char)t[3]) && isxdigit((unsigned char)t[4]);
+}
+
+/* Is c one of transformers' special tokens (all_special_tokens: the named ones of
+ * tokenizer_config.json and its additional_special_tokens)? */
+static int named_special(const cJSON *tc, const char *c) {
+    static const char *const named[] = {"bos", "eos", "unk", "sep", "pad", "cls", "mask"};
+    for (size_t i = 0; tc && i < sizeof named / sizeof named[0]; i++) {
+        const char *t = tc_token(tc, named[i]);
+        if (t && !strcmp(t, c)) return 1;
+    }
+    const cJSON *extra = cJSON_GetObjectItemCaseSensitive(tc, "additional_special_tokens");
+    for (const cJSON *e = extra ? extra->child : NULL; e; e = e->next) {
+        const char *t = cJSON_IsString(e) ? e->valuestring : jstr(e, "content");
+        if (t && !strcmp(t, c)) return 1;
+    }
+    return 0;
+}
+
+/* LlamaHfVocab's lists (gguf-py vocab.py): the model's vocabulary by id (an added token's content
+ * where it takes an id of the model's range), BYTE for "<0xXX>", CONTROL for transformers'
+ * special tokens, else NORMAL; then the added tokens past the model's range by id, CONTROL when
+ * special, else USER_DEFINED, their text as written; scores from the merges (merge_scores, where
+ * the converter writes -1000). The converter stops at
+ * the tokenizer's size; ftune pads to config.json's vocab_size as the byte-level path does
+ * (llama.cpp needs a token per embedding row). */
+static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, const char *file,
+                                tok_lists *l, float **scores, ft_error *err) {
+    const cJSON *v =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tj, "model"), "vocab");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
+    l->n = vocab;
+    l->tokens = calloc((size_t)vocab, sizeof *l->tokens);
+    l->types = calloc((size_t)vocab, sizeof *l->types);
+    *scores = malloc((size_t)vocab * sizeof **scores);
+    if (!l->tokens || !l->types || !*scores)
+        return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    char where[4300];
+    int base = cJSON_GetArraySize(v);
+    for (const cJSON *e = v ? v->child : NULL; e; e = e->next) {
+        if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble >= vocab ||
+            e->valuedouble >= base) {
+            snprintf(where, sizeof where, "%s: field \"model.vocab\"", file);
+            return ft_error_set(err, FT_ERR_INPUT, where,
+                                "the tokenizer does not belong to this model (config.json "
+                                "vocab_size)",
+                                "token \"%.40s\" has id %g, not below the vocabulary's size %d "
+                                "and the model's vocab_size %d",
+                                e->string, e->valuedouble, base, vocab);
+        }
+        int id = (int)e->valuedouble;
+        free(l->tokens[id]);
+        l->tokens[id] = strdup(e->string);
+        l->types[id] = byte_token(e->string)          ? TT_BYTE
+                       : named_special(tc, e->string) ? TT_CONTROL
+                                                      : TT_NORMAL;
+    }
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const char *c;
+        int id;
+        ft_status st = added_entry(a, vocab, file, &id, &c, err);
+        if (st) return st;
+        free(l->tokens[id]);
+        l->tokens[id] = strdup(c);
+        if (id < base)
+            l->types[id] = byte_token(c) ? TT_BYTE : named_special(tc, c) ? TT_CONTROL : TT_NORMAL;
+        else
+            l->types[id] = named_special(tc, c) ? TT_CONTROL : TT_USER;
+    }
+    for (int i = 0; i < vocab; i++) {
+        if (!l->types[i]) {
+            char pad[32];
+            snprintf(pad, sizeof pad, "[PAD%d]", i);
+            free(l->tokens[i]);
+            l->tokens[i] = strdup(pad);
+            l->types[i] = TT_UNUSED;
+        }
+        if (!l->tokens[i]) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
+    }
+    return merge_scores(cJSON_GetObjectItemCaseSensitive(tj, "model"), l, *scores, file, err);
 }
 
 /* The added token with this content, or -1. */
@@ -368,6 +579,7 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     cJSON *tj = NULL, *tc = NULL;
     tok_lists l = {0};
     char *tmpl = NULL;
+    float *scores = NULL;
     ft_status st = json_load_file(file, &tj, err);
     if (st) {
         char what[1024];
@@ -386,6 +598,8 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(tj, "pre_tokenizer");
     const char *name =
         pre_name(pre, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
+    int sp = llama_arch && sp_style(tj);
+    if (sp) name = "default";
     if (!is_type(model, "BPE") || !name) {
         char where[4300];
         snprintf(where, sizeof where, "%s: field \"%s\"", file,
@@ -393,11 +607,14 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
         st = ft_error_set(err, FT_ERR_INPUT, where,
                           "supported: byte-level BPE with the pre-tokenizer of Qwen2/Qwen3 "
                           "(\"qwen2\"), Llama 3 (\"llama-bpe\"), SmolLM (\"smollm\") or GPT-2 "
-                          "(\"gpt-2\"); see docs/merge.md, Export to GGUF",
+                          "(\"gpt-2\"), and for Llama/Mistral models SentencePiece-style BPE "
+                          "with byte_fallback; see docs/merge.md, Export to GGUF",
                           "a tokenizer ftune cannot describe to llama.cpp yet");
         goto done;
     }
-    if ((st = build_lists(tj, vocab, file, &l, err))) goto done;
+    if ((st = sp ? build_sp_lists(tj, tc, vocab, file, &l, &scores, err)
+                 : build_lists(tj, vocab, file, &l, err)))
+        goto done;
 
     specials s;
     memset(&s, 0, sizeof s);
@@ -434,10 +651,11 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
         if (cJSON_IsBool(aps))
             gguf_writer_kv_bool(w, "tokenizer.ggml.add_space_prefix", cJSON_IsTrue(aps));
     }
-    gguf_writer_kv_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_kv_str(w, "tokenizer.ggml.model", sp ? "llama" : "gpt2");
     gguf_writer_kv_str(w, "tokenizer.ggml.pre", name);
     gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)l.tokens,
                            (size_t)vocab);
+    if (scores) gguf_writer_kv_arr_f32(w, "tokenizer.ggml.scores", scores, (size_t)vocab);
     gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", l.types, (size_t)vocab);
     if (l.nmerges)
         gguf_writer_kv_arr_str(w, "tokenizer.ggml.merges", (const char *const *)l.merges,
@@ -455,6 +673,7 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     if (tmpl) gguf_writer_kv_str(w, "tokenizer.chat_template", tmpl);
 done:
     free(tmpl);
+    free(scores);
     lists_free(&l);
     cJSON_Delete(tj);
     cJSON_Delete(tc);

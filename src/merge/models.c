@@ -36,6 +36,7 @@
 #include "merge/shards.h"
 #include "model/config.h"
 #include "model/init.h"
+#include "ops/axpy.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -382,14 +383,13 @@ static ft_status merge_item(ctx *c, item *it, st_writer *wr, ft_error *err) {
         float *out = c->out;
         if (o->method == MK_LINEAR) {
             /* result = zeros; result.addcmul_(M_k, w_k); result /= sum(w). PyTorch's CPU addcmul
-             * kernel rounds once (a fused multiply-add): fmaf */
+             * kernel rounds once (a fused multiply-add): ops/axpy's fmaf kernels */
             if (c->have_base) st = read_base(c, it, r0, nr, err);
             for (size_t i = 0; i < cnt; i++)
                 out[i] = 0.0f;
             for (int k = 0; k < K && !st; k++) {
                 st = read_model(c, it, k, r0, nr, c->b, c->x[0], err);
-                for (size_t i = 0; !st && i < cnt; i++)
-                    out[i] = fmaf(c->x[0][i], c->w[k], out[i]); /* torch's addcmul: fused */
+                if (!st) axpy_fma(out, c->x[0], c->w[k], cnt); /* torch's addcmul: fused */
             }
             if (c->normalize)
                 for (size_t i = 0; i < cnt; i++)

@@ -94,6 +94,20 @@ def run_ok(args, **kw):
     return p
 
 
+def peak_rss(args):
+    """Run ftune with args (strings) in a child process; return its peak RSS in bytes (the
+    child's ru_maxrss, so this test process's own memory does not count). Fails on a non-zero
+    exit."""
+    code = ("import resource, subprocess, sys\n"
+            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "assert r.returncode == 0, r.stderr\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code, ftune_bin()] + [str(a) for a in args],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
+
+
 def last_json_line(text):
     """The last line of text that parses as a JSON object (ftune eval prints one)."""
     for line in reversed(text.strip().splitlines()):

@@ -17,6 +17,7 @@ over all examples / number of counted tokens, labels unshifted as in transformer
 predicts label t+1), -100 not counted.
 """
 
+import copy
 import json
 import os
 
@@ -106,10 +107,10 @@ def build_model(arch, seed=0):
 
 def save_model(model, out_dir, dtype):
     """save_pretrained in "f32" or "bf16" (the bf16 copy as issue 3 says: model.to(bf16))."""
-    m = model if dtype == "f32" else model.to(torch.bfloat16)
+    # a copy is rounded: model.to() works in place, and the zoo's cached f32 model must keep
+    # its f32 weights for the next test that uses it
+    m = model if dtype == "f32" else copy.deepcopy(model).to(torch.bfloat16)
     m.save_pretrained(out_dir)
-    if dtype != "f32":
-        model.to(torch.float32)
     return out_dir
 
 
@@ -273,3 +274,44 @@ def read_safetensors(path):
 
 def exists(path):
     return os.path.exists(path)
+
+
+def big_lora_llama(model_dir, adapter_dir, C=1024, I=2816, L=2, V=32000, R=16):
+    """A random fp32 Llama of C x V embeddings and L layers (no tokenizer) in model_dir, and a
+    rank-R PEFT adapter on every projection in adapter_dir, written with safetensors directly
+    (a few hundred MB, for the peak-RSS tests of the streaming writers). Returns the model's
+    size in bytes."""
+    from peft import LoraConfig
+    from safetensors.numpy import save_file
+    from transformers import LlamaConfig
+    cfg = LlamaConfig(hidden_size=C, intermediate_size=I, num_hidden_layers=L, vocab_size=V,
+                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
+    os.makedirs(model_dir, exist_ok=True)
+    cfg.save_pretrained(model_dir)
+    rng = np.random.default_rng(0)
+    t = {"model.embed_tokens.weight": rng.standard_normal((V, C), dtype=np.float32),
+         "lm_head.weight": rng.standard_normal((V, C), dtype=np.float32),
+         "model.norm.weight": np.ones(C, np.float32)}
+    ad_t = {}
+    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (C, C), "self_attn.v_proj": (C, C),
+              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C),
+              "mlp.down_proj": (C, I)}
+    for layer in range(L):
+        for k, (o, i) in shapes.items():
+            name = f"model.layers.{layer}.{k}"
+            t[name + ".weight"] = rng.standard_normal((o, i), dtype=np.float32) * 0.03
+            ad_t[f"base_model.model.{name}.lora_A.weight"] = rng.standard_normal(
+                (R, i), dtype=np.float32) * 0.01
+            ad_t[f"base_model.model.{name}.lora_B.weight"] = rng.standard_normal(
+                (o, R), dtype=np.float32) * 0.01
+        for k in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{layer}.{k}.weight"] = np.ones(C, np.float32)
+    save_file(t, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+    size = sum(v.nbytes for v in t.values())
+    del t
+    os.makedirs(adapter_dir, exist_ok=True)
+    LoraConfig(r=R, lora_alpha=32, target_modules=sorted({k.split(".")[1] for k in shapes})
+               ).save_pretrained(adapter_dir)
+    save_file(ad_t, os.path.join(adapter_dir, "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    return size

@@ -3,7 +3,8 @@ its convert_hf_to_gguf.py) and transformers / PEFT.
 
 Models: the zoo's random-weight llama, llama_bias (q/k/v/o biases, tied embeddings) and qwen3
 (models.py) with the vocabulary of a real tokenizer from ../shared/tokenizers (llama: SmolLM's
-byte-level BPE, pre-tokenizer "smollm"; qwen3: Qwen3's, "qwen2"), since llama.cpp's converter
+byte-level BPE, pre-tokenizer "smollm"; qwen3: Qwen3's, "qwen2"; llama_sp: Llama 2's
+SentencePiece-style BPE with byte fallback, tokenizer.ggml.model "llama"), since llama.cpp's converter
 names a pre-tokenizer only for tokenizers it knows; skipped with a message where ../shared is
 absent. The converter needs the conversion/ package beside it (tools/llama-wheel.sh).
 
@@ -44,7 +45,7 @@ import pytest
 import torch
 
 import models
-from conftest import REPO, llama_cpp_scripts, run_ftune, run_ok
+from conftest import REPO, llama_cpp_scripts, peak_rss, run_ftune, run_ok
 
 gguf = pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
@@ -55,6 +56,9 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           "llama_bias": ("llama_bias", "smollm-135m", 49153),  # q/k biases, tied embeddings
           "qwen2": ("qwen2", "qwen3", 151669),
           "qwen3": ("qwen3", "qwen3", 151669),
+          # Llama 2's SentencePiece-style tokenizer.json (byte fallback): tokenizer.ggml.model
+          # "llama" with scores and BYTE / CONTROL types, as gguf-py's LlamaHfVocab writes it
+          "llama_sp": ("llama", "llama2", 32000),
           # rows of 256 and 512 values: Q4_K_M's Q4_K and Q6_K tensors without fallbacks
           "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
@@ -131,7 +135,8 @@ def convert(model, jobs):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"]}
+CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"],
+             "llama_sp": ["f32"]}
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +198,9 @@ def test_equals_convert_hf_to_gguf(folders, converted, name, outtype):
     ka, kb = kvs(ours), kvs(ref)
     for k in ("general.name", "general.size_label"):  # documented differences
         ka.pop(k, None), kb.pop(k, None)
+    if name == "llama_sp":  # the merges' ranks, where the converter writes -1000 (docs/merge.md)
+        assert set(kb.pop("tokenizer.ggml.scores")) == {-1000.0}
+        ka.pop("tokenizer.ggml.scores")
     assert sorted(ka) == sorted(kb)
     for k in ka:
         assert ka[k] == kb[k], k
@@ -301,7 +309,7 @@ def test_llama_cpp_runs_quantized(folders, name, quant, tol):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "llama_sp"])
 def test_tokenizer_ids_equal_tokenizers(folders, name):
     from tokenizers import Tokenizer
 
@@ -438,53 +446,12 @@ def test_peak_rss_is_small(tmp_path):
     projection, exported merged to Q8_0: the export streams, so its peak RSS stays far below the
     model's size (the tokenizer's 49k strings and the adapter are all it holds)."""
     need_shared()
-    from peft import LoraConfig
-    from safetensors.numpy import save_file
-    from transformers import LlamaConfig
-    C, I, L, V, R = 1024, 2816, 2, 49153, 16
-    cfg = LlamaConfig(hidden_size=C, intermediate_size=I, num_hidden_layers=L, vocab_size=V,
-                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
-    model = tmp_path / "big"
-    model.mkdir()
-    cfg.save_pretrained(model)
+    model, ad = tmp_path / "big", tmp_path / "ad"
+    size = models.big_lora_llama(model, ad, L=2, V=49153)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(SHARED_TOK, "smollm-135m", f), model)
-    rng = np.random.default_rng(0)
-    t = {"model.embed_tokens.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "lm_head.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "model.norm.weight": np.ones(C, np.float32)}
-    ad_t = {}
-    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (C, C), "self_attn.v_proj": (C, C),
-              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C),
-              "mlp.down_proj": (C, I)}
-    for layer in range(L):
-        for k, (o, i) in shapes.items():
-            name = f"model.layers.{layer}.{k}"
-            t[name + ".weight"] = rng.standard_normal((o, i), dtype=np.float32) * 0.03
-            ad_t[f"base_model.model.{name}.lora_A.weight"] = rng.standard_normal(
-                (R, i), dtype=np.float32) * 0.01
-            ad_t[f"base_model.model.{name}.lora_B.weight"] = rng.standard_normal(
-                (o, R), dtype=np.float32) * 0.01
-        for k in ("input_layernorm", "post_attention_layernorm"):
-            t[f"model.layers.{layer}.{k}.weight"] = np.ones(C, np.float32)
-    save_file(t, str(model / "model.safetensors"), metadata={"format": "pt"})
-    size = sum(v.nbytes for v in t.values())
-    del t
-    ad = tmp_path / "ad"
-    ad.mkdir()
-    LoraConfig(r=R, lora_alpha=32, target_modules=list({k.split(".")[1] for k in shapes})
-               ).save_pretrained(ad)
-    save_file(ad_t, str(ad / "adapter_model.safetensors"), metadata={"format": "pt"})
-    code = ("import resource, subprocess, sys\n"
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-            "assert r.returncode == 0, r.stderr\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
-    from conftest import ftune_bin
-    out = subprocess.run([sys.executable, "-c", code, ftune_bin(), "export", "--gguf",
-                          tmp_path / "big.gguf", "--model", model, "--adapter", ad, "--quant",
-                          "q8_0", "--quiet"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    rss = int(out.stdout.strip())
+    rss = peak_rss(["export", "--gguf", tmp_path / "big.gguf", "--model", model, "--adapter", ad,
+                    "--quant", "q8_0", "--quiet"])
     print(f"export of a {size / 1e6:.0f} MB model: peak RSS {rss / 1e6:.1f} MB")
     assert rss < 100e6
 

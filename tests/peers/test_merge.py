@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 import models
-from conftest import ftune_bin, run_ftune, run_ok
+from conftest import ftune_bin, peak_rss, run_ftune, run_ok
 
 torch.manual_seed(0)
 
@@ -313,50 +313,10 @@ def test_disk_full_leaves_nothing(zoo, tmp_path):
 def test_peak_rss_is_small(tmp_path):
     """A 400 MB fp32 model (vocabulary 32000 x 1024, 6 layers) and a rank-16 adapter on every
     projection: the merge streams, so its peak RSS stays far below the model's size."""
-    from peft import LoraConfig
-    from safetensors.numpy import save_file
-    from transformers import LlamaConfig
-    C, I, L, V, R = 1024, 2816, 6, 32000, 16
-    cfg = LlamaConfig(hidden_size=C, intermediate_size=I, num_hidden_layers=L, vocab_size=V,
-                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False)
-    model = tmp_path / "big"
-    model.mkdir()
-    cfg.save_pretrained(model)
-    rng = np.random.default_rng(0)
-    t = {"model.embed_tokens.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "lm_head.weight": rng.standard_normal((V, C), dtype=np.float32),
-         "model.norm.weight": np.ones(C, np.float32)}
-    ad_t = {}
-    shapes = {"self_attn.q_proj": (C, C), "self_attn.k_proj": (C, C), "self_attn.v_proj": (C, C),
-              "self_attn.o_proj": (C, C), "mlp.gate_proj": (I, C), "mlp.up_proj": (I, C),
-              "mlp.down_proj": (C, I)}
-    for layer in range(L):
-        for k, (o, i) in shapes.items():
-            name = f"model.layers.{layer}.{k}"
-            t[name + ".weight"] = rng.standard_normal((o, i), dtype=np.float32) * 0.03
-            ad_t[f"base_model.model.{name}.lora_A.weight"] = rng.standard_normal(
-                (R, i), dtype=np.float32) * 0.01
-            ad_t[f"base_model.model.{name}.lora_B.weight"] = rng.standard_normal(
-                (o, R), dtype=np.float32) * 0.01
-        for k in ("input_layernorm", "post_attention_layernorm"):
-            t[f"model.layers.{layer}.{k}.weight"] = np.ones(C, np.float32)
-    save_file(t, str(model / "model.safetensors"), metadata={"format": "pt"})
-    size = sum(v.nbytes for v in t.values())
-    del t
-    ad = tmp_path / "ad"
-    ad.mkdir()
-    LoraConfig(r=R, lora_alpha=32, target_modules=list({k.split(".")[1] for k in shapes})
-               ).save_pretrained(ad)
-    save_file(ad_t, str(ad / "adapter_model.safetensors"), metadata={"format": "pt"})
-    code = ("import resource, subprocess, sys\n"
-            "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-            "assert r.returncode == 0, r.stderr\n"
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)\n")
-    out = subprocess.run(["python3", "-c", code, ftune_bin(), "merge", "--model", model,
-                          "--adapter", ad, "--out", tmp_path / "merged", "--max-shard-size",
-                          "100MB"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    rss = int(out.stdout.strip())
+    model, ad = tmp_path / "big", tmp_path / "ad"
+    size = models.big_lora_llama(model, ad, L=6, V=32000)
+    rss = peak_rss(["merge", "--model", model, "--adapter", ad, "--out", tmp_path / "merged",
+                    "--max-shard-size", "100MB"])
     print(f"merge of a {size / 1e6:.0f} MB model: peak RSS {rss / 1e6:.1f} MB")
     assert rss < 80e6
     assert len([f for f in os.listdir(tmp_path / "merged") if f.startswith("model-")]) >= 4
