@@ -41,12 +41,15 @@ static int enc_is(const tokenizer *t, const char *text, int special, const int *
         return 0;
     }
     size_t k = 0;
-    while (want[k] >= 0) k++;
+    while (want[k] >= 0)
+        k++;
     int ok = n == k;
-    for (size_t i = 0; ok && i < n; i++) ok = ids[i] == want[i];
+    for (size_t i = 0; ok && i < n; i++)
+        ok = ids[i] == want[i];
     if (!ok) {
         fprintf(stderr, "  \"%s\" gave:", text);
-        for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", ids[i]);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %d", ids[i]);
         fputc('\n', stderr);
     }
     free(ids);
@@ -68,7 +71,8 @@ static int dec_is(const tokenizer *t, const int32_t *ids, size_t n, int skip, co
  * "a a" */
 static const char *MERGE_JSON =
     "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2, \"ab\": 3, "
-    "\"bc\": 4, \"abc\": 5, \"aa\": 6}, \"merges\": [[\"b\", \"c\"], [\"a\", \"b\"], [\"a\", \"bc\"], [\"a\", \"a\"]]},"
+    "\"bc\": 4, \"abc\": 5, \"aa\": 6}, \"merges\": [[\"b\", \"c\"], [\"a\", \"b\"], [\"a\", "
+    "\"bc\"], [\"a\", \"a\"]]},"
     "\"pre_tokenizer\": {\"type\": \"WhitespaceSplit\"}}";
 
 static void test_merge_order(void) {
@@ -122,7 +126,7 @@ static void test_byte_fallback(void) {
 /* Byte-level BPE with added tokens: <s> special, [T] lstrip+rstrip, "ok" single_word. The
  * vocabulary is printable ASCII, id = character - 0x21, then "Ġ" (the byte-level space) = 94;
  * added tokens 95, 96, 97. */
-#define C(ch) ((ch) - 0x21)
+#define C(ch) ((ch)-0x21)
 static void test_added_tokens(void) {
     char json[8192];
     /* vocabulary: the 256 byte characters are not all needed; use printable ASCII only */
@@ -137,7 +141,8 @@ static void test_added_tokens(void) {
                   "\"\\u0120\": 94}, \"merges\": []},"
                   "\"pre_tokenizer\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
                   "\"use_regex\": true, \"trim_offsets\": false},"
-                  "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": false, \"use_regex\": false},"
+                  "\"decoder\": {\"type\": \"ByteLevel\", \"add_prefix_space\": false, "
+                  "\"trim_offsets\": false, \"use_regex\": false},"
                   "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
                   "[{\"SpecialToken\": {\"id\": \"<s>\", \"type_id\": 0}}, {\"Sequence\": "
                   "{\"id\": \"A\", \"type_id\": 0}}], \"pair\": [], \"special_tokens\": "
@@ -227,6 +232,20 @@ static void test_errors(void) {
     fclose(f);
     CHECK(tok_load(path_, &t, &err) == FT_ERR_INPUT && strstr(err.where, "model.merges[0]"),
           "merge out of vocabulary: %s", err.where);
+    /* a template id that is no token (found by fuzz_tokenizer: "<s>" given id 1 in the template
+     * while added_tokens renumbers it after the vocabulary) */
+    f = fopen(path_, "w");
+    if (!f) return;
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, "
+          "\"added_tokens\": [{\"id\": 1, \"content\": \"<s>\", \"special\": true}], "
+          "\"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": "
+          "[{\"SpecialToken\": {\"id\": \"<s>\"}}, {\"Sequence\": {\"id\": \"A\"}}], "
+          "\"special_tokens\": {\"<s>\": {\"ids\": [5]}}}}",
+          f);
+    fclose(f);
+    CHECK(tok_load(path_, &t, &err) == FT_ERR_INPUT && strstr(err.where, "post_processor") &&
+              strstr(err.what, "id 5"),
+          "template id out of the vocabulary: %s: %s", err.where, err.what);
     remove(path_);
 }
 

@@ -235,8 +235,7 @@ static ft_status load_post(tokenizer *t, const cJSON *j, const char *path, ft_er
             if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2 ||
                 !cJSON_IsNumber(cJSON_GetArrayItem(v, 1))) {
                 tok_fmt(where, sizeof where, "%s: %s.%s", file, path, keys[k]);
-                return ft_error_set(err, FT_ERR_INPUT, where, NULL,
-                                    "expected [\"token\", id]");
+                return ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected [\"token\", id]");
             }
             ids[k] = cJSON_GetArrayItem(v, 1)->valueint;
         }
@@ -245,7 +244,8 @@ static ft_status load_post(tokenizer *t, const cJSON *j, const char *path, ft_er
             return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
         return FT_OK;
     }
-    if (strcmp(ty, "TemplateProcessing")) return tok_bad_component(file, path, type, supported, err);
+    if (strcmp(ty, "TemplateProcessing"))
+        return tok_bad_component(file, path, type, supported, err);
     const cJSON *single = cJSON_GetObjectItemCaseSensitive(j, "single");
     const cJSON *specials = cJSON_GetObjectItemCaseSensitive(j, "special_tokens");
     tok_fmt(where, sizeof where, "%s: %s.single", file, path);
@@ -273,8 +273,8 @@ static ft_status load_post(tokenizer *t, const cJSON *j, const char *path, ft_er
                               "expected {\"SpecialToken\": {\"id\": ...}} or {\"Sequence\": ...}");
             break;
         }
-        const cJSON *def = specials ? cJSON_GetObjectItemCaseSensitive(specials, name->valuestring)
-                                    : NULL;
+        const cJSON *def =
+            specials ? cJSON_GetObjectItemCaseSensitive(specials, name->valuestring) : NULL;
         const cJSON *ids = def ? cJSON_GetObjectItemCaseSensitive(def, "ids") : NULL;
         if (!cJSON_IsArray(ids)) {
             tok_fmt(where, sizeof where, "%s: %s.special_tokens", file, path);
@@ -338,9 +338,9 @@ static ft_status load_added(tokenizer *t, const cJSON *arr, ft_error *err) {
                 prev = t->added[q].id;
         int32_t mid = prev >= 0 ? prev : bpe_token_to_id(t->model, a->content, a->len);
         if (mid < 0)
-            mid = max_added < 0 ? (int32_t)vcount
+            mid = max_added < 0                                  ? (int32_t)vcount
                   : ((size_t)max_added >= vcount || vcount == 0) ? max_added + 1
-                                                                   : (int32_t)vcount;
+                                                                 : (int32_t)vcount;
         a->id = mid;
         if (mid > max_added) max_added = mid;
         int v;
@@ -360,6 +360,26 @@ static ft_status load_added(tokenizer *t, const cJSON *arr, ft_error *err) {
     return FT_OK;
 }
 
+/* The post-processor's ids are taken as written (as `tokenizers` does): each must be a token of
+ * the vocabulary or an added token, or encode would give ids no model row has. */
+static ft_status check_affixes(const tokenizer *t, ft_error *err) {
+    for (int s = 0; s < 2; s++) {
+        const int32_t *ids = s ? t->suffix : t->prefix;
+        size_t n = s ? t->nsuffix : t->nprefix;
+        for (size_t i = 0; i < n; i++)
+            if (!tok_id_to_token(t, ids[i])) {
+                char where[512];
+                tok_fmt(where, sizeof where, "%s: post_processor", t->file);
+                return ft_error_set(err, FT_ERR_INPUT, where,
+                                    "each special token id of the template must be a token of "
+                                    "model.vocab or of added_tokens (with that id)",
+                                    "the template adds id %d, which is no token here (%zu ids)",
+                                    (int)ids[i], t->vocab_size);
+            }
+    }
+    return FT_OK;
+}
+
 static ft_status build_added(tokenizer *t, ft_error *err) {
     size_t V = bpe_vocab_size(t->model);
     for (size_t i = 0; i < t->nadded; i++)
@@ -369,7 +389,8 @@ static ft_status build_added(tokenizer *t, ft_error *err) {
     t->added_str = calloc(t->nadded + 1, sizeof *t->added_str);
     t->added_len = calloc(t->nadded + 1, sizeof *t->added_len);
     if (!t->added_of_id || !t->added_str || !t->added_len) goto oom;
-    for (size_t i = 0; i < V; i++) t->added_of_id[i] = -1;
+    for (size_t i = 0; i < V; i++)
+        t->added_of_id[i] = -1;
     for (size_t i = 0; i < t->nadded; i++) {
         added_tok *a = &t->added[i];
         a->shown = a->content;
@@ -453,6 +474,7 @@ ft_status tok_load(const char *path, tokenizer **out, ft_error *err) {
     if ((st = load_added(t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"), err)))
         goto fail;
     if ((st = build_added(t, err))) goto fail;
+    if ((st = check_affixes(t, err))) goto fail;
     cJSON_Delete(root);
     *out = t;
     return FT_OK;
