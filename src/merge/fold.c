@@ -79,8 +79,6 @@ typedef struct requant {
     int state_len;
 } requant;
 
-static int is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
-
 static const char *torch_dtype_name(st_dtype d) {
     return d == ST_BF16 ? "bfloat16" : d == ST_F16 ? "float16" : "float32";
 }
@@ -98,36 +96,6 @@ static ft_status parse_dtype(const char *s, st_dtype *out, ft_error *err) {
     return FT_OK;
 }
 
-/* x rounded to dtype d and back (round to nearest even, base/half.h). */
-static inline float round_to(st_dtype d, float x) {
-    if (d == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
-    if (d == ST_F16) return f16_to_f32(f32_to_f16(x));
-    return x;
-}
-
-static inline void store(st_dtype d, void *buf, size_t i, float x) {
-    if (d == ST_BF16)
-        ((uint16_t *)buf)[i] = f32_to_bf16(x);
-    else if (d == ST_F16)
-        ((uint16_t *)buf)[i] = f32_to_f16(x);
-    else
-        ((float *)buf)[i] = x;
-}
-
-/* The bytes of t unchanged, a chunk at a time, each chunk's source pages given back after. */
-static ft_status copy_tensor(const st_tensor *t, st_writer *w, ft_error *err) {
-    const size_t step = CHUNK * 4;
-    for (size_t at = 0; at < t->nbytes; at += step) {
-        st_tensor piece = *t;
-        piece.data = (const uint8_t *)t->data + at;
-        piece.nbytes = t->nbytes - at < step ? t->nbytes - at : step;
-        ft_status st = st_writer_put(w, t->name, piece.data, piece.nbytes, err);
-        if (st) return st;
-        st_release_pages(&piece);
-    }
-    return FT_OK;
-}
-
 /* t converted to dtype od, a chunk at a time. */
 static ft_status convert_tensor(const st_tensor *t, st_dtype od, float *x, void *obuf, st_writer *w,
                                 ft_error *err) {
@@ -137,7 +105,7 @@ static ft_status convert_tensor(const st_tensor *t, st_dtype od, float *x, void 
         if (st_read_range_f32(t, first, k, x))
             return ft_error_set(err, FT_ERR_INPUT, t->name, NULL, "not F32, F16 or BF16");
         for (size_t i = 0; i < k; i++)
-            store(od, obuf, i, round_to(od, x[i]));
+            shard_store(od, obuf, i, shard_round_to(od, x[i]));
         ft_status st = st_writer_put(w, t->name, obuf, k * st_dtype_size(od), err);
         if (st) return st;
     }
@@ -156,7 +124,7 @@ static ft_status read_rows(const fold_item *it, const qtensor *q, size_t r0, siz
     }
     qtensor_dequant_rows(q, (int)r0, (int)n, w);
     for (size_t i = 0; i < n * cols; i++)
-        w[i] = round_to(it->bnb_dtype, w[i]);
+        w[i] = shard_round_to(it->bnb_dtype, w[i]);
     return FT_OK;
 }
 
@@ -168,7 +136,7 @@ static ft_status convert_bnb(const fold_item *it, const qtensor *q, float *w, vo
         size_t n = (size_t)it->rows - r0 < rc ? (size_t)it->rows - r0 : rc;
         ft_status st = read_rows(it, q, r0, n, w, err);
         for (size_t i = 0; !st && i < n * cols; i++)
-            store(it->od, obuf, i, w[i]);
+            shard_store(it->od, obuf, i, w[i]);
         if (!st) st = st_writer_put(wr, it->t->name, obuf, n * cols * st_dtype_size(it->od), err);
         if (st) return st;
     }
@@ -210,9 +178,9 @@ static ft_status merge_tensor(const fold_item *it, const qtensor *q, int safe, f
         st_dtype wd = it->bnb ? ST_F32 : od;
         for (size_t i = 0; i < k; i++) {
             float delta = d[i] * s;
-            float v = round_to(wd, w[i]) + (safe ? round_to(wd, delta) : delta);
-            store(od, obuf, i, v);
-            if (safe && !isfinite(round_to(od, v))) bad = 1;
+            float v = shard_round_to(wd, w[i]) + (safe ? shard_round_to(wd, delta) : delta);
+            shard_store(od, obuf, i, v);
+            if (safe && !isfinite(shard_round_to(od, v))) bad = 1;
         }
         if (bad)
             return ft_error_set(err, FT_ERR_INPUT, adapter_file,
@@ -263,7 +231,7 @@ static ft_status bind_modules(const adapter *a, const st_set *in, const cJSON *c
             if (items[j].t == t) it = &items[j];
         snprintf(where, sizeof where, "%s: tensor \"%s.lora_A.weight\"", file, m->name);
         int64_t want0 = conv1d ? m->in : m->out, want1 = conv1d ? m->out : m->in;
-        if (!it->bnb && (t->ndim != 2 || !is_float(t->dtype)))
+        if (!it->bnb && (t->ndim != 2 || !shard_is_float(t->dtype)))
             return ft_error_set(err, FT_ERR_INPUT, where, NULL,
                                 "targets %s, which is not a 2-D F32, BF16 or F16 weight", wname);
         if (it->rows != want0 || it->cols != want1) {
@@ -456,7 +424,7 @@ static ft_status write_shard(const outdir *od, const st_set *in, const shard_ten
         else if (it->od != it->t->dtype)
             st = convert_tensor(it->t, it->od, w, obuf, wr, err);
         else
-            st = copy_tensor(it->t, wr, err);
+            st = shard_copy_tensor(it->t, wr, err);
         if (it->bnb) {
             qtensor_free(&q);
             st_release_pages(it->t);
@@ -569,7 +537,7 @@ ft_status merge_fold(const merge_fold_options *o, merge_fold_result *res, ft_err
     for (int i = 0; i < nt && !st; i++) {
         fold_item *it = &items[i];
         it->t = st_at(in, i);
-        it->od = o->out_dtype && is_float(it->t->dtype) ? out_dtype : it->t->dtype;
+        it->od = o->out_dtype && shard_is_float(it->t->dtype) ? out_dtype : it->t->dtype;
         if (it->t->ndim == 2) it->rows = (int)it->t->shape[0], it->cols = (int)it->t->shape[1];
         if (qc) st = bnb_item(in, it, out_dtype, err);
     }

@@ -240,6 +240,8 @@ static ft_status write_tensor(gguf_writer *gw, const ex_item *it, size_t D, floa
             permute_rows(w, p, n, cols, D);
             src = p;
         }
+        /* rows are quantized independently: any thread count writes the same bytes */
+#pragma omp parallel for schedule(static) if (n > 1 && tr->block_values > 1)
         for (size_t r = 0; r < n; r++)
             ggml_quantize_row(it->type, src + r * cols, (uint8_t *)obuf + r * row_bytes, cols);
         if ((st = gguf_writer_put(gw, obuf, n * row_bytes, err))) return st;

@@ -100,23 +100,6 @@ static ft_status oom(ft_error *err, const char *where) {
     return ft_error_set(err, FT_ERR_RUNTIME, where, NULL, "out of memory");
 }
 
-static inline float round_to(st_dtype d, float x) {
-    if (d == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
-    if (d == ST_F16) return f16_to_f32(f32_to_f16(x));
-    return x;
-}
-
-static inline void store(st_dtype d, void *buf, size_t i, float x) {
-    if (d == ST_BF16)
-        ((uint16_t *)buf)[i] = f32_to_bf16(x);
-    else if (d == ST_F16)
-        ((uint16_t *)buf)[i] = f32_to_f16(x);
-    else
-        ((float *)buf)[i] = x;
-}
-
-static int is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
-
 static int is_dir_with(const char *dir, const char *name) {
     char p[4400];
     struct stat s;
@@ -141,7 +124,7 @@ static ft_status read_model(ctx *c, const item *it, int k, size_t r0, size_t nr,
     const float s = (float)m->scaling;
     st_dtype wd = it->t->dtype;
     for (size_t i = 0; i < cnt; i++)
-        dst[i] = round_to(wd, dst[i] + c->tmp[i] * s);
+        dst[i] = shard_round_to(wd, dst[i] + c->tmp[i] * s);
     return FT_OK;
 }
 
@@ -438,25 +421,13 @@ static ft_status merge_item(ctx *c, item *it, st_writer *wr, ft_error *err) {
         }
         if (st) break;
         for (size_t i = 0; i < cnt; i++)
-            store(it->od, c->obuf, i, out[i]);
+            shard_store(it->od, c->obuf, i, out[i]);
         st = st_writer_put(wr, it->t->name, c->obuf, cnt * st_dtype_size(it->od), err);
     }
     return st;
 }
 
 /* The bytes of t unchanged (a non-float tensor), a chunk at a time. */
-static ft_status copy_tensor(const st_tensor *t, st_writer *w, ft_error *err) {
-    const size_t step = CHUNK * 4;
-    for (size_t at = 0; at < t->nbytes; at += step) {
-        st_tensor piece = *t;
-        piece.data = (const uint8_t *)t->data + at;
-        piece.nbytes = t->nbytes - at < step ? t->nbytes - at : step;
-        ft_status st = st_writer_put(w, t->name, piece.data, piece.nbytes, err);
-        if (st) return st;
-        st_release_pages(&piece);
-    }
-    return FT_OK;
-}
 
 static ft_status open_source(source *s, const char *dir, const char *opt, int allow_adapter,
                              ft_error *err) {
@@ -531,7 +502,7 @@ static ft_status bind(ctx *c, item *items, int nt, ft_error *err) {
                                         "the adapter belongs to another model than --base",
                                         "targets %s, which --base %s lacks", wname, c->base.dir);
                 int64_t w0 = c->conv1d ? am->in : am->out, w1 = c->conv1d ? am->out : am->in;
-                if (it->t->ndim != 2 || !is_float(it->t->dtype) || it->t->shape[0] != w0 ||
+                if (it->t->ndim != 2 || !shard_is_float(it->t->dtype) || it->t->shape[0] != w0 ||
                     it->t->shape[1] != w1)
                     return ft_error_set(err, FT_ERR_INPUT, where,
                                         "the adapter belongs to another model than --base",
@@ -556,7 +527,7 @@ static ft_status bind(ctx *c, item *items, int nt, ft_error *err) {
             int same = t->ndim == it->t->ndim;
             for (int d = 0; same && d < t->ndim; d++)
                 same = t->shape[d] == it->t->shape[d];
-            if (!same || !is_float(t->dtype))
+            if (!same || !shard_is_float(t->dtype))
                 return ft_error_set(err, FT_ERR_INPUT, where,
                                     "the models must be fine-tunes of one base (the same shapes)",
                                     "field \"shape\" or \"dtype\" differs from the %s's",
@@ -630,7 +601,7 @@ static ft_status write_shard(ctx *c, const outdir *od, const shard_tensor *plan,
         if (plan[i].shard != s) continue;
         item *it = &items[plan[i].src];
         if (c->o->progress) c->o->progress((double)*done, (double)total, it->t->name, c->o->user);
-        st = it->merged ? merge_item(c, it, wr, err) : copy_tensor(it->t, wr, err);
+        st = it->merged ? merge_item(c, it, wr, err) : shard_copy_tensor(it->t, wr, err);
         *done += plan[i].nbytes;
     }
     if (!st) st = st_writer_finish(wr, err);
@@ -730,7 +701,7 @@ ft_status merge_models(const merge_models_options *o, merge_models_result *res, 
     for (int i = 0; i < nt; i++) {
         item *it = &items[i];
         it->t = st_at(c.layout, i);
-        it->merged = is_float(it->t->dtype);
+        it->merged = shard_is_float(it->t->dtype);
         it->od = o->out_dtype && it->merged ? out_dtype : it->t->dtype;
         it->n = it->t->nbytes / st_dtype_size(it->t->dtype);
         it->rows = it->t->ndim ? (size_t)it->t->shape[0] : 1;

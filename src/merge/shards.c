@@ -227,3 +227,16 @@ char *shard_index_json(const shard_tensor *t, int n, int count) {
     free(by_name);
     return s;
 }
+
+ft_status shard_copy_tensor(const st_tensor *t, st_writer *w, ft_error *err) {
+    const size_t step = (size_t)4 << 20;
+    for (size_t at = 0; at < t->nbytes; at += step) {
+        st_tensor piece = *t;
+        piece.data = (const uint8_t *)t->data + at;
+        piece.nbytes = t->nbytes - at < step ? t->nbytes - at : step;
+        ft_status st = st_writer_put(w, t->name, piece.data, piece.nbytes, err);
+        if (st) return st;
+        st_release_pages(&piece);
+    }
+    return FT_OK;
+}

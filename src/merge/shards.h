@@ -16,8 +16,11 @@
 #ifndef FT_MERGE_SHARDS_H
 #define FT_MERGE_SHARDS_H
 
+#include "base/half.h"
 #include "ftune.h"
 #include "io/safetensors.h"
+
+#include <stdint.h>
 
 typedef struct shard_tensor {
     const char *name;
@@ -42,5 +45,26 @@ int shard_split(shard_tensor *t, int n, uint64_t max_bytes);
 void shard_file_name(char *buf, size_t size, int i, int count);
 /* The index JSON text (malloc'd), for count > 1. */
 char *shard_index_json(const shard_tensor *t, int n, int count);
+
+/* Whether d is a float dtype a merge reads and writes (F32, BF16, F16). */
+static inline int shard_is_float(st_dtype d) { return d == ST_F32 || d == ST_BF16 || d == ST_F16; }
+/* x rounded to dtype d and back (round to nearest even, base/half.h). */
+static inline float shard_round_to(st_dtype d, float x) {
+    if (d == ST_BF16) return bf16_to_f32(f32_to_bf16(x));
+    if (d == ST_F16) return f16_to_f32(f32_to_f16(x));
+    return x;
+}
+/* x into element i of buf, a tensor of dtype d. */
+static inline void shard_store(st_dtype d, void *buf, size_t i, float x) {
+    if (d == ST_BF16)
+        ((uint16_t *)buf)[i] = f32_to_bf16(x);
+    else if (d == ST_F16)
+        ((uint16_t *)buf)[i] = f32_to_f16(x);
+    else
+        ((float *)buf)[i] = x;
+}
+/* The bytes of t unchanged into w, 4 MB at a time, each piece's source pages given back after
+ * (so RSS does not grow with the tensor). */
+ft_status shard_copy_tensor(const st_tensor *t, st_writer *w, ft_error *err);
 
 #endif

@@ -267,6 +267,16 @@ def write_jsonl(path, examples):
     return path
 
 
+def tensors_of(folder):
+    """{name: tensor} (torch) over model.safetensors or every shard of a model folder."""
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out
+
+
 def read_safetensors(path):
     from safetensors.numpy import load_file
     return load_file(path)

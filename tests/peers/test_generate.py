@@ -49,8 +49,10 @@ What is compared, and the tolerance:
 import json
 import os
 import random
+import select
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -644,27 +646,33 @@ def test_eos_ids_list(zoo, tmp_path, where):
     assert out["stop"] == "eos" and out["ids"] == ids[:k]
 
 
-def test_chat_terminal(text_model):
-    """On a terminal: a line is a turn, the answer streams, a statistics line follows; /reset
-    forgets the cached history; /exit ends with status 0. (Ctrl-C: test_chat_terminal_ctrl_c.)"""
+def chat_on_terminal(mdir, max_new, poll=0.1):
+    """ftune chat on a pseudo-terminal (greedy, EOS ignored, one thread): its pid and fd, and
+    read(seconds, until), the output until the bytes `until` appear or the time is up."""
     import pty
-    import select
-    import time
-    mdir, _ = text_model
     pid, fd = pty.fork()
     if pid == 0:
         os.execv(ftune_bin(), ["ftune", "chat", "--model", str(mdir), "--ignore-eos", "--greedy",
-                               "--max-new-tokens", "40", "--threads", "1"])
+                               "--max-new-tokens", str(max_new), "--threads", "1"])
 
     def read(seconds, until):
         out, end = b"", time.time() + seconds
         while time.time() < end and until not in out:
-            if select.select([fd], [], [], 0.1)[0]:
+            if select.select([fd], [], [], poll)[0]:
                 try:
                     out += os.read(fd, 65536)
                 except OSError:
                     break
         return out.decode("utf-8", "replace")
+
+    return pid, fd, read
+
+
+def test_chat_terminal(text_model):
+    """On a terminal: a line is a turn, the answer streams, a statistics line follows; /reset
+    forgets the cached history; /exit ends with status 0. (Ctrl-C: test_chat_terminal_ctrl_c.)"""
+    mdir, _ = text_model
+    pid, fd, read = chat_on_terminal(mdir, 40)
 
     try:
         assert "> " in read(30, b"> ")
@@ -690,24 +698,8 @@ def test_chat_terminal_ctrl_c(text_model):
     """Ctrl-C (the terminal's ^C, a SIGINT) while an answer streams ends that answer (stop:
     interrupted, fewer tokens than asked) and not the session: the next turn answers, reusing
     the cache, and /exit ends with status 0."""
-    import pty
-    import select
-    import time
     mdir, _ = text_model
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execv(ftune_bin(), ["ftune", "chat", "--model", str(mdir), "--ignore-eos", "--greedy",
-                               "--max-new-tokens", "450", "--threads", "1"])
-
-    def read(seconds, until):
-        out, end = b"", time.time() + seconds
-        while time.time() < end and until not in out:
-            if select.select([fd], [], [], 0.05)[0]:
-                try:
-                    out += os.read(fd, 65536)
-                except OSError:
-                    break
-        return out.decode("utf-8", "replace")
+    pid, fd, read = chat_on_terminal(mdir, 450, poll=0.05)
 
     try:
         assert "> " in read(30, b"> ")

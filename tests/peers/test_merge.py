@@ -44,14 +44,6 @@ def peft_merge(model_dir, adapter_dir, out, dtype=torch.float32, max_shard_size=
     return out
 
 
-def tensors_of(folder):
-    """{name: tensor} over model.safetensors or every shard."""
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
-
 
 def ordered(x):
     """Integers that order like the floats (sign-magnitude -> two's complement), so that the
@@ -66,7 +58,7 @@ def ordered(x):
 def compare(ours, theirs, touched):
     """Max ulps and count of differing values over the touched tensors; untouched ones must be
     bit-identical. Returns (max_ulps, differing, total)."""
-    a, b = tensors_of(ours), tensors_of(theirs)
+    a, b = models.tensors_of(ours), models.tensors_of(theirs)
     assert sorted(a) == sorted(b)
     worst, diff, total = 0, 0, 0
     for k in a:
@@ -523,7 +515,7 @@ def test_sharded_input_and_help(zoo, tmp_path):
     for src in ("s1", "u1"):
         run_ok(["merge", "--model", tmp_path / src, "--adapter", ad2, "--out",
                 tmp_path / (src + "-2"), "--quiet"])
-    a, b = tensors_of(tmp_path / "s1-2"), tensors_of(tmp_path / "u1-2")
+    a, b = models.tensors_of(tmp_path / "s1-2"), models.tensors_of(tmp_path / "u1-2")
     assert sorted(a) == sorted(b) and all(torch.equal(ordered(a[k]), ordered(b[k])) for k in a)
     for cmd in ("merge", "merge-adapters"):
         h = run_ok([cmd, "--help"]).stdout
@@ -564,9 +556,9 @@ def test_merge_from_bnb_4bit_dequantized(zoo, tmp_path):
     run_ok(["quantize", "--model", model, "--out", q, "--double-quant"])
     run_ok(["merge", "--model", q, "--adapter", ad, "--out", tmp_path / "ours", "--out-dtype",
             "fp32"])
-    ours = tensors_of(tmp_path / "ours")
+    ours = models.tensors_of(tmp_path / "ours")
     assert "quantization_config" not in json.load(open(tmp_path / "ours" / "config.json"))
-    assert sorted(ours) == sorted(tensors_of(model))
+    assert sorted(ours) == sorted(models.tensors_of(model))
     pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(q, device_map="cpu"), ad)
     merged = plain = 0
     for name, mod in pm.named_modules():
@@ -643,8 +635,8 @@ def test_merge_bnb_4bit_requantized(zoo, tmp_path, dq, qtype):
     run_ok(["quantize", "--model", model, "--out", q, "--quant", qtype]
            + (["--double-quant"] if dq else []))
     run_ok(["merge", "--model", q, "--adapter", ad, "--out", tmp_path / "ours", "--quiet"])
-    ours = tensors_of(tmp_path / "ours")
-    qin = tensors_of(q)
+    ours = models.tensors_of(tmp_path / "ours")
+    qin = models.tensors_of(q)
     pm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(q, device_map="cpu"), ad)
     theirs = {k: v.detach().contiguous() for k, v in pm.merge_and_unload().state_dict().items()}
     assert sorted(ours) == sorted(theirs)

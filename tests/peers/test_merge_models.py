@@ -31,13 +31,6 @@ pytestmark = pytest.mark.mergekit
 UNCHANGED = ("model.norm.weight", "model.layers.1.input_layernorm.weight")
 
 
-def tensors_of(folder):
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
-
 
 @pytest.fixture(scope="module")
 def fam(zoo, tmp_path_factory):
@@ -86,7 +79,7 @@ def ftune_merge(fam, name, args):
 
 
 def compare(ours, theirs, tol=0.0):
-    a, b = tensors_of(ours), tensors_of(theirs)
+    a, b = models.tensors_of(ours), models.tensors_of(theirs)
     common = sorted(set(a) & set(b))
     assert set(b) <= set(a), sorted(set(b) - set(a))
     worst = 0.0
@@ -144,10 +137,10 @@ def mask_bernoulli(fam, masks, ks):
     """mergekit's bernoulli() with ftune's masks: the task vector's bytes say which tensor and
     model it is (computed here as mergekit computes it, model - base in fp32)."""
     import mergekit.sparsify
-    base = tensors_of(fam["base"])
+    base = models.tensors_of(fam["base"])
     table = {}
     for k, m in enumerate(ks):
-        ft = tensors_of(fam[m])
+        ft = models.tensors_of(fam[m])
         for name, t in base.items():
             key = (ft[name].float() - t.float()).numpy().tobytes()
             if f"{name}.{k}" in masks:
@@ -184,9 +177,9 @@ def test_dare(fam, method):
     compare(ours, theirs, tol=1e-6)
     # the same seed, the same bytes (without --dump-masks too)
     again = ftune_merge(fam, method + "-again", args)
-    assert tensors_of(again).keys() == tensors_of(ours).keys()
-    for k, v in tensors_of(again).items():
-        assert torch.equal(v, tensors_of(ours)[k])
+    assert models.tensors_of(again).keys() == models.tensors_of(ours).keys()
+    for k, v in models.tensors_of(again).items():
+        assert torch.equal(v, models.tensors_of(ours)[k])
 
 
 @pytest.mark.parametrize("t", [0.3, 0.75])
