@@ -22,6 +22,7 @@
 #include "ops/ggml_quants.h"
 #include "test.h"
 
+#include <math.h>
 #include <string.h>
 
 static unsigned long long rng = 0x9E3779B97F4A7C15ull;
@@ -236,7 +237,44 @@ static void test_rule(void) {
           "ftype names");
 }
 
+/* Q8_0 against its plain statement (fmaxf, roundf: llama.cpp's quantize_row_q8_0_ref), which
+ * the quantizer's branch-free rounding must equal byte for byte: halves of both signs, values
+ * just under and over them, a block of subnormals (1 / d infinite), infinities and NaN. */
+static void q8_0_plain(const float *x, uint8_t *o) {
+    float amax = 0.0f;
+    for (int i = 0; i < 32; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+    uint16_t h = f32_to_f16(d);
+    memcpy(o, &h, 2);
+    for (int i = 0; i < 32; i++)
+        o[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
+}
+
+static void test_q8_0_rounding(void) {
+    enum { NB = 7 };
+    float x[NB * 32];
+    uint64_t s = 1;
+    for (int i = 0; i < 32; i++) {
+        x[i] = (float)(i - 16) + 0.5f; /* halves: 127 / 16 scaling keeps some */
+        x[32 + i] = i == 0 ? 127.0f : (float)(i - 16) * 0.5f; /* id 1: exact halves */
+        x[64 + i] = nextafterf(x[32 + i], i & 1 ? 1e9f : -1e9f);
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        x[96 + i] = ((float)(s >> 40) / (1 << 24) - 0.5f) * 1e-3f;
+        x[128 + i] = (float)(i + 1) * 1e-45f; /* subnormal: d is 0 or tiny */
+        x[160 + i] = i == 3 ? INFINITY : (float)i;
+        x[192 + i] = i == 5 ? NAN : (float)(i - 7);
+    }
+    uint8_t got[NB * 34], want[NB * 34];
+    ggml_quantize_q8_0(x, got, NB * 32);
+    for (int b = 0; b < NB; b++)
+        q8_0_plain(x + b * 32, want + b * 34);
+    for (int b = 0; b < NB; b++)
+        CHECK(!memcmp(got + b * 34, want + b * 34, 34), "Q8_0 block %d differs from roundf's", b);
+}
+
 int main(void) {
+    test_q8_0_rounding();
     test_roundtrips();
     test_entry_point();
     test_rule();

@@ -276,18 +276,33 @@ void ggml_quantize_q4_k(const float *src, void *dst, size_t n) {
 
 /* ---- 32-value types --------------------------------------------------------------------- */
 
+/* roundf (half away from zero) of a v with |v| < 2^31 without a libm call, branch-free: the
+ * integer part, then one step away from zero when the rest (exact) is at least a half. */
+static inline int32_t round_half_away(float v) {
+    int32_t i = (int32_t)v;
+    float f = v - (float)i;
+    return i + (f >= 0.5f) - (f <= -0.5f);
+}
+
 void ggml_quantize_q8_0(const float *src, void *dst, size_t n) {
     uint8_t *o = dst;
     for (size_t b = 0; b < n / 32; b++, o += 34) {
         const float *x = src + b * 32;
         float amax = 0.0f;
-        for (int i = 0; i < 32; i++)
-            amax = fmaxf(amax, fabsf(x[i]));
+        for (int i = 0; i < 32; i++) { /* fmaxf(amax, |x|): a NaN is passed over either way */
+            float a = fabsf(x[i]);
+            amax = a > amax ? a : amax;
+        }
         float d = amax / 127;
         float id = d ? 1.0f / d : 0.0f;
         store16(o, f32_to_f16(d));
-        for (int i = 0; i < 32; i++)
-            o[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
+        if (amax <= 3.4e38f && id <= 3.4e38f) /* finite: |x * id| about 127 at most */
+            for (int i = 0; i < 32; i++)
+                o[2 + i] = (uint8_t)(int8_t)round_half_away(x[i] * id);
+        else /* an infinite value (d = inf, id = 0: x * id may be NaN), or a d so small (a
+              * subnormal) that 1 / d is infinite: roundf's results, whatever they are */
+            for (int i = 0; i < 32; i++)
+                o[2 + i] = (uint8_t)(int8_t)roundf(x[i] * id);
     }
 }
 
