@@ -10,7 +10,7 @@
  *     attention.layer_norm_rms_epsilon, attention.key_length / value_length (when config.json
  *     has head_dim), general.file_type, for "llama" also vocab_size and rope.dimension_count,
  *     general.quantization_version 2, and the tokenizer (gguf_tok.c). The converter's
- *     general.size_label is not written.
+ *     general.size_label is not written. RoPE scaling: see read_rope and llama3_rope_freqs.
  *   - tensor names: token_embd, output (absent with tied embeddings), output_norm, and per
  *     block blk.N.attn_norm, attn_q/k/v/output (weights and biases), attn_q_norm / attn_k_norm,
  *     ffn_norm, ffn_gate/up/down.
@@ -47,6 +47,7 @@
 #include "io/safetensors.h"
 #include "merge/adapter.h"
 #include "merge/gguf_tok.h"
+#include "model/config.h"
 #include "ops/ggml_quantize.h"
 #include "ops/ggml_quants.h"
 
@@ -90,7 +91,12 @@ typedef struct hparams {
     long n_layer, n_ctx, n_embd, n_ff, n_head, n_head_kv, head_dim, vocab;
     int has_head_dim, tied;
     double rope_theta, rms_eps;
+    int llama_rope; /* the architecture takes llama3 RoPE (rope_freqs) */
+    int rope_kind;  /* ROPE_DEFAULT, ROPE_LINEAR or ROPE_LLAMA3 */
+    double rope_factor, rope_low, rope_high, rope_orig_ctx;
 } hparams;
+
+enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 };
 
 typedef struct ex_item {
     const st_tensor *t;    /* from a model folder, or */
@@ -110,9 +116,111 @@ static const char *jstr(const cJSON *o, const char *k) {
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-static ft_status read_hparams(const cJSON *cfg, const char *path, hparams *h, ft_error *err) {
+/* A number of the rope dict, else (top != NULL) of config.json, else def; required: absent is
+ * an error naming the field. */
+static ft_status rope_num(const cJSON *rp, const char *rname, const cJSON *top, const char *k,
+                          int required, double def, double *out, const char *path, ft_error *err) {
+    const cJSON *v = rp ? cJSON_GetObjectItemCaseSensitive(rp, k) : NULL;
+    if (!cJSON_IsNumber(v) && top) v = cJSON_GetObjectItemCaseSensitive(top, k);
+    char where[4500];
+    if (cJSON_IsNumber(v) && isfinite(v->valuedouble)) {
+        *out = v->valuedouble;
+        return FT_OK;
+    }
+    if (v && !cJSON_IsNull(v)) {
+        snprintf(where, sizeof where, "%s: field \"%s.%s\"", path, rname, k);
+        return ft_error_set(err, FT_ERR_INPUT, where, NULL, "expected a finite number");
+    }
+    if (required) {
+        snprintf(where, sizeof where, "%s: field \"%s.%s\"", path, rname, k);
+        return ft_error_set(err, FT_ERR_INPUT, where, "see the model's original config.json",
+                            "this RoPE type needs the field");
+    }
+    *out = def;
+    return FT_OK;
+}
+
+/* The RoPE as ftune's model reads it (model/config.c: a non-empty rope_scaling over
+ * rope_parameters, "type" where "rope_type" is absent; original_max_position_embeddings from
+ * the top level, the dict, then max_position_embeddings). Exported: default, linear (every
+ * architecture: rope.scaling.type/factor, conversion/base.py) and llama3 (llama and mistral,
+ * whose converter class LlamaModel writes the rope_freqs tensor); anything else exit 2. */
+static ft_status read_rope(const cJSON *cfg, const char *path, hparams *h, ft_error *err) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
+    const char *rname = "rope_parameters";
+    if (cJSON_IsObject(rs) && rs->child)
+        rp = rs, rname = "rope_scaling";
+    else if (!cJSON_IsObject(rp))
+        rp = NULL;
+    const char *rt = rp ? jstr(rp, "rope_type") : NULL, *tkey = "rope_type";
+    if (!rt && rp && (rt = jstr(rp, "type"))) tkey = "type";
+    ft_status st = rope_num(rp, rname, cfg, "rope_theta", 0, 10000.0, &h->rope_theta, path, err);
+    if (st) return st;
+    h->rope_kind = ROPE_DEFAULT;
+    if (!rt || !strcmp(rt, "default")) return FT_OK;
+    char where[4500];
+    snprintf(where, sizeof where, "%s: field \"%s.%s\"", path, rname, tkey);
+    if (!strcmp(rt, "linear"))
+        h->rope_kind = ROPE_LINEAR;
+    else if (!strcmp(rt, "llama3") && h->llama_rope)
+        h->rope_kind = ROPE_LLAMA3;
+    else
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "the default, linear and (llama, mistral) llama3 RoPE are exported",
+                            "RoPE type \"%s\" is not exported", rt);
+    if ((st = rope_num(rp, rname, NULL, "factor", 1, 1.0, &h->rope_factor, path, err))) return st;
+    if (!(h->rope_factor >= 1.0))
+        return ft_error_set(err, FT_ERR_INPUT, where, NULL, "factor must be >= 1, found %g",
+                            h->rope_factor);
+    if (h->rope_kind == ROPE_LINEAR) return FT_OK;
+    if ((st = rope_num(rp, rname, NULL, "low_freq_factor", 1, 1.0, &h->rope_low, path, err)) ||
+        (st = rope_num(rp, rname, NULL, "high_freq_factor", 1, 4.0, &h->rope_high, path, err)))
+        return st;
+    const cJSON *top = cJSON_GetObjectItemCaseSensitive(cfg, "original_max_position_embeddings");
+    if (cJSON_IsNumber(top))
+        h->rope_orig_ctx = top->valuedouble;
+    else if ((st = rope_num(rp, rname, NULL, "original_max_position_embeddings", 0,
+                            (double)h->n_ctx, &h->rope_orig_ctx, path, err)))
+        return st;
+    if (!(h->rope_low > 0) || !(h->rope_high > h->rope_low) || !(h->rope_orig_ctx > 0))
+        return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                            "llama3 RoPE needs 0 < low_freq_factor < high_freq_factor and "
+                            "original_max_position_embeddings > 0 (found %g, %g, %g)",
+                            h->rope_low, h->rope_high, h->rope_orig_ctx);
+    return FT_OK;
+}
+
+/* llama3 RoPE as llama.cpp takes it: the tensor rope_freqs.weight of head_dim / 2 factors that
+ * divide each default frequency (LlamaModel.generate_extra_tensors in conversion/llama.py).
+ * The converter computes in torch float32 with Python numbers cast to float32; a scalar
+ * divided by a tensor is torch's reciprocal times the scalar. */
+static void llama3_rope_freqs(const hparams *h, float *out) {
+    int dim = (int)h->head_dim;
+    rope_inv_freq_default(out, dim, h->rope_theta);
+    const float two_pi = (float)(2.0 * M_PI), oldf = (float)h->rope_orig_ctx;
+    const float low_wl = (float)(h->rope_orig_ctx / h->rope_low);
+    const float high_wl = (float)(h->rope_orig_ctx / h->rope_high);
+    const float lo = (float)h->rope_low, span = (float)(h->rope_high - h->rope_low);
+    const float f = (float)h->rope_factor;
+    for (int i = 0; i < dim / 2; i++) {
+        float wl = (1.0f / out[i]) * two_pi;
+        if (wl < high_wl)
+            out[i] = 1.0f;
+        else if (wl > low_wl)
+            out[i] = f;
+        else {
+            float smooth = ((1.0f / wl) * oldf - lo) / span;
+            out[i] = 1.0f / ((1.0f - smooth) / f + smooth);
+        }
+    }
+}
+
+static ft_status read_hparams(const cJSON *cfg, const char *path, int llama_rope, hparams *h,
+                              ft_error *err) {
     ft_status st;
     memset(h, 0, sizeof *h);
+    h->llama_rope = llama_rope;
     if ((st = json_get_int(cfg, "num_hidden_layers", 1, 0, &h->n_layer, path, err)) ||
         (st = json_get_int(cfg, "max_position_embeddings", 1, 0, &h->n_ctx, path, err)) ||
         (st = json_get_int(cfg, "hidden_size", 1, 0, &h->n_embd, path, err)) ||
@@ -131,24 +239,7 @@ static ft_status read_hparams(const cJSON *cfg, const char *path, hparams *h, ft
         return ft_error_set(err, FT_ERR_INPUT, path, NULL,
                             "num_attention_heads, num_key_value_heads, head_dim, "
                             "num_hidden_layers and vocab_size must be positive (head_dim even)");
-    /* rope_parameters (transformers 5) or the older top-level rope_theta / rope_scaling */
-    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
-    if (!cJSON_IsObject(rp)) rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
-    const char *rt = cJSON_IsObject(rp) ? jstr(rp, "rope_type") : NULL;
-    if (!rt && cJSON_IsObject(rp)) rt = jstr(rp, "type");
-    if (rt && strcmp(rt, "default")) {
-        char where[4500];
-        snprintf(where, sizeof where, "%s: field \"rope_parameters.rope_type\"", path);
-        return ft_error_set(err, FT_ERR_INPUT, where,
-                            "only the default RoPE is exported yet (llama3, yarn, linear and "
-                            "longrope scaling are not)",
-                            "RoPE type \"%s\"", rt);
-    }
-    const cJSON *th =
-        cJSON_IsObject(rp) ? cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") : NULL;
-    if (!cJSON_IsNumber(th)) th = cJSON_GetObjectItemCaseSensitive(cfg, "rope_theta");
-    h->rope_theta = cJSON_IsNumber(th) ? th->valuedouble : 10000.0;
-    return FT_OK;
+    return read_rope(cfg, path, h, err);
 }
 
 /* The GGUF name of a Hugging Face tensor: 1, or 0 for a tensor not written, -1 unknown. */
@@ -299,6 +390,10 @@ static void write_arch_kv(gguf_writer *gw, const arch_desc *a, const hparams *h,
     gguf_writer_kv_u32(gw, KEY("feed_forward_length"), (uint32_t)h->n_ff);
     gguf_writer_kv_u32(gw, KEY("attention.head_count"), (uint32_t)h->n_head);
     gguf_writer_kv_u32(gw, KEY("attention.head_count_kv"), (uint32_t)h->n_head_kv);
+    if (h->rope_kind == ROPE_LINEAR) { /* conversion/base.py */
+        gguf_writer_kv_str(gw, KEY("rope.scaling.type"), "linear");
+        gguf_writer_kv_f32(gw, KEY("rope.scaling.factor"), (float)h->rope_factor);
+    }
     gguf_writer_kv_f32(gw, KEY("rope.freq_base"), (float)h->rope_theta);
     gguf_writer_kv_f32(gw, KEY("attention.layer_norm_rms_epsilon"), (float)h->rms_eps);
     if (h->has_head_dim) {
@@ -580,7 +675,7 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
                           "architecture \"%s\" is not exported yet", mt ? mt : "(none)");
         goto done;
     }
-    if ((st = read_hparams(cfg, path, &h, err))) goto done;
+    if ((st = read_hparams(cfg, path, a->permute_qk, &h, err))) goto done;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         st = ft_error_set(err, FT_ERR_INPUT, path,
                           "export the full-precision model (or ftune merge --out-dtype first)",
@@ -660,15 +755,27 @@ items_ready:
         if ((st = gguf_tok_write(gw, o->model, cfg, (int)h.vocab, a->llama_keys, err))) goto done;
     }
     unsigned long long total = 0;
+    /* llama3 RoPE: rope_freqs.weight first, as the converter yields it before the weights */
+    int extra = !g && h.rope_kind == ROPE_LLAMA3;
+    if (extra) {
+        int64_t ne[1] = {h.head_dim / 2};
+        st = gguf_writer_add_tensor(gw, "rope_freqs.weight", GGML_TYPE_F32, 1, ne, err);
+        if (!st) total += gguf_writer_tensor_bytes(gw, 0);
+    }
     for (int i = 0; i < n && !st; i++) {
         ex_item *it = &items[i];
         int64_t ne[2] = {it->cols, it->rows};
         st = gguf_writer_add_tensor(gw, it->name, it->type, it->ndim, ne, err);
-        if (!st) total += gguf_writer_tensor_bytes(gw, i);
+        if (!st) total += gguf_writer_tensor_bytes(gw, extra + i);
         if (it->m) res->merged++;
     }
     if (!st) st = gguf_writer_begin(gw, o->out, err);
     unsigned long long done_bytes = 0;
+    if (!st && extra) {
+        llama3_rope_freqs(&h, w); /* head_dim / 2 values: CHUNK is far larger */
+        st = gguf_writer_put(gw, w, (size_t)(h.head_dim / 2) * sizeof *w, err);
+        done_bytes += gguf_writer_tensor_bytes(gw, 0);
+    }
     for (int i = 0; i < n && !st; i++) {
         ex_item *it = &items[i];
         if (o->progress) o->progress((double)done_bytes, (double)total, it->name, o->user);
@@ -677,10 +784,10 @@ items_ready:
             st = write_tensor(gw, &c, (size_t)h.head_dim, w, d, p, obuf, err);
         } else
             st = write_tensor(gw, it, (size_t)h.head_dim, w, d, p, obuf, err);
-        done_bytes += gguf_writer_tensor_bytes(gw, i);
+        done_bytes += gguf_writer_tensor_bytes(gw, extra + i);
     }
     if (!st) st = gguf_writer_finish(gw, err);
-    if (!st) res->tensors = n, res->bytes = total;
+    if (!st) res->tensors = n + extra, res->bytes = total;
 done:
     if (!st && o->progress) o->progress(1, 1, NULL, o->user);
     gguf_writer_free(gw);

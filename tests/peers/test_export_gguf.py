@@ -60,7 +60,12 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           # "llama" with scores and BYTE / CONTROL types, as gguf-py's LlamaHfVocab writes it
           "llama_sp": ("llama", "llama2", 32000),
           # rows of 256 and 512 values: Q4_K_M's Q4_K and Q6_K tensors without fallbacks
-          "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512})}
+          "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512}),
+          # Llama 3.1's RoPE scaling (rope_freqs: factors 1, smoothed and 8) and linear scaling
+          "llama_rope3": ("llama_rope3", "smollm-135m", 49153),
+          "llama_linear": ("llama", "smollm-135m", 49153,
+                           {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
+                                                "factor": 4.0}})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
 
 
@@ -136,7 +141,7 @@ def convert(model, jobs):
 
 
 CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"],
-             "llama_sp": ["f32"]}
+             "llama_sp": ["f32"], "llama_rope3": ["f32"], "llama_linear": ["f32"]}
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +165,9 @@ def tensors(r):
     return {t.name: (t.tensor_type, list(t.shape), bytes(t.data)) for t in r.tensors}
 
 
-def llama(path, **kw):
+def llama(path, n_ctx=64, **kw):
     llama_cpp = pytest.importorskip("llama_cpp")
-    return llama_cpp.Llama(path, n_ctx=64, logits_all=True, verbose=False, n_threads=2,
+    return llama_cpp.Llama(path, n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=2,
                            type_k=0, type_v=0, **kw)  # f32 KV cache (ggml type 0)
 
 
@@ -297,6 +302,24 @@ def test_llama_cpp_runs_f32_as_transformers(folders, name):
 
 
 @pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", ["llama_rope3", "llama_linear"])
+def test_llama_cpp_runs_rope_scaling_as_transformers(folders, name):
+    # 96 positions, beyond original_max_position_embeddings 64: positions where the scaled
+    # frequencies differ from the default ones by far more than the tolerance
+    d = folders(name)
+    path = export(d, folders.root / f"{name}.run.gguf")
+    ids = [(7 * i * i + 3 * i + 5) % 49000 + 10 for i in range(96)]
+    ref = hf_logits(models.load_model(d), ids)
+    got = llama_logits(path, ids, n_ctx=128)
+    err = np.abs(got - ref).max()
+    print(f"{name} f32: max |llama.cpp - transformers| = {err:.3g} (max |ref| {np.abs(ref).max():.3g})")
+    assert err <= 1e-4 * max(1.0, np.abs(ref).max())
+    if name == "llama_rope3":  # the factors are not all 1 or all 8: the test sees the smoothing
+        f = {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"]
+        assert f[0] == 1.0 and f[-1] == 8.0 and any(1.0 < v < 8.0 for v in f), f
+
+
+@pytest.mark.llama_cpp
 @pytest.mark.parametrize("name,quant,tol", [("llama", "q8_0", 0.05), ("llama", "q4_0", 0.05)])
 def test_llama_cpp_runs_quantized(folders, name, quant, tol):
     d = folders(name)
@@ -413,6 +436,16 @@ def test_bad_input(folders, tmp_path):
     phi = build("phi3", "smollm-135m", 49153, tmp_path / "phi3")
     p = run_ftune(["export", "--gguf", tmp_path / "p.gguf", "--model", phi])
     assert p.returncode == 2 and "model_type" in p.stderr and "phi3" in p.stderr
+    # a RoPE type not exported (yarn: ftune's model does not read it either): the field named
+    yarn = tmp_path / "yarn"
+    shutil.copytree(d, yarn)
+    cfg = json.loads((yarn / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                              "original_max_position_embeddings": 128}
+    (yarn / "config.json").write_text(json.dumps(cfg))
+    p = run_ftune(["export", "--gguf", tmp_path / "y.gguf", "--model", yarn])
+    assert p.returncode == 2 and "rope_parameters.rope_type" in p.stderr and "yarn" in p.stderr
+    assert not (tmp_path / "y.gguf").exists()
     # DoRA has no GGUF adapter form
     dora = models.make_adapter(d, "llama", str(tmp_path / "dora"), use_dora=True)
     p = run_ftune(["export", "--gguf-lora", tmp_path / "l.gguf", "--model", d, "--adapter", dora])
