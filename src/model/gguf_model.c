@@ -11,7 +11,8 @@
  *   ARCH.context_length -> max_position_embeddings
  *   ARCH.attention.layer_norm_rms_epsilon -> rms_norm_eps
  *   ARCH.rope.freq_base -> rope_theta (default 10000), ARCH.rope.dimension_count must be head_dim,
- *   ARCH.rope.scaling.type none / linear (ARCH.rope.scaling.factor)
+ *   ARCH.rope.scaling.type none / linear (ARCH.rope.scaling.factor); the rope_freqs tensor
+ *   (Llama 3.1-style per-frequency factors: each frequency divided by its factor, as llama.cpp)
  *   vocab_size: the rows of token_embd.weight (= the length of tokenizer.ggml.tokens when present);
  *   tie_word_embeddings: output.weight absent; biases: present when their tensors are.
  *
@@ -248,10 +249,14 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
                                 factor);
         }
     }
-    if (gguf_find_tensor(g, "rope_freqs.weight")) {
+    /* Llama 3.1-style scaling: the converter writes one factor per frequency (rope_freqs), and
+     * llama.cpp divides each frequency by its factor */
+    const gguf_tensor *ff = gguf_find_tensor(g, "rope_freqs.weight");
+    if (ff && ff->nelem != (uint64_t)(rd / 2)) {
         snprintf(w, sizeof w, "%s: tensor \"rope_freqs.weight\"", path);
-        return ft_error_set(err, FT_ERR_INPUT, w, "this is Llama 3.1-style rope scaling",
-                            "per-frequency rope factors are not supported yet");
+        return ft_error_set(err, FT_ERR_INPUT, w, "one factor per rotary frequency",
+                            "expected %d values, found %llu", rd / 2,
+                            (unsigned long long)ff->nelem);
     }
     /* Phi-3's longrope (the 128k models): the converter writes the long and short factors as
      * tensors; ftune's HF path supports Phi-3's default rope only, and so does this one */
@@ -269,6 +274,21 @@ static ft_status cfg_from(const gguf_file *g, model_config *cfg, ft_error *err) 
     rope_inv_freq_default(cfg->inv_freq, rd, theta);
     for (int i = 0; i < rd / 2; i++)
         cfg->inv_freq[i] /= factor;
+    if (ff) {
+        float *f = malloc(sizeof(float) * (size_t)(rd / 2));
+        if (!f) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+        ft_status st = gguf_read_f32(g, ff, 0, (uint64_t)(rd / 2), f, err);
+        for (int i = 0; !st && i < rd / 2; i++) {
+            if (!(f[i] > 0.0f && f[i] < 1e30f)) {
+                snprintf(w, sizeof w, "%s: tensor \"rope_freqs.weight\"", path);
+                st = ft_error_set(err, FT_ERR_INPUT, w, NULL,
+                                  "factor %d is %g; expected a positive number", i, f[i]);
+            } else
+                cfg->inv_freq[i] /= f[i];
+        }
+        free(f);
+        if (st) return st;
+    }
     return FT_OK;
 }
 

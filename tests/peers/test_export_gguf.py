@@ -314,6 +314,15 @@ def test_llama_cpp_runs_rope_scaling_as_transformers(folders, name):
     err = np.abs(got - ref).max()
     print(f"{name} f32: max |llama.cpp - transformers| = {err:.3g} (max |ref| {np.abs(ref).max():.3g})")
     assert err <= 1e-4 * max(1.0, np.abs(ref).max())
+    # ftune reads the file back (generate, chat, eval, train over a GGUF): the same logits
+    data = models.write_jsonl(str(folders.root / f"{name}.rope.jsonl"),
+                              [dict(input_ids=ids, labels=ids)])
+    dump = folders.root / f"{name}.rope.logits.safetensors"
+    run_ok(["eval", "--model", path, "--data", data, "--dump-logits", dump])
+    mine = models.read_safetensors(str(dump))["logits"][0]
+    err = np.abs(mine - ref).max()
+    print(f"{name} f32: max |ftune on the file - transformers| = {err:.3g}")
+    assert err <= 1e-4 * max(1.0, np.abs(ref).max())
     if name == "llama_rope3":  # the factors are not all 1 or all 8: the test sees the smoothing
         f = {t.name: np.array(t.data) for t in gguf.GGUFReader(path).tensors}["rope_freqs.weight"]
         assert f[0] == 1.0 and f[-1] == 8.0 and any(1.0 < v < 8.0 for v in f), f
