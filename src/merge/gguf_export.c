@@ -66,13 +66,12 @@ typedef struct arch_desc {
     const char *model_type, *gguf;
     int permute_qk; /* llama's RoPE layout */
     int llama_keys; /* vocab_size, rope.dimension_count, add_space_prefix */
+    int phi3;       /* Phi3MiniModel's keys (conversion/phi.py); folders only */
 } arch_desc;
 
 static const arch_desc archs[] = {
-    {"llama", "llama", 1, 1},
-    {"mistral", "llama", 1, 1},
-    {"qwen2", "qwen2", 0, 0},
-    {"qwen3", "qwen3", 0, 0},
+    {"llama", "llama", 1, 1, 0}, {"mistral", "llama", 1, 1, 0}, {"qwen2", "qwen2", 0, 0, 0},
+    {"qwen3", "qwen3", 0, 0, 0}, {"phi3", "phi3", 0, 0, 1},
 };
 
 typedef struct quant_desc {
@@ -94,6 +93,7 @@ typedef struct hparams {
     int llama_rope; /* the architecture takes llama3 RoPE (rope_freqs) */
     int rope_kind;  /* ROPE_DEFAULT, ROPE_LINEAR or ROPE_LLAMA3 */
     double rope_factor, rope_low, rope_high, rope_orig_ctx;
+    long orig_ctx, sliding_window, rope_dims; /* phi3 */
 } hparams;
 
 enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 };
@@ -242,6 +242,73 @@ static ft_status read_hparams(const cJSON *cfg, const char *path, int llama_rope
     return read_rope(cfg, path, h, err);
 }
 
+/* Phi3MiniModel.set_gguf_parameters (conversion/phi.py): original_max_position_embeddings
+ * (required) and partial_rotary_factor from the rope dict, else config.json; the rope
+ * dimension count int(factor * hidden_size) / heads; sliding_window, 0 when null. Only the
+ * default RoPE: longrope's factor tensors and the other types are not exported. */
+static ft_status read_phi3(const cJSON *cfg, const char *path, hparams *h, ft_error *err) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
+    const char *rname = "rope_parameters";
+    if (cJSON_IsObject(rs) && rs->child)
+        rp = rs, rname = "rope_scaling";
+    else if (!cJSON_IsObject(rp))
+        rp = NULL;
+    char where[4500];
+    if (h->rope_kind != ROPE_DEFAULT ||
+        (rp && (cJSON_GetObjectItemCaseSensitive(rp, "long_factor") ||
+                cJSON_GetObjectItemCaseSensitive(rp, "short_factor")))) {
+        snprintf(where, sizeof where, "%s: field \"%s\"", path, rname);
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "only phi3 models with the default RoPE are exported",
+                            "phi3 RoPE scaling (longrope, linear, ...) is not exported");
+    }
+    double orig, pct;
+    ft_status st;
+    if ((st = rope_num(rp, rname, cfg, "original_max_position_embeddings", 1, 0, &orig, path,
+                       err)) ||
+        (st = rope_num(rp, rname, cfg, "partial_rotary_factor", 0, 1.0, &pct, path, err)))
+        return st;
+    h->orig_ctx = (long)orig;
+    h->rope_dims = (long)(pct * (double)h->n_embd) / h->n_head;
+    if (!(orig > 0) || h->rope_dims <= 0 || h->rope_dims > h->head_dim || h->rope_dims % 2) {
+        snprintf(where, sizeof where, "%s: field \"%s.partial_rotary_factor\"", path, rname);
+        return ft_error_set(err, FT_ERR_INPUT, where, NULL,
+                            "expected original_max_position_embeddings > 0 and an even rope "
+                            "dimension count within head_dim (found %g, %ld)",
+                            orig, h->rope_dims);
+    }
+    return json_get_int(cfg, "sliding_window", 0, 0, &h->sliding_window, path, err);
+}
+
+/* Phi3MiniModel.set_vocab takes the GPT-2 BPE path (gguf_tok.c) when tokenizer_config.json's
+ * tokenizer_class is GPT2Tokenizer (Phi-4); otherwise it reads tokenizer.model with
+ * SentencePiece, which ftune does not read: refused. */
+static ft_status phi3_tokenizer(const char *dir, ft_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    cJSON *tc = NULL;
+    struct stat sb;
+    const char *cls = NULL;
+    if (stat(path, &sb) == 0) {
+        ft_status st = json_load_file(path, &tc, err);
+        if (st) return st;
+        cls = jstr(tc, "tokenizer_class");
+    }
+    int ok = cls && !strcmp(cls, "GPT2Tokenizer");
+    char where[4500];
+    snprintf(where, sizeof where, "%s: field \"tokenizer_class\"", path);
+    ft_status st = ok ? FT_OK
+                      : ft_error_set(err, FT_ERR_INPUT, where,
+                                     "llama.cpp's converter reads Phi-3's SentencePiece "
+                                     "tokenizer.model, which ftune does not; use "
+                                     "convert_hf_to_gguf.py for this model",
+                                     "phi3 is exported with a GPT2Tokenizer only, found \"%s\"",
+                                     cls ? cls : "(none)");
+    cJSON_Delete(tc);
+    return st;
+}
+
 /* The GGUF name of a Hugging Face tensor: 1, or 0 for a tensor not written, -1 unknown. */
 static int gguf_name(const char *hf, char *out, size_t n) {
     static const char *const top[][2] = {{"model.embed_tokens.weight", "token_embd.weight"},
@@ -250,12 +317,20 @@ static int gguf_name(const char *hf, char *out, size_t n) {
     for (int i = 0; i < 3; i++)
         if (!strcmp(hf, top[i][0])) return snprintf(out, n, "%s", top[i][1]), 1;
     static const char *const blk[][2] = {
-        {"input_layernorm", "attn_norm"},    {"post_attention_layernorm", "ffn_norm"},
-        {"self_attn.q_proj", "attn_q"},      {"self_attn.k_proj", "attn_k"},
-        {"self_attn.v_proj", "attn_v"},      {"self_attn.o_proj", "attn_output"},
-        {"self_attn.q_norm", "attn_q_norm"}, {"self_attn.k_norm", "attn_k_norm"},
-        {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
+        {"input_layernorm", "attn_norm"},
+        {"post_attention_layernorm", "ffn_norm"},
+        {"self_attn.q_proj", "attn_q"},
+        {"self_attn.k_proj", "attn_k"},
+        {"self_attn.v_proj", "attn_v"},
+        {"self_attn.o_proj", "attn_output"},
+        {"self_attn.q_norm", "attn_q_norm"},
+        {"self_attn.k_norm", "attn_k_norm"},
+        {"mlp.gate_proj", "ffn_gate"},
+        {"mlp.up_proj", "ffn_up"},
         {"mlp.down_proj", "ffn_down"},
+        /* phi3's fused projections, kept fused (gate rows then up rows, as llama.cpp reads) */
+        {"self_attn.qkv_proj", "attn_qkv"},
+        {"mlp.gate_up_proj", "ffn_up"},
     };
     int layer, used = 0;
     if (sscanf(hf, "model.layers.%d.%n", &layer, &used) != 1 || !used) return -1;
@@ -384,6 +459,22 @@ static void write_arch_kv(gguf_writer *gw, const arch_desc *a, const hparams *h,
     gguf_writer_kv_str(gw, "general.type", type);
     gguf_writer_kv_str(gw, "general.name", name);
     if (!strcmp(type, "adapter")) return;
+    if (a->phi3) { /* Phi3MiniModel.set_gguf_parameters, in its order */
+        gguf_writer_kv_u32(gw, KEY("context_length"), (uint32_t)h->n_ctx);
+        gguf_writer_kv_u32(gw, KEY("rope.scaling.original_context_length"), (uint32_t)h->orig_ctx);
+        gguf_writer_kv_u32(gw, KEY("embedding_length"), (uint32_t)h->n_embd);
+        gguf_writer_kv_u32(gw, KEY("feed_forward_length"), (uint32_t)h->n_ff);
+        gguf_writer_kv_u32(gw, KEY("block_count"), (uint32_t)h->n_layer);
+        gguf_writer_kv_u32(gw, KEY("attention.head_count"), (uint32_t)h->n_head);
+        gguf_writer_kv_u32(gw, KEY("attention.head_count_kv"), (uint32_t)h->n_head_kv);
+        gguf_writer_kv_f32(gw, KEY("attention.layer_norm_rms_epsilon"), (float)h->rms_eps);
+        gguf_writer_kv_u32(gw, KEY("rope.dimension_count"), (uint32_t)h->rope_dims);
+        gguf_writer_kv_f32(gw, KEY("rope.freq_base"), (float)h->rope_theta);
+        gguf_writer_kv_u32(gw, "general.file_type", file_type);
+        gguf_writer_kv_u32(gw, KEY("attention.sliding_window"), (uint32_t)h->sliding_window);
+        gguf_writer_kv_u32(gw, "general.quantization_version", 2);
+        return;
+    }
     gguf_writer_kv_u32(gw, KEY("block_count"), (uint32_t)h->n_layer);
     gguf_writer_kv_u32(gw, KEY("context_length"), (uint32_t)h->n_ctx);
     gguf_writer_kv_u32(gw, KEY("embedding_length"), (uint32_t)h->n_embd);
@@ -559,6 +650,11 @@ static ft_status gguf_items(const gguf_file *g, const quant_desc *q, const arch_
         return ft_error_set(err, FT_ERR_INPUT, where, "GGUF export supports llama, qwen2 and qwen3",
                             "architecture \"%.*s\" is not exported yet", (int)as.n, as.p);
     }
+    if ((*a)->phi3) {
+        snprintf(where, sizeof where, "%s: key \"general.architecture\"", gguf_path(g));
+        return ft_error_set(err, FT_ERR_INPUT, where, "export phi3 from its model folder",
+                            "phi3 GGUF files are not re-exported yet");
+    }
     memset(h, 0, sizeof *h);
     uint32_t u;
 #define U32(k, dst, req)                                                                           \
@@ -671,11 +767,20 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         char where[4500];
         snprintf(where, sizeof where, "%s: field \"model_type\"", path);
         st = ft_error_set(err, FT_ERR_INPUT, where,
-                          "GGUF export supports llama, mistral, qwen2 and qwen3",
+                          "GGUF export supports llama, mistral, qwen2, qwen3 and phi3",
                           "architecture \"%s\" is not exported yet", mt ? mt : "(none)");
         goto done;
     }
-    if ((st = read_hparams(cfg, path, a->permute_qk, &h, err))) goto done;
+    if ((st = read_hparams(cfg, path, a->permute_qk, &h, err)) ||
+        (a->phi3 && (st = read_phi3(cfg, path, &h, err))))
+        goto done;
+    if (a->phi3 && (o->lora || q->file_type == 2 || q->file_type == 15)) {
+        st = ft_error_set(err, FT_ERR_INPUT, o->lora ? "--gguf-lora" : "--outtype",
+                          "export phi3 as f32, f16, bf16 or q8_0, without --gguf-lora",
+                          "not exported for phi3 yet");
+        goto done;
+    }
+    if (a->phi3 && (st = phi3_tokenizer(o->model, err))) goto done;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         st = ft_error_set(err, FT_ERR_INPUT, path,
                           "export the full-precision model (or ftune merge --out-dtype first)",

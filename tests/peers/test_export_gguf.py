@@ -63,6 +63,11 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512}),
           # Llama 3.1's RoPE scaling (rope_freqs: factors 1, smoothed and 8) and linear scaling
           "llama_rope3": ("llama_rope3", "smollm-135m", 49153),
+          # Phi-3 with a GPT2Tokenizer (the converter's Phi-4 path; Phi-3's own needs
+          # tokenizer.model): fused attn_qkv / ffn_up, rope.scaling.original_context_length
+          # (named phi_3: llama.cpp gives a model whose general.name holds "phi3" or "phi-3"
+          # Phi-3's special-token attributes, looking up "</s>", absent from this vocab)
+          "phi_3": ("phi3", "smollm-135m", 49153),
           "llama_linear": ("llama", "smollm-135m", 49153,
                            {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
                                                 "factor": 4.0}})}
@@ -141,7 +146,7 @@ def convert(model, jobs):
 
 
 CONVERTED = {"llama": ["f32", "f16", "bf16", "q8_0"], "llama_bias": ["f32"], "qwen3": ["q8_0"],
-             "llama_sp": ["f32"], "llama_rope3": ["f32"], "llama_linear": ["f32"]}
+             "llama_sp": ["f32"], "llama_rope3": ["f32"], "llama_linear": ["f32"], "phi_3": ["f32"]}
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +334,24 @@ def test_llama_cpp_runs_rope_scaling_as_transformers(folders, name):
 
 
 @pytest.mark.llama_cpp
+def test_phi3_runs_as_transformers(folders):
+    # llama.cpp and ftune itself (eval --dump-logits) on ftune's phi3 file, against transformers
+    d = folders("phi_3")
+    path = export(d, folders.root / "phi3.run.gguf")
+    ref = hf_logits(models.load_model(d), IDS)
+    tol = 1e-4 * max(1.0, np.abs(ref).max())
+    err = np.abs(llama_logits(path, IDS) - ref).max()
+    print(f"phi3 f32: max |llama.cpp - transformers| = {err:.3g} (max |ref| {np.abs(ref).max():.3g})")
+    assert err <= tol
+    data = models.write_jsonl(str(folders.root / "phi3.jsonl"), [dict(input_ids=IDS, labels=IDS)])
+    dump = folders.root / "phi3.logits.safetensors"
+    run_ok(["eval", "--model", path, "--data", data, "--dump-logits", dump])
+    err = np.abs(models.read_safetensors(str(dump))["logits"][0] - ref).max()
+    print(f"phi3 f32: max |ftune on the file - transformers| = {err:.3g}")
+    assert err <= tol
+
+
+@pytest.mark.llama_cpp
 @pytest.mark.parametrize("name,quant,tol", [("llama", "q8_0", 0.05), ("llama", "q4_0", 0.05)])
 def test_llama_cpp_runs_quantized(folders, name, quant, tol):
     d = folders(name)
@@ -442,9 +465,27 @@ def test_bad_input(folders, tmp_path):
     p = run_ftune(["export", "--gguf", out, "--model", d])
     assert p.returncode == 2 and "--overwrite" in p.stderr and out.read_bytes() == b"old"
     # unsupported architecture
-    phi = build("phi3", "smollm-135m", 49153, tmp_path / "phi3")
+    other = tmp_path / "other"
+    shutil.copytree(d, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps(dict(cfg, model_type="gemma2")))
+    p = run_ftune(["export", "--gguf", tmp_path / "p.gguf", "--model", other])
+    assert p.returncode == 2 and "model_type" in p.stderr and "gemma2" in p.stderr
+    # phi3: longrope (rope_scaling with long/short factors) and a SentencePiece tokenizer
+    # (the converter reads tokenizer.model) are refused, naming the field
+    phi = tmp_path / "phi"
+    shutil.copytree(folders("phi_3"), phi)
+    pcfg = json.loads((phi / "config.json").read_text())
+    (phi / "config.json").write_text(json.dumps(dict(pcfg, rope_scaling={
+        "rope_type": "longrope", "long_factor": [1.0] * 16, "short_factor": [1.0] * 16})))
     p = run_ftune(["export", "--gguf", tmp_path / "p.gguf", "--model", phi])
-    assert p.returncode == 2 and "model_type" in p.stderr and "phi3" in p.stderr
+    assert p.returncode == 2 and "rope_scaling" in p.stderr, p.stderr
+    (phi / "config.json").write_text(json.dumps(pcfg))
+    tc = json.loads((phi / "tokenizer_config.json").read_text())
+    (phi / "tokenizer_config.json").write_text(json.dumps(dict(tc, tokenizer_class="LlamaTokenizer")))
+    p = run_ftune(["export", "--gguf", tmp_path / "p.gguf", "--model", phi])
+    assert p.returncode == 2 and "tokenizer_class" in p.stderr and "tokenizer.model" in p.stderr
+    assert not (tmp_path / "p.gguf").exists()
     # a RoPE type not exported (yarn: ftune's model does not read it either): the field named
     yarn = tmp_path / "yarn"
     shutil.copytree(d, yarn)
