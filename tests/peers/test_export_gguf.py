@@ -410,13 +410,14 @@ def peft_merged(d, adapter):
 
 
 @pytest.mark.llama_cpp
-def test_export_with_adapter_equals_merged_folder(folders):
-    d = folders("llama")
-    ad = models.make_adapter(d, "llama", str(folders.root / "ad_llama"), use_rslora=True)
-    merged = folders.root / "merged_llama"
+@pytest.mark.parametrize("name,arch", [("llama", "llama"), ("phi_3", "phi3")])  # phi3: fused
+def test_export_with_adapter_equals_merged_folder(folders, name, arch):
+    d = folders(name)
+    ad = models.make_adapter(d, arch, str(folders.root / f"ad_{name}"), use_rslora=True)
+    merged = folders.root / f"merged_{name}"
     run_ok(["merge", "--model", d, "--adapter", ad, "--out", merged, "--quiet"])
-    ours = export(d, folders.root / "llama.ad.gguf", "--adapter", ad)
-    ref = export(str(merged), folders.root / "llama.merged.gguf")
+    ours = export(d, folders.root / f"{name}.ad.gguf", "--adapter", ad)
+    ref = export(str(merged), folders.root / f"{name}.merged.gguf")
     ta, tb = tensors(gguf.GGUFReader(ours)), tensors(gguf.GGUFReader(ref))
     assert ta == tb
     ref_logits = hf_logits(peft_merged(d, ad), IDS)
