@@ -18,6 +18,9 @@
  *     half-split RoPE order to ggml's adjacent pairs (LlamaModel.permute): within each head of
  *     D rows, row h*D + 2i + j comes from row h*D + j*D/2 + i (k_proj with the kv heads).
  *     Qwen2/Qwen3 use ggml's NEOX rope and are written as they are.
+ *   - "phi3" (conversion/phi.py, Phi3MiniModel; folders only): its own key set (write_arch_kv),
+ *     qkv_proj and gate_up_proj kept fused as attn_qkv and ffn_up, not permuted (NEOX rope);
+ *     default RoPE and a GPT2Tokenizer only (read_phi3, phi3_tokenizer).
  *   - types: 1-D tensors F32; matrices F32, F16, BF16 or Q8_0 (a row that is not whole Q8_0
  *     blocks: F16) as --outtype f32/f16/bf16/q8_0 gives them. q4_0 and q4_k_m (which the
  *     converter does not write) take llama_model_quantize's per-tensor types for ftypes
@@ -775,8 +778,8 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
         (a->phi3 && (st = read_phi3(cfg, path, &h, err))))
         goto done;
     if (a->phi3 && (o->lora || q->file_type == 2 || q->file_type == 15)) {
-        st = ft_error_set(err, FT_ERR_INPUT, o->lora ? "--gguf-lora" : "--outtype",
-                          "export phi3 as f32, f16, bf16 or q8_0, without --gguf-lora",
+        st = ft_error_set(err, FT_ERR_INPUT, o->lora ? "--gguf-lora" : "--quant",
+                          "export phi3 with --quant f32, f16, bf16 or q8_0, without --gguf-lora",
                           "not exported for phi3 yet");
         goto done;
     }
