@@ -396,14 +396,8 @@ static ft_status write_shard(const outdir *od, const st_set *in, const shard_ten
     char name[64], path[4400];
     shard_file_name(name, sizeof name, s, count);
     outdir_path(od, name, path, sizeof path);
-    st_writer *wr = st_writer_new();
-    if (!wr) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
-    ft_status st = FT_OK;
-    for (int i = 0; i < nplan && !st; i++)
-        if (plan[i].shard == s)
-            st = st_writer_add(wr, plan[i].name, plan[i].dtype, plan[i].ndim, plan[i].shape, NULL,
-                               err);
-    if (!st) st = st_writer_begin(wr, path, err);
+    st_writer *wr;
+    ft_status st = shard_writer_open(plan, nplan, s, path, &wr, err);
     for (int i = 0; i < nplan && !st; i++) {
         if (plan[i].shard != s) continue;
         const fold_item *it = &items[plan[i].src];

@@ -143,19 +143,27 @@ static ft_status rope_num(const cJSON *rp, const char *rname, const cJSON *top, 
     return FT_OK;
 }
 
+/* The rope dict as ftune's model takes it: a non-empty rope_scaling over rope_parameters (NULL
+ * when neither is an object), and its name for messages. */
+static const cJSON *rope_dict(const cJSON *cfg, const char **name) {
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
+    *name = "rope_parameters";
+    if (cJSON_IsObject(rs) && rs->child) {
+        *name = "rope_scaling";
+        return rs;
+    }
+    return cJSON_IsObject(rp) ? rp : NULL;
+}
+
 /* The RoPE as ftune's model reads it (model/config.c: a non-empty rope_scaling over
  * rope_parameters, "type" where "rope_type" is absent; original_max_position_embeddings from
  * the top level, the dict, then max_position_embeddings). Exported: default, linear (every
  * architecture: rope.scaling.type/factor, conversion/base.py) and llama3 (llama and mistral,
  * whose converter class LlamaModel writes the rope_freqs tensor); anything else exit 2. */
 static ft_status read_rope(const cJSON *cfg, const char *path, hparams *h, ft_error *err) {
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
-    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
-    const char *rname = "rope_parameters";
-    if (cJSON_IsObject(rs) && rs->child)
-        rp = rs, rname = "rope_scaling";
-    else if (!cJSON_IsObject(rp))
-        rp = NULL;
+    const char *rname;
+    const cJSON *rp = rope_dict(cfg, &rname);
     const char *rt = rp ? jstr(rp, "rope_type") : NULL, *tkey = "rope_type";
     if (!rt && rp && (rt = jstr(rp, "type"))) tkey = "type";
     ft_status st = rope_num(rp, rname, cfg, "rope_theta", 0, 10000.0, &h->rope_theta, path, err);
@@ -250,13 +258,8 @@ static ft_status read_hparams(const cJSON *cfg, const char *path, int llama_rope
  * dimension count int(factor * hidden_size) / heads; sliding_window, 0 when null. Only the
  * default RoPE: longrope's factor tensors and the other types are not exported. */
 static ft_status read_phi3(const cJSON *cfg, const char *path, hparams *h, ft_error *err) {
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(cfg, "rope_scaling");
-    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(cfg, "rope_parameters");
-    const char *rname = "rope_parameters";
-    if (cJSON_IsObject(rs) && rs->child)
-        rp = rs, rname = "rope_scaling";
-    else if (!cJSON_IsObject(rp))
-        rp = NULL;
+    const char *rname;
+    const cJSON *rp = rope_dict(cfg, &rname);
     char where[4500];
     if (h->rope_kind != ROPE_DEFAULT ||
         (rp && (cJSON_GetObjectItemCaseSensitive(rp, "long_factor") ||

@@ -589,14 +589,8 @@ static ft_status write_shard(ctx *c, const outdir *od, const shard_tensor *plan,
     char name[64], path[4400];
     shard_file_name(name, sizeof name, s, count);
     outdir_path(od, name, path, sizeof path);
-    st_writer *wr = st_writer_new();
-    if (!wr) return oom(err, path);
-    ft_status st = FT_OK;
-    for (int i = 0; i < np && !st; i++)
-        if (plan[i].shard == s)
-            st = st_writer_add(wr, plan[i].name, plan[i].dtype, plan[i].ndim, plan[i].shape, NULL,
-                               err);
-    if (!st) st = st_writer_begin(wr, path, err);
+    st_writer *wr;
+    ft_status st = shard_writer_open(plan, np, s, path, &wr, err);
     for (int i = 0; i < np && !st; i++) {
         if (plan[i].shard != s) continue;
         item *it = &items[plan[i].src];

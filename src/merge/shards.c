@@ -240,3 +240,15 @@ ft_status shard_copy_tensor(const st_tensor *t, st_writer *w, ft_error *err) {
     }
     return FT_OK;
 }
+
+ft_status shard_writer_open(const shard_tensor *plan, int n, int s, const char *path,
+                            st_writer **out, ft_error *err) {
+    st_writer *wr = *out = st_writer_new();
+    if (!wr) return ft_error_set(err, FT_ERR_RUNTIME, path, NULL, "out of memory");
+    ft_status st = FT_OK;
+    for (int i = 0; i < n && !st; i++)
+        if (plan[i].shard == s)
+            st = st_writer_add(wr, plan[i].name, plan[i].dtype, plan[i].ndim, plan[i].shape, NULL,
+                               err);
+    return st ? st : st_writer_begin(wr, path, err);
+}

@@ -66,5 +66,10 @@ static inline void shard_store(st_dtype d, void *buf, size_t i, float x) {
 /* The bytes of t unchanged into w, 4 MB at a time, each piece's source pages given back after
  * (so RSS does not grow with the tensor). */
 ft_status shard_copy_tensor(const st_tensor *t, st_writer *w, ft_error *err);
+/* Shard s of plan's n tensors opened at path: each of its tensors declared in plan order and
+ * the file begun, into *out (NULL when out of memory), for the caller to fill and then finish
+ * or free (st_writer_free removes the temporary file). */
+ft_status shard_writer_open(const shard_tensor *plan, int n, int s, const char *path,
+                            st_writer **out, ft_error *err);
 
 #endif
