@@ -77,7 +77,7 @@ peertest: all asan-build
 # PyTorch's), so a change made on either kind of machine is tested for both.
 ISA_PEERS := $(addprefix tests/peers/,test_model_parity.py test_train_parity.py test_qlora.py \
                test_quantize_bnb.py test_dtype_bf16.py test_q8_0.py test_packing.py \
-               test_generate.py test_gguf_model.py)
+               test_generate.py test_gguf_model.py test_llamacpp.py test_merge_models.py)
 HAVE_AVX512 := $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo yes)
 
 ctest-avx2: all
