@@ -1,6 +1,6 @@
 # ftune build. `make` builds build/ftune and build/libftune.a; `make test` is what CI runs.
 # Sources are found by wildcard: adding src/<module>/<file>.c or tests/<module>_test.c needs no
-# change here. Files named *_avx512.c / *_avx2.c are compiled for that instruction set only and
+# change here. Files named *_avx512.c / *_avx2.c / *_amx.c are compiled for that instruction set only and
 # are called through run-time dispatch (src/base/cpu.c), never directly.
 
 CC      ?= cc
@@ -20,6 +20,7 @@ LIBS    += $(MPI_LIBS)
 endif
 AVX512  := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 AVX2    := -mavx2 -mfma -mf16c
+AMX     := $(AVX512) -mamx-tile -mamx-bf16
 
 B       ?= build
 LIB_SRC := $(filter-out src/cli/%,$(wildcard src/*/*.c))
@@ -34,7 +35,7 @@ all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2)) -c $< -o $@
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2))$(if $(findstring _amx,$<),$(AMX)) -c $< -o $@
 
 $(B)/libftune.a: $(patsubst %.c,$(B)/%.o,$(LIB_SRC))
 	@rm -f $@

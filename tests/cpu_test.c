@@ -4,7 +4,7 @@
  *    flags line (which also drops flags the OS does not enable): each feature bit, and the level
  *    computed from the flags, must agree. Skipped with a message where /proc/cpuinfo is missing.
  *  - At every level the CPU runs (cpu_set_level), each dispatching op chooses the kernel of that
- *    level and no better: qtensor (avx512 / avx2 / portable), gemm_bf16 (avx512 only at
+ *    level and no better: qtensor (avx512 / avx2 / portable), gemm_bf16 (amx at amx, avx512 at
  *    avx512bf16), attention, swiglu, xent (avx2 / portable); a level above the CPU's is refused.
  *  - FTUNE_ISA, in child processes of this program (the level is read once): "portable" gives
  *    level portable, every op reports its portable kernel, and the outputs of swiglu, the LM-head
@@ -45,29 +45,36 @@ static int cpuinfo_flags(const char *const *names, int n, int *has) {
 }
 
 static void check_probe(void) {
-    const char *names[] = {"avx2",     "fma",      "f16c",     "avx512f",
-                           "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"};
-    int has[8];
-    if (cpuinfo_flags(names, 8, has) < 0) {
+    const char *names[] = {"avx2",     "fma",      "f16c",        "avx512f",  "avx512bw",
+                           "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_bf16"};
+    int has[10];
+    if (cpuinfo_flags(names, 10, has) < 0) {
         printf("probe: skipped (no /proc/cpuinfo flags)\n");
         return;
     }
     const cpu_features *f = cpu_probe();
     /* /proc/cpuinfo lists AVX / AVX-512 only when the OS saves their registers */
-    int mine[8] = {f->avx2 && f->os_ymm,
-                   f->fma,
-                   f->f16c,
-                   f->avx512f && f->os_zmm,
-                   f->avx512bw && f->os_zmm,
-                   f->avx512vl && f->os_zmm,
-                   f->avx512dq && f->os_zmm,
-                   f->avx512bf16 && f->os_zmm};
-    for (int i = 0; i < 8; i++)
+    int mine[10] = {f->avx2 && f->os_ymm,
+                    f->fma,
+                    f->f16c,
+                    f->avx512f && f->os_zmm,
+                    f->avx512bw && f->os_zmm,
+                    f->avx512vl && f->os_zmm,
+                    f->avx512dq && f->os_zmm,
+                    f->avx512bf16 && f->os_zmm,
+                    f->amx_tile && f->os_amx,
+                    f->amx_bf16 && f->os_amx};
+    for (int i = 0; i < 10; i++)
         CHECK(mine[i] == has[i], "%s: CPUID says %d, /proc/cpuinfo %d", names[i], mine[i], has[i]);
     cpu_isa want = CPU_PORTABLE;
     if (has[0] && has[1] && has[2]) {
         want = CPU_AVX2;
         if (has[3] && has[4] && has[5] && has[6]) want = has[7] ? CPU_AVX512BF16 : CPU_AVX512;
+        /* AMX also needs Linux's grant of the tile data to this process, which /proc/cpuinfo
+         * cannot say: on a CPU with both flags the grant is what decides */
+        if (want == CPU_AVX512BF16 && has[8] && has[9] && f->amx_granted) want = CPU_AMX;
+        if (has[8] && has[9] && !f->amx_granted)
+            printf("probe: AMX present but not granted by the kernel (arch_prctl)\n");
     }
     CHECK(cpu_native_level() == want, "level %s, /proc/cpuinfo says %s",
           cpu_isa_name(cpu_native_level()), cpu_isa_name(want));
@@ -77,7 +84,7 @@ static void check_probe(void) {
 /* What each op must run at level l. */
 static void check_ops_at(cpu_isa l) {
     const char *qt = l >= CPU_AVX512 ? "avx512" : l >= CPU_AVX2 ? "avx2" : "portable";
-    const char *bf = l >= CPU_AVX512BF16 ? "avx512" : "fallback";
+    const char *bf = l >= CPU_AMX ? "amx" : l >= CPU_AVX512BF16 ? "avx512" : "fallback";
     const char *v2 = l >= CPU_AVX2 ? "avx2" : "portable";
     const char *name = cpu_isa_name(l);
     CHECK(cpu_level() == l, "level %s, asked for %s", cpu_isa_name(cpu_level()), name);

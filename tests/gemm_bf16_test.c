@@ -5,7 +5,10 @@
  * no scratch (the dispatcher then falls back to the reference);
  *  - the same kernel source (ops/gemm_bf16_dp.h) built here against SIMDe's emulation of the
  *    AVX-512 intrinsics, so that it is tested on CPUs without AVX-512 too; skipped, with a
- *    message, when the SIMDe headers are missing (Debian: libsimde-dev).
+ *    message, when the SIMDe headers are missing (Debian: libsimde-dev);
+ *  - the AMX kernel natively (cpu_set_level(CPU_AMX)) where the CPU has AMX and Linux grants it,
+ *    and its source (ops/gemm_bf16_amx.h) against a C model of the tile instructions below
+ *    (with SIMDe for the AVX2 packing it shares), on every CPU.
  * Shapes: M, N, K odd and around the kernel's blocks (tile 8 x 32, K blocks of 256, M blocks of
  * 64, N blocks of 2048), K = 1 and K = 1000, both op(B), strides past the widths, beta 0 (C
  * holding NaN, which must be ignored), 1 and 0.5, and products big enough to run threaded.
@@ -35,6 +38,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+static float as_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
 #if defined(__has_include) && !defined(__CPPCHECK__) /* cppcheck 2.10 cannot evaluate it */
 #if __has_include(<simde/x86/avx512.h>)
 #define SIMDE_ENABLE_NATIVE_ALIASES
@@ -45,6 +54,47 @@
 
 #include "ops/gemm_bf16_dp.h" /* after the intrinsics it is written in */
 #define HAVE_SIMDE 1
+
+/* A plain-C model of the AMX tile instructions gemm_bf16_amx.h uses, after Intel SDM vol. 2's
+ * descriptions of TILELOADD, TILESTORED, TILEZERO and TDPBF16PS, for the one configuration the
+ * kernel loads (eight tiles of 16 rows x 64 bytes): per thread, like the hardware's tile state.
+ * TDPBF16PS adds to each fp32 of C, pair by pair along A's row and B's column, the product of
+ * the lower bf16 halves and then that of the upper ones, each addition rounded to fp32. */
+static _Thread_local unsigned char emu_tile[8][16][64];
+static void emu_loadd(int t, const void *base, long stride) {
+    for (int r = 0; r < 16; r++)
+        memcpy(emu_tile[t][r], (const char *)base + r * stride, 64);
+}
+static void emu_stored(int t, void *base, long stride) {
+    for (int r = 0; r < 16; r++)
+        memcpy((char *)base + r * stride, emu_tile[t][r], 64);
+}
+static float emu_half(int t, int r, int word, int hi) {
+    uint16_t h;
+    memcpy(&h, &emu_tile[t][r][4 * word + 2 * hi], 2);
+    return as_float((uint32_t)h << 16);
+}
+static void emu_dpbf16ps(int c, int a, int b) {
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 16; n++) {
+            float acc;
+            memcpy(&acc, &emu_tile[c][m][4 * n], 4);
+            for (int k = 0; k < 16; k++) {
+                acc += emu_half(a, m, k, 0) * emu_half(b, k, n, 0);
+                acc += emu_half(a, m, k, 1) * emu_half(b, k, n, 1);
+            }
+            memcpy(&emu_tile[c][m][4 * n], &acc, 4);
+        }
+}
+static int emu_configured; /* loads of a tile configuration, to see the kernel makes them */
+#define _tile_loadconfig(cfg)                                                                      \
+    ((void)(cfg), __atomic_add_fetch(&emu_configured, 1, __ATOMIC_RELAXED))
+#define _tile_release() ((void)0)
+#define _tile_zero(t) memset(emu_tile[t], 0, sizeof emu_tile[t])
+#define _tile_loadd(t, base, stride) emu_loadd(t, base, stride)
+#define _tile_stored(t, base, stride) emu_stored(t, base, stride)
+#define _tile_dpbf16ps(c, a, b) emu_dpbf16ps(c, a, b)
+#include "ops/gemm_bf16_amx.h"
 #endif
 #endif
 
@@ -65,12 +115,6 @@ static void fill_bf16(uint16_t *x, size_t n) {
     }
     bf16_round_rows(x, n, f, n, 1, (int)n);
     free(f);
-}
-
-static float as_float(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
 }
 
 /* The value of a bf16, with inf read as 2^128, the next step after the largest finite value. */
@@ -164,6 +208,14 @@ static void gemm_emulated(int transB, int M, int N, int K, const uint16_t *A, in
     if (dp_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, ws, n)) emulated_failed++;
     free(ws);
 }
+
+static void gemm_amx_emulated(int transB, int M, int N, int K, const uint16_t *A, int lda,
+                              const uint16_t *B, int ldb, float beta, float *C, int ldc) {
+    size_t n = amx_scratch_bytes(M, N, K);
+    void *ws = malloc(n);
+    if (amx_gemm(transB, M, N, K, A, lda, B, ldb, beta, C, ldc, ws, n)) emulated_failed++;
+    free(ws);
+}
 #endif
 
 /* gemm_bf16 with the scratch it asks for (gemm_bf16_scratch_bytes), as qtensor.c gives it. */
@@ -234,9 +286,10 @@ static double check_shape(gemm_bf16_kernel run, const char *name, int transB, in
 /* Every shape on one kernel; prints the largest error in units of the bound. */
 static void check_kernel(gemm_bf16_kernel run, const char *name) {
     static const int shapes[][3] = {
-        {1, 1, 1},     {1, 33, 1},    {3, 1, 7},     {8, 32, 16},    {9, 33, 17},
-        {7, 31, 255},  {17, 65, 256}, {13, 45, 257}, {65, 97, 63},   {5, 100, 1000},
-        {70, 40, 513}, {2, 2100, 9},  {1, 300, 600}, {130, 300, 61}, {129, 257, 200},
+        {1, 1, 1},     {1, 33, 1},    {3, 1, 7},      {8, 32, 16},    {9, 33, 17},
+        {7, 31, 255},  {17, 65, 256}, {13, 45, 257},  {65, 97, 63},   {5, 100, 1000},
+        {70, 40, 513}, {2, 2100, 9},  {1, 300, 600},  {130, 300, 61}, {129, 257, 200},
+        {16, 16, 32},  {33, 64, 300}, {48, 2100, 40}, /* and the AMX kernel's tiles and blocks */
     };
     static const float betas[] = {0.0f, 1.0f, 0.5f};
     int failed = test_failed_;
@@ -256,16 +309,20 @@ int main(int argc, char **argv) {
     (void)argc;
     /* the choice made on first use: avx512 when the CPU has it, unless FTUNE_ISA caps it */
     const char *cap = getenv("FTUNE_ISA"), *first = gemm_bf16_isa();
-    int capped = cpu_level() < CPU_AVX512BF16;
+    int capped = cpu_level() < CPU_AVX512BF16, amx_capped = cpu_level() < CPU_AMX;
     printf("FTUNE_ISA %s: %s\n", cap ? cap : "unset", first);
     check_rounding();
 
     cpu_isa keep = cpu_level();
+    int has_amx = cpu_set_level(CPU_AMX);
     int has_avx512 = cpu_set_level(CPU_AVX512BF16), cpuinfo = cpuinfo_has_avx512_bf16();
     CHECK(cpuinfo < 0 || has_avx512 == cpuinfo, "CPUID says AVX512_BF16 %d, /proc/cpuinfo %d",
           has_avx512, cpuinfo);
-    CHECK(!strcmp(first, has_avx512 && !capped ? "avx512" : "fallback"),
-          "first choice %s (AVX512_BF16 %d, FTUNE_ISA %s)", first, has_avx512, cap ? cap : "unset");
+    const char *want_first = has_amx && !amx_capped  ? "amx"
+                             : has_avx512 && !capped ? "avx512"
+                                                     : "fallback";
+    CHECK(!strcmp(first, want_first), "first choice %s (AMX %d, AVX512_BF16 %d, FTUNE_ISA %s)",
+          first, has_amx, has_avx512, cap ? cap : "unset");
     CHECK(cpu_set_level(keep < CPU_AVX512 ? keep : CPU_AVX512) == 1,
           "the fallback is always there");
     CHECK(!strcmp(gemm_bf16_isa(), "fallback"), "below avx512bf16: %s", gemm_bf16_isa());
@@ -281,12 +338,22 @@ int main(int argc, char **argv) {
     } else {
         printf("avx512 (native): skipped (this CPU lacks AVX512_BF16)\n");
     }
+    if (has_amx) {
+        cpu_set_level(CPU_AMX);
+        CHECK(!strcmp(gemm_bf16_isa(), "amx"), "level amx gave %s", gemm_bf16_isa());
+        check_kernel(gemm_dispatch, "amx (native)");
+        cpu_set_level(keep);
+    } else {
+        printf("amx (native): skipped (this CPU lacks AMX-BF16, or Linux did not grant it)\n");
+    }
 
 #ifdef HAVE_SIMDE
     check_kernel(gemm_emulated, "avx512 (SIMDe emulation)");
+    check_kernel(gemm_amx_emulated, "amx (tile instructions modelled in C)");
+    CHECK(emu_configured > 0, "the AMX kernel never loaded a tile configuration");
     CHECK(emulated_failed == 0, "the emulated kernel could not allocate %d times", emulated_failed);
 #else
-    printf("avx512 (SIMDe emulation): skipped (no simde headers; Debian: libsimde-dev)\n");
+    printf("avx512 and amx (emulation): skipped (no simde headers; Debian: libsimde-dev)\n");
 #endif
 
     /* again with the scalar conversions (this program with FTUNE_ISA=portable) */

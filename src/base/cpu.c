@@ -5,8 +5,12 @@
  * Bits read (Intel SDM vol. 2A, CPUID; AMD APM vol. 3 agrees): leaf 1 ECX 12 FMA, 27 OSXSAVE,
  * 29 F16C; leaf 7 subleaf 0 EBX 5 AVX2, 16 AVX512F, 17 AVX512DQ, 30 AVX512BW, 31 AVX512VL;
  * leaf 7 subleaf 1 EAX 5 AVX512_BF16 (only when leaf 7 subleaf 0 EAX, the last subleaf, >= 1);
- * XCR0 (XGETBV 0) bits 1-2 SSE/AVX state, 5-7 opmask and zmm state. A feature counts only when
- * the OS saves its registers (XCR0), as the CPUID bits alone do not say so.
+ * leaf 7 subleaf 0 EDX 22 AMX-BF16, 24 AMX-TILE;
+ * XCR0 (XGETBV 0) bits 1-2 SSE/AVX state, 5-7 opmask and zmm state, 17-18 tile config and tile
+ * data. A feature counts only when the OS saves its registers (XCR0), as the CPUID bits alone do
+ * not say so; AMX also only when Linux grants this process the tile data state, which it does on
+ * request (arch_prctl ARCH_REQ_XCOMP_PERM 0x1023 for XFEATURE_XTILEDATA 18, Linux 5.16 on;
+ * the kernel's Documentation/arch/x86/xstate.rst), made here once.
  * __builtin_cpu_supports is not used: clang 14 knows neither "f16c" nor "avx512bf16".
  */
 #include "base/cpu.h"
@@ -14,6 +18,7 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #include <omp.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #endif
 #include <pthread.h>
@@ -26,7 +31,7 @@ static cpu_isa native, capped;
 static int env_bad; /* FTUNE_ISA set to something that is no level */
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
-static const char *const names[CPU_NLEVELS] = {"portable", "avx2", "avx512", "avx512bf16"};
+static const char *const names[CPU_NLEVELS] = {"portable", "avx2", "avx512", "avx512bf16", "amx"};
 
 static void probe(void) {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -39,6 +44,7 @@ static void probe(void) {
             __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
             feat.os_ymm = (lo & 0x6) == 0x6;
             feat.os_zmm = feat.os_ymm && (lo & 0xe0) == 0xe0;
+            feat.os_amx = (lo & 0x60000) == 0x60000;
         }
     }
     if (max >= 7) {
@@ -49,18 +55,23 @@ static void probe(void) {
         feat.avx512dq = b >> 17 & 1;
         feat.avx512bw = b >> 30 & 1;
         feat.avx512vl = b >> 31 & 1;
+        feat.amx_bf16 = d >> 22 & 1;
+        feat.amx_tile = d >> 24 & 1;
         if (last_sub >= 1) {
             __cpuid_count(7, 1, a, b, c, d);
             feat.avx512bf16 = a >> 5 & 1;
         }
     }
+    if (feat.amx_tile && feat.amx_bf16 && feat.os_amx)
+        feat.amx_granted = syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #endif
 }
 
 static cpu_isa level_of(const cpu_features *f) {
     if (!(f->avx2 && f->fma && f->f16c && f->os_ymm)) return CPU_PORTABLE;
     if (!(f->avx512f && f->avx512bw && f->avx512vl && f->avx512dq && f->os_zmm)) return CPU_AVX2;
-    return f->avx512bf16 ? CPU_AVX512BF16 : CPU_AVX512;
+    if (!f->avx512bf16) return CPU_AVX512;
+    return f->amx_tile && f->amx_bf16 && f->os_amx && f->amx_granted ? CPU_AMX : CPU_AVX512BF16;
 }
 
 static void init(void) {
@@ -104,7 +115,7 @@ ft_status cpu_check_env(ft_error *err) {
     if (!env_bad) return FT_OK;
     return ft_error_set(err, FT_ERR_INPUT, "FTUNE_ISA", "unset it to use the best this CPU has",
                         "FTUNE_ISA=%s is not an instruction set level: expected portable, avx2, "
-                        "avx512 or avx512bf16 (this CPU: %s)",
+                        "avx512, avx512bf16 or amx (this CPU: %s)",
                         getenv("FTUNE_ISA"), names[native]);
 }
 

@@ -6,9 +6,11 @@
  *   CPU_AVX2        AVX2 + FMA + F16C, and the OS saving ymm registers
  *   CPU_AVX512      + AVX-512 F, BW, VL, DQ, and the OS saving zmm and opmask registers
  *   CPU_AVX512BF16  + AVX512_BF16 (VDPBF16PS: Intel Cooper Lake, Sapphire Rapids; AMD Zen 4)
+ *   CPU_AMX         + AMX-TILE and AMX-BF16 (tile matrix multiply: Intel Sapphire Rapids on),
+ *                   the OS saving tile state and granting it to this process
  * cpu_level() is the best level the CPU has, capped by the environment variable FTUNE_ISA
- * (portable, avx2, avx512 or avx512bf16; a cap above what the CPU has changes nothing). A value
- * that is none of those caps nothing and is reported by cpu_check_env(), which model loading
+ * (portable, avx2, avx512, avx512bf16 or amx; a cap above what the CPU has changes nothing). A
+ * value that is none of those caps nothing and is reported by cpu_check_env(), which model loading
  * calls, so a typo never silently runs other kernels than asked for.
  *
  * An op's dispatcher keeps a table of kernel sets, best first, each with the level it needs, and
@@ -22,7 +24,14 @@
 
 #include <stddef.h>
 
-typedef enum cpu_isa { CPU_PORTABLE, CPU_AVX2, CPU_AVX512, CPU_AVX512BF16, CPU_NLEVELS } cpu_isa;
+typedef enum cpu_isa {
+    CPU_PORTABLE,
+    CPU_AVX2,
+    CPU_AVX512,
+    CPU_AVX512BF16,
+    CPU_AMX,
+    CPU_NLEVELS
+} cpu_isa;
 
 /* The raw CPUID / XGETBV bits behind the levels (all 0 off x86-64). */
 typedef struct cpu_features {
@@ -30,6 +39,9 @@ typedef struct cpu_features {
     int avx512f, avx512bw, avx512vl, avx512dq; /* leaf 7 subleaf 0 EBX */
     int os_zmm;                                /* XCR0 bits 5-7 */
     int avx512bf16;                            /* leaf 7 subleaf 1 EAX bit 5 */
+    int amx_tile, amx_bf16;                    /* leaf 7 subleaf 0 EDX bits 24, 22 */
+    int os_amx;                                /* XCR0 bits 17-18 */
+    int amx_granted;                           /* Linux gave this process the tile data */
 } cpu_features;
 
 const cpu_features *cpu_probe(void);
@@ -38,7 +50,7 @@ cpu_isa cpu_native_level(void);
 /* The level the kernels run at: the native one, capped by FTUNE_ISA and by cpu_set_level. */
 cpu_isa cpu_level(void);
 
-/* "portable", "avx2", "avx512", "avx512bf16" */
+/* "portable", "avx2", "avx512", "avx512bf16", "amx" */
 const char *cpu_isa_name(cpu_isa l);
 /* The level of a name (case-insensitive), or -1. */
 int cpu_isa_parse(const char *name);

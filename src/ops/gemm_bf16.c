@@ -1,12 +1,13 @@
 /*
  * gemm_bf16.c: bf16 products with fp32 accumulation (gemm_bf16.h): the reference, the fallback
- * (widen to fp32, OpenBLAS sgemm) and the choice between them and the AVX512_BF16 kernel
- * (gemm_bf16_avx512.c), a table row per ISA level (base/cpu.h); and the fp32 <-> bf16 row
- * conversions (bf16_round_rows, the fallback's widening), AVX2 ones at level avx2 and up.
- * Nothing here allocates: the products work in the caller's scratch (gemm_bf16_scratch_bytes).
+ * (widen to fp32, OpenBLAS sgemm) and the choice between them, the AVX512_BF16 kernel
+ * (gemm_bf16_avx512.c) and the AMX one (gemm_bf16_amx.c), a table row per ISA level (base/cpu.h);
+ * and the fp32 <-> bf16 row conversions (bf16_round_rows, the fallback's widening), AVX2 ones at
+ * level avx2 and up. Nothing here allocates: the products work in the caller's scratch
+ * (gemm_bf16_scratch_bytes).
  */
 #if defined(__x86_64__) && defined(__GNUC__)
-#define HAVE_GEMM_BF16_AVX512 1 /* and gemm_bf16_avx2.c */
+#define HAVE_GEMM_BF16_AVX512 1 /* and gemm_bf16_avx2.c, gemm_bf16_amx.c */
 #endif
 #include "ops/gemm_bf16.h"
 
@@ -110,6 +111,11 @@ void bf16_round_avx2(uint16_t *dst, const float *src, size_t n);
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
                      int ldb, float beta, float *C, int ldc, void *ws, size_t wsb);
 size_t gemm_bf16_avx512_scratch(int M, int N, int K);
+
+/* gemm_bf16_amx.c; the same contract (it hands products of few rows to the AVX512_BF16 one) */
+int gemm_bf16_amx(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
+                  int ldb, float beta, float *C, int ldc, void *ws, size_t wsb);
+size_t gemm_bf16_amx_scratch(int M, int N, int K);
 #endif
 
 /* The kernel sets, best first: the product and the row conversions (the AVX2 conversions are
@@ -127,6 +133,7 @@ struct bf16_kernels {
 
 static const bf16_kernels table[] = {
 #ifdef HAVE_GEMM_BF16_AVX512
+    {"amx", CPU_AMX, gemm_bf16_amx, gemm_bf16_amx_scratch, bf16_widen_avx2, bf16_round_avx2},
     {"avx512", CPU_AVX512BF16, gemm_bf16_avx512, gemm_bf16_avx512_scratch, bf16_widen_avx2,
      bf16_round_avx2},
     {"fallback", CPU_AVX2, gemm_bf16_fallback, fallback_bytes, bf16_widen_avx2, bf16_round_avx2},

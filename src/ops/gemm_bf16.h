@@ -7,8 +7,10 @@
  * (8 x 8 significant bits fit in 24), so every implementation below computes the same sums of
  * exact products and differs from the others only in the order of the fp32 additions.
  *
- * Implementations, chosen by the ISA level of base/cpu.h (FTUNE_ISA=portable|avx2|avx512|avx512bf16
- * caps it, as for every op):
+ * Implementations, chosen by the ISA level of base/cpu.h (FTUNE_ISA caps it, as for every op):
+ *   amx      CPUs with AMX-TILE and AMX-BF16 (Intel Sapphire Rapids on): tiles of 16 x 16
+ *            outputs per TDPBF16PS (gemm_bf16_amx.h); products of fewer than 16 rows go to
+ *            the avx512 kernel.
  *   avx512   CPUs with AVX512_BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on):
  *            ftune's own blocked kernel over VDPBF16PS, two products per fp32 lane per
  *            instruction.
@@ -44,8 +46,8 @@ void gemm_bf16_ref(int transB, int M, int N, int K, const uint16_t *A, int lda, 
  * from src with stride lds. Runs on all threads for large inputs. */
 void bf16_round_rows(uint16_t *dst, size_t ldd, const float *src, size_t lds, int rows, int cols);
 
-/* "avx512" when the AVX512_BF16 kernel runs (ISA level avx512bf16, base/cpu.h), else
- * "fallback". Tests switch it with cpu_set_level. */
+/* "amx" when the AMX kernel runs (ISA level amx, base/cpu.h), "avx512" when the AVX512_BF16 one
+ * does (level avx512bf16), else "fallback". Tests switch it with cpu_set_level. */
 const char *gemm_bf16_isa(void);
 
 #endif

@@ -142,21 +142,30 @@ def test_shards_and_index_like_save_pretrained(zoo, tmp_path, arch, size):
 
 
 def test_merged_logits_equal_unmerged_peft(zoo, tmp_path):
+    """Logits of ftune's merged folder against PEFT's unmerged model. Folding B @ A into W rounds
+    differently from adding the LoRA branch, and how much that moves the logits depends on the
+    GEMM paths torch takes on this CPU (1.2e-5 was seen on an AMX / AVX512-FP16 Xeon), so the
+    bound is PEFT's own merge_and_unload() measured the same way (twice it, at least 1e-5)."""
     from transformers import AutoModelForCausalLM
     for arch in ("llama_bias", "phi3"):
         model, ad = zoo.model(arch, "f32"), zoo.adapter(arch)
         ours = tmp_path / arch
         run_ok(["merge", "--model", model, "--adapter", ad, "--out", ours, "--max-shard-size",
                 "100KB"])
+        theirs = peft_merge(model, ad, tmp_path / (arch + "-peft"))
         x = torch.randint(0, 1000, (2, 17), generator=torch.Generator().manual_seed(3))
+
+        def logits(folder):
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                                        attn_implementation="eager")(
+                input_ids=x).logits
         with torch.no_grad():
             ref = models.load_peft(model, ad).eval()(input_ids=x).logits
-            got = AutoModelForCausalLM.from_pretrained(ours, dtype=torch.float32,
-                                                       attn_implementation="eager")(
-                input_ids=x).logits
-        err = float((got - ref).abs().max())
-        print(f"{arch}: merged vs unmerged logits max |diff| {err:.2e}")
-        assert err <= 1e-5
+            err = float((logits(ours) - ref).abs().max())
+            peft_err = float((logits(theirs) - ref).abs().max())
+        print(f"{arch}: merged vs unmerged logits max |diff| {err:.2e} "
+              f"(PEFT's merge_and_unload: {peft_err:.2e})")
+        assert err <= max(2 * peft_err, 1e-5)
 
 
 def test_tokenizer_and_generation_config_copied(zoo, tmp_path):
