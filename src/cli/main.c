@@ -12,16 +12,22 @@
 #include <string.h>
 #include <unistd.h>
 
-/* OpenMP's worker threads spin after each parallel region by default, taking the cores from
- * OpenBLAS's own threads, which run the GEMMs between those regions: measured on the SmolLM-135M
- * bench shape (2 cores), passive waiting trains about 35% faster. libgomp reads OMP_WAIT_POLICY
- * when it loads, before main, so when the user has not chosen a policy we set it and re-execute
- * ourselves once (the variable being set is what stops a second time). */
+/* Two thread pools share the cores: OpenMP's (ftune's own loops and kernels) and OpenBLAS's (its
+ * GEMMs, between those loops). Each pool's idle threads wait busily by default and take the cores
+ * from the other's working ones: libgomp's spin after each parallel region (measured on the
+ * SmolLM-135M bench shape, 2 cores: passive waiting trains about 35% faster), and OpenBLAS's
+ * pthreads call sched_yield in a loop for 2^28 cycles before sleeping (OPENBLAS_THREAD_TIMEOUT,
+ * 4..30, the exponent; measured on Zen 4: 4 made fp32 steps 10% and --dtype bf16 steps 21%
+ * faster, bench/README.md). Both variables are read when the libraries load, before main, so
+ * when the user has not chosen we set them and re-execute ourselves once (the variables being
+ * set is what stops a second time). */
 static void set_wait_policy(char **argv) {
-    if (getenv("OMP_WAIT_POLICY")) return;
-    if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
-    execv("/proc/self/exe", argv);
-    /* exec failed: go on with spinning threads, slower but correct */
+    int changed = 0;
+    if (!getenv("OMP_WAIT_POLICY")) changed |= setenv("OMP_WAIT_POLICY", "passive", 1) == 0;
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
+        changed |= setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) == 0;
+    if (changed) execv("/proc/self/exe", argv);
+    /* exec failed: go on with busy-waiting threads, slower but correct */
 }
 
 static const struct {

@@ -29,7 +29,8 @@
  * so the tiles never read past A and padding adds zeros); op(B)'s K block is packed once per call
  * in dp_pack_b's strips of 32 columns (two B tiles side by side, 128 bytes per pair) and shared by
  * the threads, which split the outputs in items of AMX_MC rows x AMX_NW columns, as dp_gemm does.
- * A 32 x 32 result goes through a buffer on the stack into C (beta, K blocks, edges).
+ * Whole 32 x 32 blocks of C are loaded into the C tiles and stored back from them (the K blocks
+ * after the first add there); edge blocks and a beta other than 0 or 1 go through a buffer.
  */
 #ifndef FT_OPS_GEMM_BF16_AMX_H
 #define FT_OPS_GEMM_BF16_AMX_H
@@ -76,13 +77,24 @@ static void amx_pack_b(uint32_t *d, int kq, int transB, const uint16_t *B, int l
 }
 
 /* C block (mr x nr of it, mr <= 32, nr <= 32) from the packed rows ap (kq values each, 32 of
- * them) and the packed strip bp. first: the K block that applies beta; later ones add. */
+ * them) and the packed strip bp. first: the K block that applies beta; later ones add. A whole
+ * 32 x 32 block whose C is kept as it is or added to (beta 0 or 1, or a later K block) lives in
+ * the C tiles from C's memory and back; the rest (edges, other betas) goes through a buffer. */
 static void amx_block(int kq, const uint16_t *ap, const uint32_t *bp, float *C, int ldc, int mr,
                       int nr, float beta, int first) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    int whole = mr == AMX_MR && nr == DP_NR, direct = whole && (!first || beta == 0 || beta == 1);
+    long cs = (long)ldc * 4;
+    if (direct && !(first && beta == 0)) {
+        _tile_loadd(0, C, cs);
+        _tile_loadd(1, C + 16, cs);
+        _tile_loadd(2, C + (size_t)16 * ldc, cs);
+        _tile_loadd(3, C + (size_t)16 * ldc + 16, cs);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
     for (int q = 0; q < kq; q += 32) {
         const uint32_t *b = bp + (size_t)(q / 2) * DP_NR;
         _tile_loadd(4, ap + q, kq * 2);
@@ -93,6 +105,13 @@ static void amx_block(int kq, const uint16_t *ap, const uint32_t *bp, float *C, 
         _tile_dpbf16ps(1, 4, 7);
         _tile_dpbf16ps(2, 5, 6);
         _tile_dpbf16ps(3, 5, 7);
+    }
+    if (direct) {
+        _tile_stored(0, C, cs);
+        _tile_stored(1, C + 16, cs);
+        _tile_stored(2, C + (size_t)16 * ldc, cs);
+        _tile_stored(3, C + (size_t)16 * ldc + 16, cs);
+        return;
     }
     float t[AMX_MR * 32] __attribute__((aligned(64)));
     _tile_stored(0, t, 128);
