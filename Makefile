@@ -21,6 +21,8 @@ endif
 AVX512  := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16 -mfma -mf16c
 AVX2    := -mavx2 -mfma -mf16c
 AMX     := $(AVX512) -mamx-tile -mamx-bf16
+# The instruction-set flags a source file gets from its name (every compile rule uses this one).
+isa_flags = $(if $(findstring _avx512,$(1)),$(AVX512))$(if $(findstring _avx2,$(1)),$(AVX2))$(if $(findstring _amx,$(1)),$(AMX))
 
 B       ?= build
 LIB_SRC := $(filter-out src/cli/%,$(wildcard src/*/*.c))
@@ -35,7 +37,7 @@ all: $(B)/ftune $(TESTS) $(TOOLS)
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2))$(if $(findstring _amx,$<),$(AMX)) -c $< -o $@
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) $(call isa_flags,$<) -c $< -o $@
 
 $(B)/libftune.a: $(patsubst %.c,$(B)/%.o,$(LIB_SRC))
 	@rm -f $@

@@ -60,13 +60,14 @@ static double g_os_t0, g_os_t1;
 
 #ifdef FT_HAVE_MPI
 static void wait_req(MPI_Request *r);
-#endif
 
+/* Monotonic seconds, for the collectives' timeouts and overlap accounting (MPI builds only). */
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+#endif
 
 void dist_set_timeout(double seconds) { g_timeout = seconds > 0 ? seconds : 0; }
 void dist_set_resume_hint(const char *cmd) {

@@ -170,12 +170,12 @@ static float dot_gguf(const qtensor *t, int r, const float *x) {
 /* ---- the traits table and kernel sets ---------------------------------------------------- */
 
 static const qformat_traits traits[QF_COUNT] = {
-    [QF_F32] = {"f32", 1, 4, dequant_f32, dot_f32},
-    [QF_BF16] = {"bf16", 1, 2, dequant_bf16, dot_bf16},
-    [QF_F16] = {"f16", 1, 2, dequant_f16, dot_f16},
-    [QF_Q8_0] = {"q8_0", Q8_0_VALUES, Q8_0_BYTES, dequant_q8_0, dot_q8_0},
-    [QF_NF4] = {"nf4", 64, 32, dequant_nf4, dot_nf4},
-    [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4},
+    [QF_F32] = {"f32", 1, 4, dequant_f32, dot_f32, 0},
+    [QF_BF16] = {"bf16", 1, 2, dequant_bf16, dot_bf16, 0},
+    [QF_F16] = {"f16", 1, 2, dequant_f16, dot_f16, 0},
+    [QF_Q8_0] = {"q8_0", Q8_0_VALUES, Q8_0_BYTES, dequant_q8_0, dot_q8_0, 0},
+    [QF_NF4] = {"nf4", 64, 32, dequant_nf4, dot_nf4, 0},
+    [QF_FP4] = {"fp4", 64, 32, dequant_fp4, dot_fp4, 0},
     [QF_Q4_0] = {"q4_0", Q4_0_VALUES, Q4_0_BYTES, dequant_gguf, dot_gguf, 1},
     [QF_Q4_K] = {"q4_k", GGML_QK_K, Q4_K_BYTES, dequant_gguf, dot_gguf, 1},
     [QF_Q6_K] = {"q6_k", GGML_QK_K, Q6_K_BYTES, dequant_gguf, dot_gguf, 1},

@@ -49,7 +49,7 @@ FUZZ_CHECK = printf 'int LLVMFuzzerTestOneInput(const char *d, long n) { (void)d
 $(FUZZ_B)/%.o: %.c $(HDRS) tests/fuzz/fuzz.mk
 	@mkdir -p $(dir $@)
 	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link \
-	  $(if $(findstring _avx512,$<),$(AVX512))$(if $(findstring _avx2,$<),$(AVX2)) -c $< -o $@
+	  $(call isa_flags,$<) -c $< -o $@
 
 $(FUZZ_B)/libftune.a: $(FUZZ_LIB_OBJ)
 	@rm -f $@
