@@ -4,6 +4,7 @@ PyTorch + PEFT + bitsandbytes.
 
     python bench/qlora_8b.py [--steps 1] [--seq 2048] [--torch-seq 256] [--layers 32]
                              [--skip-torch] [--skip-ftune] [--ftune build/ftune]
+                             [--ftune-extra "--dtype bf16"] [--heads bf16,q8]
 
 The model: tools/make_llama8b.py writes random BF16 weights of the 8B shape (32 layers, hidden
 4096, MLP 14336, 8 KV heads, vocabulary 128,256, untied) one tensor at a time into
@@ -67,7 +68,8 @@ def ftune_run(a, model, data, work, extra, name):
            "--lora-r", "16", "--lora-alpha", "32", "--lora-targets", "all-linear",
            "--batch-size", "1", "--seq-len", str(a.seq), "--steps", str(a.steps),
            "--lr", "1e-4", "--schedule", "constant", "--threads", str(a.threads),
-           "--grad-checkpoint", "--grad-checkpoint-dtype", "bf16", "--no-shuffle"] + extra
+           "--grad-checkpoint", "--grad-checkpoint-dtype", "bf16", "--no-shuffle"] + extra \
+        + a.ftune_extra.split()
     rep = measured(cmd, os.path.join(work, name + ".log"), a.timeout)
     steps = []
     mpath = os.path.join(out, "metrics.jsonl")
@@ -151,6 +153,8 @@ def main():
     ap.add_argument("--skip-ftune", action="store_true")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--model")
+    ap.add_argument("--ftune-extra", default="", help="more ftune train options, e.g. \"--dtype bf16\"")
+    ap.add_argument("--heads", default="bf16,q8", help="which LM-head runs: bf16, q8 or both")
     a = ap.parse_args()
     if a.torch_worker:
         return torch_main(a)
@@ -161,13 +165,18 @@ def main():
     res = dict(machine=dict(cpu=platform.processor() or open("/proc/cpuinfo").read().split(
         "model name")[1].split("\n")[0].strip(": "), cores=os.cpu_count(),
         load_before=os.getloadavg()), seq=a.seq, torch_seq=a.torch_seq, steps=a.steps,
-        layers=a.layers, model=nf4, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        layers=a.layers, model=nf4, ftune_extra=a.ftune_extra, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         commit=subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True).stdout.strip(), runs={})
     if not a.skip_ftune:
-        res["runs"]["ftune nf4, lm_head bf16"] = ftune_run(a, nf4, data, work, [], "bf16head")
-        res["runs"]["ftune nf4, lm_head q8_0"] = ftune_run(
-            a, nf4, data, work, ["--quant-lm-head", "q8"], "q8head")
+        tag = (" " + a.ftune_extra.strip()) if a.ftune_extra.strip() else ""
+        heads = a.heads.split(",")
+        if "bf16" in heads:
+            res["runs"]["ftune nf4, lm_head bf16" + tag] = ftune_run(a, nf4, data, work, [],
+                                                                     "bf16head")
+        if "q8" in heads:
+            res["runs"]["ftune nf4, lm_head q8_0" + tag] = ftune_run(
+                a, nf4, data, work, ["--quant-lm-head", "q8"], "q8head")
     if not a.skip_torch:
         res["runs"][f"PyTorch+PEFT+bnb nf4 (seq {a.torch_seq})"] = torch_run(a, nf4, work)
     res["machine"]["load_after"] = os.getloadavg()

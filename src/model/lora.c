@@ -5,7 +5,8 @@
  * kept from the forward pass:
  *   dB += scale * dy^T xa;   dxa = scale * dy B;   dA += dxa^T dropout(x);   dx += dropout'(dxa A)
  * Dropout masks are not stored: each is regenerated from a counter-based hash of (seed, index),
- * so forward and backward see the same mask and a resumed run sees the same masks again.
+ * so forward and backward see the same mask and a resumed run sees the same masks again. The
+ * products run through ops/lora_gemm.h (one size of each is the rank).
  *
  * Adapter files follow what PEFT 0.21 writes: adapter_config.json (peft_type LORA, r,
  * lora_alpha, lora_dropout, target_modules, use_rslora, ...) and adapter_model.safetensors with
@@ -17,6 +18,7 @@
 #include "io/atomic.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "ops/lora_gemm.h"
 #include "ops/ops.h"
 
 #include <math.h>
@@ -199,8 +201,8 @@ void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo,
         dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
-    gemm(0, 1, N, R, m->in, 1.0f, xin, m->in, A, m->in, 0.0f, xa, R);
-    gemm(0, 1, N, m->out, R, ls->scale, xa, R, Bm, R, 1.0f, out, ldo);
+    lg_xw(N, m->in, R, 1.0f, xin, m->in, A, 1, 0.0f, xa, R);            /* xa = x A^T */
+    lg_hw(N, m->out, R, ls->scale, xa, R, Bm, 1, 1.0f, out, ldo);       /* out += s xa B^T */
 }
 
 void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *dout, int ldo,
@@ -209,23 +211,23 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
     const int R = ls->R;
     const float *A = ls->params + m->offA, *Bm = ls->params + m->offB;
     float *dA = ls->grads + m->offA, *dB = ls->grads + m->offB;
-    gemm(1, 0, m->out, R, N, ls->scale, dout, ldo, xa, R, 1.0f, dB, R);
-    gemm(0, 0, N, R, m->out, ls->scale, dout, ldo, Bm, R, 0.0f, dxa, R);
+    lg_pth(N, m->out, R, ls->scale, dout, ldo, xa, R, dB, 0);           /* dB += s dout^T xa */
+    lg_xw(N, m->out, R, ls->scale, dout, ldo, Bm, 0, 0.0f, dxa, R);     /* dxa = s dout B */
     const float *xin = x;
     if (ls->dropout > 0) {
         dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
-    gemm(1, 0, R, m->in, N, 1.0f, dxa, R, xin, m->in, 1.0f, dA, m->in);
+    lg_pth(N, m->in, R, 1.0f, xin, m->in, dxa, R, dA, 1);                /* dA += dxa^T x */
     if (!dx) return;
     if (ls->dropout > 0) {
         /* dx += mask/(1-p) * (dxa A): the mask is regenerated from the same seed */
-        gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 0.0f, xd_scratch, m->in);
+        lg_hw(N, m->in, R, 1.0f, dxa, R, A, 0, 0.0f, xd_scratch, m->in);
         float keep = (float)(1.0 / (1.0 - ls->dropout));
         for (size_t i = 0; i < (size_t)N * m->in; i++)
             if (rand_uniform01(drop_seed, row0 * m->in + i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
     } else {
-        gemm(0, 0, N, m->in, R, 1.0f, dxa, R, A, m->in, 1.0f, dx, m->in);
+        lg_hw(N, m->in, R, 1.0f, dxa, R, A, 0, 1.0f, dx, m->in);             /* dx += dxa A */
     }
 }
 
