@@ -126,13 +126,10 @@ int cpu_set_level(cpu_isa l) {
     return 1;
 }
 
-void openblas_set_num_threads(int);
-
 void cpu_set_threads(int n) {
     if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    omp_set_num_threads(n); /* OpenBLAS runs single-threaded under them: ops/gemm.c */
 }
 
 int cpu_pick(const void *table, size_t row_size, size_t level_offset, int n) {

@@ -62,8 +62,8 @@ ft_status cpu_check_env(ft_error *err);
  * or 0 (nothing changes) when the CPU lacks l. Not thread-safe against running kernels. */
 int cpu_set_level(cpu_isa l);
 
-/* n threads for ftune's OpenMP loops and for OpenBLAS alike (n <= 0: every online CPU), so the
- * two runtimes never oversubscribe the cores; train, eval and generate call it. */
+/* n threads for ftune's OpenMP loops (n <= 0: every online CPU), which also run the BLAS
+ * products (OpenBLAS itself single-threaded: ops/gemm.c); train, eval and generate call it. */
 void cpu_set_threads(int n);
 
 /* The row of an op's kernel table to run: the first whose `level` field is <= cpu_level(), else

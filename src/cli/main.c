@@ -12,22 +12,19 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Two thread pools share the cores: OpenMP's (ftune's own loops and kernels) and OpenBLAS's (its
- * GEMMs, between those loops). Each pool's idle threads wait busily by default and take the cores
- * from the other's working ones: libgomp's spin after each parallel region (measured on the
- * SmolLM-135M bench shape, 2 cores: passive waiting trains about 35% faster), and OpenBLAS's
- * pthreads call sched_yield in a loop for 2^28 cycles before sleeping (OPENBLAS_THREAD_TIMEOUT,
- * 4..30, the exponent; measured on Zen 4: 4 made fp32 steps 10% and --dtype bf16 steps 21%
- * faster, bench/README.md). Both variables are read when the libraries load, before main, so
- * when the user has not chosen we set them and re-execute ourselves once (the variables being
- * set is what stops a second time). */
+/* One thread pool: OpenMP's runs ftune's loops and kernels, and the BLAS products too (gemm()
+ * splits them over its threads, OpenBLAS single-threaded: ops/gemm.c). Its idle threads spin
+ * for a while after each parallel region before they sleep (libgomp's default), which the many
+ * short regions of a step need: measured on the SmolLM-135M bench shape (2 cores, Intel AMX
+ * Xeon), passive waiting (OMP_WAIT_POLICY=passive, each region waking sleeping threads) made
+ * --dtype bf16 steps 19% slower (480 against 593 tok/s), bench/README.md. OpenBLAS's own pool
+ * is never used; OPENBLAS_NUM_THREADS=1 keeps it from being started. The variable is read when
+ * the library loads, before main, so when the user has not chosen we set it and re-execute
+ * ourselves once (the variable being set is what stops a second time). */
 static void set_wait_policy(char **argv) {
-    int changed = 0;
-    if (!getenv("OMP_WAIT_POLICY")) changed |= setenv("OMP_WAIT_POLICY", "passive", 1) == 0;
-    if (!getenv("OPENBLAS_THREAD_TIMEOUT"))
-        changed |= setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) == 0;
-    if (changed) execv("/proc/self/exe", argv);
-    /* exec failed: go on with busy-waiting threads, slower but correct */
+    if (getenv("OPENBLAS_NUM_THREADS")) return;
+    if (setenv("OPENBLAS_NUM_THREADS", "1", 1) == 0) execv("/proc/self/exe", argv);
+    /* exec failed: OpenBLAS starts its pool, which stays idle */
 }
 
 static const struct {
