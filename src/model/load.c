@@ -148,7 +148,9 @@ ft_status model_quant_resolve(const char *dir, const model_config *c, const mode
     ft_status st = checkpoint_quant(dir, &ck, &ck_dq, err);
     if (st) return st;
     if (ck >= 0) {
-        if (lin != QF_F32 && lin != ck)
+        /* the checkpoint's 4-bit weights are used as stored; only an explicit --quant other than
+         * theirs (or none) conflicts (--dtype bf16's default, bf16 weights, yields to them) */
+        if (opt && opt->quant && lin != QF_F32 && lin != ck)
             return ft_error_set(
                 err, FT_ERR_INPUT, "option --quant",
                 "leave --quant out: the checkpoint's own 4-bit weights are used",

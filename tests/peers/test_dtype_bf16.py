@@ -198,6 +198,28 @@ def test_qlora_bf16_matches_bitsandbytes(setup):
     assert worst > 1e-5, f"nf4 bf16 run equals the nf4 fp32 run ({worst:.1e})"
 
 
+def test_bf16_on_a_bitsandbytes_folder_uses_its_4bit_weights(setup):
+    """--dtype bf16 on a folder that holds bitsandbytes NF4 weights (ftune quantize writes what
+    transformers saves) trains from those weights: the same steps, to the bit, as --quant nf4
+    --dtype bf16 on the fp32 folder it was made from (the same NF4 codes; the LM head in bf16, as
+    --dtype bf16 keeps it when no --quant is given), instead of refusing because --dtype bf16
+    would keep bf16 weights by default."""
+    q = str(setup["dir"] / "model-nf4")
+    run_ok(["quantize", "--model", setup["model"], "--out", q, "--quant", "nf4"])
+    runs = {}
+    for name, model, extra in (("folder", q, []),
+                               ("on load", setup["model"], ["--quant", "nf4", "--quant-lm-head", "bf16"])):
+        run = str(setup["dir"] / f"run-bnb-{name.replace(' ', '-')}")
+        run_ok(train_args(dict(setup, model=model), run, ["--dtype", "bf16", *extra]))
+        runs[name] = [(m["loss"], m["grad_norm"]) for m in read_metrics(run)]
+    assert len(runs["folder"]) == STEPS
+    assert runs["folder"] == runs["on load"], (runs["folder"][:3], runs["on load"][:3])
+    # an explicit --quant other than the folder's still conflicts, and says so
+    p = run_ftune(train_args(dict(setup, model=q), str(setup["dir"] / "run-bnb-q8"),
+                             ["--dtype", "bf16", "--quant", "q8"]))
+    assert p.returncode == 2 and "leave --quant out" in p.stderr, p.stderr
+
+
 # --- eval --------------------------------------------------------------------------------------
 
 def test_eval_bf16_logits_match_autocast(zoo, tmp_path):
