@@ -57,61 +57,53 @@ typedef struct shape {
     int N, K, R;
 } shape;
 
-/* lg_xw: C (N x R) = alpha X (N x K) W + beta C */
-static int check_xw(shape s, int wt, float alpha, float beta, int threads) {
-    int ldx = s.K + PAD, ldc = s.R + PAD;
-    float *X = rand_buf((size_t)s.N * ldx), *W = rand_buf((size_t)s.K * s.R);
-    float *C0 = rand_buf((size_t)s.N * ldc), *got = malloc((size_t)s.N * ldc * 4),
-          *ref = malloc((size_t)s.N * ldc * 4), *mag = calloc((size_t)s.N * ldc, 4);
-    for (int i = 0; i < s.N; i++)
-        for (int j = 0; j < ldc; j++)
-            C0[(size_t)i * ldc + j] = j >= s.R ? GUARD : beta == 0.0f ? NAN : C0[(size_t)i * ldc + j];
-    for (int i = 0; i < s.N; i++)
-        for (int r = 0; r < s.R; r++) {
-            double m = 0;
-            for (int k = 0; k < s.K; k++)
-                m += fabs(X[(size_t)i * ldx + k] * (wt ? W[(size_t)r * s.K + k] : W[(size_t)k * s.R + r]));
-            float c = C0[(size_t)i * ldc + r];
-            mag[(size_t)i * ldc + r] = (float)(fabs(alpha) * m + (beta == 0.0f ? 0 : fabs(beta * c)));
-        }
-    memcpy(got, C0, (size_t)s.N * ldc * 4), memcpy(ref, C0, (size_t)s.N * ldc * 4);
-#ifdef _OPENMP
-    omp_set_num_threads(threads);
-#endif
-    (void)threads;
-    lg_xw(s.N, s.K, s.R, alpha, X, ldx, W, wt, beta, got, ldc);
-    lg_xw_ref(s.N, s.K, s.R, alpha, X, ldx, W, wt, beta, ref, ldc);
-    int bad = compare(got, ref, mag, s.N, s.R, ldc, 1);
-    free(X), free(W), free(C0), free(got), free(ref), free(mag);
-    return bad;
+/* lg_xw and lg_hw are both C (N x cols) = alpha A (N x inner) W + beta C, W (inner x cols) or,
+ * with wt, (cols x inner): lg_xw's inner size is K and its cols R, lg_hw's the other way. */
+typedef void (*prod_fn)(int N, int inner, int cols, float alpha, const float *A, int lda,
+                        const float *W, int wt, float beta, float *C, int ldc);
+static void xw_kernel(int N, int in, int cols, float al, const float *A, int lda, const float *W,
+                      int wt, float be, float *C, int ldc) {
+    lg_xw(N, in, cols, al, A, lda, W, wt, be, C, ldc);
+}
+static void xw_ref(int N, int in, int cols, float al, const float *A, int lda, const float *W,
+                   int wt, float be, float *C, int ldc) {
+    lg_xw_ref(N, in, cols, al, A, lda, W, wt, be, C, ldc);
+}
+static void hw_kernel(int N, int in, int cols, float al, const float *A, int lda, const float *W,
+                      int wt, float be, float *C, int ldc) {
+    lg_hw(N, cols, in, al, A, lda, W, wt, be, C, ldc);
+}
+static void hw_ref(int N, int in, int cols, float al, const float *A, int lda, const float *W,
+                   int wt, float be, float *C, int ldc) {
+    lg_hw_ref(N, cols, in, al, A, lda, W, wt, be, C, ldc);
 }
 
-/* lg_hw: C (N x M) = alpha H (N x R) W + beta C, shape (N, M, R) */
-static int check_hw(shape s, int wt, float alpha, float beta, int threads) {
-    int M = s.K, ldh = s.R + PAD, ldc = M + PAD;
-    float *H = rand_buf((size_t)s.N * ldh), *W = rand_buf((size_t)M * s.R);
-    float *C0 = rand_buf((size_t)s.N * ldc), *got = malloc((size_t)s.N * ldc * 4),
-          *ref = malloc((size_t)s.N * ldc * 4), *mag = calloc((size_t)s.N * ldc, 4);
-    for (int i = 0; i < s.N; i++)
+static int check_prod(prod_fn kernel, prod_fn ref_fn, int N, int in, int cols, int wt,
+                      float alpha, float beta, int threads) {
+    int lda = in + PAD, ldc = cols + PAD;
+    float *A = rand_buf((size_t)N * lda), *W = rand_buf((size_t)in * cols);
+    float *C0 = rand_buf((size_t)N * ldc), *got = malloc((size_t)N * ldc * 4),
+          *ref = malloc((size_t)N * ldc * 4), *mag = calloc((size_t)N * ldc, 4);
+    for (int i = 0; i < N; i++)
         for (int j = 0; j < ldc; j++)
-            C0[(size_t)i * ldc + j] = j >= M ? GUARD : beta == 0.0f ? NAN : C0[(size_t)i * ldc + j];
-    for (int i = 0; i < s.N; i++)
-        for (int j = 0; j < M; j++) {
+            C0[(size_t)i * ldc + j] = j >= cols ? GUARD : beta == 0.0f ? NAN : C0[(size_t)i * ldc + j];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < cols; j++) {
             double m = 0;
-            for (int k = 0; k < s.R; k++)
-                m += fabs(H[(size_t)i * ldh + k] * (wt ? W[(size_t)j * s.R + k] : W[(size_t)k * M + j]));
+            for (int k = 0; k < in; k++)
+                m += fabs(A[(size_t)i * lda + k] * (wt ? W[(size_t)j * in + k] : W[(size_t)k * cols + j]));
             float c = C0[(size_t)i * ldc + j];
             mag[(size_t)i * ldc + j] = (float)(fabs(alpha) * m + (beta == 0.0f ? 0 : fabs(beta * c)));
         }
-    memcpy(got, C0, (size_t)s.N * ldc * 4), memcpy(ref, C0, (size_t)s.N * ldc * 4);
+    memcpy(got, C0, (size_t)N * ldc * 4), memcpy(ref, C0, (size_t)N * ldc * 4);
 #ifdef _OPENMP
     omp_set_num_threads(threads);
 #endif
     (void)threads;
-    lg_hw(s.N, M, s.R, alpha, H, ldh, W, wt, beta, got, ldc);
-    lg_hw_ref(s.N, M, s.R, alpha, H, ldh, W, wt, beta, ref, ldc);
-    int bad = compare(got, ref, mag, s.N, M, ldc, 1);
-    free(H), free(W), free(C0), free(got), free(ref), free(mag);
+    kernel(N, in, cols, alpha, A, lda, W, wt, beta, got, ldc);
+    ref_fn(N, in, cols, alpha, A, lda, W, wt, beta, ref, ldc);
+    int bad = compare(got, ref, mag, N, cols, ldc, 1);
+    free(A), free(W), free(C0), free(got), free(ref), free(mag);
     return bad;
 }
 
@@ -177,8 +169,8 @@ static void check_at(cpu_isa l) {
                     float alpha = alphas[(ni + ki + ri) % 2];
                     float beta = betas[(ni + ri + (size_t)t) % 3];
                     int threads = 1 + (int)((ki + ri + (size_t)t) % 2);
-                    bad_xw += check_xw(s, t, alpha, beta, threads);
-                    bad_hw += check_hw(s, t, alpha, beta, threads);
+                    bad_xw += check_prod(xw_kernel, xw_ref, s.N, s.K, s.R, t, alpha, beta, threads);
+                    bad_hw += check_prod(hw_kernel, hw_ref, s.N, s.R, s.K, t, alpha, beta, threads);
                     bad_pth += check_pth(s, t, alpha, threads);
                     n++;
                 }
