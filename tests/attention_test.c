@@ -15,14 +15,16 @@
  *    moves values by O(1e-2) or more. Padding rows must be exactly 0 (out, dq, dk, dv) and their
  *    lse -inf; dq/dk/dv are pre-filled with garbage to check that backward overwrites.
  *    Every case runs the portable code, the
- *    tiled AVX2 version (attention_tiled_avx2.c: backward in 1, 2 and 3 parts, K/V rows aligned
- *    and 16 bytes off) and the dispatching entry points. Cases with T = 600 cross its 256-key
+ *    tiled version at AVX2 and, where the CPU has it, AVX-512 (attention_tiled_body.h: backward
+ *    in 1, 2 and 3 parts, K/V rows aligned and 16 bytes off; the two ISAs' outputs must be the
+ *    same bits) and the dispatching entry points. Cases with T = 600 cross its 256-key
  *    chunks; GQA groups 1..8 and D = 64, 80, 128 cut its 6-row tiles and 16-wide panels.
  * 2. Finite differences: the gradient of L = sum(out * R) (R fixed random) is taken by central
  *    differences of the double reference forward (eps 1e-5: truncation ~eps^2 = 1e-10, roundoff
  *    ~1e-16/eps = 1e-11) and compared with the fp32 analytic backward at 1e-5 of the largest
  *    gradient, for GQA H=4 Hkv=2 plain, with a window, with segments and with padding.
  */
+#include "base/cpu.h"
 #include "ops/attention_tiled.h"
 #include "ops/ops.h"
 #include "test.h"
@@ -246,20 +248,36 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
     free(out), free(lse), free(dq), free(dk), free(dv);
 }
 
-/* The tiled kernel, which reports a missing workspace instead of running the portable code:
- * here that is a failure. */
+/* The tiled kernel at the ISA tiled_isa names (its table: attention_tiled.h), which reports a
+ * missing workspace instead of running the portable code: here that is a failure. */
+typedef struct {
+    const char *name;
+    size_t (*ws)(int, int, int, int, int);
+    int (*fwd)(float *, float *, const float *, const float *, const float *, const int *,
+               const int *, int, int, int, int, int, int, float, void *, size_t);
+    int (*bwd)(float *, float *, float *, const float *, const float *, const float *,
+               const float *, const float *, const float *, const int *, const int *, int, int, int,
+               int, int, int, float, void *, size_t);
+    cpu_isa level;
+} tiled_isa_row;
+static const tiled_isa_row tiled_isas[] = {
+    {"avx2", attention_tiled_ws_bytes_avx2, attention_forward_tiled_avx2,
+     attention_backward_tiled_avx2, CPU_AVX2},
+    {"avx512", attention_tiled_ws_bytes_avx512, attention_forward_tiled_avx512,
+     attention_backward_tiled_avx512, CPU_AVX512},
+};
+static const tiled_isa_row *tiled_isa = &tiled_isas[0];
+
 static void tiled_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                           int window, float scale) {
-    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    size_t n = tiled_isa->ws(B, T, H, Hkv, D);
     void *ws = malloc(n);
-    int rc =
-        attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
-    CHECK(rc == 0, "the tiled forward did not run (%d)", rc);
+    int rc = tiled_isa->fwd(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
+    CHECK(rc == 0, "the tiled forward (%s) did not run (%d)", tiled_isa->name, rc);
     /* with a workspace too small for one thread's buffers it refuses (and writes nothing) */
-    CHECK(attention_forward_tiled(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws,
-                                  64) == -1,
-          "the tiled forward ran in 64 bytes");
+    CHECK(tiled_isa->fwd(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, 64) == -1,
+          "the tiled forward (%s) ran in 64 bytes", tiled_isa->name);
     free(ws);
 }
 
@@ -267,12 +285,38 @@ static void tiled_backward(float *dq, float *dk, float *dv, const float *dout, c
                            const float *k, const float *v, const float *out, const float *lse,
                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                            int window, float scale) {
-    size_t n = attention_tiled_ws_bytes(B, T, H, Hkv, D);
+    size_t n = tiled_isa->ws(B, T, H, Hkv, D);
     void *ws = malloc(n);
-    int rc = attention_backward_tiled(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv,
-                                      D, window, scale, ws, n);
-    CHECK(rc == 0, "the tiled backward did not run (%d)", rc);
+    int rc = tiled_isa->bwd(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                            scale, ws, n);
+    CHECK(rc == 0, "the tiled backward (%s) did not run (%d)", tiled_isa->name, rc);
     free(ws);
+}
+
+/* The AVX-512 kernels sum every output in the AVX2 kernels' order: forward and backward of the
+ * case give the same bits at both ISAs (the backward from the AVX2 forward's out and lse). */
+static void check_isas_agree(const att_case *c) {
+    int B = c->B, T = c->T, H = c->H, Hkv = c->Hkv, D = c->D;
+    size_t nq = (size_t)B * T * H * D, nk = (size_t)B * T * Hkv * D, nl = (size_t)B * H * T;
+    float *r[2][5];
+    for (int i = 0; i < 2; i++) {
+        float *out = malloc(4 * nq), *lse = malloc(4 * nl), *dq = malloc(4 * nq),
+              *dk = malloc(4 * nk), *dv = malloc(4 * nk);
+        tiled_isa = &tiled_isas[i];
+        tiled_forward(out, lse, c->q, c->k, c->v, c->seg, c->len, B, T, H, Hkv, D, c->window,
+                      c->scale);
+        tiled_backward(dq, dk, dv, c->dout, c->q, c->k, c->v, i ? r[0][0] : out, i ? r[0][1] : lse,
+                       c->seg, c->len, B, T, H, Hkv, D, c->window, c->scale);
+        r[i][0] = out, r[i][1] = lse, r[i][2] = dq, r[i][3] = dk, r[i][4] = dv;
+    }
+    tiled_isa = &tiled_isas[0];
+    size_t n[5] = {nq, nl, nq, nk, nk};
+    const char *what[5] = {"out", "lse", "dq", "dk", "dv"};
+    for (int t = 0; t < 5; t++) {
+        CHECK(!memcmp(r[0][t], r[1][t], 4 * n[t]), "%s: %s differs between AVX2 and AVX-512",
+              c->name, what[t]);
+        free(r[0][t]), free(r[1][t]);
+    }
 }
 
 /* The dispatching entry points with the workspace they ask for, as the model gives it; and with
@@ -365,22 +409,38 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
     }
     run_variant(&c, "portable", attention_forward_ref, attention_backward_ref);
     if (attention_avx2_usable(H, Hkv, D)) {
-        /* the tiled version: its backward with each (b, kv head) in 1, 2 and 3 runs of query
-         * blocks (the runs after the first sum through their own buffers), and with K, V rows
-         * 32-byte aligned (read in place) and 16-byte off (copied first) */
+        /* the tiled version at each ISA the CPU has (and FTUNE_ISA allows): its backward with
+         * each (b, kv head) in 1, 2 and 3 runs of query blocks (the runs after the first sum
+         * through their own buffers), and with K, V rows 32-byte aligned (read in place) and
+         * 16-byte off (copied first) */
         float *ka = aligned_alloc(64, 4 * nk + 64), *va = aligned_alloc(64, 4 * nk + 64);
         memcpy(ka, c.k, 4 * nk), memcpy(va, c.v, 4 * nk);
         float *ku = aligned_alloc(64, 4 * nk + 64), *vu = aligned_alloc(64, 4 * nk + 64);
         memcpy(ku + 4, c.k, 4 * nk), memcpy(vu + 4, c.v, 4 * nk);
-        for (int parts = 1; parts <= 3; parts++) {
-            char vn[80];
-            attention_tiled_parts = parts;
-            snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V aligned", parts);
-            run_variant_kv(&c, vn, tiled_forward, tiled_backward, ka, va);
-            snprintf(vn, sizeof vn, "tiled, backward in %d part(s), K/V 16 bytes off", parts);
-            run_variant_kv(&c, vn, tiled_forward, tiled_backward, ku + 4, vu + 4);
+        for (size_t i = 0; i < sizeof tiled_isas / sizeof tiled_isas[0]; i++) {
+            if (tiled_isas[i].level > cpu_level()) {
+                static int noted;
+                if (!noted++)
+                    printf("note: no %s here (or FTUNE_ISA caps it): its tiled attention is not "
+                           "tested\n",
+                           tiled_isas[i].name);
+                continue;
+            }
+            tiled_isa = &tiled_isas[i];
+            for (int parts = 1; parts <= 3; parts++) {
+                char vn[80];
+                attention_tiled_parts = parts;
+                snprintf(vn, sizeof vn, "tiled %s, backward in %d part(s), K/V aligned",
+                         tiled_isa->name, parts);
+                run_variant_kv(&c, vn, tiled_forward, tiled_backward, ka, va);
+                snprintf(vn, sizeof vn, "tiled %s, backward in %d part(s), K/V 16 bytes off",
+                         tiled_isa->name, parts);
+                run_variant_kv(&c, vn, tiled_forward, tiled_backward, ku + 4, vu + 4);
+            }
+            attention_tiled_parts = 0;
         }
-        attention_tiled_parts = 0;
+        tiled_isa = &tiled_isas[0];
+        if (cpu_level() >= CPU_AVX512) check_isas_agree(&c);
         free(ka), free(va), free(ku), free(vu);
     } else if (D % 16 == 0) {
         printf("note: no AVX2+FMA on this CPU, the AVX2 attention is not tested\n");

@@ -204,11 +204,15 @@ typedef struct att_kernels {
                     int, int, int, int, float, void *, size_t);
 } att_kernels;
 
+int attention_tiled_parts = 0; /* attention_tiled.h */
+
 static int tiled_shape(int H, int Hkv, int D) { return D % 16 == 0 && D <= 256 && H / Hkv <= 32; }
 
 static const att_kernels table[] = {
-    {"avx2", CPU_AVX2, tiled_shape, attention_tiled_ws_bytes, attention_forward_tiled,
-     attention_backward_tiled},
+    {"avx512", CPU_AVX512, tiled_shape, attention_tiled_ws_bytes_avx512,
+     attention_forward_tiled_avx512, attention_backward_tiled_avx512},
+    {"avx2", CPU_AVX2, tiled_shape, attention_tiled_ws_bytes_avx2, attention_forward_tiled_avx2,
+     attention_backward_tiled_avx2},
 };
 enum { NTABLE = sizeof table / sizeof table[0] };
 
