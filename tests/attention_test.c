@@ -17,14 +17,21 @@
  *    Every case runs the portable code, the
  *    tiled version at AVX2 and, where the CPU has it, AVX-512 (attention_tiled_body.h: backward
  *    in 1, 2 and 3 parts, K/V rows aligned and 16 bytes off; the two ISAs' outputs must be the
- *    same bits) and the dispatching entry points. Cases with T = 600 cross its 256-key
- *    chunks; GQA groups 1..8 and D = 64, 80, 128 cut its 6-row tiles and 16-wide panels.
+ *    same bits) and the dispatching entry points. The bf16 products (attention_forward_bf16, where
+ *    the CPU has AVX-512: gemm_bf16 on tiles, VDPBF16PS or widened, whichever the ISA level
+ *    runs) are compared with the naive reference over the inputs rounded to bf16, as the kernel
+ *    rounds them, at BF16_TOL = 8e-3 of each result's largest value: what is left is the
+ *    rounding of P and dS to bf16 (2^-9 relative each), measured at most 3.7e-3 over the cases
+ *    here; a mask slip of one key among the ~70 a row sees moves a value by ~1e-2 or more. Cases
+ * with T = 600 cross its 256-key chunks; GQA groups 1..8 and D = 64, 80, 128 cut its 6-row tiles
+ * and 16-wide panels.
  * 2. Finite differences: the gradient of L = sum(out * R) (R fixed random) is taken by central
  *    differences of the double reference forward (eps 1e-5: truncation ~eps^2 = 1e-10, roundoff
  *    ~1e-16/eps = 1e-11) and compared with the fp32 analytic backward at 1e-5 of the largest
  *    gradient, for GQA H=4 Hkv=2 plain, with a window, with segments and with padding.
  */
 #include "base/cpu.h"
+#include "base/half.h"
 #include "ops/attention_tiled.h"
 #include "ops/ops.h"
 #include "test.h"
@@ -193,6 +200,11 @@ typedef void (*bwd_fn)(float *, float *, float *, const float *, const float *, 
                        const float *, const float *, const float *, const int *, const int *, int,
                        int, int, int, int, int, float);
 
+/* The bound of run_variant_kv's comparisons (relative to each result's largest value): 1e-5 for
+ * fp32 products, BF16_TOL for the bf16 ones. */
+static double variant_tol = 1e-5;
+#define BF16_TOL 8e-3
+
 /* Runs one version on the case's inputs, with K and V read from k, v (the case's own, or copies
  * at another alignment). */
 static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd,
@@ -205,14 +217,14 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
     float *out = malloc(4 * nq), *lse = malloc(4 * nl), *dq = malloc(4 * nq), *dk = malloc(4 * nk),
           *dv = malloc(4 * nk);
     fwd(out, lse, c->q, k, v, c->seg, len, B, T, H, Hkv, D, c->window, c->scale);
-    CHECK(rel_err(out, c->outd, nq) <= 1e-5, "%s: out vs naive double: rel err %.3g", name,
+    CHECK(rel_err(out, c->outd, nq) <= variant_tol, "%s: out vs naive double: rel err %.3g", name,
           rel_err(out, c->outd, nq));
     int lse_bad = 0, pad_bad = 0;
     for (size_t i = 0; i < nl; i++) {
         if (isinf(c->lsed[i]))
             lse_bad += !(isinf(lse[i]) && lse[i] < 0);
         else
-            lse_bad += !(fabs(lse[i] - c->lsed[i]) <= 1e-5 * (1 + fabs(c->lsed[i])));
+            lse_bad += !(fabs(lse[i] - c->lsed[i]) <= variant_tol * (1 + fabs(c->lsed[i])));
     }
     CHECK(lse_bad == 0, "%s: %d lse values differ from the naive double lse", name, lse_bad);
 
@@ -222,9 +234,12 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
         dk[i] = dv[i] = -3.0f;
     bwd(dq, dk, dv, c->dout, c->q, k, v, out, lse, c->seg, len, B, T, H, Hkv, D, c->window,
         c->scale);
-    CHECK(rel_err(dq, c->dqd, nq) <= 1e-5, "%s: dq rel err %.3g", name, rel_err(dq, c->dqd, nq));
-    CHECK(rel_err(dk, c->dkd, nk) <= 1e-5, "%s: dk rel err %.3g", name, rel_err(dk, c->dkd, nk));
-    CHECK(rel_err(dv, c->dvd, nk) <= 1e-5, "%s: dv rel err %.3g", name, rel_err(dv, c->dvd, nk));
+    CHECK(rel_err(dq, c->dqd, nq) <= variant_tol, "%s: dq rel err %.3g", name,
+          rel_err(dq, c->dqd, nq));
+    CHECK(rel_err(dk, c->dkd, nk) <= variant_tol, "%s: dk rel err %.3g", name,
+          rel_err(dk, c->dkd, nk));
+    CHECK(rel_err(dv, c->dvd, nk) <= variant_tol, "%s: dv rel err %.3g", name,
+          rel_err(dv, c->dvd, nk));
     for (int b = 0; b < B && len; b++)
         for (int t = len[b]; t < T; t++) {
             for (int x = 0; x < H * D; x++) {
@@ -241,9 +256,9 @@ static void run_variant_kv(const att_case *c, const char *vname, fwd_fn fwd, bwd
         /* L = sum(out * R) with R = dout, so dL/dq = dq from the backward given dout */
         double eq = rel_err(dq, c->nq_, nq), ek = rel_err(dk, c->nk_, nk),
                ev = rel_err(dv, c->nv_, nk);
-        CHECK(eq <= 1e-5, "%s: dq vs finite differences: rel err %.3g", name, eq);
-        CHECK(ek <= 1e-5, "%s: dk vs finite differences: rel err %.3g", name, ek);
-        CHECK(ev <= 1e-5, "%s: dv vs finite differences: rel err %.3g", name, ev);
+        CHECK(eq <= variant_tol, "%s: dq vs finite differences: rel err %.3g", name, eq);
+        CHECK(ek <= variant_tol, "%s: dk vs finite differences: rel err %.3g", name, ek);
+        CHECK(ev <= variant_tol, "%s: dv vs finite differences: rel err %.3g", name, ev);
     }
     free(out), free(lse), free(dq), free(dk), free(dv);
 }
@@ -259,12 +274,16 @@ typedef struct {
                const float *, const float *, const float *, const int *, const int *, int, int, int,
                int, int, int, float, void *, size_t);
     cpu_isa level;
+    double tol; /* of each result against the double reference, relative to its largest value */
+    int bf16;   /* the reference takes q, k, v, dout rounded to bf16, as the kernel does */
 } tiled_isa_row;
 static const tiled_isa_row tiled_isas[] = {
     {"avx2", attention_tiled_ws_bytes_avx2, attention_forward_tiled_avx2,
-     attention_backward_tiled_avx2, CPU_AVX2},
+     attention_backward_tiled_avx2, CPU_AVX2, 1e-5, 0},
     {"avx512", attention_tiled_ws_bytes_avx512, attention_forward_tiled_avx512,
-     attention_backward_tiled_avx512, CPU_AVX512},
+     attention_backward_tiled_avx512, CPU_AVX512, 1e-5, 0},
+    {"bf16", attention_bf16_ws_bytes, attention_forward_bf16, attention_backward_bf16, CPU_AVX512,
+     BF16_TOL, 1},
 };
 static const tiled_isa_row *tiled_isa = &tiled_isas[0];
 
@@ -291,6 +310,26 @@ static void tiled_backward(float *dq, float *dk, float *dv, const float *dout, c
                             scale, ws, n);
     CHECK(rc == 0, "the tiled backward (%s) did not run (%d)", tiled_isa->name, rc);
     free(ws);
+}
+
+/* The case's reference on its inputs rounded to bf16 (the naive double reference over
+ * bf16(q), bf16(k), bf16(v), bf16(dout)): what the bf16 products compute up to their rounding of
+ * P and dS. The caller frees outd .. dvd. */
+static att_case rounded_reference(const att_case *c) {
+    att_case r = *c;
+    size_t nq = (size_t)c->B * c->T * c->H * c->D, nk = (size_t)c->B * c->T * c->Hkv * c->D;
+    size_t nl = (size_t)c->B * c->H * c->T;
+    double *qd = malloc(8 * nq), *kd = malloc(8 * nk), *vd = malloc(8 * nk), *dod = malloc(8 * nq);
+    for (size_t i = 0; i < nq; i++)
+        qd[i] = bf16_to_f32(f32_to_bf16(c->q[i])), dod[i] = bf16_to_f32(f32_to_bf16(c->dout[i]));
+    for (size_t i = 0; i < nk; i++)
+        kd[i] = bf16_to_f32(f32_to_bf16(c->k[i])), vd[i] = bf16_to_f32(f32_to_bf16(c->v[i]));
+    r.outd = malloc(8 * nq), r.lsed = malloc(8 * nl), r.dqd = malloc(8 * nq);
+    r.dkd = malloc(8 * nk), r.dvd = malloc(8 * nk), r.do_fd = 0;
+    ref_attention(r.outd, r.lsed, qd, kd, vd, c->seg, c->len, c->B, c->T, c->H, c->Hkv, c->D,
+                  c->window, c->scale, dod, r.dqd, r.dkd, r.dvd);
+    free(qd), free(kd), free(vd), free(dod);
+    return r;
 }
 
 /* The AVX-512 kernels sum every output in the AVX2 kernels' order: forward and backward of the
@@ -324,9 +363,9 @@ static void check_isas_agree(const att_case *c) {
 static void dispatch_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                              const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                              int window, float scale) {
-    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D, 0);
     void *ws = n ? malloc(n) : NULL;
-    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, n);
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, 0, ws, n);
     free(ws);
 }
 
@@ -334,17 +373,17 @@ static void dispatch_backward(float *dq, float *dk, float *dv, const float *dout
                               const float *k, const float *v, const float *out, const float *lse,
                               const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
                               int window, float scale) {
-    size_t n = attention_workspace_bytes(B, T, H, Hkv, D);
+    size_t n = attention_workspace_bytes(B, T, H, Hkv, D, 0);
     void *ws = n ? malloc(n) : NULL;
     attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
-                       scale, ws, n);
+                       scale, 0, ws, n);
     free(ws);
 }
 
 static void noworkspace_forward(float *out, float *lse, const float *q, const float *k,
                                 const float *v, const int *seg, const int *len, int B, int T, int H,
                                 int Hkv, int D, int window, float scale) {
-    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, NULL, 0);
+    attention_forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, 0, NULL, 0);
 }
 
 static void noworkspace_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
@@ -352,7 +391,7 @@ static void noworkspace_backward(float *dq, float *dk, float *dv, const float *d
                                  const int *seg, const int *len, int B, int T, int H, int Hkv,
                                  int D, int window, float scale) {
     attention_backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
-                       scale, NULL, 0);
+                       scale, 0, NULL, 0);
 }
 
 static void run_variant(const att_case *c, const char *vname, fwd_fn fwd, bwd_fn bwd) {
@@ -427,19 +466,24 @@ static void run_case(const char *name, int B, int T, int H, int Hkv, int D, int 
                 continue;
             }
             tiled_isa = &tiled_isas[i];
+            variant_tol = tiled_isa->tol;
+            att_case cr = tiled_isa->bf16 ? rounded_reference(&c) : c;
             for (int parts = 1; parts <= 3; parts++) {
                 char vn[80];
                 attention_tiled_parts = parts;
                 snprintf(vn, sizeof vn, "tiled %s, backward in %d part(s), K/V aligned",
                          tiled_isa->name, parts);
-                run_variant_kv(&c, vn, tiled_forward, tiled_backward, ka, va);
+                run_variant_kv(&cr, vn, tiled_forward, tiled_backward, ka, va);
                 snprintf(vn, sizeof vn, "tiled %s, backward in %d part(s), K/V 16 bytes off",
                          tiled_isa->name, parts);
-                run_variant_kv(&c, vn, tiled_forward, tiled_backward, ku + 4, vu + 4);
+                run_variant_kv(&cr, vn, tiled_forward, tiled_backward, ku + 4, vu + 4);
             }
             attention_tiled_parts = 0;
+            if (tiled_isa->bf16)
+                free(cr.outd), free(cr.lsed), free(cr.dqd), free(cr.dkd), free(cr.dvd);
         }
         tiled_isa = &tiled_isas[0];
+        variant_tol = 1e-5;
         if (cpu_level() >= CPU_AVX512) check_isas_agree(&c);
         free(ka), free(va), free(ku), free(vu);
     } else if (D % 16 == 0) {

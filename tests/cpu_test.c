@@ -95,6 +95,8 @@ static void check_ops_at(cpu_isa l) {
     CHECK(!strcmp(xent_isa(), v2), "%s: xent runs %s", name, xent_isa());
     CHECK(!strcmp(attention_isa(9, 3, 64), l >= CPU_AVX512 ? "avx512" : v2),
           "%s: attention runs %s", name, attention_isa(9, 3, 64));
+    CHECK(attention_bf16_active(9, 3, 64) == (l >= CPU_AMX), "%s: bf16 attention active %d", name,
+          attention_bf16_active(9, 3, 64));
     /* a shape the tiled kernel does not take runs the portable code at any level */
     CHECK(!strcmp(attention_isa(4, 2, 10), "portable"), "%s: attention D=10 runs %s", name,
           attention_isa(4, 2, 10));
@@ -162,15 +164,15 @@ static void check_runs_portable(void) {
           *lse2 = malloc(4 * nl);
     float *dq1 = malloc(4 * nq), *dq2 = malloc(4 * nq), *dk1 = malloc(4 * nk),
           *dk2 = malloc(4 * nk), *dv1 = malloc(4 * nk), *dv2 = malloc(4 * nk);
-    size_t wsb = attention_workspace_bytes(B, T, H, Hkv, D);
+    size_t wsb = attention_workspace_bytes(B, T, H, Hkv, D, 0);
     CHECK(wsb == 0, "the portable attention asks for %zu bytes of workspace", wsb);
     char ws[64];
-    attention_forward(out1, lse1, q, k, v, NULL, NULL, B, T, H, Hkv, D, 0, 0.25f, ws, sizeof ws);
+    attention_forward(out1, lse1, q, k, v, NULL, NULL, B, T, H, Hkv, D, 0, 0.25f, 0, ws, sizeof ws);
     attention_forward_ref(out2, lse2, q, k, v, NULL, NULL, B, T, H, Hkv, D, 0, 0.25f);
     CHECK(!memcmp(out1, out2, 4 * nq) && !memcmp(lse1, lse2, 4 * nl),
           "attention_forward is not the portable one");
     attention_backward(dq1, dk1, dv1, dout, q, k, v, out2, lse2, NULL, NULL, B, T, H, Hkv, D, 0,
-                       0.25f, ws, sizeof ws);
+                       0.25f, 0, ws, sizeof ws);
     attention_backward_ref(dq2, dk2, dv2, dout, q, k, v, out2, lse2, NULL, NULL, B, T, H, Hkv, D, 0,
                            0.25f);
     CHECK(!memcmp(dq1, dq2, 4 * nq) && !memcmp(dk1, dk2, 4 * nk) && !memcmp(dv1, dv2, 4 * nk),

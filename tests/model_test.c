@@ -136,7 +136,7 @@ static void check_arch(const char *arch, double dropout, int ckpt) {
 /* What the plan counts for an allocation of B x T tokens: the activations (acts_plan_bytes) and
  * the matmul scratch at their end, with the loss's per-row state (model_matmul_scratch_bytes) */
 static size_t planned(const model *m, int B, int T, int ck) {
-    return acts_plan_bytes(&m->cfg, 4, m->lora->n, B, T, ck) +
+    return acts_plan_bytes(&m->cfg, 4, m->lora->n, B, T, ck, m->quant.compute == QC_BF16) +
            ((model_matmul_scratch_bytes(&m->cfg, &m->quant, B * T) + 63) & ~(size_t)63);
 }
 
@@ -274,8 +274,8 @@ static void check_bf16_checkpoints(void) {
            loss[1], loss[0], worst / maxg);
     model_config deep = m.cfg;
     deep.L = 32;
-    size_t f32 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_FP32),
-           b16 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_BF16),
+    size_t f32 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_FP32, 0),
+           b16 = acts_plan_bytes(&deep, 4, m.lora->n, 2, 13, CKPT_BF16, 0),
            NC = (size_t)2 * 13 * deep.C, saved = 33 * NC * 2 - NC * 4;
     CHECK(f32 - b16 + 128 >= saved && f32 - b16 <= saved + 128,
           "32 layers: bf16 checkpoints save %zu bytes, expected %zu", f32 - b16, saved);

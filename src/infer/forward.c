@@ -81,7 +81,7 @@ ft_status infer_init(infer_model *im, model *m, const infer_adapter *ad, int n_a
         floats += up16(parts[i]);
     im->mm_bytes = (model_matmul_scratch_bytes(c, &m->quant, chunk) + 63) & ~(size_t)63;
     im->attn_ws_bytes =
-        (attention_workspace_bytes(1, chunk, c->H, c->Hkv, c->D) + 63) & ~(size_t)63;
+        (attention_workspace_bytes(1, chunk, c->H, c->Hkv, c->D, 0) + 63) & ~(size_t)63;
     size_t total = floats * sizeof(float) + im->mm_bytes + im->attn_ws_bytes;
     float *buf = aligned_alloc(64, total);
     im->pos = malloc(sizeof(int) * n);
@@ -164,7 +164,7 @@ static void layer(infer_model *im, int l, int n, int p0) {
     const float *kf = kv_cache_k_f32(&im->kv, l), *vf = kv_cache_v_f32(&im->kv, l);
     if (p0 == 0 && kf && n > 1)
         attention_forward(im->att, im->lse, im->q, kf, vf, NULL, NULL, 1, n, H, Hkv, D,
-                          c->window[l], scale, im->attn_ws, im->attn_ws_bytes);
+                          c->window[l], scale, 0, im->attn_ws, im->attn_ws_bytes);
     else
         kv_attention(&im->kv, l, im->att, im->q, n, p0, H, c->window[l], scale, im->att_scratch,
                      im->nthreads);

@@ -114,7 +114,7 @@ size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, i
 }
 
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
-                       int ckpt) {
+                       int ckpt, int bf16) {
     size_t sizes[ACTS_PARTS], total = 0, N = (size_t)maxB * maxT;
     int n =
         acts_sizes(c, (c->H + 2 * c->Hkv) * c->D, (size_t)lora_r, (size_t)lora_modules, N,
@@ -124,7 +124,7 @@ size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int 
     /* and attention's workspace, which acts_alloc puts in the same block (the matmul scratch
      * there too is model_matmul_scratch_bytes, which the plan counts on its own) */
     return total * sizeof(float) +
-           ((attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63);
+           ((attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D, bf16) + 63) & ~(size_t)63);
 }
 
 static float *take(float **cur, size_t n) {
@@ -163,7 +163,10 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
     if (xent_chunk != xent_chunk_for(c, 0, N)) /* the loss's state for a chunk of the caller's */
         mmb += lmhead_xent_state_bytes((int)N, xent_chunk, c->V,
                                        model_head_chunk_rows(c, &m->quant), 1);
-    size_t awb = (attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D) + 63) & ~(size_t)63;
+    size_t awb =
+        (attention_workspace_bytes(maxB, maxT, c->H, c->Hkv, c->D, m->quant.compute == QC_BF16) +
+         63) &
+        ~(size_t)63;
     float *buf = aligned_alloc(64, total * sizeof(float) + mmb + awb);
     if (!buf) {
         free(a);

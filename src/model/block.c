@@ -146,7 +146,7 @@ static void layer_forward(model *m, acts *a, const batch *b, int l, const slot *
                        a->rope_sin, N, H, Hkv, D, c->rot_dim);
     /* att (N, H, D) = softmax(scale q k^T + causal / window / document mask) v; lse (B, H, T) */
     attention_forward(s->att, s->lse, s->q, s->k, s->v, b->seg, b->len, b->B, b->T, H, Hkv, D,
-                      c->window[l], scale, a->attn, a->attn_bytes);
+                      c->window[l], scale, m->quant.compute == QC_BF16, a->attn, a->attn_bytes);
     /* xmid (N, C) = x + att (N, HD) Wo^T */
     memcpy(s->xmid, x, (size_t)N * C * sizeof(float));
     lin_forward(m, a, l, LIN_O, s->xmid, C, s->att, N, 1, seed, 0);
@@ -210,7 +210,8 @@ static void layer_backward(model *m, acts *a, const batch *b, int l, const slot 
     lin_backward(m, a, l, LIN_O, a->datt, dres, C, s->att, N, seed, 0);
     /* dq (N, H, D), dk, dv (N, Hkv, D) from datt, recomputing the scores from lse */
     attention_backward(a->dq, a->dk, a->dv, a->datt, s->q, s->k, s->v, s->att, s->lse, b->seg,
-                       b->len, b->B, b->T, H, Hkv, D, c->window[l], scale, a->attn, a->attn_bytes);
+                       b->len, b->B, b->T, H, Hkv, D, c->window[l], scale,
+                       m->quant.compute == QC_BF16, a->attn, a->attn_bytes);
     /* dqkv (N, QKV): RoPE, qk-norm and the split backward, in one pass per token */
     const int qn = c->arch->qk_norm;
     attn_input_backward(a->dqkv, a->dq, a->dk, a->dv, s->qkv, QKV, s->qn_rstd, s->kn_rstd,

@@ -20,8 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define BNB_HINT "re-save the model with transformers (BitsAndBytesConfig(load_in_4bit=True)) " \
-                 "or run 'ftune quantize' on the full-precision model"
+#define BNB_HINT                                                                                   \
+    "re-save the model with transformers (BitsAndBytesConfig(load_in_4bit=True)) "                 \
+    "or run 'ftune quantize' on the full-precision model"
 
 static const char *const state_suffix[2] = {"nf4", "fp4"};
 
@@ -174,8 +175,7 @@ static ft_status read_state(const st_set *s, const char *name, bnb_state *q, ft_
     return st;
 }
 
-ft_status bnb_weight_shape(const st_set *s, const char *name, int *rows, int *cols,
-                           ft_error *err) {
+ft_status bnb_weight_shape(const st_set *s, const char *name, int *rows, int *cols, ft_error *err) {
     bnb_state q = {0};
     ft_status st = read_state(s, name, &q, err);
     if (!st) *rows = (int)q.rows, *cols = (int)q.cols;
@@ -218,7 +218,8 @@ ft_status bnb_load_weight(const st_set *s, const char *name, int rows, int cols,
         snprintf(where, sizeof where, "%s: tensor \"%s.quant_map\"", qmap->file, qmap->name);
         return ft_error_set(err, FT_ERR_INPUT, where, BNB_HINT,
                             "the values are not bitsandbytes' %s code (a custom code is not "
-                            "supported)", quant4_name(q.type));
+                            "supported)",
+                            quant4_name(q.type));
     }
     /* F32 parts that are not 4-byte aligned in the mapping are copied */
     const st_tensor *f32[3] = {q.nested ? NULL : absmax, nabs, nmap};

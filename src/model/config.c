@@ -550,11 +550,12 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
     struct stat sb;
     int exists = stat(dir, &sb) == 0;
     if (exists && !S_ISDIR(sb.st_mode) && ends_with_ci(dir, ".gguf"))
-        return ft_error_set(err, FT_ERR_INPUT, dir,
-                            "train, eval, plan, generate, chat and tokenize take a GGUF file; for this command "
-                            "give the Hugging Face model folder the file was made from",
-                            "this is a GGUF file; this command takes a Hugging Face model "
-                            "folder");
+        return ft_error_set(
+            err, FT_ERR_INPUT, dir,
+            "train, eval, plan, generate, chat and tokenize take a GGUF file; for this command "
+            "give the Hugging Face model folder the file was made from",
+            "this is a GGUF file; this command takes a Hugging Face model "
+            "folder");
     if (exists && !S_ISDIR(sb.st_mode))
         return ft_error_set(err, FT_ERR_INPUT, dir,
                             "give the folder that holds config.json and the *.safetensors files",
@@ -590,11 +591,12 @@ ft_status model_dir_check(const char *dir, ft_error *err) {
             }
         if (d) closedir(d);
         if (gguf[0])
-            return ft_error_set(err, FT_ERR_INPUT, path,
-                                "train, eval, plan, generate, chat and tokenize read a GGUF file given by name",
-                                "cannot open config.json; the folder holds a GGUF file (%s): "
-                                "pass the file itself, --model %s/%s",
-                                gguf, dir, gguf);
+            return ft_error_set(
+                err, FT_ERR_INPUT, path,
+                "train, eval, plan, generate, chat and tokenize read a GGUF file given by name",
+                "cannot open config.json; the folder holds a GGUF file (%s): "
+                "pass the file itself, --model %s/%s",
+                gguf, dir, gguf);
     }
     return ft_error_set(err, FT_ERR_INPUT, path,
                         "give a Hugging Face model folder (it holds config.json and the "

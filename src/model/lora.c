@@ -31,11 +31,19 @@
 
 static int kind_exists(const model_config *c, lin_kind k) {
     switch (k) {
-    case LIN_Q: case LIN_K: case LIN_V: return !c->arch->fused_qkv;
-    case LIN_QKV: return c->arch->fused_qkv;
-    case LIN_GATE: case LIN_UP: return !c->arch->fused_gate_up;
-    case LIN_GATE_UP: return c->arch->fused_gate_up;
-    default: return 1;
+    case LIN_Q:
+    case LIN_K:
+    case LIN_V:
+        return !c->arch->fused_qkv;
+    case LIN_QKV:
+        return c->arch->fused_qkv;
+    case LIN_GATE:
+    case LIN_UP:
+        return !c->arch->fused_gate_up;
+    case LIN_GATE_UP:
+        return c->arch->fused_gate_up;
+    default:
+        return 1;
     }
 }
 
@@ -43,14 +51,31 @@ static void lin_dims(const model_config *c, lin_kind k, int *in, int *out) {
     int HD = c->H * c->D, KD = c->Hkv * c->D;
     *in = c->C;
     switch (k) {
-    case LIN_Q: *out = HD; break;
-    case LIN_K: case LIN_V: *out = KD; break;
-    case LIN_QKV: *out = HD + 2 * KD; break;
-    case LIN_O: *in = HD, *out = c->C; break;
-    case LIN_GATE: case LIN_UP: *out = c->I; break;
-    case LIN_GATE_UP: *out = 2 * c->I; break;
-    case LIN_DOWN: *in = c->I, *out = c->C; break;
-    default: *out = 0;
+    case LIN_Q:
+        *out = HD;
+        break;
+    case LIN_K:
+    case LIN_V:
+        *out = KD;
+        break;
+    case LIN_QKV:
+        *out = HD + 2 * KD;
+        break;
+    case LIN_O:
+        *in = HD, *out = c->C;
+        break;
+    case LIN_GATE:
+    case LIN_UP:
+        *out = c->I;
+        break;
+    case LIN_GATE_UP:
+        *out = 2 * c->I;
+        break;
+    case LIN_DOWN:
+        *in = c->I, *out = c->C;
+        break;
+    default:
+        *out = 0;
     }
 }
 
@@ -71,9 +96,11 @@ ft_status lora_parse_targets(const model_config *cfg, const char *targets, unsig
     const char *p = targets;
     while (*p) {
         size_t n = strcspn(p, ",");
-        while (n && *p == ' ') p++, n--;
+        while (n && *p == ' ')
+            p++, n--;
         size_t m = n;
-        while (m && p[m - 1] == ' ') m--;
+        while (m && p[m - 1] == ' ')
+            m--;
         lin_kind k = kind_by_name(p, m);
         if (k == LIN_COUNT || !kind_exists(cfg, k)) {
             char names[256] = "";
@@ -189,7 +216,8 @@ const lora_module *lora_get(const lora_set *ls, int layer, lin_kind k) {
 static void dropout_apply(float *xd, const float *x, size_t n, double p, uint64_t seed,
                           size_t first) {
     float keep = (float)(1.0 / (1.0 - p));
-    for (size_t i = 0; i < n; i++) xd[i] = rand_uniform01(seed, first + i) >= p ? x[i] * keep : 0.0f;
+    for (size_t i = 0; i < n; i++)
+        xd[i] = rand_uniform01(seed, first + i) >= p ? x[i] * keep : 0.0f;
 }
 
 void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo, const float *x,
@@ -201,8 +229,8 @@ void lora_forward(const lora_set *ls, const lora_module *m, float *out, int ldo,
         dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
-    lg_xw(N, m->in, R, 1.0f, xin, m->in, A, 1, 0.0f, xa, R);            /* xa = x A^T */
-    lg_hw(N, m->out, R, ls->scale, xa, R, Bm, 1, 1.0f, out, ldo);       /* out += s xa B^T */
+    lg_xw(N, m->in, R, 1.0f, xin, m->in, A, 1, 0.0f, xa, R);      /* xa = x A^T */
+    lg_hw(N, m->out, R, ls->scale, xa, R, Bm, 1, 1.0f, out, ldo); /* out += s xa B^T */
 }
 
 void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *dout, int ldo,
@@ -211,23 +239,24 @@ void lora_backward(lora_set *ls, const lora_module *m, float *dx, const float *d
     const int R = ls->R;
     const float *A = ls->params + m->offA, *Bm = ls->params + m->offB;
     float *dA = ls->grads + m->offA, *dB = ls->grads + m->offB;
-    lg_pth(N, m->out, R, ls->scale, dout, ldo, xa, R, dB, 0);           /* dB += s dout^T xa */
-    lg_xw(N, m->out, R, ls->scale, dout, ldo, Bm, 0, 0.0f, dxa, R);     /* dxa = s dout B */
+    lg_pth(N, m->out, R, ls->scale, dout, ldo, xa, R, dB, 0);       /* dB += s dout^T xa */
+    lg_xw(N, m->out, R, ls->scale, dout, ldo, Bm, 0, 0.0f, dxa, R); /* dxa = s dout B */
     const float *xin = x;
     if (ls->dropout > 0) {
         dropout_apply(xd_scratch, x, (size_t)N * m->in, ls->dropout, drop_seed, row0 * m->in);
         xin = xd_scratch;
     }
-    lg_pth(N, m->in, R, 1.0f, xin, m->in, dxa, R, dA, 1);                /* dA += dxa^T x */
+    lg_pth(N, m->in, R, 1.0f, xin, m->in, dxa, R, dA, 1); /* dA += dxa^T x */
     if (!dx) return;
     if (ls->dropout > 0) {
         /* dx += mask/(1-p) * (dxa A): the mask is regenerated from the same seed */
         lg_hw(N, m->in, R, 1.0f, dxa, R, A, 0, 0.0f, xd_scratch, m->in);
         float keep = (float)(1.0 / (1.0 - ls->dropout));
         for (size_t i = 0; i < (size_t)N * m->in; i++)
-            if (rand_uniform01(drop_seed, row0 * m->in + i) >= ls->dropout) dx[i] += xd_scratch[i] * keep;
+            if (rand_uniform01(drop_seed, row0 * m->in + i) >= ls->dropout)
+                dx[i] += xd_scratch[i] * keep;
     } else {
-        lg_hw(N, m->in, R, 1.0f, dxa, R, A, 0, 1.0f, dx, m->in);             /* dx += dxa A */
+        lg_hw(N, m->in, R, 1.0f, dxa, R, A, 0, 1.0f, dx, m->in); /* dx += dxa A */
     }
 }
 
@@ -251,13 +280,14 @@ static void module_path(char *buf, size_t n, int layer, lin_kind k) {
 /* Does PEFT's target_modules (list of names / module paths, or a regex string) pick
  * module (layer, k)? Lists match a module whose path equals an entry or ends with ".entry";
  * a string other than "all-linear" is a regular expression that must match the whole path. */
-static int target_matches(const cJSON *tm, const pcre2_code *re, pcre2_match_data *md,
-                          int layer, lin_kind k) {
+static int target_matches(const cJSON *tm, const pcre2_code *re, pcre2_match_data *md, int layer,
+                          lin_kind k) {
     char path[256];
     module_path(path, sizeof path, layer, k);
     if (cJSON_IsString(tm)) {
         if (!strcmp(tm->valuestring, "all-linear")) return 1;
-        int rc = pcre2_match(re, (PCRE2_SPTR)path, strlen(path), 0, PCRE2_ANCHORED | PCRE2_ENDANCHORED, md, NULL);
+        int rc = pcre2_match(re, (PCRE2_SPTR)path, strlen(path), 0,
+                             PCRE2_ANCHORED | PCRE2_ENDANCHORED, md, NULL);
         return rc >= 0;
     }
     const cJSON *e;
@@ -328,9 +358,10 @@ ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **ou
         PCRE2_SIZE eo;
         re = pcre2_compile((PCRE2_SPTR)tm->valuestring, PCRE2_ZERO_TERMINATED, 0, &ec, &eo, NULL);
         if (!re) {
-            st = ft_error_set(err, FT_ERR_INPUT, where, NULL,
-                              "field \"target_modules\" is not a valid regular expression (offset %zu)",
-                              (size_t)eo);
+            st = ft_error_set(
+                err, FT_ERR_INPUT, where, NULL,
+                "field \"target_modules\" is not a valid regular expression (offset %zu)",
+                (size_t)eo);
             goto done;
         }
         md = pcre2_match_data_create_from_pattern(re, NULL);
@@ -389,8 +420,10 @@ ft_status lora_load_peft(const model_config *cfg, const char *dir, lora_set **ou
         st = st_read_f32(sts, name, 2, shB, ls->params + m->offB, err);
     }
     st_close(sts);
-    if (st) lora_free(ls);
-    else *out = ls;
+    if (st)
+        lora_free(ls);
+    else
+        *out = ls;
 done:
     cJSON_Delete(j);
     return st;
@@ -422,14 +455,16 @@ ft_status lora_save_peft(const lora_set *ls, const model_config *cfg, const char
                 lora_tensor_name(nm, sizeof nm, m, isB);
                 if (strcmp(nm, names[t])) continue;
                 int64_t sh[2] = {isB ? m->out : ls->R, isB ? ls->R : m->in};
-                st = st_writer_add(w, names[t], ST_F32, 2, sh, ls->params + (isB ? m->offB : m->offA), err);
+                st = st_writer_add(w, names[t], ST_F32, 2, sh,
+                                   ls->params + (isB ? m->offB : m->offA), err);
             }
         }
     char path[4096];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
     if (!st) st = st_writer_save(w, path, err);
     st_writer_free(w);
-    for (int i = 0; i < nt; i++) free(names[i]);
+    for (int i = 0; i < nt; i++)
+        free(names[i]);
     free(names);
     if (st) return st;
 
@@ -442,8 +477,10 @@ ft_status lora_save_peft(const lora_set *ls, const model_config *cfg, const char
     cJSON *am = cJSON_AddObjectToObject(j, "auto_mapping");
     cJSON_AddStringToObject(am, "base_model_class", cfg->arch->hf_class);
     cJSON_AddStringToObject(am, "parent_library", "transformers");
-    if (base_model) cJSON_AddStringToObject(j, "base_model_name_or_path", base_model);
-    else cJSON_AddNullToObject(j, "base_model_name_or_path");
+    if (base_model)
+        cJSON_AddStringToObject(j, "base_model_name_or_path", base_model);
+    else
+        cJSON_AddNullToObject(j, "base_model_name_or_path");
     cJSON_AddStringToObject(j, "bias", "none");
     cJSON_AddNullToObject(j, "corda_config");
     cJSON_AddBoolToObject(j, "ensure_weight_tying", 0);

@@ -194,9 +194,10 @@ ft_status acts_alloc_rows(const model *m, int maxB, int maxT, int xent_chunk, in
  * activation block, so no matmul allocates. */
 size_t model_matmul_scratch_bytes(const model_config *c, const model_quant *q, int N);
 
-/* Bytes acts_alloc would take (for the memory plan). */
+/* Bytes acts_alloc would take (for the memory plan); bf16: the model computes in bf16
+ * (model_quant.compute QC_BF16), whose attention may need a larger workspace. */
 size_t acts_plan_bytes(const model_config *c, int lora_r, int lora_modules, int maxB, int maxT,
-                       int ckpt);
+                       int ckpt, int bf16);
 void acts_free(acts *a);
 size_t acts_bytes(const acts *a);
 

@@ -232,14 +232,27 @@ const char *attention_isa(int H, int Hkv, int D) {
     return k ? k->name : "portable";
 }
 
-size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D) {
+int attention_bf16_active(int H, int Hkv, int D) {
+    return cpu_level() >= CPU_AMX && tiled_shape(H, Hkv, D);
+}
+
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D, int bf16) {
     const att_kernels *k = pick(H, Hkv, D);
-    return k ? k->ws_bytes(maxB, maxT, H, Hkv, D) : 0;
+    size_t n = k ? k->ws_bytes(maxB, maxT, H, Hkv, D) : 0;
+    if (bf16 && attention_bf16_active(H, Hkv, D)) { /* either may run (bf16 needs its own) */
+        size_t b = attention_bf16_ws_bytes(maxB, maxT, H, Hkv, D);
+        n = b > n ? b : n;
+    }
+    return n;
 }
 
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale, void *ws, size_t wsb) {
+                       int window, float scale, int bf16, void *ws, size_t wsb) {
+    if (bf16 && attention_bf16_active(H, Hkv, D) &&
+        !attention_forward_bf16(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws,
+                                wsb))
+        return;
     const att_kernels *kt = pick(H, Hkv, D);
     if (kt && !kt->forward(out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, ws, wsb))
         return;
@@ -249,7 +262,11 @@ void attention_forward(float *out, float *lse, const float *q, const float *k, c
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale, void *ws, size_t wsb) {
+                        int window, float scale, int bf16, void *ws, size_t wsb) {
+    if (bf16 && attention_bf16_active(H, Hkv, D) &&
+        !attention_backward_bf16(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D,
+                                 window, scale, ws, wsb))
+        return;
     const att_kernels *kt = pick(H, Hkv, D);
     if (kt && !kt->backward(dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
                             scale, ws, wsb))

@@ -3,9 +3,11 @@
  * zmm register, so the tiles are 6 rows by 4 panels (tl_scores: 64 keys) or by 64 columns of D
  * (tl_acc): 24 of the 32 zmm registers as accumulators, per step 4 loads and 6 broadcasts for
  * 24 FMAs (the AVX2 tile: 8 for 12). Narrower tiles take the rest. Each output is summed in the
- * AVX2 kernels' order, so both give the same bits (tests/attention_test.c).
+ * AVX2 kernels' order, so both give the same bits (tests/attention_test.c). This file also
+ * builds the body's bf16 products (TL_BF16), which run where gemm_bf16 has AMX.
  */
 #define TL_NAME(f) f##_avx512
+#define TL_BF16 /* and the bf16 products (attention_forward_bf16, ...) */
 #include "ops/attention_tiled_body.h"
 
 #define TL_INLINE static inline __attribute__((always_inline))

@@ -280,8 +280,19 @@ static void tl_kc_init(tl_kcache *kc, float *w, int T, int Hkv, int D, int bwd, 
  * j0 + col): masks, keeps P = exp(s - m_new) in S, and returns the factor the row's output must
  * be scaled by (1 when nothing changes). Only 8-key groups that straddle [lo, hi) (or any, with
  * per-key segment ids) pay for the mask. */
-static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt, int si,
-                        float *m, float *l) {
+/* x rounded to bf16 precision (nearest even), kept as fp32; x finite and non-negative here */
+static inline __m256 tl_round16(__m256 x) {
+    __m256i u = _mm256_castps_si256(x);
+    __m256i r = _mm256_add_epi32(
+        u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                            _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1))));
+    return _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u)));
+}
+
+static inline __attribute__((always_inline)) float tl_fwd_row_p(const int round16, float *S, int p0,
+                                                                int p1, int j0, int lo, int hi,
+                                                                const int *segt, int si, float *m,
+                                                                float *l) {
     int c0 = p0 * 16, c1 = p1 * 16;
     __m256 ninf = _mm256_set1_ps(-INFINITY), mx = ninf;
     for (int c = c0; c < c1; c += 8) {
@@ -305,6 +316,7 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
         /* 2^(-inf - m) comes out of the clamp as ~1e-38: masked keys get exactly 0 */
         if (j0 + c < lo || j0 + c + 8 > hi || segt)
             p = _mm256_and_ps(p, _mm256_cmp_ps(s, ninf, _CMP_NEQ_OQ));
+        if (round16) p = tl_round16(p);
         _mm256_storeu_ps(S + c, p);
         sum = _mm256_add_ps(sum, p);
     }
@@ -313,15 +325,17 @@ static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const 
     return corr;
 }
 
-/* Query block [i0, i0 + bq) of (b, g): out rows and lse. w: this thread's workspace. */
-static void tl_fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
-                         const tl_geo *c, int b, int g, int i0, int bq, float scale, float *w,
-                         tl_kcache *kc) {
+static float tl_fwd_row(float *S, int p0, int p1, int j0, int lo, int hi, const int *segt, int si,
+                        float *m, float *l) {
+    return tl_fwd_row_p(0, S, p0, p1, j0, lo, hi, segt, si, m, l);
+}
+
+/* The start of query block [i0, i1) of (b, g), of which [i0, ie) is inside the row's length:
+ * lse -inf on every row (the finish overwrites the real ones), out 0 on the padding rows, and
+ * lo[] the first key each position sees. Returns 0 when the block is all padding. */
+static int tl_fwd_start(float *out, float *lse, const tl_geo *c, int b, int g, int i0, int i1,
+                        int ie, int *lo) {
     int T = c->T, H = c->H, D = c->D, G = c->G;
-    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
-    float *S = w, *Xq = S + (size_t)R * TL_NC, *Xo = Xq + (size_t)R * D;
-    float *mrow = Xo + (size_t)R * D, *lrow = mrow + R;
-    int lo[TL_ROWS + 8], segt[TL_NC];
     for (int i = i0; i < i1; i++)
         for (int hh = 0; hh < G; hh++) {
             lse[((size_t)b * H + g * G + hh) * T + i] = -INFINITY;
@@ -329,9 +343,43 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
                 memset(out + (size_t)(b * T + i) * c->qs + (size_t)(g * G + hh) * D, 0,
                        (size_t)D * sizeof(float));
         }
-    if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
         lo[i - i0] = att_lo(&c->m, i);
+    return ie > i0;
+}
+
+/* out = O / l and lse = m ln 2 + log l (m in base 2) of the block's R stacked rows. */
+static void tl_fwd_finish(float *out, float *lse, const tl_geo *c, int b, int g, int i0, int R,
+                          const float *Xo, const float *mrow, const float *lrow) {
+    int T = c->T, H = c->H, D = c->D, G = c->G;
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r / G, h = g * G + r % G;
+        float *o = out + (size_t)(b * T + i) * c->qs + (size_t)h * D;
+        const float *x = Xo + (size_t)r * D;
+        __m256 inv = _mm256_set1_ps(1.0f / lrow[r]);
+        for (int d = 0; d < D; d += 8)
+            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(x + d), inv));
+        lse[((size_t)b * H + h) * T + i] = mrow[r] * TL_LN2 + logf(lrow[r]);
+    }
+}
+
+/* o[0 .. D) *= corr (the online softmax's correction of an output row). */
+static void tl_scale_row(float *o, int D, float corr) {
+    __m256 cv = _mm256_set1_ps(corr);
+    for (int d = 0; d < D; d += 8)
+        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), cv));
+}
+
+/* Query block [i0, i0 + bq) of (b, g): out rows and lse. w: this thread's workspace. */
+static void tl_fwd_block(float *out, float *lse, const float *q, const float *k, const float *v,
+                         const tl_geo *c, int b, int g, int i0, int bq, float scale, float *w,
+                         tl_kcache *kc) {
+    int T = c->T, D = c->D, G = c->G;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    float *S = w, *Xq = S + (size_t)R * TL_NC, *Xo = Xq + (size_t)R * D;
+    float *mrow = Xo + (size_t)R * D, *lrow = mrow + R;
+    int lo[TL_ROWS + 8], segt[TL_NC];
+    if (!tl_fwd_start(out, lse, c, b, g, i0, i1, ie, lo)) return;
     /* the stacked queries carry the scale and log2 e: the scores come out scaled, in base 2 */
     __m256 sc = _mm256_set1_ps(scale * TL_LOG2E);
     for (int r = 0; r < R; r++) {
@@ -362,12 +410,7 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
                 float corr = tl_fwd_row(Sr + (size_t)t * TL_NC, p0, p1, j0, lo[i - i0], i + 1,
                                         c->nonmono ? segt : NULL, c->nonmono ? c->m.seg[i] : 0,
                                         &mrow[r + t], &lrow[r + t]);
-                if (corr != 1.0f) {
-                    float *o = Xo + (size_t)(r + t) * D;
-                    __m256 cv = _mm256_set1_ps(corr);
-                    for (int d = 0; d < D; d += 8)
-                        _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(o + d), cv));
-                }
+                if (corr != 1.0f) tl_scale_row(Xo + (size_t)(r + t) * D, D, corr);
             }
             /* keys past the chunk (inside the last panel) have P = 0 and are not read */
             int u0 = p0 * 16, u1 = p1 * 16 < nc ? p1 * 16 : nc;
@@ -375,35 +418,135 @@ static void tl_fwd_block(float *out, float *lse, const float *q, const float *k,
                    D);
         }
     }
-    for (int r = 0; r < R; r++) {
-        int i = i0 + r / G, h = g * G + r % G;
-        float *o = out + (size_t)(b * T + i) * c->qs + (size_t)h * D, *x = Xo + (size_t)r * D;
-        __m256 inv = _mm256_set1_ps(1.0f / lrow[r]);
-        for (int d = 0; d < D; d += 8)
-            _mm256_storeu_ps(o + d, _mm256_mul_ps(_mm256_loadu_ps(x + d), inv));
-        lse[((size_t)b * H + h) * T + i] = mrow[r] * TL_LN2 + logf(lrow[r]);
-    }
+    tl_fwd_finish(out, lse, c, b, g, i0, R, Xo, mrow, lrow);
 }
 
 static size_t tl_fwd_ws(int R, int T, int D) {
     return tl_kc_floats(T, D, 0) + tl_round((size_t)R * TL_NC + 2 * (size_t)R * D + 2 * (size_t)R);
 }
 
-int TL_NAME(attention_forward_tiled)(float *out, float *lse, const float *q, const float *k,
-                                     const float *v, const int *seg, const int *len, int B, int T,
-                                     int H, int Hkv, int D, int window, float scale, void *wsp,
-                                     size_t wsb) {
+#ifdef TL_BF16
+/* ---- the bf16 products (--dtype bf16 where gemm_bf16 runs on AMX tiles) ----------------------
+ * The same blocks, masks, softmax rows and threads as above, but each block's products are
+ * gemm_bf16 calls over chunks of TL_NCB keys, on bf16 copies of Q, K, V, dO (rounded to nearest
+ * even) and of P and dS as they come out of the fp32 softmax rows; sums in fp32. K and V are
+ * rounded once per call into a buffer the threads share; the block's stacked rows of Q (and
+ * dO) once per block, and in backward also transposed (D x R), so that dK and dV come out as
+ * dK^T += Q^T dS and dV^T += dO^T P, accumulated transposed ([D][T]) and written out at the end:
+ * no product needs a transposed operand gemm_bf16 does not take. */
+#include "ops/gemm_bf16.h"
+
+#define TL_NCB 512 /* keys per chunk of the bf16 products */
+
+static size_t tl_u16_floats(size_t n) { return tl_round((n + 1) / 2); }
+
+/* Floats of gemm_bf16's scratch for a block of R rows: the most its products need. */
+static size_t tl_gemm_floats(int R, int D) {
+    size_t a = gemm_bf16_scratch_bytes(R, TL_NCB, D), b = gemm_bf16_scratch_bytes(R, D, TL_NCB);
+    size_t c = gemm_bf16_scratch_bytes(D, TL_NCB, R), m = a > b ? a : b;
+    return tl_round((m > c ? m : c) / sizeof(float) + 16);
+}
+
+/* The bf16 copies of K and V the threads share (B T Hkv D values each), as floats. */
+static size_t tl_kv16_floats(int B, int T, int Hkv, int D) {
+    return 2 * tl_u16_floats((size_t)B * T * Hkv * D);
+}
+
+static size_t tl_fwd_ws_bf16(int R, int D) {
+    return tl_round((size_t)R * TL_NCB + (size_t)R * D + 2 * (size_t)R) +
+           tl_u16_floats((size_t)R * D) + tl_u16_floats((size_t)R * TL_NCB) + tl_gemm_floats(R, D);
+}
+
+/* dst (D x R) = src (R x D) transposed. */
+static void tl_transpose16(uint16_t *dst, const uint16_t *src, int R, int D) {
+    for (int r = 0; r < R; r++)
+        for (int d = 0; d < D; d++)
+            dst[(size_t)d * R + r] = src[(size_t)r * D + d];
+}
+
+/* tl_fwd_block with bf16 products: k16, v16 the shared bf16 copies of K and V. */
+static void tl_fwd_block_bf16(float *out, float *lse, const float *q, const uint16_t *k16,
+                              const uint16_t *v16, const tl_geo *c, int b, int g, int i0, int bq,
+                              float scale, float *w) {
+    int T = c->T, D = c->D, G = c->G, ks = (int)c->ks;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    int lo[TL_ROWS + 8], segt[TL_NCB];
+    if (!tl_fwd_start(out, lse, c, b, g, i0, i1, ie, lo)) return;
+    float *S = w, *Xo = S + (size_t)R * TL_NCB, *mrow = Xo + (size_t)R * D, *lrow = mrow + R;
+    uint16_t *Qb = (uint16_t *)(lrow + R), *Pb = Qb + (size_t)R * D;
+    void *gs = Pb + (size_t)R * TL_NCB;
+    size_t gsb = tl_gemm_floats(G * tl_bq(G), D) * sizeof(float);
+    /* the stacked rows (r: position i0 + r / G, head g G + r % G) are the G heads of each
+     * position side by side */
+    bf16_round_rows(Qb, (size_t)G * D, q + (size_t)(b * T + i0) * c->qs + (size_t)g * G * D, c->qs,
+                    ie - i0, G * D);
+    memset(Xo, 0, (size_t)R * D * sizeof(float));
+    for (int r = 0; r < R; r++)
+        mrow[r] = -INFINITY, lrow[r] = 0.0f;
+    const uint16_t *kb = k16 + (size_t)b * T * ks + (size_t)g * D;
+    const uint16_t *vb = v16 + (size_t)b * T * ks + (size_t)g * D;
+    __m256 l2 = _mm256_set1_ps(scale * TL_LOG2E);
+    for (int j0 = lo[0] / 16 * 16; j0 < ie; j0 += TL_NCB) {
+        int nc = ie - j0 < TL_NCB ? ie - j0 : TL_NCB;
+        gemm_bf16(1, R, nc, D, Qb, D, kb + (size_t)j0 * ks, ks, 0.0f, S, TL_NCB, gs, gsb);
+        if (c->nonmono)
+            for (int t = 0; t < nc; t++)
+                segt[t] = c->m.seg[j0 + t];
+        for (int r = 0; r < R; r++) {
+            int i = i0 + r / G, p0, p1, a = 0, e = 0;
+            float *Sr = S + (size_t)r * TL_NCB;
+            tl_panels(c, lo, i0, r, 1, j0, nc, &p0, &p1);
+            if (p0 < p1) {
+                for (int x = 16 * p0; x < 16 * p1; x += 8) /* scores in base 2 */
+                    _mm256_storeu_ps(Sr + x, _mm256_mul_ps(_mm256_loadu_ps(Sr + x), l2));
+                float corr =
+                    tl_fwd_row_p(1, Sr, p0, p1, j0, lo[i - i0], i + 1, c->nonmono ? segt : NULL,
+                                 c->nonmono ? c->m.seg[i] : 0, &mrow[r], &lrow[r]);
+                if (corr != 1.0f) tl_scale_row(Xo + (size_t)r * D, D, corr);
+                a = 16 * p0, e = 16 * p1 < nc ? 16 * p1 : nc;
+            }
+            /* P outside the panels the row sees is 0 */
+            memset(Sr, 0, (size_t)a * sizeof(float));
+            memset(Sr + e, 0, (size_t)(nc - e) * sizeof(float));
+        }
+        bf16_round_rows(Pb, TL_NCB, S, TL_NCB, R, nc);
+        gemm_bf16(0, R, D, nc, Pb, TL_NCB, vb + (size_t)j0 * ks, ks, 1.0f, Xo, D, gs, gsb);
+    }
+    tl_fwd_finish(out, lse, c, b, g, i0, R, Xo, mrow, lrow);
+}
+#endif
+
+/* The forward of either kind (bf16: the products in bf16, TL_BF16 builds only). */
+static int tl_forward(int bf16, float *out, float *lse, const float *q, const float *k,
+                      const float *v, const int *seg, const int *len, int B, int T, int H, int Hkv,
+                      int D, int window, float scale, void *wsp, size_t wsb) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
-    size_t per = tl_fwd_ws(G * bq, T, D);
-    float *ws = tl_ws_take(wsp, wsb, per * nth);
+    size_t per = tl_fwd_ws(G * bq, T, D), shared = 0;
+#ifdef TL_BF16
+    if (bf16) per = tl_fwd_ws_bf16(G * bq, D), shared = tl_kv16_floats(B, T, Hkv, D);
+#endif
+    float *ws = tl_ws_take(wsp, wsb, shared + per * nth);
     if (!ws) return -1; /* too little workspace: the dispatcher runs the portable code */
+    const uint16_t *k16 = NULL, *v16 = NULL;
+#ifdef TL_BF16
+    if (bf16) {
+        size_t n = (size_t)B * T * Hkv * D, ks = (size_t)Hkv * D;
+        uint16_t *kb = (uint16_t *)ws, *vb = (uint16_t *)(ws + shared / 2);
+        bf16_round_rows(kb, ks, k, ks, (int)(n / ks), (int)ks);
+        bf16_round_rows(vb, ks, v, ks, (int)(n / ks), (int)ks);
+        k16 = kb, v16 = vb;
+    }
+#endif
+    ws += shared;
     long items = (long)B * Hkv * nqb;
 #pragma omp parallel
     {
         float *w = ws + per * tl_tid();
         tl_kcache kc;
-        tl_kc_init(&kc, w, T, Hkv, D, 0, v);
-        w += tl_kc_floats(T, D, 0);
+        if (!bf16) {
+            tl_kc_init(&kc, w, T, Hkv, D, 0, v);
+            w += tl_kc_floats(T, D, 0);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (long it = 0; it < items; it++) {
             /* (b, g)-major so a thread's next item mostly reuses its packed keys; within it,
@@ -412,10 +555,24 @@ int TL_NAME(attention_forward_tiled)(float *out, float *lse, const float *q, con
             int b = (int)(it / nqb) / Hkv, g = (int)(it / nqb) % Hkv;
             tl_geo c;
             tl_geo_init(&c, seg, len, b, T, H, Hkv, D, window);
+#ifdef TL_BF16
+            if (bf16) {
+                tl_fwd_block_bf16(out, lse, q, k16, v16, &c, b, g, qb * bq, bq, scale, w);
+                continue;
+            }
+#endif
             tl_fwd_block(out, lse, q, k, v, &c, b, g, qb * bq, bq, scale, w, &kc);
         }
     }
+    (void)k16, (void)v16;
     return 0;
+}
+
+int TL_NAME(attention_forward_tiled)(float *out, float *lse, const float *q, const float *k,
+                                     const float *v, const int *seg, const int *len, int B, int T,
+                                     int H, int Hkv, int D, int window, float scale, void *wsp,
+                                     size_t wsb) {
+    return tl_forward(0, out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, wsp, wsb);
 }
 
 /* ---- backward ----------------------------------------------------------------------------- */
@@ -450,34 +607,57 @@ static void tl_bwd_row(float *S, float *dP, int np, int p0, int p1, int j0, int 
     }
 }
 
-/* Query block [i0, i0 + bq) of (b, g): its dq rows (overwritten), and dK, dV of every key it
- * sees added into dk, dv (row stride dks). */
-static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int bq,
-                         float *dk, float *dv, size_t dks, float *w, tl_kcache *kc) {
+/* The start of query block [i0, i1) of (b, g) in backward ([i0, ie) inside the row's length):
+ * dq 0 on the padding rows, lo[] the first key each position sees, and per stacked row
+ * Drow = dO . O and lrow = lse. Returns 0 when the block is all padding. */
+static int tl_bwd_start(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int i1, int ie,
+                        int *lo, float *Drow, float *lrow) {
     int T = c->T, H = c->H, D = c->D, G = c->G;
-    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
-    float *S = w;
-    float *dP = S + (size_t)R * TL_NC, *Xq = dP + (size_t)R * TL_NC, *Xdo = Xq + (size_t)R * D;
-    float *Xdq = Xdo + (size_t)R * D, *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
-    int lo[TL_ROWS + 8], segt[TL_NC];
     for (int i = ie > i0 ? ie : i0; i < i1; i++)
         memset(io->dq + (size_t)(b * T + i) * c->qs + (size_t)g * G * D, 0,
                (size_t)G * D * sizeof(float));
-    if (ie <= i0) return;
     for (int i = i0; i < ie; i++)
         lo[i - i0] = att_lo(&c->m, i);
-    for (int r = 0; r < R; r++) {
+    for (int r = 0; r < (ie - i0) * G; r++) {
         int i = i0 + r / G, h = g * G + r % G;
         size_t off = (size_t)(b * T + i) * c->qs + (size_t)h * D;
-        memcpy(Xq + (size_t)r * D, io->q + off, (size_t)D * sizeof(float));
-        memcpy(Xdo + (size_t)r * D, io->dout + off, (size_t)D * sizeof(float));
-        memset(Xdq + (size_t)r * D, 0, (size_t)D * sizeof(float));
         __m256 s = _mm256_setzero_ps();
         for (int d = 0; d < D; d += 8)
             s = _mm256_fmadd_ps(_mm256_loadu_ps(io->dout + off + d),
                                 _mm256_loadu_ps(io->out + off + d), s);
         Drow[r] = avx2_hsum(s);
         lrow[r] = io->lse[((size_t)b * H + h) * T + i];
+    }
+    return ie > i0;
+}
+
+/* dq rows of the block = the R stacked rows of Xdq. */
+static void tl_bwd_finish(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int R,
+                          const float *Xdq) {
+    int T = c->T, D = c->D, G = c->G;
+    for (int r = 0; r < R; r++) {
+        int i = i0 + r / G, h = g * G + r % G;
+        memcpy(io->dq + (size_t)(b * T + i) * c->qs + (size_t)h * D, Xdq + (size_t)r * D,
+               (size_t)D * sizeof(float));
+    }
+}
+
+/* Query block [i0, i0 + bq) of (b, g): its dq rows (overwritten), and dK, dV of every key it
+ * sees added into dk, dv (row stride dks). */
+static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int i0, int bq,
+                         float *dk, float *dv, size_t dks, float *w, tl_kcache *kc) {
+    int T = c->T, D = c->D, G = c->G;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    float *S = w;
+    float *dP = S + (size_t)R * TL_NC, *Xq = dP + (size_t)R * TL_NC, *Xdo = Xq + (size_t)R * D;
+    float *Xdq = Xdo + (size_t)R * D, *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
+    int lo[TL_ROWS + 8], segt[TL_NC];
+    if (!tl_bwd_start(io, c, b, g, i0, i1, ie, lo, Drow, lrow)) return;
+    for (int r = 0; r < R; r++) {
+        size_t off = (size_t)(b * T + i0 + r / G) * c->qs + (size_t)(g * G + r % G) * D;
+        memcpy(Xq + (size_t)r * D, io->q + off, (size_t)D * sizeof(float));
+        memcpy(Xdo + (size_t)r * D, io->dout + off, (size_t)D * sizeof(float));
+        memset(Xdq + (size_t)r * D, 0, (size_t)D * sizeof(float));
     }
     tl_kc_need(kc, io->k, io->v, io->k, b, g, lo[0] / 16 * 16, ie);
     size_t vs = kc->yn ? (size_t)D : c->ks;
@@ -521,11 +701,7 @@ static void tl_bwd_block(const tl_bwd_io *io, const tl_geo *c, int b, int g, int
                    D, R - rs, D);
         }
     }
-    for (int r = 0; r < R; r++) {
-        int i = i0 + r / G, h = g * G + r % G;
-        memcpy(io->dq + (size_t)(b * T + i) * c->qs + (size_t)h * D, Xdq + (size_t)r * D,
-               (size_t)D * sizeof(float));
-    }
+    tl_bwd_finish(io, c, b, g, i0, R, Xdq);
 }
 
 static size_t tl_bwd_ws(int R, int T, int D) {
@@ -572,39 +748,138 @@ static int tl_parts(long bg, int nqb, int nth) {
 
 /* Floats of the backward's workspace: per thread its buffers and one run's dK, dV of (b, g);
  * and the dK, dV of the runs after the first. */
-static size_t tl_bwd_floats(int B, int T, int H, int Hkv, int D, int nth) {
+#ifdef TL_BF16
+static size_t tl_bwd_ws_bf16(int R, int D) {
+    return tl_round(2 * (size_t)R * TL_NCB + (size_t)R * D + 2 * (size_t)R) +
+           4 * tl_u16_floats((size_t)R * D) + 2 * tl_u16_floats((size_t)R * TL_NCB) +
+           tl_gemm_floats(R, D);
+}
+
+/* tl_bwd_block with bf16 products: dq rows of the block (overwritten); dK^T, dV^T of the keys
+ * it sees added into dKT, dVT ([D][T]). */
+static void tl_bwd_block_bf16(const tl_bwd_io *io, const uint16_t *k16, const uint16_t *v16,
+                              const tl_geo *c, int b, int g, int i0, int bq, float *dKT, float *dVT,
+                              float *w) {
+    int T = c->T, D = c->D, G = c->G, ks = (int)c->ks;
+    int i1 = i0 + bq < T ? i0 + bq : T, ie = i1 < c->L ? i1 : c->L, R = (ie - i0) * G;
+    int lo[TL_ROWS + 8], segt[TL_NCB];
+    float *S = w, *dP = S + (size_t)R * TL_NCB, *Xdq = dP + (size_t)R * TL_NCB;
+    float *lrow = Xdq + (size_t)R * D, *Drow = lrow + R;
+    if (!tl_bwd_start(io, c, b, g, i0, i1, ie, lo, Drow, lrow)) return;
+    uint16_t *Qb = (uint16_t *)(Drow + R), *dOb = Qb + (size_t)R * D, *QT = dOb + (size_t)R * D;
+    uint16_t *dOT = QT + (size_t)R * D, *Pb = dOT + (size_t)R * D, *dSb = Pb + (size_t)R * TL_NCB;
+    void *gs = dSb + (size_t)R * TL_NCB;
+    size_t gsb = tl_gemm_floats(G * tl_bq(G), D) * sizeof(float);
+    size_t off = (size_t)(b * T + i0) * c->qs + (size_t)g * G * D;
+    bf16_round_rows(Qb, (size_t)G * D, io->q + off, c->qs, ie - i0, G * D);
+    bf16_round_rows(dOb, (size_t)G * D, io->dout + off, c->qs, ie - i0, G * D);
+    tl_transpose16(QT, Qb, R, D);
+    tl_transpose16(dOT, dOb, R, D);
+    /* Di from the rounded dO, as dP will be: where P is exact (one visible key: P = 1, O = V)
+     * dP - Di is then 0 as it should be, not the rounding of dO times |V| */
+    for (int r = 0; r < R; r++) {
+        const float *o = io->out + off + (size_t)(r / G) * c->qs + (size_t)(r % G) * D;
+        __m256 acc = _mm256_setzero_ps();
+        for (int d = 0; d < D; d += 8) {
+            __m128i h = _mm_loadu_si128((const __m128i *)(dOb + (size_t)r * D + d));
+            __m256 x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(o + d), acc);
+        }
+        Drow[r] = avx2_hsum(acc);
+    }
+    memset(Xdq, 0, (size_t)R * D * sizeof(float));
+    const uint16_t *kb = k16 + (size_t)b * T * ks + (size_t)g * D;
+    const uint16_t *vb = v16 + (size_t)b * T * ks + (size_t)g * D;
+    for (int j0 = lo[0] / 16 * 16; j0 < ie; j0 += TL_NCB) {
+        int nc = ie - j0 < TL_NCB ? ie - j0 : TL_NCB, np = (nc + 15) / 16;
+        gemm_bf16(1, R, nc, D, Qb, D, kb + (size_t)j0 * ks, ks, 0.0f, S, TL_NCB, gs, gsb);
+        gemm_bf16(1, R, nc, D, dOb, D, vb + (size_t)j0 * ks, ks, 0.0f, dP, TL_NCB, gs, gsb);
+        if (c->nonmono)
+            for (int t = 0; t < nc; t++)
+                segt[t] = c->m.seg[j0 + t];
+        for (int r = 0; r < R; r++) {
+            int i = i0 + r / G, p0, p1;
+            tl_panels(c, lo, i0, r, 1, j0, nc, &p0, &p1);
+            tl_bwd_row(S + (size_t)r * TL_NCB, dP + (size_t)r * TL_NCB, np, p0, p1 > p0 ? p1 : p0,
+                       j0, lo[i - i0], i + 1, c->nonmono ? segt : NULL,
+                       c->nonmono ? c->m.seg[i] : 0, io->scale, lrow[r], Drow[r]);
+        }
+        bf16_round_rows(Pb, TL_NCB, S, TL_NCB, R, nc);
+        bf16_round_rows(dSb, TL_NCB, dP, TL_NCB, R, nc);
+        /* dQ += dS K; dK^T += Q^T dS; dV^T += dO^T P */
+        gemm_bf16(0, R, D, nc, dSb, TL_NCB, kb + (size_t)j0 * ks, ks, 1.0f, Xdq, D, gs, gsb);
+        gemm_bf16(0, D, nc, R, QT, R, dSb, TL_NCB, 1.0f, dKT + j0, T, gs, gsb);
+        gemm_bf16(0, D, nc, R, dOT, R, Pb, TL_NCB, 1.0f, dVT + j0, T, gs, gsb);
+    }
+    tl_bwd_finish(io, c, b, g, i0, R, Xdq);
+}
+#endif
+
+/* Floats of the backward's workspace: per thread its buffers and one run's dK, dV of (b, g);
+ * and the dK, dV of the runs after the first (and, bf16, the shared copies of K and V). */
+static size_t tl_bwd_floats(int bf16, int B, int T, int H, int Hkv, int D, int nth) {
+    (void)bf16;
     int bq = tl_bq(H / Hkv), nqb = (T + bq - 1) / bq;
     long bg = (long)B * Hkv;
     int parts = tl_parts(bg, nqb, nth);
-    size_t slab = tl_round((size_t)T * D);
-    return (tl_bwd_ws(H / Hkv * bq, T, D) + 2 * slab) * nth + (size_t)(parts - 1) * bg * 2 * slab;
+    size_t slab = tl_round((size_t)T * D), per = tl_bwd_ws(H / Hkv * bq, T, D), shared = 0;
+#ifdef TL_BF16
+    if (bf16) per = tl_bwd_ws_bf16(H / Hkv * bq, D), shared = tl_kv16_floats(B, T, Hkv, D);
+#endif
+    return shared + (per + 2 * slab) * nth + (size_t)(parts - 1) * bg * 2 * slab;
 }
 
-size_t TL_NAME(attention_tiled_ws_bytes)(int maxB, int maxT, int H, int Hkv, int D) {
+static size_t tl_ws_bytes(int bf16, int maxB, int maxT, int H, int Hkv, int D) {
     if (maxB <= 0 || maxT <= 0) return 0;
     int nth = tl_threads(), bq = tl_bq(H / Hkv);
     size_t most = tl_fwd_ws(H / Hkv * bq, maxT, D) * nth;
+#ifdef TL_BF16
+    if (bf16) most = tl_kv16_floats(maxB, maxT, Hkv, D) + tl_fwd_ws_bf16(H / Hkv * bq, D) * nth;
+#endif
     /* fewer rows than maxB may split into more runs: the largest over every B up to maxB (at
      * maxT, as every size grows with T) */
     for (int B = 1; B <= maxB; B++) {
-        size_t f = tl_bwd_floats(B, maxT, H, Hkv, D, nth);
+        size_t f = tl_bwd_floats(bf16, B, maxT, H, Hkv, D, nth);
         if (f > most) most = f;
     }
     return most * sizeof(float) + 64;
 }
 
-int TL_NAME(attention_backward_tiled)(float *dq, float *dk, float *dv, const float *dout,
-                                      const float *q, const float *k, const float *v,
-                                      const float *out, const float *lse, const int *seg,
-                                      const int *len, int B, int T, int H, int Hkv, int D,
-                                      int window, float scale, void *wsp, size_t wsb) {
+size_t TL_NAME(attention_tiled_ws_bytes)(int maxB, int maxT, int H, int Hkv, int D) {
+    return tl_ws_bytes(0, maxB, maxT, H, Hkv, D);
+}
+
+/* Where a run's dK, dV accumulators keep (t, d): rows [T][D], or transposed [D][T] (bf16). */
+static inline size_t tl_at(int bf16, int t, int d, int T, int D) {
+    return bf16 ? (size_t)d * T + t : (size_t)t * D + d;
+}
+
+/* The backward of either kind (bf16: the products in bf16, TL_BF16 builds only). */
+static int tl_backward(int bf16, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                       const float *k, const float *v, const float *out, const float *lse,
+                       const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                       int window, float scale, void *wsp, size_t wsb) {
     int G = H / Hkv, bq = tl_bq(G), nqb = (T + bq - 1) / bq, nth = tl_threads();
     long bg = (long)B * Hkv;
     int parts = tl_parts(bg, nqb, nth);
     size_t slab = tl_round((size_t)T * D); /* one run's dK (or dV) of (b, g) */
-    size_t per = tl_bwd_ws(G * bq, T, D) + 2 * slab;
-    float *ws = tl_ws_take(wsp, wsb, tl_bwd_floats(B, T, H, Hkv, D, nth));
+    size_t per = tl_bwd_ws(G * bq, T, D) + 2 * slab, shared = 0;
+#ifdef TL_BF16
+    if (bf16) per = tl_bwd_ws_bf16(G * bq, D) + 2 * slab, shared = tl_kv16_floats(B, T, Hkv, D);
+#endif
+    float *ws = tl_ws_take(wsp, wsb, tl_bwd_floats(bf16, B, T, H, Hkv, D, nth));
     if (!ws) return -1;
+    const uint16_t *k16 = NULL, *v16 = NULL;
+#ifdef TL_BF16
+    if (bf16) {
+        size_t n = (size_t)B * T * Hkv * D, ks = (size_t)Hkv * D;
+        uint16_t *kb = (uint16_t *)ws, *vb = (uint16_t *)(ws + shared / 2);
+        bf16_round_rows(kb, ks, k, ks, (int)(n / ks), (int)ks);
+        bf16_round_rows(vb, ks, v, ks, (int)(n / ks), (int)ks);
+        k16 = kb, v16 = vb;
+    }
+#endif
+    ws += shared;
     float *partbuf = ws + per * nth;
     tl_bwd_io io = {dq, dout, q, k, v, out, lse, scale};
     size_t ks = (size_t)Hkv * D;
@@ -612,8 +887,10 @@ int TL_NAME(attention_backward_tiled)(float *dq, float *dk, float *dv, const flo
     {
         float *w = ws + per * tl_tid();
         tl_kcache kc;
-        tl_kc_init(&kc, w, T, Hkv, D, 1, k);
-        w += tl_kc_floats(T, D, 1);
+        if (!bf16) {
+            tl_kc_init(&kc, w, T, Hkv, D, 1, k);
+            w += tl_kc_floats(T, D, 1);
+        }
 #pragma omp for schedule(dynamic, 1)
         for (long it = 0; it < bg * parts; it++) {
             int part = (int)(it % parts), b = (int)(it / parts / Hkv), g = (int)(it / parts % Hkv);
@@ -630,24 +907,27 @@ int TL_NAME(attention_backward_tiled)(float *dq, float *dk, float *dv, const flo
             else
                 tk = partbuf + ((size_t)(part - 1) * bg + (size_t)b * Hkv + g) * 2 * slab;
             tv = tk + slab;
-            memset(tk, 0, (size_t)c.L * D * sizeof(float));
-            memset(tv, 0, (size_t)c.L * D * sizeof(float));
-            if (part > 0) {
-                memset(tk + (size_t)c.L * D, 0, (size_t)(T - c.L) * D * sizeof(float));
-                memset(tv + (size_t)c.L * D, 0, (size_t)(T - c.L) * D * sizeof(float));
-            }
-            for (int qb = bounds[part]; qb < bounds[part + 1]; qb++)
+            /* rows past the length stay 0: the first run does not read them (fp32 rows) */
+            size_t nz = bf16 || part > 0 ? (size_t)T * D : (size_t)c.L * D;
+            memset(tk, 0, nz * sizeof(float));
+            memset(tv, 0, nz * sizeof(float));
+            for (int qb = bounds[part]; qb < bounds[part + 1]; qb++) {
+#ifdef TL_BF16
+                if (bf16) {
+                    tl_bwd_block_bf16(&io, k16, v16, &c, b, g, qb * bq, bq, tk, tv, w);
+                    continue;
+                }
+#endif
                 tl_bwd_block(&io, &c, b, g, qb * bq, bq, tk, tv, D, w, &kc);
+            }
             if (part == 0) /* dk, dv of (b, g) are this run's sums (zero on padding) */
                 for (int t = 0; t < T; t++) {
                     float *ok = dk + ((size_t)b * T + t) * ks + (size_t)g * D;
                     float *ov = dv + ((size_t)b * T + t) * ks + (size_t)g * D;
-                    if (t < c.L) {
-                        memcpy(ok, tk + (size_t)t * D, (size_t)D * sizeof(float));
-                        memcpy(ov, tv + (size_t)t * D, (size_t)D * sizeof(float));
-                    } else {
-                        memset(ok, 0, (size_t)D * sizeof(float));
-                        memset(ov, 0, (size_t)D * sizeof(float));
+                    for (int d = 0; d < D; d++) {
+                        int in = t < c.L;
+                        ok[d] = in ? tk[tl_at(bf16, t, d, T, D)] : 0.0f;
+                        ov[d] = in ? tv[tl_at(bf16, t, d, T, D)] : 0.0f;
                     }
                 }
         }
@@ -659,17 +939,46 @@ int TL_NAME(attention_backward_tiled)(float *dq, float *dk, float *dv, const flo
                 float *ok = dk + ((size_t)b * T + t) * ks + (size_t)g * D;
                 float *ov = dv + ((size_t)b * T + t) * ks + (size_t)g * D;
                 for (int p = 1; p < parts; p++) {
-                    const float *sk = partbuf +
-                                      ((size_t)(p - 1) * bg + (size_t)b * Hkv + g) * 2 * slab +
-                                      (size_t)t * D;
+                    const float *sk =
+                        partbuf + ((size_t)(p - 1) * bg + (size_t)b * Hkv + g) * 2 * slab;
                     const float *sv = sk + slab;
                     for (int d = 0; d < D; d++)
-                        ok[d] += sk[d], ov[d] += sv[d];
+                        ok[d] += sk[tl_at(bf16, t, d, T, D)], ov[d] += sv[tl_at(bf16, t, d, T, D)];
                 }
             }
         }
     }
+    (void)k16, (void)v16;
     return 0;
 }
+
+int TL_NAME(attention_backward_tiled)(float *dq, float *dk, float *dv, const float *dout,
+                                      const float *q, const float *k, const float *v,
+                                      const float *out, const float *lse, const int *seg,
+                                      const int *len, int B, int T, int H, int Hkv, int D,
+                                      int window, float scale, void *wsp, size_t wsb) {
+    return tl_backward(0, dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, wsp, wsb);
+}
+
+#ifdef TL_BF16
+int attention_forward_bf16(float *out, float *lse, const float *q, const float *k, const float *v,
+                           const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                           int window, float scale, void *wsp, size_t wsb) {
+    return tl_forward(1, out, lse, q, k, v, seg, len, B, T, H, Hkv, D, window, scale, wsp, wsb);
+}
+
+int attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                            const float *k, const float *v, const float *out, const float *lse,
+                            const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
+                            int window, float scale, void *wsp, size_t wsb) {
+    return tl_backward(1, dq, dk, dv, dout, q, k, v, out, lse, seg, len, B, T, H, Hkv, D, window,
+                       scale, wsp, wsb);
+}
+
+size_t attention_bf16_ws_bytes(int maxB, int maxT, int H, int Hkv, int D) {
+    return tl_ws_bytes(1, maxB, maxT, H, Hkv, D);
+}
+#endif
 
 #endif

@@ -89,20 +89,27 @@ void attn_input_backward(float *dqkv, const float *dq, const float *dk, const fl
  * len (B) may be NULL; otherwise positions t >= len[b] are padding: they attend to nothing,
  * are attended by nothing, and get out = 0 and zero gradients, and cost no work.
  * scale multiplies q.k (usually 1/sqrt(D)).
+ * bf16 nonzero (--dtype bf16): where attention_bf16_active, the products run in bf16 (Q, K, V,
+ * dO, P and dS rounded to bf16, sums and softmax in fp32: attention_tiled.h), as PyTorch's bf16
+ * autocast runs them; elsewhere it changes nothing.
  * ws (wsb bytes): the workspace of the fast kernel, attention_workspace_bytes for the largest
- * B and T the caller will pass; with less (or NULL) the portable code runs, which needs none.
- * Nothing is allocated. */
+ * B and T the caller will pass (and the same bf16); with less (or NULL) the portable code runs,
+ * which needs none. Nothing is allocated. */
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                       int window, float scale, void *ws, size_t wsb);
+                       int window, float scale, int bf16, void *ws, size_t wsb);
 /* dq, dk, dv: OVERWRITTEN (not accumulated). */
 void attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                         const float *k, const float *v, const float *out, const float *lse,
                         const int *seg, const int *len, int B, int T, int H, int Hkv, int D,
-                        int window, float scale, void *ws, size_t wsb);
+                        int window, float scale, int bf16, void *ws, size_t wsb);
 /* Bytes of workspace attention_forward / backward use for any B <= maxB, T <= maxT with the
- * kernel the ISA level picks and the current number of OpenMP threads (0: the portable code). */
-size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D);
+ * kernel the ISA level picks (and bf16) and the current number of OpenMP threads (0: the
+ * portable code). */
+size_t attention_workspace_bytes(int maxB, int maxT, int H, int Hkv, int D, int bf16);
+/* 1 where attention with bf16 set runs the bf16 products: ISA level amx (gemm_bf16 on tiles)
+ * and a shape the tiled kernels take. */
+int attention_bf16_active(int H, int Hkv, int D);
 
 /* ---- swiglu.c ----------------------------------------------------------------------------
  * out (N,I) = silu(gate) * up, silu(x) = x / (1 + exp(-x)). Row n of gate is gate + n*ld_in

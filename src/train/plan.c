@@ -43,7 +43,8 @@ ft_status memory_plan_make(const model_config *cfg, const model_quant *q, int B,
     p->panel = memory_plan_panel(cfg, q, B, T);
     p->lora = 2.0 * p->lora_params * sizeof(float);      /* values + gradients */
     p->optimizer = 2.0 * p->lora_params * sizeof(float); /* exp_avg, exp_avg_sq */
-    p->activations = (double)acts_plan_bytes(cfg, R, p->lora_modules, B, T, grad_checkpoint);
+    p->activations = (double)acts_plan_bytes(cfg, R, p->lora_modules, B, T, grad_checkpoint,
+                                             q->compute == QC_BF16);
     p->batch = 4.0 * B * T * sizeof(int32_t);
     p->baseline = BASELINE_BYTES;
     p->total =

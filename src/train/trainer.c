@@ -276,7 +276,7 @@ static double run_bytes(const model_config *cfg, const model_quant *q, const lor
     double w = shard_ranks > 1 ? memory_plan_shard_weights(cfg, q, shard_ranks)
                                : (double)model_weight_bytes(cfg, q);
     return w + memory_plan_panel(cfg, q, B, T) + 4.0 * ls->n_params * sizeof(float) +
-           (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt);
+           (double)acts_plan_bytes(cfg, ls->R, ls->n, B, T, ckpt, q->compute == QC_BF16);
 }
 
 /* Refuse a run that cannot fit in the memory available, naming the options that would make it
