@@ -131,7 +131,9 @@ const opt_row opt_rows[] = {
     {"dtype", "dtype", OT_STR, OFF(dtype), 0, "fp32", 0, 0, TEP | OF_HASH_IF_SET | S, OG_MEMORY, "T",
      "compute type: fp32, or bf16 (the frozen-weight matmuls round their inputs and weights to "
      "bf16 and sum in fp32; LoRA weights and AdamW state stay fp32; the weights are kept as bf16 "
-     "unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs)", "fp32", NULL, NULL},
+     "unless --quant says otherwise; --grad-checkpoint then keeps bf16 layer inputs; on CPUs with "
+     "AMX attention's products run in bf16 too)",
+     "fp32", NULL, NULL},
     /* not hashed: the same numbers whatever their values */
     INT("stride", "stride", stride, "0", 0, IMAX, OF_EVAL, OG_DATA, "N",
         "perplexity of a plain text file with a sliding window of --seq-len tokens (0: the "
