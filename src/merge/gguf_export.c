@@ -780,12 +780,6 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
     if ((st = read_hparams(cfg, path, a->permute_qk, &h, err)) ||
         (a->phi3 && (st = read_phi3(cfg, path, &h, err))))
         goto done;
-    if (a->phi3 && (o->lora || q->file_type == 2 || q->file_type == 15)) {
-        st = ft_error_set(err, FT_ERR_INPUT, o->lora ? "--gguf-lora" : "--quant",
-                          "export phi3 with --quant f32, f16, bf16 or q8_0, without --gguf-lora",
-                          "not exported for phi3 yet");
-        goto done;
-    }
     if (a->phi3 && (st = phi3_tokenizer(o->model, err))) goto done;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         st = ft_error_set(err, FT_ERR_INPUT, path,

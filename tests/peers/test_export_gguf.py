@@ -226,7 +226,9 @@ def test_equals_convert_hf_to_gguf(folders, converted, name, outtype):
     ("llama_bias", "q4_0", "Q4_0"),  # tied: token_embd takes output's Q8_0
     ("llama256", "q4_0", "Q4_0"),  # output.weight Q6_K
     ("llama256", "q4_k_m", "Q4_K"),  # Q4_K, and Q6_K for output, attn_v / ffn_down of some layers
-    ("llama_bias", "q4_k_m", "Q5_0")])  # rows of 64: Q4_K falls back to Q5_0, Q6_K to Q8_0
+    ("llama_bias", "q4_k_m", "Q5_0"),  # rows of 64: Q4_K falls back to Q5_0, Q6_K to Q8_0
+    ("phi_3", "q4_0", "Q4_0"),  # fused attn_qkv / ffn_up
+    ("phi_3", "q4_k_m", "Q5_0")])  # rows of 576: attn_qkv counted as attn_v
 def test_quantized_equals_llama_model_quantize(folders, name, quant, kind):
     import llama_cpp
     d = folders(name)
@@ -426,14 +428,16 @@ def test_export_with_adapter_equals_merged_folder(folders, name, arch):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama", "qwen3"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "phi_3"])  # phi3: fused qkv and gate_up
 def test_gguf_lora_applied_by_llama_cpp(folders, name):
     d = folders(name)
     arch = SETUPS[name][0]
     # rsLoRA plus per-module rank and alpha: llama.cpp knows only alpha / r, so B carries the rest
+    fused = arch == "phi3"
     ad = models.make_adapter(d, arch, str(folders.root / f"ad_{name}_pat"), use_rslora=True,
-                             rank_pattern={"q_proj": 4, "down_proj": 2},
-                             alpha_pattern={"k_proj": 5, "up_proj": 3})
+                             rank_pattern={"qkv_proj" if fused else "q_proj": 4, "down_proj": 2},
+                             alpha_pattern={"o_proj" if fused else "k_proj": 5,
+                                            "gate_up_proj" if fused else "up_proj": 3})
     base = export(d, folders.root / f"{name}.base.gguf")
     lora = str(folders.root / f"{name}.lora.gguf")
     run_ok(["export", "--gguf-lora", lora, "--model", d, "--adapter", ad, "--quiet"])
@@ -442,7 +446,8 @@ def test_gguf_lora_applied_by_llama_cpp(folders, name):
     assert r.fields["adapter.type"].contents() == "lora"
     assert r.fields["general.architecture"].contents() == \
         gguf.GGUFReader(base).fields["general.architecture"].contents()
-    assert any(t.name == "blk.0.attn_q.weight.lora_a" for t in r.tensors)
+    first = "blk.0.attn_qkv.weight.lora_a" if fused else "blk.0.attn_q.weight.lora_a"
+    assert any(t.name == first for t in r.tensors)
     ref = hf_logits(peft_merged(d, ad), IDS)
     got = llama_logits(base, IDS, lora_path=lora)
     err = np.abs(got - ref).max()
