@@ -18,7 +18,7 @@
  *     half-split RoPE order to ggml's adjacent pairs (LlamaModel.permute): within each head of
  *     D rows, row h*D + 2i + j comes from row h*D + j*D/2 + i (k_proj with the kv heads).
  *     Qwen2/Qwen3 use ggml's NEOX rope and are written as they are.
- *   - "phi3" (conversion/phi.py, Phi3MiniModel; folders only): its own key set (write_arch_kv),
+ *   - "phi3" (conversion/phi.py, Phi3MiniModel): its own key set (write_arch_kv),
  *     qkv_proj and gate_up_proj kept fused as attn_qkv and ffn_up, not permuted (NEOX rope);
  *     default RoPE and a GPT2Tokenizer only (read_phi3, phi3_tokenizer).
  *   - types: 1-D tensors F32; matrices F32, F16, BF16 or Q8_0 (a row that is not whole Q8_0
@@ -653,13 +653,9 @@ static ft_status gguf_items(const gguf_file *g, const quant_desc *q, const arch_
     char key[128], where[4400];
     if (!*a) {
         snprintf(where, sizeof where, "%s: key \"general.architecture\"", gguf_path(g));
-        return ft_error_set(err, FT_ERR_INPUT, where, "GGUF export supports llama, qwen2 and qwen3",
+        return ft_error_set(err, FT_ERR_INPUT, where,
+                            "GGUF export supports llama, qwen2, qwen3 and phi3",
                             "architecture \"%.*s\" is not exported yet", (int)as.n, as.p);
-    }
-    if ((*a)->phi3) {
-        snprintf(where, sizeof where, "%s: key \"general.architecture\"", gguf_path(g));
-        return ft_error_set(err, FT_ERR_INPUT, where, "export phi3 from its model folder",
-                            "phi3 GGUF files are not re-exported yet");
     }
     memset(h, 0, sizeof *h);
     uint32_t u;
@@ -673,6 +669,7 @@ static ft_status gguf_items(const gguf_file *g, const quant_desc *q, const arch_
     h->n_head_kv = h->n_head;
     U32("attention.head_count_kv", h->n_head_kv, 0);
     U32("embedding_length", h->n_embd, 1);
+    U32("block_count", h->n_layer, 1); /* q4_k_m's plan counts layers */
     h->head_dim = h->n_head ? h->n_embd / h->n_head : 0;
     U32("attention.key_length", h->head_dim, 0);
 #undef U32

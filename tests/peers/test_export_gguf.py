@@ -545,20 +545,23 @@ def test_peak_rss_is_small(tmp_path):
     assert rss < 100e6
 
 
-def test_gguf_model_in(folders):
+@pytest.mark.parametrize("name,arch", [("llama", "llama"), ("phi_3", "phi3")])
+def test_gguf_model_in(folders, name, arch):
     """--model FILE.gguf (read with ftune's GGUF reader): re-typed, and with an adapter merged (the
-    delta's Q/K rows permuted as the file's are), it equals the export from the folder."""
-    d = folders("llama")
-    f32 = export(d, folders.root / "in.f32.gguf")
-    ad = models.make_adapter(d, "llama", str(folders.root / "ad_in"), use_rslora=True)
-    for quant, extra in (("q8_0", []), ("f32", ["--adapter", ad]), ("q4_0", ["--adapter", ad])):
-        a = export(f32, folders.root / f"in.{quant}.a.gguf", "--quant", quant, *extra)
-        b = export(d, folders.root / f"in.{quant}.b.gguf", "--quant", quant, *extra)
+    delta's Q/K rows permuted as the file's are; phi3's fused rows as they are), it equals the
+    export from the folder."""
+    d = folders(name)
+    f32 = export(d, folders.root / f"in_{name}.f32.gguf")
+    ad = models.make_adapter(d, arch, str(folders.root / f"ad_in_{name}"), use_rslora=True)
+    for quant, extra in (("q8_0", []), ("f32", ["--adapter", ad]), ("q4_0", ["--adapter", ad]),
+                         ("q4_k_m", [])):
+        a = export(f32, folders.root / f"in_{name}.{quant}.a.gguf", "--quant", quant, *extra)
+        b = export(d, folders.root / f"in_{name}.{quant}.b.gguf", "--quant", quant, *extra)
         ra, rb = gguf.GGUFReader(a), gguf.GGUFReader(b)
         assert tensors(ra) == tensors(rb), quant
         assert kvs(ra) == kvs(rb), quant
-    lora = str(folders.root / "in.lora.gguf")
+    lora = str(folders.root / f"in_{name}.lora.gguf")
     run_ok(["export", "--gguf-lora", lora, "--model", f32, "--adapter", ad, "--quiet"])
-    lora2 = str(folders.root / "in.lora2.gguf")
+    lora2 = str(folders.root / f"in_{name}.lora2.gguf")
     run_ok(["export", "--gguf-lora", lora2, "--model", d, "--adapter", ad, "--quiet"])
     assert tensors(gguf.GGUFReader(lora)) == tensors(gguf.GGUFReader(lora2))
