@@ -289,8 +289,9 @@ static ft_status read_phi3(const cJSON *cfg, const char *path, hparams *h, ft_er
 
 /* Phi3MiniModel.set_vocab takes the GPT-2 BPE path (gguf_tok.c) when tokenizer_config.json's
  * tokenizer_class is GPT2Tokenizer (Phi-4); otherwise it reads tokenizer.model with
- * SentencePiece, which ftune does not read: refused. */
-static ft_status phi3_tokenizer(const char *dir, ft_error *err) {
+ * SentencePiece, whose vocabulary ftune takes from the SentencePiece-style tokenizer.json beside
+ * it (gguf_tok.c, GGUF_TOK_PHI3: *flavor). */
+static ft_status phi3_tokenizer(const char *dir, gguf_tok_flavor *flavor, ft_error *err) {
     char path[4200];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     cJSON *tc = NULL;
@@ -301,18 +302,9 @@ static ft_status phi3_tokenizer(const char *dir, ft_error *err) {
         if (st) return st;
         cls = jstr(tc, "tokenizer_class");
     }
-    int ok = cls && !strcmp(cls, "GPT2Tokenizer");
-    char where[4500];
-    snprintf(where, sizeof where, "%s: field \"tokenizer_class\"", path);
-    ft_status st = ok ? FT_OK
-                      : ft_error_set(err, FT_ERR_INPUT, where,
-                                     "llama.cpp's converter reads Phi-3's SentencePiece "
-                                     "tokenizer.model, which ftune does not; use "
-                                     "convert_hf_to_gguf.py for this model",
-                                     "phi3 is exported with a GPT2Tokenizer only, found \"%s\"",
-                                     cls ? cls : "(none)");
+    *flavor = cls && !strcmp(cls, "GPT2Tokenizer") ? GGUF_TOK_GPT2 : GGUF_TOK_PHI3;
     cJSON_Delete(tc);
-    return st;
+    return FT_OK;
 }
 
 /* The GGUF name of a Hugging Face tensor: 1, or 0 for a tensor not written, -1 unknown. */
@@ -740,6 +732,7 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
                             "use f32, f16, bf16, q8_0 (q8), q4_0 or q4_k_m", "unknown type \"%s\"",
                             qn);
     ft_status st;
+    gguf_tok_flavor tokf = GGUF_TOK_GPT2;
     if ((st = check_out(o->out, o->overwrite, err))) return st;
     if (o->lora && o->adapter && (st = refuse_dora(o->adapter, err))) return st;
     char path[4400];
@@ -777,7 +770,8 @@ ft_status gguf_export(const gguf_export_options *o, gguf_export_result *res, ft_
     if ((st = read_hparams(cfg, path, a->permute_qk, &h, err)) ||
         (a->phi3 && (st = read_phi3(cfg, path, &h, err))))
         goto done;
-    if (a->phi3 && (st = phi3_tokenizer(o->model, err))) goto done;
+    tokf = a->llama_keys ? GGUF_TOK_LLAMA : GGUF_TOK_GPT2;
+    if (a->phi3 && (st = phi3_tokenizer(o->model, &tokf, err))) goto done;
     if (cJSON_GetObjectItemCaseSensitive(cfg, "quantization_config")) {
         st = ft_error_set(err, FT_ERR_INPUT, path,
                           "export the full-precision model (or ftune merge --out-dtype first)",
@@ -854,7 +848,7 @@ items_ready:
         char name[256];
         folder_name(o->model, name, sizeof name);
         write_arch_kv(gw, a, &h, name, "model", q->file_type);
-        if ((st = gguf_tok_write(gw, o->model, cfg, (int)h.vocab, a->llama_keys, err))) goto done;
+        if ((st = gguf_tok_write(gw, o->model, cfg, (int)h.vocab, tokf, err))) goto done;
     }
     unsigned long long total = 0;
     /* llama3 RoPE: rope_freqs.weight first, as the converter yields it before the weights */

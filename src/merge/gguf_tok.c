@@ -469,8 +469,8 @@ static int named_special(const cJSON *tc, const char *c) {
  * the converter writes -1000). The converter stops at
  * the tokenizer's size; ftune pads to config.json's vocab_size as the byte-level path does
  * (llama.cpp needs a token per embedding row). */
-static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, const char *file,
-                                tok_lists *l, float **scores, ft_error *err) {
+static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, int phi3,
+                                const char *file, tok_lists *l, float **scores, ft_error *err) {
     const cJSON *v =
         cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(tj, "model"), "vocab");
     const cJSON *added = cJSON_GetObjectItemCaseSensitive(tj, "added_tokens");
@@ -507,7 +507,10 @@ static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, con
         if (st) return st;
         free(l->tokens[id]);
         l->tokens[id] = strdup(c);
-        if (id < base)
+        if (phi3) /* Phi3MiniModel.set_vocab: every added token by its "special" flag */
+            l->types[id] =
+                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special")) ? TT_CONTROL : TT_USER;
+        else if (id < base)
             l->types[id] = byte_token(c) ? TT_BYTE : named_special(tc, c) ? TT_CONTROL : TT_NORMAL;
         else
             l->types[id] = named_special(tc, c) ? TT_CONTROL : TT_USER;
@@ -522,7 +525,17 @@ static ft_status build_sp_lists(const cJSON *tj, const cJSON *tc, int vocab, con
         }
         if (!l->tokens[i]) return ft_error_set(err, FT_ERR_RUNTIME, file, NULL, "out of memory");
     }
-    return merge_scores(cJSON_GetObjectItemCaseSensitive(tj, "model"), l, *scores, file, err);
+    ft_status st =
+        merge_scores(cJSON_GetObjectItemCaseSensitive(tj, "model"), l, *scores, file, err);
+    if (st || !phi3) return st;
+    /* Phi3MiniModel.set_vocab's scores for the added tokens (-1000) and the padding (-10000) */
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+        (*scores)[(int)id->valuedouble] = -1000.0f; /* checked by added_entry above */
+    }
+    for (int i = 0; i < vocab; i++)
+        if (l->types[i] == TT_UNUSED) (*scores)[i] = -10000.0f;
+    return FT_OK;
 }
 
 /* The added token with this content, or -1. */
@@ -572,8 +585,9 @@ static ft_status chat_template(const char *dir, const cJSON *tc, char **out, ft_
 }
 
 ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg, int vocab,
-                         int llama_arch, ft_error *err) {
+                         gguf_tok_flavor flavor, ft_error *err) {
     char file[4200], tcfile[4200];
+    int llama_arch = flavor == GGUF_TOK_LLAMA;
     snprintf(file, sizeof file, "%s/tokenizer.json", model_dir);
     snprintf(tcfile, sizeof tcfile, "%s/tokenizer_config.json", model_dir);
     cJSON *tj = NULL, *tc = NULL;
@@ -598,8 +612,19 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(tj, "pre_tokenizer");
     const char *name =
         pre_name(pre, cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
-    int sp = llama_arch && sp_style(tj);
+    int sp = flavor != GGUF_TOK_GPT2 && sp_style(tj);
     if (sp) name = "default";
+    if (flavor == GGUF_TOK_PHI3 && !sp) {
+        char where[4300];
+        snprintf(where, sizeof where, "%s: field \"model\"", file);
+        st = ft_error_set(err, FT_ERR_INPUT, where,
+                          "a Phi-3 folder is exported with tokenizer_class GPT2Tokenizer "
+                          "(tokenizer_config.json) or a SentencePiece-style tokenizer.json (BPE "
+                          "with byte_fallback); for others use convert_hf_to_gguf.py, which reads "
+                          "tokenizer.model",
+                          "not a SentencePiece-style BPE tokenizer");
+        goto done;
+    }
     if (!is_type(model, "BPE") || !name) {
         char where[4300];
         snprintf(where, sizeof where, "%s: field \"%s\"", file,
@@ -612,7 +637,7 @@ ft_status gguf_tok_write(gguf_writer *w, const char *model_dir, const cJSON *cfg
                           "a tokenizer ftune cannot describe to llama.cpp yet");
         goto done;
     }
-    if ((st = sp ? build_sp_lists(tj, tc, vocab, file, &l, &scores, err)
+    if ((st = sp ? build_sp_lists(tj, tc, vocab, flavor == GGUF_TOK_PHI3, file, &l, &scores, err)
                  : build_lists(tj, vocab, file, &l, err)))
         goto done;
 

@@ -68,10 +68,32 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           # (named phi_3: llama.cpp gives a model whose general.name holds "phi3" or "phi-3"
           # Phi-3's special-token attributes, looking up "</s>", absent from this vocab)
           "phi_3": ("phi3", "smollm-135m", 49153),
+          # Phi-3 as released: Llama 2's SentencePiece-style tokenizer.json, tokens added past
+          # its 32000 (PHI3_ADDED), config vocab_size 32064 (the rest padding)
+          "phi3_sp": ("phi3", "llama2", 32064),
           "llama_linear": ("llama", "smollm-135m", 49153,
                            {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
                                                 "factor": 4.0}})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
+# phi3_sp's added tokens (content, special, rstrip) as Phi-3-mini's tokenizer.json has them, and
+# one not special to cover both types. rstrip as llama.cpp assumes for a model whose general.name
+# holds "phi3" (it cannot read the attribute from a GGUF file): every added token but <unk>, <s>
+# and <|endoftext|> eats the whitespace after it.
+PHI3_ADDED = [("<|endoftext|>", True, False), ("<|assistant|>", True, True),
+              ("<|placeholder1|>", True, True), ("<|end|>", True, True), ("<|user|>", True, True),
+              ("<|word|>", False, True)]
+
+
+def add_tokens(folder, added):
+    """Append added tokens to folder's tokenizer.json from id 32000 on (tokenizers' layout)."""
+    path = os.path.join(folder, "tokenizer.json")
+    tj = json.load(open(path))
+    base = len(tj["model"]["vocab"])
+    for i, (content, special, rstrip) in enumerate(added):
+        tj["added_tokens"].append(dict(id=base + i, content=content, single_word=False,
+                                       lstrip=False, rstrip=rstrip, normalized=False,
+                                       special=special))
+    json.dump(tj, open(path, "w"), ensure_ascii=False)
 
 
 def need_shared():
@@ -115,6 +137,8 @@ def folders(tmp_path_factory):
         if name not in cache:
             arch, tok, vocab, *over = SETUPS[name]
             cache[name] = build(arch, tok, vocab, root / name, over=over[0] if over else None)
+            if name == "phi3_sp":
+                add_tokens(cache[name], PHI3_ADDED)
         return cache[name]
     get.root = root
     return get
@@ -287,7 +311,7 @@ def dequantized_model(d, path, permuted):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama_bias", "qwen3"])
+@pytest.mark.parametrize("name", ["llama_bias", "qwen3", "phi3_sp"])
 def test_llama_cpp_runs_f32_as_transformers(folders, name):
     d = folders(name)
     path = export(d, folders.root / f"{name}.run.gguf")
@@ -366,7 +390,7 @@ def test_llama_cpp_runs_quantized(folders, name, quant, tol):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("name", ["llama", "qwen3", "llama_sp"])
+@pytest.mark.parametrize("name", ["llama", "qwen3", "llama_sp", "phi3_sp"])
 def test_tokenizer_ids_equal_tokenizers(folders, name):
     from tokenizers import Tokenizer
 
@@ -381,7 +405,8 @@ def test_tokenizer_ids_equal_tokenizers(folders, name):
     # the converter's file as with ftune's)
     texts = [
         "Hello world! I've been 'told' he's there, 3333 33.3", "<|im_start|>user\nhi<|im_end|>",
-        "  leading spaces\n\n\ttabs", "日本語のテキスト、中文。", "emoji 🦙🚀 ✅"]
+        "  leading spaces\n\n\ttabs", "日本語のテキスト、中文。", "emoji 🦙🚀 ✅",
+        "<|user|>\nhi there<|end|>\n<|assistant|> a <|word|> b<|endoftext|>"]
     texts += tok_corpus.corpus(total_bytes=30000, seed=5)
     # llama.cpp does not apply tokenizer.json's NFC normalizer (Qwen's): no GGUF key says it,
     # in ftune's file or the converter's; text already in NFC is what both tokenize alike
@@ -403,6 +428,30 @@ def test_tokenizer_ids_equal_tokenizers(folders, name):
     tc = json.load(open(os.path.join(d, "tokenizer_config.json")))
     if tc.get("chat_template"):
         assert r.fields["tokenizer.chat_template"].contents() == tc["chat_template"]
+
+
+def test_phi3_sentencepiece_vocab(folders):
+    """A Phi-3 folder with Llama 2's SentencePiece-style tokenizer.json: the vocabulary the
+    converter's Phi3MiniModel.set_vocab writes from tokenizer.model (which ftune does not read):
+    model "llama", pre "default"; added tokens typed by their "special" flag (CONTROL, else
+    USER_DEFINED) with score -1000; the rows up to vocab_size "[PAD<i>]", UNUSED, -10000; byte
+    tokens BYTE. (Scores of the model's own tokens come from the merges: docs/merge.md.)"""
+    d = folders("phi3_sp")
+    r = gguf.GGUFReader(export(d, folders.root / "phi3_sp.sp.gguf"))
+    f = r.fields
+    assert f["tokenizer.ggml.model"].contents() == "llama"
+    assert f["tokenizer.ggml.pre"].contents() == "default"
+    toks, types = f["tokenizer.ggml.tokens"].contents(), f["tokenizer.ggml.token_type"].contents()
+    scores = f["tokenizer.ggml.scores"].contents()
+    assert len(toks) == len(types) == len(scores) == 32064
+    CONTROL, USER, UNUSED, BYTE = 3, 4, 5, 6
+    assert toks[:3] == ["<unk>", "<s>", "</s>"] and types[:3] == [CONTROL] * 3
+    assert toks[13] == "<0x0A>" and types[13] == BYTE
+    for i, (content, special, _) in enumerate(PHI3_ADDED):
+        assert (toks[32000 + i], types[32000 + i], scores[32000 + i]) == \
+            (content, CONTROL if special else USER, -1000.0)
+    for i in range(32000 + len(PHI3_ADDED), 32064):
+        assert (toks[i], types[i], scores[i]) == (f"[PAD{i}]", UNUSED, -10000.0)
 
 
 # --- adapters ------------------------------------------------------------------------------------
@@ -477,8 +526,9 @@ def test_bad_input(folders, tmp_path):
     (other / "config.json").write_text(json.dumps(dict(cfg, model_type="gemma2")))
     p = run_ftune(["export", "--gguf", tmp_path / "p.gguf", "--model", other])
     assert p.returncode == 2 and "model_type" in p.stderr and "gemma2" in p.stderr
-    # phi3: longrope (rope_scaling with long/short factors) and a SentencePiece tokenizer
-    # (the converter reads tokenizer.model) are refused, naming the field
+    # phi3: longrope (rope_scaling with long/short factors), and a LlamaTokenizer whose
+    # tokenizer.json is byte-level BPE (neither the GPT-2 path nor the SentencePiece one that
+    # ftune reads from tokenizer.json, where the converter reads tokenizer.model), are refused
     phi = tmp_path / "phi"
     shutil.copytree(folders("phi_3"), phi)
     pcfg = json.loads((phi / "config.json").read_text())
