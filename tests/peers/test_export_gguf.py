@@ -58,7 +58,7 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
           "qwen3": ("qwen3", "qwen3", 151669),
           # Llama 2's SentencePiece-style tokenizer.json (byte fallback): tokenizer.ggml.model
           # "llama" with scores and BYTE / CONTROL types, as gguf-py's LlamaHfVocab writes it
-          "llama_sp": ("llama", "llama2", 32000),
+          "llama_sp": ("llama", "llama2", 32000 + 2),  # and LLAMA_SP_ADDED past the vocabulary
           # rows of 256 and 512 values: Q4_K_M's Q4_K and Q6_K tensors without fallbacks
           "llama256": ("llama", "smollm-135m", 49153, {"hidden_size": 256, "intermediate_size": 512}),
           # Llama 3.1's RoPE scaling (rope_freqs: factors 1, smoothed and 8) and linear scaling
@@ -75,6 +75,8 @@ SETUPS = {"llama": ("llama", "smollm-135m", 49153),
                            {"rope_parameters": {"rope_type": "linear", "rope_theta": 10000.0,
                                                 "factor": 4.0}})}
 IDS = [5, 100, 200, 7, 42, 999, 12, 300, 301, 4, 17, 88]
+# llama_sp's added tokens past Llama 2's 32000 (content, special, rstrip): one of each type
+LLAMA_SP_ADDED = [("<|im_start|>", True, False), ("<|word|>", False, False)]
 # phi3_sp's added tokens (content, special, rstrip) as Phi-3-mini's tokenizer.json has them, and
 # one not special to cover both types. rstrip as llama.cpp assumes for a model whose general.name
 # holds "phi3" (it cannot read the attribute from a GGUF file): every added token but <unk>, <s>
@@ -85,15 +87,20 @@ PHI3_ADDED = [("<|endoftext|>", True, False), ("<|assistant|>", True, True),
 
 
 def add_tokens(folder, added):
-    """Append added tokens to folder's tokenizer.json from id 32000 on (tokenizers' layout)."""
+    """Append added tokens past the vocabulary to folder's tokenizer.json and to
+    tokenizer_config.json's added_tokens_decoder, as save_pretrained writes both."""
     path = os.path.join(folder, "tokenizer.json")
     tj = json.load(open(path))
+    tcp = os.path.join(folder, "tokenizer_config.json")
+    tc = json.load(open(tcp))
     base = len(tj["model"]["vocab"])
     for i, (content, special, rstrip) in enumerate(added):
-        tj["added_tokens"].append(dict(id=base + i, content=content, single_word=False,
-                                       lstrip=False, rstrip=rstrip, normalized=False,
-                                       special=special))
+        entry = dict(content=content, single_word=False, lstrip=False, rstrip=rstrip,
+                     normalized=False, special=special)
+        tj["added_tokens"].append(dict(id=base + i, **entry))
+        tc.setdefault("added_tokens_decoder", {})[str(base + i)] = entry
     json.dump(tj, open(path, "w"), ensure_ascii=False)
+    json.dump(tc, open(tcp, "w"), ensure_ascii=False)
 
 
 def need_shared():
@@ -137,8 +144,8 @@ def folders(tmp_path_factory):
         if name not in cache:
             arch, tok, vocab, *over = SETUPS[name]
             cache[name] = build(arch, tok, vocab, root / name, over=over[0] if over else None)
-            if name == "phi3_sp":
-                add_tokens(cache[name], PHI3_ADDED)
+            if name in ("phi3_sp", "llama_sp"):
+                add_tokens(cache[name], PHI3_ADDED if name == "phi3_sp" else LLAMA_SP_ADDED)
         return cache[name]
     get.root = root
     return get
