@@ -19,6 +19,13 @@ shared, so seconds are noisy: compare ratios. Results: bench/results/merge-<UTC>
   export-q4_k_m    ftune export --gguf q4_k_m   vs  convert_hf_to_gguf.py --outtype f32 (the
                    converter has no Q4_K_M; llama_model_quantize on top would only add time)
 
+  merge-8b-nf4     ftune merge (4-bit out)      vs  PeftModel.merge_and_unload + save_pretrained
+                   on the Llama-3.1-8B-shape NF4 folder bench/qlora_8b.py makes (bitsandbytes
+                   double quantization), one random r16 adapter on all seven modules: PEFT
+                   dequantizes each weight, adds B A and quantizes again, as ftune does (its
+                   bytes equal PEFT's: tests/peers/test_merge.py); when the folder is there
+                   (--nf4-model, default ~/.cache/ftune/llama8b-nf4), or with --only merge-8b-nf4
+
 The export rows read the model folder with Qwen3's tokenizer files beside it
 (../shared/tokenizers/qwen3, symlinked with the weights into the work folder), so that both
 sides write the whole file, tokenizer included.
@@ -160,6 +167,25 @@ m = PeftModel.from_pretrained(m, sys.argv[2]).merge_and_unload()
 m.save_pretrained(sys.argv[3])
 """
 
+# the 4-bit folder: transformers reads its quantization_config and loads the layers as
+# bitsandbytes Linear4bit on the CPU; PEFT's merge re-quantizes each merged weight. The merged
+# model's state_dict (bitsandbytes' packed weights and quant states) is written with safetensors'
+# save_file: transformers 5's save_pretrained raises NotImplementedError for a model loaded 4-bit
+# from a pre-quantized folder (core_model_loading.revert_weight_conversion)
+PEFT_MERGE_4BIT = """
+import os, sys, torch
+torch.set_num_threads({threads})
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+from peft import PeftModel
+m = AutoModelForCausalLM.from_pretrained(sys.argv[1], device_map="cpu")
+m = PeftModel.from_pretrained(m, sys.argv[2]).merge_and_unload()
+os.makedirs(sys.argv[3], exist_ok=True)
+m.config.save_pretrained(sys.argv[3])
+save_file({{k: v.contiguous() for k, v in m.state_dict().items()}},
+          os.path.join(sys.argv[3], "model.safetensors"), metadata={{"format": "pt"}})
+"""
+
 MERGEKIT = """
 import json, sys, torch
 torch.set_num_threads({threads})
@@ -178,6 +204,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma list of rows (merge,models-linear,...)")
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results"))
+    ap.add_argument("--nf4-model", default=os.path.join(
+        os.environ.get("FTUNE_CACHE", os.path.expanduser("~/.cache/ftune")), "llama8b-nf4"),
+        help="the 8B-shape NF4 folder of bench/qlora_8b.py (its row runs when it exists)")
     a = ap.parse_args()
 
     cache = os.path.join(os.environ.get("FTUNE_CACHE", os.path.expanduser("~/.cache/ftune")),
@@ -229,6 +258,17 @@ def main():
         only = set(filter(None, a.only.split(",")))
         if not only or any(x.startswith("export") for x in only):
             rows += export_runs(a, model, work)
+        if (not only or "merge-8b-nf4" in only) and os.path.exists(
+                os.path.join(a.nf4_model, "config.json")):
+            ad8 = make_adapter(a.nf4_model, os.path.join(work, "ad8b"), 3)
+            rows.append(("merge-8b-nf4",
+                         [a.ftune, "merge", "--model", a.nf4_model, "--adapter", ad8, "--out",
+                          "{out}", "--quiet"],
+                         [a.python, "-c", PEFT_MERGE_4BIT.format(threads=a.threads),
+                          a.nf4_model, ad8, "{out}"],
+                         "PEFT merge_and_unload + save_pretrained (bitsandbytes 4-bit)"))
+        elif "merge-8b-nf4" in only:
+            print(f"no {a.nf4_model}/config.json: make it with bench/qlora_8b.py")
         results = {"cpu": cpu_name(), "nproc": os.cpu_count(), "threads": a.threads,
                    "model": "qwen3-0.6b shape, fp32, random", "adapter": "r16 alpha 32, 7 modules",
                    "utc": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), "rows": []}

@@ -90,9 +90,10 @@ int cmd_merge(int argc, char **argv) {
                           "--model, --adapter and --out are required");
     if (!quiet) o.progress = cmd_merge_progress;
     merge_fold_result res;
-    /* merging is I/O: the rank-r products are small, and OpenBLAS threads spinning beside the
-     * reads and writes cost more than they give (Qwen3-0.6B: 3.0 s with one, 5.4 s with two) */
-    cpu_set_threads(1);
+    /* every core: re-quantizing a 4-bit model is compute (the 8B-shape NF4 folder: 82 s on one
+     * thread, 63 s on two); an fp32 merge is I/O and the same either way, now that OpenBLAS runs
+     * single-threaded under ftune's threads (Qwen3-0.6B: 2.6-5.4 s on two, 3.1-5.2 s on one) */
+    cpu_set_threads(0);
     if (!rc) rc = merge_fold(&o, &res, &err);
     if (rc) {
         ft_error_print(&err, stderr);

@@ -123,8 +123,11 @@ static ft_status read_rows(const fold_item *it, const qtensor *q, size_t r0, siz
         return FT_OK;
     }
     qtensor_dequant_rows(q, (int)r0, (int)n, w);
-    for (size_t i = 0; i < n * cols; i++)
-        w[i] = shard_round_to(it->bnb_dtype, w[i]);
+    const st_dtype dt = it->bnb_dtype;
+    if (dt != ST_F32) /* elementwise: the thread count changes no bits */
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < n * cols; i++)
+            w[i] = shard_round_to(dt, w[i]);
     return FT_OK;
 }
 
@@ -336,6 +339,7 @@ static ft_status requant_compute(const st_set *in, const fold_item *items, int o
         st = read_rows(it, &q, r0, nr, w, err);
         if (st) break;
         merge_delta_rows(m, it->transposed, r0, nr, cols, dd, 0);
+#pragma omp parallel for schedule(static)
         for (size_t i = 0; i < k; i++)
             w[i] = w[i] + dd[i] * s;
         quant4_quantize(r->type, w, k, r->blocksize, r->packed + first / 2, r->absmax + first / bs);

@@ -452,6 +452,16 @@ static size_t tl_kv16_floats(int B, int T, int Hkv, int D) {
     return 2 * tl_u16_floats((size_t)B * T * Hkv * D);
 }
 
+/* The shared bf16 copies of K and V (tl_kv16_floats floats at ws), rounded from k and v. */
+static void tl_round_kv(float *ws, const float *k, const float *v, int B, int T, int Hkv, int D,
+                        const uint16_t **k16, const uint16_t **v16) {
+    int rows = B * T, ks = Hkv * D;
+    uint16_t *kb = (uint16_t *)ws, *vb = (uint16_t *)(ws + tl_kv16_floats(B, T, Hkv, D) / 2);
+    bf16_round_rows(kb, (size_t)ks, k, (size_t)ks, rows, ks);
+    bf16_round_rows(vb, (size_t)ks, v, (size_t)ks, rows, ks);
+    *k16 = kb, *v16 = vb;
+}
+
 static size_t tl_fwd_ws_bf16(int R, int D) {
     return tl_round((size_t)R * TL_NCB + (size_t)R * D + 2 * (size_t)R) +
            tl_u16_floats((size_t)R * D) + tl_u16_floats((size_t)R * TL_NCB) + tl_gemm_floats(R, D);
@@ -529,13 +539,7 @@ static int tl_forward(int bf16, float *out, float *lse, const float *q, const fl
     if (!ws) return -1; /* too little workspace: the dispatcher runs the portable code */
     const uint16_t *k16 = NULL, *v16 = NULL;
 #ifdef TL_BF16
-    if (bf16) {
-        size_t n = (size_t)B * T * Hkv * D, ks = (size_t)Hkv * D;
-        uint16_t *kb = (uint16_t *)ws, *vb = (uint16_t *)(ws + shared / 2);
-        bf16_round_rows(kb, ks, k, ks, (int)(n / ks), (int)ks);
-        bf16_round_rows(vb, ks, v, ks, (int)(n / ks), (int)ks);
-        k16 = kb, v16 = vb;
-    }
+    if (bf16) tl_round_kv(ws, k, v, B, T, Hkv, D, &k16, &v16);
 #endif
     ws += shared;
     long items = (long)B * Hkv * nqb;
@@ -871,13 +875,7 @@ static int tl_backward(int bf16, float *dq, float *dk, float *dv, const float *d
     if (!ws) return -1;
     const uint16_t *k16 = NULL, *v16 = NULL;
 #ifdef TL_BF16
-    if (bf16) {
-        size_t n = (size_t)B * T * Hkv * D, ks = (size_t)Hkv * D;
-        uint16_t *kb = (uint16_t *)ws, *vb = (uint16_t *)(ws + shared / 2);
-        bf16_round_rows(kb, ks, k, ks, (int)(n / ks), (int)ks);
-        bf16_round_rows(vb, ks, v, ks, (int)(n / ks), (int)ks);
-        k16 = kb, v16 = vb;
-    }
+    if (bf16) tl_round_kv(ws, k, v, B, T, Hkv, D, &k16, &v16);
 #endif
     ws += shared;
     float *partbuf = ws + per * nth;

@@ -30,6 +30,9 @@ static inline size_t quant4_blocks(size_t n, int blocksize) {
 /* x (n) -> packed (quant4_packed_bytes(n)), absmax (quant4_blocks(n, blocksize)). */
 void quant4_quantize(quant4_type t, const float *x, size_t n, int blocksize, uint8_t *packed,
                      float *absmax);
+/* The kernel quant4_quantize runs for full blocks at the current ISA level: "avx2" or
+ * "portable" (the scalar loop, the reference; blocks not a multiple of 8 values always take it). */
+const char *quant4_isa(void);
 /* packed, absmax -> out (n), bit for bit as bitsandbytes' CPU dequantize_4bit (FP4 code 8 gives
  * -0.0 there, though quant4_code(QUANT_FP4)[8] is +0.0 as in its quant_map). */
 void quant4_dequantize(quant4_type t, const uint8_t *packed, const float *absmax, size_t n,
@@ -43,8 +46,8 @@ const float *quant8_dynamic_code(void); /* the 256 values of bitsandbytes' creat
 void quant4_double_quant(const float *absmax, size_t n, uint8_t *codes, float *nested_absmax,
                          float *offset);
 /* absmax (n) = code[codes[i]] * nested_absmax[i / 256] + offset, as dequantize_blockwise does. */
-void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, float offset,
-                           size_t n, float *absmax);
+void quant4_double_dequant(const uint8_t *codes, const float *nested_absmax, float offset, size_t n,
+                           float *absmax);
 
 /* bitsandbytes' default 4-bit block size (Linear4bit / quantize_4bit blocksize=64): the one
  * place ftune writes it (train --quant-blocksize, quantize, a checkpoint's missing field). */
