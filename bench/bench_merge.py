@@ -266,7 +266,7 @@ def main():
                           "{out}", "--quiet"],
                          [a.python, "-c", PEFT_MERGE_4BIT.format(threads=a.threads),
                           a.nf4_model, ad8, "{out}"],
-                         "PEFT merge_and_unload + save_pretrained (bitsandbytes 4-bit)"))
+                         "PEFT merge_and_unload (bitsandbytes 4-bit) + state_dict to safetensors"))
         elif "merge-8b-nf4" in only:
             print(f"no {a.nf4_model}/config.json: make it with bench/qlora_8b.py")
         results = {"cpu": cpu_name(), "nproc": os.cpu_count(), "threads": a.threads,
