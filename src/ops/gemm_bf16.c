@@ -106,8 +106,6 @@ typedef int (*gemm_bf16_fn)(int, int, int, int, const uint16_t *, int, const uin
 /* gemm_bf16_avx2.c */
 void bf16_widen_avx2(float *dst, const uint16_t *src, size_t n);
 void bf16_round_avx2(uint16_t *dst, const float *src, size_t n);
-/* gemm_bf16_avx512.c: the same rounding, sixteen lanes a step */
-void bf16_round_avx512(uint16_t *dst, const float *src, size_t n);
 
 /* gemm_bf16_avx512.c; -1 when the scratch is too small for its packing buffers */
 int gemm_bf16_avx512(int transB, int M, int N, int K, const uint16_t *A, int lda, const uint16_t *B,
@@ -135,9 +133,9 @@ struct bf16_kernels {
 
 static const bf16_kernels table[] = {
 #ifdef HAVE_GEMM_BF16_AVX512
-    {"amx", CPU_AMX, gemm_bf16_amx, gemm_bf16_amx_scratch, bf16_widen_avx2, bf16_round_avx512},
+    {"amx", CPU_AMX, gemm_bf16_amx, gemm_bf16_amx_scratch, bf16_widen_avx2, bf16_round_avx2},
     {"avx512", CPU_AVX512BF16, gemm_bf16_avx512, gemm_bf16_avx512_scratch, bf16_widen_avx2,
-     bf16_round_avx512},
+     bf16_round_avx2},
     {"fallback", CPU_AVX2, gemm_bf16_fallback, fallback_bytes, bf16_widen_avx2, bf16_round_avx2},
 #endif
     {"fallback", CPU_PORTABLE, gemm_bf16_fallback, fallback_bytes, widen_portable, round_portable},
